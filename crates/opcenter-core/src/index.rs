@@ -1,0 +1,1 @@
+//! The spatial index of assignable units (work in progress).

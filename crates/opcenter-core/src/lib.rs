@@ -1,0 +1,38 @@
+//! opcenter-core: the dispatch engine of opcenter, pure and deterministic.
+//!
+//! It has no networking, no tokio, no clock and no files: every command arrives
+//! with the time it should be applied at, so tests and journal replay run the
+//! exact same code the server runs.
+//!
+//! # Layout
+//! - [`model`]: incidents, units, locations and their statuses (wire names).
+//! - [`geo`]: haversine metres and the unit-sphere embedding.
+//! - [`index`]: the rstar index of assignable units (nearest eligible unit).
+//! - [`command`]: commands and queries the engine accepts.
+//! - [`event`]: the durable changes it returns.
+//! - [`engine`]: the rules of `shared/PROTOCOL.md` section 5.
+//! - [`error`]: why a command was refused.
+#![deny(missing_docs)]
+
+pub mod command;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod geo;
+pub mod index;
+pub mod model;
+
+pub use command::{
+    Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
+    UnitProfile,
+};
+pub use engine::{
+    Applied, Candidate, Engine, EngineConfig, EngineSnapshot, PositionItem, Recommendation, Reply,
+    RosterUnit, Shortfall,
+};
+pub use error::CoreError;
+pub use event::{Change, Event, EventBody, Topic};
+pub use model::{
+    Capability, DispatchMode, Incident, IncidentId, IncidentStatus, Location, MAX_NOTE_BYTES, Note, Unit,
+    UnitId, UnitStatus,
+};

@@ -1,0 +1,254 @@
+//! The dispatch model: incidents, units, locations and their lifecycles, named
+//! exactly as `shared/PROTOCOL.md` section 4 names them. These types serialize to
+//! the wire shape directly (serde), so the protocol crate never re-spells them.
+//!
+//! Owns: data shapes and their local validation. Must never: hold behaviour that
+//! needs other objects (that is the engine's), do I/O or read a clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+use crate::geo;
+
+/// A unit's id as its token's `unit` claim gives it (e.g. `P-101`).
+pub type UnitId = String;
+/// An incident's id, made by the engine (e.g. `I-000042`).
+pub type IncidentId = String;
+/// A capability a unit has and an incident may require (e.g. `k9`, `medic`).
+pub type Capability = String;
+
+/// A point on the Earth in degrees (WGS84 treated as a sphere for distances).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    /// Latitude in degrees, -90..=90.
+    pub lat: f64,
+    /// Longitude in degrees, -180..=180.
+    pub lon: f64,
+}
+
+impl Location {
+    /// Builds a checked location: finite, lat in [-90, 90], lon in [-180, 180].
+    pub fn new(lat: f64, lon: f64) -> Result<Self, CoreError> {
+        let loc = Location { lat, lon };
+        loc.validate()?;
+        Ok(loc)
+    }
+
+    /// Checks the ranges of a location that arrived unchecked (e.g. deserialized).
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if !self.lat.is_finite() || !self.lon.is_finite() {
+            return Err(CoreError::BadRequest("coordinates must be finite".into()));
+        }
+        if !(-90.0..=90.0).contains(&self.lat) {
+            return Err(CoreError::BadRequest(format!(
+                "lat {} out of [-90, 90]",
+                self.lat
+            )));
+        }
+        if !(-180.0..=180.0).contains(&self.lon) {
+            return Err(CoreError::BadRequest(format!(
+                "lon {} out of [-180, 180]",
+                self.lon
+            )));
+        }
+        Ok(())
+    }
+
+    /// Great-circle distance in metres (haversine, R = 6 371 008.8 m).
+    pub fn distance_m(&self, other: &Location) -> f64 {
+        geo::haversine_m(*self, *other)
+    }
+}
+
+/// Where an incident is in its life. `pending → dispatched → en_route → on_scene → closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    /// No unit assigned yet (or all assignments were declined / timed out).
+    Pending,
+    /// At least one unit assigned, none has acknowledged.
+    Dispatched,
+    /// A unit acknowledged and is on its way.
+    EnRoute,
+    /// A unit reported arrival.
+    OnScene,
+    /// Closed with a disposition; terminal.
+    Closed,
+}
+
+impl IncidentStatus {
+    /// True for every status but `closed`.
+    pub fn is_open(self) -> bool {
+        self != IncidentStatus::Closed
+    }
+}
+
+/// A unit's availability as the protocol names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitStatus {
+    /// Free to take an incident.
+    Available,
+    /// Assigned an incident, not yet acknowledged.
+    Dispatched,
+    /// Acknowledged and driving to the scene.
+    EnRoute,
+    /// At the scene of its incident.
+    OnScene,
+    /// Occupied with something that is not a dispatched incident.
+    Busy,
+    /// Not on shift.
+    OffDuty,
+    /// Did not acknowledge an assignment in time.
+    Unresponsive,
+}
+
+impl UnitStatus {
+    /// Every status, for parsers and tests.
+    pub const ALL: [UnitStatus; 7] = [
+        UnitStatus::Available,
+        UnitStatus::Dispatched,
+        UnitStatus::EnRoute,
+        UnitStatus::OnScene,
+        UnitStatus::Busy,
+        UnitStatus::OffDuty,
+        UnitStatus::Unresponsive,
+    ];
+
+    /// The protocol's name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitStatus::Available => "available",
+            UnitStatus::Dispatched => "dispatched",
+            UnitStatus::EnRoute => "en_route",
+            UnitStatus::OnScene => "on_scene",
+            UnitStatus::Busy => "busy",
+            UnitStatus::OffDuty => "off_duty",
+            UnitStatus::Unresponsive => "unresponsive",
+        }
+    }
+}
+
+/// Whether the engine picks units for an incident by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchMode {
+    /// The engine assigns the nearest eligible units (default).
+    #[default]
+    Auto,
+    /// Only a dispatcher assigns; never auto-dispatched, not even from the queue.
+    Manual,
+}
+
+/// A note on an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    /// When it was written (ms since the epoch).
+    pub at_ms: i64,
+    /// The author's token `sub`.
+    pub by: String,
+    /// The text, at most [`MAX_NOTE_BYTES`] bytes of UTF-8.
+    pub text: String,
+}
+
+/// The longest note text accepted, in bytes of UTF-8.
+pub const MAX_NOTE_BYTES: usize = 4096;
+
+/// An incident as the protocol shows it (section 4), plus the fields we add:
+/// `dispatch` (auto or manual) and `declined_by` (units that declined it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Server-made id.
+    pub id: IncidentId,
+    /// The client's idempotency key, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// What happened (`theft`, `assault`, `officer_emergency`, …); never empty.
+    pub category: String,
+    /// 1 (most urgent) ..= 5.
+    pub priority: u8,
+    /// Where it is in its lifecycle.
+    pub status: IncidentStatus,
+    /// Where it happened.
+    pub location: Location,
+    /// Street address as the caller gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Free text from the caller or dispatcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `call`, `app`, `post`, `patrol`, or another string.
+    pub source: String,
+    /// Units currently assigned, in assignment order.
+    pub units: Vec<UnitId>,
+    /// Capabilities every assigned unit must have.
+    pub required: Vec<Capability>,
+    /// How many units it needs (≥ 1).
+    pub units_needed: u32,
+    /// How it ended (`cancelled` for a cancelled call); set when closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<String>,
+    /// Notes, oldest first.
+    pub notes: Vec<Note>,
+    /// Open incidents of the same category nearby at creation time.
+    pub possible_duplicates: Vec<IncidentId>,
+    /// Auto or manual dispatch (our addition).
+    pub dispatch: DispatchMode,
+    /// Units that declined it; it is never offered to them again (our addition).
+    #[serde(default)]
+    pub declined_by: Vec<UnitId>,
+    /// Creation time (ms).
+    pub created_ms: i64,
+    /// Last change (ms).
+    pub updated_ms: i64,
+}
+
+impl Incident {
+    /// True unless closed.
+    pub fn is_open(&self) -> bool {
+        self.status.is_open()
+    }
+}
+
+/// A patrol unit or a stationary post as the protocol shows it (section 4), plus
+/// `heading`, `speed` and `ack_deadline_ms` (when its current assignment times out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    /// The unit id from its token (`unit` claim) or the roster.
+    pub id: UnitId,
+    /// Radio callsign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callsign: Option<String>,
+    /// Kind of unit (`car`, `foot`, `post`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// What it can do.
+    pub capabilities: Vec<Capability>,
+    /// Its availability.
+    pub status: UnitStatus,
+    /// Last accepted position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Time of the last accepted position fix (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_ms: Option<i64>,
+    /// Degrees clockwise from north, from the last fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+    /// Metres per second, from the last fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// The incident it holds (assigned, acknowledged or on scene).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<IncidentId>,
+    /// When an unacknowledged assignment times out (ms); set only while `dispatched`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_deadline_ms: Option<i64>,
+}
+
+impl Unit {
+    /// True when it has every capability in `required`.
+    pub fn has_all(&self, required: &[Capability]) -> bool {
+        required.iter().all(|c| self.capabilities.iter().any(|h| h == c))
+    }
+}

@@ -1,0 +1,1 @@
+//! opcenter-hub (placeholder)

@@ -1,1 +1,7 @@
-//! opcenter-proto (placeholder)
+//! opcenter-proto: the wire contract of `shared/PROTOCOL.md` as Rust types.
+//!
+//! # Layout
+//! - [`auth`]: token claims, HS256 minting and verification.
+#![deny(missing_docs)]
+
+pub mod auth;

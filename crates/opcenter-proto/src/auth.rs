@@ -1,0 +1,203 @@
+//! Session tokens (`shared/PROTOCOL.md` section 2): HS256 JWTs with the claims
+//! `sub`, `role`, `exp`, and for units `unit` (plus optional `callsign`, `kind`,
+//! `caps`). Minting lives here too, so the CLI, the simulator and the tests make
+//! tokens exactly the way the server checks them.
+//!
+//! Owns: claim shapes, signing and verification. Must never: accept any `alg` but
+//! HS256, or a token without `exp`.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What a session may do, fixed by its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A dispatcher console.
+    Dispatcher,
+    /// A supervisor's map (read-only).
+    Supervisor,
+    /// A patrol tablet.
+    Unit,
+    /// The citizens' app gateway.
+    Intake,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Dispatcher, Role::Supervisor, Role::Unit, Role::Intake];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Dispatcher => "dispatcher",
+            Role::Supervisor => "supervisor",
+            Role::Unit => "unit",
+            Role::Intake => "intake",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (dispatcher, supervisor, unit, intake)"))
+    }
+}
+
+/// The claims of an opcenter token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who (notes are signed with it).
+    pub sub: String,
+    /// What the session may do.
+    pub role: Role,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// The unit id; required when `role` is `unit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The unit's callsign (units only, optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callsign: Option<String>,
+    /// The unit's kind (units only, optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The unit's capabilities (units only, optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<Vec<String>>,
+}
+
+impl Claims {
+    /// Claims for `role` with subject `sub`, valid for `ttl_s` seconds from `now_s`.
+    pub fn new(sub: impl Into<String>, role: Role, now_s: u64, ttl_s: u64) -> Self {
+        Claims {
+            sub: sub.into(),
+            role,
+            exp: now_s + ttl_s,
+            unit: None,
+            callsign: None,
+            kind: None,
+            caps: None,
+        }
+    }
+
+    /// Claims for a unit's tablet.
+    pub fn unit(unit_id: impl Into<String>, now_s: u64, ttl_s: u64) -> Self {
+        let unit_id = unit_id.into();
+        Claims {
+            unit: Some(unit_id.clone()),
+            ..Claims::new(unit_id, Role::Unit, now_s, ttl_s)
+        }
+    }
+}
+
+/// Why a token was refused (all map to `unauthorized`).
+#[derive(Debug, Error)]
+pub enum AuthError {
+    /// Bad signature, wrong `alg`, expired, malformed, or a claim missing.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Role `unit` without a `unit` claim.
+    #[error("role unit requires a unit claim")]
+    MissingUnit,
+}
+
+/// Signs `claims` with HS256 and `secret`.
+pub fn mint_token(secret: &[u8], claims: &Claims) -> String {
+    // Encoding an in-memory struct with an HMAC key cannot fail: serde_json of
+    // `Claims` has no fallible parts and HS256 accepts any key length.
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 encoding of Claims cannot fail")
+}
+
+/// Verifies an HS256 token: signature, `alg`, `exp` (no leeway), required claims.
+pub fn verify_token(secret: &[u8], token: &str) -> Result<Claims, AuthError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let claims = data.claims;
+    if claims.role == Role::Unit && claims.unit.as_deref().is_none_or(str::is_empty) {
+        return Err(AuthError::MissingUnit);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn now_s() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn round_trip() {
+        let claims = Claims::unit("P-101", now_s(), 60);
+        let token = mint_token(SECRET, &claims);
+        assert_eq!(verify_token(SECRET, &token).unwrap(), claims);
+    }
+
+    #[test]
+    fn wrong_secret_is_refused() {
+        let token = mint_token(SECRET, &Claims::new("d1", Role::Dispatcher, now_s(), 60));
+        assert!(verify_token(b"other", &token).is_err());
+    }
+
+    #[test]
+    fn expired_is_refused() {
+        let token = mint_token(SECRET, &Claims::new("d1", Role::Dispatcher, now_s() - 120, 60));
+        assert!(verify_token(SECRET, &token).is_err());
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        // header {"alg":"none","typ":"JWT"}, a valid-looking payload, empty signature.
+        let claims = Claims::new("d1", Role::Dispatcher, now_s(), 60);
+        let b64 = |s: &str| base64url(s.as_bytes());
+        let token = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&serde_json::to_string(&claims).unwrap())
+        );
+        assert!(verify_token(SECRET, &token).is_err());
+    }
+
+    #[test]
+    fn unit_without_unit_claim_is_refused() {
+        let token = mint_token(SECRET, &Claims::new("u", Role::Unit, now_s(), 60));
+        assert!(matches!(
+            verify_token(SECRET, &token),
+            Err(AuthError::MissingUnit)
+        ));
+    }
+
+    /// Unpadded base64url, enough for building a hostile token by hand.
+    fn base64url(input: &[u8]) -> String {
+        const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in input.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}

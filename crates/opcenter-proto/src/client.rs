@@ -1,0 +1,627 @@
+//! Messages a client sends (`shared/PROTOCOL.md` section 3) and their decoding:
+//! first the envelope (`type`, `id`), then the typed body for that `type`, then
+//! checks of ranges and shapes, so every frame ends as a [`ClientMessage`] or a
+//! [`FrameError`] carrying the protocol error code.
+//!
+//! Owns: wire shapes of commands and their validation. Must never: look at
+//! server state (unknown ids, permissions on objects are the engine's).
+
+use serde::Deserialize;
+
+use opcenter_core::{
+    Capability, DispatchMode, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident, PositionFix, UnitStatus,
+};
+
+use crate::codec::{self, Encoding};
+use crate::error::{ErrorCode, FrameError};
+
+/// `area` of a positions subscription (degrees). `west > east` crosses the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+pub struct Area {
+    /// Southern edge.
+    pub south: f64,
+    /// Western edge.
+    pub west: f64,
+    /// Northern edge.
+    pub north: f64,
+    /// Eastern edge.
+    pub east: f64,
+}
+
+impl Area {
+    /// True when the point lies inside (edges included).
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        let lat_ok = lat >= self.south && lat <= self.north;
+        let lon_ok = if self.west <= self.east {
+            lon >= self.west && lon <= self.east
+        } else {
+            lon >= self.west || lon <= self.east
+        };
+        lat_ok && lon_ok
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let all = [self.south, self.west, self.north, self.east];
+        if all.iter().any(|v| !v.is_finite()) {
+            return Err("area edges must be finite".into());
+        }
+        if !(-90.0..=90.0).contains(&self.south) || !(-90.0..=90.0).contains(&self.north) {
+            return Err("area south/north must be in [-90, 90]".into());
+        }
+        if !(-180.0..=180.0).contains(&self.west) || !(-180.0..=180.0).contains(&self.east) {
+            return Err("area west/east must be in [-180, 180]".into());
+        }
+        if self.south > self.north {
+            return Err("area south is north of north".into());
+        }
+        Ok(())
+    }
+}
+
+/// `since` of a resuming subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    /// The epoch the client last saw.
+    pub epoch: String,
+    /// The last seq it saw.
+    pub seq: u64,
+}
+
+/// A subscription topic, including `positions` (which is not an event topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubTopic {
+    /// Incident events.
+    Incidents,
+    /// Unit events.
+    Units,
+    /// Position batches.
+    Positions,
+    /// A tablet's own assignments.
+    Assignments,
+}
+
+impl SubTopic {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "incidents" => SubTopic::Incidents,
+            "units" => SubTopic::Units,
+            "positions" => SubTopic::Positions,
+            "assignments" => SubTopic::Assignments,
+            _ => return None,
+        })
+    }
+}
+
+/// `hello`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Hello {
+    /// The JWT.
+    pub token: String,
+    /// Protocol version (1).
+    #[serde(default)]
+    pub protocol: Option<u32>,
+}
+
+/// `subscribe`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    /// Topics, deduplicated.
+    pub topics: Vec<SubTopic>,
+    /// Area filter for positions.
+    pub area: Option<Area>,
+    /// Resume point.
+    pub since: Option<Since>,
+}
+
+#[derive(Deserialize)]
+struct RawSubscribe {
+    topics: Vec<String>,
+    #[serde(default)]
+    area: Option<Area>,
+    #[serde(default)]
+    since: Option<Since>,
+}
+
+#[derive(Deserialize)]
+struct RawCreate {
+    category: String,
+    priority: i64,
+    location: Location,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    units_needed: Option<i64>,
+    #[serde(default)]
+    required: Option<Vec<Capability>>,
+    #[serde(default)]
+    dispatch: Option<DispatchMode>,
+}
+
+#[derive(Deserialize)]
+struct RawUpdate {
+    incident_id: String,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    location: Option<Location>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `incident.close`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Close {
+    /// Which incident.
+    pub incident_id: String,
+    /// How it ended.
+    pub disposition: String,
+}
+
+/// `incident.assign`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Assign {
+    /// Which incident.
+    pub incident_id: String,
+    /// Which unit.
+    pub unit_id: String,
+    /// Take the unit off its current incident.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `incident.recommend`, checked: exactly one of incident or location.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommend {
+    /// The incident asked about, if any.
+    pub incident_id: Option<String>,
+    /// The location asked about, if no incident.
+    pub location: Option<Location>,
+    /// How many (1..=100, default 3).
+    pub count: usize,
+    /// Capabilities to require instead of the incident's.
+    pub required: Option<Vec<Capability>>,
+}
+
+#[derive(Deserialize)]
+struct RawRecommend {
+    #[serde(default)]
+    incident_id: Option<String>,
+    #[serde(default)]
+    location: Option<Location>,
+    #[serde(default)]
+    count: Option<i64>,
+    #[serde(default)]
+    required: Option<Vec<Capability>>,
+}
+
+/// `unit.position`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    /// The unit named in the frame, if any (must be the session's own).
+    pub unit_id: Option<String>,
+    /// The fix.
+    pub fix: PositionFix,
+}
+
+#[derive(Deserialize)]
+struct RawPosition {
+    #[serde(default)]
+    unit_id: Option<String>,
+    lat: f64,
+    lon: f64,
+    #[serde(default)]
+    heading: Option<f64>,
+    #[serde(default)]
+    speed: Option<f64>,
+    #[serde(default)]
+    accuracy: Option<f64>,
+    #[serde(default)]
+    at_ms: Option<i64>,
+}
+
+/// `unit.status`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Status {
+    /// The new status.
+    pub status: UnitStatus,
+    /// Which unit (dispatchers must name one; units may name only their own).
+    #[serde(default)]
+    pub unit_id: Option<String>,
+}
+
+/// `assignment.ack`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Ack {
+    /// The incident acknowledged.
+    pub incident_id: String,
+}
+
+/// `assignment.decline`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Decline {
+    /// The incident declined.
+    pub incident_id: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `incident.note`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Note {
+    /// Which incident.
+    pub incident_id: String,
+    /// ≤ 4096 bytes of UTF-8.
+    pub text: String,
+}
+
+/// `unit.emergency`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Emergency {
+    /// Pressed or cleared.
+    pub active: bool,
+    /// Where (default: the unit's last position).
+    #[serde(default)]
+    pub location: Option<Location>,
+}
+
+/// A decoded, checked client command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// `hello`.
+    Hello(Hello),
+    /// `subscribe`.
+    Subscribe(Subscribe),
+    /// `incident.create`.
+    IncidentCreate(NewIncident),
+    /// `incident.update`.
+    IncidentUpdate {
+        /// Which incident.
+        incident_id: String,
+        /// What changes.
+        patch: IncidentPatch,
+    },
+    /// `incident.close`.
+    IncidentClose(Close),
+    /// `incident.assign`.
+    IncidentAssign(Assign),
+    /// `incident.recommend`.
+    IncidentRecommend(Recommend),
+    /// `incident.note`.
+    IncidentNote(Note),
+    /// `unit.position`.
+    UnitPosition(Position),
+    /// `unit.status`.
+    UnitStatus(Status),
+    /// `assignment.ack`.
+    AssignmentAck(Ack),
+    /// `assignment.decline`.
+    AssignmentDecline(Decline),
+    /// `unit.emergency`.
+    UnitEmergency(Emergency),
+    /// `ping`.
+    Ping,
+}
+
+impl ClientMessage {
+    /// The wire `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello(_) => "hello",
+            ClientMessage::Subscribe(_) => "subscribe",
+            ClientMessage::IncidentCreate(_) => "incident.create",
+            ClientMessage::IncidentUpdate { .. } => "incident.update",
+            ClientMessage::IncidentClose(_) => "incident.close",
+            ClientMessage::IncidentAssign(_) => "incident.assign",
+            ClientMessage::IncidentRecommend(_) => "incident.recommend",
+            ClientMessage::IncidentNote(_) => "incident.note",
+            ClientMessage::UnitPosition(_) => "unit.position",
+            ClientMessage::UnitStatus(_) => "unit.status",
+            ClientMessage::AssignmentAck(_) => "assignment.ack",
+            ClientMessage::AssignmentDecline(_) => "assignment.decline",
+            ClientMessage::UnitEmergency(_) => "unit.emergency",
+            ClientMessage::Ping => "ping",
+        }
+    }
+}
+
+/// A decoded frame: the client's `id` and its command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// The client's `id`, if it sent one.
+    pub id: Option<u64>,
+    /// The command.
+    pub message: ClientMessage,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+/// Decodes and checks one frame in the session's encoding.
+pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameError> {
+    if !codec::is_map(encoding, bytes) {
+        return Err(FrameError::new(
+            None,
+            ErrorCode::BadRequest,
+            "a frame must be a map with a string `type`",
+        ));
+    }
+    let envelope: Envelope = codec::decode(encoding, bytes)
+        .map_err(|e| FrameError::new(None, ErrorCode::BadRequest, format!("malformed frame: {e}")))?;
+    let id = envelope.id;
+    let Some(kind) = envelope.kind else {
+        return Err(FrameError::new(id, ErrorCode::BadRequest, "missing `type`"));
+    };
+    let bad = |e: String| FrameError::new(id, ErrorCode::BadRequest, e);
+    let body = |e: String| bad(format!("{kind}: {e}"));
+    let message = match kind.as_str() {
+        "hello" => ClientMessage::Hello(codec::decode(encoding, bytes).map_err(body)?),
+        "ping" => ClientMessage::Ping,
+        "subscribe" => {
+            let raw: RawSubscribe = codec::decode(encoding, bytes).map_err(body)?;
+            ClientMessage::Subscribe(check_subscribe(raw).map_err(body)?)
+        }
+        "incident.create" => {
+            let raw: RawCreate = codec::decode(encoding, bytes).map_err(body)?;
+            ClientMessage::IncidentCreate(check_create(raw).map_err(body)?)
+        }
+        "incident.update" => {
+            let raw: RawUpdate = codec::decode(encoding, bytes).map_err(body)?;
+            let patch = check_update(&raw).map_err(body)?;
+            ClientMessage::IncidentUpdate {
+                incident_id: raw.incident_id,
+                patch,
+            }
+        }
+        "incident.close" => ClientMessage::IncidentClose(codec::decode(encoding, bytes).map_err(body)?),
+        "incident.assign" => ClientMessage::IncidentAssign(codec::decode(encoding, bytes).map_err(body)?),
+        "incident.recommend" => {
+            let raw: RawRecommend = codec::decode(encoding, bytes).map_err(body)?;
+            ClientMessage::IncidentRecommend(check_recommend(raw).map_err(body)?)
+        }
+        "incident.note" => {
+            let note: Note = codec::decode(encoding, bytes).map_err(body)?;
+            if note.text.len() > MAX_NOTE_BYTES {
+                return Err(body(format!(
+                    "text is {} bytes, at most {MAX_NOTE_BYTES}",
+                    note.text.len()
+                )));
+            }
+            ClientMessage::IncidentNote(note)
+        }
+        "unit.position" => {
+            let raw: RawPosition = codec::decode(encoding, bytes).map_err(body)?;
+            ClientMessage::UnitPosition(check_position(raw).map_err(body)?)
+        }
+        "unit.status" => ClientMessage::UnitStatus(codec::decode(encoding, bytes).map_err(body)?),
+        "assignment.ack" => ClientMessage::AssignmentAck(codec::decode(encoding, bytes).map_err(body)?),
+        "assignment.decline" => {
+            ClientMessage::AssignmentDecline(codec::decode(encoding, bytes).map_err(body)?)
+        }
+        "unit.emergency" => {
+            let e: Emergency = codec::decode(encoding, bytes).map_err(body)?;
+            if let Some(loc) = &e.location {
+                loc.validate().map_err(|e| body(e.to_string()))?;
+            }
+            ClientMessage::UnitEmergency(e)
+        }
+        other => {
+            return Err(FrameError::new(
+                id,
+                ErrorCode::UnknownType,
+                format!("unknown type {other:?}"),
+            ));
+        }
+    };
+    Ok(Frame { id, message })
+}
+
+fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
+    let mut topics = Vec::new();
+    for t in &raw.topics {
+        let topic = SubTopic::parse(t).ok_or_else(|| format!("unknown topic {t:?}"))?;
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    if topics.is_empty() {
+        return Err("topics must name at least one topic".into());
+    }
+    if let Some(area) = &raw.area {
+        area.validate()?;
+    }
+    Ok(Subscribe {
+        topics,
+        area: raw.area,
+        since: raw.since,
+    })
+}
+
+/// Checks a priority given as a wire integer.
+pub fn check_priority(p: i64) -> Result<u8, String> {
+    if (1..=5).contains(&p) {
+        Ok(p as u8)
+    } else {
+        Err(format!("priority {p} out of 1..5"))
+    }
+}
+
+/// The largest `units_needed` accepted for one incident.
+pub const MAX_UNITS_NEEDED: i64 = 50;
+
+fn check_create(raw: RawCreate) -> Result<NewIncident, String> {
+    let priority = check_priority(raw.priority)?;
+    raw.location.validate().map_err(|e| e.to_string())?;
+    if raw.category.trim().is_empty() {
+        return Err("category must not be empty".into());
+    }
+    let units_needed = raw.units_needed.unwrap_or(1);
+    if !(1..=MAX_UNITS_NEEDED).contains(&units_needed) {
+        return Err(format!(
+            "units_needed {units_needed} out of 1..{MAX_UNITS_NEEDED}"
+        ));
+    }
+    Ok(NewIncident {
+        category: raw.category,
+        priority,
+        location: raw.location,
+        address: raw.address,
+        description: raw.description,
+        source: raw
+            .source
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "call".into()),
+        key: raw.key.filter(|k| !k.is_empty()),
+        units_needed: units_needed as u32,
+        required: raw.required.unwrap_or_default(),
+        dispatch: raw.dispatch.unwrap_or_default(),
+    })
+}
+
+fn check_update(raw: &RawUpdate) -> Result<IncidentPatch, String> {
+    let priority = raw.priority.map(check_priority).transpose()?;
+    if let Some(loc) = &raw.location {
+        loc.validate().map_err(|e| e.to_string())?;
+    }
+    if raw.category.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        return Err("category must not be empty".into());
+    }
+    Ok(IncidentPatch {
+        category: raw.category.clone(),
+        priority,
+        location: raw.location,
+        address: raw.address.clone(),
+        description: raw.description.clone(),
+    })
+}
+
+fn check_recommend(raw: RawRecommend) -> Result<Recommend, String> {
+    let count = raw.count.unwrap_or(3);
+    if !(1..=100).contains(&count) {
+        return Err(format!("count {count} out of 1..100"));
+    }
+    if let Some(loc) = &raw.location {
+        loc.validate().map_err(|e| e.to_string())?;
+    }
+    match (&raw.incident_id, &raw.location) {
+        (None, None) => return Err("give incident_id or location".into()),
+        (Some(_), Some(_)) => return Err("give incident_id or location, not both".into()),
+        _ => {}
+    }
+    Ok(Recommend {
+        incident_id: raw.incident_id,
+        location: raw.location,
+        count: count as usize,
+        required: raw.required,
+    })
+}
+
+fn check_position(raw: RawPosition) -> Result<Position, String> {
+    let location = Location::new(raw.lat, raw.lon).map_err(|e| e.to_string())?;
+    for (name, v) in [
+        ("heading", raw.heading),
+        ("speed", raw.speed),
+        ("accuracy", raw.accuracy),
+    ] {
+        if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err(format!("{name} must be a finite, non-negative number"));
+        }
+    }
+    if raw.heading.is_some_and(|h| h >= 360.0) {
+        return Err("heading must be in [0, 360)".into());
+    }
+    Ok(Position {
+        unit_id: raw.unit_id,
+        fix: PositionFix {
+            location,
+            heading: raw.heading,
+            speed: raw.speed,
+            accuracy: raw.accuracy,
+            at_ms: raw.at_ms,
+        },
+    })
+}
+
+/// The body of `POST /v1/reports` (section 8).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Report {
+    /// Idempotency key (required).
+    pub key: String,
+    /// Category.
+    pub category: String,
+    /// Priority (default 3).
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Where.
+    pub location: Location,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Street address.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Who reported it.
+    #[serde(default)]
+    pub reporter: Option<Reporter>,
+}
+
+/// The citizen who reported.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reporter {
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Phone.
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+impl Report {
+    /// Checks the report and turns it into an auto-dispatched `app` incident.
+    pub fn into_new_incident(self) -> Result<NewIncident, String> {
+        if self.key.is_empty() {
+            return Err("key must not be empty".into());
+        }
+        let mut description = self.description;
+        if let Some(r) = &self.reporter {
+            let who: Vec<&str> = [r.name.as_deref(), r.phone.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !who.is_empty() {
+                let line = format!("reporter: {}", who.join(", "));
+                description = Some(match description {
+                    Some(d) if !d.is_empty() => format!("{d}\n{line}"),
+                    _ => line,
+                });
+            }
+        }
+        check_create(RawCreate {
+            category: self.category,
+            priority: self.priority.unwrap_or(3),
+            location: self.location,
+            address: self.address,
+            description,
+            source: Some("app".into()),
+            key: Some(self.key),
+            units_needed: None,
+            required: None,
+            dispatch: None,
+        })
+    }
+}

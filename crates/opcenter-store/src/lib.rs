@@ -1,1 +1,183 @@
-//! opcenter-store (placeholder)
+//! opcenter-store: the durable event journal and the snapshot store.
+//!
+//! Owns durability: a record is on disk (written and `fdatasync`ed) before
+//! [`Journal::append_batch`] returns `Ok`, and history that was acknowledged is never
+//! silently dropped on open. Must never know what a record means: payloads are opaque
+//! bytes, and this crate depends on no other opcenter crate.
+//!
+//! # Layout
+//!
+//! - `lib.rs` — the [`Journal`] trait, [`Record`], these docs.
+//! - `error.rs` — [`StoreError`].
+//! - `frame.rs` — the record frame on disk (length, flags, CRC, seq, payload).
+//! - `file.rs` — [`FileJournal`]: segments, recovery, group commit, read index,
+//!   compaction.
+//! - `snapshot.rs` — snapshot files, atomic write, keep-the-latest-two.
+//! - `fsutil.rs` — atomic replace, directory fsync, file names, epoch ids.
+//! - `mem.rs` — [`MemJournal`], the same contract in memory for tests.
+//!
+//! # How the hub uses it
+//!
+//! The engine thread owns the journal (`Box<dyn Journal>` or a concrete type). Per
+//! batch of commands: apply them, collect the events' encoded bytes, call
+//! `append_batch` once (one write, one fsync: group commit), and only after `Ok`
+//! reply to clients and fan out with the returned seqs. On `Err` nothing of the batch
+//! may be acknowledged; the journal is then poisoned (see below).
+//!
+//! At start: `latest_snapshot()` → state at seq S, then `read_from(S, chunk)` in a loop
+//! through the same `apply`. For a resume `since {epoch, seq}`: if the epoch differs or
+//! [`Journal::reaches_back`] is false, answer `recovered: false`; `read_from` returns
+//! [`StoreError::Compacted`] too, so the race with compaction is also detected.
+//!
+//! # Directory layout of `FileJournal`
+//!
+//! ```text
+//! <dir>/epoch                              random id, written once (tmp+fsync+rename)
+//! <dir>/journal-00000000000000000001.log   segment, named by its first seq
+//! <dir>/journal-00000000000000231842.log   ...the last one is appended to
+//! <dir>/snapshot-00000000000000200000.bin  the two newest snapshots
+//! ```
+//!
+//! A record is `[len|flags u32][crc32 u32][seq u64][payload]`, little endian; the CRC
+//! covers the length word, the seq and the payload. Two flag bits mark the first and
+//! the last record of each `append_batch`, so a batch is atomic on disk: recovery keeps
+//! whole batches only. A batch never spans two segments; a new segment starts before
+//! a batch once the current one holds `segment_bytes` (64 MiB by default).
+//!
+//! # Recovery (on open)
+//!
+//! Every segment is read once, sequentially, and each frame's CRC and seq checked
+//! (1M records of 300 B: see README.md for the measured time). The sparse index
+//! (one `(seq, offset)` per 64 KiB) is built on the way, so `read_from` seeks straight
+//! to the right 64 KiB of the right segment.
+//!
+//! - **Torn tail** — the last segment ends in a short, bad-CRC, or impossible-length
+//!   frame, or in a batch without its end mark: the file is truncated back to the end
+//!   of the last complete batch, with a `warn!` naming the bytes and records dropped,
+//!   and the journal opens. Such a batch was never fsynced, so never acknowledged.
+//! - **Damage in the middle** — a bad frame in a sealed (non-last) segment, or a bad
+//!   frame in the last one that is followed by a valid later batch (a batch is written
+//!   only after the previous one's fsync returned, so a later batch proves the damaged
+//!   one may have been acknowledged): open fails with [`StoreError::Corrupt`]. Surviving
+//!   pages of the one torn batch itself do not count as a later batch, so a crash that
+//!   persisted a batch's pages out of order still recovers.
+//! - **Missing history** — segments or snapshots but no `epoch` file
+//!   ([`StoreError::MissingEpoch`]), a seq gap between or inside segments, or a first
+//!   segment that starts after the newest snapshot + 1 ([`StoreError::SeqGap`]), an
+//!   unreadable file or directory ([`StoreError::Io`]): open fails. It never starts
+//!   empty over existing data.
+//!
+//! # Append failures: poisoned, not retried
+//!
+//! After any failed append (write, fsync, segment creation) the journal refuses all
+//! further appends with [`StoreError::Poisoned`] until reopened. Truncating back and
+//! carrying on was the alternative, but after a failed `fsync` the kernel may have
+//! dropped the dirty pages and cleared the error, so a retry can "succeed" without the
+//! data on disk (PostgreSQL's fsyncgate). Reopening runs recovery, which sees exactly
+//! what is on disk. The hub should treat poisoning as fatal for the engine (stop
+//! accepting writes, alert, let the supervisor restart).
+//!
+//! # Why a hand-written segment log and not redb
+//!
+//! DESIGN.md suggests redb. A CRC-framed segment log fits this workload better:
+//! 1. A torn tail is trivially detected (CRC, length, batch marks) and truncated; there
+//!    is no B-tree, free list or page cache to get wrong, and the recovery rules above
+//!    fit in one page of code.
+//! 2. One `write` + one `fdatasync` per batch is the cheapest possible group commit; a
+//!    B-tree commit writes pages in several places and syncs more than once.
+//! 3. It maps 1:1 to a JetStream stream (below), so the embedded journal and a
+//!    clustered one have the same shape. Events are only ever appended and read in
+//!    order: we need no keys, no updates, no random access beyond "from seq".
+//!
+//! # The same trait on NATS JetStream (DESIGN.md, "Growing past one machine")
+//!
+//! | `Journal`             | JetStream                                                    |
+//! |-----------------------|--------------------------------------------------------------|
+//! | one journal           | one stream per region, e.g. `OPC_<region>`                    |
+//! | `epoch`               | the stream's name + creation id (recreated stream = new epoch) |
+//! | `append_batch`        | publish each record with `Nats-Expected-Last-Sequence` = `last_seq` (single-writer fencing), or an atomic batch publish; ack = durable on a quorum |
+//! | seq                   | stream sequence                                              |
+//! | `read_from(after, n)` | ordered consumer with `DeliverPolicy::ByStartSequence(after + 1)` |
+//! | `first_seq`/`last_seq`| stream info `first_seq` / `last_seq`                          |
+//! | snapshots             | a KV or Object Store bucket, key = region, value = seq + bytes |
+//! | `compact`             | `max_msgs` retention (plus purge up to the snapshot seq)      |
+//! | poisoned              | a failed expected-sequence publish: another writer or a lost ack; re-read and re-fence |
+//!
+//! # Not done (yet)
+//!
+//! - No lock file against two processes opening the same directory (`File::try_lock`
+//!   needs Rust 1.89, the workspace's MSRV is 1.85): the deployment must run one
+//!   server per data directory.
+#![deny(missing_docs)]
+
+mod error;
+mod file;
+mod frame;
+mod fsutil;
+mod mem;
+mod snapshot;
+
+use std::ops::RangeInclusive;
+
+pub use error::StoreError;
+pub use file::{FileJournal, Options};
+pub use frame::MAX_PAYLOAD;
+pub use mem::MemJournal;
+
+/// One journal record: its seq and its opaque bytes (an encoded event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the one global sequence; the first record ever has seq 1.
+    pub seq: u64,
+    /// The bytes given to `append_batch`.
+    pub payload: Vec<u8>,
+}
+
+/// A durable, append-only, totally ordered log of opaque records plus snapshots.
+///
+/// Implemented by [`FileJournal`] (embedded), [`MemJournal`] (tests), and on paper by a
+/// JetStream stream (see the crate docs). Object safe: `Box<dyn Journal>` works.
+pub trait Journal: Send {
+    /// The journal's identity: created with it, unchanged across restarts, different
+    /// for a new data directory. Clients resume only within the same epoch.
+    fn epoch(&self) -> &str;
+
+    /// Seq of the oldest record still retained; `last_seq() + 1` when none are.
+    fn first_seq(&self) -> u64;
+
+    /// Seq of the newest durable record; 0 when nothing was ever appended.
+    fn last_seq(&self) -> u64;
+
+    /// Appends the payloads as one batch with consecutive seqs, durable (fsynced) before
+    /// returning, and returns their seqs. An empty batch does no I/O and returns the
+    /// empty range `last_seq + 1 ..= last_seq`.
+    ///
+    /// On `Err`, nothing of the batch counts as saved and the journal is poisoned: every
+    /// later append fails with [`StoreError::Poisoned`] until reopened (except
+    /// [`StoreError::RecordTooLarge`], which is checked before any I/O).
+    fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError>;
+
+    /// Up to `max` records with seq > `after_seq`, in order (empty if there are none
+    /// yet). [`StoreError::Compacted`] if some of them are no longer retained, i.e.
+    /// `after_seq + 1 < first_seq()`.
+    fn read_from(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, StoreError>;
+
+    /// Stores `bytes` as the state after every event up to `seq` (<= `last_seq`),
+    /// atomically (tmp file, fsync, rename, fsync dir); keeps the newest two.
+    fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// The newest snapshot that verifies, as `(seq, bytes)`; `None` if none was written.
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Drops old history that is both older than the last `keep_events` events and
+    /// covered by a snapshot (by the older of the two kept ones, so the fallback
+    /// snapshot stays replayable). [`FileJournal`] drops whole segments only and never
+    /// the active one. Returns the new `first_seq()`.
+    fn compact(&mut self, keep_events: u64) -> Result<u64, StoreError>;
+
+    /// Whether every record after `after_seq` is still here, so a client that has seen
+    /// up to `after_seq` (in this epoch) can resume with `recovered: true`.
+    fn reaches_back(&self, after_seq: u64) -> bool {
+        after_seq + 1 >= self.first_seq() && after_seq <= self.last_seq()
+    }
+}

@@ -1,0 +1,913 @@
+/* opcenter console: the page. A client of PROTOCOL.md like any other.
+ *
+ * Owns: sign-in, the WebSocket session (hello, subscribe, resume with `since`,
+ * reconnect with backoff, keepalive pings), commands and their replies, and the
+ * DOM of both views (dispatcher: queue, unit board, details, create form;
+ * supervisor: figures, read-only lists). State lives in OCStore, drawing in OCMap.
+ *
+ * Must never: render a row from anything but the store (so a resume can neither
+ * duplicate nor lose rows), resend a command that is not idempotent after a drop
+ * (only `incident.create`, which carries a `key`, is retried), or load anything
+ * from outside this server.
+ */
+(function () {
+  "use strict";
+
+  var PROTOCOL = 1;
+  var TOPICS = ["incidents", "units", "positions"];
+  var PING_EVERY_MS = 15000;
+  var PING_TIMEOUT_MS = 10000;
+  var BACKOFF_MIN_MS = 500;
+  var BACKOFF_MAX_MS = 10000;
+  var HISTORY_REPLAY_MAX = 20000; // replay at most this many events for the figures
+
+  var $ = function (id) { return document.getElementById(id); };
+  var params = new URLSearchParams(location.search);
+
+  var store = new OCStore.Store();
+  var map = new OCMap($("map"));
+  var session = null; // {role, sub, epoch}
+  var role = null;
+  var selectedId = null;
+  var crosshair = null;
+  var candidates = null; // {incident_id, list, shortfall, error}
+  var acked = loadAcked();
+  var lastConfig = null;
+
+  // ---------------------------------------------------------------- connection
+
+  /** One WebSocket session with the hub; reconnects with backoff until stopped. */
+  function Conn(token, opts) {
+    this.token = token;
+    this.opts = opts || {};
+    this.ws = null;
+    this.nextId = 1;
+    this.pending = new Map(); // id -> {resolve, reject, cmd, retry}
+    this.backoff = BACKOFF_MIN_MS;
+    this.stopped = false;
+    this.state = "offline";
+    this.subscribed = false;
+    this.early = []; // events that arrived before the subscribe reply
+    this.timer = null;
+    this.pingTimer = null;
+    this.pingDeadline = null;
+    this.everLive = false;
+  }
+
+  Conn.prototype.url = function () {
+    if (params.get("ws")) return params.get("ws");
+    var proto = location.protocol === "https:" ? "wss:" : "ws:";
+    return proto + "//" + location.host + "/v1/ws";
+  };
+
+  Conn.prototype.setState = function (s) {
+    this.state = s;
+    if (this.opts.onState) this.opts.onState(s);
+  };
+
+  Conn.prototype.start = function () {
+    this.stopped = false;
+    this.open();
+  };
+
+  Conn.prototype.stop = function () {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.pingTimer);
+    if (this.ws) try { this.ws.close(1000, "bye"); } catch (e) { /* already closed */ }
+    this.ws = null;
+    this.failPending("signed out");
+    this.setState("offline");
+  };
+
+  Conn.prototype.open = function () {
+    var self = this;
+    this.setState(this.everLive ? "reconnecting" : "connecting");
+    var ws;
+    try {
+      ws = new WebSocket(this.url());
+    } catch (e) {
+      this.scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    this.subscribed = false;
+    this.early = [];
+    ws.onopen = function () {
+      if (self.ws !== ws) return;
+      self.send({ type: "hello", token: self.token, protocol: PROTOCOL }).then(function (ok) {
+        self.onHello(ok);
+      }, function (err) {
+        if (err && err.code === "unauthorized") self.fatal(err);
+      });
+    };
+    ws.onmessage = function (e) {
+      if (self.ws !== ws) return;
+      var msg;
+      try { msg = JSON.parse(e.data); } catch (err) { return; }
+      self.onMessage(msg);
+    };
+    ws.onclose = function (e) {
+      if (self.ws !== ws) return;
+      self.ws = null;
+      clearInterval(self.pingTimer);
+      self.failPending("connection lost");
+      if (self.stopped) return;
+      if (e.code === 4001) {
+        self.fatal({ code: "unauthorized", message: e.reason || "the server refused this token" });
+        return;
+      }
+      self.scheduleReconnect();
+    };
+    ws.onerror = function () { /* onclose follows */ };
+  };
+
+  Conn.prototype.fatal = function (err) {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.pingTimer);
+    if (this.ws) try { this.ws.close(); } catch (e) { /* ignore */ }
+    this.ws = null;
+    this.setState("offline");
+    if (this.opts.onFatal) this.opts.onFatal(err);
+  };
+
+  Conn.prototype.scheduleReconnect = function () {
+    var self = this;
+    if (this.stopped) return;
+    this.setState(this.everLive ? "reconnecting" : "connecting");
+    var delay = this.backoff * (0.75 + Math.random() * 0.5);
+    this.backoff = Math.min(BACKOFF_MAX_MS, this.backoff * 2);
+    clearTimeout(this.timer);
+    this.timer = setTimeout(function () { self.open(); }, delay);
+  };
+
+  Conn.prototype.onHello = function (ok) {
+    var self = this;
+    if (this.opts.onHello && this.opts.onHello(ok) === false) return;
+    this.subscribeNow();
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(function () { self.keepalive(); }, PING_EVERY_MS);
+  };
+
+  Conn.prototype.subscribeNow = function () {
+    var self = this;
+    var cmd = { type: "subscribe", topics: this.opts.topics || TOPICS };
+    var since = this.opts.since ? this.opts.since() : null;
+    if (since) cmd.since = since;
+    this.send(cmd).then(function (ok) {
+      self.subscribed = true;
+      self.backoff = BACKOFF_MIN_MS;
+      self.everLive = true;
+      if (self.opts.onSubscribed) self.opts.onSubscribed(ok);
+      var early = self.early;
+      self.early = [];
+      early.forEach(function (m) { self.opts.onEvent && self.opts.onEvent(m); });
+      self.setState("live");
+      self.retryCreates();
+    }, function (err) {
+      toastError(err);
+      if (self.ws) self.ws.close(4000, "subscribe failed");
+    });
+  };
+
+  Conn.prototype.keepalive = function () {
+    var self = this;
+    var ws = this.ws;
+    if (!ws || ws.readyState !== 1) return;
+    var timer = setTimeout(function () {
+      // No answer: the link is dead even if the socket has not noticed yet.
+      if (self.ws === ws) try { ws.close(4000, "ping timeout"); } catch (e) { /* ignore */ }
+    }, PING_TIMEOUT_MS);
+    this.send({ type: "ping" }).then(function () { clearTimeout(timer); }, function () { clearTimeout(timer); });
+  };
+
+  Conn.prototype.onMessage = function (msg) {
+    switch (msg.type) {
+      case "ok":
+      case "error": {
+        var p = msg.id != null ? this.pending.get(msg.id) : null;
+        if (p) {
+          this.pending.delete(msg.id);
+          if (msg.type === "ok") p.resolve(msg);
+          else p.reject(msg);
+        } else if (msg.type === "error") {
+          toastError(msg);
+        }
+        break;
+      }
+      case "event":
+        if (!this.subscribed) this.early.push(msg);
+        else if (this.opts.onEvent) this.opts.onEvent(msg);
+        break;
+      case "positions":
+        if (this.opts.onPositions) this.opts.onPositions(msg);
+        break;
+      default:
+        // Unknown server frames are ignored (forward compatibility).
+        break;
+    }
+  };
+
+  /** Sends a command with a fresh id; resolves with the ok reply, rejects with the error. */
+  Conn.prototype.send = function (cmd, retry) {
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var ws = self.ws;
+      if (!ws || ws.readyState !== 1) {
+        if (retry) {
+          self.pending.set("r" + self.nextId++, { resolve: resolve, reject: reject, cmd: cmd, retry: true, queued: true });
+          return;
+        }
+        reject({ code: "offline", message: "not connected" });
+        return;
+      }
+      var id = self.nextId++;
+      var frame = Object.assign({}, cmd, { id: id });
+      self.pending.set(id, { resolve: resolve, reject: reject, cmd: cmd, retry: !!retry });
+      ws.send(JSON.stringify(frame));
+    });
+  };
+
+  Conn.prototype.failPending = function (why) {
+    var self = this;
+    var keep = new Map();
+    this.pending.forEach(function (p, id) {
+      if (p.retry && !self.stopped) keep.set("r" + self.nextId++, Object.assign({}, p, { queued: true }));
+      else p.reject({ code: "offline", message: "command not confirmed: " + why });
+    });
+    this.pending = keep;
+  };
+
+  /** Re-sends idempotent commands (creates with a `key`) that a drop left unanswered. */
+  Conn.prototype.retryCreates = function () {
+    var self = this;
+    var queued = [];
+    this.pending.forEach(function (p, id) { if (p.queued) queued.push([id, p]); });
+    queued.forEach(function (e) {
+      self.pending.delete(e[0]);
+      self.send(e[1].cmd, true).then(e[1].resolve, e[1].reject);
+    });
+  };
+
+  var conn = null;
+  var history = null;
+
+  // ---------------------------------------------------------------- sign-in
+
+  function initSignin() {
+    var t = params.get("token") || sessionStorage.getItem("opcenter.token") || "";
+    $("token-input").value = t;
+    $("signin-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      var token = $("token-input").value.trim();
+      if (!token) return;
+      signIn(token);
+    });
+    $("signout").addEventListener("click", signOut);
+    $("role-message-back").addEventListener("click", signOut);
+    if (params.get("token")) signIn(params.get("token").trim());
+  }
+
+  function signIn(token) {
+    sessionStorage.setItem("opcenter.token", token);
+    $("signin-msg").textContent = "";
+    if (conn) conn.stop();
+    store = new OCStore.Store();
+    selectedId = null;
+    candidates = null;
+    conn = new Conn(token, {
+      onState: setConnState,
+      onHello: onHello,
+      since: function () { return store.cursor(); },
+      onSubscribed: onSubscribed,
+      onEvent: onEvent,
+      onPositions: function (m) { if (store.applyPositions(m.items)) scheduleRender(); },
+      onFatal: function (err) {
+        showView("signin");
+        $("signin-msg").textContent = (err.code || "error") + ": " + (err.message || "connection refused");
+      },
+    });
+    conn.start();
+  }
+
+  function signOut() {
+    if (conn) conn.stop();
+    if (history) history.stop();
+    conn = null;
+    history = null;
+    session = null;
+    role = null;
+    sessionStorage.removeItem("opcenter.token");
+    $("token-input").value = "";
+    showView("signin");
+  }
+
+  function onHello(ok) {
+    role = ok.role;
+    session = { role: ok.role, epoch: ok.epoch, seq: ok.seq };
+    $("role-badge").textContent = role || "";
+    $("signout").hidden = false;
+    if (role !== "dispatcher" && role !== "supervisor") {
+      $("role-message-text").textContent = "This token has the role \u201c" + role +
+        "\u201d. The operations console is for dispatchers and supervisors; " +
+        (role === "unit" ? "patrol units use their tablet app." : "intake tokens are for the reporting gateway.");
+      showView("role");
+      conn.stop();
+      return false;
+    }
+    showView(role);
+    if (role === "supervisor" && !history && typeof ok.seq === "number" && ok.seq > 0 && ok.seq <= HISTORY_REPLAY_MAX) {
+      startHistory(conn.token, ok.epoch);
+    }
+    return true;
+  }
+
+  /**
+   * The supervisor's figures cover the last hour, but a fresh snapshot says nothing
+   * about when incidents were dispatched. A second, short-lived session replays the
+   * incident history from seq 0 (when it is short enough) and feeds only timings.
+   */
+  function startHistory(token, epoch) {
+    var h = new Conn(token, {
+      topics: ["incidents"],
+      since: function () { return { epoch: epoch, seq: 0 }; },
+      onSubscribed: function (ok) {
+        if (!ok.recovered) { h.stop(); return; }
+        // Live events reach the main session too: stop once the replay has drained.
+        setTimeout(function () { if (history === h) { h.stop(); } }, 5000);
+      },
+      onEvent: function (ev) {
+        if (ev.incident) { store.recordTiming(ev.incident, ev.change); scheduleRender(); }
+      },
+      onFatal: function () { /* the main session reports auth problems */ },
+    });
+    h.everLive = true;
+    history = h;
+    h.start();
+  }
+
+  function onSubscribed(ok) {
+    var replaced = store.applySubscribed(ok);
+    if (replaced && selectedId && !store.incident(selectedId)) selectedId = null;
+    if (!map.hasView) fitToData();
+    scheduleRender();
+  }
+
+  var recommendTimer = null;
+
+  function onEvent(ev) {
+    if (!store.applyEvent(ev)) return;
+    if (ev.incident && ev.incident.id === selectedId) {
+      renderDetailsSoon = true;
+      // The candidates depend on the incident's state: refresh them, debounced.
+      if (role === "dispatcher" && ev.incident.status !== "closed") {
+        clearTimeout(recommendTimer);
+        recommendTimer = setTimeout(recommend, 250);
+      }
+    }
+    if (!map.hasView) fitToData();
+    scheduleRender();
+  }
+
+  function setConnState(s) {
+    var el = $("conn-state");
+    el.dataset.state = s;
+    el.textContent = s;
+  }
+
+  function showView(v) {
+    document.body.dataset.view = v;
+    $("signin").hidden = v !== "signin";
+    $("role-message").hidden = v !== "role";
+    $("console").hidden = v !== "dispatcher" && v !== "supervisor";
+    if (v === "signin") {
+      $("role-badge").textContent = "";
+      $("signout").hidden = true;
+    }
+    map.dirty = true;
+    scheduleRender();
+  }
+
+  // ---------------------------------------------------------------- config
+
+  function loadConfig() {
+    fetch("/v1/console/config", { cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    }).then(function (cfg) {
+      lastConfig = cfg || {};
+      var ext = cfg && cfg.extent;
+      if (ext && isFinite(ext.south) && isFinite(ext.north) && isFinite(ext.west) && isFinite(ext.east)) {
+        map.fit(ext, 0.02);
+      } else if (cfg && cfg.center && isFinite(cfg.center.lat) && isFinite(cfg.center.lon)) {
+        map.center(cfg.center.lat, cfg.center.lon, 20);
+      }
+      if (cfg && cfg.districts) { map.model.districts = cfg.districts; map.dirty = true; }
+      scheduleRender();
+    }).catch(function () {
+      // No config: fit to the first data we get (see fitToData).
+      lastConfig = {};
+    });
+  }
+
+  function fitToData() {
+    var box = null;
+    function add(loc) {
+      if (!loc || !isFinite(loc.lat) || !isFinite(loc.lon)) return;
+      if (!box) box = { south: loc.lat, north: loc.lat, west: loc.lon, east: loc.lon };
+      box.south = Math.min(box.south, loc.lat); box.north = Math.max(box.north, loc.lat);
+      box.west = Math.min(box.west, loc.lon); box.east = Math.max(box.east, loc.lon);
+    }
+    store.units.forEach(function (u) { add(u.location); });
+    store.incidents.forEach(function (i) { add(i.location); });
+    if (!box) {
+      if (lastConfig && lastConfig.extent) { map.fit(lastConfig.extent, 0.02); return true; }
+      return false;
+    }
+    var padDeg = 0.01;
+    box.south -= padDeg; box.north += padDeg; box.west -= padDeg; box.east += padDeg;
+    map.fit(box);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- rendering
+
+  var renderQueued = false;
+  var renderDetailsSoon = true;
+
+  function scheduleRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(function () {
+      renderQueued = false;
+      render();
+    });
+  }
+
+  function render() {
+    if (!role) return;
+    renderQueue();
+    renderBoard();
+    renderFigures();
+    renderBanner();
+    if (renderDetailsSoon) { renderDetailsSoon = false; renderDetails(); }
+    map.setModel({
+      units: Array.from(store.units.values()),
+      incidents: Array.from(store.incidents.values()),
+      districts: lastConfig && lastConfig.districts,
+      selected: selectedId,
+      crosshair: role === "dispatcher" ? crosshair : null,
+    });
+  }
+
+  function el(tag, attrs, children) {
+    var e = document.createElement(tag);
+    if (attrs) Object.keys(attrs).forEach(function (k) {
+      if (k === "text") e.textContent = attrs[k];
+      else if (k === "class") e.className = attrs[k];
+      else if (k.indexOf("data-") === 0) e.setAttribute(k, attrs[k]);
+      else if (k.indexOf("on") === 0) e.addEventListener(k.slice(2), attrs[k]);
+      else e.setAttribute(k, attrs[k]);
+    });
+    (children || []).forEach(function (c) {
+      if (c == null) return;
+      e.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    });
+    return e;
+  }
+
+  function unitLabel(id) {
+    var u = store.units.get(id);
+    return u && u.callsign && u.callsign !== id ? u.callsign + " (" + id + ")" : String(id);
+  }
+
+  function renderQueue() {
+    var list = store.queue();
+    var box = $("queue");
+    $("queue-count").textContent = String(list.length);
+    var frag = document.createDocumentFragment();
+    list.forEach(function (inc) {
+      var units = inc.units || [];
+      var row = el("div", {
+        class: "qrow p" + inc.priority + (inc.id === selectedId ? " selected" : "") + (inc.category === "officer_emergency" ? " emerg" : ""),
+        "data-testid": "queue-row",
+        "data-incident-id": inc.id,
+        "data-status": inc.status,
+        "data-priority": String(inc.priority),
+        onclick: function () { select(inc.id); },
+      }, [
+        el("span", { class: "prio", text: "P" + inc.priority }),
+        el("div", { class: "qmain" }, [
+          el("div", { class: "qline" }, [
+            el("b", { text: inc.category }),
+            el("span", { class: "status st-" + inc.status, "data-testid": "queue-row-status", text: inc.status.replace("_", " ") }),
+          ]),
+          el("div", { class: "qline small" }, [
+            el("span", { class: "muted", text: inc.id + (inc.address ? " · " + inc.address : "") }),
+            el("span", {
+              class: "units",
+              "data-testid": "queue-row-units",
+              text: units.length ? units.map(unitLabel).join(", ") : (inc.dispatch === "manual" ? "manual" : "no unit") + (inc.units_needed > 1 ? " (needs " + inc.units_needed + ")" : ""),
+            }),
+          ]),
+        ]),
+        el("span", { class: "wait", "data-testid": "queue-row-wait", "data-since": String(inc.created_ms || ""), text: fmtAge(Date.now() - (inc.created_ms || Date.now())) }),
+      ]);
+      frag.appendChild(row);
+    });
+    box.replaceChildren(frag);
+    if (!list.length) box.appendChild(el("p", { class: "empty", text: "No open incidents." }));
+  }
+
+  function renderBoard() {
+    var list = store.board();
+    $("board-count").textContent = String(list.length);
+    var frag = document.createDocumentFragment();
+    list.forEach(function (u) {
+      frag.appendChild(el("div", {
+        class: "urow",
+        "data-testid": "unit-row",
+        "data-unit-id": u.id,
+        "data-status": u.status,
+        onclick: function () {
+          if (u.location) map.center(u.location.lat, u.location.lon, Math.min(map.view.mpp, 8));
+          if (u.incident_id) select(u.incident_id);
+        },
+      }, [
+        el("i", { class: "dot st-" + u.status }),
+        el("b", { text: u.callsign || u.id }),
+        el("span", { class: "muted", text: u.callsign && u.callsign !== u.id ? u.id : (u.kind || "") }),
+        el("span", { class: "status st-" + u.status, "data-testid": "unit-row-status", text: String(u.status).replace("_", " ") }),
+        el("span", { class: "muted small", text: u.incident_id ? "→ " + u.incident_id : "" }),
+        el("span", { class: "muted small age", "data-at": String(u.location_ms || ""), text: u.location_ms ? fmtAge(Date.now() - u.location_ms) + " ago" : "no fix" }),
+      ]));
+    });
+    $("unit-board").replaceChildren(frag);
+    if (!list.length) $("unit-board").appendChild(el("p", { class: "empty", text: "No units yet." }));
+  }
+
+  function renderFigures() {
+    var f = store.figures(Date.now());
+    $("fig-open-total").textContent = String(f.openTotal);
+    for (var p = 1; p <= 5; p++) $("fig-open-p" + p).textContent = String(f.open[p]);
+    $("fig-units-available").textContent = String(f.unitsAvailable);
+    $("fig-units-onduty").textContent = String(f.unitsOnDuty);
+    $("fig-units-total").textContent = String(f.unitsTotal);
+    setFig("fig-median-dispatch", "fig-dispatch-n", f.medianDispatchMs, f.dispatchCount);
+    setFig("fig-median-arrival", "fig-arrival-n", f.medianArrivalMs, f.arrivalCount);
+  }
+
+  function setFig(id, nId, ms, n) {
+    var e = $(id);
+    e.dataset.ms = ms == null ? "" : String(Math.round(ms));
+    e.dataset.count = String(n);
+    e.textContent = ms == null ? "–" : fmtDuration(ms);
+    $(nId).textContent = n ? "n = " + n : "no data";
+  }
+
+  function renderBanner() {
+    var b = $("emergency-banner");
+    var open = store.emergencies.filter(function (e) { return !acked[e.key]; });
+    b.hidden = open.length === 0;
+    document.body.classList.toggle("has-emergency", open.length > 0);
+    if (!open.length) { b.replaceChildren(); return; }
+    var frag = document.createDocumentFragment();
+    open.forEach(function (e) {
+      var inc = e.incident_id != null ? store.incident(e.incident_id) : null;
+      var who = e.unit_id ? unitLabel(e.unit_id) : (inc && inc.description) || "an officer";
+      var where = inc && inc.location ? " at " + inc.location.lat.toFixed(5) + ", " + inc.location.lon.toFixed(5) : "";
+      frag.appendChild(el("div", { class: "emerg-item", "data-testid": "emergency-item", "data-key": e.key }, [
+        el("strong", { text: "OFFICER EMERGENCY" }),
+        el("span", { text: " " + who + where + (inc ? " — incident " + inc.id + " (" + inc.status + ")" : "") }),
+        inc ? el("button", { type: "button", class: "link light", text: "Show", onclick: function () { select(inc.id, true); } }) : null,
+        el("button", {
+          type: "button", class: "ack", "data-testid": "emergency-ack", text: "Acknowledge",
+          onclick: function () { acked[e.key] = Date.now(); saveAcked(); scheduleRender(); },
+        }),
+      ]));
+    });
+    b.replaceChildren(frag);
+  }
+
+  function loadAcked() {
+    try { return JSON.parse(sessionStorage.getItem("opcenter.acked") || "{}") || {}; } catch (e) { return {}; }
+  }
+  function saveAcked() { sessionStorage.setItem("opcenter.acked", JSON.stringify(acked)); }
+
+  // ---------------------------------------------------------------- details
+
+  function select(id, center) {
+    if (selectedId !== id) candidates = null;
+    selectedId = id;
+    renderDetailsSoon = true;
+    var inc = store.incident(id);
+    if (center && inc && inc.location) map.center(inc.location.lat, inc.location.lon);
+    if (role === "dispatcher" && inc && inc.status !== "closed") recommend();
+    scheduleRender();
+  }
+
+  function kv(k, v, testid) {
+    if (v == null || v === "") return null;
+    return el("div", { class: "kv" }, [el("span", { class: "k", text: k }), el("span", { class: "v", "data-testid": testid || null, text: String(v) })]);
+  }
+
+  function incidentCard(inc) {
+    return el("div", { class: "card", "data-incident-id": inc.id }, [
+      kv("Status", inc.status.replace("_", " "), "detail-status"),
+      kv("Category", inc.category, "detail-category"),
+      kv("Priority", inc.priority, "detail-priority"),
+      kv("Location", inc.location ? inc.location.lat.toFixed(5) + ", " + inc.location.lon.toFixed(5) : ""),
+      kv("Address", inc.address),
+      kv("Description", inc.description),
+      kv("Source", inc.source),
+      kv("Units", (inc.units || []).length ? inc.units.map(unitLabel).join(", ") : "none", "detail-units"),
+      kv("Needed", inc.units_needed),
+      kv("Requires", (inc.required || []).join(", ")),
+      kv("Dispatch", inc.dispatch),
+      kv("Disposition", inc.disposition, "detail-disposition"),
+      kv("Created", inc.created_ms ? new Date(inc.created_ms).toLocaleTimeString() + " (" + fmtAge(Date.now() - inc.created_ms) + " ago)" : ""),
+    ]);
+  }
+
+  var dupCache = new Map();
+
+  function renderDetails() {
+    var panel = $("details");
+    var inc = selectedId ? store.incident(selectedId) : null;
+    if (!inc || role !== "dispatcher") { panel.hidden = true; return; }
+    panel.hidden = false;
+    panel.dataset.incidentId = inc.id;
+    panel.dataset.status = inc.status;
+    $("d-id").textContent = inc.id;
+    $("d-info").replaceChildren(incidentCard(inc));
+    var closed = inc.status === "closed";
+    $("d-close").disabled = closed;
+    $("d-recommend").disabled = closed;
+    $("d-note-add").disabled = closed;
+
+    // Candidates
+    var c = $("d-candidates");
+    var frag = document.createDocumentFragment();
+    if (closed) frag.appendChild(el("p", { class: "muted", text: "Closed." }));
+    else if (!candidates || candidates.incident_id !== inc.id) frag.appendChild(el("p", { class: "muted", text: "…" }));
+    else if (candidates.error) frag.appendChild(el("p", { class: "err", text: candidates.error }));
+    else {
+      candidates.list.forEach(function (cand) {
+        var assigned = (inc.units || []).indexOf(cand.unit_id) >= 0;
+        var u = store.units.get(cand.unit_id);
+        frag.appendChild(el("div", { class: "cand", "data-testid": "candidate", "data-unit-id": cand.unit_id }, [
+          el("b", { text: unitLabel(cand.unit_id) }),
+          el("span", { class: "muted", text: u ? String(u.status).replace("_", " ") : "" }),
+          el("span", { class: "dist", "data-testid": "candidate-distance", text: fmtDistance(cand.distance_m) }),
+          el("button", {
+            type: "button", "data-testid": "assign-btn", "data-unit-id": cand.unit_id, text: assigned ? "Assigned" : "Assign",
+            disabled: assigned ? "disabled" : null,
+            onclick: function () { assign(inc.id, cand.unit_id); },
+          }),
+        ]));
+      });
+      if (!candidates.list.length) frag.appendChild(el("p", { class: "muted", text: "No candidates." }));
+      if (candidates.shortfall) {
+        frag.appendChild(el("p", { class: "shortfall", "data-testid": "shortfall", text: "Fewer than asked: " + candidates.shortfall.replace(/_/g, " ") }));
+      }
+    }
+    c.replaceChildren(frag);
+
+    // Notes
+    var notes = document.createDocumentFragment();
+    (inc.notes || []).forEach(function (n) {
+      notes.appendChild(el("li", { "data-testid": "note" }, [
+        el("span", { class: "muted small", text: new Date(n.at_ms).toLocaleTimeString() + " · " + n.by }),
+        el("div", { text: n.text }),
+      ]));
+    });
+    if (!(inc.notes || []).length) notes.appendChild(el("li", { class: "muted", text: "No notes." }));
+    $("d-notes").replaceChildren(notes);
+
+    // Possible duplicates, side by side with this incident.
+    var dups = inc.possible_duplicates || [];
+    $("d-dups-wrap").hidden = dups.length === 0;
+    if (dups.length) {
+      var row = el("div", { class: "dup-row" }, [el("div", { class: "dup-col" }, [el("h4", { text: "This: " + inc.id }), incidentCard(inc)])]);
+      dups.forEach(function (did) {
+        var other = store.incident(did) || dupCache.get(did);
+        if (!other) fetchIncident(did);
+        row.appendChild(el("div", { class: "dup-col", "data-testid": "duplicate", "data-incident-id": did }, [
+          el("h4", {}, [el("a", { href: "#", text: did, onclick: function (e) { e.preventDefault(); select(did, true); } })]),
+          other ? incidentCard(other) : el("p", { class: "muted", text: "loading…" }),
+        ]));
+      });
+      $("d-dups").replaceChildren(row);
+    }
+  }
+
+  function fetchIncident(id) {
+    if (dupCache.has(id) || !conn) return;
+    dupCache.set(id, null);
+    fetch("/v1/incidents/" + encodeURIComponent(id), { headers: { Authorization: "Bearer " + conn.token } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (j) {
+        if (j && j.incident) { dupCache.set(id, j.incident); renderDetailsSoon = true; scheduleRender(); }
+      }).catch(function () { /* shown as loading */ });
+  }
+
+  function recommend() {
+    var id = selectedId;
+    if (!conn || !id) return;
+    conn.send({ type: "incident.recommend", incident_id: id, count: 3 }).then(function (ok) {
+      candidates = { incident_id: id, list: ok.candidates || [], shortfall: ok.shortfall || null };
+      renderDetailsSoon = true;
+      scheduleRender();
+    }, function (err) {
+      candidates = { incident_id: id, list: [], error: (err.code || "error") + ": " + (err.message || "") };
+      renderDetailsSoon = true;
+      scheduleRender();
+      if (err.code !== "offline") toastError(err);
+    });
+  }
+
+  function assign(incidentId, unitId) {
+    var cmd = { type: "incident.assign", incident_id: incidentId, unit_id: unitId };
+    if ($("d-force").checked) cmd.force = true;
+    conn.send(cmd).then(function (ok) {
+      toast("Assigned " + unitLabel(unitId) + " to " + incidentId, "info");
+      if (ok.incident) store.incident(incidentId);
+      recommend();
+    }, toastError);
+  }
+
+  function initDetails() {
+    $("d-recommend").addEventListener("click", recommend);
+    $("d-deselect").addEventListener("click", function () { selectedId = null; renderDetailsSoon = true; scheduleRender(); });
+    $("d-close").addEventListener("click", function () {
+      var id = selectedId;
+      var disp = $("d-disposition").value.trim();
+      if (!id) return;
+      if (!disp) { toast("Choose a disposition first", "warn"); $("d-disposition").focus(); return; }
+      conn.send({ type: "incident.close", incident_id: id, disposition: disp }).then(function () {
+        toast("Closed " + id + " (" + disp + ")", "info");
+        $("d-disposition").value = "";
+      }, toastError);
+    });
+    $("d-note-add").addEventListener("click", function () {
+      var id = selectedId;
+      var text = $("d-note-text").value.trim();
+      if (!id || !text) return;
+      conn.send({ type: "incident.note", incident_id: id, text: text }).then(function () {
+        $("d-note-text").value = "";
+      }, toastError);
+    });
+  }
+
+  // ---------------------------------------------------------------- create form
+
+  function initCreate() {
+    map.onClick = function (pos) {
+      if (role !== "dispatcher") return;
+      setCrosshair(pos.lat, pos.lon);
+    };
+    map.onPick = function (hit) { select(hit.id); };
+    ["c-lat", "c-lon"].forEach(function (id) {
+      $(id).addEventListener("change", function () {
+        var lat = parseFloat($("c-lat").value);
+        var lon = parseFloat($("c-lon").value);
+        if (isFinite(lat) && isFinite(lon)) { crosshair = { lat: lat, lon: lon }; scheduleRender(); }
+      });
+    });
+    $("create-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      createIncident();
+    });
+  }
+
+  function setCrosshair(lat, lon) {
+    crosshair = { lat: lat, lon: lon };
+    $("c-lat").value = lat.toFixed(6);
+    $("c-lon").value = lon.toFixed(6);
+    scheduleRender();
+  }
+
+  function createIncident() {
+    var lat = parseFloat($("c-lat").value);
+    var lon = parseFloat($("c-lon").value);
+    if (!isFinite(lat) || !isFinite(lon)) { toast("Click the map to set the location", "warn"); return; }
+    var category = $("c-category").value.trim();
+    if (!category) { toast("Category is required", "warn"); return; }
+    var cmd = {
+      type: "incident.create",
+      key: "console-" + randomId(),
+      category: category,
+      priority: parseInt($("c-priority").value, 10),
+      location: { lat: lat, lon: lon },
+      units_needed: Math.max(1, parseInt($("c-units").value, 10) || 1),
+      dispatch: document.querySelector("input[name=c-dispatch]:checked").value,
+      source: "call",
+    };
+    var addr = $("c-address").value.trim();
+    if (addr) cmd.address = addr;
+    var desc = $("c-description").value.trim();
+    if (desc) cmd.description = desc;
+    var req = $("c-required").value.split(",").map(function (s) { return s.trim(); }).filter(Boolean);
+    if (req.length) cmd.required = req;
+    var btn = document.querySelector("[data-testid=create-submit]");
+    btn.disabled = true;
+    // Carries a key, so it is safe to resend after a drop (retry = true).
+    conn.send(cmd, true).then(function (ok) {
+      btn.disabled = false;
+      var inc = ok.incident;
+      if (inc) {
+        // The ok reply is the state after auto-dispatch; the event may follow it.
+        store.upsertFromReply(inc);
+        toast("Created " + inc.id + (inc.units && inc.units.length ? " → " + inc.units.map(unitLabel).join(", ") : " (pending)"), "info");
+        select(inc.id);
+      }
+      $("c-description").value = "";
+      $("c-address").value = "";
+      crosshair = null;
+      scheduleRender();
+    }, function (err) {
+      btn.disabled = false;
+      toastError(err);
+    });
+  }
+
+  function randomId() {
+    if (window.crypto && crypto.getRandomValues) {
+      var b = new Uint8Array(12);
+      crypto.getRandomValues(b);
+      return Array.from(b, function (x) { return x.toString(16).padStart(2, "0"); }).join("");
+    }
+    return Date.now().toString(36) + Math.random().toString(36).slice(2);
+  }
+
+  // ---------------------------------------------------------------- toasts & formatting
+
+  function toast(text, kind, code) {
+    var t = el("div", { class: "toast " + (kind || "error"), "data-testid": "toast", "data-code": code || "", text: text });
+    t.addEventListener("click", function () { t.remove(); });
+    $("toasts").appendChild(t);
+    setTimeout(function () { t.remove(); }, kind === "error" ? 10000 : 5000);
+  }
+
+  function toastError(err) {
+    if (!err) return;
+    toast((err.code || "error") + ": " + (err.message || ""), "error", err.code);
+  }
+
+  function fmtAge(ms) {
+    ms = Math.max(0, ms);
+    var s = Math.floor(ms / 1000);
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    var ss = s % 60;
+    return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + String(ss).padStart(2, "0");
+  }
+
+  function fmtDuration(ms) {
+    if (ms < 1000) return Math.round(ms) + " ms";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+    return fmtAge(ms);
+  }
+
+  function fmtDistance(m) {
+    if (typeof m !== "number") return "";
+    return m >= 1000 ? (m / 1000).toFixed(2) + " km" : Math.round(m) + " m";
+  }
+
+  // ---------------------------------------------------------------- ticking
+
+  function tick() {
+    var now = Date.now();
+    $("clock").textContent = new Date(now).toLocaleTimeString();
+    document.querySelectorAll("[data-testid=queue-row-wait]").forEach(function (e) {
+      var since = parseInt(e.dataset.since, 10);
+      if (since) e.textContent = fmtAge(now - since);
+    });
+    document.querySelectorAll(".urow .age").forEach(function (e) {
+      var at = parseInt(e.dataset.at, 10);
+      if (at) e.textContent = fmtAge(now - at) + " ago";
+    });
+    if (role === "supervisor") renderFigures(); // the last-hour window slides
+  }
+
+  // ---------------------------------------------------------------- start
+
+  $("zoom-in").addEventListener("click", function () { map.zoom(1 / 1.6); });
+  $("zoom-out").addEventListener("click", function () { map.zoom(1.6); });
+  $("zoom-fit").addEventListener("click", function () { if (!fitToData()) toast("Nothing to fit yet", "warn"); });
+  initSignin();
+  initDetails();
+  initCreate();
+  loadConfig();
+  setInterval(tick, 1000);
+  tick();
+
+  // For tests and the curious: read-only handles.
+  window.opcenter = {
+    get store() { return store; },
+    map: map,
+    get connState() { return conn ? conn.state : "offline"; },
+    get role() { return role; },
+  };
+})();

@@ -1,0 +1,324 @@
+// End-to-end test of the operations console (issue 6 §6): the real server binary,
+// two simulated patrol tablets over WebSocket, and headless Chromium driving the page
+// as a dispatcher and as a supervisor.
+//
+// Run: (cd tests/browser && npm install) && cargo build && node --test tests/browser/
+// Env: OPCENTER_BIN (default target/debug/opcenter), CHROMIUM (default /usr/bin/chromium),
+//      OPCENTER_FAKE=1 to run against tests/browser/fake-hub.mjs instead of the binary.
+// Screenshots go to tests/browser/out/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '../..');
+const OUT = path.join(here, 'out');
+const FAKE = process.env.OPCENTER_FAKE === '1';
+const BIN = path.resolve(repo, process.env.OPCENTER_BIN || 'target/debug/opcenter');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SECRET = 'browser-test-secret';
+
+// Two patrol cars a couple of kilometres apart; the incident goes next to P-1.
+const P1 = { lat: 51.2300, lon: 51.3700 };
+const P2 = { lat: 51.2450, lon: 51.3950 };
+
+let server; // {url, stop(), token(role, sub, unit?)}
+let browser;
+const tablets = [];
+const pageErrors = [];
+
+// ------------------------------------------------------------------ server
+
+async function startRealServer() {
+  if (!fs.existsSync(BIN)) {
+    throw new Error(`server binary not found at ${BIN}: run \`cargo build\` first or set OPCENTER_BIN`);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opcenter-browser-'));
+  const cfg = path.join(dir, 'opcenter.toml');
+  fs.writeFileSync(cfg, [
+    '[server]',
+    'listen = "127.0.0.1:0"',
+    '',
+    '[storage]',
+    `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
+    '',
+    '[auth]',
+    `jwt_secret = "${SECRET}"`,
+    '',
+    '[dispatch]',
+    'ack_timeout_s = 300',
+    'max_position_age_s = 3600',
+    '',
+  ].join('\n'));
+  const child = spawn(BIN, ['serve', '--config', cfg], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+  });
+  const log = fs.createWriteStream(path.join(OUT, 'server.log'));
+  child.stderr.pipe(log);
+  const addr = await new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`no "listening on" line within 20 s; stdout so far: ${buf}`)), 20000);
+    child.stdout.on('data', (d) => {
+      buf += d;
+      log.write(d);
+      const m = buf.match(/listening on (\S+:\d+)/);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    child.on('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`server exited early (${code ?? sig}); see ${OUT}/server.log`)); });
+  });
+  child.stdout.on('data', (d) => log.write(d));
+  const host = addr.startsWith('0.0.0.0') ? addr.replace('0.0.0.0', '127.0.0.1') : addr;
+  return {
+    url: `http://${host}`,
+    token: (role, sub, unit) => mintWithCli(cfg, role, sub, unit),
+    stop: async () => {
+      if (child.exitCode != null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10000);
+      await exited;
+      clearTimeout(t);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** `opcenter token …`; falls back to minting HS256 here if the CLI does not take these flags. */
+function mintWithCli(cfg, role, sub, unit) {
+  const args = ['token', '--config', cfg, '--role', role, '--sub', sub];
+  if (unit) args.push('--unit', unit);
+  try {
+    const out = execFileSync(BIN, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    const jwt = out.split(/\s+/).find((w) => /^[\w-]+\.[\w-]+\.[\w-]+$/.test(w));
+    if (jwt) return jwt;
+    throw new Error(`no JWT in output: ${out}`);
+  } catch (e) {
+    console.warn(`# opcenter token failed (${String(e.message).split('\n')[0]}); minting HS256 in the test`);
+    return mintHs256({ sub, role, ...(unit ? { unit } : {}) });
+  }
+}
+
+function mintHs256(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+async function startFake() {
+  const { startFakeHub, fakeToken } = await import('./fake-hub.mjs');
+  const hub = await startFakeHub({
+    config: { center: { lat: 51.235, lon: 51.38 }, extent: { south: 51.20, west: 51.33, north: 51.27, east: 51.43 }, districts: null },
+  });
+  return { url: hub.url, token: (role, sub, unit) => fakeToken({ role, sub, ...(unit ? { unit } : {}) }), stop: hub.close };
+}
+
+// ------------------------------------------------------------------ tablets
+
+/** A patrol tablet: hello, available, one position fix, acks whatever it is sent. */
+class Tablet {
+  constructor(id, token, url) {
+    this.id = id;
+    this.token = token;
+    this.url = url.replace(/^http/, 'ws') + '/v1/ws';
+    this.nextId = 1;
+    this.pending = new Map();
+    this.assigned = [];
+    this.errors = [];
+  }
+
+  async connect() {
+    this.ws = new WebSocket(this.url);
+    await new Promise((res, rej) => { this.ws.once('open', res); this.ws.once('error', rej); });
+    this.ws.on('message', (data) => this.onMessage(JSON.parse(String(data))));
+    const ok = await this.send({ type: 'hello', token: this.token, protocol: 1 });
+    assert.equal(ok.role, 'unit');
+    await this.send({ type: 'subscribe', topics: ['assignments'] });
+  }
+
+  send(cmd) {
+    const id = this.nextId++;
+    this.ws.send(JSON.stringify({ ...cmd, id }));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.id}: no reply to ${cmd.type}`)), 10000);
+      this.pending.set(id, { resolve: (m) => { clearTimeout(timer); resolve(m); }, reject: (m) => { clearTimeout(timer); reject(m); } });
+    });
+  }
+
+  onMessage(msg) {
+    if ((msg.type === 'ok' || msg.type === 'error') && this.pending.has(msg.id)) {
+      const p = this.pending.get(msg.id);
+      this.pending.delete(msg.id);
+      if (msg.type === 'ok') p.resolve(msg);
+      else p.reject(new Error(`${this.id}: ${msg.code}: ${msg.message}`));
+      return;
+    }
+    if (msg.type === 'error') this.errors.push(msg);
+    if (msg.type === 'event' && msg.incident) {
+      const inc = msg.incident;
+      if (inc.status === 'dispatched' && (inc.units || []).includes(this.id) && !this.assigned.includes(inc.id)) {
+        this.assigned.push(inc.id);
+        this.send({ type: 'assignment.ack', incident_id: inc.id }).catch((e) => this.errors.push(e));
+      }
+    }
+  }
+
+  close() { try { this.ws?.close(); } catch { /* already closed */ } }
+}
+
+// ------------------------------------------------------------------ helpers
+
+async function waitFor(fn, what, timeoutMs = 15000) {
+  const t0 = Date.now();
+  let last;
+  for (;;) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what} (last: ${last})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function openConsole(token, name) {
+  const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+  page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
+  page.on('console', (m) => {
+    // A 404 for an optional resource (/v1/console/config) is logged by the browser, not by us.
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(`${name} console: ${m.text()}`);
+  });
+  await page.goto(`${server.url}/?token=${encodeURIComponent(token)}`);
+  await page.waitForSelector('[data-testid=conn-state][data-state=live]', { timeout: 15000 });
+  return page;
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(OUT, name) });
+
+// ------------------------------------------------------------------ the test
+
+before(async () => {
+  fs.mkdirSync(OUT, { recursive: true });
+  server = FAKE ? await startFake() : await startRealServer();
+  for (const [id, pos] of [['P-1', P1], ['P-2', P2]]) {
+    const t = new Tablet(id, server.token('unit', id, id), server.url);
+    await t.connect();
+    await t.send({ type: 'unit.status', status: 'available' });
+    await t.send({ type: 'unit.position', lat: pos.lat, lon: pos.lon, heading: 90, speed: 0, at_ms: Date.now() });
+    tablets.push(t);
+  }
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} missing: apt-get install -y chromium`);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  for (const t of tablets) t.close();
+  await browser?.close().catch(() => {});
+  await server?.stop();
+});
+
+test('console: dispatcher creates, sees auto-dispatch, closes; supervisor figures follow', async () => {
+  const [p1] = tablets;
+  const dispatcher = await openConsole(server.token('dispatcher', 'd1'), 'dispatcher');
+  assert.equal(await dispatcher.textContent('[data-testid=role]'), 'dispatcher');
+
+  // Both tablets appear on the board as available and on the map as markers.
+  for (const id of ['P-1', 'P-2']) {
+    await dispatcher.waitForSelector(`[data-testid=unit-row][data-unit-id="${id}"][data-status=available]`);
+  }
+  await waitFor(() => dispatcher.$eval('[data-testid=map]', (c) => c.dataset.units === '2'), 'two unit markers');
+  await shot(dispatcher, '01-dispatcher-live.png');
+
+  // Click the map a few pixels from P-1: the form gets the location.
+  const canvas = await dispatcher.$('[data-testid=map]');
+  const box = await canvas.boundingBox();
+  const at = await dispatcher.evaluate(([lat, lon]) => window.opcenter.map.project(lat, lon), [P1.lat, P1.lon]);
+  assert.ok(at.x > 0 && at.y > 0 && at.x < box.width && at.y < box.height, `P-1 is on screen (${JSON.stringify(at)})`);
+  await dispatcher.mouse.click(box.x + at.x + 14, box.y + at.y - 10);
+  const lat = Number(await dispatcher.inputValue('[data-testid=create-lat]'));
+  const lon = Number(await dispatcher.inputValue('[data-testid=create-lon]'));
+  assert.ok(Math.abs(lat - P1.lat) < 0.01 && Math.abs(lon - P1.lon) < 0.01, `clicked location ${lat},${lon} is near P-1`);
+
+  await dispatcher.fill('[data-testid=create-category]', 'burglary');
+  await dispatcher.selectOption('[data-testid=create-priority]', '2');
+  await dispatcher.fill('[data-testid=create-description]', 'alarm going off, back door open');
+  await dispatcher.click('[data-testid=create-submit]');
+
+  // The queue row shows the nearest unit; the map draws its assignment line.
+  const row = await dispatcher.waitForSelector('[data-testid=queue-row]:has([data-testid=queue-row-units]:text("P-1"))', { timeout: 15000 });
+  const incidentId = await row.getAttribute('data-incident-id');
+  assert.ok(incidentId, 'queue row carries the incident id');
+  await waitFor(() => dispatcher.$eval('[data-testid=map]', (c) => Number(c.dataset.lines) >= 1), 'an assignment line');
+  // The tablet acknowledges on its own: en_route.
+  await dispatcher.waitForSelector(`[data-testid=queue-row][data-incident-id="${incidentId}"][data-status=en_route]`, { timeout: 15000 });
+  await dispatcher.waitForSelector(`[data-testid=incident-details][data-incident-id="${incidentId}"]`);
+  await shot(dispatcher, '02-dispatcher-assigned.png');
+
+  // Supervisor opens while the incident is open.
+  const supervisor = await openConsole(server.token('supervisor', 's1'), 'supervisor');
+  assert.equal(await supervisor.textContent('[data-testid=role]'), 'supervisor');
+  assert.equal(await supervisor.isVisible('[data-testid=create-form]'), false, 'supervisor has no create form');
+  await waitFor(async () => (await supervisor.textContent('[data-testid=fig-open-total]')) === '1', 'one open incident');
+  await waitFor(async () => (await supervisor.textContent('[data-testid=fig-open-p2]')) === '1', 'one open P2');
+  await waitFor(async () => (await supervisor.textContent('[data-testid=fig-units-total]')) === '2', 'two units');
+
+  // P-1 arrives: the arrival time exists from now on.
+  await p1.send({ type: 'unit.status', status: 'on_scene' });
+  await dispatcher.waitForSelector(`[data-testid=queue-row][data-incident-id="${incidentId}"][data-status=on_scene]`, { timeout: 15000 });
+  await waitFor(() => supervisor.$eval('[data-testid=fig-median-arrival]', (e) => e.dataset.ms !== ''), 'a median arrival time');
+  await waitFor(() => supervisor.$eval('[data-testid=fig-median-dispatch]', (e) => e.dataset.ms !== ''), 'a median dispatch time');
+  await shot(supervisor, '03-supervisor-open.png');
+
+  // Add a note, then close with a disposition.
+  await dispatcher.fill('[data-testid=note-input]', 'caller on scene, keyholder coming');
+  await dispatcher.click('[data-testid=note-add]');
+  await dispatcher.waitForSelector('[data-testid=notes] [data-testid=note]:has-text("keyholder")', { timeout: 10000 });
+  await dispatcher.fill('[data-testid=disposition]', 'report_taken');
+  await dispatcher.click('[data-testid=close-btn]');
+  await dispatcher.waitForSelector(`[data-testid=queue-row][data-incident-id="${incidentId}"]`, { state: 'detached', timeout: 15000 });
+  await dispatcher.waitForSelector('[data-testid=unit-row][data-unit-id="P-1"][data-status=available]', { timeout: 15000 });
+  await waitFor(() => dispatcher.$eval('[data-testid=map]', (c) => c.dataset.lines === '0'), 'no assignment lines');
+  await shot(dispatcher, '04-dispatcher-closed.png');
+
+  // The supervisor's figures follow.
+  await waitFor(async () => (await supervisor.textContent('[data-testid=fig-open-total]')) === '0', 'no open incidents');
+  await waitFor(async () => (await supervisor.textContent('[data-testid=fig-units-available]')) === '2', 'both units available');
+  const n = await supervisor.$eval('[data-testid=fig-median-dispatch]', (e) => Number(e.dataset.count));
+  assert.ok(n >= 1, 'the dispatch median counts the incident');
+  await shot(supervisor, '05-supervisor-after-close.png');
+
+  // A supervisor opened afterwards still sees the last hour (history replay).
+  const late = await openConsole(server.token('supervisor', 's2'), 'late supervisor');
+  await waitFor(() => late.$eval('[data-testid=fig-median-arrival]', (e) => e.dataset.ms !== ''), 'late supervisor: arrival median', 10000)
+    .catch((e) => console.warn(`# late supervisor has no history figures: ${e.message}`));
+  await late.close();
+
+  for (const t of tablets) assert.deepEqual(t.errors, [], `${t.id} saw no errors`);
+  await supervisor.close();
+  await dispatcher.close();
+  assert.deepEqual(pageErrors, [], 'no script errors in the pages');
+});
+
+test('console: an officer emergency takes the top of the screen until acknowledged', async () => {
+  const p2 = tablets[1];
+  const dispatcher = await openConsole(server.token('dispatcher', 'd1'), 'dispatcher-2');
+  await dispatcher.waitForSelector('[data-testid=unit-row][data-unit-id="P-2"]');
+  assert.equal(await dispatcher.isVisible('[data-testid=emergency-banner]'), false);
+  await p2.send({ type: 'unit.emergency', active: true });
+  await dispatcher.waitForSelector('[data-testid=emergency-banner]', { state: 'visible', timeout: 15000 });
+  await dispatcher.waitForSelector('[data-testid=queue-row][data-priority="1"]', { timeout: 15000 });
+  await shot(dispatcher, '06-emergency.png');
+  await dispatcher.click('[data-testid=emergency-ack]');
+  await dispatcher.waitForSelector('[data-testid=emergency-banner]', { state: 'hidden', timeout: 5000 });
+  await dispatcher.close();
+  assert.deepEqual(pageErrors, [], 'no script errors in the pages');
+});

@@ -197,6 +197,10 @@ pub struct Incident {
     /// Units that declined it; it is never offered to them again (our addition).
     #[serde(default)]
     pub declined_by: Vec<UnitId>,
+    /// For an `officer_emergency` incident: the unit whose panic button made it.
+    /// It is never dispatched to its own emergency (our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_unit: Option<UnitId>,
     /// Creation time (ms).
     pub created_ms: i64,
     /// Last change (ms).

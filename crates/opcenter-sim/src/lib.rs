@@ -2,9 +2,20 @@
 //! `shared/PROTOCOL.md` over real sockets, like any outside client.
 //!
 //! # Layout
+//! - [`geo`]: the seeded city model (geometry, fleet, posts, call mix, Poisson stream).
+//! - [`wire`]: WebSocket client side of the contract (hello, encodings, typed frames).
+//! - [`http`]: a minimal HTTP/1.1 client for `/v1/reports` and `/v1/incidents/{id}`.
+//! - [`stats`]: HDR percentiles and `/proc` readings for reports.
 //! - [`city`]: the living demo city (patrols, posts, calls) driven against a server.
-//! - [`load`]: the load tool behind `opcenter sim`, with HDR-histogram percentiles.
+//! - [`load`]: the load tool behind `opcenter sim`, including the fan-out comparison.
+//!
+//! Must never: link the server's crates or reach into its state; everything goes over
+//! the wire.
 #![deny(missing_docs)]
 
 pub mod city;
+pub mod geo;
+pub mod http;
 pub mod load;
+pub mod stats;
+pub mod wire;

@@ -319,6 +319,24 @@ test('console: an officer emergency takes the top of the screen until acknowledg
   await shot(dispatcher, '06-emergency.png');
   await dispatcher.click('[data-testid=emergency-ack]');
   await dispatcher.waitForSelector('[data-testid=emergency-banner]', { state: 'hidden', timeout: 5000 });
+
+  // Resume: drop the page's socket; while it is away the assigned unit writes a
+  // note; after the reconnect the note is there and no row is doubled.
+  const row = await dispatcher.waitForSelector('[data-testid=queue-row][data-priority="1"]');
+  const emergencyId = await row.getAttribute('data-incident-id');
+  const p1 = tablets[0];
+  await waitFor(() => p1.assigned.includes(emergencyId), 'P-1 sent to the emergency');
+  await dispatcher.evaluate(() => window.opcenter.dropConnection());
+  await dispatcher.waitForSelector('[data-testid=conn-state]:not([data-state=live])', { timeout: 5000 });
+  await p1.send({ type: 'incident.note', incident_id: emergencyId, text: 'written while the console was away' });
+  await dispatcher.waitForSelector('[data-testid=conn-state][data-state=live]', { timeout: 15000 });
+  await waitFor(() => dispatcher.evaluate((id) => {
+    const inc = window.opcenter.store.incident(id);
+    return inc && inc.notes.some((n) => n.text.includes('while the console was away'));
+  }, emergencyId), 'the note made during the gap');
+  const ids = await dispatcher.$$eval('[data-testid=queue-row]', (rows) => rows.map((r) => r.dataset.incidentId));
+  assert.equal(new Set(ids).size, ids.length, `no duplicated rows: ${ids}`);
+  assert.ok(ids.includes(emergencyId));
   await dispatcher.close();
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });

@@ -575,7 +575,8 @@
     var frag = document.createDocumentFragment();
     open.forEach(function (e) {
       var inc = e.incident_id != null ? store.incident(e.incident_id) : null;
-      var who = e.unit_id ? unitLabel(e.unit_id) : (inc && inc.description) || "an officer";
+      var unitId = e.unit_id || (inc && inc.emergency_unit);
+      var who = unitId ? "unit " + unitLabel(unitId) : (inc && inc.description) || "an officer";
       var where = inc && inc.location ? " at " + inc.location.lat.toFixed(5) + ", " + inc.location.lon.toFixed(5) : "";
       frag.appendChild(el("div", { class: "emerg-item", "data-testid": "emergency-item", "data-key": e.key }, [
         el("strong", { text: "OFFICER EMERGENCY" }),
@@ -909,5 +910,7 @@
     map: map,
     get connState() { return conn ? conn.state : "offline"; },
     get role() { return role; },
+    /** Drops the socket as a network failure would (for resume tests). */
+    dropConnection: function () { if (conn && conn.ws) conn.ws.close(4000, "dropped by test"); },
   };
 })();

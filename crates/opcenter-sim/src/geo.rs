@@ -84,10 +84,15 @@ impl City {
         }
     }
 
-    /// A patrol route from `from` to `to` along a street grid: east/west first, then
-    /// north/south (Uralsk's centre is a grid). Returns the corner and the target.
+    /// A patrol route from `from` to `to` along a street grid (Uralsk's centre is a
+    /// grid): one leg east/west and one north/south. Returns the corner and the target.
+    /// Of the two possible corners at least one lies inside the disc when both ends do
+    /// (their squared norms add up to at most 2R²); that one is taken.
     pub fn grid_route(&self, from: (f64, f64), to: (f64, f64)) -> [(f64, f64); 2] {
-        [(to.0, from.1), to]
+        let a = (to.0, from.1);
+        let b = (from.0, to.1);
+        let corner = if a.0.hypot(a.1) <= b.0.hypot(b.1) { a } else { b };
+        [corner, to]
     }
 }
 

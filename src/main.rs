@@ -1,1 +1,197 @@
-fn main() {}
+//! The `opcenter` binary: `serve`, `demo`, `sim` and `token`.
+//!
+//! Owns: argument parsing, logging set-up, signals. Must never: hold server
+//! logic (that is `opcenter-hub`) or client logic (`opcenter-sim`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use opcenter_hub::{Server, Settings};
+use opcenter_proto::auth::{Claims, Role, mint_token};
+
+#[derive(Parser)]
+#[command(
+    name = "opcenter",
+    version,
+    about = "Real-time dispatch server for a police operations center"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (HTTP + WebSocket on `server.listen`).
+    Serve {
+        /// TOML config layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The server on embedded defaults plus a simulated city driving it.
+    Demo {
+        /// TOML config layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        city: opcenter_sim::city::CityArgs,
+    },
+    /// Load generator against a running server (speaks only the protocol).
+    Sim(opcenter_sim::load::LoadArgs),
+    /// Print a signed token (JWT) for a role, with the configured secret.
+    Token {
+        /// dispatcher | supervisor | unit | intake
+        #[arg(long)]
+        role: Role,
+        /// The token's `sub` (default: the unit id, or the role name).
+        #[arg(long)]
+        sub: Option<String>,
+        /// Unit id (required for role unit).
+        #[arg(long)]
+        unit: Option<String>,
+        /// Unit callsign claim.
+        #[arg(long)]
+        callsign: Option<String>,
+        /// Unit kind claim.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Unit capabilities claim (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        caps: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 12 * 3600)]
+        ttl_s: u64,
+        /// Config whose `auth.jwt_secret` signs the token.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries the `listening on` line and tokens.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn load_settings(config: Option<&PathBuf>) -> anyhow::Result<Settings> {
+    Settings::load(config.map(PathBuf::as_path)).context("loading configuration")
+}
+
+async fn start(settings: Settings) -> anyhow::Result<Server> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let server = Server::start(listener, settings)
+        .await
+        .context("starting the server")?;
+    Ok(server)
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve { config } => {
+            init_tracing();
+            let server = start(load_settings(config.as_ref())?).await?;
+            println!("listening on {}", server.local_addr()?);
+            server.serve(shutdown_signal()).await?;
+        }
+        Cmd::Demo { config, city } => {
+            init_tracing();
+            let settings = load_settings(config.as_ref())?;
+            let secret = settings.jwt_secret.clone().into_bytes();
+            let server = start(settings).await?;
+            let addr = server.local_addr()?;
+            println!("listening on {addr}");
+            let token = mint_token(
+                &secret,
+                &Claims::new("demo-dispatcher", Role::Dispatcher, now_s(), 12 * 3600),
+            );
+            let supervisor = mint_token(
+                &secret,
+                &Claims::new("demo-supervisor", Role::Supervisor, now_s(), 12 * 3600),
+            );
+            println!("console (dispatcher): http://{addr}/?token={token}");
+            println!("console (supervisor): http://{addr}/?token={supervisor}");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let city_stop = stop.clone();
+            let city_task = tokio::spawn(async move {
+                opcenter_sim::city::run_city(city, addr, secret, city_stop.cancelled_owned()).await
+            });
+            let server_stop = stop.clone();
+            let serving = tokio::spawn(server.serve(async move { server_stop.cancelled().await }));
+            shutdown_signal().await;
+            stop.cancel();
+            if let Ok(Err(e)) = city_task.await {
+                tracing::warn!(error = %e, "city ended with an error");
+            }
+            serving.await.context("server task")??;
+        }
+        Cmd::Sim(args) => {
+            init_tracing();
+            opcenter_sim::load::run_load(args).await?;
+        }
+        Cmd::Token {
+            role,
+            sub,
+            unit,
+            callsign,
+            kind,
+            caps,
+            ttl_s,
+            config,
+        } => {
+            let settings = load_settings(config.as_ref())?;
+            if role == Role::Unit && unit.is_none() {
+                anyhow::bail!("--unit is required for --role unit");
+            }
+            let sub = sub
+                .or_else(|| unit.clone())
+                .unwrap_or_else(|| role.as_str().to_string());
+            let mut claims = Claims::new(sub, role, now_s(), ttl_s);
+            claims.unit = unit;
+            claims.callsign = callsign;
+            claims.kind = kind;
+            claims.caps = (!caps.is_empty()).then_some(caps);
+            println!("{}", mint_token(settings.jwt_secret.as_bytes(), &claims));
+        }
+    }
+    Ok(())
+}

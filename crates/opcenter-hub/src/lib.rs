@@ -1,1 +1,280 @@
-//! opcenter-hub (placeholder)
+//! opcenter-hub: the tokio server of opcenter — HTTP and the WebSocket hub of
+//! `shared/PROTOCOL.md` in front of the single-writer dispatch engine.
+//!
+//! # Layout
+//! - [`settings`]: config file + environment → checked [`Settings`].
+//! - [`engine_task`]: the engine thread (single writer, group commit, replies).
+//! - [`fanout`]: subscriber lists, history for `since`, position batches.
+//! - [`outbox`]: one session's bounded outbound queue.
+//! - [`session`]: one WebSocket session: hello, role matrix, reader and writer.
+//! - [`http`]: reports gateway, incident lookup, health, metrics, console files.
+//! - [`wire`]: outgoing frames → WebSocket messages, encoded once.
+//!
+//! The entry is [`Server::start`] (open the journal, recover, start the engine
+//! thread) then [`Server::serve`] with any future as the shutdown signal.
+#![deny(missing_docs)]
+
+pub mod engine_task;
+pub mod fanout;
+pub mod http;
+pub mod outbox;
+pub mod session;
+pub mod settings;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use dashmap::DashMap;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use opcenter_core::Engine;
+use opcenter_store::{FileJournal, Journal, MemJournal, Options};
+
+pub use settings::Settings;
+
+use engine_task::{EngineTask, Request, Shared};
+use fanout::Fanout;
+use outbox::{CloseReason, Outbox, codes};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Socket trouble.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The journal exists but could not be replayed into the engine.
+    #[error("recovery: {0}")]
+    Recovery(String),
+}
+
+/// What every request handler and session shares.
+pub struct App {
+    /// Checked settings.
+    pub settings: Settings,
+    /// The engine thread's queue.
+    pub engine_tx: mpsc::Sender<Request>,
+    /// Epoch, last seq, health.
+    pub shared: Arc<Shared>,
+    /// Live sessions by id (shutdown closes them all).
+    pub sessions: DashMap<String, Arc<Outbox>>,
+    /// Session id counter.
+    pub session_counter: AtomicU64,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (an embedding program's): render ours
+                // from a private recorder so /metrics still answers.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// A started server: state recovered, engine thread running, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+    engine_thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the journal under `settings.data_dir`, rebuilds state from it, and
+    /// starts the engine thread. A journal that cannot be opened does not stop
+    /// the server: it serves with `/healthz` 503 and refuses every command with
+    /// `internal`, and never starts empty over data it could not read.
+    pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
+        let metrics = metrics_handle();
+        let memory_history = settings.hub.history_events.min(20_000) as usize;
+        let opened = {
+            let dir = settings.data_dir.clone();
+            let opts = Options {
+                fsync: settings.fsync,
+                ..Options::default()
+            };
+            tokio::task::spawn_blocking(move || FileJournal::open(dir, opts))
+                .await
+                .map_err(|e| HubError::Recovery(e.to_string()))?
+        };
+        let (engine, journal, snapshot_seq, history, healthy): (Engine, Box<dyn Journal>, u64, _, bool) =
+            match opened {
+                Ok(journal) => {
+                    let config = settings.engine.clone();
+                    let (journal, recovered) = tokio::task::spawn_blocking(move || {
+                        let r = engine_task::recover(config, &journal, memory_history);
+                        (journal, r)
+                    })
+                    .await
+                    .map_err(|e| HubError::Recovery(e.to_string()))?;
+                    let (engine, snap, history) = recovered.map_err(HubError::Recovery)?;
+                    (engine, Box::new(journal), snap, history, true)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        dir = %settings.data_dir.display(),
+                        "journal unavailable: serving read-only, refusing to acknowledge anything"
+                    );
+                    let journal = MemJournal::with_epoch("unavailable");
+                    (
+                        Engine::new(settings.engine.clone()),
+                        Box::new(journal),
+                        0,
+                        Vec::new(),
+                        false,
+                    )
+                }
+            };
+        let shared = Arc::new(Shared {
+            epoch: journal.epoch().to_string(),
+            seq: AtomicU64::new(journal.last_seq()),
+            healthy: AtomicBool::new(healthy),
+        });
+        let (engine_tx, engine_rx) = mpsc::channel(settings.hub.engine_queue);
+        let fanout = Fanout::new(memory_history, history);
+        let task = EngineTask::new(engine, journal, fanout, shared.clone(), &settings, snapshot_seq);
+        let engine_thread = std::thread::Builder::new()
+            .name("opcenter-engine".into())
+            .spawn(move || task.run(engine_rx))?;
+        if settings.uses_dev_secret() {
+            tracing::warn!("running with the development JWT secret: set auth.jwt_secret for real use");
+        }
+        let app = Arc::new(App {
+            settings,
+            engine_tx,
+            shared,
+            sessions: DashMap::new(),
+            session_counter: AtomicU64::new(1),
+            metrics,
+        });
+        Ok(Server {
+            listener,
+            app,
+            engine_thread,
+        })
+    }
+
+    /// The address it listens on (port 0 resolved).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared application state (tests and the demo read it).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets every
+    /// session flush and close with 1001, and returns within
+    /// `server.shutdown_timeout_s`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), HubError> {
+        let Server {
+            listener,
+            app,
+            engine_thread,
+        } = self;
+        let stop_ticks = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(tick_loop(
+            app.engine_tx.clone(),
+            app.settings.tick,
+            stop_ticks.clone(),
+        ));
+
+        let router = Router::new()
+            .route("/v1/ws", get(http::websocket))
+            .route("/v1/reports", post(http::post_report))
+            .route("/v1/incidents/{id}", get(http::get_incident))
+            .route("/v1/console/config", get(http::console_config))
+            .route("/healthz", get(http::healthz))
+            .route("/metrics", get(http::metrics))
+            .route("/", get(http::console_index))
+            .route("/console/{file}", get(http::console_asset))
+            .fallback(http::not_found)
+            .with_state(app.clone());
+
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            shutdown.await;
+            let _ = signalled_tx.send(());
+        };
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(graceful)
+                .await
+        });
+        let _ = signalled_rx.await;
+        tracing::info!(
+            sessions = app.sessions.len(),
+            "shutting down: closing sessions with 1001"
+        );
+        let deadline = tokio::time::Instant::now() + app.settings.shutdown_timeout;
+        for entry in app.sessions.iter() {
+            entry.value().close(CloseReason {
+                code: codes::GOING_AWAY,
+                reason: "server shutdown",
+                flush_first: true,
+            });
+        }
+        while !app.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !app.sessions.is_empty() {
+            tracing::warn!(
+                left = app.sessions.len(),
+                "shutdown deadline passed with sessions still open"
+            );
+        }
+        stop_ticks.cancel();
+        let _ = tokio::time::timeout_at(deadline, serving).await;
+        // The engine thread ends when the last sender is gone; sessions that
+        // outlived the deadline may still hold one, so do not wait past it.
+        drop(app);
+        let waited = tokio::task::spawn_blocking(move || engine_thread.join());
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), waited).await;
+        Ok(())
+    }
+}
+
+/// Drives timers: one `Tick` per `every` (skipped when the engine is busy).
+async fn tick_loop(tx: mpsc::Sender<Request>, every: Duration, stop: tokio_util::sync::CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {
+                if tx.try_send(Request::Tick).is_err() && tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Binds `settings.listen`, starts, prints nothing, serves until `shutdown`.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HubError> {
+    let listener = TcpListener::bind(settings.listen).await?;
+    Server::start(listener, settings).await?.serve(shutdown).await
+}

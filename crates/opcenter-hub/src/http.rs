@@ -1,0 +1,315 @@
+//! HTTP routes beside the WebSocket: the citizens' reports gateway, incident
+//! lookup, health, metrics and the operations console's static files
+//! (`shared/PROTOCOL.md` section 8). Errors are `{"error":{"code","message"}}`.
+//!
+//! Owns: HTTP status codes and bodies. Must never: change state except through
+//! the engine thread.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request as HttpRequest, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use opcenter_core::{Actor, ActorKind, Command};
+use opcenter_proto::ErrorCode;
+use opcenter_proto::auth::{self, Claims, Role};
+use opcenter_proto::client::Report;
+
+use crate::App;
+use crate::engine_task::{ReplyTo, Request};
+
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = json!({"error": {"code": code.as_str(), "message": message.into()}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated | ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Checks `Authorization: Bearer <JWT>` and that its role is one of `roles`.
+#[allow(clippy::result_large_err)]
+fn bearer(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "missing Bearer token",
+            )
+        })?;
+    let claims = auth::verify_token(app.settings.jwt_secret.as_bytes(), token.trim())
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string()))?;
+    if !roles.contains(&claims.role) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("role {} may not use this endpoint", claims.role.as_str()),
+        ));
+    }
+    Ok(claims)
+}
+
+/// `GET /v1/ws`: upgrade with our frame and buffer limits.
+pub async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
+    let max = app.settings.hub.max_frame_bytes;
+    upgrade
+        // A few KiB of read buffer per connection, not tungstenite's 128 KiB default.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        // Our outbox is the real bound; this only caps one flush.
+        .max_write_buffer_size(app.settings.hub.session_queue_bytes.max(max) * 2)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| crate::session::run(socket, app))
+}
+
+/// `POST /v1/reports`.
+pub async fn post_report(State(app): State<Arc<App>>, request: HttpRequest) -> Response {
+    let started = Instant::now();
+    let claims = match bearer(&app, request.headers(), &[Role::Intake]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let limit = app.settings.max_body_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("body over {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let report: Report = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("body: {e}"),
+            );
+        }
+    };
+    let new = match report.into_new_incident() {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e),
+    };
+    let (tx, rx) = oneshot::channel();
+    let actor = Actor {
+        sub: claims.sub,
+        kind: ActorKind::Intake,
+    };
+    let request = Request::Command {
+        actor,
+        command: Command::CreateIncident(new),
+        reply: ReplyTo::Http(tx),
+        received: started,
+    };
+    if app.engine_tx.send(request).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok((incident, new))) => {
+            let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+            let body = json!({ "incident": incident });
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Ok(Err((code, message))) => error(status_of(code), code, message),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        ),
+    }
+}
+
+/// `GET /v1/incidents/{id}`.
+pub async fn get_incident(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
+        return r;
+    }
+    let (tx, rx) = oneshot::channel();
+    if app
+        .engine_tx
+        .send(Request::GetIncident {
+            incident_id: id.clone(),
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Some(incident)) => {
+            let body = json!({ "incident": incident });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no incident {id}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        ),
+    }
+}
+
+/// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed.
+pub async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.shared.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal failed: not acknowledging\n",
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/console/config`: the console's initial map view and districts.
+pub async fn console_config(State(app): State<Arc<App>>) -> Response {
+    let c = &app.settings.console;
+    let dlat = c.radius_m / 111_195.0;
+    let dlon = dlat / c.center.lat.to_radians().cos().max(0.01);
+    let districts: serde_json::Value = c
+        .districts
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let body = json!({
+        "center": c.center,
+        "extent": {"south": c.center.lat - dlat, "west": c.center.lon - dlon,
+                   "north": c.center.lat + dlat, "east": c.center.lon + dlon},
+        "districts": districts,
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The console's files, compiled into the binary (no CDN, nothing fetched at run time).
+const CONSOLE_FILES: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../assets/console/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/app.js"),
+    ),
+    (
+        "map.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/map.js"),
+    ),
+    (
+        "store.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/store.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/console/style.css"),
+    ),
+];
+
+fn console_file(name: &str) -> Response {
+    match CONSOLE_FILES.iter().find(|(n, _, _)| *n == name) {
+        Some((_, mime, body)) => (
+            [(header::CONTENT_TYPE, *mime), (header::CACHE_CONTROL, "no-cache")],
+            Body::from(*body),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no console file {name}"),
+        ),
+    }
+}
+
+/// `GET /`: the operations console.
+pub async fn console_index() -> Response {
+    console_file("index.html")
+}
+
+/// `GET /console/{file}`.
+pub async fn console_asset(Path(name): Path<String>) -> Response {
+    console_file(&name)
+}
+
+/// Any other path.
+pub async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
+}

@@ -1,0 +1,300 @@
+//! A session's outbound queue: what the engine thread and the position batcher
+//! hand to one client, drained by that session's writer task.
+//!
+//! Frames are shared `Message`s (the same `Bytes` for every subscriber of an
+//! event), bounded in bytes: a client that does not read is closed with 4008
+//! instead of slowing anyone else. Position batches never count against that
+//! bound; while one is still unsent, newer ones merge into it (latest per unit
+//! wins), which is how positions to a slow client are thinned first.
+//!
+//! Owns: the queue and its limits. Must never: block (the lock is held for a
+//! push or a drain only, never across an `.await`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Message;
+use tokio::sync::Notify;
+
+use opcenter_core::PositionItem;
+use opcenter_proto::Encoding;
+
+use crate::wire;
+
+/// Why and how a session ends from the server's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Short reason text.
+    pub reason: &'static str,
+    /// Send what is queued first (shutdown) or drop it (overflow, protocol errors).
+    pub flush_first: bool,
+}
+
+/// Close codes the server uses.
+pub mod codes {
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation (a flood of bad frames).
+    pub const POLICY: u16 = 1008;
+    /// Frame over `hub.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Unauthorized / unauthenticated.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No hello in time.
+    pub const HELLO_TIMEOUT: u16 = 4002;
+    /// Event queue overflowed: reconnect and resume with `since`.
+    pub const OVERFLOW: u16 = 4008;
+    /// Silent for longer than `hub.idle_timeout_s`.
+    pub const IDLE: u16 = 4010;
+}
+
+enum PendingPositions {
+    None,
+    /// One batch, encoded once for many sessions.
+    Shared(Message),
+    /// Several batches merged for a slow reader: latest item per unit.
+    Merged(HashMap<String, Arc<PositionItem>>),
+}
+
+struct State {
+    frames: VecDeque<Message>,
+    bytes: usize,
+    positions: PendingPositions,
+    /// Items of the `Shared` batch, kept to merge with if another batch arrives.
+    shared_items: Option<Arc<[Arc<PositionItem>]>>,
+    close: Option<CloseReason>,
+}
+
+/// What the writer takes in one go.
+pub struct Drained {
+    /// Replies and events, in order.
+    pub frames: Vec<Message>,
+    /// The latest positions, if any.
+    pub positions: Option<Message>,
+    /// Close after sending these.
+    pub close: Option<CloseReason>,
+}
+
+/// A session's outbound queue.
+pub struct Outbox {
+    /// The session's encoding.
+    pub encoding: Encoding,
+    /// Session id, for logs.
+    pub session: String,
+    max_bytes: usize,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+impl Outbox {
+    /// An empty queue bounded at `max_bytes` of frames.
+    pub fn new(session: String, encoding: Encoding, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Outbox {
+            encoding,
+            session,
+            max_bytes,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                positions: PendingPositions::None,
+                shared_items: None,
+                close: None,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock can only come from a bug in this file;
+        // the queue is still consistent (every mutation is a single step), so
+        // recover the guard instead of poisoning every later push.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame. Returns false if the session is closed or just overflowed.
+    pub fn push(&self, frame: Message) -> bool {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return false;
+        }
+        let len = wire::frame_len(&frame);
+        if st.bytes + len > self.max_bytes {
+            st.frames.clear();
+            st.bytes = 0;
+            st.close = Some(CloseReason {
+                code: codes::OVERFLOW,
+                reason: "event queue overflow: resume with since",
+                flush_first: false,
+            });
+            drop(st);
+            metrics::counter!("opcenter_queue_overflows_total").increment(1);
+            self.notify.notify_one();
+            return false;
+        }
+        st.bytes += len;
+        st.frames.push_back(frame);
+        drop(st);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Queues a position batch encoded once for many sessions (`frame`), whose
+    /// items are `items`; merges with an unsent earlier batch.
+    pub fn push_positions(&self, frame: &Message, items: &Arc<[Arc<PositionItem>]>) {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return;
+        }
+        let st = &mut *st;
+        match &mut st.positions {
+            PendingPositions::None => {
+                st.positions = PendingPositions::Shared(frame.clone());
+                st.shared_items = Some(items.clone());
+            }
+            PendingPositions::Shared(_) => {
+                let mut merged = HashMap::new();
+                for item in st
+                    .shared_items
+                    .take()
+                    .iter()
+                    .flat_map(|i| i.iter())
+                    .chain(items.iter())
+                {
+                    merged.insert(item.unit_id.clone(), item.clone());
+                }
+                st.positions = PendingPositions::Merged(merged);
+            }
+            PendingPositions::Merged(map) => {
+                for item in items.iter() {
+                    map.insert(item.unit_id.clone(), item.clone());
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Asks the writer to close the session.
+    pub fn close(&self, reason: CloseReason) {
+        let mut st = self.lock();
+        if st.close.is_none() {
+            if !reason.flush_first {
+                st.frames.clear();
+                st.bytes = 0;
+            }
+            st.close = Some(reason);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// True once a close was requested (the fan-out drops such sessions).
+    pub fn is_closed(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    /// Waits until there is something to send, then takes all of it.
+    pub async fn drain(&self) -> Drained {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(d) = self.try_drain() {
+                return d;
+            }
+            notified.await;
+        }
+    }
+
+    fn try_drain(&self) -> Option<Drained> {
+        let mut st = self.lock();
+        let has_positions = !matches!(st.positions, PendingPositions::None);
+        if st.frames.is_empty() && !has_positions && st.close.is_none() {
+            return None;
+        }
+        let frames: Vec<Message> = st.frames.drain(..).collect();
+        st.bytes = 0;
+        let positions = match std::mem::replace(&mut st.positions, PendingPositions::None) {
+            PendingPositions::None => None,
+            PendingPositions::Shared(frame) => Some(frame),
+            PendingPositions::Merged(map) => {
+                let items: Vec<&PositionItem> = map.values().map(|i| i.as_ref()).collect();
+                wire::positions_frame(self.encoding, &items)
+            }
+        };
+        st.shared_items = None;
+        // After a close, keep handing out the close until the writer acts on it.
+        let close = st.close;
+        Some(Drained {
+            frames,
+            positions,
+            close,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(unit: &str, at_ms: i64) -> Arc<PositionItem> {
+        Arc::new(PositionItem {
+            unit_id: unit.into(),
+            lat: 1.0,
+            lon: 2.0,
+            heading: None,
+            speed: None,
+            at_ms,
+        })
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_4008_and_drops_frames() {
+        let ob = Outbox::new("s".into(), Encoding::Json, 100);
+        assert!(ob.push(Message::Text("x".repeat(60).into())));
+        assert!(!ob.push(Message::Text("y".repeat(60).into())));
+        let d = ob.drain().await;
+        assert!(d.frames.is_empty());
+        assert_eq!(d.close.unwrap().code, codes::OVERFLOW);
+    }
+
+    #[tokio::test]
+    async fn unsent_position_batches_merge_latest_per_unit() {
+        let ob = Outbox::new("s".into(), Encoding::Json, 1000);
+        let a: Arc<[Arc<PositionItem>]> = vec![item("P-1", 1), item("P-2", 1)].into();
+        let b: Arc<[Arc<PositionItem>]> = vec![item("P-1", 2)].into();
+        ob.push_positions(&Message::Text("batch-a".into()), &a);
+        ob.push_positions(&Message::Text("batch-b".into()), &b);
+        let d = ob.drain().await;
+        let Some(Message::Text(text)) = d.positions else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        let mut items: Vec<(String, i64)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["unit_id"].as_str().unwrap().to_string(),
+                    i["at_ms"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        items.sort();
+        assert_eq!(items, vec![("P-1".to_string(), 2), ("P-2".to_string(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_close_keeps_queued_frames() {
+        let ob = Outbox::new("s".into(), Encoding::Json, 1000);
+        ob.push(Message::Text("last words".into()));
+        ob.close(CloseReason {
+            code: codes::GOING_AWAY,
+            reason: "shutdown",
+            flush_first: true,
+        });
+        let d = ob.drain().await;
+        assert_eq!(d.frames.len(), 1);
+        assert_eq!(d.close.unwrap().code, codes::GOING_AWAY);
+    }
+}

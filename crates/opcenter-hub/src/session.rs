@@ -1,0 +1,524 @@
+//! One WebSocket session: `hello`, then a reader (this task) and a writer task.
+//!
+//! The reader decodes frames in the encoding the first frame fixed, checks the
+//! role matrix of `shared/PROTOCOL.md` section 3, and hands commands to the
+//! engine thread (awaiting channel capacity: that is the backpressure). Replies
+//! and events come back through the session's [`Outbox`], drained by the writer,
+//! which feeds everything queued and flushes once. When either side ends, the
+//! other is stopped.
+//!
+//! Owns: session lifecycle, authentication, role checks, close codes. Must
+//! never: touch engine state directly or panic on anything a client sends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use opcenter_core::{Actor, ActorKind, Command, RecommendQuery, RecommendTarget, UnitProfile};
+use opcenter_proto::auth::{self, Claims, Role};
+use opcenter_proto::client::{ClientMessage, Frame, SubTopic};
+use opcenter_proto::server::Empty;
+use opcenter_proto::{Encoding, ErrorCode, decode_frame};
+
+use crate::App;
+use crate::engine_task::{ReplyTo, Request, push_error};
+use crate::outbox::{CloseReason, Outbox, codes};
+use crate::wire;
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// Runs a session to its end.
+pub async fn run(socket: WebSocket, app: Arc<App>) {
+    let n = app.session_counter.fetch_add(1, Ordering::Relaxed);
+    let session_id = format!("s-{n}");
+    let span = tracing::info_span!("session", id = %session_id, role = tracing::field::Empty);
+    async move {
+        let (sink, stream) = socket.split();
+        run_inner(sink, stream, app, session_id).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// A data frame read from the socket.
+enum Incoming {
+    Data(Encoding, bytes::Bytes),
+    /// Ping / pong: activity only.
+    Control,
+    Closed,
+    TooBig,
+}
+
+fn classify(item: Option<Result<Message, axum::Error>>) -> Incoming {
+    match item {
+        None => Incoming::Closed,
+        Some(Ok(Message::Text(t))) => Incoming::Data(Encoding::Json, bytes::Bytes::from(t)),
+        Some(Ok(Message::Binary(b))) => Incoming::Data(Encoding::MsgPack, b),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Control,
+        Some(Ok(Message::Close(_))) => Incoming::Closed,
+        Some(Err(e)) => {
+            let too_big = e
+                .into_inner()
+                .downcast::<tokio_tungstenite::tungstenite::Error>()
+                .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)));
+            if too_big {
+                Incoming::TooBig
+            } else {
+                Incoming::Closed
+            }
+        }
+    }
+}
+
+async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
+    metrics::counter!("opcenter_closes_total", "code" => code.to_string()).increment(1);
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = sink.close().await;
+}
+
+async fn send_now(sink: &mut Sink, message: Option<Message>) {
+    if let Some(m) = message {
+        let _ = sink.send(m).await;
+    }
+}
+
+/// Waits for a valid `hello`; answers anything else as the protocol says.
+async fn authenticate(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    app: &App,
+) -> Option<(Encoding, Option<u64>, Claims)> {
+    let deadline = tokio::time::Instant::now() + app.settings.hub.hello_timeout;
+    let mut encoding: Option<Encoding> = None;
+    let mut bad = 0;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(item) => item,
+            Err(_) => {
+                close_now(sink, codes::HELLO_TIMEOUT, "no hello in time").await;
+                return None;
+            }
+        };
+        let (enc, bytes) = match classify(item) {
+            Incoming::Data(enc, bytes) => (enc, bytes),
+            Incoming::Control => continue,
+            Incoming::Closed => return None,
+            Incoming::TooBig => {
+                close_now(sink, codes::TOO_BIG, "frame too large").await;
+                return None;
+            }
+        };
+        let session_enc = *encoding.get_or_insert(enc);
+        if enc != session_enc {
+            send_now(
+                sink,
+                wire::error(
+                    session_enc,
+                    None,
+                    ErrorCode::BadRequest,
+                    "frame in the other encoding",
+                ),
+            )
+            .await;
+            continue;
+        }
+        match decode_frame(enc, &bytes) {
+            Ok(Frame {
+                id,
+                message: ClientMessage::Hello(hello),
+            }) => {
+                if hello.protocol.is_some_and(|p| p != 1) {
+                    send_now(
+                        sink,
+                        wire::error(enc, id, ErrorCode::BadRequest, "unsupported protocol version"),
+                    )
+                    .await;
+                    close_now(sink, codes::UNAUTHORIZED, "unsupported protocol").await;
+                    return None;
+                }
+                match auth::verify_token(app.settings.jwt_secret.as_bytes(), &hello.token) {
+                    Ok(claims) => return Some((enc, id, claims)),
+                    Err(e) => {
+                        send_now(
+                            sink,
+                            wire::error(enc, id, ErrorCode::Unauthorized, &e.to_string()),
+                        )
+                        .await;
+                        close_now(sink, codes::UNAUTHORIZED, "unauthorized").await;
+                        return None;
+                    }
+                }
+            }
+            Ok(Frame { id, .. }) => {
+                send_now(
+                    sink,
+                    wire::error(enc, id, ErrorCode::Unauthenticated, "send hello first"),
+                )
+                .await;
+                close_now(sink, codes::UNAUTHORIZED, "unauthenticated").await;
+                return None;
+            }
+            Err(fe) => {
+                send_now(sink, wire::error(enc, fe.id, fe.code, &fe.message)).await;
+                bad += 1;
+                if bad >= app.settings.hub.max_bad_frames {
+                    close_now(sink, codes::POLICY, "too many bad frames").await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id: String) {
+    let Some((encoding, hello_id, claims)) = authenticate(&mut sink, &mut stream, &app).await else {
+        return;
+    };
+    let role = claims.role;
+    tracing::Span::current().record("role", role.as_str());
+    let outbox = Outbox::new(session_id.clone(), encoding, app.settings.hub.session_queue_bytes);
+    let actor = Actor {
+        sub: claims.sub.clone(),
+        kind: match role {
+            Role::Dispatcher => ActorKind::Dispatcher,
+            Role::Supervisor => ActorKind::Supervisor,
+            Role::Intake => ActorKind::Intake,
+            // verify_token guarantees the claim for role unit.
+            Role::Unit => ActorKind::Unit(claims.unit.clone().unwrap_or_default()),
+        },
+    };
+    let profile = (role == Role::Unit).then(|| UnitProfile {
+        id: claims.unit.clone().unwrap_or_default(),
+        callsign: claims.callsign.clone(),
+        kind: claims.kind.clone(),
+        capabilities: claims.caps.clone().unwrap_or_default(),
+    });
+    app.sessions.insert(session_id.clone(), outbox.clone());
+    metrics::gauge!("opcenter_connections", "role" => role.as_str()).increment(1.0);
+    tracing::debug!(sub = %claims.sub, "session authenticated");
+
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbox.clone(),
+        app.settings.hub.ping_interval,
+        stop.clone(),
+    ));
+    let hello = Request::Hello {
+        outbox: outbox.clone(),
+        id: hello_id,
+        actor: actor.clone(),
+        role,
+        profile,
+    };
+    if app.engine_tx.send(hello).await.is_ok() {
+        let mut reader = Reader {
+            app: &app,
+            outbox: &outbox,
+            actor,
+            role,
+            bad_in_a_row: 0,
+        };
+        reader.read_loop(&mut stream, &stop).await;
+    }
+    outbox.close(CloseReason {
+        code: 1000,
+        reason: "bye",
+        flush_first: true,
+    });
+    let _ = writer.await;
+    app.sessions.remove(&session_id);
+    metrics::gauge!("opcenter_connections", "role" => role.as_str()).decrement(1.0);
+    tracing::debug!("session ended");
+}
+
+/// Drains the outbox into the socket: feed everything, flush once; pings on a
+/// timer; ends (and stops the reader) on a close or a write error.
+async fn write_loop(
+    mut sink: Sink,
+    outbox: Arc<Outbox>,
+    ping_every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut ping = tokio::time::interval(ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            drained = outbox.drain() => {
+                let mut ok = true;
+                for frame in drained.frames.into_iter().chain(drained.positions) {
+                    if sink.feed(frame).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if let Some(close) = drained.close {
+                    if ok {
+                        close_now(&mut sink, close.code, close.reason).await;
+                    }
+                    break;
+                }
+                if !ok || sink.flush().await.is_err() {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    stop.cancel();
+}
+
+struct Reader<'a> {
+    app: &'a App,
+    outbox: &'a Arc<Outbox>,
+    actor: Actor,
+    role: Role,
+    bad_in_a_row: u32,
+}
+
+impl Reader<'_> {
+    async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
+        let idle = self.app.settings.hub.idle_timeout;
+        loop {
+            let item = tokio::select! {
+                _ = stop.cancelled() => return,
+                item = timeout(idle, stream.next()) => item,
+            };
+            let Ok(item) = item else {
+                self.outbox.close(CloseReason {
+                    code: codes::IDLE,
+                    reason: "silent too long",
+                    flush_first: true,
+                });
+                return;
+            };
+            match classify(item) {
+                Incoming::Data(enc, bytes) => {
+                    if !self.on_frame(enc, &bytes).await {
+                        return;
+                    }
+                }
+                Incoming::Control => {}
+                Incoming::Closed => return,
+                Incoming::TooBig => {
+                    self.outbox.close(CloseReason {
+                        code: codes::TOO_BIG,
+                        reason: "frame too large",
+                        flush_first: false,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        metrics::counter!("opcenter_frame_errors_total", "code" => code.as_str()).increment(1);
+        push_error(self.outbox, id, code, message);
+    }
+
+    /// Handles one data frame; false ends the session.
+    async fn on_frame(&mut self, enc: Encoding, bytes: &[u8]) -> bool {
+        if enc != self.outbox.encoding {
+            self.error(
+                None,
+                ErrorCode::BadRequest,
+                "frame in the other encoding than the session's",
+            );
+            return self.count_bad();
+        }
+        let frame = match decode_frame(enc, bytes) {
+            Ok(f) => f,
+            Err(fe) => {
+                self.error(fe.id, fe.code, &fe.message);
+                return self.count_bad();
+            }
+        };
+        self.bad_in_a_row = 0;
+        let id = frame.id;
+        let kind = frame.message.type_name();
+        match self.to_request(frame) {
+            Ok(Some(request)) => {
+                if self.app.engine_tx.send(request).await.is_err() {
+                    self.error(id, ErrorCode::Internal, "server is shutting down");
+                    return false;
+                }
+            }
+            Ok(None) => {}
+            Err((code, message)) => {
+                metrics::counter!("opcenter_commands_total", "type" => kind, "outcome" => "refused")
+                    .increment(1);
+                self.error(id, code, &message);
+            }
+        }
+        true
+    }
+
+    fn count_bad(&mut self) -> bool {
+        self.bad_in_a_row += 1;
+        if self.bad_in_a_row >= self.app.settings.hub.max_bad_frames {
+            self.outbox.close(CloseReason {
+                code: codes::POLICY,
+                reason: "too many bad frames",
+                flush_first: true,
+            });
+            return false;
+        }
+        true
+    }
+
+    /// The role matrix: turns a frame into an engine request, or refuses it.
+    fn to_request(&self, frame: Frame) -> Result<Option<Request>, (ErrorCode, String)> {
+        use ClientMessage as M;
+        let id = frame.id;
+        let forbidden = |what: &str| {
+            Err((
+                ErrorCode::Forbidden,
+                format!("role {} may not {what}", self.role.as_str()),
+            ))
+        };
+        let own_unit = self.actor.unit_id().map(str::to_owned);
+        let is = |r: Role| self.role == r;
+        let command = |command: Command| {
+            Ok(Some(Request::Command {
+                actor: self.actor.clone(),
+                command,
+                reply: ReplyTo::Session {
+                    outbox: self.outbox.clone(),
+                    id,
+                },
+                received: Instant::now(),
+            }))
+        };
+        match frame.message {
+            M::Hello(_) => Err((ErrorCode::Conflict, "already authenticated".into())),
+            M::Ping => {
+                if let (Some(id), Some(m)) = (id, wire::ok(self.outbox.encoding, id, Empty {})) {
+                    let _ = id;
+                    self.outbox.push(m);
+                }
+                Ok(None)
+            }
+            M::Subscribe(sub) => {
+                let allowed: &[SubTopic] = match self.role {
+                    Role::Dispatcher | Role::Supervisor => {
+                        &[SubTopic::Incidents, SubTopic::Units, SubTopic::Positions]
+                    }
+                    Role::Unit => &[SubTopic::Assignments],
+                    Role::Intake => &[],
+                };
+                if let Some(t) = sub.topics.iter().find(|t| !allowed.contains(t)) {
+                    return forbidden(&format!("subscribe to {t:?}").to_lowercase());
+                }
+                Ok(Some(Request::Subscribe {
+                    outbox: self.outbox.clone(),
+                    id,
+                    unit: own_unit,
+                    subscribe: sub,
+                }))
+            }
+            M::IncidentCreate(new) if is(Role::Dispatcher) => command(Command::CreateIncident(new)),
+            M::IncidentUpdate { incident_id, patch } if is(Role::Dispatcher) => {
+                command(Command::UpdateIncident { incident_id, patch })
+            }
+            M::IncidentAssign(a) if is(Role::Dispatcher) => command(Command::Assign {
+                incident_id: a.incident_id,
+                unit_id: a.unit_id,
+                force: a.force,
+            }),
+            M::IncidentRecommend(r) if is(Role::Dispatcher) => {
+                let target = match (r.incident_id, r.location) {
+                    (Some(i), _) => RecommendTarget::Incident(i),
+                    (None, Some(l)) => RecommendTarget::Location(l),
+                    (None, None) => {
+                        return Err((ErrorCode::BadRequest, "give incident_id or location".into()));
+                    }
+                };
+                let query = RecommendQuery {
+                    target,
+                    count: r.count,
+                    required: r.required,
+                };
+                Ok(Some(Request::Recommend {
+                    outbox: self.outbox.clone(),
+                    id,
+                    query,
+                }))
+            }
+            // Units may close and annotate their own incident; the engine checks "own".
+            M::IncidentClose(c) if is(Role::Dispatcher) || is(Role::Unit) => {
+                command(Command::CloseIncident {
+                    incident_id: c.incident_id,
+                    disposition: c.disposition,
+                })
+            }
+            M::IncidentNote(n) if is(Role::Dispatcher) || is(Role::Unit) => command(Command::Note {
+                incident_id: n.incident_id,
+                text: n.text,
+            }),
+            M::UnitPosition(p) if is(Role::Unit) => {
+                let me = own_unit.unwrap_or_default();
+                if p.unit_id.as_deref().is_some_and(|u| u != me) {
+                    return forbidden("send another unit's position");
+                }
+                command(Command::Position {
+                    unit_id: me,
+                    fix: p.fix,
+                })
+            }
+            M::UnitStatus(s) if is(Role::Unit) => {
+                let me = own_unit.unwrap_or_default();
+                if s.unit_id.as_deref().is_some_and(|u| u != me) {
+                    return forbidden("set another unit's status");
+                }
+                command(Command::SetStatus {
+                    unit_id: me,
+                    status: s.status,
+                })
+            }
+            M::UnitStatus(s) if is(Role::Dispatcher) => match s.unit_id {
+                Some(unit_id) => command(Command::SetStatus {
+                    unit_id,
+                    status: s.status,
+                }),
+                None => Err((
+                    ErrorCode::BadRequest,
+                    "unit.status from a dispatcher needs unit_id".into(),
+                )),
+            },
+            M::AssignmentAck(a) if is(Role::Unit) => command(Command::Ack {
+                unit_id: own_unit.unwrap_or_default(),
+                incident_id: a.incident_id,
+            }),
+            M::AssignmentDecline(d) if is(Role::Unit) => command(Command::Decline {
+                unit_id: own_unit.unwrap_or_default(),
+                incident_id: d.incident_id,
+                reason: d.reason,
+            }),
+            M::UnitEmergency(e) if is(Role::Unit) => command(Command::Emergency {
+                unit_id: own_unit.unwrap_or_default(),
+                active: e.active,
+                location: e.location,
+            }),
+            other => forbidden(other.type_name()),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Configuration: the embedded `config/default.toml`, an optional TOML file and
+//! `OPCENTER_<SECTION>__<KEY>` environment variables, merged by the `config`
+//! crate, then checked once into [`Settings`]. Nothing else reads raw config.
+//!
+//! Owns: key names, defaults, validation. Must never: be re-parsed at run time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use opcenter_core::{EngineConfig, RosterUnit};
+
+/// The embedded defaults (`config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// The development secret of the embedded defaults; running with it is logged.
+pub const DEV_SECRET: &str = "opcenter-dev-secret-change-me";
+
+/// A configuration that could not be loaded or is out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or environment could not be read or parsed.
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("config: {key}: {problem}")]
+    Invalid {
+        /// The key, e.g. `hub.max_frame_bytes`.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct Raw {
+    server: RawServer,
+    storage: RawStorage,
+    auth: RawAuth,
+    dispatch: RawDispatch,
+    hub: RawHub,
+    http: RawHttp,
+    console: RawConsole,
+    #[serde(default)]
+    roster: Vec<RosterUnit>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawServer {
+    listen: String,
+    shutdown_timeout_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawStorage {
+    data_dir: PathBuf,
+    fsync: bool,
+    snapshot_every_events: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAuth {
+    jwt_secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDispatch {
+    ack_timeout_s: u64,
+    max_position_age_s: u64,
+    max_distance_m: f64,
+    emergency_units: u32,
+    duplicate_radius_m: f64,
+    duplicate_window_s: u64,
+    max_clock_skew_s: u64,
+    max_speed_mps: f64,
+    index_slack_m: f64,
+    tick_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHub {
+    max_frame_bytes: usize,
+    history_events: u64,
+    session_queue_bytes: usize,
+    position_interval_ms: u64,
+    hello_timeout_s: u64,
+    ping_interval_s: u64,
+    idle_timeout_s: u64,
+    max_bad_frames: u32,
+    engine_queue: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHttp {
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConsole {
+    center_lat: f64,
+    center_lon: f64,
+    radius_m: f64,
+    #[serde(default)]
+    districts_file: Option<PathBuf>,
+}
+
+/// Checked settings of one server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// `server.shutdown_timeout_s`.
+    pub shutdown_timeout: std::time::Duration,
+    /// `storage.data_dir`.
+    pub data_dir: PathBuf,
+    /// `storage.fsync`.
+    pub fsync: bool,
+    /// `storage.snapshot_every_events`.
+    pub snapshot_every_events: u64,
+    /// `auth.jwt_secret`.
+    pub jwt_secret: String,
+    /// The engine's part (`dispatch.*` and the roster).
+    pub engine: EngineConfig,
+    /// `dispatch.tick_ms`.
+    pub tick: std::time::Duration,
+    /// `hub.*`.
+    pub hub: HubSettings,
+    /// `http.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `console.*`.
+    pub console: ConsoleSettings,
+}
+
+/// `hub.*`, checked.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// `hub.max_frame_bytes`.
+    pub max_frame_bytes: usize,
+    /// `hub.history_events`.
+    pub history_events: u64,
+    /// `hub.session_queue_bytes`.
+    pub session_queue_bytes: usize,
+    /// `hub.position_interval_ms`.
+    pub position_interval: std::time::Duration,
+    /// `hub.hello_timeout_s`.
+    pub hello_timeout: std::time::Duration,
+    /// `hub.ping_interval_s`.
+    pub ping_interval: std::time::Duration,
+    /// `hub.idle_timeout_s`.
+    pub idle_timeout: std::time::Duration,
+    /// `hub.max_bad_frames`.
+    pub max_bad_frames: u32,
+    /// `hub.engine_queue`.
+    pub engine_queue: usize,
+}
+
+/// `console.*`, checked.
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    /// Initial map centre.
+    pub center: opcenter_core::Location,
+    /// Half-width of the initial view, metres.
+    pub radius_m: f64,
+    /// District boundaries (GeoJSON text), read at start-up.
+    pub districts: Option<String>,
+}
+
+impl Settings {
+    /// Loads the embedded defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Self::load_with_env(file, true)
+    }
+
+    /// Like [`Settings::load`]; `env: false` ignores the environment (tests).
+    pub fn load_with_env(file: Option<&Path>, env: bool) -> Result<Settings, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        if env {
+            builder = builder.add_source(
+                Environment::with_prefix("OPCENTER")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        }
+        let raw: Raw = builder.build()?.try_deserialize()?;
+        Self::check(raw)
+    }
+
+    /// Settings from a TOML string layered over the defaults (no environment).
+    pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        let raw: Raw = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(File::from_str(text, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Self::check(raw)
+    }
+
+    fn check(raw: Raw) -> Result<Settings, SettingsError> {
+        let invalid = |key: &'static str, problem: &str| SettingsError::Invalid {
+            key,
+            problem: problem.into(),
+        };
+        let listen: SocketAddr = raw.server.listen.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                &format!("{e} (want HOST:PORT, e.g. 127.0.0.1:8102)"),
+            )
+        })?;
+        if raw.auth.jwt_secret.len() < 8 {
+            return Err(invalid("auth.jwt_secret", "must be at least 8 bytes"));
+        }
+        let d = &raw.dispatch;
+        if d.ack_timeout_s == 0 {
+            return Err(invalid("dispatch.ack_timeout_s", "must be > 0"));
+        }
+        for (key, v) in [
+            ("dispatch.max_distance_m", d.max_distance_m),
+            ("dispatch.duplicate_radius_m", d.duplicate_radius_m),
+            ("dispatch.max_speed_mps", d.max_speed_mps),
+            ("dispatch.index_slack_m", d.index_slack_m),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(SettingsError::Invalid {
+                    key,
+                    problem: format!("{v} must be a finite number ≥ 0"),
+                });
+            }
+        }
+        if d.tick_ms == 0 || d.tick_ms > 10_000 {
+            return Err(invalid("dispatch.tick_ms", "must be in 1..=10000"));
+        }
+        let h = &raw.hub;
+        if h.max_frame_bytes < 1024 {
+            return Err(invalid("hub.max_frame_bytes", "must be ≥ 1024"));
+        }
+        if h.session_queue_bytes < h.max_frame_bytes {
+            return Err(invalid(
+                "hub.session_queue_bytes",
+                "must be ≥ hub.max_frame_bytes",
+            ));
+        }
+        if h.engine_queue == 0 || h.position_interval_ms == 0 || h.ping_interval_s == 0 {
+            return Err(invalid(
+                "hub",
+                "engine_queue, position_interval_ms and ping_interval_s must be > 0",
+            ));
+        }
+        if h.idle_timeout_s <= h.ping_interval_s {
+            return Err(invalid(
+                "hub.idle_timeout_s",
+                "must be longer than hub.ping_interval_s",
+            ));
+        }
+        if raw.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be > 0"));
+        }
+        let center = opcenter_core::Location::new(raw.console.center_lat, raw.console.center_lon)
+            .map_err(|e| invalid("console.center_lat", &e.to_string()))?;
+        let districts = match &raw.console.districts_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| invalid("console.districts_file", &format!("{}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        for unit in &raw.roster {
+            if unit.id.is_empty() {
+                return Err(invalid("roster", "every roster unit needs an id"));
+            }
+            if let Some(loc) = &unit.location {
+                loc.validate()
+                    .map_err(|e| invalid("roster.location", &e.to_string()))?;
+            }
+        }
+        let s = |v: u64| (v as i64).saturating_mul(1000);
+        let engine = EngineConfig {
+            ack_timeout_ms: s(d.ack_timeout_s),
+            max_position_age_ms: s(d.max_position_age_s),
+            max_distance_m: d.max_distance_m,
+            emergency_units: d.emergency_units,
+            duplicate_radius_m: d.duplicate_radius_m,
+            duplicate_window_ms: s(d.duplicate_window_s),
+            max_clock_skew_ms: s(d.max_clock_skew_s),
+            max_speed_mps: d.max_speed_mps,
+            index_slack_m: d.index_slack_m,
+            roster: raw.roster,
+        };
+        let secs = std::time::Duration::from_secs;
+        let millis = std::time::Duration::from_millis;
+        Ok(Settings {
+            listen,
+            shutdown_timeout: secs(raw.server.shutdown_timeout_s),
+            data_dir: raw.storage.data_dir,
+            fsync: raw.storage.fsync,
+            snapshot_every_events: raw.storage.snapshot_every_events.max(1),
+            jwt_secret: raw.auth.jwt_secret,
+            engine,
+            tick: millis(d.tick_ms),
+            hub: HubSettings {
+                max_frame_bytes: h.max_frame_bytes,
+                history_events: h.history_events,
+                session_queue_bytes: h.session_queue_bytes,
+                position_interval: millis(h.position_interval_ms),
+                hello_timeout: secs(h.hello_timeout_s),
+                ping_interval: secs(h.ping_interval_s),
+                idle_timeout: secs(h.idle_timeout_s),
+                max_bad_frames: h.max_bad_frames.max(1),
+                engine_queue: h.engine_queue,
+            },
+            max_body_bytes: raw.http.max_body_bytes,
+            console: ConsoleSettings {
+                center,
+                radius_m: raw.console.radius_m,
+                districts,
+            },
+        })
+    }
+
+    /// True when running with the development secret.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.jwt_secret == DEV_SECRET
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let s = Settings::load_with_env(None, false).unwrap();
+        assert_eq!(s.listen.port(), 8102);
+        assert!(s.uses_dev_secret());
+        assert_eq!(s.hub.max_frame_bytes, 65_536);
+        assert_eq!(s.hub.history_events, 100_000);
+        assert_eq!(s.engine.emergency_units, 2);
+    }
+
+    #[test]
+    fn every_file_in_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Settings::load_with_env(Some(&path), false)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn overrides_and_validation() {
+        let s = Settings::from_toml("[server]\nlisten = \"127.0.0.1:0\"\n[dispatch]\nack_timeout_s = 5\n")
+            .unwrap();
+        assert_eq!(s.listen.port(), 0);
+        assert_eq!(s.engine.ack_timeout_ms, 5000);
+        let e = Settings::from_toml("[hub]\nmax_frame_bytes = 10\n").unwrap_err();
+        assert!(e.to_string().contains("hub.max_frame_bytes"), "{e}");
+        let e = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+}

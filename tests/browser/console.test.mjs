@@ -340,3 +340,17 @@ test('console: an officer emergency takes the top of the screen until acknowledg
   await dispatcher.close();
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });
+
+test('console: a bad token is refused at sign-in; a unit token gets a clear message', async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  await page.goto(`${server.url}/?token=not-a-jwt`);
+  await page.waitForSelector('[data-testid=signin-msg]:has-text("unauthorized")', { timeout: 15000 });
+  assert.equal(await page.isVisible('[data-testid=signin]'), true);
+  await shot(page, '07-signin-refused.png');
+
+  await page.fill('[data-testid=token-input]', server.token('unit', 'P-9', 'P-9'));
+  await page.click('[data-testid=signin-submit]');
+  await page.waitForSelector('[data-testid=role-message]', { state: 'visible', timeout: 15000 });
+  assert.match(await page.textContent('[data-testid=role-message]'), /unit/);
+  await page.close();
+});

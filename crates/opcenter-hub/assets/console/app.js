@@ -486,10 +486,12 @@
     var list = store.queue();
     var box = $("queue");
     $("queue-count").textContent = String(list.length);
-    var frag = document.createDocumentFragment();
-    list.forEach(function (inc) {
+    reconcile(box, list, function (inc) { return inc.id; }, function (inc) {
+      return JSON.stringify([inc.updated_ms, inc.status, inc.priority, inc.category, inc.units, inc.id === selectedId,
+        (inc.units || []).map(unitLabel)]);
+    }, function (inc) {
       var units = inc.units || [];
-      var row = el("div", {
+      return el("div", {
         class: "qrow p" + inc.priority + (inc.id === selectedId ? " selected" : "") + (inc.category === "officer_emergency" ? " emerg" : ""),
         "data-testid": "queue-row",
         "data-incident-id": inc.id,
@@ -514,18 +516,16 @@
         ]),
         el("span", { class: "wait", "data-testid": "queue-row-wait", "data-since": String(inc.created_ms || ""), text: fmtAge(Date.now() - (inc.created_ms || Date.now())) }),
       ]);
-      frag.appendChild(row);
-    });
-    box.replaceChildren(frag);
-    if (!list.length) box.appendChild(el("p", { class: "empty", text: "No open incidents." }));
+    }, "No open incidents.");
   }
 
   function renderBoard() {
     var list = store.board();
     $("board-count").textContent = String(list.length);
-    var frag = document.createDocumentFragment();
-    list.forEach(function (u) {
-      frag.appendChild(el("div", {
+    reconcile($("unit-board"), list, function (u) { return u.id; }, function (u) {
+      return JSON.stringify([u.status, u.callsign, u.kind, u.incident_id, !!u.location_ms]);
+    }, function (u) {
+      return el("div", {
         class: "urow",
         "data-testid": "unit-row",
         "data-unit-id": u.id,
@@ -541,10 +541,37 @@
         el("span", { class: "status st-" + u.status, "data-testid": "unit-row-status", text: String(u.status).replace("_", " ") }),
         el("span", { class: "muted small", text: u.incident_id ? "→ " + u.incident_id : "" }),
         el("span", { class: "muted small age", "data-at": String(u.location_ms || ""), text: u.location_ms ? fmtAge(Date.now() - u.location_ms) + " ago" : "no fix" }),
-      ]));
+      ]);
+    }, "No units yet.", function (row, u) {
+      // Positions move often: refresh the fix age in place instead of rebuilding the row.
+      var age = row.querySelector(".age");
+      if (age && u.location_ms) age.dataset.at = String(u.location_ms);
     });
-    $("unit-board").replaceChildren(frag);
-    if (!list.length) $("unit-board").appendChild(el("p", { class: "empty", text: "No units yet." }));
+  }
+
+  /**
+   * Brings `box`'s children in line with `items` (by key), rebuilding a row only
+   * when its signature changed, so a row under the pointer survives unrelated
+   * updates (a click is a mousedown and a mouseup on the same element).
+   */
+  function reconcile(box, items, keyOf, sigOf, build, emptyText, update) {
+    var old = new Map();
+    Array.prototype.forEach.call(box.children, function (c) { if (c.dataset.key != null) old.set(c.dataset.key, c); });
+    var rows = items.map(function (it) {
+      var key = String(keyOf(it));
+      var sig = sigOf(it);
+      var row = old.get(key);
+      if (!row || row.dataset.sig !== sig) {
+        row = build(it);
+        row.dataset.key = key;
+        row.dataset.sig = sig;
+      }
+      if (update) update(row, it);
+      return row;
+    });
+    var same = rows.length === box.children.length && rows.every(function (r, i) { return box.children[i] === r; });
+    if (!same) box.replaceChildren.apply(box, rows);
+    if (!items.length) box.replaceChildren(el("p", { class: "empty", text: emptyText }));
   }
 
   function renderFigures() {
@@ -571,7 +598,14 @@
     var open = store.emergencies.filter(function (e) { return !acked[e.key]; });
     b.hidden = open.length === 0;
     document.body.classList.toggle("has-emergency", open.length > 0);
-    if (!open.length) { b.replaceChildren(); return; }
+    if (!open.length) { b.replaceChildren(); b.dataset.sig = ""; return; }
+    // Rebuilt only when its content changes, so "Acknowledge" stays clickable.
+    var sig = JSON.stringify(open.map(function (e) {
+      var i = e.incident_id != null ? store.incident(e.incident_id) : null;
+      return [e.key, i && i.status, i && i.updated_ms];
+    }));
+    if (b.dataset.sig === sig) return;
+    b.dataset.sig = sig;
     var frag = document.createDocumentFragment();
     open.forEach(function (e) {
       var inc = e.incident_id != null ? store.incident(e.incident_id) : null;

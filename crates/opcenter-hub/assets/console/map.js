@@ -265,6 +265,14 @@
     });
 
     // Units: circles coloured by status, with a heading tick and the callsign.
+    // When crowded, only units that are busy with something keep their label.
+    var visible = 0;
+    (m.units || []).forEach(function (u) {
+      if (!u.location) return;
+      var q = self.project(u.location.lat, u.location.lon);
+      if (q.x >= 0 && q.y >= 0 && q.x <= w && q.y <= h) visible++;
+    });
+    var crowded = visible > 60;
     var drawnUnits = 0;
     (m.units || []).forEach(function (u) {
       if (!u.location) return;
@@ -288,6 +296,7 @@
       ctx.lineWidth = 1.5;
       ctx.strokeStyle = "#0b0f14";
       ctx.stroke();
+      if (crowded && (u.status === "available" || u.status === "off_duty")) return;
       ctx.font = "11px sans-serif";
       ctx.fillStyle = "#d8e0e8";
       ctx.fillText(u.callsign || u.id, p.x + 8, p.y + 12);

@@ -1,0 +1,462 @@
+//! End-to-end tests of the WebSocket hub over real sockets, in both encodings:
+//! the dispatch flow, recommend, decline, ack timeout, the pending queue,
+//! multi-unit incidents, resume and snapshot, the slow consumer, the role
+//! matrix and shutdown. Every server runs on port 0 with its own data dir.
+
+mod common;
+
+use common::*;
+use opcenter_proto::auth::Role;
+use serde_json::{Value, json};
+
+// Uralsk: a tablet ~150 m from the scene and one ~3 km away.
+const SCENE: (f64, f64) = (51.2300, 51.3700);
+const NEAR: (f64, f64) = (51.2310, 51.3715);
+const FAR: (f64, f64) = (51.2570, 51.3700);
+
+async fn full_flow(enc_console: Enc, enc_tablet: Enc) {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), enc_console).await;
+    let mut near = tablet(&srv.url(), enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
+    let _far = tablet(&srv.url(), enc_tablet, "P-FAR", FAR.0, FAR.1).await;
+
+    let ok = console.request(create(SCENE.0, SCENE.1)).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let incident = &ok["incident"];
+    let id = incident["id"].as_str().unwrap().to_string();
+    assert_eq!(incident["status"], "dispatched");
+    assert_eq!(incident["units"], json!(["P-NEAR"]));
+
+    // The nearest tablet gets the assignment with the incident's details.
+    let a = near.event("assignments", Some("assigned")).await;
+    assert_eq!(a["incident"]["id"], json!(id));
+    assert_eq!(a["incident"]["location"]["lat"], json!(SCENE.0));
+
+    let ok = near
+        .request(json!({"type":"assignment.ack","incident_id":id}))
+        .await;
+    assert_eq!(ok["incident"]["status"], "en_route", "{ok}");
+    let seen = console
+        .recv_until(|f| f["type"] == "event" && f["incident"]["status"] == "en_route")
+        .await;
+    assert_eq!(seen["incident"]["id"], json!(id));
+
+    let ok = console
+        .request(json!({"type":"incident.close","incident_id":id,"disposition":"resolved"}))
+        .await;
+    assert_eq!(ok["incident"]["status"], "closed", "{ok}");
+    let unit = console
+        .recv_until(|f| {
+            f["type"] == "event"
+                && f["topic"] == "units"
+                && f["unit"]["id"] == "P-NEAR"
+                && f["unit"]["status"] == "available"
+        })
+        .await;
+    assert!(
+        unit["unit"].get("incident_id").is_none_or(Value::is_null),
+        "{unit}"
+    );
+}
+
+#[tokio::test]
+async fn full_dispatch_flow_json() {
+    full_flow(Enc::Json, Enc::Json).await;
+}
+
+#[tokio::test]
+async fn full_dispatch_flow_msgpack() {
+    full_flow(Enc::MsgPack, Enc::MsgPack).await;
+}
+
+#[tokio::test]
+async fn msgpack_frames_are_named_maps_with_float_coordinates() {
+    let srv = TestServer::start("").await;
+    let (mut c, _) = Client::login(&srv.url(), Enc::MsgPack, &token(Role::Dispatcher, "d1")).await;
+    c.send(json!({"type":"incident.create","id":1,"category":"theft","priority":2,"location":{"lat":51.0,"lon":51.0}}))
+        .await;
+    let raw = loop {
+        use futures_util::StreamExt;
+        match c.ws.next().await.unwrap().unwrap() {
+            tokio_tungstenite::tungstenite::Message::Binary(b) => break b,
+            _ => continue,
+        }
+    };
+    // Decoded with a generic MessagePack reader: a map with string keys.
+    let v: rmpv::Value = rmpv::decode::read_value(&mut &raw[..]).unwrap();
+    let map = v.as_map().expect("a map");
+    assert!(map.iter().all(|(k, _)| k.is_str()));
+    let incident = map
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("incident"))
+        .unwrap()
+        .1
+        .as_map()
+        .unwrap();
+    let loc = incident
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("location"))
+        .unwrap()
+        .1
+        .as_map()
+        .unwrap();
+    assert!(
+        loc.iter().all(|(_, v)| v.is_f64()),
+        "coordinates are float64: {loc:?}"
+    );
+}
+
+#[tokio::test]
+async fn recommend_lists_nearest_first_with_shortfall() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let _a = tablet(&srv.url(), Enc::Json, "P-A", FAR.0, FAR.1).await;
+    let _b = tablet(&srv.url(), Enc::MsgPack, "P-B", NEAR.0, NEAR.1).await;
+    let r = console
+        .request(json!({"type":"incident.recommend","location":{"lat":SCENE.0,"lon":SCENE.1},"count":3}))
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    let c = r["candidates"].as_array().unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0]["unit_id"], "P-B");
+    assert_eq!(c[1]["unit_id"], "P-A");
+    assert!(c[0]["distance_m"].as_f64().unwrap() < c[1]["distance_m"].as_f64().unwrap());
+    assert_eq!(r["shortfall"], "no_units_available");
+    let r = console
+        .request(json!({"type":"incident.recommend","location":{"lat":SCENE.0,"lon":SCENE.1},"count":1,"required":["k9"]}))
+        .await;
+    assert_eq!(r["candidates"], json!([]));
+    assert_eq!(r["shortfall"], "missing_capability");
+}
+
+#[tokio::test]
+async fn decline_sends_the_incident_to_the_next_unit_never_back() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let mut near = tablet(&srv.url(), Enc::Json, "P-NEAR", NEAR.0, NEAR.1).await;
+    let mut far = tablet(&srv.url(), Enc::Json, "P-FAR", FAR.0, FAR.1).await;
+    let ok = console.request(create(SCENE.0, SCENE.1)).await;
+    let id = ok["incident"]["id"].as_str().unwrap().to_string();
+    near.event("assignments", Some("assigned")).await;
+    let ok = near
+        .request(json!({"type":"assignment.decline","incident_id":id,"reason":"flat tyre"}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let a = far.event("assignments", Some("assigned")).await;
+    assert_eq!(a["incident"]["id"], json!(id));
+    // The decliner is available again and never gets it back, even when the far unit declines too.
+    let ok = far
+        .request(json!({"type":"assignment.decline","incident_id":id}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let pending = console
+        .recv_until(|f| {
+            f["type"] == "event" && f["incident"]["id"] == json!(id) && f["incident"]["status"] == "pending"
+        })
+        .await;
+    assert_eq!(pending["incident"]["units"], json!([]));
+    assert!(
+        near.next_within(std::time::Duration::from_millis(300))
+            .await
+            .is_none_or(|g| match g {
+                Got::Frame(f) => f["change"] != "assigned",
+                Got::Closed(_) => false,
+            })
+    );
+}
+
+#[tokio::test]
+async fn ack_timeout_marks_unresponsive_and_moves_on() {
+    let srv = TestServer::start("[dispatch]\nack_timeout_s = 1\ntick_ms = 50\n").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let mut near = tablet(&srv.url(), Enc::Json, "P-NEAR", NEAR.0, NEAR.1).await;
+    let mut far = tablet(&srv.url(), Enc::Json, "P-FAR", FAR.0, FAR.1).await;
+    let ok = console.request(create(SCENE.0, SCENE.1)).await;
+    let id = ok["incident"]["id"].as_str().unwrap().to_string();
+    near.event("assignments", Some("assigned")).await;
+    // No ack from the near unit: after ~1 s the far one gets it.
+    let a = far.event("assignments", Some("assigned")).await;
+    assert_eq!(a["incident"]["id"], json!(id));
+    let u = console
+        .recv_until(|f| {
+            f["type"] == "event" && f["unit"]["id"] == "P-NEAR" && f["unit"]["status"] == "unresponsive"
+        })
+        .await;
+    assert_eq!(u["topic"], "units");
+    let gone = near.event("assignments", None).await;
+    assert_ne!(gone["change"], "assigned", "{gone}");
+}
+
+#[tokio::test]
+async fn pending_incidents_are_served_by_priority_when_a_unit_frees_up() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let mut low = create(SCENE.0, SCENE.1);
+    low["priority"] = json!(4);
+    let low = console.request(low).await;
+    assert_eq!(low["incident"]["status"], "pending");
+    let mut urgent = create(SCENE.0, SCENE.1);
+    urgent["priority"] = json!(1);
+    urgent["category"] = json!("assault");
+    let urgent = console.request(urgent).await;
+    assert_eq!(urgent["incident"]["status"], "pending");
+    // A unit comes on duty: it takes the priority-1 incident although it is newer.
+    let mut t = tablet(&srv.url(), Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let a = t.event("assignments", Some("assigned")).await;
+    assert_eq!(a["incident"]["id"], urgent["incident"]["id"]);
+}
+
+#[tokio::test]
+async fn units_needed_gets_distinct_nearest_units() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let _a = tablet(&srv.url(), Enc::Json, "P-A", NEAR.0, NEAR.1).await;
+    let _b = tablet(&srv.url(), Enc::Json, "P-B", 51.2330, 51.3700).await;
+    let _c = tablet(&srv.url(), Enc::Json, "P-C", FAR.0, FAR.1).await;
+    let mut req = create(SCENE.0, SCENE.1);
+    req["units_needed"] = json!(2);
+    let ok = console.request(req).await;
+    assert_eq!(ok["incident"]["units"], json!(["P-A", "P-B"]), "{ok}");
+}
+
+#[tokio::test]
+async fn tablet_reconnect_gets_its_assignment_in_hello() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let t = tablet(&srv.url(), Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let ok = console.request(create(SCENE.0, SCENE.1)).await;
+    drop(t);
+    let (_t, hello) = Client::login(&srv.url(), Enc::MsgPack, &unit_token("P-1")).await;
+    assert_eq!(hello["role"], "unit");
+    assert_eq!(hello["unit"]["id"], "P-1");
+    assert_eq!(hello["incident"]["id"], ok["incident"]["id"]);
+}
+
+#[tokio::test]
+async fn resume_with_since_replays_exactly_and_bad_epoch_gets_snapshot() {
+    let srv = TestServer::start("").await;
+    let (mut a, sub) = console(&srv.url(), Enc::Json).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    a.request(create(SCENE.0, SCENE.1)).await;
+    let first = a.event("incidents", Some("created")).await;
+    let last_seq = first["seq"].as_u64().unwrap();
+    drop(a);
+
+    // Meanwhile, two more incidents.
+    let (mut other, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Dispatcher, "d2")).await;
+    let i2 = other.request(create(SCENE.0, SCENE.1)).await;
+    let i3 = other.request(create(SCENE.0, SCENE.1)).await;
+
+    let (mut b, _) = Client::login(&srv.url(), Enc::MsgPack, &token(Role::Dispatcher, "d1")).await;
+    let ok = b
+        .request(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":epoch,"seq":last_seq}}))
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    let cut = ok["seq"].as_u64().unwrap();
+    let e2 = b.event("incidents", None).await;
+    let e3 = b.event("incidents", None).await;
+    assert_eq!(e2["incident"]["id"], i2["incident"]["id"]);
+    assert_eq!(e3["incident"]["id"], i3["incident"]["id"]);
+    assert!(last_seq < e2["seq"].as_u64().unwrap() && e2["seq"].as_u64() < e3["seq"].as_u64());
+    assert!(e3["seq"].as_u64().unwrap() <= cut);
+    // Then live, with a larger seq and nothing repeated.
+    let i4 = other.request(create(SCENE.0, SCENE.1)).await;
+    let e4 = b.event("incidents", None).await;
+    assert_eq!(e4["incident"]["id"], i4["incident"]["id"]);
+    assert!(e4["seq"].as_u64().unwrap() > cut);
+
+    let (mut c, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
+    let ok = c
+        .request(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":"other-epoch","seq":1}}))
+        .await;
+    assert_eq!(ok["recovered"], false);
+    assert_eq!(
+        ok["incidents"].as_array().unwrap().len(),
+        4,
+        "snapshot of open incidents: {ok}"
+    );
+    assert!(ok["units"].is_array());
+}
+
+#[tokio::test]
+async fn positions_reach_supervisors_inside_their_area_only() {
+    // A fast speed limit so the test may jump the unit 3 km at once.
+    let srv =
+        TestServer::start("[hub]\nposition_interval_ms = 20\n[dispatch]\nmax_speed_mps = 100000.0\n").await;
+    let (mut all, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
+    all.request(json!({"type":"subscribe","topics":["positions"]}))
+        .await;
+    let (mut boxed, _) = Client::login(&srv.url(), Enc::MsgPack, &token(Role::Supervisor, "s2")).await;
+    boxed
+        .request(json!({"type":"subscribe","topics":["positions"],"area":{"south":51.25,"west":51.0,"north":51.3,"east":52.0}}))
+        .await;
+    let mut t = tablet(&srv.url(), Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let p = all.recv_until(|f| f["type"] == "positions").await;
+    assert_eq!(p["items"][0]["unit_id"], "P-1");
+    // Inside the box only after moving north.
+    let ok = t
+        .request(json!({"type":"unit.position","lat":FAR.0,"lon":FAR.1}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let p = boxed.recv_until(|f| f["type"] == "positions").await;
+    assert_eq!(p["items"].as_array().unwrap().len(), 1);
+    assert_eq!(p["items"][0]["lat"], json!(FAR.0));
+    // An older fix never moves the unit backwards.
+    let ok = t
+        .request(json!({"type":"unit.position","lat":NEAR.0,"lon":NEAR.1,"at_ms":1}))
+        .await;
+    assert_eq!(ok["type"], "ok");
+    let (mut console, snap) = console(&srv.url(), Enc::Json).await;
+    let unit = snap["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "P-1")
+        .unwrap()
+        .clone();
+    assert_eq!(unit["location"]["lat"], json!(FAR.0));
+    drop(console.request(json!({"type":"ping"})).await);
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_4008_and_others_keep_going() {
+    let srv = TestServer::start("[hub]\nmax_frame_bytes = 8192\nsession_queue_bytes = 262144\n").await;
+    let (mut slow, _) = console(&srv.url(), Enc::Json).await; // never reads again
+    let (mut fast, _) = console(&srv.url(), Enc::Json).await;
+    let (mut dispatcher, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Dispatcher, "d9")).await;
+    // ~6 KB per event: enough to fill the slow reader's socket buffers and then
+    // its 256 KiB queue, while bursts of 20 stay well inside everyone's queue.
+    let description = "x".repeat(6000);
+    let mut last_id = String::new();
+    for i in 0..3000u64 {
+        let mut req = create(SCENE.0, SCENE.1);
+        req["description"] = json!(description);
+        // Distinct categories: no growing `possible_duplicates` lists.
+        req["category"] = json!(format!("cat-{i}"));
+        req["id"] = json!(i + 1000);
+        dispatcher.send(req).await;
+        if i % 20 == 19 {
+            let ok = dispatcher.recv_until(|f| f["id"] == json!(i + 1000)).await;
+            last_id = ok["incident"]["id"].as_str().unwrap().to_string();
+            // The fast console keeps up.
+            fast.recv_until(|f| f["type"] == "event" && f["incident"]["id"] == json!(last_id))
+                .await;
+        }
+    }
+    assert!(!last_id.is_empty());
+    assert_eq!(slow.closed().await, Some(4008));
+    // Nothing lost: the fast console saw the last one; the server still serves.
+    let ok = dispatcher.request(json!({"type":"ping"})).await;
+    assert_eq!(ok["type"], "ok");
+}
+
+#[tokio::test]
+async fn role_matrix() {
+    let srv = TestServer::start("").await;
+    let url = srv.url();
+    let _t = tablet(&url, Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let (mut d, _) = Client::login(&url, Enc::Json, &token(Role::Dispatcher, "d1")).await;
+    let (mut s, _) = Client::login(&url, Enc::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut u, _) = Client::login(&url, Enc::Json, &unit_token("P-2")).await;
+    let (mut i, _) = Client::login(&url, Enc::Json, &token(Role::Intake, "app")).await;
+    let inc = d.request(create(SCENE.0, SCENE.1)).await;
+    let id = inc["incident"]["id"].as_str().unwrap().to_string();
+
+    let code = |v: &Value| v["code"].as_str().unwrap_or("ok").to_string();
+    let rows: Vec<(Value, [&str; 4])> = vec![
+        // (command, [dispatcher, supervisor, unit P-2, intake])
+        (
+            create(SCENE.0, SCENE.1),
+            ["ok", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"incident.update","incident_id":id,"priority":3}),
+            ["ok", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"incident.recommend","incident_id":id}),
+            ["ok", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"incident.note","incident_id":id,"text":"hi"}),
+            ["ok", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"subscribe","topics":["incidents"]}),
+            ["ok", "ok", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"subscribe","topics":["assignments"]}),
+            ["forbidden", "forbidden", "ok", "forbidden"],
+        ),
+        (
+            json!({"type":"unit.position","lat":51.0,"lon":51.0}),
+            ["forbidden", "forbidden", "ok", "forbidden"],
+        ),
+        (
+            json!({"type":"unit.position","unit_id":"P-1","lat":51.0,"lon":51.0}),
+            ["forbidden", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"unit.status","status":"busy","unit_id":"P-2"}),
+            ["ok", "forbidden", "ok", "forbidden"],
+        ),
+        (
+            json!({"type":"unit.status","status":"busy","unit_id":"P-1"}),
+            ["ok", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"assignment.ack","incident_id":id}),
+            ["forbidden", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            json!({"type":"incident.close","incident_id":id,"disposition":"x"}),
+            ["ok", "forbidden", "forbidden", "forbidden"],
+        ),
+        (json!({"type":"ping"}), ["ok", "ok", "ok", "ok"]),
+    ];
+    for (cmd, expect) in rows {
+        for (k, client) in [&mut d, &mut s, &mut u, &mut i].into_iter().enumerate() {
+            let r = client.request(cmd.clone()).await;
+            assert_eq!(code(&r), expect[k], "{cmd} as client {k}: {r}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001() {
+    let srv = TestServer::start("").await;
+    let (mut c, _) = console(&srv.url(), Enc::Json).await;
+    let stopping = tokio::spawn(srv.stop());
+    assert_eq!(c.closed().await, Some(1001));
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn emergency_creates_priority_1_incident_and_sends_other_units() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let mut officer = tablet(&srv.url(), Enc::Json, "P-SOS", SCENE.0, SCENE.1).await;
+    let mut a = tablet(&srv.url(), Enc::Json, "P-A", NEAR.0, NEAR.1).await;
+    let mut b = tablet(&srv.url(), Enc::Json, "P-B", FAR.0, FAR.1).await;
+    let ok = officer
+        .request(json!({"type":"unit.emergency","active":true}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let inc = &ok["incident"];
+    assert_eq!(inc["category"], "officer_emergency");
+    assert_eq!(inc["priority"], 1);
+    let mut units: Vec<String> = inc["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().into())
+        .collect();
+    units.sort();
+    assert_eq!(units, vec!["P-A", "P-B"]);
+    a.event("assignments", Some("assigned")).await;
+    b.event("assignments", Some("assigned")).await;
+    console
+        .recv_until(|f| f["type"] == "event" && f["incident"]["category"] == "officer_emergency")
+        .await;
+}

@@ -154,3 +154,20 @@ fn id_must_be_unsigned_integer() {
         (None, ErrorCode::BadRequest)
     );
 }
+
+proptest::proptest! {
+    /// Any bytes in either encoding decode to a command or an error, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        for enc in Encoding::ALL {
+            let _ = decode_frame(enc, &bytes);
+        }
+    }
+
+    /// Maps with a known type and random field values never panic either.
+    #[test]
+    fn random_fields_never_panic(lat in proptest::num::f64::ANY, p in proptest::num::i64::ANY, s in ".{0,20}") {
+        let v = json!({"type":"incident.create","id":1,"category":s,"priority":p,"location":{"lat":lat,"lon":0.5}});
+        let _ = decode_frame(Encoding::MsgPack, &msgpack_frame(&v));
+    }
+}

@@ -8,6 +8,7 @@
 //! where fsync is free).
 
 use std::hint::black_box;
+use std::io::{Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -42,6 +43,27 @@ fn append(c: &mut Criterion) {
             b.iter(|| black_box(j.append_batch(&refs).expect("append")))
         });
     }
+    // The floor on this disk right now: the same bytes as a 16-record batch, written
+    // with one write + one fdatasync into a preallocated file, no journal code at all.
+    let dir = tempdir();
+    let path = dir.path().join("floor.bin");
+    let mut f = std::fs::File::create(&path).expect("create");
+    f.write_all(&vec![0u8; 64 << 20]).expect("preallocate");
+    f.sync_all().expect("fsync");
+    let bytes = vec![7u8; 16 * (RECORD + 16)];
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("floor_raw_fdatasync_16x300B", |b| {
+        let mut at = 0u64;
+        b.iter(|| {
+            if at + bytes.len() as u64 > 64 << 20 {
+                at = 0;
+            }
+            f.seek(SeekFrom::Start(at)).expect("seek");
+            f.write_all(&bytes).expect("write");
+            f.sync_data().expect("fdatasync");
+            at += bytes.len() as u64;
+        })
+    });
     g.finish();
 }
 

@@ -29,6 +29,12 @@ pub struct Options {
     /// A new segment is started before a batch once the current one holds at least this
     /// many bytes (default 64 MiB). Batches never span segments.
     pub segment_bytes: u64,
+    /// The active segment is grown ahead of the data by writing this many zero bytes
+    /// at a time (default 1 MiB; 0 turns it off). A batch then overwrites blocks that
+    /// already exist, so its `fdatasync` changes no file-system metadata and skips the
+    /// file-system journal commit: measured here, about half the latency, and far less
+    /// exposed to other processes' dirty pages (see README.md).
+    pub preallocate_bytes: u64,
 }
 
 impl Default for Options {
@@ -36,6 +42,7 @@ impl Default for Options {
         Options {
             fsync: true,
             segment_bytes: 64 << 20,
+            preallocate_bytes: 1 << 20,
         }
     }
 }
@@ -46,8 +53,10 @@ struct Segment {
     /// Seq of its first record (also in its name).
     start: u64,
     path: PathBuf,
-    /// Committed bytes: the file is exactly this long (recovery truncates to it).
+    /// Committed bytes: everything after is zeros (preallocated) or nothing.
     len: u64,
+    /// File size on disk: `len` plus the preallocated zero tail.
+    alloc: u64,
     /// Seq of its last record; `start - 1` while empty.
     last_seq: u64,
     /// Sparse (seq, byte offset) pairs, ascending, first one at offset 0 when non-empty.
@@ -110,6 +119,7 @@ fn scan(path: &Path, data: &[u8], start: u64) -> Result<Scan, StoreError> {
         start,
         path: PathBuf::new(),
         len: 0,
+        alloc: 0,
         last_seq: start - 1,
         index: Vec::new(),
     };
@@ -196,6 +206,24 @@ fn later_batch_after(data: &[u8], from: usize, committed_last: u64) -> Option<us
     None
 }
 
+/// Grows `file` from `from` to `to` bytes with real zeros (not a sparse `set_len`, whose
+/// holes would still need block allocation at the first write) and makes the new size
+/// durable, so later batches overwrite allocated blocks.
+fn preallocate(file: &mut File, from: u64, to: u64, fsync: bool) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    file.seek(SeekFrom::Start(from))?;
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        file.write_all(&ZEROS[..n])?;
+        left -= n as u64;
+    }
+    if fsync {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 impl FileJournal {
     /// Opens the journal in `dir`, creating the directory and a new epoch if it holds
     /// no journal yet, and recovering it otherwise (see the crate docs, "Recovery").
@@ -268,7 +296,9 @@ impl FileJournal {
             let data = fs::read(&path).map_err(StoreError::io("read segment", &path))?;
             let s = scan(&path, &data, start)?;
             let is_last = i + 1 == count;
-            if s.committed_len != data.len() as u64 {
+            let zero_tail = data[s.committed_len as usize..].iter().all(|&b| b == 0);
+            let mut alloc = data.len() as u64;
+            if !zero_tail {
                 let at = s.stop;
                 let reason = s.bad.map_or("unfinished batch", Bad::as_str);
                 if !is_last {
@@ -301,11 +331,13 @@ impl FileJournal {
                 f.set_len(s.committed_len)
                     .map_err(StoreError::io("truncate", &path))?;
                 f.sync_all().map_err(StoreError::io("fsync", &path))?;
+                alloc = s.committed_len;
             }
             segments.push(Segment {
                 start,
                 path,
                 len: s.committed_len,
+                alloc,
                 last_seq: s.committed_last,
                 index: s.index,
             });
@@ -320,7 +352,7 @@ impl FileJournal {
         let active = match segments.last() {
             Some(seg) => Some(
                 OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(&seg.path)
                     .map_err(StoreError::io("open for append", &seg.path))?,
             ),
@@ -363,11 +395,23 @@ impl FileJournal {
         if !full {
             return Ok(());
         }
+        // Seal the old segment at its exact length: only the active one has a zero tail.
+        if let (Some(seg), Some(file)) = (self.segments.last_mut(), self.active.as_ref()) {
+            if seg.alloc > seg.len {
+                file.set_len(seg.len)
+                    .map_err(StoreError::io("trim segment", &seg.path))?;
+                if self.opts.fsync {
+                    file.sync_all()
+                        .map_err(StoreError::io("fsync segment", &seg.path))?;
+                }
+                seg.alloc = seg.len;
+            }
+        }
         let start = self.last_seq + 1;
         let path = self.dir.join(seq_name(SEGMENT_PREFIX, start, SEGMENT_SUFFIX));
         // `create_new`: a file by that name would be history we did not scan; never clobber it.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(&path)
             .map_err(StoreError::io("create segment", &path))?;
@@ -378,6 +422,7 @@ impl FileJournal {
             start,
             path,
             len: 0,
+            alloc: 0,
             last_seq: start - 1,
             index: Vec::new(),
         });
@@ -397,7 +442,16 @@ impl FileJournal {
         let (Some(seg), Some(file)) = (self.segments.last_mut(), self.active.as_mut()) else {
             unreachable!("roll_if_needed leaves an active segment");
         };
+        let end = seg.len + self.buf.len() as u64;
+        if end > seg.alloc && self.opts.preallocate_bytes > 0 {
+            let target = end.max(seg.alloc + self.opts.preallocate_bytes);
+            preallocate(file, seg.alloc, target, self.opts.fsync)
+                .map_err(StoreError::io("preallocate segment", &seg.path))?;
+            seg.alloc = target;
+        }
         // Group commit: the whole batch in one write and one fdatasync.
+        file.seek(SeekFrom::Start(seg.len))
+            .map_err(StoreError::io("seek segment", &seg.path))?;
         file.write_all(&self.buf)
             .map_err(StoreError::io("write segment", &seg.path))?;
         if self.opts.fsync {
@@ -410,6 +464,7 @@ impl FileJournal {
             off += (HEADER_LEN + p.len()) as u64;
         }
         seg.len = off;
+        seg.alloc = seg.alloc.max(off);
         seg.last_seq = first + n as u64 - 1;
         self.last_seq = seg.last_seq;
         Ok(first..=self.last_seq)

@@ -10,8 +10,8 @@ use opcenter_store::{FileJournal, Journal, MemJournal, Options, StoreError};
 
 fn small_segments() -> Options {
     Options {
-        fsync: true,
         segment_bytes: 1024,
+        ..Options::default()
     }
 }
 
@@ -144,6 +144,7 @@ fn sparse_index_reads_from_every_position() {
         Options {
             fsync: false,
             segment_bytes: 1 << 20,
+            ..Options::default()
         },
     )
     .unwrap();
@@ -191,7 +192,8 @@ fn torn_tail_mid_record_is_truncated() {
     fill(&mut j, 10, 1);
     drop(j);
     let seg = &segments(dir.path())[0];
-    let len = fs::metadata(seg).unwrap().len();
+    // The file has a preallocated zero tail: cut inside the last record itself.
+    let len = offset_of(1, 10);
     fs::OpenOptions::new()
         .write(true)
         .open(seg)
@@ -218,8 +220,9 @@ fn torn_tail_garbage_is_truncated() {
     drop(j);
     let seg = &segments(dir.path())[0];
     let mut data = fs::read(seg).unwrap();
-    let len = data.len() as u64;
-    data.extend_from_slice(&[0xAB; 37]);
+    // Garbage right after the last record, inside the preallocated zeros.
+    let len = offset_of(1, 10);
+    data[len as usize..len as usize + 37].fill(0xAB);
     fs::write(seg, data).unwrap();
 
     let mut j = FileJournal::open(dir.path(), Options::default()).unwrap();
@@ -500,4 +503,60 @@ fn compaction_never_drops_the_active_segment() {
     drop(j);
     let j = FileJournal::open(dir.path(), small_segments()).unwrap();
     assert_eq!(j.last_seq(), 10);
+}
+
+#[test]
+fn preallocated_zero_tail_is_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = FileJournal::open(dir.path(), Options::default()).unwrap();
+    fill(&mut j, 10, 3);
+    drop(j);
+    let seg = &segments(dir.path())[0];
+    let len = fs::metadata(seg).unwrap().len();
+    assert_eq!(len, 1 << 20, "grown ahead by preallocate_bytes");
+    let mut j = FileJournal::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(fs::metadata(seg).unwrap().len(), len, "zeros are not truncated");
+    fill(&mut j, 1, 2);
+    drop(j);
+    let j = FileJournal::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(j.last_seq(), 32);
+    check_all(&j, 0);
+}
+
+#[test]
+fn file_journal_without_preallocation_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        preallocate_bytes: 0,
+        ..small_segments()
+    };
+    let mut j = FileJournal::open(dir.path(), opts.clone()).unwrap();
+    contract(&mut j);
+    drop(j);
+    let j = FileJournal::open(dir.path(), opts).unwrap();
+    check_all(&j, 0);
+}
+
+#[test]
+fn sealed_segments_are_trimmed_to_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = FileJournal::open(dir.path(), small_segments()).unwrap();
+    fill(&mut j, 100, 1);
+    drop(j);
+    let segs = segments(dir.path());
+    let mut seq = 1;
+    for seg in &segs[..segs.len() - 1] {
+        let len = fs::metadata(seg).unwrap().len();
+        let mut n = 0;
+        while offset_of(seq, n) < len {
+            n += 1;
+        }
+        assert_eq!(
+            offset_of(seq, n),
+            len,
+            "{} ends on a record boundary",
+            seg.display()
+        );
+        seq += n;
+    }
 }

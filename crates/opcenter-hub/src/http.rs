@@ -79,7 +79,9 @@ pub async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -
     upgrade
         // A few KiB of read buffer per connection, not tungstenite's 128 KiB default.
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        // Frames fed in one drain coalesce up to 8 KiB per write(2); the buffer
+        // grows only on sessions that actually receive bursts.
+        .write_buffer_size(8 * 1024)
         // Our outbox is the real bound; this only caps one flush.
         .max_write_buffer_size(app.settings.hub.session_queue_bytes.max(max) * 2)
         .max_message_size(max)

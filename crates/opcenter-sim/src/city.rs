@@ -515,7 +515,7 @@ fn resume(sh: &CityShared, rng: &mut StdRng, inc: IncidentView, old: Option<Job>
 
 fn position(sh: &CityShared, m: &Mover, speed: f64) -> serde_json::Value {
     let p = sh.city.to_latlon(m.pos.0, m.pos.1);
-    json!({"type": "unit.position", "lat": p.lat, "lon": p.lon, "heading": m.heading.round(),
+    json!({"type": "unit.position", "lat": p.lat, "lon": p.lon, "heading": wire::heading(m.heading),
            "speed": (speed * 10.0).round() / 10.0, "accuracy": 5.0, "at_ms": wire::now_ms()})
 }
 

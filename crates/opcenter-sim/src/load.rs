@@ -149,6 +149,7 @@ struct Shared {
     staleness: Latency,
     created_ids: Mutex<Vec<String>>,
     error_codes: Mutex<BTreeMap<String, u64>>,
+    error_samples: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -159,6 +160,17 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .entry(code.to_owned())
             .or_default() += 1;
+    }
+
+    /// Books an error reply and keeps the first message of each code as a sample.
+    fn error_reply(&self, f: &Frame) {
+        let code = f.code.as_deref().unwrap_or("?");
+        self.error(code);
+        let mut samples = self.error_samples.lock().unwrap_or_else(|e| e.into_inner());
+        if !samples.contains_key(code) {
+            let msg = f.message.as_deref().unwrap_or("");
+            samples.insert(code.to_owned(), msg.chars().take(200).collect());
+        }
     }
 }
 
@@ -191,6 +203,8 @@ pub struct Report {
     pub throughput: Throughput,
     /// Error replies by code.
     pub errors: BTreeMap<String, u64>,
+    /// The first error message seen for each code.
+    pub error_samples: BTreeMap<String, String>,
     /// Server process readings (`--pid`).
     pub server_process: Option<ServerProc>,
 }
@@ -298,6 +312,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         staleness: Latency::default(),
         created_ids: Mutex::new(Vec::new()),
         error_codes: Mutex::new(BTreeMap::new()),
+        error_samples: Mutex::new(BTreeMap::new()),
         args,
     });
     let a = &sh.args;
@@ -438,6 +453,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             },
         },
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         server_process: match (a.pid, proc0, proc_connected, proc_window, proc_end) {
             (Some(pid), Some(p0), Some(p1), Some(pw), Some(pe)) => {
                 Some(server_proc(pid, p0, p1, pw, pe, window_s, c))
@@ -524,7 +540,10 @@ fn human_report(r: &Report) -> String {
         t.deliveries_per_s
     );
     if !r.errors.is_empty() {
-        s += &format!("error replies: {:?}\n", r.errors);
+        s += &format!(
+            "error replies: {:?} (first of each: {:?})\n",
+            r.errors, r.error_samples
+        );
     }
     if let Some(p) = &r.server_process {
         s += &format!(
@@ -623,7 +642,7 @@ async fn close(ws: &mut Ws) {
 /// Books an error reply.
 fn book_error(sh: &Shared, f: &Frame) {
     sh.c.other_errors.fetch_add(1, Relaxed);
-    sh.error(f.code.as_deref().unwrap_or("?"));
+    sh.error_reply(f);
 }
 
 /// Per-connection tallies, flushed into the shared ones in batches so a hot fan-out
@@ -766,7 +785,7 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
     let mut heading: f64 = rng.random_range(0.0..360.0);
     let fix = |x: f64, y: f64, heading: f64| {
         let p = sh.city.to_latlon(x, y);
-        json!({"type": "unit.position", "lat": p.lat, "lon": p.lon, "heading": heading.round(),
+        json!({"type": "unit.position", "lat": p.lat, "lon": p.lon, "heading": wire::heading(heading),
                "speed": 10.0, "at_ms": (wire::now_us() + 500) / 1000})
     };
     setup_cmd(
@@ -934,7 +953,7 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
                         if let Some(inc) = f.incident { ids.push(inc.id); }
                     } else {
                         sh.c.create_errors.fetch_add(1, Relaxed);
-                        sh.error(f.code.as_deref().unwrap_or("?"));
+                        sh.error_reply(&f);
                     }
                 }
             },
@@ -1161,6 +1180,7 @@ mod tests {
                 deliveries_per_s: 0.0,
             },
             errors: BTreeMap::new(),
+            error_samples: BTreeMap::new(),
             server_process: None,
         };
         let out = format!("noise\n{}\n", serde_json::to_string(&r).unwrap());

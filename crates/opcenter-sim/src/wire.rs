@@ -150,6 +150,12 @@ pub struct Frame {
     pub items: Option<Vec<PosItem>>,
 }
 
+/// A heading for the wire: whole degrees in [0, 360) (rounding 359.6 gives 0, not 360,
+/// which the server rightly refuses).
+pub fn heading(deg: f64) -> f64 {
+    deg.round().rem_euclid(360.0)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     now_us() / 1000
@@ -277,6 +283,14 @@ mod tests {
         assert_eq!(number_after(b"nothing here", b"load:"), None);
         assert!(find(j.as_bytes(), br#""change":"created""#).is_some());
         assert!(find(&m, b"\xa6change\xa7created").is_some());
+    }
+
+    #[test]
+    fn headings_stay_below_360() {
+        assert_eq!(heading(359.6), 0.0);
+        assert_eq!(heading(-0.4), 0.0);
+        assert_eq!(heading(-10.0), 350.0);
+        assert_eq!(heading(90.2), 90.0);
     }
 
     #[test]

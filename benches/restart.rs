@@ -1,0 +1,395 @@
+//! Restart benchmark (DESIGN.md: "Restart with 1 000 000 journal events: serving
+//! again within 3 s") and durable create throughput ("group commit makes it
+//! ≥ 20 000/s"). A plain `main` (harness = false) that prints figures; results and
+//! the command live in docs/durability.md.
+//!
+//! 1. Drives `opcenter_core::Engine::apply` through a realistic day (units come on
+//!    duty, incidents are created, auto-dispatched, acknowledged, noted, closed) until
+//!    the journal holds `RESTART_EVENTS` events (default 1 000 000), written with
+//!    `FileJournal` (fsync off, group-commit-sized batches) and encoded exactly as
+//!    the hub does (`rmp_serde::to_vec_named(&Event)`).
+//! 2. A second data dir holds the same journal plus a snapshot written the way the
+//!    hub writes it, `SNAPSHOT_LAG` events before the end (the hub snapshots every
+//!    50 000 events, so on average half of that is replayed).
+//! 3. Times the real binary (`opcenter serve`) from spawn to `listening on`, then
+//!    kills it with SIGKILL (a graceful stop would write a final snapshot).
+//! 4. Durable creates per second: the binary over a fresh data dir with fsync on,
+//!    `CONNS` dispatchers each pipelining up to `WINDOW` `incident.create`s.
+//!
+//! Owns: these measurements. Must never: write outside its temp dirs.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use opcenter_core::{
+    Actor, Command as Cmd, Engine, EngineConfig, Location, NewIncident, PositionFix, Reply, UnitProfile,
+    UnitStatus,
+};
+use opcenter_store::{FileJournal, Journal, Options};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const SECRET: &str = "restart-bench-secret";
+const T0: i64 = 1_764_300_000_000;
+const UNITS: usize = 2_000;
+const SNAPSHOT_LAG: u64 = 25_000;
+const RUNS: usize = 5;
+const CONNS: usize = 8;
+const WINDOW: usize = 256;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn loc(rng: &mut StdRng) -> Location {
+    Location {
+        lat: rng.random_range(51.15..51.31),
+        lon: rng.random_range(51.25..51.49),
+    }
+}
+
+/// Writes `target` events into `dir`; returns the seq and bytes of the engine
+/// snapshot taken `SNAPSHOT_LAG` events before the end.
+fn build_journal(dir: &Path, target: u64) -> (u64, Vec<u8>) {
+    let opts = Options {
+        fsync: false,
+        ..Options::default()
+    };
+    let mut journal = FileJournal::open(dir, opts).unwrap();
+    let config = EngineConfig {
+        max_position_age_ms: i64::MAX / 4,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let mut rng = StdRng::seed_from_u64(4);
+    let disp = Actor::dispatcher("bench");
+    let mut now = T0;
+    let mut pending: Vec<opcenter_core::Event> = Vec::new();
+    let mut snapshot: Option<(u64, Vec<u8>)> = None;
+    let flush = |journal: &mut FileJournal, pending: &mut Vec<opcenter_core::Event>| {
+        let payloads: Vec<Vec<u8>> = pending
+            .iter()
+            .map(|e| rmp_serde::to_vec_named(e).unwrap())
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        journal.append_batch(&refs).unwrap();
+        pending.clear();
+    };
+    for i in 0..UNITS {
+        let id = format!("P-{i:04}");
+        let profile = UnitProfile {
+            id: id.clone(),
+            callsign: Some(format!("Patrol {i}")),
+            kind: Some("car".into()),
+            capabilities: if i % 10 == 0 {
+                vec!["k9".into()]
+            } else {
+                Vec::new()
+            },
+        };
+        let actor = Actor::unit(id.clone(), id.clone());
+        pending.extend(
+            engine
+                .apply(&actor, Cmd::RegisterUnit(profile), now)
+                .unwrap()
+                .events,
+        );
+        let fix = PositionFix {
+            location: loc(&mut rng),
+            heading: None,
+            speed: None,
+            accuracy: None,
+            at_ms: None,
+        };
+        engine
+            .apply(
+                &actor,
+                Cmd::Position {
+                    unit_id: id.clone(),
+                    fix,
+                },
+                now,
+            )
+            .unwrap();
+        let st = Cmd::SetStatus {
+            unit_id: id,
+            status: UnitStatus::Available,
+        };
+        pending.extend(engine.apply(&actor, st, now).unwrap().events);
+    }
+    flush(&mut journal, &mut pending);
+    let mut open: std::collections::VecDeque<(String, String)> = Default::default();
+    while journal.last_seq() < target {
+        now += 1_000;
+        // A call comes in; the nearest unit takes it and acknowledges.
+        let mut n = NewIncident::call(
+            ["theft", "noise", "traffic", "assault"][rng.random_range(0..4)],
+            rng.random_range(1..=5),
+            loc(&mut rng),
+        );
+        n.address = Some(format!("{} Dostyk street", rng.random_range(1..300)));
+        n.description = Some("caller reports a disturbance near the entrance, two people involved".into());
+        let applied = engine.apply(&disp, Cmd::CreateIncident(n), now).unwrap();
+        let inc = match &applied.reply {
+            Reply::Created { incident, .. } => incident.clone(),
+            _ => unreachable!(),
+        };
+        pending.extend(applied.events);
+        if let Some(u) = inc.units.first() {
+            let ack = Cmd::Ack {
+                unit_id: u.clone(),
+                incident_id: inc.id.clone(),
+            };
+            pending.extend(
+                engine
+                    .apply(&Actor::unit(u.clone(), u.clone()), ack, now)
+                    .unwrap()
+                    .events,
+            );
+            let note = Cmd::Note {
+                incident_id: inc.id.clone(),
+                text: "on our way".into(),
+            };
+            if let Ok(a) = engine.apply(&Actor::unit(u.clone(), u.clone()), note, now) {
+                pending.extend(a.events);
+            }
+            open.push_back((inc.id.clone(), u.clone()));
+        }
+        // Keep ~30 % of the fleet busy: close the oldest open incident.
+        while open.len() > UNITS * 3 / 10 {
+            let (id, _) = open.pop_front().unwrap();
+            let close = Cmd::CloseIncident {
+                incident_id: id,
+                disposition: "resolved".into(),
+            };
+            pending.extend(engine.apply(&disp, close, now).unwrap().events);
+        }
+        if pending.len() >= 64 {
+            flush(&mut journal, &mut pending);
+        }
+        if snapshot.is_none() && journal.last_seq() >= target.saturating_sub(SNAPSHOT_LAG) {
+            flush(&mut journal, &mut pending);
+            let snap = rmp_serde::to_vec_named(&engine.snapshot()).unwrap();
+            snapshot = Some((journal.last_seq(), snap));
+        }
+    }
+    flush(&mut journal, &mut pending);
+    snapshot.unwrap()
+}
+
+fn write_config(dir: &Path, data: &Path) -> std::path::PathBuf {
+    let config = dir.join(format!("{}.toml", data.file_name().unwrap().to_string_lossy()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[auth]\njwt_secret = \"{SECRET}\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Spawns the server; returns it, its address and the time to `listening on`.
+fn spawn(config: &Path) -> (std::process::Child, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opcenter"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server exited without printing `listening on`");
+        };
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            let took = started.elapsed();
+            // Keep draining stdout so the server never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, addr.trim().to_string(), took);
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time_restarts(label: &str, tmp: &Path, data: &Path) {
+    let config = write_config(tmp, data);
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let (mut child, _, took) = spawn(&config);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        runs.push(took);
+    }
+    let ms: Vec<String> = runs
+        .iter()
+        .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+        .collect();
+    println!(
+        "restart {label}: median {:.0} ms to `listening on` (runs: {} ms)",
+        median(runs).as_secs_f64() * 1e3,
+        ms.join(", ")
+    );
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn durable_creates(tmp: &Path, seconds: f64) {
+    let data = tmp.join("throughput");
+    let config = write_config(tmp, &data);
+    let (mut child, addr, _) = spawn(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (oks, took) = rt.block_on(async move {
+        let token = opcenter_proto::auth::mint_token(
+            SECRET.as_bytes(),
+            &opcenter_proto::auth::Claims::new("bench", opcenter_proto::auth::Role::Dispatcher, now_s(), 3600),
+        );
+        let url = format!("ws://{addr}/v1/ws");
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..CONNS {
+            let (url, token) = (url.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+                let (mut tx, mut rx) = ws.split();
+                let hello = serde_json::json!({"type":"hello","id":0,"token":token,"protocol":1});
+                tx.send(hello.to_string().into()).await.unwrap();
+                rx.next().await.unwrap().unwrap();
+                let (mut sent, mut oks, mut in_flight) = (0u64, 0u64, 0usize);
+                loop {
+                    while in_flight < WINDOW && Instant::now() < deadline {
+                        sent += 1;
+                        let lat = 51.15 + (sent % 997) as f64 * 1e-4;
+                        let body = serde_json::json!({"type":"incident.create","id":sent,"category":"theft","priority":3,
+                            "location":{"lat":lat,"lon":51.3 + c as f64 * 0.01},"dispatch":"manual"});
+                        tx.feed(body.to_string().into()).await.unwrap();
+                        in_flight += 1;
+                    }
+                    tx.flush().await.unwrap();
+                    if in_flight == 0 {
+                        return oks;
+                    }
+                    let m = rx.next().await.unwrap().unwrap();
+                    let text = m.into_text().unwrap();
+                    if text.contains("\"type\":\"ok\"") {
+                        oks += 1;
+                        in_flight -= 1;
+                    } else if text.contains("\"type\":\"error\"") {
+                        panic!("create refused: {text}");
+                    }
+                }
+            }));
+        }
+        let mut oks = 0;
+        for t in tasks {
+            oks += t.await.unwrap();
+        }
+        (oks, started.elapsed())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!(
+        "durable creates (fsync on, {CONNS} connections x {WINDOW} in flight, JSON): {oks} in {:.1} s = {:.0}/s",
+        took.as_secs_f64(),
+        oks as f64 / took.as_secs_f64()
+    );
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let events = env_u64("RESTART_EVENTS", 1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("journal-only");
+    let started = Instant::now();
+    let (snap_seq, snap) = build_journal(&plain, events);
+    let j = FileJournal::open(
+        &plain,
+        Options {
+            fsync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let last = j.last_seq();
+    drop(j);
+    println!(
+        "built {last} events ({:.0} MiB in {} segments' files) in {:.1} s",
+        dir_bytes(&plain) as f64 / (1 << 20) as f64,
+        std::fs::read_dir(&plain).unwrap().count() - 1,
+        started.elapsed().as_secs_f64()
+    );
+    let with_snap = tmp.path().join("with-snapshot");
+    copy_dir(&plain, &with_snap);
+    let mut j = FileJournal::open(
+        &with_snap,
+        Options {
+            fsync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    j.write_snapshot(snap_seq, &snap).unwrap();
+    drop(j);
+    println!(
+        "snapshot at seq {snap_seq}: {:.1} MiB, {} events after it",
+        snap.len() as f64 / (1 << 20) as f64,
+        last - snap_seq
+    );
+
+    time_restarts(
+        &format!("{last} events, no snapshot (replay all)"),
+        tmp.path(),
+        &plain,
+    );
+    time_restarts(
+        &format!("{last} events, snapshot {} before the end", last - snap_seq),
+        tmp.path(),
+        &with_snap,
+    );
+
+    let seconds = env_u64("THROUGHPUT_SECONDS", 5) as f64;
+    if seconds > 0.0 {
+        durable_creates(tmp.path(), seconds);
+    }
+}

@@ -418,8 +418,19 @@ impl EngineTask {
             payloads.push(rmp_serde::to_vec_named(e).map_err(|e| format!("encode event: {e}"))?);
         }
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let range = self.journal.append_batch(&refs).map_err(|e| e.to_string())?;
-        Ok(*range.start())
+        match self.journal.append_batch(&refs) {
+            Ok(range) => Ok(*range.start()),
+            Err(e) => {
+                // The engine already applied this batch, but none of it is durable:
+                // rebuild it from what the journal holds, so reads (GET, subscribe
+                // snapshots) and a final snapshot never show unacknowledged changes.
+                match recover(self.engine.config().clone(), &*self.journal, 0) {
+                    Ok((engine, _, _)) => self.engine = engine,
+                    Err(re) => tracing::error!(error = %re, "could not roll the engine back to the journal"),
+                }
+                Err(e.to_string())
+            }
+        }
     }
 
     fn maybe_snapshot(&mut self) {
@@ -441,6 +452,11 @@ impl EngineTask {
     }
 
     fn write_snapshot(&mut self) -> Result<(), String> {
+        // After a journal failure the engine may hold changes the journal lacks:
+        // a snapshot of it would make them durable behind the clients' backs.
+        if !self.shared.healthy.load(Ordering::SeqCst) {
+            return Err("the journal failed: no snapshot".into());
+        }
         let seq = self.journal.last_seq();
         if seq == self.last_snapshot_seq {
             return Ok(());

@@ -99,8 +99,8 @@ pub struct Server {
 
 impl Server {
     /// Opens the journal under `settings.data_dir`, rebuilds state from it, and
-    /// starts the engine thread. A journal that cannot be opened does not stop
-    /// the server: it serves with `/healthz` 503 and refuses every command with
+    /// starts the engine thread. A journal that cannot be opened (or replayed)
+    /// does not stop the server: it serves with `/healthz` 503 and refuses every command with
     /// `internal`, and never starts empty over data it could not read.
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
         let metrics = metrics_handle();
@@ -115,35 +115,42 @@ impl Server {
                 .await
                 .map_err(|e| HubError::Recovery(e.to_string()))?
         };
-        let (engine, journal, snapshot_seq, history, healthy): (Engine, Box<dyn Journal>, u64, _, bool) =
-            match opened {
-                Ok(journal) => {
-                    let config = settings.engine.clone();
-                    let (journal, recovered) = tokio::task::spawn_blocking(move || {
-                        let r = engine_task::recover(config, &journal, memory_history);
-                        (journal, r)
-                    })
-                    .await
-                    .map_err(|e| HubError::Recovery(e.to_string()))?;
-                    let (engine, snap, history) = recovered.map_err(HubError::Recovery)?;
-                    (engine, Box::new(journal), snap, history, true)
+        // Whatever keeps us from the data (it cannot be opened, or the engine cannot
+        // read what it holds): serve, but refuse to acknowledge, and never start
+        // empty over it.
+        let unavailable = |error: String| -> (Engine, Box<dyn Journal>, u64, _, bool) {
+            tracing::error!(
+                error = %error,
+                dir = %settings.data_dir.display(),
+                "journal unavailable: serving read-only, refusing to acknowledge anything"
+            );
+            let journal = MemJournal::with_epoch("unavailable");
+            (
+                Engine::new(settings.engine.clone()),
+                Box::new(journal),
+                0,
+                Vec::new(),
+                false,
+            )
+        };
+        let (engine, journal, snapshot_seq, history, healthy) = match opened {
+            Ok(journal) => {
+                let config = settings.engine.clone();
+                let (journal, recovered) = tokio::task::spawn_blocking(move || {
+                    let r = engine_task::recover(config, &journal, memory_history);
+                    (journal, r)
+                })
+                .await
+                .map_err(|e| HubError::Recovery(e.to_string()))?;
+                match recovered {
+                    Ok((engine, snap, history)) => {
+                        (engine, Box::new(journal) as Box<dyn Journal>, snap, history, true)
+                    }
+                    Err(e) => unavailable(format!("recovery: {e}")),
                 }
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        dir = %settings.data_dir.display(),
-                        "journal unavailable: serving read-only, refusing to acknowledge anything"
-                    );
-                    let journal = MemJournal::with_epoch("unavailable");
-                    (
-                        Engine::new(settings.engine.clone()),
-                        Box::new(journal),
-                        0,
-                        Vec::new(),
-                        false,
-                    )
-                }
-            };
+            }
+            Err(e) => unavailable(e.to_string()),
+        };
         let shared = Arc::new(Shared {
             epoch: journal.epoch().to_string(),
             seq: AtomicU64::new(journal.last_seq()),

@@ -9,6 +9,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{Excluded, Unbounded};
 
+use rstar::RTree;
+use rstar::primitives::GeomWithData;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
@@ -16,6 +18,7 @@ use crate::command::{
 };
 use crate::error::CoreError;
 use crate::event::{Change, Event, EventBody};
+use crate::geo;
 use crate::index::{Query, UnitIndex};
 use crate::model::{
     Capability, DispatchMode, Incident, IncidentId, IncidentStatus, Location, MAX_NOTE_BYTES, Note, Unit,
@@ -199,6 +202,11 @@ pub const MAX_RECOMMEND: usize = 100;
 /// Category of the incidents the panic button makes.
 pub const EMERGENCY_CATEGORY: &str = "officer_emergency";
 
+/// The most `possible_duplicates` an incident lists (the newest ones): enough for
+/// a dispatcher to compare side by side, and it keeps every incident event small
+/// even when hundreds of reports of one event pour in.
+pub const MAX_POSSIBLE_DUPLICATES: usize = 20;
+
 /// The dispatch engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -213,8 +221,11 @@ pub struct Engine {
     pending: BTreeSet<QueueKey>,
     /// The key each queued incident is filed under (priority may change).
     queued: HashMap<IncidentId, QueueKey>,
-    /// Open incidents by creation time (for possible duplicates).
-    open_by_created: BTreeSet<(i64, u64, IncidentId)>,
+    /// Open incidents by category, as points on the unit sphere: the nearby
+    /// same-category lookup behind `possible_duplicates` without a scan.
+    open_by_category: HashMap<String, RTree<GeomWithData<[f64; 3], IncidentId>>>,
+    /// Where each open incident is filed in `open_by_category`.
+    open_filed: HashMap<IncidentId, (String, [f64; 3])>,
     /// Idempotency keys seen, forever.
     keys: HashMap<String, IncidentId>,
     /// Unacknowledged assignments by deadline: Tick is O(expired).
@@ -278,7 +289,8 @@ impl Engine {
             units: HashMap::new(),
             pending: BTreeSet::new(),
             queued: HashMap::new(),
-            open_by_created: BTreeSet::new(),
+            open_by_category: HashMap::new(),
+            open_filed: HashMap::new(),
             keys: HashMap::new(),
             deadlines: BTreeSet::new(),
             open_emergency: HashMap::new(),
@@ -569,7 +581,7 @@ impl Engine {
         let open = inc.is_open();
         let short = open && inc.dispatch == DispatchMode::Auto && (inc.units.len() as u32) < inc.units_needed;
         let key = (inc.priority, inc.created_ms, no, inc.id.clone());
-        let created = (inc.created_ms, no, inc.id.clone());
+        let filing = (inc.category.clone(), geo::to_unit_vector(inc.location));
         let emergency = inc.emergency_unit.clone();
         if let Some(old) = self.queued.remove(id) {
             self.pending.remove(&old);
@@ -578,10 +590,22 @@ impl Engine {
             self.pending.insert(key.clone());
             self.queued.insert(id.to_string(), key);
         }
+        // Re-file on every change: category and location may have been edited.
+        if let Some((category, point)) = self.open_filed.remove(id) {
+            if let Some(tree) = self.open_by_category.get_mut(&category) {
+                tree.remove(&GeomWithData::new(point, id.to_string()));
+                if tree.size() == 0 {
+                    self.open_by_category.remove(&category);
+                }
+            }
+        }
         if open {
-            self.open_by_created.insert(created);
-        } else {
-            self.open_by_created.remove(&created);
+            let (category, point) = filing;
+            self.open_by_category
+                .entry(category.clone())
+                .or_default()
+                .insert(GeomWithData::new(point, id.to_string()));
+            self.open_filed.insert(id.to_string(), (category, point));
         }
         if let Some(u) = emergency {
             if open {
@@ -590,6 +614,35 @@ impl Engine {
                 self.open_emergency.remove(&u);
             }
         }
+    }
+
+    /// Open incidents of the same category within `duplicate_radius_m` created
+    /// within `duplicate_window_ms`, oldest first, at most [`MAX_POSSIBLE_DUPLICATES`]
+    /// (the newest ones when there are more).
+    fn possible_duplicates(&self, n: &NewIncident, now_ms: i64) -> Vec<IncidentId> {
+        let Some(tree) = self.open_by_category.get(&n.category) else {
+            return Vec::new();
+        };
+        let since = now_ms.saturating_sub(self.config.duplicate_window_ms);
+        let centre = geo::to_unit_vector(n.location);
+        let reach = geo::chord2_for_metres(self.config.duplicate_radius_m);
+        let mut found: Vec<(i64, u64, &Incident)> = tree
+            .locate_within_distance(centre, reach)
+            .filter_map(|g| self.incidents.get(&g.data))
+            .filter(|o| {
+                o.is_open()
+                    && o.created_ms >= since
+                    && o.location.distance_m(&n.location) <= self.config.duplicate_radius_m
+            })
+            .map(|o| (o.created_ms, incident_no(&o.id), o))
+            .collect();
+        found.sort_unstable_by_key(|(created, no, _)| (*created, *no));
+        let skip = found.len().saturating_sub(MAX_POSSIBLE_DUPLICATES);
+        found
+            .into_iter()
+            .skip(skip)
+            .map(|(_, _, o)| o.id.clone())
+            .collect()
     }
 
     /// Brings the spatial index in line with a unit; true when it entered the tree.
@@ -949,18 +1002,7 @@ impl Engine {
         let no = self.next_no;
         self.next_no += 1;
         let id = format!("I-{no:06}");
-        let since = now_ms.saturating_sub(self.config.duplicate_window_ms);
-        let possible_duplicates: Vec<IncidentId> = self
-            .open_by_created
-            .range((since, 0, String::new())..)
-            .filter_map(|(_, _, oid)| self.incidents.get(oid))
-            .filter(|o| {
-                o.is_open()
-                    && o.category == n.category
-                    && o.location.distance_m(&n.location) <= self.config.duplicate_radius_m
-            })
-            .map(|o| o.id.clone())
-            .collect();
+        let possible_duplicates = self.possible_duplicates(&n, now_ms);
         let change = if emergency_unit.is_some() {
             Change::Emergency
         } else {

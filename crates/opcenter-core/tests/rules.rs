@@ -996,3 +996,36 @@ fn update_requeues_and_may_dispatch() {
     assert_eq!(out.events[0].change, Change::Updated);
     assert_eq!(inc(&e, &i.id).units, vec!["A"]);
 }
+
+#[test]
+fn possible_duplicates_follow_edits_and_are_capped() {
+    use opcenter_core::engine::MAX_POSSIBLE_DUPLICATES;
+    let mut e = Engine::new(cfg());
+    let a = create(&mut e, call(0.0, 0.0), T0);
+    // Moved away and re-categorised: no longer a duplicate of new calls here.
+    let patch = opcenter_core::IncidentPatch {
+        category: Some("noise".into()),
+        ..Default::default()
+    };
+    e.apply(
+        &disp(),
+        Command::UpdateIncident {
+            incident_id: a.id.clone(),
+            patch,
+        },
+        T0 + 1,
+    )
+    .unwrap();
+    let b = create(&mut e, call(0.0, 0.0), T0 + 2);
+    assert!(b.possible_duplicates.is_empty(), "{:?}", b.possible_duplicates);
+    let n = create(&mut e, NewIncident::call("noise", 3, at(0.0, 0.0)), T0 + 3);
+    assert_eq!(n.possible_duplicates, vec![a.id.clone()]);
+    // Hundreds of reports of one event: the list holds the newest few only.
+    let mut ids = vec![b.id.clone()];
+    for i in 0..(MAX_POSSIBLE_DUPLICATES as i64 + 5) {
+        ids.push(create(&mut e, call(0.0, 0.0), T0 + 10 + i).id);
+    }
+    let last = create(&mut e, call(0.0, 0.0), T0 + 1000);
+    let newest = ids[ids.len() - MAX_POSSIBLE_DUPLICATES..].to_vec();
+    assert_eq!(last.possible_duplicates, newest);
+}

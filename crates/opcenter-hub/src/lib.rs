@@ -149,6 +149,11 @@ impl Server {
                     Err(e) => unavailable(format!("recovery: {e}")),
                 }
             }
+            // Another server owns this data: refuse to start at all rather than
+            // answer clients while the other one is the writer.
+            Err(e @ opcenter_store::StoreError::Locked { .. }) => {
+                return Err(HubError::Recovery(e.to_string()));
+            }
             Err(e) => unavailable(e.to_string()),
         };
         let shared = Arc::new(Shared {

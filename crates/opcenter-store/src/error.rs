@@ -36,6 +36,13 @@ pub enum StoreError {
         /// The data directory.
         dir: PathBuf,
     },
+    /// Another process holds the directory's lock: two writers would interleave
+    /// their appends and corrupt the journal.
+    #[error("journal directory {dir} is in use by another process")]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// Sequence numbers on disk are not contiguous (a segment was lost or renamed).
     #[error("sequence gap in {path}: expected seq {expected}, found {found}")]
     SeqGap {

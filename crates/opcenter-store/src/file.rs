@@ -94,6 +94,8 @@ pub struct FileJournal {
     poisoned: bool,
     /// Reused encode buffer so a batch costs no allocation once warm.
     buf: Vec<u8>,
+    /// Holds the directory's exclusive advisory lock for as long as it is open.
+    _lock: File,
 }
 
 /// What a scan of one segment's bytes found.
@@ -230,6 +232,20 @@ impl FileJournal {
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<FileJournal, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        // One writer per directory: a second server on the same data would
+        // interleave appends. The lock dies with the process, even on kill -9.
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("open lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { dir }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path)(e)),
+        }
 
         let mut starts = Vec::new();
         let mut has_snapshots = false;
@@ -368,6 +384,7 @@ impl FileJournal {
             last_seq,
             poisoned: false,
             buf: Vec::new(),
+            _lock: lock,
         })
     }
 

@@ -111,11 +111,11 @@
 //! | `compact`             | `max_msgs` retention (plus purge up to the snapshot seq)      |
 //! | poisoned              | a failed expected-sequence publish: another writer or a lost ack; re-read and re-fence |
 //!
-//! # Not done (yet)
+//! # One writer per directory
 //!
-//! - No lock file against two processes opening the same directory (`File::try_lock`
-//!   needs Rust 1.89, the workspace's MSRV is 1.85): the deployment must run one
-//!   server per data directory.
+//! `FileJournal::open` takes an exclusive advisory lock on `<dir>/LOCK` (held until
+//! the journal is dropped; the OS releases it when the process dies, even on
+//! `kill -9`). A second opener gets [`StoreError::Locked`].
 #![deny(missing_docs)]
 
 mod error;

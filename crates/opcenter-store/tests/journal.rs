@@ -150,6 +150,7 @@ fn sparse_index_reads_from_every_position() {
     .unwrap();
     // ~5 000 records of ~60 B: a few segments, many index entries each.
     fill(&mut j, 100, 50);
+    drop(j);
     let j = FileJournal::open(dir.path(), Options::default()).unwrap();
     for after in (0..5000).step_by(97) {
         let got = j.read_from(after, 3).unwrap();
@@ -559,4 +560,17 @@ fn sealed_segments_are_trimmed_to_their_records() {
         );
         seq += n;
     }
+}
+
+#[test]
+fn a_second_opener_of_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = opcenter_store::FileJournal::open(dir.path(), opcenter_store::Options::default()).unwrap();
+    let second = opcenter_store::FileJournal::open(dir.path(), opcenter_store::Options::default());
+    assert!(
+        matches!(second, Err(opcenter_store::StoreError::Locked { .. })),
+        "{second:?}"
+    );
+    drop(first);
+    assert!(opcenter_store::FileJournal::open(dir.path(), opcenter_store::Options::default()).is_ok());
 }

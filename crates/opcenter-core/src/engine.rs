@@ -591,12 +591,12 @@ impl Engine {
             self.queued.insert(id.to_string(), key);
         }
         // Re-file on every change: category and location may have been edited.
-        if let Some((category, point)) = self.open_filed.remove(id) {
-            if let Some(tree) = self.open_by_category.get_mut(&category) {
-                tree.remove(&GeomWithData::new(point, id.to_string()));
-                if tree.size() == 0 {
-                    self.open_by_category.remove(&category);
-                }
+        if let Some((category, point)) = self.open_filed.remove(id)
+            && let Some(tree) = self.open_by_category.get_mut(&category)
+        {
+            tree.remove(&GeomWithData::new(point, id.to_string()));
+            if tree.size() == 0 {
+                self.open_by_category.remove(&category);
             }
         }
         if open {

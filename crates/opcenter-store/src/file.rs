@@ -193,15 +193,16 @@ fn later_batch_after(data: &[u8], from: usize, committed_last: u64) -> Option<us
         seq.copy_from_slice(&data[off + 8..off + 16]);
         let seq = u64::from_le_bytes(seq);
         // Cheap filter first so garbage tails cost one compare per byte, not a CRC.
-        if seq > committed_last && seq <= hi {
-            if let Ok(f) = frame::decode(&data[off..]) {
-                if seen_end || (f.start && f.seq > torn_start) {
-                    return Some(off);
-                }
-                seen_end |= f.end;
-                off += f.total_len();
-                continue;
+        if seq > committed_last
+            && seq <= hi
+            && let Ok(f) = frame::decode(&data[off..])
+        {
+            if seen_end || (f.start && f.seq > torn_start) {
+                return Some(off);
             }
+            seen_end |= f.end;
+            off += f.total_len();
+            continue;
         }
         off += 1;
     }
@@ -360,10 +361,10 @@ impl FileJournal {
         }
 
         let last_seq = segments.last().map_or(0, |s| s.last_seq);
-        if let Some(&snap) = snapshots.last() {
-            if snap > last_seq {
-                return Err(StoreError::SnapshotAhead { seq: snap, last_seq });
-            }
+        if let Some(&snap) = snapshots.last()
+            && snap > last_seq
+        {
+            return Err(StoreError::SnapshotAhead { seq: snap, last_seq });
         }
         let active = match segments.last() {
             Some(seg) => Some(
@@ -413,16 +414,16 @@ impl FileJournal {
             return Ok(());
         }
         // Seal the old segment at its exact length: only the active one has a zero tail.
-        if let (Some(seg), Some(file)) = (self.segments.last_mut(), self.active.as_ref()) {
-            if seg.alloc > seg.len {
-                file.set_len(seg.len)
-                    .map_err(StoreError::io("trim segment", &seg.path))?;
-                if self.opts.fsync {
-                    file.sync_all()
-                        .map_err(StoreError::io("fsync segment", &seg.path))?;
-                }
-                seg.alloc = seg.len;
+        if let (Some(seg), Some(file)) = (self.segments.last_mut(), self.active.as_ref())
+            && seg.alloc > seg.len
+        {
+            file.set_len(seg.len)
+                .map_err(StoreError::io("trim segment", &seg.path))?;
+            if self.opts.fsync {
+                file.sync_all()
+                    .map_err(StoreError::io("fsync segment", &seg.path))?;
             }
+            seg.alloc = seg.len;
         }
         let start = self.last_seq + 1;
         let path = self.dir.join(seq_name(SEGMENT_PREFIX, start, SEGMENT_SUFFIX));

@@ -269,6 +269,11 @@ pub struct ServerProc {
     pub pid: u32,
     /// CPU over the window, % of one core.
     pub cpu_percent: f64,
+    /// CPU seconds from the window's start to the end of the settle phase.
+    pub cpu_s: f64,
+    /// `created` deliveries per server CPU second (the fan-out cost, whoever the
+    /// bottleneck of the run was).
+    pub deliveries_per_cpu_s: f64,
     /// RSS before connecting, KiB.
     pub rss_kib_before: u64,
     /// RSS with every connection set up, KiB.
@@ -380,11 +385,13 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         let c = &sh.c;
         let answered = c.creates_ok.load(Relaxed) + c.create_errors.load(Relaxed);
         let delivered = c.created_events.load(Relaxed) >= c.creates_ok.load(Relaxed) * a.consoles as u64;
-        if answered >= c.creates_sent.load(Relaxed) && delivered && a.tablets == 0 {
+        let burst_sent = a.burst.is_none_or(|b| c.creates_sent.load(Relaxed) >= b);
+        if burst_sent && answered >= c.creates_sent.load(Relaxed) && delivered && a.tablets == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let proc_settled = a.pid.and_then(|p| stats::proc_sample(p).ok());
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     if std::io::stderr().is_terminal() {
@@ -489,6 +496,8 @@ fn server_proc(
     ServerProc {
         pid,
         cpu_percent: (pw.cpu_ticks.saturating_sub(p1.cpu_ticks)) as f64 / stats::USER_HZ / window_s * 100.0,
+        cpu_s: 0.0,
+        deliveries_per_cpu_s: 0.0,
         rss_kib_before: p0.rss_kib,
         rss_kib_connected: p1.rss_kib,
         rss_kib_end: pe.rss_kib,
@@ -695,6 +704,10 @@ async fn console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     sh.c.connected.fetch_add(1, Relaxed);
     let mut local = Local::default();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // Pinned once: a fresh `cancelled()` per loop turn would re-register a waiter on the
+    // shared token for every frame.
+    let cancelled = sh.cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             r = ws.next() => match classify(r) {
@@ -717,7 +730,7 @@ async fn console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
                 }
             },
             _ = tick.tick() => local.flush(&sh),
-            _ = sh.cancel.cancelled() => break,
+            _ = &mut cancelled => break,
         }
     }
     local.flush(&sh);
@@ -738,6 +751,10 @@ async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     sh.c.connected.fetch_add(1, Relaxed);
     let mut local = Local::default();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // Pinned once: a fresh `cancelled()` per loop turn would re-register a waiter on the
+    // shared token for every frame.
+    let cancelled = sh.cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             r = ws.next() => match classify(r) {
@@ -758,7 +775,7 @@ async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
                 }
             },
             _ = tick.tick() => local.flush(&sh),
-            _ = sh.cancel.cancelled() => break,
+            _ = &mut cancelled => break,
         }
     }
     local.flush(&sh);
@@ -785,8 +802,17 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
     let mut heading: f64 = rng.random_range(0.0..360.0);
     let fix = |x: f64, y: f64, heading: f64| {
         let p = sh.city.to_latlon(x, y);
-        json!({"type": "unit.position", "lat": p.lat, "lon": p.lon, "heading": wire::heading(heading),
-               "speed": 10.0, "at_ms": (wire::now_us() + 500) / 1000})
+        let (h, at_ms) = (wire::heading(heading), (wire::now_us() + 500) / 1000);
+        match enc {
+            // The hot path of the tool: format directly (f64 Display is valid JSON for
+            // finite numbers) instead of building a `Value`.
+            Encoding::Json => Message::text(format!(
+                r#"{{"type":"unit.position","lat":{},"lon":{},"heading":{h},"speed":10.0,"at_ms":{at_ms}}}"#,
+                p.lat, p.lon
+            )),
+            Encoding::Msgpack => enc.encode(&json!({"type": "unit.position", "lat": p.lat, "lon": p.lon,
+                "heading": h, "speed": 10.0, "at_ms": at_ms})),
+        }
     };
     setup_cmd(
         &sh,
@@ -794,7 +820,7 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
         json!({"type": "subscribe", "id": 2, "topics": ["assignments"]}),
     )
     .await?;
-    ws.send(enc.encode(&fix(x, y, heading))).await?;
+    ws.send(fix(x, y, heading)).await?;
     setup_cmd(
         &sh,
         &mut ws,
@@ -814,6 +840,11 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
     let mut next: Option<(Instant, Next)> = None;
     let mut current: Option<String> = None;
     let mut cmd_id = 10u64;
+    let cancelled = sh.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let go = sh.go.cancelled();
+    tokio::pin!(go);
+    let mut started = false;
     loop {
         let due = next.as_ref().map(|n| n.0);
         tokio::select! {
@@ -866,7 +897,8 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = sh.go.cancelled(), if ticker.is_none() && period.is_some() && !sh.stop_load.is_cancelled() => {
+            _ = &mut go, if !started && period.is_some() => {
+                started = true;
                 // Spread the tablets' ticks over one period.
                 let p = period.expect("checked in the guard");
                 let phase = p.mul_f64(rng.random::<f64>());
@@ -886,10 +918,10 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
                 } else {
                     heading = (heading + 180.0).rem_euclid(360.0);
                 }
-                ws.send(enc.encode(&fix(x, y, heading))).await?;
+                ws.send(fix(x, y, heading)).await?;
                 sh.c.positions_sent.fetch_add(1, Relaxed);
             }
-            _ = sh.cancel.cancelled() => break,
+            _ = &mut cancelled => break,
         }
     }
     close(&mut ws).await;
@@ -917,13 +949,17 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
     let mut next_id = 10u64;
     let mut next_due: Option<Instant> = None;
     let mut started = false;
+    let cancelled = sh.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let go = sh.go.cancelled();
+    tokio::pin!(go);
     loop {
+        // A burst is sent whole, even past the window; a rate stops with it.
         let sending = started
-            && !sh.stop_load.is_cancelled()
-            && (burst_left.is_some_and(|b| b > 0) || period.is_some());
-        if sh.stop_load.is_cancelled() && pending.is_empty() {
+            && (burst_left.is_some_and(|b| b > 0) || (period.is_some() && !sh.stop_load.is_cancelled()));
+        if sh.stop_load.is_cancelled() && pending.is_empty() && burst_left.is_none_or(|b| b == 0) {
             // Nothing more to send or hear; wait for the end.
-            sh.cancel.cancelled().await;
+            (&mut cancelled).await;
             break;
         }
         let due = if !sending {
@@ -935,7 +971,7 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
         };
         tokio::select! {
             biased;
-            _ = sh.cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             r = ws.next() => match classify(r) {
                 Read::Closed => {
                     if !sh.cancel.is_cancelled() { sh.c.disconnects.fetch_add(1, Relaxed); }
@@ -957,7 +993,7 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
                     }
                 }
             },
-            _ = sh.go.cancelled(), if !started => {
+            _ = &mut go, if !started => {
                 started = true;
                 next_due = Some(Instant::now() + period.unwrap_or_default().mul_f64(p as f64 / a.producers.max(1) as f64));
             }

@@ -461,9 +461,16 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         },
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        server_process: match (a.pid, proc0, proc_connected, proc_window, proc_end) {
-            (Some(pid), Some(p0), Some(p1), Some(pw), Some(pe)) => {
-                Some(server_proc(pid, p0, p1, pw, pe, window_s, c))
+        server_process: match (a.pid, proc0, proc_connected, proc_window, proc_settled, proc_end) {
+            (Some(pid), Some(p0), Some(p1), Some(pw), Some(ps), Some(pe)) => {
+                let mut sp = server_proc(pid, p0, p1, pw, pe, window_s, c);
+                sp.cpu_s = ps.cpu_ticks.saturating_sub(p1.cpu_ticks) as f64 / stats::USER_HZ;
+                sp.deliveries_per_cpu_s = if sp.cpu_s > 0.0 {
+                    created_deliveries as f64 / sp.cpu_s
+                } else {
+                    0.0
+                };
+                Some(sp)
             }
             _ => None,
         },

@@ -40,7 +40,8 @@ SECRET=compare-secret
 printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"
 
 for run in $(seq "$RUNS"); do
-  rm -rf "$TMP/data"
+  # Remove the previous run's output first, or its `listening on` line is read back.
+  rm -rf "$TMP/data" "$TMP/op.out" "$TMP/node.out"
   RUST_LOG=warn "$BIN" serve --config "$TMP/opcenter.toml" > "$TMP/op.out" 2> "$TMP/op.err" &
   OP=$!; PIDS+=("$OP")
   OPADDR=$(wait_listen "$TMP/op.out")

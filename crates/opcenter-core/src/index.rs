@@ -12,6 +12,13 @@
 //! once the indexed distance exceeds the k-th best exact distance plus the slack (by
 //! the triangle inequality no later item can be nearer).
 //!
+//! **Per-capability trees.** Besides the tree of all assignable units there is one
+//! tree per capability holding the assignable units that have it (same handles, same
+//! indexed points, same slack). A query with `required` capabilities iterates the
+//! smallest of their trees, so a rare capability costs about what a plain nearest
+//! does instead of walking every assignable unit that lacks it. A unit with `c`
+//! capabilities is in `1 + c` trees; a re-index (leaving the slack) touches each.
+//!
 //! Owns: tree membership, the slot table, capability interning, nearest queries.
 //! Must never: decide dispatch rules (who is `available` is the engine's call, it
 //! tells us via [`UnitIndex::sync`]), plug haversine into rstar, or panic.
@@ -66,9 +73,14 @@ pub struct Query<'a> {
 }
 
 /// The index. See the module docs.
+///
+/// Invariant: `slots[h].indexed == Some(p)` iff `h` is at `p` in `tree` and in
+/// `cap_trees[c]` for every `c` in `slots[h].caps`; nothing else is in any tree.
 #[derive(Debug)]
 pub struct UnitIndex {
     tree: RTree<Entry>,
+    /// By interned capability id: the assignable units holding that capability.
+    cap_trees: Vec<RTree<Entry>>,
     slots: Vec<Slot>,
     by_id: HashMap<UnitId, u32>,
     caps: HashMap<Capability, u32>,
@@ -91,6 +103,7 @@ impl UnitIndex {
         };
         UnitIndex {
             tree: RTree::new(),
+            cap_trees: Vec::new(),
             slots: Vec::new(),
             by_id: HashMap::new(),
             caps: HashMap::new(),
@@ -118,7 +131,36 @@ impl UnitIndex {
         // More than u32::MAX distinct capabilities cannot exist in memory.
         let c = self.caps.len() as u32;
         self.caps.insert(cap.to_string(), c);
+        self.cap_trees.push(RTree::new());
         c
+    }
+
+    /// Puts handle `h` at `at` into the main tree and the trees of `caps`.
+    fn insert_at(
+        tree: &mut RTree<Entry>,
+        cap_trees: &mut [RTree<Entry>],
+        caps: &[u32],
+        h: u32,
+        at: [f64; 3],
+    ) {
+        tree.insert(Entry::new(at, h));
+        for &c in caps {
+            cap_trees[c as usize].insert(Entry::new(at, h));
+        }
+    }
+
+    /// Takes handle `h` at `at` out of the main tree and the trees of `caps`.
+    fn remove_at(
+        tree: &mut RTree<Entry>,
+        cap_trees: &mut [RTree<Entry>],
+        caps: &[u32],
+        h: u32,
+        at: [f64; 3],
+    ) {
+        tree.remove(&Entry::new(at, h));
+        for &c in caps {
+            cap_trees[c as usize].remove(&Entry::new(at, h));
+        }
     }
 
     fn handle_of(&mut self, id: &str) -> u32 {
@@ -158,32 +200,45 @@ impl UnitIndex {
         caps.dedup();
         let h = self.handle_of(id);
         let slot = &mut self.slots[h as usize];
-        slot.caps = caps;
+        if slot.caps != caps {
+            // Indexed with other capabilities: move it between capability trees at
+            // its indexed point, so the match below only has to handle position.
+            if let Some(at) = slot.indexed {
+                for &c in slot.caps.iter().filter(|c| caps.binary_search(c).is_err()) {
+                    self.cap_trees[c as usize].remove(&Entry::new(at, h));
+                }
+                for &c in caps.iter().filter(|c| slot.caps.binary_search(c).is_err()) {
+                    self.cap_trees[c as usize].insert(Entry::new(at, h));
+                }
+            }
+            slot.caps = caps;
+        }
         slot.loc = location;
         slot.exact = location.map(geo::to_unit_vector).unwrap_or([0.0; 3]);
         slot.loc_ms = location_ms;
         slot.fixed = fixed;
         slot.available = available;
         let want = available && location.is_some();
+        let (tree, cap_trees) = (&mut self.tree, &mut self.cap_trees);
         match (want, slot.indexed) {
             (true, Some(at)) => {
                 if chord2(&at, &slot.exact) > self.slack_chord2 {
                     let exact = slot.exact;
                     slot.indexed = Some(exact);
-                    self.tree.remove(&Entry::new(at, h));
-                    self.tree.insert(Entry::new(exact, h));
+                    Self::remove_at(tree, cap_trees, &slot.caps, h, at);
+                    Self::insert_at(tree, cap_trees, &slot.caps, h, exact);
                 }
                 false
             }
             (true, None) => {
                 let exact = slot.exact;
                 slot.indexed = Some(exact);
-                self.tree.insert(Entry::new(exact, h));
+                Self::insert_at(tree, cap_trees, &slot.caps, h, exact);
                 true
             }
             (false, Some(at)) => {
                 slot.indexed = None;
-                self.tree.remove(&Entry::new(at, h));
+                Self::remove_at(tree, cap_trees, &slot.caps, h, at);
                 false
             }
             (false, None) => false,
@@ -206,18 +261,19 @@ impl UnitIndex {
         if !slot.available {
             return false;
         }
+        let (tree, cap_trees) = (&mut self.tree, &mut self.cap_trees);
         match slot.indexed {
             Some(at) => {
                 if chord2(&at, &exact) > self.slack_chord2 {
                     slot.indexed = Some(exact);
-                    self.tree.remove(&Entry::new(at, h));
-                    self.tree.insert(Entry::new(exact, h));
+                    Self::remove_at(tree, cap_trees, &slot.caps, h, at);
+                    Self::insert_at(tree, cap_trees, &slot.caps, h, exact);
                 }
                 false
             }
             None => {
                 slot.indexed = Some(exact);
-                self.tree.insert(Entry::new(exact, h));
+                Self::insert_at(tree, cap_trees, &slot.caps, h, exact);
                 true
             }
         }
@@ -236,7 +292,7 @@ impl UnitIndex {
         for &h in &stale {
             let slot = &mut self.slots[h as usize];
             if let Some(at) = slot.indexed.take() {
-                self.tree.remove(&Entry::new(at, h));
+                Self::remove_at(&mut self.tree, &mut self.cap_trees, &slot.caps, h, at);
             }
         }
         stale.len()
@@ -249,19 +305,31 @@ impl UnitIndex {
     /// Up to `q.k` distinct eligible units nearest to `q.location`, nearest first,
     /// with great-circle metres (haversine). Eligible: in the tree (available, with
     /// a position), fresh, every required capability, within `max_distance_m`, not
-    /// excluded.
+    /// excluded. With required capabilities it walks the smallest of their trees
+    /// (every unit holding all of them is in each), still checking them all.
     pub fn nearest(&self, q: &Query<'_>) -> Vec<(UnitId, f64)> {
         let mut out: Vec<(UnitId, f64)> = Vec::with_capacity(q.k);
         if q.k == 0 || self.tree.size() == 0 || q.max_distance_m.is_nan() || q.max_distance_m < 0.0 {
             return out;
         }
-        // Required capabilities nobody has: no unit can qualify.
+        // Required capabilities nobody has: no unit can qualify. Otherwise walk the
+        // smallest tree among the required capabilities' (empty: return at once).
         let mut required = Vec::with_capacity(q.required.len());
+        let mut tree = &self.tree;
         for c in q.required {
             match self.caps.get(c.as_str()) {
-                Some(&id) => required.push(id),
+                Some(&id) => {
+                    required.push(id);
+                    let t = &self.cap_trees[id as usize];
+                    if t.size() < tree.size() || required.len() == 1 {
+                        tree = t;
+                    }
+                }
                 None => return out,
             }
+        }
+        if tree.size() == 0 {
+            return out;
         }
         let exclude: Vec<u32> = q
             .exclude
@@ -273,7 +341,7 @@ impl UnitIndex {
         let mut best: Vec<(f64, u32, f64)> = Vec::with_capacity(q.k);
         let max_chord2 = geo::chord2_for_metres(q.max_distance_m);
         let mut stop2 = geo::chord2_for_metres(q.max_distance_m + self.slack_m);
-        for (entry, d2) in self.tree.nearest_neighbor_iter_with_distance_2(target) {
+        for (entry, d2) in tree.nearest_neighbor_iter_with_distance_2(target) {
             if d2 > stop2 {
                 break;
             }
@@ -361,6 +429,97 @@ mod tests {
         let got = ix.nearest(&q(loc(0.0, 0.0075), 2));
         assert_eq!(got[0].0, "a");
         assert_eq!(got.len(), 2);
+    }
+
+    /// The struct invariant: every tree holds exactly the indexed units (with the
+    /// capability, for a capability tree) at their indexed points.
+    fn check(ix: &UnitIndex) {
+        let mut want: Vec<(u32, [u64; 3])> = Vec::new();
+        let mut want_caps: Vec<Vec<(u32, [u64; 3])>> = vec![Vec::new(); ix.cap_trees.len()];
+        let bits = |p: &[f64; 3]| [p[0].to_bits(), p[1].to_bits(), p[2].to_bits()];
+        for (h, s) in ix.slots.iter().enumerate() {
+            if let Some(at) = s.indexed {
+                want.push((h as u32, bits(&at)));
+                for &c in &s.caps {
+                    want_caps[c as usize].push((h as u32, bits(&at)));
+                }
+            }
+        }
+        let got = |t: &RTree<Entry>| {
+            let mut v: Vec<_> = t.iter().map(|e| (e.data, bits(e.geom()))).collect();
+            v.sort_unstable();
+            v
+        };
+        want.sort_unstable();
+        assert_eq!(got(&ix.tree), want);
+        for (c, mut w) in want_caps.into_iter().enumerate() {
+            w.sort_unstable();
+            assert_eq!(got(&ix.cap_trees[c]), w, "capability tree {c}");
+        }
+    }
+
+    #[test]
+    fn capability_trees_follow_membership_moves_and_capability_changes() {
+        let mut ix = UnitIndex::new(25.0);
+        let k9 = vec!["k9".to_string()];
+        let both = vec!["k9".to_string(), "medic".to_string()];
+        let medic = vec!["medic".to_string()];
+        ix.sync("a", &k9, true, Some(loc(0.0, 0.0)), Some(0), false);
+        ix.sync("b", &both, false, Some(loc(0.0, 0.01)), Some(0), false);
+        check(&ix);
+        ix.update_position("a", loc(0.0, 0.0001), 0); // ~11 m: within the slack
+        ix.update_position("b", loc(0.0, 0.02), 0); // busy: no tree
+        check(&ix);
+        ix.update_position("a", loc(0.0, 0.001), 0); // ~111 m: re-indexed
+        ix.sync("b", &both, true, Some(loc(0.0, 0.02)), Some(0), false);
+        check(&ix);
+        ix.sync("a", &medic, true, Some(loc(0.0, 0.001)), Some(0), false);
+        check(&ix);
+        ix.sync("a", &both, true, Some(loc(0.0, 0.005)), Some(0), false);
+        check(&ix);
+        ix.sync("b", &[], true, Some(loc(0.0, 0.02)), Some(0), false);
+        check(&ix);
+        ix.update_position("a", loc(0.0, 0.0051), 5000);
+        assert_eq!(ix.prune_stale(2000, 1000), 1);
+        check(&ix);
+        ix.sync("a", &k9, false, Some(loc(0.0, 0.005)), Some(5000), false);
+        ix.sync("b", &both, false, Some(loc(0.0, 0.02)), Some(0), false);
+        check(&ix);
+        assert_eq!(ix.indexed_len(), 0);
+    }
+
+    #[test]
+    fn walks_the_rarest_required_capability_and_checks_all() {
+        let mut ix = UnitIndex::new(25.0);
+        let common = vec!["common".to_string()];
+        let both = vec!["common".to_string(), "rare".to_string()];
+        let rare = vec!["rare".to_string()];
+        for i in 0..50 {
+            let id = format!("c{i}");
+            ix.sync(
+                &id,
+                &common,
+                true,
+                Some(loc(0.0, i as f64 * 1e-4)),
+                Some(0),
+                false,
+            );
+        }
+        ix.sync("r", &rare, true, Some(loc(0.0, 0.0)), Some(0), false);
+        ix.sync("rc", &both, true, Some(loc(0.0, 0.1)), Some(0), false);
+        check(&ix);
+        let mut query = q(loc(0.0, 0.0), 2);
+        query.required = &both;
+        let ids: Vec<_> = ix.nearest(&query).into_iter().map(|x| x.0).collect();
+        assert_eq!(ids, vec!["rc"]);
+        query.required = &rare;
+        let ids: Vec<_> = ix.nearest(&query).into_iter().map(|x| x.0).collect();
+        assert_eq!(ids, vec!["r", "rc"]);
+        // Known capability, nobody assignable holds it.
+        ix.sync("r", &rare, false, Some(loc(0.0, 0.0)), Some(0), false);
+        ix.sync("rc", &common, true, Some(loc(0.0, 0.1)), Some(0), false);
+        check(&ix);
+        assert!(ix.nearest(&query).is_empty());
     }
 
     #[test]

@@ -418,8 +418,14 @@ impl EngineTask {
             payloads.push(rmp_serde::to_vec_named(e).map_err(|e| format!("encode event: {e}"))?);
         }
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let started = Instant::now();
         match self.journal.append_batch(&refs) {
-            Ok(range) => Ok(*range.start()),
+            Ok(range) => {
+                metrics::histogram!("opcenter_journal_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("opcenter_journal_batch_events").record(events.len() as f64);
+                Ok(*range.start())
+            }
             Err(e) => {
                 // The engine already applied this batch, but none of it is durable:
                 // rebuild it from what the journal holds, so reads (GET, subscribe

@@ -124,6 +124,7 @@ pub struct EngineTask {
     last_snapshot_seq: u64,
     position_interval: std::time::Duration,
     last_position_flush: Instant,
+    last_prune: Instant,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -196,6 +197,7 @@ impl EngineTask {
             last_snapshot_seq,
             position_interval: settings.hub.position_interval,
             last_position_flush: Instant::now(),
+            last_prune: Instant::now(),
         }
     }
 
@@ -300,6 +302,7 @@ impl EngineTask {
                 for (i, event) in events.into_iter().enumerate() {
                     self.fanout.publish(first_seq + i as u64, Arc::new(event));
                 }
+                self.fanout.wake();
                 self.shared.seq.store(self.journal.last_seq(), Ordering::Release);
                 for (reply, result, name, received) in outcomes {
                     let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -400,7 +403,11 @@ impl EngineTask {
                     self.last_position_flush = Instant::now();
                     self.fanout.flush_positions();
                 }
-                self.fanout.prune_closed();
+                // Closed sessions only cost a skipped push until pruned: once a second is enough.
+                if self.last_prune.elapsed() >= std::time::Duration::from_secs(1) {
+                    self.last_prune = Instant::now();
+                    self.fanout.prune_closed();
+                }
             }
             // Commands were applied before the commit and never reach this list.
             Request::Command { reply, .. } => fail(reply, ErrorCode::Internal, "command out of order"),

@@ -33,6 +33,10 @@ pub struct Fanout {
     history: VecDeque<(u64, Arc<Event>)>,
     memory_history: usize,
     staged_positions: HashMap<String, PositionItem>,
+    /// Tablets with an assignment queued but not yet woken: woken first.
+    to_wake_first: Vec<Arc<Outbox>>,
+    /// Other sessions with events queued but not yet woken.
+    to_wake: Vec<Arc<Outbox>>,
 }
 
 /// Encodes an event lazily, once per encoding.
@@ -71,12 +75,16 @@ impl Fanout {
             history: history.into(),
             memory_history: memory_history.max(1),
             staged_positions: HashMap::new(),
+            to_wake_first: Vec::new(),
+            to_wake: Vec::new(),
         }
     }
 
-    /// Sends a committed event to its subscribers and records it for resumes.
+    /// Queues a committed event for its subscribers and records it for resumes.
+    /// Writers are woken by [`Fanout::wake`], once per batch.
     pub fn publish(&mut self, seq: u64, event: Arc<Event>) {
         let mut lazy = Lazy::new(seq, &event);
+        let urgent = event.topic() == Topic::Assignments;
         let list: &[Arc<Outbox>] = match event.topic() {
             Topic::Incidents => &self.incidents,
             Topic::Units => &self.units,
@@ -85,15 +93,31 @@ impl Fanout {
                 None => &[],
             },
         };
+        let to_wake = if urgent {
+            &mut self.to_wake_first
+        } else {
+            &mut self.to_wake
+        };
         for outbox in list {
-            if let Some(frame) = lazy.get(outbox.encoding) {
-                outbox.push(frame.clone());
+            if let Some(frame) = lazy.get(outbox.encoding)
+                && outbox.push_deferred(frame.clone())
+            {
+                to_wake.push(outbox.clone());
             }
         }
         metrics::counter!("opcenter_event_deliveries_total").increment(list.len() as u64);
         self.history.push_back((seq, event));
         while self.history.len() > self.memory_history {
             self.history.pop_front();
+        }
+    }
+
+    /// Wakes every writer with queued events: tablets with a new assignment
+    /// first (the latency that matters most), then everyone else. Each wakes
+    /// once per batch however many events it got, so it drains and flushes once.
+    pub fn wake(&mut self) {
+        for outbox in self.to_wake_first.drain(..).chain(self.to_wake.drain(..)) {
+            outbox.wake();
         }
     }
 

@@ -236,6 +236,10 @@ impl Server {
             shutdown.await;
             let _ = signalled_tx.send(());
         };
+        // Replies and events are small frames that must leave now: no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serving = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(graceful)

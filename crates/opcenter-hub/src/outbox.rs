@@ -11,6 +11,7 @@
 //! push or a drain only, never across an `.await`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Message;
@@ -65,6 +66,8 @@ struct State {
     /// Items of the `Shared` batch, kept to merge with if another batch arrives.
     shared_items: Option<Arc<[Arc<PositionItem>]>>,
     close: Option<CloseReason>,
+    /// A deferred push is waiting for [`Outbox::wake`] (see [`Outbox::push_deferred`]).
+    wake_owed: bool,
 }
 
 /// What the writer takes in one go.
@@ -86,6 +89,8 @@ pub struct Outbox {
     max_bytes: usize,
     state: Mutex<State>,
     notify: Notify,
+    /// Mirrors `State::close.is_some()` so the fan-out can prune without locking.
+    closed: AtomicBool,
 }
 
 impl Outbox {
@@ -101,8 +106,10 @@ impl Outbox {
                 positions: PendingPositions::None,
                 shared_items: None,
                 close: None,
+                wake_owed: false,
             }),
             notify: Notify::new(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -113,11 +120,33 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame. Returns false if the session is closed or just overflowed.
+    /// Queues a frame and wakes the writer. Returns false if the session is
+    /// closed or just overflowed.
     pub fn push(&self, frame: Message) -> bool {
+        let queued = self.enqueue(frame).is_some();
+        self.notify.notify_one();
+        queued
+    }
+
+    /// Queues a frame without waking the writer, so a publisher can queue a
+    /// whole batch of events and wake each writer once (one drain, one flush).
+    /// Returns true when the caller now owes this outbox a [`Outbox::wake`].
+    pub fn push_deferred(&self, frame: Message) -> bool {
+        self.enqueue(frame).unwrap_or(true)
+    }
+
+    /// Wakes the writer after [`Outbox::push_deferred`].
+    pub fn wake(&self) {
+        self.lock().wake_owed = false;
+        self.notify.notify_one();
+    }
+
+    /// Queues `frame`: `Some(first)` when queued (`first`: the first deferred push
+    /// since the last wake or drain), `None` when closed or just overflowed.
+    fn enqueue(&self, frame: Message) -> Option<bool> {
         let mut st = self.lock();
         if st.close.is_some() {
-            return false;
+            return None;
         }
         let len = wire::frame_len(&frame);
         if st.bytes + len > self.max_bytes {
@@ -128,16 +157,17 @@ impl Outbox {
                 reason: "event queue overflow: resume with since",
                 flush_first: false,
             });
+            self.closed.store(true, Ordering::Release);
             drop(st);
             metrics::counter!("opcenter_queue_overflows_total").increment(1);
             self.notify.notify_one();
-            return false;
+            return None;
         }
         st.bytes += len;
         st.frames.push_back(frame);
-        drop(st);
-        self.notify.notify_one();
-        true
+        let first = !st.wake_owed;
+        st.wake_owed = true;
+        Some(first)
     }
 
     /// Queues a position batch encoded once for many sessions (`frame`), whose
@@ -184,6 +214,7 @@ impl Outbox {
                 st.bytes = 0;
             }
             st.close = Some(reason);
+            self.closed.store(true, Ordering::Release);
         }
         drop(st);
         self.notify.notify_one();
@@ -191,7 +222,7 @@ impl Outbox {
 
     /// True once a close was requested (the fan-out drops such sessions).
     pub fn is_closed(&self) -> bool {
-        self.lock().close.is_some()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Waits until there is something to send, then takes all of it.
@@ -213,6 +244,7 @@ impl Outbox {
         }
         let frames: Vec<Message> = st.frames.drain(..).collect();
         st.bytes = 0;
+        st.wake_owed = false;
         let positions = match std::mem::replace(&mut st.positions, PendingPositions::None) {
             PendingPositions::None => None,
             PendingPositions::Shared(frame) => Some(frame),
@@ -282,6 +314,17 @@ mod tests {
             .collect();
         items.sort();
         assert_eq!(items, vec![("P-1".to_string(), 2), ("P-2".to_string(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn deferred_pushes_owe_one_wake_until_drained() {
+        let ob = Outbox::new("s".into(), Encoding::Json, 1000);
+        assert!(ob.push_deferred(Message::Text("a".into())));
+        assert!(!ob.push_deferred(Message::Text("b".into())));
+        ob.wake();
+        let d = ob.drain().await;
+        assert_eq!(d.frames.len(), 2);
+        assert!(ob.push_deferred(Message::Text("c".into())));
     }
 
     #[tokio::test]

@@ -460,3 +460,23 @@ async fn emergency_creates_priority_1_incident_and_sends_other_units() {
         .recv_until(|f| f["type"] == "event" && f["incident"]["category"] == "officer_emergency")
         .await;
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_4010_and_a_live_one_is_kept() {
+    let srv = TestServer::start("[hub]\nping_interval_s = 1\nidle_timeout_s = 2\n").await;
+    let (mut silent, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut live, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s2")).await;
+    // The live client keeps reading, so its WebSocket layer answers the server's pings.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        assert!(
+            live.next_within(std::time::Duration::from_millis(200))
+                .await
+                .is_none(),
+            "nothing to read yet"
+        );
+    }
+    // The silent one never read: no pong went out, so the server gave up on it.
+    assert_eq!(silent.closed().await, Some(4010));
+    assert_eq!(live.request(json!({"type":"ping"})).await["type"], "ok");
+}

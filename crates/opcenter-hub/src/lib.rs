@@ -98,6 +98,11 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Events kept in memory for fast resumes (older ones are read from the journal).
+fn memory_history(settings: &Settings) -> usize {
+    settings.hub.history_events.min(20_000) as usize
+}
+
 /// A started server: state recovered, engine thread running, not yet serving.
 pub struct Server {
     listener: TcpListener,
@@ -111,8 +116,6 @@ impl Server {
     /// does not stop the server: it serves with `/healthz` 503 and refuses every command with
     /// `internal`, and never starts empty over data it could not read.
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
-        let metrics = metrics_handle();
-        let memory_history = settings.hub.history_events.min(20_000) as usize;
         let opened = {
             let dir = settings.data_dir.clone();
             let opts = Options {
@@ -123,54 +126,72 @@ impl Server {
                 .await
                 .map_err(|e| HubError::Recovery(e.to_string()))?
         };
-        // Whatever keeps us from the data (it cannot be opened, or the engine cannot
-        // read what it holds): serve, but refuse to acknowledge, and never start
-        // empty over it.
-        let unavailable = |error: String| -> (Engine, Box<dyn Journal>, u64, _, bool) {
-            tracing::error!(
-                error = %error,
-                dir = %settings.data_dir.display(),
-                "journal unavailable: serving read-only, refusing to acknowledge anything"
-            );
-            let journal = MemJournal::with_epoch("unavailable");
-            (
-                Engine::new(settings.engine.clone()),
-                Box::new(journal),
-                0,
-                Vec::new(),
-                false,
-            )
-        };
-        let (engine, journal, snapshot_seq, history, healthy) = match opened {
-            Ok(journal) => {
-                let config = settings.engine.clone();
-                let (journal, recovered) = tokio::task::spawn_blocking(move || {
-                    let r = engine_task::recover(config, &journal, memory_history);
-                    (journal, r)
-                })
-                .await
-                .map_err(|e| HubError::Recovery(e.to_string()))?;
-                match recovered {
-                    Ok((engine, snap, history)) => {
-                        (engine, Box::new(journal) as Box<dyn Journal>, snap, history, true)
-                    }
-                    Err(e) => unavailable(format!("recovery: {e}")),
-                }
-            }
+        match opened {
+            Ok(journal) => Self::start_with_journal(listener, settings, Box::new(journal)).await,
             // Another server owns this data: refuse to start at all rather than
             // answer clients while the other one is the writer.
-            Err(e @ opcenter_store::StoreError::Locked { .. }) => {
-                return Err(HubError::Recovery(e.to_string()));
+            Err(e @ opcenter_store::StoreError::Locked { .. }) => Err(HubError::Recovery(e.to_string())),
+            Err(e) => Self::launch_unavailable(listener, settings, e.to_string()),
+        }
+    }
+
+    /// Like [`Server::start`] over a journal the caller opened (another
+    /// implementation of [`Journal`], or a test double that fails on demand).
+    pub async fn start_with_journal(
+        listener: TcpListener,
+        settings: Settings,
+        journal: Box<dyn Journal>,
+    ) -> Result<Server, HubError> {
+        let memory_history = memory_history(&settings);
+        let config = settings.engine.clone();
+        let (journal, recovered) = tokio::task::spawn_blocking(move || {
+            let r = engine_task::recover(config, &*journal, memory_history);
+            (journal, r)
+        })
+        .await
+        .map_err(|e| HubError::Recovery(e.to_string()))?;
+        match recovered {
+            Ok((engine, snap, history)) => {
+                Self::launch(listener, settings, engine, journal, snap, history, true)
             }
-            Err(e) => unavailable(e.to_string()),
-        };
+            Err(e) => Self::launch_unavailable(listener, settings, format!("recovery: {e}")),
+        }
+    }
+
+    /// Whatever keeps us from the data (it cannot be opened, or the engine cannot
+    /// read what it holds): serve, but refuse to acknowledge, and never start
+    /// empty over it.
+    fn launch_unavailable(
+        listener: TcpListener,
+        settings: Settings,
+        error: String,
+    ) -> Result<Server, HubError> {
+        tracing::error!(
+            error = %error,
+            dir = %settings.data_dir.display(),
+            "journal unavailable: serving read-only, refusing to acknowledge anything"
+        );
+        let engine = Engine::new(settings.engine.clone());
+        let journal = Box::new(MemJournal::with_epoch("unavailable"));
+        Self::launch(listener, settings, engine, journal, 0, Vec::new(), false)
+    }
+
+    fn launch(
+        listener: TcpListener,
+        settings: Settings,
+        engine: Engine,
+        journal: Box<dyn Journal>,
+        snapshot_seq: u64,
+        history: Vec<(u64, Arc<opcenter_core::Event>)>,
+        healthy: bool,
+    ) -> Result<Server, HubError> {
         let shared = Arc::new(Shared {
             epoch: journal.epoch().to_string(),
             seq: AtomicU64::new(journal.last_seq()),
             healthy: AtomicBool::new(healthy),
         });
         let (engine_tx, engine_rx) = mpsc::channel(settings.hub.engine_queue);
-        let fanout = Fanout::new(memory_history, history);
+        let fanout = Fanout::new(memory_history(&settings), history);
         let task = EngineTask::new(engine, journal, fanout, shared.clone(), &settings, snapshot_seq);
         let engine_thread = std::thread::Builder::new()
             .name("opcenter-engine".into())
@@ -184,7 +205,7 @@ impl Server {
             shared,
             sessions: DashMap::new(),
             session_counter: AtomicU64::new(1),
-            metrics,
+            metrics: metrics_handle(),
         });
         Ok(Server {
             listener,

@@ -17,7 +17,6 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -297,19 +296,32 @@ struct Reader<'a> {
 impl Reader<'_> {
     async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
         let idle = self.app.settings.hub.idle_timeout;
+        // One timer and one cancellation future for the whole session, not one per
+        // frame: a tablet sends a fix every second or so, for hours.
+        let mut last_heard = tokio::time::Instant::now();
+        let silence = tokio::time::sleep_until(last_heard + idle);
+        tokio::pin!(silence);
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let item = tokio::select! {
-                _ = stop.cancelled() => return,
-                item = timeout(idle, stream.next()) => item,
+                biased;
+                _ = &mut stopped => return,
+                item = stream.next() => item,
+                _ = &mut silence => {
+                    if last_heard.elapsed() < idle {
+                        silence.as_mut().reset(last_heard + idle);
+                        continue;
+                    }
+                    self.outbox.close(CloseReason {
+                        code: codes::IDLE,
+                        reason: "silent too long",
+                        flush_first: true,
+                    });
+                    return;
+                }
             };
-            let Ok(item) = item else {
-                self.outbox.close(CloseReason {
-                    code: codes::IDLE,
-                    reason: "silent too long",
-                    flush_first: true,
-                });
-                return;
-            };
+            last_heard = tokio::time::Instant::now();
             match classify(item) {
                 Incoming::Data(enc, bytes) => {
                     if !self.on_frame(enc, &bytes).await {

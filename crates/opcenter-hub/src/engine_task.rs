@@ -309,8 +309,18 @@ impl EngineTask {
                     metrics::counter!("opcenter_commands_total", "type" => name, "outcome" => outcome)
                         .increment(1);
                     if name == "incident.create" {
-                        metrics::histogram!("opcenter_create_seconds")
-                            .record(received.elapsed().as_secs_f64());
+                        let took = received.elapsed().as_secs_f64();
+                        metrics::histogram!("opcenter_create_seconds").record(took);
+                        // Receipt of the create → its assignments queued to the tablets
+                        // (they were published above, before any reply).
+                        let assigned = result.as_ref().is_ok_and(|a| {
+                            a.events
+                                .iter()
+                                .any(|e| e.change == opcenter_core::Change::Assigned)
+                        });
+                        if assigned {
+                            metrics::histogram!("opcenter_assignment_seconds").record(took);
+                        }
                     }
                     deliver(reply, result);
                 }

@@ -88,6 +88,20 @@ async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
     let _ = sink.close().await;
 }
 
+/// After we sent a Close: keep reading (and discarding) until the client's Close
+/// arrives or a short grace period ends. Dropping the socket at once could make
+/// the kernel reset the connection and throw away our Close frame before the
+/// client read it, and the client would never learn the close code.
+async fn linger(stream: &mut Stream) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
 async fn send_now(sink: &mut Sink, message: Option<Message>) {
     if let Some(m) = message {
         let _ = sink.send(m).await;
@@ -184,6 +198,7 @@ async fn authenticate(
 
 async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id: String) {
     let Some((encoding, hello_id, claims)) = authenticate(&mut sink, &mut stream, &app).await else {
+        linger(&mut stream).await;
         return;
     };
     let role = claims.role;
@@ -230,6 +245,10 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
             actor,
             role,
             bad_in_a_row: 0,
+            bucket: TokenBucket::new(
+                app.settings.hub.session_rate_per_s,
+                app.settings.hub.session_burst,
+            ),
         };
         reader.read_loop(&mut stream, &stop).await;
     }
@@ -239,6 +258,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
         flush_first: true,
     });
     let _ = writer.await;
+    linger(&mut stream).await;
     app.sessions.remove(&session_id);
     metrics::gauge!("opcenter_connections", "role" => role.as_str()).decrement(1.0);
     tracing::debug!("session ended");
@@ -291,6 +311,41 @@ struct Reader<'a> {
     actor: Actor,
     role: Role,
     bad_in_a_row: u32,
+    bucket: TokenBucket,
+}
+
+/// Per-session command budget: `rate` per second on average, `burst` at once.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        TokenBucket {
+            rate,
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the session is over its budget.
+    fn take(&mut self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 impl Reader<'_> {
@@ -367,6 +422,12 @@ impl Reader<'_> {
         self.bad_in_a_row = 0;
         let id = frame.id;
         let kind = frame.message.type_name();
+        if !self.bucket.take() {
+            metrics::counter!("opcenter_commands_total", "type" => kind, "outcome" => "rate_limited")
+                .increment(1);
+            self.error(id, ErrorCode::RateLimited, "too many commands: slow down");
+            return true;
+        }
         match self.to_request(frame) {
             Ok(Some(request)) => {
                 if self.app.engine_tx.send(request).await.is_err() {

@@ -90,6 +90,8 @@ struct RawHub {
     idle_timeout_s: u64,
     max_bad_frames: u32,
     engine_queue: usize,
+    session_rate_per_s: f64,
+    session_burst: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,11 @@ pub struct HubSettings {
     pub max_bad_frames: u32,
     /// `hub.engine_queue`.
     pub engine_queue: usize,
+    /// `hub.session_rate_per_s`: commands per second one session may send on
+    /// average (0 = unlimited); beyond it, `rate_limited`.
+    pub session_rate_per_s: f64,
+    /// `hub.session_burst`: how many commands a session may send at once.
+    pub session_burst: u32,
 }
 
 /// `console.*`, checked.
@@ -257,6 +264,12 @@ impl Settings {
                 "must be longer than hub.ping_interval_s",
             ));
         }
+        if !h.session_rate_per_s.is_finite() || h.session_rate_per_s < 0.0 {
+            return Err(invalid(
+                "hub.session_rate_per_s",
+                "must be a finite number ≥ 0 (0 = unlimited)",
+            ));
+        }
         if raw.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be > 0"));
         }
@@ -311,6 +324,8 @@ impl Settings {
                 ping_interval: secs(h.ping_interval_s),
                 idle_timeout: secs(h.idle_timeout_s),
                 max_bad_frames: h.max_bad_frames.max(1),
+                session_rate_per_s: h.session_rate_per_s,
+                session_burst: h.session_burst.max(1),
                 engine_queue: h.engine_queue,
             },
             max_body_bytes: raw.http.max_body_bytes,

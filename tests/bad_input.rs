@@ -196,14 +196,13 @@ async fn an_expired_token_is_unauthorized_then_4001() {
 
 #[tokio::test]
 async fn alg_none_and_wrong_secret_are_unauthorized_then_4001() {
-    use base64_url as b64;
+    /// base64url of `{"alg":"none","typ":"JWT"}`.
+    const ALG_NONE_HEADER: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
     let srv = TestServer::start("").await;
     let claims = Claims::new("d1", Role::Dispatcher, now_s(), 600);
-    let none = format!(
-        "{}.{}.",
-        b64(br#"{"alg":"none","typ":"JWT"}"#),
-        b64(serde_json::to_string(&claims).unwrap().as_bytes())
-    );
+    // A genuine payload under an unsigned `alg: none` header.
+    let signed = mint_token(SECRET.as_bytes(), &claims);
+    let none = format!("{ALG_NONE_HEADER}.{}.", signed.split('.').nth(1).unwrap());
     let wrong = mint_token(b"not-the-server-secret", &claims);
     for bad in [none, wrong, "garbage".to_string()] {
         let mut c = Client::connect(&srv.url(), Enc::Json).await;
@@ -232,47 +231,4 @@ async fn intake_may_only_hello_and_ping_on_the_websocket() {
             .await["code"],
         "forbidden"
     );
-}
-
-/// Unpadded base64url, for hand-made hostile tokens.
-fn base64_url(input: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-#[tokio::test]
-async fn a_session_over_its_command_budget_gets_rate_limited_and_goes_on() {
-    let srv = TestServer::start("[hub]\nsession_rate_per_s = 5.0\nsession_burst = 5\n").await;
-    let mut c = dispatcher(&srv, Enc::Json).await; // hello is not counted
-    for id in 1..=20u64 {
-        c.send(json!({"type":"ping","id":id})).await;
-    }
-    let mut ok = 0;
-    let mut limited = 0;
-    for _ in 0..20 {
-        let f = c.recv().await;
-        match f["type"].as_str() {
-            Some("ok") => ok += 1,
-            _ => {
-                assert_eq!(f["code"], "rate_limited", "{f}");
-                limited += 1;
-            }
-        }
-    }
-    assert!(
-        (5..=7).contains(&ok),
-        "burst of 5 (plus what refilled meanwhile): {ok}"
-    );
-    assert_eq!(ok + limited, 20);
-    // The session is still open and the budget refills.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_eq!(c.request(json!({"type":"ping"})).await["type"], "ok");
 }

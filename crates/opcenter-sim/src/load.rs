@@ -700,59 +700,64 @@ impl Local {
 /// A dispatcher console: subscribes to `incidents` and times each `created` event
 /// against the send time carried in its description, without decoding the frame.
 async fn console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
-    let token = wire::token(&sh.secret, Role::Dispatcher, &format!("load-console-{i}"));
-    let mut ws = open_session(&sh, &token).await?;
-    setup_cmd(
-        &sh,
-        &mut ws,
-        json!({"type": "subscribe", "id": 2, "topics": ["incidents"]}),
-    )
-    .await?;
-    sh.c.connected.fetch_add(1, Relaxed);
-    let mut local = Local::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    // Pinned once: a fresh `cancelled()` per loop turn would re-register a waiter on the
-    // shared token for every frame.
-    let cancelled = sh.cancel.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        tokio::select! {
-            r = ws.next() => match classify(r) {
-                Read::Closed => {
-                    if !sh.cancel.is_cancelled() { sh.c.disconnects.fetch_add(1, Relaxed); }
-                    break;
-                }
-                Read::Frame(m) => {
-                    let Some(bytes) = wire::payload(&m) else { continue };
-                    local.events += 1;
-                    let created = wire::find(bytes, br#""change":"created""#).is_some()
-                        || wire::find(bytes, b"\xa6change\xa7created").is_some();
-                    if created && let Some(sent) = wire::number_after(bytes, b"load:") {
-                        let now = wire::now_us();
-                        local.created += 1;
-                        local.last_us = local.last_us.max(now);
-                        local.fan.push(now.saturating_sub(sent));
-                    }
-                    if local.events >= 512 { local.flush(&sh); }
-                }
-            },
-            _ = tick.tick() => local.flush(&sh),
-            _ = &mut cancelled => break,
+    let name = format!("load-console-{i}");
+    listen(sh, Role::Dispatcher, &name, "incidents", |sh, local, m| {
+        let Some(bytes) = wire::payload(m) else { return };
+        local.events += 1;
+        let created = wire::find(bytes, br#""change":"created""#).is_some()
+            || wire::find(bytes, b"\xa6change\xa7created").is_some();
+        if created && let Some(sent) = wire::number_after(bytes, b"load:") {
+            let now = wire::now_us();
+            local.created += 1;
+            local.last_us = local.last_us.max(now);
+            local.fan.push(now.saturating_sub(sent));
         }
-    }
-    local.flush(&sh);
-    close(&mut ws).await;
-    Ok(())
+        if local.events >= 512 {
+            local.flush(sh);
+        }
+    })
+    .await
 }
 
 /// A supervisor's map: subscribes to `positions` and measures each item's staleness.
 async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
-    let token = wire::token(&sh.secret, Role::Supervisor, &format!("load-supervisor-{i}"));
+    let name = format!("load-supervisor-{i}");
+    listen(sh, Role::Supervisor, &name, "positions", |sh, local, m| {
+        let Some(f) = wire::decode::<Frame>(m) else { return };
+        if let Some(items) = f.items {
+            let now = wire::now_us();
+            local.items += items.len() as u64;
+            local.stale.extend(
+                items
+                    .iter()
+                    .filter(|p| p.at_ms > 0)
+                    .map(|p| now.saturating_sub(p.at_ms * 1000)),
+            );
+            if local.stale.len() >= 4096 {
+                local.flush(sh);
+            }
+        } else if f.ty == "error" {
+            book_error(sh, &f);
+        }
+    })
+    .await
+}
+
+/// A read-only session on one topic: every frame goes to `on_frame`, whose
+/// counts are flushed to the shared totals in batches (every 200 ms at least).
+async fn listen(
+    sh: Arc<Shared>,
+    role: Role,
+    name: &str,
+    topic: &str,
+    mut on_frame: impl FnMut(&Shared, &mut Local, &Message),
+) -> anyhow::Result<()> {
+    let token = wire::token(&sh.secret, role, name);
     let mut ws = open_session(&sh, &token).await?;
     setup_cmd(
         &sh,
         &mut ws,
-        json!({"type": "subscribe", "id": 2, "topics": ["positions"]}),
+        json!({"type": "subscribe", "id": 2, "topics": [topic]}),
     )
     .await?;
     sh.c.connected.fetch_add(1, Relaxed);
@@ -769,17 +774,7 @@ async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
                     if !sh.cancel.is_cancelled() { sh.c.disconnects.fetch_add(1, Relaxed); }
                     break;
                 }
-                Read::Frame(m) => {
-                    let Some(f) = wire::decode::<Frame>(&m) else { continue };
-                    if let Some(items) = f.items {
-                        let now = wire::now_us();
-                        local.items += items.len() as u64;
-                        local.stale.extend(items.iter().filter(|p| p.at_ms > 0).map(|p| now.saturating_sub(p.at_ms * 1000)));
-                        if local.stale.len() >= 4096 { local.flush(&sh); }
-                    } else if f.ty == "error" {
-                        book_error(&sh, &f);
-                    }
-                }
+                Read::Frame(m) => on_frame(&sh, &mut local, &m),
             },
             _ = tick.tick() => local.flush(&sh),
             _ = &mut cancelled => break,

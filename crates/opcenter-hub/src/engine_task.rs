@@ -103,6 +103,16 @@ pub enum Request {
     Tick,
 }
 
+/// A command applied in the current batch, waiting for the commit to be answered.
+struct Outcome {
+    reply: ReplyTo,
+    result: Result<Applied, CoreError>,
+    name: &'static str,
+    received: Instant,
+    /// Its events assigned a unit (for the assignment latency histogram).
+    assigned: bool,
+}
+
 /// State the engine thread shares with the rest of the server (read-only there).
 pub struct Shared {
     /// The journal's epoch.
@@ -222,7 +232,7 @@ impl EngineTask {
 
     fn process(&mut self, batch: &mut Vec<Request>) {
         let now = now_ms();
-        let mut outcomes: Vec<(ReplyTo, Result<Applied, CoreError>, &'static str, Instant)> = Vec::new();
+        let mut outcomes: Vec<Outcome> = Vec::new();
         let mut later: Vec<Request> = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let healthy = self.shared.healthy.load(Ordering::Relaxed);
@@ -243,14 +253,24 @@ impl EngineTask {
                         );
                         continue;
                     }
-                    let result = self.engine.apply(&actor, command, now);
-                    if let Ok(applied) = &result {
-                        events.extend(applied.events.iter().cloned());
-                        if let Some(p) = &applied.position {
-                            self.fanout.stage_position(p.clone());
+                    let mut assigned = false;
+                    let result = self.engine.apply(&actor, command, now).map(|mut applied| {
+                        // The events move to the batch; the reply keeps what it needs.
+                        let own = std::mem::take(&mut applied.events);
+                        assigned = own.iter().any(|e| e.change == opcenter_core::Change::Assigned);
+                        events.extend(own);
+                        if let Some(p) = applied.position.take() {
+                            self.fanout.stage_position(p);
                         }
-                    }
-                    outcomes.push((reply, result, name, received));
+                        applied
+                    });
+                    outcomes.push(Outcome {
+                        reply,
+                        result,
+                        name,
+                        received,
+                        assigned,
+                    });
                 }
                 Request::Tick => {
                     if healthy {
@@ -304,7 +324,14 @@ impl EngineTask {
                 }
                 self.fanout.wake();
                 self.shared.seq.store(self.journal.last_seq(), Ordering::Release);
-                for (reply, result, name, received) in outcomes {
+                for Outcome {
+                    reply,
+                    result,
+                    name,
+                    received,
+                    assigned,
+                } in outcomes
+                {
                     let outcome = if result.is_ok() { "ok" } else { "error" };
                     metrics::counter!("opcenter_commands_total", "type" => name, "outcome" => outcome)
                         .increment(1);
@@ -313,11 +340,6 @@ impl EngineTask {
                         metrics::histogram!("opcenter_create_seconds").record(took);
                         // Receipt of the create → its assignments queued to the tablets
                         // (they were published above, before any reply).
-                        let assigned = result.as_ref().is_ok_and(|a| {
-                            a.events
-                                .iter()
-                                .any(|e| e.change == opcenter_core::Change::Assigned)
-                        });
                         if assigned {
                             metrics::histogram!("opcenter_assignment_seconds").record(took);
                         }
@@ -328,7 +350,7 @@ impl EngineTask {
             Err(e) => {
                 tracing::error!(error = %e, "journal append failed: refusing to acknowledge from now on");
                 self.shared.healthy.store(false, Ordering::SeqCst);
-                for (reply, _, name, _) in outcomes {
+                for Outcome { reply, name, .. } in outcomes {
                     metrics::counter!("opcenter_commands_total", "type" => name, "outcome" => "internal")
                         .increment(1);
                     fail(reply, ErrorCode::Internal, "could not make the change durable");

@@ -232,3 +232,32 @@ async fn intake_may_only_hello_and_ping_on_the_websocket() {
         "forbidden"
     );
 }
+
+#[tokio::test]
+async fn a_session_over_its_command_budget_gets_rate_limited_and_goes_on() {
+    let srv = TestServer::start("[hub]\nsession_rate_per_s = 5.0\nsession_burst = 5\n").await;
+    let mut c = dispatcher(&srv, Enc::Json).await; // hello is not counted
+    for id in 1..=20u64 {
+        c.send(json!({"type":"ping","id":id})).await;
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let f = c.recv().await;
+        match f["type"].as_str() {
+            Some("ok") => ok += 1,
+            _ => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        (5..=7).contains(&ok),
+        "burst of 5 (plus what refilled meanwhile): {ok}"
+    );
+    assert_eq!(ok + limited, 20);
+    // The session is still open and the budget refills.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(c.request(json!({"type":"ping"})).await["type"], "ok");
+}

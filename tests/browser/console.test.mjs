@@ -200,6 +200,14 @@ async function openConsole(token, name) {
 
 const shot = (page, name) => page.screenshot({ path: path.join(OUT, name) });
 
+/** Great-circle metres, as the console computes them (R = 6371008.8 m). */
+function haversine(a, b) {
+  const rad = Math.PI / 180;
+  const h = Math.sin((b.lat - a.lat) * rad / 2) ** 2 +
+    Math.cos(a.lat * rad) * Math.cos(b.lat * rad) * Math.sin((b.lon - a.lon) * rad / 2) ** 2;
+  return 2 * 6371008.8 * Math.asin(Math.min(1, Math.sqrt(h)));
+}
+
 // ------------------------------------------------------------------ the test
 
 before(async () => {
@@ -304,6 +312,101 @@ test('console: dispatcher creates, sees auto-dispatch, closes; supervisor figure
 
   for (const t of tablets) assert.deepEqual(t.errors, [], `${t.id} saw no errors`);
   await supervisor.close();
+  await dispatcher.close();
+  assert.deepEqual(pageErrors, [], 'no script errors in the pages');
+});
+
+test('console: dispatcher edits an incident, assigns any unit, sets unit status from the board', async () => {
+  const dispatcher = await openConsole(server.token('dispatcher', 'd3'), 'dispatcher-edit');
+  for (const id of ['P-1', 'P-2']) {
+    await dispatcher.waitForSelector(`[data-testid=unit-row][data-unit-id="${id}"][data-status=available]`);
+  }
+  const queueIds = () => dispatcher.$$eval('[data-testid=queue-row]', (rows) => rows.map((r) => r.dataset.incidentId));
+  const row = (id) => `[data-testid=queue-row][data-incident-id="${id}"]`;
+  const unitRow = (id) => `[data-testid=unit-row][data-unit-id="${id}"]`;
+
+  // Two manually dispatched incidents (nobody is sent on its own): a P3, then a P4.
+  async function create(category, priority, loc) {
+    const before = new Set(await queueIds());
+    await dispatcher.fill('[data-testid=create-lat]', String(loc.lat));
+    await dispatcher.fill('[data-testid=create-lon]', String(loc.lon));
+    await dispatcher.fill('[data-testid=create-category]', category);
+    await dispatcher.selectOption('[data-testid=create-priority]', String(priority));
+    await dispatcher.check('[data-testid=create-dispatch-manual]');
+    await dispatcher.click('[data-testid=create-submit]');
+    return waitFor(async () => (await queueIds()).find((id) => !before.has(id)), `a new ${category} row`);
+  }
+  const NOISE_AT = { lat: 51.2400, lon: 51.3850 };
+  const theft = await create('theft', 3, { lat: 51.2350, lon: 51.3750 });
+  const noise = await create('noise', 4, NOISE_AT);
+  let ids = await queueIds();
+  assert.ok(ids.indexOf(theft) < ids.indexOf(noise), `P3 before P4: ${ids}`);
+
+  // Edit the P4: priority 2 and an address. The queue re-sorts from the `updated` event.
+  await dispatcher.click(row(noise));
+  await dispatcher.waitForSelector(`[data-testid=incident-details][data-incident-id="${noise}"]`);
+  assert.equal(await dispatcher.inputValue('[data-testid=edit-priority]'), '4');
+  assert.equal(await dispatcher.isDisabled('[data-testid=edit-save]'), true, 'nothing to save yet');
+  await dispatcher.selectOption('[data-testid=edit-priority]', '2');
+  await dispatcher.fill('[data-testid=edit-address]', '12 Harbour Road');
+  await dispatcher.click('[data-testid=edit-save]');
+  await dispatcher.waitForSelector(`${row(noise)}[data-priority="2"]`, { timeout: 10000 });
+  await dispatcher.waitForSelector(`${row(noise)}:has-text("12 Harbour Road")`, { timeout: 10000 });
+  ids = await queueIds();
+  assert.ok(ids.indexOf(noise) < ids.indexOf(theft), `the P2 now comes before the P3: ${ids}`);
+  assert.equal(await dispatcher.textContent(`${row(noise)} .prio`), 'P2');
+  await waitFor(async () => (await dispatcher.textContent('[data-testid=detail-priority]')) === '2', 'details show priority 2');
+  await waitFor(() => dispatcher.isDisabled('[data-testid=edit-save]'), 'the form is clean after the save');
+  await dispatcher.locator('[data-testid=incident-details]').screenshot({ path: path.join(OUT, '04a-details-edited.png') });
+
+  // Assign any unit: the select lists every unit with its straight-line distance.
+  const opt = await dispatcher.waitForSelector('[data-testid=assign-any-select] option[value="P-2"]', { state: 'attached' });
+  const shown = Number(await opt.getAttribute('data-distance'));
+  const expected = haversine(P2, NOISE_AT);
+  assert.ok(Math.abs(shown - expected) <= 1, `P-2 is ${shown} m away (expected ${expected.toFixed(1)})`);
+  assert.match(await opt.textContent(), /P-2 · available · \d/);
+  await dispatcher.selectOption('[data-testid=assign-any-select]', 'P-2');
+  await dispatcher.click('[data-testid=assign-any-btn]');
+  await dispatcher.waitForSelector(`${row(noise)}:has([data-testid=queue-row-units]:text("P-2"))`, { timeout: 10000 });
+  await dispatcher.waitForSelector(`${unitRow('P-2')}[data-status=en_route]`, { timeout: 10000 }); // the tablet acked
+  await shot(dispatcher, '04a-dispatcher-edit-assign.png');
+
+  // A free unit is set busy from the board at once.
+  await dispatcher.click(unitRow('P-1'));
+  await dispatcher.waitForSelector('[data-testid=unit-control][data-unit-id="P-1"]', { state: 'visible' });
+  await dispatcher.click('[data-testid=unit-control] [data-testid=unit-set-status][data-status=busy]');
+  await dispatcher.waitForSelector(`${unitRow('P-1')}[data-status=busy]`, { timeout: 10000 });
+  assert.equal(await dispatcher.textContent(`${unitRow('P-1')} [data-testid=unit-row-status]`), 'busy');
+  assert.equal(await dispatcher.isVisible('[data-testid=unit-status-confirm]'), false, 'no confirm for a free unit');
+
+  // A unit on an incident asks first; confirmed, it leaves the (manual) incident.
+  await dispatcher.click(unitRow('P-2'));
+  await dispatcher.waitForSelector('[data-testid=unit-control][data-unit-id="P-2"]', { state: 'visible' });
+  await dispatcher.click('[data-testid=unit-control] [data-testid=unit-set-status][data-status=busy]');
+  await dispatcher.waitForSelector(`[data-testid=unit-status-confirm]:has-text("${noise}")`, { state: 'visible' });
+  assert.equal(await dispatcher.getAttribute(unitRow('P-2'), 'data-status'), 'en_route', 'nothing sent before the confirm');
+  await shot(dispatcher, '04b-dispatcher-unit-confirm.png');
+  await dispatcher.click('[data-testid=unit-status-confirm-yes]');
+  await dispatcher.waitForSelector(`${unitRow('P-2')}[data-status=busy]`, { timeout: 10000 });
+  await dispatcher.waitForSelector(`${row(noise)}[data-status=pending]`, { timeout: 10000 });
+  await dispatcher.waitForSelector('[data-testid=unit-status-confirm]', { state: 'hidden' });
+  await shot(dispatcher, '04c-dispatcher-units-busy.png');
+
+  // Put everything back for the next test: both units available, both incidents closed.
+  for (const id of ['P-2', 'P-1']) {
+    await dispatcher.click(unitRow(id));
+    await dispatcher.waitForSelector(`[data-testid=unit-control][data-unit-id="${id}"]`, { state: 'visible' });
+    await dispatcher.click('[data-testid=unit-control] [data-testid=unit-set-status][data-status=available]');
+    await dispatcher.waitForSelector(`${unitRow(id)}[data-status=available]`, { timeout: 10000 });
+  }
+  for (const id of [noise, theft]) {
+    await dispatcher.click(row(id));
+    await dispatcher.waitForSelector(`[data-testid=incident-details][data-incident-id="${id}"]`);
+    await dispatcher.fill('[data-testid=disposition]', 'cancelled');
+    await dispatcher.click('[data-testid=close-btn]');
+    await dispatcher.waitForSelector(row(id), { state: 'detached', timeout: 10000 });
+  }
+  for (const t of tablets) assert.deepEqual(t.errors, [], `${t.id} saw no errors`);
   await dispatcher.close();
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });

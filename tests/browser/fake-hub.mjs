@@ -2,7 +2,7 @@
 // server is not there yet, and for `OPCENTER_FAKE=1 node --test tests/browser/`.
 //
 // Owns: just enough of PROTOCOL.md (JSON only) to drive the console: hello,
-// subscribe with since/resume, incident.create/assign/close/note/recommend,
+// subscribe with since/resume, incident.create/update/assign/close/note/recommend,
 // unit.status/position, assignment.ack, events and positions. Tokens are JWTs whose
 // signature it does NOT check. Must never: be mistaken for the server: the real
 // test runs against the real binary unless OPCENTER_FAKE is set.
@@ -213,6 +213,17 @@ export async function startFakeHub({ port = 0, config = null } = {}) {
         pubIncident('closed', inc);
         return reply({ incident: inc });
       }
+      case 'incident.update': {
+        if (role !== 'dispatcher') return fail('forbidden', 'dispatchers only');
+        const inc = needInc(); if (!inc) return;
+        if (inc.status === 'closed') return fail('conflict', 'incident closed');
+        if (msg.priority != null && !(msg.priority >= 1 && msg.priority <= 5)) return fail('bad_request', 'priority 1..5');
+        if (msg.category != null && !String(msg.category).trim()) return fail('bad_request', 'category must not be empty');
+        for (const f of ['category', 'priority', 'location', 'address', 'description']) if (msg[f] !== undefined) inc[f] = msg[f];
+        inc.updated_ms = now;
+        pubIncident('updated', inc);
+        return reply({ incident: inc });
+      }
       case 'incident.note': {
         const inc = needInc(); if (!inc) return;
         inc.notes.push({ at_ms: now, by: s.claims.sub, text: msg.text }); inc.updated_ms = now;
@@ -222,6 +233,23 @@ export async function startFakeHub({ port = 0, config = null } = {}) {
       case 'unit.status': {
         const id = role === 'unit' ? s.claims.unit : msg.unit_id;
         const u = units.get(id); if (!u) return fail('not_found', 'no such unit');
+        const free = ['available', 'busy', 'off_duty'].includes(msg.status);
+        if (free && u.incident_id) {
+          if (role === 'unit') return fail('conflict', 'close or decline your incident first');
+          // A dispatcher takes the unit off its incident (manual ones go back to pending).
+          const inc = incidents.get(u.incident_id);
+          delete u.incident_id;
+          if (inc) {
+            inc.units = inc.units.filter((x) => x !== u.id);
+            if (!inc.units.length) inc.status = 'pending';
+            inc.updated_ms = now;
+            u.status = msg.status;
+            pubUnit('status', u);
+            pubIncident('updated', inc);
+            autoDispatch(inc, now);
+            return reply({ unit: u });
+          }
+        }
         u.status = msg.status;
         if (msg.status === 'on_scene' && u.incident_id) {
           const inc = incidents.get(u.incident_id);

@@ -31,6 +31,10 @@
   var selectedId = null;
   var crosshair = null;
   var candidates = null; // {incident_id, list, shortfall, error}
+  var selectedUnitId = null; // the unit whose status control is open (dispatcher)
+  var unitConfirm = null; // {unit_id, status, incident_id}: waiting for the dispatcher's yes
+  var unitSending = false;
+  var editBase = null; // {id, category, priority, address, description}: what the edit form was last filled with
   var acked = loadAcked();
   var lastConfig = null;
 
@@ -276,6 +280,9 @@
     store = new OCStore.Store();
     selectedId = null;
     candidates = null;
+    selectedUnitId = null;
+    unitConfirm = null;
+    editBase = null;
     conn = new Conn(token, {
       onState: setConnState,
       onHello: onHello,
@@ -451,7 +458,9 @@
     renderBoard();
     renderFigures();
     renderBanner();
+    renderUnitControl();
     if (renderDetailsSoon) { renderDetailsSoon = false; renderDetails(); }
+    renderAssignAny();
     map.setModel({
       units: Array.from(store.units.values()),
       incidents: Array.from(store.incidents.values()),
@@ -464,6 +473,9 @@
   function el(tag, attrs, children) {
     var e = document.createElement(tag);
     if (attrs) Object.keys(attrs).forEach(function (k) {
+      // null/undefined/false mean "no such attribute" (setAttribute would write "null",
+      // and a disabled="null" button is still disabled).
+      if (attrs[k] == null || attrs[k] === false) return;
       if (k === "text") e.textContent = attrs[k];
       else if (k === "class") e.className = attrs[k];
       else if (k.indexOf("data-") === 0) e.setAttribute(k, attrs[k]);
@@ -523,15 +535,17 @@
     var list = store.board();
     $("board-count").textContent = String(list.length);
     reconcile($("unit-board"), list, function (u) { return u.id; }, function (u) {
-      return JSON.stringify([u.status, u.callsign, u.kind, u.incident_id, !!u.location_ms]);
+      return JSON.stringify([u.status, u.callsign, u.kind, u.incident_id, !!u.location_ms, u.id === selectedUnitId]);
     }, function (u) {
       return el("div", {
-        class: "urow",
+        class: "urow" + (u.id === selectedUnitId ? " selected" : ""),
         "data-testid": "unit-row",
         "data-unit-id": u.id,
         "data-status": u.status,
+        title: role === "dispatcher" ? "Centre on the map; set its status" : "Centre on the map",
         onclick: function () {
           if (u.location) map.center(u.location.lat, u.location.lon, Math.min(map.view.mpp, 8));
+          if (role === "dispatcher") openUnitControl(u.id);
           if (u.incident_id) select(u.incident_id);
         },
       }, [
@@ -630,6 +644,91 @@
   }
   function saveAcked() { sessionStorage.setItem("opcenter.acked", JSON.stringify(acked)); }
 
+  // ---------------------------------------------------------------- unit status control
+
+  var HOLDING = { dispatched: true, en_route: true, on_scene: true };
+
+  function openUnitControl(id) {
+    if (selectedUnitId !== id) unitConfirm = null;
+    selectedUnitId = id;
+    scheduleRender();
+  }
+
+  function closeUnitControl() {
+    selectedUnitId = null;
+    unitConfirm = null;
+    scheduleRender();
+  }
+
+  /** Fills the static control in place (no rebuild), so its buttons stay clickable. */
+  function renderUnitControl() {
+    var box = $("unit-control");
+    var u = selectedUnitId != null && role === "dispatcher" ? store.units.get(selectedUnitId) : null;
+    box.hidden = !u;
+    if (!u) return;
+    box.dataset.unitId = u.id;
+    box.dataset.status = u.status;
+    $("uc-id").textContent = unitLabel(u.id);
+    var st = $("uc-status");
+    st.className = "status st-" + u.status;
+    st.textContent = String(u.status).replace("_", " ");
+    $("uc-incident").textContent = u.incident_id ? "on " + u.incident_id : "";
+    box.querySelectorAll(".uc-set").forEach(function (b) {
+      b.disabled = unitSending || b.dataset.status === u.status;
+      b.classList.toggle("current", b.dataset.status === u.status);
+      b.classList.toggle("pending", !!unitConfirm && unitConfirm.status === b.dataset.status);
+    });
+    // A confirmation asked for another state of the unit no longer applies.
+    if (unitConfirm && (unitConfirm.unit_id !== u.id || unitConfirm.incident_id !== u.incident_id)) unitConfirm = null;
+    var c = $("uc-confirm");
+    c.hidden = !unitConfirm;
+    if (unitConfirm) {
+      var which = unitConfirm.incident_id != null ? "incident " + unitConfirm.incident_id : "an incident (" + String(u.status).replace("_", " ") + ")";
+      var text = unitLabel(u.id) + " holds " + which + ". Setting it " +
+        unitConfirm.status.replace("_", " ") + " takes it off the incident, which goes to the next unit (or back to pending when dispatched manually).";
+      if ($("uc-confirm-text").textContent !== text) $("uc-confirm-text").textContent = text;
+      $("uc-confirm-yes").disabled = unitSending;
+    }
+  }
+
+  function holdsIncident(u) {
+    return !!u && (u.incident_id != null || !!HOLDING[u.status]);
+  }
+
+  function setUnitStatus(unitId, status, confirmed) {
+    var u = store.units.get(unitId);
+    if (!u || !conn) return;
+    if (holdsIncident(u) && !confirmed) {
+      unitConfirm = { unit_id: unitId, status: status, incident_id: u.incident_id };
+      scheduleRender();
+      return;
+    }
+    unitSending = true;
+    scheduleRender();
+    conn.send({ type: "unit.status", unit_id: unitId, status: status }).then(function () {
+      unitSending = false;
+      unitConfirm = null;
+      toast(unitLabel(unitId) + " set " + status.replace("_", " "), "info");
+      scheduleRender();
+    }, function (err) {
+      unitSending = false;
+      unitConfirm = null;
+      toastError(err);
+      scheduleRender();
+    });
+  }
+
+  function initUnitControl() {
+    $("unit-control").querySelectorAll(".uc-set").forEach(function (b) {
+      b.addEventListener("click", function () { if (selectedUnitId != null) setUnitStatus(selectedUnitId, b.dataset.status, false); });
+    });
+    $("uc-close").addEventListener("click", closeUnitControl);
+    $("uc-confirm-yes").addEventListener("click", function () {
+      if (unitConfirm) setUnitStatus(unitConfirm.unit_id, unitConfirm.status, true);
+    });
+    $("uc-confirm-no").addEventListener("click", function () { unitConfirm = null; scheduleRender(); });
+  }
+
   // ---------------------------------------------------------------- details
 
   function select(id, center) {
@@ -670,7 +769,7 @@
   function renderDetails() {
     var panel = $("details");
     var inc = selectedId ? store.incident(selectedId) : null;
-    if (!inc || role !== "dispatcher") { panel.hidden = true; return; }
+    if (!inc || role !== "dispatcher") { panel.hidden = true; editBase = null; return; }
     panel.hidden = false;
     panel.dataset.incidentId = inc.id;
     panel.dataset.status = inc.status;
@@ -680,6 +779,7 @@
     $("d-close").disabled = closed;
     $("d-recommend").disabled = closed;
     $("d-note-add").disabled = closed;
+    fillEditForm(inc);
 
     // Candidates
     var c = $("d-candidates");
@@ -737,6 +837,156 @@
     }
   }
 
+  // ---------------------------------------------------------------- incident edit
+
+  var EDIT_FIELDS = ["category", "priority", "address", "description"];
+
+  function editValues(inc) {
+    return {
+      category: inc.category || "",
+      priority: String(inc.priority),
+      address: inc.address || "",
+      description: inc.description || "",
+    };
+  }
+
+  /**
+   * Loads the incident into the edit form. A field the dispatcher has changed
+   * keeps its value across updates from elsewhere; untouched fields follow them.
+   */
+  function fillEditForm(inc) {
+    var vals = editValues(inc);
+    var fresh = !editBase || editBase.id !== inc.id;
+    EDIT_FIELDS.forEach(function (f) {
+      var input = $("e-" + f);
+      if (fresh || input.value === editBase[f]) input.value = vals[f];
+    });
+    editBase = Object.assign({ id: inc.id }, vals);
+    var closed = inc.status === "closed";
+    EDIT_FIELDS.forEach(function (f) { $("e-" + f).disabled = closed; });
+    updateEditState();
+  }
+
+  /** The changed fields, as `incident.update` takes them. */
+  function editPatch(inc) {
+    var now = editValues(inc);
+    var patch = {};
+    EDIT_FIELDS.forEach(function (f) {
+      var v = $("e-" + f).value.trim();
+      if (v === now[f]) return;
+      patch[f] = f === "priority" ? parseInt(v, 10) : v;
+    });
+    return patch;
+  }
+
+  function updateEditState() {
+    var inc = selectedId ? store.incident(selectedId) : null;
+    var closed = !inc || inc.status === "closed";
+    var changed = inc ? Object.keys(editPatch(inc)) : [];
+    $("e-save").disabled = closed || !changed.length;
+    $("e-revert").disabled = closed || !changed.length;
+    $("e-state").textContent = changed.length ? "changed: " + changed.join(", ") : "";
+    EDIT_FIELDS.forEach(function (f) { $("e-" + f).classList.toggle("changed", changed.indexOf(f) >= 0); });
+  }
+
+  function saveEdit() {
+    var inc = selectedId ? store.incident(selectedId) : null;
+    if (!inc || !conn || inc.status === "closed") return;
+    var patch = editPatch(inc);
+    var fields = Object.keys(patch);
+    if (!fields.length) { toast("Nothing to save", "warn"); return; }
+    if ("category" in patch && !patch.category) { toast("Category must not be empty", "warn"); $("e-category").focus(); return; }
+    var id = inc.id;
+    $("e-save").disabled = true;
+    conn.send(Object.assign({ type: "incident.update", incident_id: id }, patch)).then(function () {
+      toast("Updated " + id + ": " + fields.join(", "), "info");
+      updateEditState();
+    }, function (err) {
+      toastError(err);
+      updateEditState();
+    });
+  }
+
+  function initEdit() {
+    $("edit-form").addEventListener("submit", function (e) { e.preventDefault(); saveEdit(); });
+    $("edit-form").addEventListener("input", updateEditState);
+    $("edit-form").addEventListener("change", updateEditState);
+    $("e-revert").addEventListener("click", function () {
+      var inc = selectedId ? store.incident(selectedId) : null;
+      if (!inc) return;
+      editBase = null;
+      fillEditForm(inc);
+    });
+  }
+
+  // ---------------------------------------------------------------- assign any unit
+
+  var EARTH_R = 6371008.8; // metres, mean radius (as the server)
+
+  /** Great-circle distance in metres between two {lat, lon}. */
+  function haversine(a, b) {
+    var rad = Math.PI / 180;
+    var dlat = (b.lat - a.lat) * rad;
+    var dlon = (b.lon - a.lon) * rad;
+    var h = Math.sin(dlat / 2) * Math.sin(dlat / 2) +
+      Math.cos(a.lat * rad) * Math.cos(b.lat * rad) * Math.sin(dlon / 2) * Math.sin(dlon / 2);
+    return 2 * EARTH_R * Math.asin(Math.min(1, Math.sqrt(h)));
+  }
+
+  /** Every unit for the selected incident, nearest first; units without a fix last. */
+  function assignChoices(inc) {
+    var list = Array.from(store.units.values()).map(function (u) {
+      var d = inc.location && u.location ? haversine(u.location, inc.location) : null;
+      return { unit: u, distance_m: d };
+    });
+    list.sort(function (a, b) {
+      if (a.distance_m == null || b.distance_m == null) {
+        if (a.distance_m != null) return -1;
+        if (b.distance_m != null) return 1;
+      } else if (a.distance_m !== b.distance_m) return a.distance_m - b.distance_m;
+      return String(a.unit.id).localeCompare(String(b.unit.id));
+    });
+    return list;
+  }
+
+  /** The "any unit" select: rebuilt only when its content changes and never while open. */
+  function renderAssignAny() {
+    var sel = $("d-assign-unit");
+    var btn = $("d-assign-any");
+    var inc = selectedId && role === "dispatcher" ? store.incident(selectedId) : null;
+    if (!inc) return;
+    var closed = inc.status === "closed";
+    var mine = inc.units || [];
+    var choices = assignChoices(inc);
+    var sig = JSON.stringify([inc.id, closed, mine, choices.map(function (c) {
+      return [c.unit.id, c.unit.status, c.unit.incident_id, c.unit.callsign, c.distance_m == null ? null : Math.round(c.distance_m / 10)];
+    })]);
+    if (sel.dataset.sig !== sig && document.activeElement !== sel) {
+      var keep = sel.dataset.incidentId === inc.id ? sel.value : "";
+      var opts = [el("option", { value: "", text: choices.length ? "any unit… (" + choices.length + ")" : "no units" })];
+      choices.forEach(function (c) {
+        var u = c.unit;
+        var here = mine.indexOf(u.id) >= 0;
+        var elsewhere = !here && u.incident_id != null ? " → " + u.incident_id : "";
+        var label = unitLabel(u.id) + " · " + String(u.status).replace("_", " ") + " · " +
+          (c.distance_m == null ? "no fix" : fmtDistance(c.distance_m)) + elsewhere + (here ? " (assigned)" : "");
+        opts.push(el("option", {
+          value: u.id, text: label,
+          "data-status": u.status,
+          "data-distance": c.distance_m == null ? "" : String(Math.round(c.distance_m)),
+          disabled: here || u.status === "off_duty" ? "disabled" : null,
+        }));
+      });
+      sel.replaceChildren.apply(sel, opts);
+      sel.dataset.sig = sig;
+      sel.dataset.incidentId = inc.id;
+      var ok = keep && Array.prototype.some.call(sel.options, function (o) { return o.value === keep && !o.disabled; });
+      sel.value = ok ? keep : "";
+    }
+    sel.disabled = closed;
+    btn.disabled = closed || !sel.value;
+  }
+
   function fetchIncident(id) {
     if (dupCache.has(id) || !conn) return;
     dupCache.set(id, null);
@@ -762,18 +1012,25 @@
     });
   }
 
-  function assign(incidentId, unitId) {
+  function assign(incidentId, unitId, done) {
     var cmd = { type: "incident.assign", incident_id: incidentId, unit_id: unitId };
     if ($("d-force").checked) cmd.force = true;
-    conn.send(cmd).then(function (ok) {
+    conn.send(cmd).then(function () {
       toast("Assigned " + unitLabel(unitId) + " to " + incidentId, "info");
-      if (ok.incident) store.incident(incidentId);
+      if (done) done();
       recommend();
     }, toastError);
   }
 
   function initDetails() {
     $("d-recommend").addEventListener("click", recommend);
+    $("d-assign-unit").addEventListener("change", function () { $("d-assign-any").disabled = !$("d-assign-unit").value; });
+    $("d-assign-unit").addEventListener("blur", scheduleRender); // catch up on changes skipped while it was open
+    $("d-assign-any").addEventListener("click", function () {
+      var unitId = $("d-assign-unit").value;
+      if (!selectedId || !unitId) return;
+      assign(selectedId, unitId, function () { $("d-assign-unit").value = ""; scheduleRender(); });
+    });
     $("d-deselect").addEventListener("click", function () { selectedId = null; renderDetailsSoon = true; scheduleRender(); });
     $("d-close").addEventListener("click", function () {
       var id = selectedId;
@@ -933,6 +1190,8 @@
   $("zoom-fit").addEventListener("click", function () { if (!fitToData()) toast("Nothing to fit yet", "warn"); });
   initSignin();
   initDetails();
+  initEdit();
+  initUnitControl();
   initCreate();
   loadConfig();
   setInterval(tick, 1000);

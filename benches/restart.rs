@@ -205,7 +205,9 @@ fn write_config(dir: &Path, data: &Path) -> std::path::PathBuf {
 /// Spawns the server; returns it, its address and the time to `listening on`.
 fn spawn(config: &Path) -> (std::process::Child, String, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opcenter"))
+    // OPCENTER_BIN compares another build (e.g. the previous commit) on the same data.
+    let bin = std::env::var("OPCENTER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_opcenter").to_string());
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")

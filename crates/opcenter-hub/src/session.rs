@@ -483,9 +483,11 @@ impl Reader<'_> {
         };
         match frame.message {
             M::Hello(_) => Err((ErrorCode::Conflict, "already authenticated".into())),
+            // Answered here, not by the engine: a ping says the session is alive.
             M::Ping => {
-                if let (Some(id), Some(m)) = (id, wire::ok(self.outbox.encoding, id, Empty {})) {
-                    let _ = id;
+                if id.is_some()
+                    && let Some(m) = wire::ok(self.outbox.encoding, id, Empty {})
+                {
                     self.outbox.push(m);
                 }
                 Ok(None)

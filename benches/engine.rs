@@ -44,7 +44,13 @@ fn random_loc(rng: &mut StdRng) -> Location {
 /// `n` units in the city; half busy, a tenth with `k9`, all with a fresh fix.
 fn fleet(n: usize) -> Fleet {
     let mut rng = StdRng::seed_from_u64(0x0C_E7_7E_12 ^ n as u64);
-    let mut engine = Engine::new(EngineConfig::default());
+    // BENCH_SLACK_M tries another `dispatch.index_slack_m` (default 25 m).
+    let slack = std::env::var("BENCH_SLACK_M").ok().and_then(|v| v.parse().ok());
+    let config = EngineConfig {
+        index_slack_m: slack.unwrap_or(EngineConfig::default().index_slack_m),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
     let sys = Actor::system();
     let mut ids = Vec::with_capacity(n);
     let mut pos = Vec::with_capacity(n);
@@ -186,7 +192,26 @@ fn benches(c: &mut Criterion) {
                 black_box(f.engine.recommend(&k9_query(loc, 3), f.now).unwrap())
             })
         });
-        g.bench_function(BenchmarkId::new("position_update", n), |b| b.iter(|| f.update()));
+        // The engine's cost alone: the random walk, the command and the actor are
+        // made before the clock starts (`iter_custom`), as the hub hands them over.
+        g.bench_function(BenchmarkId::new("position_update", n), |b| {
+            b.iter_custom(|iters| {
+                let prepared: Vec<(Actor, Command)> = (0..iters)
+                    .map(|_| {
+                        let cmd = f.move_one();
+                        let Command::Position { unit_id, .. } = &cmd else {
+                            unreachable!("move_one makes positions")
+                        };
+                        (Actor::unit("bench", unit_id.clone()), cmd)
+                    })
+                    .collect();
+                let start = Instant::now();
+                for (actor, cmd) in prepared {
+                    black_box(f.engine.apply(&actor, cmd, f.now).unwrap());
+                }
+                start.elapsed()
+            })
+        });
         g.bench_function(BenchmarkId::new("create_assign_ack_close", n), |b| {
             b.iter(|| black_box(f.cycle()))
         });

@@ -868,25 +868,30 @@ impl Engine {
     /// (priority, then oldest), dispatching each incident it qualifies for, until
     /// the unit is taken or the queue ends.
     fn serve_pending(&mut self, unit_id: &str, now_ms: i64, ev: &mut Vec<Event>) {
-        let mut cursor: Option<QueueKey> = None;
-        loop {
-            if !self.index.is_indexed(unit_id) {
+        // Walk the queue (priority, then age) from where the last round stopped,
+        // cloning only the key of an incident this unit qualifies for; dispatching
+        // it usually takes the unit out of the index, which ends the loop.
+        let mut after: Option<QueueKey> = None;
+        while self.index.is_indexed(unit_id) {
+            let Some(unit) = self.units.get(unit_id) else {
                 return;
-            }
-            let next = match &cursor {
-                None => self.pending.iter().next(),
-                Some(k) => self.pending.range((Excluded(k.clone()), Unbounded)).next(),
-            }
-            .cloned();
-            let Some(key) = next else { return };
-            let qualifies = match (self.units.get(unit_id), self.incidents.get(&key.3)) {
-                (Some(u), Some(inc)) => self.eligible(u, inc, now_ms),
-                _ => false,
             };
-            if qualifies {
-                self.dispatch(&key.3, now_ms, ev);
-            }
-            cursor = Some(key);
+            let lower = match &after {
+                Some(k) => Excluded(k),
+                None => Unbounded,
+            };
+            let next = self
+                .pending
+                .range::<QueueKey, _>((lower, Unbounded))
+                .find(|key| {
+                    self.incidents
+                        .get(&key.3)
+                        .is_some_and(|inc| self.eligible(unit, inc, now_ms))
+                })
+                .cloned();
+            let Some(key) = next else { return };
+            self.dispatch(&key.3, now_ms, ev);
+            after = Some(key);
         }
     }
 
@@ -1247,12 +1252,17 @@ impl Engine {
         check_optional_finite("speed", fix.speed)?;
         check_optional_finite("accuracy", fix.accuracy)?;
         Self::own_unit(actor, unit_id)?;
-        let unit = self.get_unit(unit_id)?;
+        // One lookup for the checks and the update (this is the hottest command).
+        let max_skew_ms = self.config.max_clock_skew_ms;
+        let max_speed_mps = self.config.max_speed_mps;
+        let unit = self
+            .units
+            .get_mut(unit_id)
+            .ok_or_else(|| CoreError::NotFound(format!("unit {unit_id} not found")))?;
         let at = fix.at_ms.unwrap_or(now_ms);
-        if at > now_ms.saturating_add(self.config.max_clock_skew_ms) {
+        if at > now_ms.saturating_add(max_skew_ms) {
             return Err(bad(format!(
-                "fix at_ms {at} is more than {} ms in the future",
-                self.config.max_clock_skew_ms
+                "fix at_ms {at} is more than {max_skew_ms} ms in the future"
             )));
         }
         if let Some(last) = unit.location_ms {
@@ -1264,21 +1274,18 @@ impl Engine {
                 // Fixes less than a second apart count as a second (GPS jitter).
                 let dt_s = ((at - last) as f64 / 1000.0).max(1.0);
                 let speed = prev.distance_m(&fix.location) / dt_s;
-                if speed > self.config.max_speed_mps {
+                if speed > max_speed_mps {
                     return Err(bad(format!(
-                        "fix implies {speed:.0} m/s, above the {} m/s limit",
-                        self.config.max_speed_mps
+                        "fix implies {speed:.0} m/s, above the {max_speed_mps} m/s limit"
                     )));
                 }
             }
         }
         let available = unit.status == UnitStatus::Available;
-        if let Some(u) = self.units.get_mut(unit_id) {
-            u.location = Some(fix.location);
-            u.location_ms = Some(at);
-            u.heading = fix.heading;
-            u.speed = fix.speed;
-        }
+        unit.location = Some(fix.location);
+        unit.location_ms = Some(at);
+        unit.heading = fix.heading;
+        unit.speed = fix.speed;
         let entered = self.index.update_position(unit_id, fix.location, at);
         if available && (entered || !self.pending.is_empty()) {
             self.serve_pending(unit_id, now_ms, ev);

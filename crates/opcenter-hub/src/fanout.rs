@@ -222,42 +222,33 @@ impl Fanout {
             .filter(|s| s.epoch == epoch && s.seq <= seq)
             .and_then(|s| self.replay_after(journal, s.seq, seq, &matches));
         let recovered = replay.is_some();
-        let reply = if recovered {
-            wire::ok(
-                outbox.encoding,
-                id,
-                SubscribeOk {
-                    epoch,
-                    seq,
-                    recovered,
-                    incidents: None,
-                    units: None,
-                },
-            )
-        } else {
-            let (incidents, units): (Vec<&Incident>, Vec<&Unit>) = match &unit {
-                // A tablet's snapshot is its own unit and its own open incident.
-                Some(u) => {
-                    let me = engine.unit(u);
-                    let inc = me
-                        .and_then(|m| m.incident_id.as_deref())
-                        .and_then(|i| engine.incident(i));
-                    (inc.into_iter().collect(), me.into_iter().collect())
-                }
-                None => (engine.open_incidents().collect(), engine.units().collect()),
-            };
-            wire::ok(
-                outbox.encoding,
-                id,
-                SubscribeOk {
-                    epoch,
-                    seq,
-                    recovered,
-                    incidents: Some(incidents),
-                    units: Some(units),
-                },
-            )
+        // Not recovered: the snapshot goes in the reply. A tablet's snapshot is its
+        // own unit and its own open incident.
+        let (incidents, units): (Option<Vec<&Incident>>, Option<Vec<&Unit>>) = match (&unit, recovered) {
+            (_, true) => (None, None),
+            (Some(u), false) => {
+                let me = engine.unit(u);
+                let inc = me
+                    .and_then(|m| m.incident_id.as_deref())
+                    .and_then(|i| engine.incident(i));
+                (Some(inc.into_iter().collect()), Some(me.into_iter().collect()))
+            }
+            (None, false) => (
+                Some(engine.open_incidents().collect()),
+                Some(engine.units().collect()),
+            ),
         };
+        let reply = wire::ok(
+            outbox.encoding,
+            id,
+            SubscribeOk {
+                epoch,
+                seq,
+                recovered,
+                incidents,
+                units,
+            },
+        );
         if let Some(m) = reply {
             outbox.push(m);
         }

@@ -9,7 +9,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use crate::frame::{self, Bad, HEADER_LEN, MAX_PAYLOAD};
+use crate::frame::{self, Bad, HEADER_LEN};
 use crate::fsutil::{self, parse_seq_name, seq_name, sync_dir, write_atomic};
 use crate::{Journal, Record, StoreError, snapshot};
 
@@ -558,15 +558,7 @@ impl Journal for FileJournal {
     }
 
     fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
-        if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
-            return Err(StoreError::RecordTooLarge {
-                len: p.len(),
-                max: MAX_PAYLOAD,
-            });
-        }
+        crate::check_batch(self.poisoned, payloads)?;
         if payloads.is_empty() {
             #[allow(clippy::reversed_empty_ranges)] // documented: an empty batch is an empty range
             return Ok(self.last_seq + 1..=self.last_seq);

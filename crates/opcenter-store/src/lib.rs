@@ -132,6 +132,21 @@ pub use file::{FileJournal, Options};
 pub use frame::MAX_PAYLOAD;
 pub use mem::MemJournal;
 
+/// The checks every implementation makes before it touches storage: a poisoned
+/// journal takes nothing, and no record may exceed [`MAX_PAYLOAD`].
+pub(crate) fn check_batch(poisoned: bool, payloads: &[&[u8]]) -> Result<(), StoreError> {
+    if poisoned {
+        return Err(StoreError::Poisoned);
+    }
+    if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
+        return Err(StoreError::RecordTooLarge {
+            len: p.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
 /// One journal record: its seq and its opaque bytes (an encoded event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 
-use crate::{Journal, MAX_PAYLOAD, Record, StoreError, fsutil, snapshot};
+use crate::{Journal, Record, StoreError, fsutil, snapshot};
 
 /// An in-memory journal with the same semantics as [`FileJournal`](crate::FileJournal),
 /// compaction per record instead of per segment, and a switch to make appends fail.
@@ -70,15 +70,7 @@ impl Journal for MemJournal {
     }
 
     fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
-        if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
-            return Err(StoreError::RecordTooLarge {
-                len: p.len(),
-                max: MAX_PAYLOAD,
-            });
-        }
+        crate::check_batch(self.poisoned, payloads)?;
         if self.fail_appends && !payloads.is_empty() {
             self.poisoned = true;
             return Err(StoreError::Io {

@@ -590,22 +590,26 @@ impl Engine {
             self.pending.insert(key.clone());
             self.queued.insert(id.to_string(), key);
         }
-        // Re-file on every change: category and location may have been edited.
-        if let Some((category, point)) = self.open_filed.remove(id)
-            && let Some(tree) = self.open_by_category.get_mut(&category)
-        {
-            tree.remove(&GeomWithData::new(point, id.to_string()));
-            if tree.size() == 0 {
-                self.open_by_category.remove(&category);
+        // Re-file only when it moved, changed category, or closed: most incident
+        // changes (dispatch, ack, notes) leave the duplicate index as it is.
+        let filed_same = open && self.open_filed.get(id) == Some(&filing);
+        if !filed_same {
+            if let Some((category, point)) = self.open_filed.remove(id)
+                && let Some(tree) = self.open_by_category.get_mut(&category)
+            {
+                tree.remove(&GeomWithData::new(point, id.to_string()));
+                if tree.size() == 0 {
+                    self.open_by_category.remove(&category);
+                }
             }
-        }
-        if open {
-            let (category, point) = filing;
-            self.open_by_category
-                .entry(category.clone())
-                .or_default()
-                .insert(GeomWithData::new(point, id.to_string()));
-            self.open_filed.insert(id.to_string(), (category, point));
+            if open {
+                let (category, point) = filing;
+                self.open_by_category
+                    .entry(category.clone())
+                    .or_default()
+                    .insert(GeomWithData::new(point, id.to_string()));
+                self.open_filed.insert(id.to_string(), (category, point));
+            }
         }
         if let Some(u) = emergency {
             if open {

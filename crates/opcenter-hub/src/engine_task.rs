@@ -15,7 +15,7 @@
 //! reply or event out before its events are in the journal.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -114,11 +114,10 @@ struct Outcome {
 }
 
 /// State the engine thread shares with the rest of the server (read-only there).
+/// The last seq is not here: only the engine thread needs it, and the journal has it.
 pub struct Shared {
     /// The journal's epoch.
     pub epoch: String,
-    /// The last seq published.
-    pub seq: AtomicU64,
     /// False once the journal failed: the server refuses to acknowledge anything.
     pub healthy: AtomicBool,
 }
@@ -323,7 +322,6 @@ impl EngineTask {
                     self.fanout.publish(first_seq + i as u64, Arc::new(event));
                 }
                 self.fanout.wake();
-                self.shared.seq.store(self.journal.last_seq(), Ordering::Release);
                 for Outcome {
                     reply,
                     result,
@@ -373,7 +371,7 @@ impl EngineTask {
                 role,
                 ..
             } => {
-                let seq = self.shared.seq.load(Ordering::Acquire);
+                let seq = self.journal.last_seq();
                 let unit = actor.unit_id().and_then(|u| self.engine.unit(u));
                 let incident = unit.map(|u| u.incident_id.as_deref().and_then(|i| self.engine.incident(i)));
                 let body = HelloOk {
@@ -394,7 +392,7 @@ impl EngineTask {
                 unit,
                 subscribe,
             } => {
-                let seq = self.shared.seq.load(Ordering::Acquire);
+                let seq = self.journal.last_seq();
                 self.fanout.subscribe(
                     &self.engine,
                     &*self.journal,

@@ -187,7 +187,6 @@ impl Server {
     ) -> Result<Server, HubError> {
         let shared = Arc::new(Shared {
             epoch: journal.epoch().to_string(),
-            seq: AtomicU64::new(journal.last_seq()),
             healthy: AtomicBool::new(healthy),
         });
         let (engine_tx, engine_rx) = mpsc::channel(settings.hub.engine_queue);

@@ -7,26 +7,10 @@
 
 use rand::Rng;
 
-/// Mean Earth radius of the contract (`shared/PROTOCOL.md` section 1), metres.
-pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// A point, degrees.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LatLon {
-    /// Latitude.
-    pub lat: f64,
-    /// Longitude.
-    pub lon: f64,
-}
-
-/// Great-circle distance, metres.
-pub fn distance_m(a: LatLon, b: LatLon) -> f64 {
-    let (p1, p2) = (a.lat.to_radians(), b.lat.to_radians());
-    let dp = p2 - p1;
-    let dl = (b.lon - a.lon).to_radians();
-    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
-}
+// The sphere, its radius and the haversine are the engine's: the simulator
+// measures distances exactly as dispatch does.
+pub use opcenter_core::Location as LatLon;
+pub use opcenter_core::geo::{EARTH_RADIUS_M, haversine_m as distance_m};
 
 /// A round city: centre and radius, with a local east/north metric frame.
 #[derive(Debug, Clone, Copy)]

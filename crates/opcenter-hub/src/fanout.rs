@@ -37,6 +37,8 @@ pub struct Fanout {
     to_wake_first: Vec<Arc<Outbox>>,
     /// Other sessions with events queued but not yet woken.
     to_wake: Vec<Arc<Outbox>>,
+    /// Deliveries queued since the last wake (counted once per batch, not per event).
+    deliveries: u64,
 }
 
 /// Encodes an event lazily, once per encoding.
@@ -77,6 +79,7 @@ impl Fanout {
             staged_positions: HashMap::new(),
             to_wake_first: Vec::new(),
             to_wake: Vec::new(),
+            deliveries: 0,
         }
     }
 
@@ -105,7 +108,7 @@ impl Fanout {
                 to_wake.push(outbox.clone());
             }
         }
-        metrics::counter!("opcenter_event_deliveries_total").increment(list.len() as u64);
+        self.deliveries += list.len() as u64;
         self.history.push_back((seq, event));
         while self.history.len() > self.memory_history {
             self.history.pop_front();
@@ -116,6 +119,7 @@ impl Fanout {
     /// first (the latency that matters most), then everyone else. Each wakes
     /// once per batch however many events it got, so it drains and flushes once.
     pub fn wake(&mut self) {
+        metrics::counter!("opcenter_event_deliveries_total").increment(std::mem::take(&mut self.deliveries));
         for outbox in self.to_wake_first.drain(..).chain(self.to_wake.drain(..)) {
             outbox.wake();
         }

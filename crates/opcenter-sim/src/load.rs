@@ -1089,7 +1089,7 @@ async fn verify(sh: &Arc<Shared>, ids: &[String]) -> Verdict {
             let mut v = Verdict::default();
             for id in chunk {
                 let path = format!("/v1/incidents/{}", percent_encode(&id));
-                let one = match http.request("GET", &path, &token, None).await {
+                let one = match http.request("GET", &path, Some(&token), None).await {
                     Ok(r) => {
                         if r.status != 200 {
                             sh.error(&format!("http_{}", r.status));

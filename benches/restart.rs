@@ -18,9 +18,7 @@
 //!
 //! Owns: these measurements. Must never: write outside its temp dirs.
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +26,9 @@ use opcenter_core::{
     Actor, Command as Cmd, Engine, EngineConfig, Location, NewIncident, PositionFix, Reply, UnitProfile,
     UnitStatus,
 };
+use opcenter_proto::auth::Role;
+use opcenter_sim::harness::{self, ServerProcess};
+use opcenter_sim::wire::{self, Encoding};
 use opcenter_store::{FileJournal, Journal, Options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -191,45 +192,16 @@ fn build_journal(dir: &Path, target: u64) -> (u64, Vec<u8>) {
 
 fn write_config(dir: &Path, data: &Path) -> std::path::PathBuf {
     let config = dir.join(format!("{}.toml", data.file_name().unwrap().to_string_lossy()));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\n[auth]\njwt_secret = \"{SECRET}\"\n",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, harness::config_toml(data, SECRET, "")).unwrap();
     config
 }
 
-/// Spawns the server; returns it, its address and the time to `listening on`.
-fn spawn(config: &Path) -> (std::process::Child, String, Duration) {
-    let started = Instant::now();
+/// Spawns the server and waits for its `listening on` line.
+fn spawn(config: &Path) -> ServerProcess {
     // OPCENTER_BIN compares another build (e.g. the previous commit) on the same data.
-    let bin = std::env::var("OPCENTER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_opcenter").to_string());
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    loop {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server exited without printing `listening on`");
-        };
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            let took = started.elapsed();
-            // Keep draining stdout so the server never blocks on it.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, addr.trim().to_string(), took);
-        }
-    }
+    let bin =
+        std::env::var_os("OPCENTER_BIN").map_or_else(|| env!("CARGO_BIN_EXE_opcenter").into(), PathBuf::from);
+    ServerProcess::start(&bin, config).unwrap()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -241,10 +213,9 @@ fn time_restarts(label: &str, tmp: &Path, data: &Path) {
     let config = write_config(tmp, data);
     let mut runs = Vec::new();
     for _ in 0..RUNS {
-        let (mut child, _, took) = spawn(&config);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        runs.push(took);
+        let mut server = spawn(&config);
+        server.kill();
+        runs.push(server.ready_after);
     }
     let ms: Vec<String> = runs
         .iter()
@@ -275,28 +246,22 @@ fn copy_dir(from: &Path, to: &Path) {
 fn durable_creates(tmp: &Path, seconds: f64) {
     let data = tmp.join("throughput");
     let config = write_config(tmp, &data);
-    let (mut child, addr, _) = spawn(&config);
+    let mut server = spawn(&config);
+    let addr = server.addr.to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let (oks, took) = rt.block_on(async move {
-        let token = opcenter_proto::auth::mint_token(
-            SECRET.as_bytes(),
-            &opcenter_proto::auth::Claims::new("bench", opcenter_proto::auth::Role::Dispatcher, now_s(), 3600),
-        );
-        let url = format!("ws://{addr}/v1/ws");
+        let token = wire::token(SECRET.as_bytes(), Role::Dispatcher, "bench");
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..CONNS {
-            let (url, token) = (url.clone(), token.clone());
+            let (addr, token) = (addr.clone(), token.clone());
             tasks.push(tokio::spawn(async move {
-                let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+                let (ws, _) = wire::connect(&addr, &token, Encoding::Json).await.unwrap();
                 let (mut tx, mut rx) = ws.split();
-                let hello = serde_json::json!({"type":"hello","id":0,"token":token,"protocol":1});
-                tx.send(hello.to_string().into()).await.unwrap();
-                rx.next().await.unwrap().unwrap();
                 let (mut sent, mut oks, mut in_flight) = (0u64, 0u64, 0usize);
                 loop {
                     while in_flight < WINDOW && Instant::now() < deadline {
@@ -328,20 +293,12 @@ fn durable_creates(tmp: &Path, seconds: f64) {
         }
         (oks, started.elapsed())
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
     println!(
         "durable creates (fsync on, {CONNS} connections x {WINDOW} in flight, JSON): {oks} in {:.1} s = {:.0}/s",
         took.as_secs_f64(),
         oks as f64 / took.as_secs_f64()
     );
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn main() {

@@ -2,16 +2,14 @@
 //! error or close, the server keeps serving everyone else, and no incident is
 //! lost.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use opcenter_proto::auth::{Claims, Role, mint_token};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn dispatcher(srv: &TestServer, enc: Enc) -> Client {
-    Client::login(&srv.url(), enc, &token(Role::Dispatcher, "d1"))
+async fn dispatcher(srv: &TestServer, enc: Encoding) -> Client {
+    Client::login(&srv.host(), enc, &token(Role::Dispatcher, "d1"))
         .await
         .0
 }
@@ -26,7 +24,7 @@ async fn error_of(c: &mut Client) -> serde_json::Value {
 #[tokio::test]
 async fn garbage_frames_get_bad_request_with_null_id_and_the_session_goes_on() {
     let srv = TestServer::start("").await;
-    let mut c = dispatcher(&srv, Enc::Json).await;
+    let mut c = dispatcher(&srv, Encoding::Json).await;
     c.send_raw(Message::Text("this is not json".into())).await;
     let e = error_of(&mut c).await;
     assert_eq!(
@@ -38,7 +36,7 @@ async fn garbage_frames_get_bad_request_with_null_id_and_the_session_goes_on() {
     assert_eq!(error_of(&mut c).await["code"], "bad_request");
     assert_eq!(c.request(json!({"type":"ping"})).await["type"], "ok");
 
-    let mut m = dispatcher(&srv, Enc::MsgPack).await;
+    let mut m = dispatcher(&srv, Encoding::Msgpack).await;
     m.send_raw(Message::Binary(vec![0xc1, 0xff, 0xfe].into())).await;
     let e = error_of(&mut m).await;
     assert_eq!(
@@ -51,7 +49,7 @@ async fn garbage_frames_get_bad_request_with_null_id_and_the_session_goes_on() {
 #[tokio::test]
 async fn wrong_types_and_out_of_range_values_are_bad_request() {
     let srv = TestServer::start("").await;
-    let mut c = dispatcher(&srv, Enc::Json).await;
+    let mut c = dispatcher(&srv, Encoding::Json).await;
     let cases = [
         json!({"type":"incident.create","category":"theft","priority":"high","location":{"lat":51.0,"lon":51.0}}),
         json!({"type":"incident.create","category":"theft","priority":2,"location":{"lat":91.0,"lon":51.0}}),
@@ -86,7 +84,7 @@ async fn nan_coordinates_in_msgpack_are_bad_request() {
         lon: f64,
     }
     let srv = TestServer::start("").await;
-    let (mut t, _) = Client::login(&srv.url(), Enc::MsgPack, &unit_token("P-1")).await;
+    let (mut t, _) = Client::login(&srv.host(), Encoding::Msgpack, &unit_token("P-1")).await;
     let frame = rmp_serde::to_vec_named(&Fix {
         t: "unit.position",
         id: 42,
@@ -105,8 +103,8 @@ async fn nan_coordinates_in_msgpack_are_bad_request() {
 #[tokio::test]
 async fn a_70_kb_frame_closes_1009_and_others_are_unaffected() {
     let srv = TestServer::start("").await;
-    let mut other = dispatcher(&srv, Enc::Json).await;
-    let mut c = dispatcher(&srv, Enc::Json).await;
+    let mut other = dispatcher(&srv, Encoding::Json).await;
+    let mut c = dispatcher(&srv, Encoding::Json).await;
     let big = json!({"type":"incident.note","incident_id":"I-1","text":"x".repeat(70_000)});
     c.send_raw(Message::Text(big.to_string().into())).await;
     assert_eq!(c.closed().await, Some(1009));
@@ -116,9 +114,9 @@ async fn a_70_kb_frame_closes_1009_and_others_are_unaffected() {
 #[tokio::test]
 async fn a_flood_of_bad_frames_closes_1008_and_nothing_is_lost() {
     let srv = TestServer::start("").await;
-    let mut other = dispatcher(&srv, Enc::Json).await;
+    let mut other = dispatcher(&srv, Encoding::Json).await;
     let kept = other.request(create(51.0, 51.0)).await;
-    let mut c = dispatcher(&srv, Enc::Json).await;
+    let mut c = dispatcher(&srv, Encoding::Json).await;
     for _ in 0..200 {
         if c.ws.send(Message::Text("{bad".into())).await.is_err() {
             break;
@@ -152,7 +150,7 @@ async fn a_flood_of_bad_frames_closes_1008_and_nothing_is_lost() {
 #[tokio::test]
 async fn a_unit_sending_another_units_position_is_forbidden() {
     let srv = TestServer::start("").await;
-    let (mut t, _) = Client::login(&srv.url(), Enc::Json, &unit_token("P-1")).await;
+    let (mut t, _) = Client::login(&srv.host(), Encoding::Json, &unit_token("P-1")).await;
     let r = t
         .request(json!({"type":"unit.position","unit_id":"P-2","lat":51.0,"lon":51.0}))
         .await;
@@ -162,7 +160,7 @@ async fn a_unit_sending_another_units_position_is_forbidden() {
 #[tokio::test]
 async fn a_supervisor_creating_an_incident_is_forbidden() {
     let srv = TestServer::start("").await;
-    let (mut s, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut s, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Supervisor, "s1")).await;
     let r = s.request(create(51.0, 51.0)).await;
     assert_eq!(r["code"], "forbidden");
 }
@@ -170,7 +168,7 @@ async fn a_supervisor_creating_an_incident_is_forbidden() {
 #[tokio::test]
 async fn a_command_before_hello_is_unauthenticated_then_4001() {
     let srv = TestServer::start("").await;
-    let mut c = Client::connect(&srv.url(), Enc::Json).await;
+    let mut c = Client::connect(&srv.host(), Encoding::Json).await;
     c.send(json!({"type":"ping","id":1})).await;
     let e = c.recv().await;
     assert_eq!(
@@ -187,7 +185,7 @@ async fn an_expired_token_is_unauthorized_then_4001() {
         SECRET.as_bytes(),
         &Claims::new("d1", Role::Dispatcher, now_s() - 7200, 60),
     );
-    let mut c = Client::connect(&srv.url(), Enc::MsgPack).await;
+    let mut c = Client::connect(&srv.host(), Encoding::Msgpack).await;
     c.send(json!({"type":"hello","id":1,"token":expired,"protocol":1}))
         .await;
     assert_eq!(c.recv().await["code"], "unauthorized");
@@ -205,7 +203,7 @@ async fn alg_none_and_wrong_secret_are_unauthorized_then_4001() {
     let none = format!("{ALG_NONE_HEADER}.{}.", signed.split('.').nth(1).unwrap());
     let wrong = mint_token(b"not-the-server-secret", &claims);
     for bad in [none, wrong, "garbage".to_string()] {
-        let mut c = Client::connect(&srv.url(), Enc::Json).await;
+        let mut c = Client::connect(&srv.host(), Encoding::Json).await;
         c.send(json!({"type":"hello","id":1,"token":bad,"protocol":1}))
             .await;
         assert_eq!(c.recv().await["code"], "unauthorized");
@@ -216,14 +214,14 @@ async fn alg_none_and_wrong_secret_are_unauthorized_then_4001() {
 #[tokio::test]
 async fn no_hello_in_time_closes_4002() {
     let srv = TestServer::start("[hub]\nhello_timeout_s = 1\n").await;
-    let mut c = Client::connect(&srv.url(), Enc::Json).await;
+    let mut c = Client::connect(&srv.host(), Encoding::Json).await;
     assert_eq!(c.closed().await, Some(4002));
 }
 
 #[tokio::test]
 async fn intake_may_only_hello_and_ping_on_the_websocket() {
     let srv = TestServer::start("").await;
-    let (mut i, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Intake, "app")).await;
+    let (mut i, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Intake, "app")).await;
     assert_eq!(i.request(json!({"type":"ping"})).await["type"], "ok");
     assert_eq!(i.request(create(51.0, 51.0)).await["code"], "forbidden");
     assert_eq!(
@@ -236,7 +234,7 @@ async fn intake_may_only_hello_and_ping_on_the_websocket() {
 #[tokio::test]
 async fn a_session_over_its_command_budget_gets_rate_limited_and_goes_on() {
     let srv = TestServer::start("[hub]\nsession_rate_per_s = 5.0\nsession_burst = 5\n").await;
-    let mut c = dispatcher(&srv, Enc::Json).await; // hello is not counted
+    let mut c = dispatcher(&srv, Encoding::Json).await; // hello is not counted
     for id in 1..=20u64 {
         c.send(json!({"type":"ping","id":id})).await;
     }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use opcenter_proto::auth::{Role, verify_token};
+use opcenter_proto::auth::{DEV_SECRET, Role, verify_token};
 
 fn opcenter() -> Command {
     Command::new(env!("CARGO_BIN_EXE_opcenter"))
@@ -18,7 +18,7 @@ fn stdout_of(cmd: &mut Command) -> String {
 #[test]
 fn token_uses_the_embedded_dev_secret_by_default() {
     let token = stdout_of(opcenter().args(["token", "--role", "dispatcher", "--sub", "alice"]));
-    let claims = verify_token(b"opcenter-dev-secret-change-me", &token).unwrap();
+    let claims = verify_token(DEV_SECRET.as_bytes(), &token).unwrap();
     assert_eq!((claims.sub.as_str(), claims.role), ("alice", Role::Dispatcher));
 }
 
@@ -35,7 +35,7 @@ fn token_for_a_unit_carries_its_claims() {
         "--caps",
         "k9,medic",
     ]));
-    let claims = verify_token(b"opcenter-dev-secret-change-me", &token).unwrap();
+    let claims = verify_token(DEV_SECRET.as_bytes(), &token).unwrap();
     assert_eq!(claims.unit.as_deref(), Some("P-101"));
     assert_eq!(claims.sub, "P-101");
     assert_eq!(claims.callsign.as_deref(), Some("Alpha"));

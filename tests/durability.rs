@@ -7,8 +7,6 @@
 //! Owns: these end-to-end fault scenarios. Must never: use a fixed port or a shared
 //! data directory, or leave a server running (BinServer kills it on drop).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::*;
+use crate::common::*;
 use opcenter_proto::auth::Role;
 
 /// Fast timers for every server here.
@@ -134,7 +132,7 @@ async fn subscribed(
     topics: &[&str],
     since: Option<(&str, u64)>,
 ) -> (Client, Value, Value) {
-    let (mut c, hello) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut c, hello) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     let mut sub = json!({"type":"subscribe","topics":topics});
     if let Some((epoch, seq)) = since {
         sub["since"] = json!({"epoch":epoch,"seq":seq});
@@ -172,8 +170,8 @@ async fn kill_9_during_a_stream_of_creates_loses_nothing_acknowledged() {
     let (_tmp, data) = data_dir();
     let mut server = BinServer::start(&data, EXTRA);
     // Two tablets, so the first creates are dispatched and later ones stay pending.
-    let _t1 = tablet(&server.url(), Enc::Json, "P-1", 51.23, 51.37).await;
-    let _t2 = tablet(&server.url(), Enc::Json, "P-2", 51.24, 51.38).await;
+    let _t1 = tablet(&server.host(), Encoding::Json, "P-1", 51.23, 51.37).await;
+    let _t2 = tablet(&server.host(), Encoding::Json, "P-2", 51.24, 51.38).await;
 
     let (c, hello, sub) = subscribed(&server, &["incidents"], None).await;
     let epoch = hello["epoch"].as_str().unwrap().to_string();
@@ -340,7 +338,7 @@ async fn kill_9_during_a_stream_of_creates_loses_nothing_acknowledged() {
 async fn torn_last_record_is_dropped_and_the_rest_kept() {
     let (_tmp, data) = data_dir();
     let mut server = BinServer::start(&data, EXTRA);
-    let (mut d, hello) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, hello) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     let epoch = hello["epoch"].clone();
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -379,7 +377,7 @@ async fn torn_last_record_is_dropped_and_the_rest_kept() {
             "{id} lost to a torn tail after it"
         );
     }
-    let (_, hello) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (_, hello) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     assert_eq!(hello["epoch"], epoch);
     assert_eq!(
         hello["seq"].as_u64().unwrap(),
@@ -414,7 +412,7 @@ async fn torn_last_record_is_dropped_and_the_rest_kept() {
         404,
         "{lost} was in the cut batch"
     );
-    let (mut d, hello) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, hello) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     assert_eq!(hello["epoch"], epoch);
     assert_eq!(hello["seq"].as_u64().unwrap(), last_batch.seq - 1);
     // It carries on writing after the cut.
@@ -426,7 +424,7 @@ async fn torn_last_record_is_dropped_and_the_rest_kept() {
 async fn assert_refuses(server: &BinServer) {
     let (status, _) = http(server.addr, "GET", "/healthz", None, None).await;
     assert_ne!(status, 200, "/healthz over a damaged journal");
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     let err = d.request(create(51.2, 51.3)).await;
     assert_eq!(err["type"], "error", "{err}");
     assert_eq!(err["code"], "internal", "{err}");
@@ -444,7 +442,7 @@ async fn corrupt_data_dir_refuses_to_acknowledge() {
     // A bit flip in the middle of the journal, with later batches behind it.
     let (_tmp, data) = data_dir();
     let mut server = BinServer::start(&data, EXTRA);
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     for i in 0..5 {
         create_ok(&mut d, create(51.2 + i as f64 * 0.01, 51.3)).await;
     }
@@ -478,7 +476,7 @@ async fn corrupt_data_dir_refuses_to_acknowledge() {
     // An epoch file gone while segments remain: history without its name.
     let (_tmp3, data3) = data_dir();
     let mut server = BinServer::start(&data3, EXTRA);
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     create_ok(&mut d, create(51.2, 51.3)).await;
     server.kill9();
     std::fs::remove_file(data3.join("epoch")).unwrap();
@@ -497,7 +495,7 @@ async fn graceful_restart_during_resume_replays_each_missed_event_once() {
     let (mut a, hello, _) = subscribed(&server, &topics, None).await;
     let epoch = hello["epoch"].as_str().unwrap().to_string();
     let (mut b, _, _) = subscribed(&server, &topics, None).await;
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
 
     // Manual: it must not take the tablet that comes later.
     let mut manual = create(51.2, 51.3);
@@ -508,7 +506,7 @@ async fn graceful_restart_during_resume_replays_each_missed_event_once() {
     drop(a); // the console goes away
 
     // While it is away: a tablet comes, takes an incident, acknowledges; more creates.
-    let mut tab = tablet(&server.url(), Enc::Json, "P-7", 51.21, 51.31).await;
+    let mut tab = tablet(&server.host(), Encoding::Json, "P-7", 51.21, 51.31).await;
     let taken = create_ok(&mut d, create(51.21, 51.31)).await;
     assert_eq!(taken["units"], json!(["P-7"]), "{taken}");
     let ok = tab
@@ -550,7 +548,7 @@ async fn graceful_restart_during_resume_replays_each_missed_event_once() {
     assert_eq!(ok["recovered"], true, "{ok}");
     assert_eq!(ok["epoch"], epoch.as_str());
     assert!(ok["seq"].as_u64().unwrap() >= b_max, "{ok}");
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     let live = create_ok(&mut d, create(51.25, 51.35)).await;
     let got = events_until_created(&mut a, live["id"].as_str().unwrap()).await;
     let (live_ev, replayed) = got.split_last().unwrap();
@@ -596,7 +594,7 @@ async fn idempotency_key_survives_restart() {
     let (status, first) = post_report(&server, &report).await;
     assert_eq!(status, 201, "{first}");
     let report_id = first["incident"]["id"].clone();
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     let mut keyed = create(51.24, 51.36);
     keyed["key"] = json!("call-0042");
     let ws_first = create_ok(&mut d, keyed.clone()).await;
@@ -606,7 +604,7 @@ async fn idempotency_key_survives_restart() {
     let (status, again) = post_report(&server, &report).await;
     assert_eq!(status, 200, "a repeated key after kill -9: {again}");
     assert_eq!(again["incident"]["id"], report_id);
-    let (mut d, _) = Client::login(&server.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, _) = Client::login(&server.host(), Encoding::Json, &dispatcher()).await;
     let ws_again = create_ok(&mut d, keyed).await;
     assert_eq!(ws_again["id"], ws_first["id"], "{ws_again}");
     // A new key still makes a new incident.
@@ -625,8 +623,8 @@ async fn epoch_is_new_for_a_new_data_dir() {
     let (_tmp2, two) = data_dir();
     let mut s1 = BinServer::start(&one, EXTRA);
     let s2 = BinServer::start(&two, EXTRA);
-    let (_, h1) = Client::login(&s1.url(), Enc::Json, &dispatcher()).await;
-    let (_, h2) = Client::login(&s2.url(), Enc::Json, &dispatcher()).await;
+    let (_, h1) = Client::login(&s1.host(), Encoding::Json, &dispatcher()).await;
+    let (_, h2) = Client::login(&s2.host(), Encoding::Json, &dispatcher()).await;
     let e1 = h1["epoch"].as_str().unwrap().to_string();
     assert!(!e1.is_empty());
     assert_ne!(h1["epoch"], h2["epoch"], "two data dirs share an epoch");
@@ -635,12 +633,12 @@ async fn epoch_is_new_for_a_new_data_dir() {
     // Unchanged across a graceful restart and across kill -9.
     assert!(s1.terminate().success());
     let mut s1 = BinServer::start(&one, EXTRA);
-    let (mut d, h) = Client::login(&s1.url(), Enc::Json, &dispatcher()).await;
+    let (mut d, h) = Client::login(&s1.host(), Encoding::Json, &dispatcher()).await;
     assert_eq!(h["epoch"], e1.as_str());
     create_ok(&mut d, create(51.2, 51.3)).await;
     s1.kill9();
     let s1 = BinServer::start(&one, EXTRA);
-    let (_, h) = Client::login(&s1.url(), Enc::Json, &dispatcher()).await;
+    let (_, h) = Client::login(&s1.host(), Encoding::Json, &dispatcher()).await;
     assert_eq!(h["epoch"], e1.as_str());
     // A client of another epoch is told it did not recover, and gets the snapshot.
     let (_c, _, ok) = subscribed(&s1, &["incidents"], Some((h2["epoch"].as_str().unwrap(), 0))).await;

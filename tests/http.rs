@@ -2,9 +2,7 @@
 //! idempotency (exactly one 201 even when retries race), body limits, auth,
 //! incident lookup, health and metrics, and the console's files.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use opcenter_proto::auth::Role;
 use serde_json::{Value, json};
 

@@ -3,9 +3,7 @@
 //! multi-unit incidents, resume and snapshot, the slow consumer, the role
 //! matrix and shutdown. Every server runs on port 0 with its own data dir.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use opcenter_proto::auth::Role;
 use serde_json::{Value, json};
 
@@ -14,11 +12,11 @@ const SCENE: (f64, f64) = (51.2300, 51.3700);
 const NEAR: (f64, f64) = (51.2310, 51.3715);
 const FAR: (f64, f64) = (51.2570, 51.3700);
 
-async fn full_flow(enc_console: Enc, enc_tablet: Enc) {
+async fn full_flow(enc_console: Encoding, enc_tablet: Encoding) {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), enc_console).await;
-    let mut near = tablet(&srv.url(), enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
-    let _far = tablet(&srv.url(), enc_tablet, "P-FAR", FAR.0, FAR.1).await;
+    let (mut console, _) = console(&srv.host(), enc_console).await;
+    let mut near = tablet(&srv.host(), enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
+    let _far = tablet(&srv.host(), enc_tablet, "P-FAR", FAR.0, FAR.1).await;
 
     let ok = console.request(create(SCENE.0, SCENE.1)).await;
     assert_eq!(ok["type"], "ok", "{ok}");
@@ -61,18 +59,18 @@ async fn full_flow(enc_console: Enc, enc_tablet: Enc) {
 
 #[tokio::test]
 async fn full_dispatch_flow_json() {
-    full_flow(Enc::Json, Enc::Json).await;
+    full_flow(Encoding::Json, Encoding::Json).await;
 }
 
 #[tokio::test]
 async fn full_dispatch_flow_msgpack() {
-    full_flow(Enc::MsgPack, Enc::MsgPack).await;
+    full_flow(Encoding::Msgpack, Encoding::Msgpack).await;
 }
 
 #[tokio::test]
 async fn msgpack_frames_are_named_maps_with_float_coordinates() {
     let srv = TestServer::start("").await;
-    let (mut c, _) = Client::login(&srv.url(), Enc::MsgPack, &token(Role::Dispatcher, "d1")).await;
+    let (mut c, _) = Client::login(&srv.host(), Encoding::Msgpack, &token(Role::Dispatcher, "d1")).await;
     c.send(json!({"type":"incident.create","id":1,"category":"theft","priority":2,"location":{"lat":51.0,"lon":51.0}}))
         .await;
     let raw = loop {
@@ -109,9 +107,9 @@ async fn msgpack_frames_are_named_maps_with_float_coordinates() {
 #[tokio::test]
 async fn recommend_lists_nearest_first_with_shortfall() {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
-    let _a = tablet(&srv.url(), Enc::Json, "P-A", FAR.0, FAR.1).await;
-    let _b = tablet(&srv.url(), Enc::MsgPack, "P-B", NEAR.0, NEAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let _a = tablet(&srv.host(), Encoding::Json, "P-A", FAR.0, FAR.1).await;
+    let _b = tablet(&srv.host(), Encoding::Msgpack, "P-B", NEAR.0, NEAR.1).await;
     let r = console
         .request(json!({"type":"incident.recommend","location":{"lat":SCENE.0,"lon":SCENE.1},"count":3}))
         .await;
@@ -132,9 +130,9 @@ async fn recommend_lists_nearest_first_with_shortfall() {
 #[tokio::test]
 async fn decline_sends_the_incident_to_the_next_unit_never_back() {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
-    let mut near = tablet(&srv.url(), Enc::Json, "P-NEAR", NEAR.0, NEAR.1).await;
-    let mut far = tablet(&srv.url(), Enc::Json, "P-FAR", FAR.0, FAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let mut near = tablet(&srv.host(), Encoding::Json, "P-NEAR", NEAR.0, NEAR.1).await;
+    let mut far = tablet(&srv.host(), Encoding::Json, "P-FAR", FAR.0, FAR.1).await;
     let ok = console.request(create(SCENE.0, SCENE.1)).await;
     let id = ok["incident"]["id"].as_str().unwrap().to_string();
     near.event("assignments", Some("assigned")).await;
@@ -168,9 +166,9 @@ async fn decline_sends_the_incident_to_the_next_unit_never_back() {
 #[tokio::test]
 async fn ack_timeout_marks_unresponsive_and_moves_on() {
     let srv = TestServer::start("[dispatch]\nack_timeout_s = 1\ntick_ms = 50\n").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
-    let mut near = tablet(&srv.url(), Enc::Json, "P-NEAR", NEAR.0, NEAR.1).await;
-    let mut far = tablet(&srv.url(), Enc::Json, "P-FAR", FAR.0, FAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let mut near = tablet(&srv.host(), Encoding::Json, "P-NEAR", NEAR.0, NEAR.1).await;
+    let mut far = tablet(&srv.host(), Encoding::Json, "P-FAR", FAR.0, FAR.1).await;
     let ok = console.request(create(SCENE.0, SCENE.1)).await;
     let id = ok["incident"]["id"].as_str().unwrap().to_string();
     near.event("assignments", Some("assigned")).await;
@@ -190,7 +188,7 @@ async fn ack_timeout_marks_unresponsive_and_moves_on() {
 #[tokio::test]
 async fn pending_incidents_are_served_by_priority_when_a_unit_frees_up() {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
     let mut low = create(SCENE.0, SCENE.1);
     low["priority"] = json!(4);
     let low = console.request(low).await;
@@ -201,7 +199,7 @@ async fn pending_incidents_are_served_by_priority_when_a_unit_frees_up() {
     let urgent = console.request(urgent).await;
     assert_eq!(urgent["incident"]["status"], "pending");
     // A unit comes on duty: it takes the priority-1 incident although it is newer.
-    let mut t = tablet(&srv.url(), Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let mut t = tablet(&srv.host(), Encoding::Json, "P-1", NEAR.0, NEAR.1).await;
     let a = t.event("assignments", Some("assigned")).await;
     assert_eq!(a["incident"]["id"], urgent["incident"]["id"]);
 }
@@ -209,10 +207,10 @@ async fn pending_incidents_are_served_by_priority_when_a_unit_frees_up() {
 #[tokio::test]
 async fn units_needed_gets_distinct_nearest_units() {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
-    let _a = tablet(&srv.url(), Enc::Json, "P-A", NEAR.0, NEAR.1).await;
-    let _b = tablet(&srv.url(), Enc::Json, "P-B", 51.2330, 51.3700).await;
-    let _c = tablet(&srv.url(), Enc::Json, "P-C", FAR.0, FAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let _a = tablet(&srv.host(), Encoding::Json, "P-A", NEAR.0, NEAR.1).await;
+    let _b = tablet(&srv.host(), Encoding::Json, "P-B", 51.2330, 51.3700).await;
+    let _c = tablet(&srv.host(), Encoding::Json, "P-C", FAR.0, FAR.1).await;
     let mut req = create(SCENE.0, SCENE.1);
     req["units_needed"] = json!(2);
     let ok = console.request(req).await;
@@ -222,11 +220,11 @@ async fn units_needed_gets_distinct_nearest_units() {
 #[tokio::test]
 async fn tablet_reconnect_gets_its_assignment_in_hello() {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
-    let t = tablet(&srv.url(), Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let t = tablet(&srv.host(), Encoding::Json, "P-1", NEAR.0, NEAR.1).await;
     let ok = console.request(create(SCENE.0, SCENE.1)).await;
     drop(t);
-    let (_t, hello) = Client::login(&srv.url(), Enc::MsgPack, &unit_token("P-1")).await;
+    let (_t, hello) = Client::login(&srv.host(), Encoding::Msgpack, &unit_token("P-1")).await;
     assert_eq!(hello["role"], "unit");
     assert_eq!(hello["unit"]["id"], "P-1");
     assert_eq!(hello["incident"]["id"], ok["incident"]["id"]);
@@ -235,7 +233,7 @@ async fn tablet_reconnect_gets_its_assignment_in_hello() {
 #[tokio::test]
 async fn resume_with_since_replays_exactly_and_bad_epoch_gets_snapshot() {
     let srv = TestServer::start("").await;
-    let (mut a, sub) = console(&srv.url(), Enc::Json).await;
+    let (mut a, sub) = console(&srv.host(), Encoding::Json).await;
     let epoch = sub["epoch"].as_str().unwrap().to_string();
     a.request(create(SCENE.0, SCENE.1)).await;
     let first = a.event("incidents", Some("created")).await;
@@ -243,11 +241,11 @@ async fn resume_with_since_replays_exactly_and_bad_epoch_gets_snapshot() {
     drop(a);
 
     // Meanwhile, two more incidents.
-    let (mut other, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Dispatcher, "d2")).await;
+    let (mut other, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d2")).await;
     let i2 = other.request(create(SCENE.0, SCENE.1)).await;
     let i3 = other.request(create(SCENE.0, SCENE.1)).await;
 
-    let (mut b, _) = Client::login(&srv.url(), Enc::MsgPack, &token(Role::Dispatcher, "d1")).await;
+    let (mut b, _) = Client::login(&srv.host(), Encoding::Msgpack, &token(Role::Dispatcher, "d1")).await;
     let ok = b
         .request(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":epoch,"seq":last_seq}}))
         .await;
@@ -265,7 +263,7 @@ async fn resume_with_since_replays_exactly_and_bad_epoch_gets_snapshot() {
     assert_eq!(e4["incident"]["id"], i4["incident"]["id"]);
     assert!(e4["seq"].as_u64().unwrap() > cut);
 
-    let (mut c, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut c, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Supervisor, "s1")).await;
     let ok = c
         .request(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":"other-epoch","seq":1}}))
         .await;
@@ -283,14 +281,14 @@ async fn positions_reach_supervisors_inside_their_area_only() {
     // A fast speed limit so the test may jump the unit 3 km at once.
     let srv =
         TestServer::start("[hub]\nposition_interval_ms = 20\n[dispatch]\nmax_speed_mps = 100000.0\n").await;
-    let (mut all, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut all, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Supervisor, "s1")).await;
     all.request(json!({"type":"subscribe","topics":["positions"]}))
         .await;
-    let (mut boxed, _) = Client::login(&srv.url(), Enc::MsgPack, &token(Role::Supervisor, "s2")).await;
+    let (mut boxed, _) = Client::login(&srv.host(), Encoding::Msgpack, &token(Role::Supervisor, "s2")).await;
     boxed
         .request(json!({"type":"subscribe","topics":["positions"],"area":{"south":51.25,"west":51.0,"north":51.3,"east":52.0}}))
         .await;
-    let mut t = tablet(&srv.url(), Enc::Json, "P-1", NEAR.0, NEAR.1).await;
+    let mut t = tablet(&srv.host(), Encoding::Json, "P-1", NEAR.0, NEAR.1).await;
     let p = all.recv_until(|f| f["type"] == "positions").await;
     assert_eq!(p["items"][0]["unit_id"], "P-1");
     // Inside the box only after moving north.
@@ -306,7 +304,7 @@ async fn positions_reach_supervisors_inside_their_area_only() {
         .request(json!({"type":"unit.position","lat":NEAR.0,"lon":NEAR.1,"at_ms":1}))
         .await;
     assert_eq!(ok["type"], "ok");
-    let (mut console, snap) = console(&srv.url(), Enc::Json).await;
+    let (mut console, snap) = console(&srv.host(), Encoding::Json).await;
     let unit = snap["units"]
         .as_array()
         .unwrap()
@@ -322,9 +320,10 @@ async fn positions_reach_supervisors_inside_their_area_only() {
 #[tokio::test]
 async fn slow_consumer_is_closed_4008_and_others_keep_going() {
     let srv = TestServer::start("[hub]\nmax_frame_bytes = 8192\nsession_queue_bytes = 262144\n").await;
-    let (mut slow, _) = console(&srv.url(), Enc::Json).await; // never reads again
-    let (mut fast, _) = console(&srv.url(), Enc::Json).await;
-    let (mut dispatcher, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Dispatcher, "d9")).await;
+    let (mut slow, _) = console(&srv.host(), Encoding::Json).await; // never reads again
+    let (mut fast, _) = console(&srv.host(), Encoding::Json).await;
+    let (mut dispatcher, _) =
+        Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d9")).await;
     // ~6 KB per event: enough to fill the slow reader's socket buffers and then
     // its 256 KiB queue, while bursts of 20 stay well inside everyone's queue.
     let description = "x".repeat(6000);
@@ -354,12 +353,12 @@ async fn slow_consumer_is_closed_4008_and_others_keep_going() {
 #[tokio::test]
 async fn role_matrix() {
     let srv = TestServer::start("").await;
-    let url = srv.url();
-    let _t = tablet(&url, Enc::Json, "P-1", NEAR.0, NEAR.1).await;
-    let (mut d, _) = Client::login(&url, Enc::Json, &token(Role::Dispatcher, "d1")).await;
-    let (mut s, _) = Client::login(&url, Enc::Json, &token(Role::Supervisor, "s1")).await;
-    let (mut u, _) = Client::login(&url, Enc::Json, &unit_token("P-2")).await;
-    let (mut i, _) = Client::login(&url, Enc::Json, &token(Role::Intake, "app")).await;
+    let host = srv.host();
+    let _t = tablet(&host, Encoding::Json, "P-1", NEAR.0, NEAR.1).await;
+    let (mut d, _) = Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    let (mut s, _) = Client::login(&host, Encoding::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut u, _) = Client::login(&host, Encoding::Json, &unit_token("P-2")).await;
+    let (mut i, _) = Client::login(&host, Encoding::Json, &token(Role::Intake, "app")).await;
     let inc = d.request(create(SCENE.0, SCENE.1)).await;
     let id = inc["incident"]["id"].as_str().unwrap().to_string();
 
@@ -427,7 +426,7 @@ async fn role_matrix() {
 #[tokio::test]
 async fn shutdown_closes_sessions_with_1001() {
     let srv = TestServer::start("").await;
-    let (mut c, _) = console(&srv.url(), Enc::Json).await;
+    let (mut c, _) = console(&srv.host(), Encoding::Json).await;
     let stopping = tokio::spawn(srv.stop());
     assert_eq!(c.closed().await, Some(1001));
     stopping.await.unwrap();
@@ -436,10 +435,10 @@ async fn shutdown_closes_sessions_with_1001() {
 #[tokio::test]
 async fn emergency_creates_priority_1_incident_and_sends_other_units() {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.url(), Enc::Json).await;
-    let mut officer = tablet(&srv.url(), Enc::Json, "P-SOS", SCENE.0, SCENE.1).await;
-    let mut a = tablet(&srv.url(), Enc::Json, "P-A", NEAR.0, NEAR.1).await;
-    let mut b = tablet(&srv.url(), Enc::Json, "P-B", FAR.0, FAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let mut officer = tablet(&srv.host(), Encoding::Json, "P-SOS", SCENE.0, SCENE.1).await;
+    let mut a = tablet(&srv.host(), Encoding::Json, "P-A", NEAR.0, NEAR.1).await;
+    let mut b = tablet(&srv.host(), Encoding::Json, "P-B", FAR.0, FAR.1).await;
     let ok = officer
         .request(json!({"type":"unit.emergency","active":true}))
         .await;
@@ -465,8 +464,8 @@ async fn emergency_creates_priority_1_incident_and_sends_other_units() {
 #[tokio::test]
 async fn a_silent_connection_is_closed_4010_and_a_live_one_is_kept() {
     let srv = TestServer::start("[hub]\nping_interval_s = 1\nidle_timeout_s = 2\n").await;
-    let (mut silent, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s1")).await;
-    let (mut live, _) = Client::login(&srv.url(), Enc::Json, &token(Role::Supervisor, "s2")).await;
+    let (mut silent, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Supervisor, "s1")).await;
+    let (mut live, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Supervisor, "s2")).await;
     // The live client keeps reading, so its WebSocket layer answers the server's pings.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {

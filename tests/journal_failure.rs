@@ -2,13 +2,11 @@
 //! stops acknowledging (`internal`, `/healthz` 503), and what it shows clients
 //! afterwards is only what the journal holds — never a change it could not save.
 
-mod common;
-
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::*;
+use crate::common::*;
 use opcenter_proto::auth::Role;
 use opcenter_store::{Journal, MemJournal, Record, StoreError};
 use serde_json::json;
@@ -67,9 +65,9 @@ async fn a_journal_failure_stops_acknowledging_and_shows_only_what_was_saved() {
     let serving = tokio::spawn(server.serve(async move {
         let _ = stop_rx.await;
     }));
-    let url = format!("ws://{addr}/v1/ws");
+    let host = addr.to_string();
 
-    let (mut d, _) = Client::login(&url, Enc::Json, &token(Role::Dispatcher, "d1")).await;
+    let (mut d, _) = Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     let saved = d.request(create(51.23, 51.37)).await;
     assert_eq!(saved["type"], "ok", "{saved}");
     assert_eq!(http(addr, "GET", "/healthz", None, None).await.0, 200);
@@ -92,7 +90,7 @@ async fn a_journal_failure_stops_acknowledging_and_shows_only_what_was_saved() {
     assert_eq!(status, 500, "{body}");
 
     // What clients see is what was saved: the first incident only.
-    let (mut c, snap) = console(&url, Enc::MsgPack).await;
+    let (mut c, snap) = console(&host, Encoding::Msgpack).await;
     let open: Vec<&str> = snap["incidents"]
         .as_array()
         .unwrap()

@@ -2,73 +2,19 @@
 //! as a separate process, as an operator would run them. Checks the load tool's LOST
 //! invariant: every acknowledged incident is assigned or pending at the end.
 //!
-//! Owns: process orchestration for this check. Must never: leave a server running
-//! (a Drop guard kills it, also when an assertion panics) or use a fixed port.
+//! Owns: the sim-against-server check. Must never: leave a server running (the
+//! harness kills it on drop, also when an assertion panics) or use a fixed port.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-const SECRET: &str = "sim-e2e-secret";
-
-/// Kills and reaps the child when dropped, so a failed assertion leaves no server.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `opcenter serve` on port 0 with a temp data dir; returns the guard, the
-/// address it printed, and the temp dir (kept alive by the caller).
-fn start_server() -> (Guard, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let config = dir.path().join("opcenter.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\ndata_dir = {:?}\n\n[auth]\njwt_secret = \"{SECRET}\"\n",
-            data.to_str().expect("utf-8 temp path")
-        ),
-    )
-    .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opcenter"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn opcenter serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let guard = Guard(child);
-    // Read `listening on HOST:PORT` on a thread (so a silent server times out instead
-    // of hanging the test), then keep draining stdout so the server never blocks on it.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !sent && let Some(addr) = line.trim().strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_owned());
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server printed `listening on HOST:PORT`");
-    (guard, addr, dir)
-}
+use crate::common::*;
 
 #[test]
 fn sim_loses_no_incident() {
-    let (_server, addr, _dir) = start_server();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = BinServer::start(&dir.path().join("data"), "");
     let out = Command::new(env!("CARGO_BIN_EXE_opcenter"))
-        .args(["sim", "--server", &addr, "--secret", SECRET])
+        .args(["sim", "--server", &server.host(), "--secret", SECRET])
         .args(["--tablets", "50", "--consoles", "3", "--supervisors", "1"])
         .args([
             "--incident-rate",

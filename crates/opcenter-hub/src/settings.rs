@@ -16,7 +16,7 @@ use opcenter_core::{EngineConfig, RosterUnit};
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
 /// The development secret of the embedded defaults; running with it is logged.
-pub const DEV_SECRET: &str = "opcenter-dev-secret-change-me";
+pub use opcenter_proto::auth::DEV_SECRET;
 
 /// A configuration that could not be loaded or is out of range.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// The development secret of the embedded defaults (`config/default.toml`): what the
+/// server verifies and the CLI and simulator sign with when nothing else is configured.
+pub const DEV_SECRET: &str = "opcenter-dev-secret-change-me";
+
 /// What a session may do, fixed by its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -189,7 +189,12 @@ async fn callers(sh: Arc<CityShared>, calls: mpsc::Sender<Call>, args: CityArgs,
                 "location": {"lat": at.lat, "lon": at.lon}, "description": spec.description,
                 "reporter": {"name": "citizen (simulated)", "phone": format!("+7 701 {:03} {:04}", n % 1000, n)}});
             match http
-                .request("POST", "/v1/reports", &intake, Some(body.to_string().as_bytes()))
+                .request(
+                    "POST",
+                    "/v1/reports",
+                    Some(&intake),
+                    Some(body.to_string().as_bytes()),
+                )
                 .await
             {
                 Ok(r) if r.status == 200 || r.status == 201 => {

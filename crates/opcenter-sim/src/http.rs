@@ -36,13 +36,13 @@ impl HttpClient {
         }
     }
 
-    /// Sends one request, retrying once on a fresh connection if a kept-alive one was
-    /// closed under us.
+    /// Sends one request (with `Authorization: Bearer` when `bearer` is given), retrying
+    /// once on a fresh connection if a kept-alive one was closed under us.
     pub async fn request(
         &mut self,
         method: &str,
         path: &str,
-        bearer: &str,
+        bearer: Option<&str>,
         json_body: Option<&[u8]>,
     ) -> anyhow::Result<Response> {
         let reused = self.conn.is_some();
@@ -60,7 +60,7 @@ impl HttpClient {
         &mut self,
         method: &str,
         path: &str,
-        bearer: &str,
+        bearer: Option<&str>,
         body: Option<&[u8]>,
     ) -> anyhow::Result<Response> {
         if self.conn.is_none() {
@@ -72,10 +72,10 @@ impl HttpClient {
         }
         // Just ensured above.
         let conn = self.conn.as_mut().expect("connection present");
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bearer}\r\n",
-            self.server
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.server);
+        if let Some(t) = bearer {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
         if let Some(b) = body {
             head.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -210,11 +210,11 @@ mod tests {
         });
         let mut c = HttpClient::new(&addr);
         let r = c
-            .request("POST", "/v1/reports", "t", Some(b"{\"key\":1}"))
+            .request("POST", "/v1/reports", Some("t"), Some(b"{\"key\":1}"))
             .await
             .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (201, &b"{}"[..]));
-        let r = c.request("GET", "/v1/incidents/x", "t", None).await.unwrap();
+        let r = c.request("GET", "/v1/incidents/x", None, None).await.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"abcde"[..]));
     }
 }

@@ -8,6 +8,8 @@
 //! - [`stats`]: HDR percentiles and `/proc` readings for reports.
 //! - [`city`]: the living demo city (patrols, posts, calls) driven against a server.
 //! - [`load`]: the load tool behind `opcenter sim`, including the fan-out comparison.
+//! - [`harness`]: what tests and benchmarks share: the real binary on port 0 and a
+//!   panicking JSON-value client on top of [`wire`].
 //!
 //! Must never: link the server's crates or reach into its state; everything goes over
 //! the wire.
@@ -15,6 +17,7 @@
 
 pub mod city;
 pub mod geo;
+pub mod harness;
 pub mod http;
 pub mod load;
 pub mod stats;

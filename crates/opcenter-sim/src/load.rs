@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use opcenter_proto::auth::Role;
+use opcenter_proto::auth::{DEV_SECRET, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -41,9 +41,6 @@ use crate::geo::{self, City};
 use crate::http::HttpClient;
 use crate::stats::{self, Latency, ProcSample, Summary};
 use crate::wire::{self, Encoding, Frame, Ws};
-
-/// The server's development secret (`opcenter serve` on embedded defaults).
-pub const DEV_SECRET: &str = "opcenter-dev-secret-change-me";
 
 /// Options of `opcenter sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -1092,7 +1089,7 @@ async fn verify(sh: &Arc<Shared>, ids: &[String]) -> Verdict {
             let mut v = Verdict::default();
             for id in chunk {
                 let path = format!("/v1/incidents/{}", percent_encode(&id));
-                let one = match http.request("GET", &path, &token, None).await {
+                let one = match http.request("GET", &path, Some(&token), None).await {
                     Ok(r) => {
                         if r.status != 200 {
                             sh.error(&format!("http_{}", r.status));

@@ -885,6 +885,22 @@ fn recommend_ranks_and_explains_shortfall() {
     ));
 }
 
+#[test]
+fn recommend_count_outside_1_to_max_is_bad_request() {
+    let e = three();
+    for count in [0, MAX_RECOMMEND + 1] {
+        let query = RecommendQuery {
+            target: RecommendTarget::Location(at(0.0, 0.0)),
+            count,
+            required: None,
+        };
+        assert!(
+            matches!(e.recommend(&query, T0), Err(CoreError::BadRequest(_))),
+            "{count}"
+        );
+    }
+}
+
 /// Replays a scenario's events through `restore` on a snapshot of its start and
 /// checks the result equals the original engine, then that both behave the same.
 #[test]

@@ -222,17 +222,19 @@ impl Engine {
             .map(|(unit_id, distance_m)| Candidate { unit_id, distance_m })
             .collect();
         let shortfall = (candidates.len() < query.count)
-            .then(|| self.shortfall(&required, &exclude, query.count, now_ms));
+            .then(|| self.shortfall(&required, &exclude, candidates.len(), now_ms));
         Ok(Recommendation {
             candidates,
             shortfall,
         })
     }
 
-    /// Why fewer than `count` units qualify: the first filter (availability,
-    /// capability, freshness, range) that leaves fewer than `count` units. This is
-    /// a scan of the fleet, run only on a shortfall.
-    fn shortfall(&self, required: &[Capability], exclude: &[UnitId], count: usize, now_ms: i64) -> Shortfall {
+    /// Why only `found` units qualify (`shared/PROTOCOL.md` section 3): apply the
+    /// filters in order (available and not declined, capability, fresh position,
+    /// range) and name the first after which no more units remain than were
+    /// found. Range is last, so it is named when every earlier filter left more.
+    /// This is a scan of the fleet, run only on a shortfall.
+    fn shortfall(&self, required: &[Capability], exclude: &[UnitId], found: usize, now_ms: i64) -> Shortfall {
         let (mut available, mut capable, mut fresh) = (0usize, 0usize, 0usize);
         for u in self.units.values() {
             if u.status != UnitStatus::Available || exclude.contains(&u.id) {
@@ -247,11 +249,11 @@ impl Engine {
                 fresh += 1;
             }
         }
-        if available < count {
+        if available <= found {
             Shortfall::NoUnitsAvailable
-        } else if capable < count {
+        } else if capable <= found {
             Shortfall::MissingCapability
-        } else if fresh < count {
+        } else if fresh <= found {
             Shortfall::PositionsStale
         } else {
             Shortfall::OutOfRange

@@ -76,17 +76,20 @@ pub struct Candidate {
     pub distance_m: f64,
 }
 
-/// Why fewer candidates than asked were found (first that applies, in this order).
+/// Why fewer candidates than asked were found: the filter that brought the list
+/// down to what was found. The filters apply in the order of the variants; the
+/// reason is the first after which no more units remain than were found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Shortfall {
-    /// No unit is available at all.
+    /// Too few units are available (and not excluded: decliners, the officer in
+    /// an emergency).
     NoUnitsAvailable,
-    /// Available units lack a required capability.
+    /// Too few available units have every required capability.
     MissingCapability,
-    /// Suitable units exist but their positions are too old (or missing).
+    /// Too few of those have a fresh position (a missing one counts as stale).
     PositionsStale,
-    /// Suitable, fresh units are all beyond `max_distance_m`.
+    /// Too few of those lie within `max_distance_m`.
     OutOfRange,
 }
 

@@ -125,6 +125,15 @@ async fn recommend_lists_nearest_first_with_shortfall() {
         .await;
     assert_eq!(r["candidates"], json!([]));
     assert_eq!(r["shortfall"], "missing_capability");
+    // A degree of latitude north (~111 km) both units are fresh but beyond the
+    // default 50 km: the range filter is what left none.
+    let r = console
+        .request(
+            json!({"type":"incident.recommend","location":{"lat":SCENE.0 + 1.0,"lon":SCENE.1},"count":3}),
+        )
+        .await;
+    assert_eq!(r["candidates"], json!([]));
+    assert_eq!(r["shortfall"], "out_of_range");
 }
 
 #[tokio::test]

@@ -9,11 +9,14 @@
 //! - [`geo`]: haversine metres and the unit-sphere embedding.
 //! - [`index`]: the rstar index of assignable units (nearest eligible unit).
 //! - [`command`]: commands and queries the engine accepts.
+//! - [`check`]: their shape rules and limits, shared with the wire decoder.
 //! - [`event`]: the durable changes it returns.
-//! - [`engine`]: the rules of `shared/PROTOCOL.md` section 5.
+//! - [`engine`]: the rules of `shared/PROTOCOL.md` section 5, with the state it
+//!   derives (pending queue, duplicate index) and its config and reply types.
 //! - [`error`]: why a command was refused.
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod command;
 pub mod engine;
 pub mod error;
@@ -22,6 +25,7 @@ pub mod geo;
 pub mod index;
 pub mod model;
 
+pub use check::{MAX_RECOMMEND, MAX_UNITS_NEEDED};
 pub use command::{
     Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
     UnitProfile,

@@ -885,6 +885,128 @@ fn recommend_ranks_and_explains_shortfall() {
     ));
 }
 
+/// `recommend` at `loc` for `count` units with `required`, at `now`.
+fn recommend_at(e: &Engine, loc: Location, count: usize, required: &[&str], now: i64) -> Recommendation {
+    let query = RecommendQuery {
+        target: RecommendTarget::Location(loc),
+        count,
+        required: Some(required.iter().map(|c| c.to_string()).collect()),
+    };
+    e.recommend(&query, now).unwrap()
+}
+
+// The shortfall names the first filter (availability, capability, freshness,
+// range) after which no more units remain than were found: PROTOCOL.md section 3.
+// Each case below has more available units than it found but fewer than `count`,
+// which an "fewer than count" rule would have called `no_units_available`.
+
+#[test]
+fn shortfall_is_missing_capability_when_available_units_lack_it() {
+    let mut e = Engine::new(cfg());
+    unit(&mut e, "A", &[], at(0.0, 0.01), T0);
+    unit(&mut e, "B", &["medic"], at(0.0, 0.02), T0);
+    let r = recommend_at(&e, at(0.0, 0.0), 3, &["k9"], T0);
+    assert!(r.candidates.is_empty());
+    assert_eq!(r.shortfall, Some(Shortfall::MissingCapability));
+}
+
+#[test]
+fn shortfall_is_positions_stale_when_old_or_missing_fixes_leave_too_few() {
+    let mut e = Engine::new(cfg());
+    unit(&mut e, "A", &[], at(0.0, 0.01), T0);
+    // B's last fix is long gone; C never sent one.
+    unit(
+        &mut e,
+        "B",
+        &[],
+        at(0.0, 0.02),
+        T0 - 10 * cfg().max_position_age_ms,
+    );
+    e.apply(
+        &tab("C"),
+        Command::RegisterUnit(UnitProfile {
+            id: "C".into(),
+            ..Default::default()
+        }),
+        T0,
+    )
+    .unwrap();
+    status(&mut e, &tab("C"), "C", UnitStatus::Available, T0).unwrap();
+    let r = recommend_at(&e, at(0.0, 0.0), 4, &[], T0);
+    let ids: Vec<_> = r.candidates.iter().map(|c| c.unit_id.as_str()).collect();
+    assert_eq!(ids, vec!["A"]);
+    assert_eq!(r.shortfall, Some(Shortfall::PositionsStale));
+}
+
+#[test]
+fn shortfall_is_out_of_range_when_fresh_capable_units_are_too_far() {
+    let mut e = Engine::new(cfg());
+    // About 111 and 122 km east of the scene, beyond the default 50 km.
+    unit(&mut e, "A", &["k9"], at(0.0, 1.0), T0);
+    unit(&mut e, "B", &["k9"], at(0.0, 1.1), T0);
+    let r = recommend_at(&e, at(0.0, 0.0), 3, &["k9"], T0);
+    assert!(r.candidates.is_empty());
+    assert_eq!(r.shortfall, Some(Shortfall::OutOfRange));
+    // One in range, one not: the one found, and range is still the reason.
+    unit(&mut e, "C", &["k9"], at(0.0, 0.01), T0);
+    let r = recommend_at(&e, at(0.0, 0.0), 3, &["k9"], T0);
+    assert_eq!(r.candidates.len(), 1);
+    assert_eq!(r.shortfall, Some(Shortfall::OutOfRange));
+}
+
+#[test]
+fn shortfall_is_no_units_available_when_decliners_and_off_duty_units_leave_too_few() {
+    let mut e = Engine::new(cfg());
+    unit(&mut e, "A", &[], at(0.0, 0.01), T0);
+    unit(&mut e, "B", &[], at(0.0, 0.02), T0);
+    unit(&mut e, "C", &[], at(0.0, 0.03), T0);
+    status(&mut e, &tab("C"), "C", UnitStatus::OffDuty, T0).unwrap();
+    let mut n = call(0.0, 0.0);
+    n.dispatch = DispatchMode::Manual;
+    let i = create(&mut e, n, T0);
+    e.apply(
+        &disp(),
+        Command::Assign {
+            incident_id: i.id.clone(),
+            unit_id: "A".into(),
+            force: false,
+        },
+        T0,
+    )
+    .unwrap();
+    decline(&mut e, "A", &i.id, T0).unwrap();
+    // A is available again but declined this incident; C is off duty.
+    let query = RecommendQuery {
+        target: RecommendTarget::Incident(i.id.clone()),
+        count: 2,
+        required: None,
+    };
+    let r = e.recommend(&query, T0).unwrap();
+    let ids: Vec<_> = r.candidates.iter().map(|c| c.unit_id.as_str()).collect();
+    assert_eq!(ids, vec!["B"]);
+    assert_eq!(r.shortfall, Some(Shortfall::NoUnitsAvailable));
+    // For a bare location A counts again: two found, none left out, still short.
+    let r = recommend_at(&e, at(0.0, 0.0), 3, &[], T0);
+    assert_eq!(r.candidates.len(), 2);
+    assert_eq!(r.shortfall, Some(Shortfall::NoUnitsAvailable));
+}
+
+#[test]
+fn recommend_count_outside_1_to_max_is_bad_request() {
+    let e = three();
+    for count in [0, MAX_RECOMMEND + 1] {
+        let query = RecommendQuery {
+            target: RecommendTarget::Location(at(0.0, 0.0)),
+            count,
+            required: None,
+        };
+        assert!(
+            matches!(e.recommend(&query, T0), Err(CoreError::BadRequest(_))),
+            "{count}"
+        );
+    }
+}
+
 /// Replays a scenario's events through `restore` on a snapshot of its start and
 /// checks the result equals the original engine, then that both behave the same.
 #[test]

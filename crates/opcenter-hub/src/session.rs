@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use opcenter_core::{Actor, ActorKind, Command, RecommendQuery, RecommendTarget, UnitProfile};
+use opcenter_core::{Actor, ActorKind, Command, UnitProfile};
 use opcenter_proto::auth::{self, Claims, Role};
 use opcenter_proto::client::{ClientMessage, Frame, SubTopic};
 use opcenter_proto::server::Empty;
@@ -519,25 +519,11 @@ impl Reader<'_> {
                 unit_id: a.unit_id,
                 force: a.force,
             }),
-            M::IncidentRecommend(r) if is(Role::Dispatcher) => {
-                let target = match (r.incident_id, r.location) {
-                    (Some(i), _) => RecommendTarget::Incident(i),
-                    (None, Some(l)) => RecommendTarget::Location(l),
-                    (None, None) => {
-                        return Err((ErrorCode::BadRequest, "give incident_id or location".into()));
-                    }
-                };
-                let query = RecommendQuery {
-                    target,
-                    count: r.count,
-                    required: r.required,
-                };
-                Ok(Some(Request::Recommend {
-                    outbox: self.outbox.clone(),
-                    id,
-                    query,
-                }))
-            }
+            M::IncidentRecommend(query) if is(Role::Dispatcher) => Ok(Some(Request::Recommend {
+                outbox: self.outbox.clone(),
+                id,
+                query,
+            })),
             // Units may close and annotate their own incident; the engine checks "own".
             M::IncidentClose(c) if is(Role::Dispatcher) || is(Role::Unit) => {
                 command(Command::CloseIncident {

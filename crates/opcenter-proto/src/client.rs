@@ -1,15 +1,20 @@
 //! Messages a client sends (`shared/PROTOCOL.md` section 3) and their decoding:
 //! first the envelope (`type`, `id`), then the typed body for that `type`, then
 //! checks of ranges and shapes, so every frame ends as a [`ClientMessage`] or a
-//! [`FrameError`] carrying the protocol error code.
+//! [`FrameError`] carrying the protocol error code. Commands the engine runs are
+//! parsed straight into opcenter-core's types ([`NewIncident`], [`IncidentPatch`],
+//! [`RecommendQuery`]), checked by [`opcenter_core::check`]: a rule and its
+//! message live there once, and nothing after this module checks them again.
 //!
-//! Owns: wire shapes of commands and their validation. Must never: look at
-//! server state (unknown ids, permissions on objects are the engine's).
+//! Owns: wire shapes of commands. Must never: look at server state (unknown ids,
+//! permissions on objects are the engine's), or restate a limit of the engine.
 
 use serde::Deserialize;
 
+use opcenter_core::check::{self, DEFAULT_RECOMMEND};
 use opcenter_core::{
-    Capability, DispatchMode, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident, PositionFix, UnitStatus,
+    Capability, CoreError, DispatchMode, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident, PositionFix,
+    RecommendQuery, RecommendTarget, UnitStatus,
 };
 
 use crate::codec::{self, Encoding};
@@ -179,19 +184,6 @@ pub struct Assign {
     pub force: bool,
 }
 
-/// `incident.recommend`, checked: exactly one of incident or location.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Recommend {
-    /// The incident asked about, if any.
-    pub incident_id: Option<String>,
-    /// The location asked about, if no incident.
-    pub location: Option<Location>,
-    /// How many (1..=100, default 3).
-    pub count: usize,
-    /// Capabilities to require instead of the incident's.
-    pub required: Option<Vec<Capability>>,
-}
-
 #[derive(Deserialize)]
 struct RawRecommend {
     #[serde(default)]
@@ -295,8 +287,8 @@ pub enum ClientMessage {
     IncidentClose(Close),
     /// `incident.assign`.
     IncidentAssign(Assign),
-    /// `incident.recommend`.
-    IncidentRecommend(Recommend),
+    /// `incident.recommend`: exactly one of incident or location, count in range.
+    IncidentRecommend(RecommendQuery),
     /// `incident.note`.
     IncidentNote(Note),
     /// `unit.position`.
@@ -369,6 +361,7 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
     };
     let bad = |e: String| FrameError::new(id, ErrorCode::BadRequest, e);
     let body = |e: String| bad(format!("{kind}: {e}"));
+    let checked = |e: CoreError| body(e.to_string());
     let message = match kind.as_str() {
         "hello" => ClientMessage::Hello(codec::decode(encoding, bytes).map_err(body)?),
         "ping" => ClientMessage::Ping,
@@ -378,11 +371,11 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
         }
         "incident.create" => {
             let raw: RawCreate = codec::decode(encoding, bytes).map_err(body)?;
-            ClientMessage::IncidentCreate(check_create(raw).map_err(body)?)
+            ClientMessage::IncidentCreate(check_create(raw).map_err(checked)?)
         }
         "incident.update" => {
             let raw: RawUpdate = codec::decode(encoding, bytes).map_err(body)?;
-            let patch = check_update(&raw).map_err(body)?;
+            let patch = check_update(&raw).map_err(checked)?;
             ClientMessage::IncidentUpdate {
                 incident_id: raw.incident_id,
                 patch,
@@ -392,7 +385,7 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
         "incident.assign" => ClientMessage::IncidentAssign(codec::decode(encoding, bytes).map_err(body)?),
         "incident.recommend" => {
             let raw: RawRecommend = codec::decode(encoding, bytes).map_err(body)?;
-            ClientMessage::IncidentRecommend(check_recommend(raw).map_err(body)?)
+            ClientMessage::IncidentRecommend(check_recommend(raw).map_err(checked)?)
         }
         "incident.note" => {
             let note: Note = codec::decode(encoding, bytes).map_err(body)?;
@@ -406,7 +399,7 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
         }
         "unit.position" => {
             let raw: RawPosition = codec::decode(encoding, bytes).map_err(body)?;
-            ClientMessage::UnitPosition(check_position(raw).map_err(body)?)
+            ClientMessage::UnitPosition(check_position(raw).map_err(checked)?)
         }
         "unit.status" => ClientMessage::UnitStatus(codec::decode(encoding, bytes).map_err(body)?),
         "assignment.ack" => ClientMessage::AssignmentAck(codec::decode(encoding, bytes).map_err(body)?),
@@ -416,7 +409,7 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
         "unit.emergency" => {
             let e: Emergency = codec::decode(encoding, bytes).map_err(body)?;
             if let Some(loc) = &e.location {
-                loc.validate().map_err(|e| body(e.to_string()))?;
+                loc.validate().map_err(checked)?;
             }
             ClientMessage::UnitEmergency(e)
         }
@@ -452,30 +445,11 @@ fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
     })
 }
 
-/// Checks a priority given as a wire integer.
-pub fn check_priority(p: i64) -> Result<u8, String> {
-    if (1..=5).contains(&p) {
-        Ok(p as u8)
-    } else {
-        Err(format!("priority {p} out of 1..5"))
-    }
-}
-
-/// The largest `units_needed` accepted for one incident.
-pub const MAX_UNITS_NEEDED: i64 = 50;
-
-fn check_create(raw: RawCreate) -> Result<NewIncident, String> {
-    let priority = check_priority(raw.priority)?;
-    raw.location.validate().map_err(|e| e.to_string())?;
-    if raw.category.trim().is_empty() {
-        return Err("category must not be empty".into());
-    }
-    let units_needed = raw.units_needed.unwrap_or(1);
-    if !(1..=MAX_UNITS_NEEDED).contains(&units_needed) {
-        return Err(format!(
-            "units_needed {units_needed} out of 1..{MAX_UNITS_NEEDED}"
-        ));
-    }
+fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
+    let priority = check::priority(raw.priority)?;
+    raw.location.validate()?;
+    check::category(&raw.category)?;
+    let units_needed = check::units_needed(raw.units_needed.unwrap_or(1))?;
     Ok(NewIncident {
         category: raw.category,
         priority,
@@ -487,73 +461,59 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, String> {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "call".into()),
         key: raw.key.filter(|k| !k.is_empty()),
-        units_needed: units_needed as u32,
+        units_needed,
         required: raw.required.unwrap_or_default(),
         dispatch: raw.dispatch.unwrap_or_default(),
     })
 }
 
-fn check_update(raw: &RawUpdate) -> Result<IncidentPatch, String> {
-    let priority = raw.priority.map(check_priority).transpose()?;
-    if let Some(loc) = &raw.location {
-        loc.validate().map_err(|e| e.to_string())?;
-    }
-    if raw.category.as_deref().is_some_and(|c| c.trim().is_empty()) {
-        return Err("category must not be empty".into());
-    }
-    Ok(IncidentPatch {
+fn check_update(raw: &RawUpdate) -> Result<IncidentPatch, CoreError> {
+    let priority = raw.priority.map(check::priority).transpose()?;
+    let patch = IncidentPatch {
         category: raw.category.clone(),
         priority,
         location: raw.location,
         address: raw.address.clone(),
         description: raw.description.clone(),
-    })
+    };
+    patch.validate()?;
+    Ok(patch)
 }
 
-fn check_recommend(raw: RawRecommend) -> Result<Recommend, String> {
-    let count = raw.count.unwrap_or(3);
-    if !(1..=100).contains(&count) {
-        return Err(format!("count {count} out of 1..100"));
-    }
+fn check_recommend(raw: RawRecommend) -> Result<RecommendQuery, CoreError> {
+    let count = raw.count.map_or(Ok(DEFAULT_RECOMMEND), check::recommend_count)?;
     if let Some(loc) = &raw.location {
-        loc.validate().map_err(|e| e.to_string())?;
+        loc.validate()?;
     }
-    match (&raw.incident_id, &raw.location) {
-        (None, None) => return Err("give incident_id or location".into()),
-        (Some(_), Some(_)) => return Err("give incident_id or location, not both".into()),
-        _ => {}
-    }
-    Ok(Recommend {
-        incident_id: raw.incident_id,
-        location: raw.location,
-        count: count as usize,
+    let one_of = |msg: &str| Err(CoreError::BadRequest(msg.into()));
+    let target = match (raw.incident_id, raw.location) {
+        (Some(id), None) => RecommendTarget::Incident(id),
+        (None, Some(loc)) => RecommendTarget::Location(loc),
+        (None, None) => return one_of("give incident_id or location"),
+        (Some(_), Some(_)) => return one_of("give incident_id or location, not both"),
+    };
+    Ok(RecommendQuery {
+        target,
+        count,
         required: raw.required,
     })
 }
 
-fn check_position(raw: RawPosition) -> Result<Position, String> {
-    let location = Location::new(raw.lat, raw.lon).map_err(|e| e.to_string())?;
-    for (name, v) in [
-        ("heading", raw.heading),
-        ("speed", raw.speed),
-        ("accuracy", raw.accuracy),
-    ] {
-        if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            return Err(format!("{name} must be a finite, non-negative number"));
-        }
-    }
-    if raw.heading.is_some_and(|h| h >= 360.0) {
-        return Err("heading must be in [0, 360)".into());
-    }
+fn check_position(raw: RawPosition) -> Result<Position, CoreError> {
+    let fix = PositionFix {
+        location: Location {
+            lat: raw.lat,
+            lon: raw.lon,
+        },
+        heading: raw.heading,
+        speed: raw.speed,
+        accuracy: raw.accuracy,
+        at_ms: raw.at_ms,
+    };
+    fix.validate()?;
     Ok(Position {
         unit_id: raw.unit_id,
-        fix: PositionFix {
-            location,
-            heading: raw.heading,
-            speed: raw.speed,
-            accuracy: raw.accuracy,
-            at_ms: raw.at_ms,
-        },
+        fix,
     })
 }
 
@@ -611,7 +571,7 @@ impl Report {
                 });
             }
         }
-        check_create(RawCreate {
+        let raw = RawCreate {
             category: self.category,
             priority: self.priority.unwrap_or(3),
             location: self.location,
@@ -622,6 +582,7 @@ impl Report {
             units_needed: None,
             required: None,
             dispatch: None,
-        })
+        };
+        check_create(raw).map_err(|e| e.to_string())
     }
 }

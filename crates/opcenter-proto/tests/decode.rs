@@ -171,3 +171,55 @@ proptest::proptest! {
         let _ = decode_frame(Encoding::MsgPack, &msgpack_frame(&v));
     }
 }
+
+#[test]
+fn recommend_decodes_to_the_engine_query_with_exactly_one_target() {
+    use opcenter_core::{MAX_RECOMMEND, RecommendTarget};
+    let f = decode_frame(
+        Encoding::Json,
+        &json_frame(json!({"type":"incident.recommend","id":1,"incident_id":"I-000001"})),
+    )
+    .unwrap();
+    let ClientMessage::IncidentRecommend(q) = f.message else {
+        panic!("{f:?}")
+    };
+    assert_eq!(q.target, RecommendTarget::Incident("I-000001".into()));
+    assert_eq!((q.count, q.required), (3, None));
+    let loc = json!({"lat":51.23,"lon":51.37});
+    for bad in [
+        json!({"type":"incident.recommend","id":2}),
+        json!({"type":"incident.recommend","id":2,"incident_id":"I-1","location":loc}),
+        json!({"type":"incident.recommend","id":2,"location":loc,"count":0}),
+        json!({"type":"incident.recommend","id":2,"location":loc,"count":MAX_RECOMMEND + 1}),
+        json!({"type":"incident.recommend","id":2,"location":{"lat":91.0,"lon":0.0}}),
+    ] {
+        assert_eq!(
+            err_code(Encoding::Json, &json_frame(bad.clone())),
+            (Some(2), ErrorCode::BadRequest),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn units_needed_follows_the_engine_limit() {
+    use opcenter_core::MAX_UNITS_NEEDED;
+    let create = |n: i64| {
+        json_frame(
+            json!({"type":"incident.create","id":3,"category":"fire","priority":1,
+            "location":{"lat":0.0,"lon":0.0},"units_needed":n}),
+        )
+    };
+    let f = decode_frame(Encoding::Json, &create(i64::from(MAX_UNITS_NEEDED))).unwrap();
+    let ClientMessage::IncidentCreate(n) = f.message else {
+        panic!("{f:?}")
+    };
+    assert_eq!(n.units_needed, MAX_UNITS_NEEDED);
+    for bad in [0, i64::from(MAX_UNITS_NEEDED) + 1, (1 << 32) + 1] {
+        assert_eq!(
+            err_code(Encoding::Json, &create(bad)),
+            (Some(3), ErrorCode::BadRequest),
+            "{bad}"
+        );
+    }
+}

@@ -3,180 +3,42 @@
 //! events that describe the change; a refused command returns a [`CoreError`]
 //! and leaves state exactly as it was. Time is always an argument.
 //!
-//! Owns: every rule of `shared/PROTOCOL.md` section 5. Must never: do I/O, read
-//! the clock, panic on any input.
+//! Owns: every rule of `shared/PROTOCOL.md` section 5, and the maps of incidents
+//! and units. The state derived from them lives beside this file, one structure
+//! per file with its invariant: `pending.rs` (the queue of incidents short of
+//! units), `duplicates.rs` (open incidents by category and place), and
+//! [`crate::index`] (assignable units). `config.rs` and `reply.rs` hold the plain
+//! data going in and out. Must never: do I/O, read the clock, panic on any input.
+
+mod config;
+mod duplicates;
+mod pending;
+mod reply;
+
+pub use config::{EngineConfig, RosterUnit};
+pub use duplicates::MAX_POSSIBLE_DUPLICATES;
+pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfall};
+// Where they were before `check` owned them; callers may still name them here.
+pub use crate::check::{MAX_RECOMMEND, MAX_UNITS_NEEDED};
+
+use duplicates::DuplicateIndex;
+use pending::{PendingKey, PendingQueue};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ops::Bound::{Excluded, Unbounded};
 
-use rstar::RTree;
-use rstar::primitives::GeomWithData;
 use serde::{Deserialize, Serialize};
 
+use crate::check;
 use crate::command::{
     Actor, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget, UnitProfile,
 };
 use crate::error::CoreError;
 use crate::event::{Change, Event, EventBody};
-use crate::geo;
 use crate::index::{Query, UnitIndex};
 use crate::model::{
     Capability, DispatchMode, Incident, IncidentId, IncidentStatus, Location, MAX_NOTE_BYTES, Note, Unit,
     UnitId, UnitStatus,
 };
-
-/// Engine tunables (the `dispatch.*` config keys, in engine units).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EngineConfig {
-    /// `dispatch.ack_timeout_s` in ms.
-    pub ack_timeout_ms: i64,
-    /// `dispatch.max_position_age_s` in ms.
-    pub max_position_age_ms: i64,
-    /// `dispatch.max_distance_m`.
-    pub max_distance_m: f64,
-    /// `dispatch.emergency_units`.
-    pub emergency_units: u32,
-    /// `dispatch.duplicate_radius_m`.
-    pub duplicate_radius_m: f64,
-    /// `dispatch.duplicate_window_s` in ms.
-    pub duplicate_window_ms: i64,
-    /// `dispatch.max_clock_skew_s` in ms: a fix further in the future is refused.
-    pub max_clock_skew_ms: i64,
-    /// `dispatch.max_speed_mps`: a fix implying a faster move is refused.
-    pub max_speed_mps: f64,
-    /// `dispatch.index_slack_m`: a unit is re-indexed only when it moves further
-    /// than this from its indexed point (queries widen by it and re-rank exactly).
-    pub index_slack_m: f64,
-    /// Units known before any hello (the config roster).
-    pub roster: Vec<RosterUnit>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            ack_timeout_ms: 30_000,
-            max_position_age_ms: 120_000,
-            max_distance_m: 50_000.0,
-            emergency_units: 2,
-            duplicate_radius_m: 300.0,
-            duplicate_window_ms: 600_000,
-            max_clock_skew_ms: 30_000,
-            max_speed_mps: 100.0,
-            index_slack_m: 25.0,
-            roster: Vec::new(),
-        }
-    }
-}
-
-/// A unit as the config roster describes it. Roster details win over token claims.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RosterUnit {
-    /// Unit id.
-    pub id: UnitId,
-    /// Radio callsign.
-    pub callsign: Option<String>,
-    /// Kind (`car`, `post`, …).
-    pub kind: Option<String>,
-    /// Capabilities.
-    #[serde(default)]
-    pub capabilities: Vec<Capability>,
-    /// Status before its first hello (default `off_duty`).
-    pub status: Option<UnitStatus>,
-    /// A stationary post's fixed location: its position never goes stale.
-    pub location: Option<Location>,
-}
-
-/// The result of a successful command.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Applied {
-    /// Durable changes, in order.
-    pub events: Vec<Event>,
-    /// What the issuing client's `ok` carries.
-    pub reply: Reply,
-    /// An accepted position fix for the live feed (positions are not events).
-    pub position: Option<PositionItem>,
-}
-
-/// What the issuing client's `ok` reply carries.
-// The variants are whole objects by design (the hub encodes them once); boxing
-// would change the public shape the hub is written against.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Reply {
-    /// Nothing extra.
-    #[default]
-    None,
-    /// `incident`.
-    Incident(Incident),
-    /// `incident` from a create; `new` is false when the idempotency key repeated.
-    Created {
-        /// The incident (after auto-dispatch ran).
-        incident: Incident,
-        /// False when `key` matched an earlier create.
-        new: bool,
-    },
-    /// `unit`.
-    Unit(Unit),
-    /// A tablet's hello: its unit and its open assignment.
-    Registered {
-        /// The unit.
-        unit: Unit,
-        /// Its incident, if it holds one.
-        incident: Option<Incident>,
-    },
-}
-
-/// A position for the live feed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PositionItem {
-    /// Whose.
-    pub unit_id: UnitId,
-    /// Latitude.
-    pub lat: f64,
-    /// Longitude.
-    pub lon: f64,
-    /// Degrees from north.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heading: Option<f64>,
-    /// Metres per second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speed: Option<f64>,
-    /// When the fix was taken.
-    pub at_ms: i64,
-}
-
-/// One `incident.recommend` candidate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    /// The unit.
-    pub unit_id: UnitId,
-    /// Great-circle metres to the target.
-    pub distance_m: f64,
-}
-
-/// Why fewer candidates than asked were found (first that applies, in this order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Shortfall {
-    /// No unit is available at all.
-    NoUnitsAvailable,
-    /// Available units lack a required capability.
-    MissingCapability,
-    /// Suitable units exist but their positions are too old (or missing).
-    PositionsStale,
-    /// Suitable, fresh units are all beyond `max_distance_m`.
-    OutOfRange,
-}
-
-/// `incident.recommend`'s answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recommendation {
-    /// Nearest first.
-    pub candidates: Vec<Candidate>,
-    /// Set when fewer than `count` were found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shortfall: Option<Shortfall>,
-}
 
 /// Everything needed to rebuild an engine: what snapshots store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -189,23 +51,10 @@ pub struct EngineSnapshot {
     pub next_incident_no: u64,
 }
 
-/// A pending-queue key: priority first (1 before 2), then older before newer, then
-/// the incident number (creation order) and the id itself.
-type QueueKey = (u8, i64, u64, IncidentId);
-
 /// How often (at most) Tick takes stale units out of the tree, in ms.
 const PRUNE_EVERY_MIN_MS: i64 = 1_000;
-/// The most units one incident may ask for.
-pub const MAX_UNITS_NEEDED: u32 = 50;
-/// The most candidates `incident.recommend` returns.
-pub const MAX_RECOMMEND: usize = 100;
 /// Category of the incidents the panic button makes.
 pub const EMERGENCY_CATEGORY: &str = "officer_emergency";
-
-/// The most `possible_duplicates` an incident lists (the newest ones): enough for
-/// a dispatcher to compare side by side, and it keeps every incident event small
-/// even when hundreds of reports of one event pour in.
-pub const MAX_POSSIBLE_DUPLICATES: usize = 20;
 
 /// The dispatch engine. See the module docs.
 #[derive(Debug)]
@@ -218,14 +67,9 @@ pub struct Engine {
     /// Roster posts with a fixed location: never stale.
     fixed: HashSet<UnitId>,
     /// Auto incidents short of units, served first-come within priority.
-    pending: BTreeSet<QueueKey>,
-    /// The key each queued incident is filed under (priority may change).
-    queued: HashMap<IncidentId, QueueKey>,
-    /// Open incidents by category, as points on the unit sphere: the nearby
-    /// same-category lookup behind `possible_duplicates` without a scan.
-    open_by_category: HashMap<String, RTree<GeomWithData<[f64; 3], IncidentId>>>,
-    /// Where each open incident is filed in `open_by_category`.
-    open_filed: HashMap<IncidentId, (String, [f64; 3])>,
+    pending: PendingQueue,
+    /// Open incidents by category and place, behind `possible_duplicates`.
+    duplicates: DuplicateIndex,
     /// Idempotency keys seen, forever.
     keys: HashMap<String, IncidentId>,
     /// Unacknowledged assignments by deadline: Tick is O(expired).
@@ -246,39 +90,6 @@ fn bad(msg: impl Into<String>) -> CoreError {
     CoreError::BadRequest(msg.into())
 }
 
-fn check_priority(p: u8) -> Result<(), CoreError> {
-    if (1..=5).contains(&p) {
-        Ok(())
-    } else {
-        Err(bad(format!("priority {p} out of 1..=5")))
-    }
-}
-
-fn check_category(c: &str) -> Result<(), CoreError> {
-    if c.trim().is_empty() {
-        Err(bad("category must not be empty"))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_caps(caps: &[Capability]) -> Result<(), CoreError> {
-    if caps.len() > 32 {
-        return Err(bad("at most 32 required capabilities"));
-    }
-    if caps.iter().any(|c| c.is_empty()) {
-        return Err(bad("a capability must not be empty"));
-    }
-    Ok(())
-}
-
-fn check_optional_finite(name: &str, v: Option<f64>) -> Result<(), CoreError> {
-    match v {
-        Some(x) if !x.is_finite() => Err(bad(format!("{name} must be finite"))),
-        _ => Ok(()),
-    }
-}
-
 impl Engine {
     /// A new engine with the roster's units in place.
     pub fn new(config: EngineConfig) -> Self {
@@ -287,10 +98,8 @@ impl Engine {
             fixed: HashSet::new(),
             incidents: HashMap::new(),
             units: HashMap::new(),
-            pending: BTreeSet::new(),
-            queued: HashMap::new(),
-            open_by_category: HashMap::new(),
-            open_filed: HashMap::new(),
+            pending: PendingQueue::default(),
+            duplicates: DuplicateIndex::default(),
             keys: HashMap::new(),
             deadlines: BTreeSet::new(),
             open_emergency: HashMap::new(),
@@ -381,11 +190,9 @@ impl Engine {
 
     /// `incident.recommend`: same eligibility as auto-dispatch, read-only.
     pub fn recommend(&self, query: &RecommendQuery, now_ms: i64) -> Result<Recommendation, CoreError> {
-        if query.count > MAX_RECOMMEND {
-            return Err(bad(format!("count must be at most {MAX_RECOMMEND}")));
-        }
+        check::recommend_count(i64::try_from(query.count).unwrap_or(i64::MAX))?;
         if let Some(req) = &query.required {
-            check_caps(req)?;
+            check::capabilities(req)?;
         }
         let (location, required, exclude) = match &query.target {
             RecommendTarget::Location(loc) => {
@@ -414,28 +221,20 @@ impl Engine {
             .into_iter()
             .map(|(unit_id, distance_m)| Candidate { unit_id, distance_m })
             .collect();
-        let shortfall = if candidates.len() < query.count {
-            Some(self.shortfall(location, &required, &exclude, query.count, now_ms))
-        } else {
-            None
-        };
+        let shortfall = (candidates.len() < query.count)
+            .then(|| self.shortfall(&required, &exclude, candidates.len(), now_ms));
         Ok(Recommendation {
             candidates,
             shortfall,
         })
     }
 
-    /// Why fewer than `count` units qualify: the first filter (availability,
-    /// capability, freshness, range) that leaves fewer than `count` units. This is
-    /// a scan of the fleet, run only on a shortfall.
-    fn shortfall(
-        &self,
-        location: Location,
-        required: &[Capability],
-        exclude: &[UnitId],
-        count: usize,
-        now_ms: i64,
-    ) -> Shortfall {
+    /// Why only `found` units qualify (`shared/PROTOCOL.md` section 3): apply the
+    /// filters in order (available and not declined, capability, fresh position,
+    /// range) and name the first after which no more units remain than were
+    /// found. Range is last, so it is named when every earlier filter left more.
+    /// This is a scan of the fleet, run only on a shortfall.
+    fn shortfall(&self, required: &[Capability], exclude: &[UnitId], found: usize, now_ms: i64) -> Shortfall {
         let (mut available, mut capable, mut fresh) = (0usize, 0usize, 0usize);
         for u in self.units.values() {
             if u.status != UnitStatus::Available || exclude.contains(&u.id) {
@@ -450,12 +249,11 @@ impl Engine {
                 fresh += 1;
             }
         }
-        let _ = location;
-        if available < count {
+        if available <= found {
             Shortfall::NoUnitsAvailable
-        } else if capable < count {
+        } else if capable <= found {
             Shortfall::MissingCapability
-        } else if fresh < count {
+        } else if fresh <= found {
             Shortfall::PositionsStale
         } else {
             Shortfall::OutOfRange
@@ -529,7 +327,7 @@ impl Engine {
     /// Auto-dispatched incidents still short of units, in the order they will be
     /// served (priority, then oldest first).
     pub fn pending_queue(&self) -> impl Iterator<Item = &IncidentId> {
-        self.pending.iter().map(|k| &k.3)
+        self.pending.ids()
     }
 
     /// How many units are in the spatial index (available, positioned, not pruned).
@@ -578,75 +376,15 @@ impl Engine {
     fn reindex_incident(&mut self, id: &str) {
         let Some(inc) = self.incidents.get(id) else { return };
         let no = incident_no(id);
-        let open = inc.is_open();
-        let short = open && inc.dispatch == DispatchMode::Auto && (inc.units.len() as u32) < inc.units_needed;
-        let key = (inc.priority, inc.created_ms, no, inc.id.clone());
-        let filing = (inc.category.clone(), geo::to_unit_vector(inc.location));
-        let emergency = inc.emergency_unit.clone();
-        if let Some(old) = self.queued.remove(id) {
-            self.pending.remove(&old);
-        }
-        if short {
-            self.pending.insert(key.clone());
-            self.queued.insert(id.to_string(), key);
-        }
-        // Re-file only when it moved, changed category, or closed: most incident
-        // changes (dispatch, ack, notes) leave the duplicate index as it is.
-        let filed_same = open && self.open_filed.get(id) == Some(&filing);
-        if !filed_same {
-            if let Some((category, point)) = self.open_filed.remove(id)
-                && let Some(tree) = self.open_by_category.get_mut(&category)
-            {
-                tree.remove(&GeomWithData::new(point, id.to_string()));
-                if tree.size() == 0 {
-                    self.open_by_category.remove(&category);
-                }
-            }
-            if open {
-                let (category, point) = filing;
-                self.open_by_category
-                    .entry(category.clone())
-                    .or_default()
-                    .insert(GeomWithData::new(point, id.to_string()));
-                self.open_filed.insert(id.to_string(), (category, point));
-            }
-        }
-        if let Some(u) = emergency {
-            if open {
+        self.pending.file(inc, no);
+        self.duplicates.file(inc, no);
+        if let Some(u) = inc.emergency_unit.clone() {
+            if inc.is_open() {
                 self.open_emergency.insert(u, id.to_string());
             } else if self.open_emergency.get(&u).map(String::as_str) == Some(id) {
                 self.open_emergency.remove(&u);
             }
         }
-    }
-
-    /// Open incidents of the same category within `duplicate_radius_m` created
-    /// within `duplicate_window_ms`, oldest first, at most [`MAX_POSSIBLE_DUPLICATES`]
-    /// (the newest ones when there are more).
-    fn possible_duplicates(&self, n: &NewIncident, now_ms: i64) -> Vec<IncidentId> {
-        let Some(tree) = self.open_by_category.get(&n.category) else {
-            return Vec::new();
-        };
-        let since = now_ms.saturating_sub(self.config.duplicate_window_ms);
-        let centre = geo::to_unit_vector(n.location);
-        let reach = geo::chord2_for_metres(self.config.duplicate_radius_m);
-        let mut found: Vec<(i64, u64, &Incident)> = tree
-            .locate_within_distance(centre, reach)
-            .filter_map(|g| self.incidents.get(&g.data))
-            .filter(|o| {
-                o.is_open()
-                    && o.created_ms >= since
-                    && o.location.distance_m(&n.location) <= self.config.duplicate_radius_m
-            })
-            .map(|o| (o.created_ms, incident_no(&o.id), o))
-            .collect();
-        found.sort_unstable_by_key(|(created, no, _)| (*created, *no));
-        let skip = found.len().saturating_sub(MAX_POSSIBLE_DUPLICATES);
-        found
-            .into_iter()
-            .skip(skip)
-            .map(|(_, _, o)| o.id.clone())
-            .collect()
     }
 
     /// Brings the spatial index in line with a unit; true when it entered the tree.
@@ -872,29 +610,20 @@ impl Engine {
     /// (priority, then oldest), dispatching each incident it qualifies for, until
     /// the unit is taken or the queue ends.
     fn serve_pending(&mut self, unit_id: &str, now_ms: i64, ev: &mut Vec<Event>) {
-        // Walk the queue (priority, then age) from where the last round stopped,
-        // cloning only the key of an incident this unit qualifies for; dispatching
-        // it usually takes the unit out of the index, which ends the loop.
-        let mut after: Option<QueueKey> = None;
+        // Walk the queue from where the last round stopped; dispatching usually
+        // takes the unit out of the index, which ends the loop.
+        let mut after: Option<PendingKey> = None;
         while self.index.is_indexed(unit_id) {
             let Some(unit) = self.units.get(unit_id) else {
                 return;
             };
-            let lower = match &after {
-                Some(k) => Excluded(k),
-                None => Unbounded,
-            };
-            let next = self
-                .pending
-                .range::<QueueKey, _>((lower, Unbounded))
-                .find(|key| {
-                    self.incidents
-                        .get(&key.3)
-                        .is_some_and(|inc| self.eligible(unit, inc, now_ms))
-                })
-                .cloned();
+            let next = self.pending.next_after(after.as_ref(), |id| {
+                self.incidents
+                    .get(id)
+                    .is_some_and(|inc| self.eligible(unit, inc, now_ms))
+            });
             let Some(key) = next else { return };
-            self.dispatch(&key.3, now_ms, ev);
+            self.dispatch(key.id(), now_ms, ev);
             after = Some(key);
         }
     }
@@ -985,20 +714,6 @@ impl Engine {
         Ok(Reply::Registered { unit, incident })
     }
 
-    fn validate_new(n: &NewIncident) -> Result<(), CoreError> {
-        check_category(&n.category)?;
-        check_priority(n.priority)?;
-        n.location.validate()?;
-        if n.units_needed == 0 || n.units_needed > MAX_UNITS_NEEDED {
-            return Err(bad(format!("units_needed must be 1..={MAX_UNITS_NEEDED}")));
-        }
-        check_caps(&n.required)?;
-        if n.key.as_deref().is_some_and(str::is_empty) {
-            return Err(bad("key must not be empty"));
-        }
-        Ok(())
-    }
-
     /// Makes an incident (validated by the caller), emits its creation and runs
     /// auto-dispatch. Returns its id.
     fn make_incident(
@@ -1011,7 +726,12 @@ impl Engine {
         let no = self.next_no;
         self.next_no += 1;
         let id = format!("I-{no:06}");
-        let possible_duplicates = self.possible_duplicates(&n, now_ms);
+        let possible_duplicates = self.duplicates.near(
+            &n.category,
+            n.location,
+            self.config.duplicate_radius_m,
+            now_ms.saturating_sub(self.config.duplicate_window_ms),
+        );
         let change = if emergency_unit.is_some() {
             Change::Emergency
         } else {
@@ -1066,7 +786,7 @@ impl Engine {
                 new: false,
             });
         }
-        Self::validate_new(&n)?;
+        n.validate()?;
         let id = self.make_incident(n, None, now_ms, ev);
         Ok(Reply::Created {
             incident: self.get_incident(&id)?.clone(),
@@ -1083,15 +803,7 @@ impl Engine {
         ev: &mut Vec<Event>,
     ) -> Result<Reply, CoreError> {
         Self::not_a_unit(actor, "update incidents")?;
-        if let Some(c) = &patch.category {
-            check_category(c)?;
-        }
-        if let Some(p) = patch.priority {
-            check_priority(p)?;
-        }
-        if let Some(l) = &patch.location {
-            l.validate()?;
-        }
+        patch.validate()?;
         self.open_incident(id)?;
         if patch == IncidentPatch::default() {
             return Ok(Reply::Incident(self.get_incident(id)?.clone()));
@@ -1251,10 +963,7 @@ impl Engine {
         now_ms: i64,
         ev: &mut Vec<Event>,
     ) -> Result<Option<PositionItem>, CoreError> {
-        fix.location.validate()?;
-        check_optional_finite("heading", fix.heading)?;
-        check_optional_finite("speed", fix.speed)?;
-        check_optional_finite("accuracy", fix.accuracy)?;
+        fix.validate()?;
         Self::own_unit(actor, unit_id)?;
         // One lookup for the checks and the update (this is the hottest command).
         let max_skew_ms = self.config.max_clock_skew_ms;

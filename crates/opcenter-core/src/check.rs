@@ -1,0 +1,143 @@
+//! The shape rules of commands: ranges and limits that hold whatever the state.
+//! The wire decoder (opcenter-proto) and the engine both call these, so a rule,
+//! its type and its message exist once.
+//!
+//! Owns: the limits (`MAX_UNITS_NEEDED`, `MAX_RECOMMEND`, …) and the checks that
+//! turn a wire integer into the engine's narrower type. Must never: look at
+//! engine state (unknown ids, permissions are the engine's).
+
+use crate::command::{IncidentPatch, NewIncident, PositionFix};
+use crate::error::CoreError;
+use crate::model::Capability;
+
+/// The most urgent priority.
+pub const PRIORITY_MIN: u8 = 1;
+/// The least urgent priority.
+pub const PRIORITY_MAX: u8 = 5;
+/// The most units one incident may ask for.
+pub const MAX_UNITS_NEEDED: u32 = 50;
+/// The most candidates `incident.recommend` returns.
+pub const MAX_RECOMMEND: usize = 100;
+/// How many candidates `incident.recommend` returns when the client gives no `count`.
+pub const DEFAULT_RECOMMEND: usize = 3;
+/// The most capabilities a command may require.
+pub const MAX_REQUIRED: usize = 32;
+
+fn bad(msg: String) -> CoreError {
+    CoreError::BadRequest(msg)
+}
+
+/// A priority as the wire gives it (any integer) → the engine's `u8`, 1..=5.
+pub fn priority(p: i64) -> Result<u8, CoreError> {
+    match u8::try_from(p) {
+        Ok(v) if (PRIORITY_MIN..=PRIORITY_MAX).contains(&v) => Ok(v),
+        _ => Err(bad(format!("priority {p} out of {PRIORITY_MIN}..{PRIORITY_MAX}"))),
+    }
+}
+
+/// `units_needed` as the wire gives it → the engine's `u32`, 1..=[`MAX_UNITS_NEEDED`].
+pub fn units_needed(n: i64) -> Result<u32, CoreError> {
+    match u32::try_from(n) {
+        Ok(v) if (1..=MAX_UNITS_NEEDED).contains(&v) => Ok(v),
+        _ => Err(bad(format!("units_needed {n} out of 1..{MAX_UNITS_NEEDED}"))),
+    }
+}
+
+/// `incident.recommend`'s `count` as the wire gives it → 1..=[`MAX_RECOMMEND`].
+pub fn recommend_count(n: i64) -> Result<usize, CoreError> {
+    match usize::try_from(n) {
+        Ok(v) if (1..=MAX_RECOMMEND).contains(&v) => Ok(v),
+        _ => Err(bad(format!("count {n} out of 1..{MAX_RECOMMEND}"))),
+    }
+}
+
+/// A category must say something.
+pub fn category(c: &str) -> Result<(), CoreError> {
+    if c.trim().is_empty() {
+        Err(bad("category must not be empty".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Required capabilities: at most [`MAX_REQUIRED`], none empty.
+pub fn capabilities(caps: &[Capability]) -> Result<(), CoreError> {
+    if caps.len() > MAX_REQUIRED {
+        return Err(bad(format!("at most {MAX_REQUIRED} required capabilities")));
+    }
+    if caps.iter().any(|c| c.is_empty()) {
+        return Err(bad("a capability must not be empty".into()));
+    }
+    Ok(())
+}
+
+impl NewIncident {
+    /// Every shape rule of `incident.create`: category, priority, location,
+    /// `units_needed`, `required`, a non-empty `key`.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        category(&self.category)?;
+        priority(i64::from(self.priority))?;
+        self.location.validate()?;
+        units_needed(i64::from(self.units_needed))?;
+        capabilities(&self.required)?;
+        if self.key.as_deref().is_some_and(str::is_empty) {
+            return Err(bad("key must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+impl IncidentPatch {
+    /// Every shape rule of `incident.update`: the fields it sets are as
+    /// `incident.create` would accept them.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if let Some(c) = &self.category {
+            category(c)?;
+        }
+        if let Some(p) = self.priority {
+            priority(i64::from(p))?;
+        }
+        if let Some(l) = &self.location {
+            l.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl PositionFix {
+    /// Every shape rule of `unit.position`: a valid location; heading, speed and
+    /// accuracy finite and not negative; heading below 360.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        self.location.validate()?;
+        for (name, v) in [
+            ("heading", self.heading),
+            ("speed", self.speed),
+            ("accuracy", self.accuracy),
+        ] {
+            if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(bad(format!("{name} must be a finite, non-negative number")));
+            }
+        }
+        if self.heading.is_some_and(|h| h >= 360.0) {
+            return Err(bad("heading must be in [0, 360)".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_integers_outside_the_engine_types_are_refused_not_truncated() {
+        // 257 would wrap to 1 in a u8, 2^32 + 1 to 1 in a u32.
+        assert!(priority(257).is_err());
+        assert!(units_needed((1 << 32) + 1).is_err());
+        assert!(recommend_count(-1).is_err());
+        assert_eq!(priority(5), Ok(5));
+        assert_eq!(units_needed(MAX_UNITS_NEEDED as i64), Ok(MAX_UNITS_NEEDED));
+        assert_eq!(recommend_count(MAX_RECOMMEND as i64), Ok(MAX_RECOMMEND));
+        assert!(priority(0).is_err() && units_needed(0).is_err() && recommend_count(0).is_err());
+    }
+}

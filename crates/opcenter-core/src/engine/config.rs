@@ -1,0 +1,68 @@
+//! The engine's configuration: the `dispatch.*` tunables and the roster of units
+//! known before any hello. Plain data, checked by the hub's settings loader; the
+//! engine reads it and never changes it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Capability, Location, UnitId, UnitStatus};
+
+/// Engine tunables (the `dispatch.*` config keys, in engine units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// `dispatch.ack_timeout_s` in ms.
+    pub ack_timeout_ms: i64,
+    /// `dispatch.max_position_age_s` in ms.
+    pub max_position_age_ms: i64,
+    /// `dispatch.max_distance_m`.
+    pub max_distance_m: f64,
+    /// `dispatch.emergency_units`.
+    pub emergency_units: u32,
+    /// `dispatch.duplicate_radius_m`.
+    pub duplicate_radius_m: f64,
+    /// `dispatch.duplicate_window_s` in ms.
+    pub duplicate_window_ms: i64,
+    /// `dispatch.max_clock_skew_s` in ms: a fix further in the future is refused.
+    pub max_clock_skew_ms: i64,
+    /// `dispatch.max_speed_mps`: a fix implying a faster move is refused.
+    pub max_speed_mps: f64,
+    /// `dispatch.index_slack_m`: a unit is re-indexed only when it moves further
+    /// than this from its indexed point (queries widen by it and re-rank exactly).
+    pub index_slack_m: f64,
+    /// Units known before any hello (the config roster).
+    pub roster: Vec<RosterUnit>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ack_timeout_ms: 30_000,
+            max_position_age_ms: 120_000,
+            max_distance_m: 50_000.0,
+            emergency_units: 2,
+            duplicate_radius_m: 300.0,
+            duplicate_window_ms: 600_000,
+            max_clock_skew_ms: 30_000,
+            max_speed_mps: 100.0,
+            index_slack_m: 25.0,
+            roster: Vec::new(),
+        }
+    }
+}
+
+/// A unit as the config roster describes it. Roster details win over token claims.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RosterUnit {
+    /// Unit id.
+    pub id: UnitId,
+    /// Radio callsign.
+    pub callsign: Option<String>,
+    /// Kind (`car`, `post`, …).
+    pub kind: Option<String>,
+    /// Capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Status before its first hello (default `off_duty`).
+    pub status: Option<UnitStatus>,
+    /// A stationary post's fixed location: its position never goes stale.
+    pub location: Option<Location>,
+}

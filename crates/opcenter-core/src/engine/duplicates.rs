@@ -1,0 +1,105 @@
+//! The duplicate index: open incidents by category, as points on the unit sphere,
+//! so `possible_duplicates` of a new incident is a nearby lookup in one small tree
+//! instead of a scan of every open incident.
+//!
+//! Invariant: an incident is filed iff it is open, exactly once, in the tree of its
+//! current category at the point of its current location, with its creation time;
+//! `filed[id]` says where. The engine re-files an incident whenever it may have
+//! moved, changed category or closed ([`DuplicateIndex::file`]).
+//!
+//! Owns: the per-category trees and the filing table. Must never: decide whether
+//! an incident is open (the engine tells it), or return a closed incident.
+
+use std::collections::HashMap;
+
+use rstar::RTree;
+use rstar::primitives::GeomWithData;
+
+use crate::geo;
+use crate::model::{Incident, IncidentId, Location};
+
+/// The most `possible_duplicates` an incident lists (the newest ones): enough for
+/// a dispatcher to compare side by side, and it keeps every incident event small
+/// even when hundreds of reports of one event pour in.
+pub const MAX_POSSIBLE_DUPLICATES: usize = 20;
+
+/// Where and how one open incident is filed.
+#[derive(Debug, Clone, PartialEq)]
+struct Filing {
+    category: String,
+    point: [f64; 3],
+    location: Location,
+    created_ms: i64,
+    /// The incident number: ties in `created_ms` go by creation order.
+    no: u64,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(super) struct DuplicateIndex {
+    by_category: HashMap<String, RTree<GeomWithData<[f64; 3], IncidentId>>>,
+    filed: HashMap<IncidentId, Filing>,
+}
+
+impl DuplicateIndex {
+    /// Files `inc` as it is now (open) or takes it out (closed). Most incident
+    /// changes (dispatch, ack, notes) leave the filing as it is: then this is one
+    /// map lookup.
+    pub(super) fn file(&mut self, inc: &Incident, no: u64) {
+        let filing = inc.is_open().then(|| Filing {
+            category: inc.category.clone(),
+            point: geo::to_unit_vector(inc.location),
+            location: inc.location,
+            created_ms: inc.created_ms,
+            no,
+        });
+        if filing.is_some() && self.filed.get(&inc.id) == filing.as_ref() {
+            return;
+        }
+        if let Some(old) = self.filed.remove(&inc.id)
+            && let Some(tree) = self.by_category.get_mut(&old.category)
+        {
+            tree.remove(&GeomWithData::new(old.point, inc.id.clone()));
+            if tree.size() == 0 {
+                self.by_category.remove(&old.category);
+            }
+        }
+        if let Some(f) = filing {
+            self.by_category
+                .entry(f.category.clone())
+                .or_default()
+                .insert(GeomWithData::new(f.point, inc.id.clone()));
+            self.filed.insert(inc.id.clone(), f);
+        }
+    }
+
+    /// Open incidents of `category` within `radius_m` of `location` created at or
+    /// after `since_ms`, oldest first, at most [`MAX_POSSIBLE_DUPLICATES`] (the
+    /// newest ones when there are more).
+    pub(super) fn near(
+        &self,
+        category: &str,
+        location: Location,
+        radius_m: f64,
+        since_ms: i64,
+    ) -> Vec<IncidentId> {
+        let Some(tree) = self.by_category.get(category) else {
+            return Vec::new();
+        };
+        let centre = geo::to_unit_vector(location);
+        let reach = geo::chord2_for_metres(radius_m);
+        let mut found: Vec<(i64, u64, &IncidentId)> = tree
+            .locate_within_distance(centre, reach)
+            .filter_map(|g| self.filed.get(&g.data).map(|f| (f, &g.data)))
+            .filter(|(f, _)| f.created_ms >= since_ms && f.location.distance_m(&location) <= radius_m)
+            .map(|(f, id)| (f.created_ms, f.no, id))
+            .collect();
+        found.sort_unstable_by_key(|(created, no, _)| (*created, *no));
+        let skip = found.len().saturating_sub(MAX_POSSIBLE_DUPLICATES);
+        found
+            .into_iter()
+            .skip(skip)
+            .map(|(_, _, id)| id.clone())
+            .collect()
+    }
+}

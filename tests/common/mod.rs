@@ -18,41 +18,41 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use opcenter_proto::auth::{Claims, Role, mint_token};
 
 /// The secret every test server uses.
-pub const SECRET: &str = "e2e-test-secret";
+pub(crate) const SECRET: &str = "e2e-test-secret";
 
 /// How long a test waits for an expected frame before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-pub fn now_s() -> u64 {
+pub(crate) fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
 }
 
-pub fn token(role: Role, sub: &str) -> String {
+pub(crate) fn token(role: Role, sub: &str) -> String {
     mint_token(SECRET.as_bytes(), &Claims::new(sub, role, now_s(), 3600))
 }
 
-pub fn unit_token(unit: &str) -> String {
+pub(crate) fn unit_token(unit: &str) -> String {
     mint_token(SECRET.as_bytes(), &Claims::unit(unit, now_s(), 3600))
 }
 
-pub fn unit_token_with_caps(unit: &str, caps: &[&str]) -> String {
+pub(crate) fn unit_token_with_caps(unit: &str, caps: &[&str]) -> String {
     let mut c = Claims::unit(unit, now_s(), 3600);
     c.caps = Some(caps.iter().map(|s| s.to_string()).collect());
     mint_token(SECRET.as_bytes(), &c)
 }
 
 /// The TOML every test server starts from, plus `extra` (later keys win).
-pub fn config_toml(data_dir: &Path, extra: &str) -> String {
+pub(crate) fn config_toml(data_dir: &Path, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout_s = 5\n\
          [storage]\ndata_dir = {:?}\n\
@@ -62,22 +62,22 @@ pub fn config_toml(data_dir: &Path, extra: &str) -> String {
 }
 
 /// A server running inside the test process.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
     /// Starts on port 0 with a fresh data dir and `extra` TOML.
-    pub async fn start(extra: &str) -> TestServer {
+    pub(crate) async fn start(extra: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         Self::start_in(dir, extra).await
     }
 
     /// Starts over an existing data dir.
-    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
+    pub(crate) async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
         let settings = opcenter_hub::Settings::from_toml(&config_toml(dir.path(), extra)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = opcenter_hub::Server::start(listener, settings).await.unwrap();
@@ -100,7 +100,7 @@ impl TestServer {
     }
 
     /// Graceful shutdown; returns the data dir for a restart.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -114,11 +114,11 @@ impl TestServer {
         std::mem::replace(&mut self.dir, dir)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
 
-    pub fn http(&self, path: &str) -> String {
+    pub(crate) fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 }
@@ -132,15 +132,15 @@ impl Drop for TestServer {
 }
 
 /// The real binary, started with `serve --config`, killed on drop.
-pub struct BinServer {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub config: PathBuf,
+pub(crate) struct BinServer {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) config: PathBuf,
 }
 
 impl BinServer {
     /// Starts `opcenter serve` over `data_dir` and waits for `listening on`.
-    pub fn start(data_dir: &Path, extra: &str) -> BinServer {
+    pub(crate) fn start(data_dir: &Path, extra: &str) -> BinServer {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, config_toml(data_dir, extra)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_opcenter"))
@@ -172,18 +172,18 @@ impl BinServer {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
 
     /// SIGKILL.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait for exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -200,15 +200,15 @@ impl Drop for BinServer {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Enc {
+pub(crate) enum Enc {
     Json,
     MsgPack,
 }
 
 /// A WebSocket client speaking one encoding.
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub enc: Enc,
+pub(crate) struct Client {
+    pub(crate) ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub(crate) enc: Enc,
     next_id: u64,
     /// Frames that arrived while [`Client::request`] waited for its reply.
     backlog: std::collections::VecDeque<Value>,
@@ -216,13 +216,13 @@ pub struct Client {
 
 /// What a read produced.
 #[derive(Debug)]
-pub enum Got {
+pub(crate) enum Got {
     Frame(Value),
     Closed(Option<u16>),
 }
 
 impl Client {
-    pub async fn connect(url: &str, enc: Enc) -> Client {
+    pub(crate) async fn connect(url: &str, enc: Enc) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
         Client {
             ws,
@@ -233,7 +233,7 @@ impl Client {
     }
 
     /// Connects and says hello; panics unless `ok`. Returns the ok reply.
-    pub async fn login(url: &str, enc: Enc, token: &str) -> (Client, Value) {
+    pub(crate) async fn login(url: &str, enc: Enc, token: &str) -> (Client, Value) {
         let mut c = Client::connect(url, enc).await;
         let ok = c
             .request(json!({"type":"hello","token":token,"protocol":1}))
@@ -242,25 +242,25 @@ impl Client {
         (c, ok)
     }
 
-    pub fn encode(&self, v: &Value) -> Message {
+    pub(crate) fn encode(&self, v: &Value) -> Message {
         match self.enc {
             Enc::Json => Message::Text(v.to_string().into()),
             Enc::MsgPack => Message::Binary(rmp_serde::to_vec_named(v).unwrap().into()),
         }
     }
 
-    pub async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         let m = self.encode(&v);
         self.ws.send(m).await.expect("send");
     }
 
-    pub async fn send_raw(&mut self, m: Message) {
+    pub(crate) async fn send_raw(&mut self, m: Message) {
         let _ = self.ws.send(m).await;
     }
 
     /// Sends `v` with a fresh `id` and waits for the reply with that id (events
     /// that arrive meanwhile are skipped).
-    pub async fn request(&mut self, mut v: Value) -> Value {
+    pub(crate) async fn request(&mut self, mut v: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         v["id"] = json!(id);
@@ -279,11 +279,11 @@ impl Client {
     }
 
     /// Next frame or close, within [`WAIT`].
-    pub async fn next(&mut self) -> Got {
+    pub(crate) async fn next(&mut self) -> Got {
         self.next_within(WAIT).await.expect("a frame within the wait")
     }
 
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Got> {
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Got> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let m = match tokio::time::timeout_at(deadline, self.ws.next()).await {
@@ -301,7 +301,7 @@ impl Client {
         }
     }
 
-    pub async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         if let Some(v) = self.backlog.pop_front() {
             return v;
         }
@@ -311,7 +311,7 @@ impl Client {
         }
     }
 
-    pub async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let v = self.recv().await;
             if pred(&v) {
@@ -321,7 +321,7 @@ impl Client {
     }
 
     /// Waits for an event of `topic` with `change` (any change if None).
-    pub async fn event(&mut self, topic: &str, change: Option<&str>) -> Value {
+    pub(crate) async fn event(&mut self, topic: &str, change: Option<&str>) -> Value {
         self.recv_until(|f| {
             f["type"] == "event" && f["topic"] == topic && change.is_none_or(|c| f["change"] == c)
         })
@@ -329,7 +329,7 @@ impl Client {
     }
 
     /// Reads until the server closes; returns the close code.
-    pub async fn closed(&mut self) -> Option<u16> {
+    pub(crate) async fn closed(&mut self) -> Option<u16> {
         loop {
             match self.next().await {
                 Got::Closed(code) => return code,
@@ -340,16 +340,16 @@ impl Client {
 }
 
 /// Close code as a number.
-pub fn code(c: CloseCode) -> u16 {
+pub(crate) fn code(c: CloseCode) -> u16 {
     c.into()
 }
 
 /// A tablet that is available at `(lat, lon)`.
-pub async fn tablet(url: &str, enc: Enc, unit: &str, lat: f64, lon: f64) -> Client {
+pub(crate) async fn tablet(url: &str, enc: Enc, unit: &str, lat: f64, lon: f64) -> Client {
     tablet_with(url, enc, &unit_token(unit), lat, lon).await
 }
 
-pub async fn tablet_with(url: &str, enc: Enc, token: &str, lat: f64, lon: f64) -> Client {
+pub(crate) async fn tablet_with(url: &str, enc: Enc, token: &str, lat: f64, lon: f64) -> Client {
     let (mut c, _) = Client::login(url, enc, token).await;
     let ok = c
         .request(json!({"type":"subscribe","topics":["assignments"]}))
@@ -367,7 +367,7 @@ pub async fn tablet_with(url: &str, enc: Enc, token: &str, lat: f64, lon: f64) -
 }
 
 /// A dispatcher console subscribed to incidents and units.
-pub async fn console(url: &str, enc: Enc) -> (Client, Value) {
+pub(crate) async fn console(url: &str, enc: Enc) -> (Client, Value) {
     let (mut c, _) = Client::login(url, enc, &token(Role::Dispatcher, "d1")).await;
     let ok = c
         .request(json!({"type":"subscribe","topics":["incidents","units"]}))
@@ -377,12 +377,12 @@ pub async fn console(url: &str, enc: Enc) -> (Client, Value) {
 }
 
 /// An incident.create body at `(lat, lon)`.
-pub fn create(lat: f64, lon: f64) -> Value {
+pub(crate) fn create(lat: f64, lon: f64) -> Value {
     json!({"type":"incident.create","category":"theft","priority":2,"location":{"lat":lat,"lon":lon}})
 }
 
 /// Plain HTTP/1.1 request over a fresh connection; returns (status, body).
-pub async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -58,10 +58,10 @@ pub enum HubError {
     Io(#[from] std::io::Error),
     /// Another server holds the data directory: two writers would interleave,
     /// so this one does not start at all.
-    #[error("recovery: {0}")]
-    Locked(#[source] opcenter_store::StoreError),
+    #[error(transparent)]
+    Locked(opcenter_store::StoreError),
     /// The task that opened or replayed the journal panicked.
-    #[error("recovery: {0}")]
+    #[error("recovery: the task opening or replaying the journal failed")]
     Recovery(#[from] tokio::task::JoinError),
 }
 

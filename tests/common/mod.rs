@@ -11,53 +11,53 @@ use serde_json::{Value, json};
 
 use opcenter_proto::auth::{Claims, Role, mint_token};
 use opcenter_sim::harness::{self, ServerProcess};
-pub use opcenter_sim::harness::{Client, Got, WAIT};
+pub(crate) use opcenter_sim::harness::{Client, Got, WAIT};
 use opcenter_sim::http::HttpClient;
-pub use opcenter_sim::wire::Encoding;
+pub(crate) use opcenter_sim::wire::Encoding;
 
 /// The secret every test server uses.
-pub const SECRET: &str = "e2e-test-secret";
+pub(crate) const SECRET: &str = "e2e-test-secret";
 
-pub fn now_s() -> u64 {
+pub(crate) fn now_s() -> u64 {
     opcenter_sim::wire::now_ms() / 1000
 }
 
-pub fn token(role: Role, sub: &str) -> String {
+pub(crate) fn token(role: Role, sub: &str) -> String {
     mint_token(SECRET.as_bytes(), &Claims::new(sub, role, now_s(), 3600))
 }
 
-pub fn unit_token(unit: &str) -> String {
+pub(crate) fn unit_token(unit: &str) -> String {
     mint_token(SECRET.as_bytes(), &Claims::unit(unit, now_s(), 3600))
 }
 
-pub fn unit_token_with_caps(unit: &str, caps: &[&str]) -> String {
+pub(crate) fn unit_token_with_caps(unit: &str, caps: &[&str]) -> String {
     let mut c = Claims::unit(unit, now_s(), 3600);
     c.caps = Some(caps.iter().map(|s| s.to_string()).collect());
     mint_token(SECRET.as_bytes(), &c)
 }
 
 /// The TOML every test server starts from, plus `extra` (later keys win).
-pub fn config_toml(data_dir: &Path, extra: &str) -> String {
+pub(crate) fn config_toml(data_dir: &Path, extra: &str) -> String {
     harness::config_toml(data_dir, SECRET, extra)
 }
 
 /// A server running inside the test process.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
     /// Starts on port 0 with a fresh data dir and `extra` TOML.
-    pub async fn start(extra: &str) -> TestServer {
+    pub(crate) async fn start(extra: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         Self::start_in(dir, extra).await
     }
 
     /// Starts over an existing data dir.
-    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
+    pub(crate) async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
         let settings = opcenter_hub::Settings::from_toml(&config_toml(dir.path(), extra)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = opcenter_hub::Server::start(listener, settings).await.unwrap();
@@ -80,7 +80,7 @@ impl TestServer {
     }
 
     /// Graceful shutdown; returns the data dir for a restart.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -95,7 +95,7 @@ impl TestServer {
     }
 
     /// `HOST:PORT`, what [`Client::connect`] takes.
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }
 }
@@ -109,15 +109,15 @@ impl Drop for TestServer {
 }
 
 /// The real binary, started with `serve --config`, killed on drop.
-pub struct BinServer {
+pub(crate) struct BinServer {
     process: ServerProcess,
-    pub addr: SocketAddr,
-    pub config: PathBuf,
+    pub(crate) addr: SocketAddr,
+    pub(crate) config: PathBuf,
 }
 
 impl BinServer {
     /// Starts `opcenter serve` over `data_dir` and waits for `listening on`.
-    pub fn start(data_dir: &Path, extra: &str) -> BinServer {
+    pub(crate) fn start(data_dir: &Path, extra: &str) -> BinServer {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, config_toml(data_dir, extra)).unwrap();
         let process = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_opcenter")), &config)
@@ -130,27 +130,27 @@ impl BinServer {
     }
 
     /// `HOST:PORT`, what [`Client::connect`] takes.
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }
 
     /// SIGKILL.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.process.kill();
     }
 
     /// SIGTERM, then wait for exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         self.process.terminate().unwrap()
     }
 }
 
 /// A tablet that is available at `(lat, lon)`.
-pub async fn tablet(server: &str, enc: Encoding, unit: &str, lat: f64, lon: f64) -> Client {
+pub(crate) async fn tablet(server: &str, enc: Encoding, unit: &str, lat: f64, lon: f64) -> Client {
     tablet_with(server, enc, &unit_token(unit), lat, lon).await
 }
 
-pub async fn tablet_with(server: &str, enc: Encoding, token: &str, lat: f64, lon: f64) -> Client {
+pub(crate) async fn tablet_with(server: &str, enc: Encoding, token: &str, lat: f64, lon: f64) -> Client {
     let (mut c, _) = Client::login(server, enc, token).await;
     let ok = c
         .request(json!({"type":"subscribe","topics":["assignments"]}))
@@ -168,7 +168,7 @@ pub async fn tablet_with(server: &str, enc: Encoding, token: &str, lat: f64, lon
 }
 
 /// A dispatcher console subscribed to incidents and units.
-pub async fn console(server: &str, enc: Encoding) -> (Client, Value) {
+pub(crate) async fn console(server: &str, enc: Encoding) -> (Client, Value) {
     let (mut c, _) = Client::login(server, enc, &token(Role::Dispatcher, "d1")).await;
     let ok = c
         .request(json!({"type":"subscribe","topics":["incidents","units"]}))
@@ -178,12 +178,12 @@ pub async fn console(server: &str, enc: Encoding) -> (Client, Value) {
 }
 
 /// An incident.create body at `(lat, lon)`.
-pub fn create(lat: f64, lon: f64) -> Value {
+pub(crate) fn create(lat: f64, lon: f64) -> Value {
     json!({"type":"incident.create","category":"theft","priority":2,"location":{"lat":lat,"lon":lon}})
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns (status, body).
-pub async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

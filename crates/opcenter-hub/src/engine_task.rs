@@ -31,72 +31,53 @@ use opcenter_store::Journal;
 
 use crate::fanout::Fanout;
 use crate::outbox::Outbox;
-use crate::wire;
+use crate::record::{self, DurabilityError};
+use crate::{metric, wire};
 
 /// Where a command's outcome goes.
-pub enum ReplyTo {
+pub(crate) enum ReplyTo {
     /// A WebSocket session: `ok` (if it gave an `id`) or `error` into its queue.
-    Session {
-        /// The session's queue.
-        outbox: Arc<Outbox>,
-        /// The command's `id`.
-        id: Option<u64>,
-    },
+    Session { outbox: Arc<Outbox>, id: Option<u64> },
     /// An HTTP handler waiting for the created incident (and whether it is new).
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
 }
 
 /// A unit of work for the engine thread.
-pub enum Request {
+pub(crate) enum Request {
     /// A state-changing command.
     Command {
-        /// Who.
         actor: Actor,
-        /// What.
         command: Command,
-        /// Where the outcome goes.
         reply: ReplyTo,
         /// When the session received it (latency metrics).
         received: Instant,
     },
     /// A session's `hello` succeeded: register a unit (if it is one), reply `ok`.
     Hello {
-        /// The session's queue.
         outbox: Arc<Outbox>,
-        /// The `hello`'s id.
         id: Option<u64>,
-        /// The session's actor.
         actor: Actor,
-        /// Its role.
         role: Role,
         /// For units: the token's profile.
         profile: Option<opcenter_core::UnitProfile>,
     },
     /// `subscribe`, already checked against the role.
     Subscribe {
-        /// The session's queue.
         outbox: Arc<Outbox>,
-        /// The `subscribe`'s id.
         id: Option<u64>,
         /// The tablet's unit, for `assignments`.
         unit: Option<String>,
-        /// What.
         subscribe: Subscribe,
     },
     /// `incident.recommend` (read-only).
     Recommend {
-        /// The session's queue.
         outbox: Arc<Outbox>,
-        /// The command's id.
         id: Option<u64>,
-        /// The query.
         query: RecommendQuery,
     },
     /// `GET /v1/incidents/{id}`.
     GetIncident {
-        /// Which.
         incident_id: String,
-        /// The answer.
         reply: oneshot::Sender<Option<Incident>>,
     },
     /// Timers: ack timeouts, position batches.
@@ -115,15 +96,15 @@ struct Outcome {
 
 /// State the engine thread shares with the rest of the server (read-only there).
 /// The last seq is not here: only the engine thread needs it, and the journal has it.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The journal's epoch.
-    pub epoch: String,
+    pub(crate) epoch: String,
     /// False once the journal failed: the server refuses to acknowledge anything.
-    pub healthy: AtomicBool,
+    pub(crate) healthy: AtomicBool,
 }
 
 /// Runs the engine thread until every sender of `rx` is gone.
-pub struct EngineTask {
+pub(crate) struct EngineTask {
     engine: Engine,
     journal: Box<dyn Journal>,
     fanout: Fanout,
@@ -138,35 +119,32 @@ pub struct EngineTask {
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
 /// and the newest events (oldest first) to seed the in-memory history.
-pub type Recovered = (Engine, u64, Vec<(u64, Arc<Event>)>);
+pub(crate) type Recovered = (Engine, u64, Vec<(u64, Arc<Event>)>);
 
 /// Rebuilds the engine from the journal's latest snapshot and the events after it.
-pub fn recover(
+pub(crate) fn recover(
     config: EngineConfig,
     journal: &dyn Journal,
     memory_history: usize,
-) -> Result<Recovered, String> {
+) -> Result<Recovered, DurabilityError> {
     let started = Instant::now();
-    let (mut engine, snap_seq) = match journal.latest_snapshot().map_err(|e| e.to_string())? {
-        Some((seq, bytes)) => {
-            let snap = rmp_serde::from_slice(&bytes).map_err(|e| format!("snapshot at seq {seq}: {e}"))?;
-            (Engine::from_snapshot(config, snap), seq)
-        }
+    let (mut engine, snap_seq) = match journal.latest_snapshot()? {
+        Some((seq, bytes)) => (
+            Engine::from_snapshot(config, record::decode_snapshot(seq, &bytes)?),
+            seq,
+        ),
         None => (Engine::new(config), 0),
     };
     let mut history = std::collections::VecDeque::new();
     let mut after = snap_seq;
     let mut replayed = 0u64;
     loop {
-        let records = journal
-            .read_from(after, 4096)
-            .map_err(|e| format!("journal after seq {after}: {e}"))?;
+        let records = record::read_from(journal, after, 4096)?;
         if records.is_empty() {
             break;
         }
         for rec in records {
-            let event: Event = rmp_serde::from_slice(&rec.payload)
-                .map_err(|e| format!("journal record {}: {e}", rec.seq))?;
+            let event = record::decode_event(&rec)?;
             engine.restore(&event);
             history.push_back((rec.seq, Arc::new(event)));
             if history.len() > memory_history {
@@ -188,7 +166,7 @@ pub fn recover(
 
 impl EngineTask {
     /// An engine thread over a recovered engine and its journal.
-    pub fn new(
+    pub(crate) fn new(
         engine: Engine,
         journal: Box<dyn Journal>,
         fanout: Fanout,
@@ -211,7 +189,7 @@ impl EngineTask {
     }
 
     /// The thread's loop: batch, apply, commit, publish, reply.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(1024);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
@@ -291,13 +269,13 @@ impl EngineTask {
                     // the `ok` (which carries the unit) waits for the commit.
                     if let Some(p) = profile {
                         if !healthy {
-                            push_error(&outbox, id, ErrorCode::Internal, "the journal failed");
+                            outbox.push_error(id, ErrorCode::Internal, "the journal failed");
                             continue;
                         }
                         match self.engine.apply(&actor, Command::RegisterUnit(p), now) {
                             Ok(applied) => events.extend(applied.events),
                             Err(e) => {
-                                push_error(&outbox, id, (&e).into(), &e.to_string());
+                                outbox.push_error(id, (&e).into(), &e.to_string());
                                 continue;
                             }
                         }
@@ -331,15 +309,14 @@ impl EngineTask {
                 } in outcomes
                 {
                     let outcome = if result.is_ok() { "ok" } else { "error" };
-                    metrics::counter!("opcenter_commands_total", "type" => name, "outcome" => outcome)
-                        .increment(1);
+                    metrics::counter!(metric::COMMANDS, "type" => name, "outcome" => outcome).increment(1);
                     if name == "incident.create" {
                         let took = received.elapsed().as_secs_f64();
-                        metrics::histogram!("opcenter_create_seconds").record(took);
+                        metrics::histogram!(metric::CREATE_SECONDS).record(took);
                         // Receipt of the create → its assignments queued to the tablets
                         // (they were published above, before any reply).
                         if assigned {
-                            metrics::histogram!("opcenter_assignment_seconds").record(took);
+                            metrics::histogram!(metric::ASSIGNMENT_SECONDS).record(took);
                         }
                     }
                     deliver(reply, result);
@@ -349,8 +326,7 @@ impl EngineTask {
                 tracing::error!(error = %e, "journal append failed: refusing to acknowledge from now on");
                 self.shared.healthy.store(false, Ordering::SeqCst);
                 for Outcome { reply, name, .. } in outcomes {
-                    metrics::counter!("opcenter_commands_total", "type" => name, "outcome" => "internal")
-                        .increment(1);
+                    metrics::counter!(metric::COMMANDS, "type" => name, "outcome" => "internal").increment(1);
                     fail(reply, ErrorCode::Internal, "could not make the change durable");
                 }
             }
@@ -406,7 +382,7 @@ impl EngineTask {
             }
             Request::Recommend { outbox, id, query } => match self.engine.recommend(&query, now) {
                 Ok(r) => {
-                    metrics::counter!("opcenter_commands_total", "type" => "incident.recommend", "outcome" => "ok")
+                    metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "ok")
                         .increment(1);
                     if let Some(m) = wire::ok(
                         outbox.encoding,
@@ -420,9 +396,9 @@ impl EngineTask {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("opcenter_commands_total", "type" => "incident.recommend", "outcome" => "error")
+                    metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "error")
                         .increment(1);
-                    push_error(&outbox, id, (&e).into(), &e.to_string());
+                    outbox.push_error(id, (&e).into(), &e.to_string());
                 }
             },
             Request::GetIncident { incident_id, reply } => {
@@ -445,22 +421,21 @@ impl EngineTask {
     }
 
     /// Appends the batch's events; returns the seq of the first one.
-    fn commit(&mut self, events: &[Event]) -> Result<u64, String> {
+    fn commit(&mut self, events: &[Event]) -> Result<u64, DurabilityError> {
         let next = self.journal.last_seq() + 1;
         if events.is_empty() {
             return Ok(next);
         }
         let mut payloads = Vec::with_capacity(events.len());
         for e in events {
-            payloads.push(rmp_serde::to_vec_named(e).map_err(|e| format!("encode event: {e}"))?);
+            payloads.push(record::encode_event(e)?);
         }
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         let started = Instant::now();
         match self.journal.append_batch(&refs) {
             Ok(range) => {
-                metrics::histogram!("opcenter_journal_append_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("opcenter_journal_batch_events").record(events.len() as f64);
+                metrics::histogram!(metric::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(events.len() as f64);
                 Ok(*range.start())
             }
             Err(e) => {
@@ -471,7 +446,7 @@ impl EngineTask {
                     Ok((engine, _, _)) => self.engine = engine,
                     Err(re) => tracing::error!(error = %re, "could not roll the engine back to the journal"),
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -494,21 +469,19 @@ impl EngineTask {
         }
     }
 
-    fn write_snapshot(&mut self) -> Result<(), String> {
+    fn write_snapshot(&mut self) -> Result<(), DurabilityError> {
         // After a journal failure the engine may hold changes the journal lacks:
         // a snapshot of it would make them durable behind the clients' backs.
         if !self.shared.healthy.load(Ordering::SeqCst) {
-            return Err("the journal failed: no snapshot".into());
+            return Err(DurabilityError::Unhealthy);
         }
         let seq = self.journal.last_seq();
         if seq == self.last_snapshot_seq {
             return Ok(());
         }
         let started = Instant::now();
-        let bytes = rmp_serde::to_vec_named(&self.engine.snapshot()).map_err(|e| e.to_string())?;
-        self.journal
-            .write_snapshot(seq, &bytes)
-            .map_err(|e| e.to_string())?;
+        let bytes = record::encode_snapshot(&self.engine.snapshot())?;
+        self.journal.write_snapshot(seq, &bytes)?;
         self.last_snapshot_seq = seq;
         tracing::info!(
             seq,
@@ -536,7 +509,7 @@ fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>) {
                     outbox.push(m);
                 }
             }
-            Err(e) => push_error(&outbox, id, (&e).into(), &e.to_string()),
+            Err(e) => outbox.push_error(id, (&e).into(), &e.to_string()),
         },
         ReplyTo::Http(tx) => {
             let _ = tx.send(match result {
@@ -557,22 +530,15 @@ fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>) {
 
 fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
     match reply {
-        ReplyTo::Session { outbox, id } => push_error(&outbox, id, code, message),
+        ReplyTo::Session { outbox, id } => outbox.push_error(id, code, message),
         ReplyTo::Http(tx) => {
             let _ = tx.send(Err((code, message.into())));
         }
     }
 }
 
-/// Queues an `error` reply.
-pub fn push_error(outbox: &Outbox, id: Option<u64>, code: ErrorCode, message: &str) {
-    if let Some(m) = wire::error(outbox.encoding, id, code, message) {
-        outbox.push(m);
-    }
-}
-
 /// Wall-clock milliseconds since the Unix epoch: the only clock the engine sees.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -22,10 +22,10 @@ use opcenter_proto::server::{EventFrame, SubscribeOk};
 use opcenter_store::Journal;
 
 use crate::outbox::Outbox;
-use crate::wire;
+use crate::{metric, record, wire};
 
 /// Subscriber lists and history.
-pub struct Fanout {
+pub(crate) struct Fanout {
     incidents: Vec<Arc<Outbox>>,
     units: Vec<Arc<Outbox>>,
     positions: Vec<(Arc<Outbox>, Option<Area>)>,
@@ -68,7 +68,7 @@ impl<'a> Lazy<'a> {
 
 impl Fanout {
     /// Empty lists; `history` seeds the in-memory history (oldest first).
-    pub fn new(memory_history: usize, history: Vec<(u64, Arc<Event>)>) -> Self {
+    pub(crate) fn new(memory_history: usize, history: Vec<(u64, Arc<Event>)>) -> Self {
         Fanout {
             incidents: Vec::new(),
             units: Vec::new(),
@@ -85,7 +85,7 @@ impl Fanout {
 
     /// Queues a committed event for its subscribers and records it for resumes.
     /// Writers are woken by [`Fanout::wake`], once per batch.
-    pub fn publish(&mut self, seq: u64, event: Arc<Event>) {
+    pub(crate) fn publish(&mut self, seq: u64, event: Arc<Event>) {
         let mut lazy = Lazy::new(seq, &event);
         let urgent = event.topic() == Topic::Assignments;
         let list: &[Arc<Outbox>] = match event.topic() {
@@ -118,21 +118,21 @@ impl Fanout {
     /// Wakes every writer with queued events: tablets with a new assignment
     /// first (the latency that matters most), then everyone else. Each wakes
     /// once per batch however many events it got, so it drains and flushes once.
-    pub fn wake(&mut self) {
-        metrics::counter!("opcenter_event_deliveries_total").increment(std::mem::take(&mut self.deliveries));
+    pub(crate) fn wake(&mut self) {
+        metrics::counter!(metric::EVENT_DELIVERIES).increment(std::mem::take(&mut self.deliveries));
         for outbox in self.to_wake_first.drain(..).chain(self.to_wake.drain(..)) {
             outbox.wake();
         }
     }
 
     /// Keeps an accepted fix for the next position batch (latest per unit wins).
-    pub fn stage_position(&mut self, item: PositionItem) {
+    pub(crate) fn stage_position(&mut self, item: PositionItem) {
         self.staged_positions.insert(item.unit_id.clone(), item);
     }
 
     /// Sends the staged positions: one shared frame per encoding for subscribers
     /// without an area, a filtered one for each subscriber with an area.
-    pub fn flush_positions(&mut self) {
+    pub(crate) fn flush_positions(&mut self) {
         if self.staged_positions.is_empty() {
             return;
         }
@@ -170,7 +170,7 @@ impl Fanout {
     }
 
     /// Drops sessions that closed from every list.
-    pub fn prune_closed(&mut self) {
+    pub(crate) fn prune_closed(&mut self) {
         self.incidents.retain(|o| !o.is_closed());
         self.units.retain(|o| !o.is_closed());
         self.positions.retain(|(o, _)| !o.is_closed());
@@ -193,7 +193,7 @@ impl Fanout {
     /// snapshot inside the reply), then registration for live events. A second
     /// `subscribe` on a session replaces the first.
     #[allow(clippy::too_many_arguments)]
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &mut self,
         engine: &Engine,
         journal: &dyn Journal,
@@ -313,7 +313,7 @@ impl Fanout {
                     return Some(out);
                 }
                 from = rec.seq;
-                let event: Event = rmp_serde::from_slice(&rec.payload).ok()?;
+                let event = record::decode_event(&rec).ok()?;
                 if matches(&event) {
                     out.push((rec.seq, Arc::new(event)));
                 }

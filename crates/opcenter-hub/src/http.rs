@@ -74,7 +74,7 @@ fn bearer(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, Resp
 }
 
 /// `GET /v1/ws`: upgrade with our frame and buffer limits.
-pub async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
+pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
     let max = app.settings.hub.max_frame_bytes;
     upgrade
         // A few KiB of read buffer per connection, not tungstenite's 128 KiB default.
@@ -90,7 +90,7 @@ pub async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -
 }
 
 /// `POST /v1/reports`.
-pub async fn post_report(State(app): State<Arc<App>>, request: HttpRequest) -> Response {
+pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpRequest) -> Response {
     let started = Instant::now();
     let claims = match bearer(&app, request.headers(), &[Role::Intake]) {
         Ok(c) => c,
@@ -169,7 +169,7 @@ pub async fn post_report(State(app): State<Arc<App>>, request: HttpRequest) -> R
 }
 
 /// `GET /v1/incidents/{id}`.
-pub async fn get_incident(
+pub(crate) async fn get_incident(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -217,7 +217,7 @@ pub async fn get_incident(
 }
 
 /// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed.
-pub async fn healthz(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     if app.shared.healthy.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -230,7 +230,7 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
@@ -239,7 +239,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /v1/console/config`: the console's initial map view and districts.
-pub async fn console_config(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn console_config(State(app): State<Arc<App>>) -> Response {
     let c = &app.settings.console;
     let dlat = c.radius_m / 111_195.0;
     let dlon = dlat / c.center.lat.to_radians().cos().max(0.01);
@@ -302,16 +302,16 @@ fn console_file(name: &str) -> Response {
 }
 
 /// `GET /`: the operations console.
-pub async fn console_index() -> Response {
+pub(crate) async fn console_index() -> Response {
     console_file("index.html")
 }
 
 /// `GET /console/{file}`.
-pub async fn console_asset(Path(name): Path<String>) -> Response {
+pub(crate) async fn console_asset(Path(name): Path<String>) -> Response {
     console_file(&name)
 }
 
 /// Any other path.
-pub async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
 }

@@ -2,25 +2,30 @@
 //! `shared/PROTOCOL.md` in front of the single-writer dispatch engine.
 //!
 //! # Layout
-//! - [`settings`]: config file + environment → checked [`Settings`].
-//! - [`engine_task`]: the engine thread (single writer, group commit, replies).
-//! - [`fanout`]: subscriber lists, history for `since`, position batches.
-//! - [`outbox`]: one session's bounded outbound queue.
-//! - [`session`]: one WebSocket session: hello, role matrix, reader and writer.
-//! - [`http`]: reports gateway, incident lookup, health, metrics, console files.
-//! - [`wire`]: outgoing frames → WebSocket messages, encoded once.
+//! - `settings`: config file + environment → checked [`Settings`].
+//! - `engine_task`: the engine thread (single writer, group commit, replies).
+//! - `record`: the journal record codec and the durability path's errors.
+//! - `fanout`: subscriber lists, history for `since`, position batches.
+//! - `outbox`: one session's bounded outbound queue.
+//! - `session`: one WebSocket session: hello, role matrix, reader and writer.
+//! - `http`: reports gateway, incident lookup, health, metrics, console files.
+//! - `wire`: outgoing frames → WebSocket messages, encoded once.
+//! - `metric`: the name of every metric on `/metrics`.
 //!
-//! The entry is [`Server::start`] (open the journal, recover, start the engine
-//! thread) then [`Server::serve`] with any future as the shutdown signal.
+//! The public API is what the binary and the tests use: [`Settings`],
+//! [`Server::start`] (open the journal, recover, start the engine thread), then
+//! [`Server::serve`] with any future as the shutdown signal, and [`HubError`].
 #![deny(missing_docs)]
 
-pub mod engine_task;
-pub mod fanout;
-pub mod http;
-pub mod outbox;
-pub mod session;
-pub mod settings;
-pub mod wire;
+mod engine_task;
+mod fanout;
+mod http;
+mod metric;
+mod outbox;
+mod record;
+mod session;
+mod settings;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,11 +43,12 @@ use tokio::sync::mpsc;
 use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
-pub use settings::Settings;
+pub use settings::{ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineTask, Request, Shared};
 use fanout::Fanout;
 use outbox::{CloseReason, Outbox, codes};
+use record::DurabilityError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,25 +56,27 @@ pub enum HubError {
     /// Socket trouble.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    /// The journal exists but could not be replayed into the engine.
-    #[error("recovery: {0}")]
-    Recovery(String),
+    /// Another server holds the data directory: two writers would interleave,
+    /// so this one does not start at all.
+    #[error(transparent)]
+    Locked(opcenter_store::StoreError),
+    /// The task that opened or replayed the journal panicked.
+    #[error("recovery: the task opening or replaying the journal failed")]
+    Recovery(#[from] tokio::task::JoinError),
 }
 
 /// What every request handler and session shares.
-pub struct App {
-    /// Checked settings.
-    pub settings: Settings,
+pub(crate) struct App {
+    pub(crate) settings: Settings,
     /// The engine thread's queue.
-    pub engine_tx: mpsc::Sender<Request>,
-    /// Epoch, last seq, health.
-    pub shared: Arc<Shared>,
+    pub(crate) engine_tx: mpsc::Sender<Request>,
+    /// Epoch and health.
+    pub(crate) shared: Arc<Shared>,
     /// Live sessions by id (shutdown closes them all).
-    pub sessions: DashMap<String, Arc<Outbox>>,
-    /// Session id counter.
-    pub session_counter: AtomicU64,
+    pub(crate) sessions: DashMap<String, Arc<Outbox>>,
+    pub(crate) session_counter: AtomicU64,
     /// Prometheus renderer.
-    pub metrics: PrometheusHandle,
+    pub(crate) metrics: PrometheusHandle,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -81,7 +89,7 @@ fn metrics_handle() -> PrometheusHandle {
                 ])
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        metrics_exporter_prometheus::Matcher::Full("opcenter_journal_batch_events".into()),
+                        metrics_exporter_prometheus::Matcher::Full(metric::JOURNAL_BATCH_EVENTS.into()),
                         &[
                             1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
                         ],
@@ -122,16 +130,14 @@ impl Server {
                 fsync: settings.fsync,
                 ..Options::default()
             };
-            tokio::task::spawn_blocking(move || FileJournal::open(dir, opts))
-                .await
-                .map_err(|e| HubError::Recovery(e.to_string()))?
+            tokio::task::spawn_blocking(move || FileJournal::open(dir, opts)).await?
         };
         match opened {
             Ok(journal) => Self::start_with_journal(listener, settings, Box::new(journal)).await,
             // Another server owns this data: refuse to start at all rather than
             // answer clients while the other one is the writer.
-            Err(e @ opcenter_store::StoreError::Locked { .. }) => Err(HubError::Recovery(e.to_string())),
-            Err(e) => Self::launch_unavailable(listener, settings, e.to_string()),
+            Err(e @ opcenter_store::StoreError::Locked { .. }) => Err(HubError::Locked(e)),
+            Err(e) => Self::launch_unavailable(listener, settings, e.into()),
         }
     }
 
@@ -148,13 +154,12 @@ impl Server {
             let r = engine_task::recover(config, &*journal, memory_history);
             (journal, r)
         })
-        .await
-        .map_err(|e| HubError::Recovery(e.to_string()))?;
+        .await?;
         match recovered {
             Ok((engine, snap, history)) => {
                 Self::launch(listener, settings, engine, journal, snap, history, true)
             }
-            Err(e) => Self::launch_unavailable(listener, settings, format!("recovery: {e}")),
+            Err(e) => Self::launch_unavailable(listener, settings, e),
         }
     }
 
@@ -164,7 +169,7 @@ impl Server {
     fn launch_unavailable(
         listener: TcpListener,
         settings: Settings,
-        error: String,
+        error: DurabilityError,
     ) -> Result<Server, HubError> {
         tracing::error!(
             error = %error,
@@ -216,11 +221,6 @@ impl Server {
     /// The address it listens on (port 0 resolved).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-
-    /// The shared application state (tests and the demo read it).
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets every
@@ -312,13 +312,4 @@ async fn tick_loop(tx: mpsc::Sender<Request>, every: Duration, stop: tokio_util:
             }
         }
     }
-}
-
-/// Binds `settings.listen`, starts, prints nothing, serves until `shutdown`.
-pub async fn run(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), HubError> {
-    let listener = TcpListener::bind(settings.listen).await?;
-    Server::start(listener, settings).await?.serve(shutdown).await
 }

@@ -18,37 +18,36 @@ use axum::extract::ws::Message;
 use tokio::sync::Notify;
 
 use opcenter_core::PositionItem;
-use opcenter_proto::Encoding;
+use opcenter_proto::{Encoding, ErrorCode};
 
-use crate::wire;
+use crate::{metric, wire};
 
 /// Why and how a session ends from the server's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
+pub(crate) struct CloseReason {
     /// WebSocket close code.
-    pub code: u16,
-    /// Short reason text.
-    pub reason: &'static str,
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
     /// Send what is queued first (shutdown) or drop it (overflow, protocol errors).
-    pub flush_first: bool,
+    pub(crate) flush_first: bool,
 }
 
 /// Close codes the server uses.
-pub mod codes {
+pub(crate) mod codes {
     /// Server shutting down.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// Policy violation (a flood of bad frames).
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// Frame over `hub.max_frame_bytes`.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// Unauthorized / unauthenticated.
-    pub const UNAUTHORIZED: u16 = 4001;
+    pub(crate) const UNAUTHORIZED: u16 = 4001;
     /// No hello in time.
-    pub const HELLO_TIMEOUT: u16 = 4002;
+    pub(crate) const HELLO_TIMEOUT: u16 = 4002;
     /// Event queue overflowed: reconnect and resume with `since`.
-    pub const OVERFLOW: u16 = 4008;
+    pub(crate) const OVERFLOW: u16 = 4008;
     /// Silent for longer than `hub.idle_timeout_s`.
-    pub const IDLE: u16 = 4010;
+    pub(crate) const IDLE: u16 = 4010;
 }
 
 enum PendingPositions {
@@ -71,21 +70,20 @@ struct State {
 }
 
 /// What the writer takes in one go.
-pub struct Drained {
+pub(crate) struct Drained {
     /// Replies and events, in order.
-    pub frames: Vec<Message>,
+    pub(crate) frames: Vec<Message>,
     /// The latest positions, if any.
-    pub positions: Option<Message>,
+    pub(crate) positions: Option<Message>,
     /// Close after sending these.
-    pub close: Option<CloseReason>,
+    pub(crate) close: Option<CloseReason>,
 }
 
 /// A session's outbound queue.
-pub struct Outbox {
-    /// The session's encoding.
-    pub encoding: Encoding,
-    /// Session id, for logs.
-    pub session: String,
+pub(crate) struct Outbox {
+    pub(crate) encoding: Encoding,
+    /// Session id (logs, the `hello` reply).
+    pub(crate) session: String,
     max_bytes: usize,
     state: Mutex<State>,
     notify: Notify,
@@ -95,7 +93,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty queue bounded at `max_bytes` of frames.
-    pub fn new(session: String, encoding: Encoding, max_bytes: usize) -> Arc<Self> {
+    pub(crate) fn new(session: String, encoding: Encoding, max_bytes: usize) -> Arc<Self> {
         Arc::new(Outbox {
             encoding,
             session,
@@ -122,21 +120,28 @@ impl Outbox {
 
     /// Queues a frame and wakes the writer. Returns false if the session is
     /// closed or just overflowed.
-    pub fn push(&self, frame: Message) -> bool {
+    pub(crate) fn push(&self, frame: Message) -> bool {
         let queued = self.enqueue(frame).is_some();
         self.notify.notify_one();
         queued
     }
 
+    /// Queues an `error` reply (see [`Outbox::push`]).
+    pub(crate) fn push_error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        if let Some(m) = wire::error(self.encoding, id, code, message) {
+            self.push(m);
+        }
+    }
+
     /// Queues a frame without waking the writer, so a publisher can queue a
     /// whole batch of events and wake each writer once (one drain, one flush).
     /// Returns true when the caller now owes this outbox a [`Outbox::wake`].
-    pub fn push_deferred(&self, frame: Message) -> bool {
+    pub(crate) fn push_deferred(&self, frame: Message) -> bool {
         self.enqueue(frame).unwrap_or(true)
     }
 
     /// Wakes the writer after [`Outbox::push_deferred`].
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.lock().wake_owed = false;
         self.notify.notify_one();
     }
@@ -159,7 +164,7 @@ impl Outbox {
             });
             self.closed.store(true, Ordering::Release);
             drop(st);
-            metrics::counter!("opcenter_queue_overflows_total").increment(1);
+            metrics::counter!(metric::QUEUE_OVERFLOWS).increment(1);
             self.notify.notify_one();
             return None;
         }
@@ -172,7 +177,7 @@ impl Outbox {
 
     /// Queues a position batch encoded once for many sessions (`frame`), whose
     /// items are `items`; merges with an unsent earlier batch.
-    pub fn push_positions(&self, frame: &Message, items: &Arc<[Arc<PositionItem>]>) {
+    pub(crate) fn push_positions(&self, frame: &Message, items: &Arc<[Arc<PositionItem>]>) {
         let mut st = self.lock();
         if st.close.is_some() {
             return;
@@ -206,7 +211,7 @@ impl Outbox {
     }
 
     /// Asks the writer to close the session.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let mut st = self.lock();
         if st.close.is_none() {
             if !reason.flush_first {
@@ -221,12 +226,12 @@ impl Outbox {
     }
 
     /// True once a close was requested (the fan-out drops such sessions).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Waits until there is something to send, then takes all of it.
-    pub async fn drain(&self) -> Drained {
+    pub(crate) async fn drain(&self) -> Drained {
         loop {
             let notified = self.notify.notified();
             if let Some(d) = self.try_drain() {

@@ -1,11 +1,12 @@
 //! One WebSocket session: `hello`, then a reader (this task) and a writer task.
 //!
 //! The reader decodes frames in the encoding the first frame fixed, checks the
-//! role matrix of `shared/PROTOCOL.md` section 3, and hands commands to the
-//! engine thread (awaiting channel capacity: that is the backpressure). Replies
-//! and events come back through the session's [`Outbox`], drained by the writer,
-//! which feeds everything queued and flushes once. When either side ends, the
-//! other is stopped.
+//! role matrix of `shared/PROTOCOL.md` section 3 (`authorize`, a pure function
+//! with a table-driven test), and hands commands to the engine thread
+//! (awaiting channel capacity: that is the backpressure). Replies and events
+//! come back through the session's [`Outbox`], drained by the writer, which
+//! feeds everything queued and flushes once. When either side ends, the other
+//! is stopped.
 //!
 //! Owns: session lifecycle, authentication, role checks, close codes. Must
 //! never: touch engine state directly or panic on anything a client sends.
@@ -20,22 +21,21 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use opcenter_core::{Actor, ActorKind, Command, UnitProfile};
+use opcenter_core::{Actor, ActorKind, Command, RecommendQuery, UnitProfile};
 use opcenter_proto::auth::{self, Claims, Role};
-use opcenter_proto::client::{ClientMessage, Frame, SubTopic};
+use opcenter_proto::client::{ClientMessage, Frame, SubTopic, Subscribe};
 use opcenter_proto::server::Empty;
 use opcenter_proto::{Encoding, ErrorCode, decode_frame};
 
-use crate::App;
-use crate::engine_task::{ReplyTo, Request, push_error};
+use crate::engine_task::{ReplyTo, Request};
 use crate::outbox::{CloseReason, Outbox, codes};
-use crate::wire;
+use crate::{App, metric, wire};
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
 /// Runs a session to its end.
-pub async fn run(socket: WebSocket, app: Arc<App>) {
+pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
     let n = app.session_counter.fetch_add(1, Ordering::Relaxed);
     let session_id = format!("s-{n}");
     let span = tracing::info_span!("session", id = %session_id, role = tracing::field::Empty);
@@ -78,7 +78,7 @@ fn classify(item: Option<Result<Message, axum::Error>>) -> Incoming {
 }
 
 async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
-    metrics::counter!("opcenter_closes_total", "code" => code.to_string()).increment(1);
+    metrics::counter!(metric::CLOSES, "code" => code.to_string()).increment(1);
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
             code,
@@ -204,16 +204,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
     let role = claims.role;
     tracing::Span::current().record("role", role.as_str());
     let outbox = Outbox::new(session_id.clone(), encoding, app.settings.hub.session_queue_bytes);
-    let actor = Actor {
-        sub: claims.sub.clone(),
-        kind: match role {
-            Role::Dispatcher => ActorKind::Dispatcher,
-            Role::Supervisor => ActorKind::Supervisor,
-            Role::Intake => ActorKind::Intake,
-            // verify_token guarantees the claim for role unit.
-            Role::Unit => ActorKind::Unit(claims.unit.clone().unwrap_or_default()),
-        },
-    };
+    let actor = actor_of(&claims);
     let profile = (role == Role::Unit).then(|| UnitProfile {
         id: claims.unit.clone().unwrap_or_default(),
         callsign: claims.callsign.clone(),
@@ -221,7 +212,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
         capabilities: claims.caps.clone().unwrap_or_default(),
     });
     app.sessions.insert(session_id.clone(), outbox.clone());
-    metrics::gauge!("opcenter_connections", "role" => role.as_str()).increment(1.0);
+    metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).increment(1.0);
     tracing::debug!(sub = %claims.sub, "session authenticated");
 
     let stop = CancellationToken::new();
@@ -260,8 +251,22 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
     let _ = writer.await;
     linger(&mut stream).await;
     app.sessions.remove(&session_id);
-    metrics::gauge!("opcenter_connections", "role" => role.as_str()).decrement(1.0);
+    metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).decrement(1.0);
     tracing::debug!("session ended");
+}
+
+/// Who the engine sees acting for a session with these claims.
+fn actor_of(claims: &Claims) -> Actor {
+    Actor {
+        sub: claims.sub.clone(),
+        kind: match claims.role {
+            Role::Dispatcher => ActorKind::Dispatcher,
+            Role::Supervisor => ActorKind::Supervisor,
+            Role::Intake => ActorKind::Intake,
+            // verify_token guarantees the claim for role unit.
+            Role::Unit => ActorKind::Unit(claims.unit.clone().unwrap_or_default()),
+        },
+    }
 }
 
 /// Drains the outbox into the socket: feed everything, flush once; pings on a
@@ -398,8 +403,8 @@ impl Reader<'_> {
     }
 
     fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
-        metrics::counter!("opcenter_frame_errors_total", "code" => code.as_str()).increment(1);
-        push_error(self.outbox, id, code, message);
+        metrics::counter!(metric::FRAME_ERRORS, "code" => code.as_str()).increment(1);
+        self.outbox.push_error(id, code, message);
     }
 
     /// Handles one data frame; false ends the session.
@@ -423,8 +428,7 @@ impl Reader<'_> {
         let id = frame.id;
         let kind = frame.message.type_name();
         if !self.bucket.take() {
-            metrics::counter!("opcenter_commands_total", "type" => kind, "outcome" => "rate_limited")
-                .increment(1);
+            metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "rate_limited").increment(1);
             self.error(id, ErrorCode::RateLimited, "too many commands: slow down");
             return true;
         }
@@ -437,8 +441,7 @@ impl Reader<'_> {
             }
             Ok(None) => {}
             Err((code, message)) => {
-                metrics::counter!("opcenter_commands_total", "type" => kind, "outcome" => "refused")
-                    .increment(1);
+                metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "refused").increment(1);
                 self.error(id, code, &message);
             }
         }
@@ -458,128 +461,319 @@ impl Reader<'_> {
         true
     }
 
-    /// The role matrix: turns a frame into an engine request, or refuses it.
-    fn to_request(&self, frame: Frame) -> Result<Option<Request>, (ErrorCode, String)> {
-        use ClientMessage as M;
+    /// Turns a frame into an engine request (through the role matrix), answers
+    /// it here (`ping`), or refuses it.
+    fn to_request(&self, frame: Frame) -> Result<Option<Request>, Refusal> {
         let id = frame.id;
-        let forbidden = |what: &str| {
-            Err((
-                ErrorCode::Forbidden,
-                format!("role {} may not {what}", self.role.as_str()),
-            ))
-        };
-        let own_unit = self.actor.unit_id().map(str::to_owned);
-        let is = |r: Role| self.role == r;
-        let command = |command: Command| {
-            Ok(Some(Request::Command {
-                actor: self.actor.clone(),
-                command,
-                reply: ReplyTo::Session {
-                    outbox: self.outbox.clone(),
-                    id,
-                },
-                received: Instant::now(),
-            }))
-        };
-        match frame.message {
-            M::Hello(_) => Err((ErrorCode::Conflict, "already authenticated".into())),
+        let outbox = self.outbox.clone();
+        Ok(Some(match authorize(self.role, &self.actor, frame.message)? {
             // Answered here, not by the engine: a ping says the session is alive.
-            M::Ping => {
+            Allowed::Ping => {
                 if id.is_some()
                     && let Some(m) = wire::ok(self.outbox.encoding, id, Empty {})
                 {
                     self.outbox.push(m);
                 }
-                Ok(None)
+                return Ok(None);
             }
-            M::Subscribe(sub) => {
-                let allowed: &[SubTopic] = match self.role {
-                    Role::Dispatcher | Role::Supervisor => {
-                        &[SubTopic::Incidents, SubTopic::Units, SubTopic::Positions]
-                    }
-                    Role::Unit => &[SubTopic::Assignments],
-                    Role::Intake => &[],
-                };
-                if let Some(t) = sub.topics.iter().find(|t| !allowed.contains(t)) {
-                    return forbidden(&format!("subscribe to {t:?}").to_lowercase());
-                }
-                Ok(Some(Request::Subscribe {
-                    outbox: self.outbox.clone(),
-                    id,
-                    unit: own_unit,
-                    subscribe: sub,
-                }))
-            }
-            M::IncidentCreate(new) if is(Role::Dispatcher) => command(Command::CreateIncident(new)),
-            M::IncidentUpdate { incident_id, patch } if is(Role::Dispatcher) => {
-                command(Command::UpdateIncident { incident_id, patch })
-            }
-            M::IncidentAssign(a) if is(Role::Dispatcher) => command(Command::Assign {
-                incident_id: a.incident_id,
-                unit_id: a.unit_id,
-                force: a.force,
-            }),
-            M::IncidentRecommend(query) if is(Role::Dispatcher) => Ok(Some(Request::Recommend {
-                outbox: self.outbox.clone(),
+            Allowed::Subscribe { unit, subscribe } => Request::Subscribe {
+                outbox,
                 id,
-                query,
-            })),
-            // Units may close and annotate their own incident; the engine checks "own".
-            M::IncidentClose(c) if is(Role::Dispatcher) || is(Role::Unit) => {
-                command(Command::CloseIncident {
-                    incident_id: c.incident_id,
-                    disposition: c.disposition,
-                })
-            }
-            M::IncidentNote(n) if is(Role::Dispatcher) || is(Role::Unit) => command(Command::Note {
-                incident_id: n.incident_id,
-                text: n.text,
-            }),
-            M::UnitPosition(p) if is(Role::Unit) => {
-                let me = own_unit.unwrap_or_default();
-                if p.unit_id.as_deref().is_some_and(|u| u != me) {
-                    return forbidden("send another unit's position");
-                }
-                command(Command::Position {
-                    unit_id: me,
-                    fix: p.fix,
-                })
-            }
-            M::UnitStatus(s) if is(Role::Unit) => {
-                let me = own_unit.unwrap_or_default();
-                if s.unit_id.as_deref().is_some_and(|u| u != me) {
-                    return forbidden("set another unit's status");
-                }
-                command(Command::SetStatus {
-                    unit_id: me,
-                    status: s.status,
-                })
-            }
-            M::UnitStatus(s) if is(Role::Dispatcher) => match s.unit_id {
-                Some(unit_id) => command(Command::SetStatus {
-                    unit_id,
-                    status: s.status,
-                }),
-                None => Err((
-                    ErrorCode::BadRequest,
-                    "unit.status from a dispatcher needs unit_id".into(),
-                )),
+                unit,
+                subscribe,
             },
-            M::AssignmentAck(a) if is(Role::Unit) => command(Command::Ack {
-                unit_id: own_unit.unwrap_or_default(),
-                incident_id: a.incident_id,
-            }),
-            M::AssignmentDecline(d) if is(Role::Unit) => command(Command::Decline {
-                unit_id: own_unit.unwrap_or_default(),
-                incident_id: d.incident_id,
-                reason: d.reason,
-            }),
-            M::UnitEmergency(e) if is(Role::Unit) => command(Command::Emergency {
-                unit_id: own_unit.unwrap_or_default(),
-                active: e.active,
-                location: e.location,
-            }),
-            other => forbidden(other.type_name()),
+            Allowed::Recommend(query) => Request::Recommend { outbox, id, query },
+            Allowed::Command(command) => Request::Command {
+                actor: self.actor.clone(),
+                command,
+                reply: ReplyTo::Session { outbox, id },
+                received: Instant::now(),
+            },
+        }))
+    }
+}
+
+/// A refused frame: the `error` reply's code and message.
+type Refusal = (ErrorCode, String);
+
+/// What a frame becomes once the role matrix let it through.
+#[derive(Debug)]
+enum Allowed {
+    /// `ping`: answered by the session itself.
+    Ping,
+    /// `subscribe` to topics the role may see; `unit` is a tablet's own unit.
+    Subscribe {
+        unit: Option<String>,
+        subscribe: Subscribe,
+    },
+    /// `incident.recommend` (read-only, no event).
+    Recommend(RecommendQuery),
+    /// A state-changing command for the engine. "Own incident" rules are the
+    /// engine's: only it knows which incident a unit is on.
+    Command(Command),
+}
+
+/// The role matrix of `shared/PROTOCOL.md` section 3: what `role` (acting as
+/// `actor`) may do with `message`. Pure: no session, no engine, no clock.
+/// A tablet's commands name its own unit whatever the frame says; a frame
+/// naming another unit is `forbidden`.
+fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowed, Refusal> {
+    use ClientMessage as M;
+    let forbidden = |what: &str| {
+        Err((
+            ErrorCode::Forbidden,
+            format!("role {} may not {what}", role.as_str()),
+        ))
+    };
+    let own_unit = actor.unit_id().map(str::to_owned);
+    let is = |r: Role| role == r;
+    let command = |command: Command| Ok(Allowed::Command(command));
+    match message {
+        M::Hello(_) => Err((ErrorCode::Conflict, "already authenticated".into())),
+        M::Ping => Ok(Allowed::Ping),
+        M::Subscribe(sub) => {
+            let allowed: &[SubTopic] = match role {
+                Role::Dispatcher | Role::Supervisor => {
+                    &[SubTopic::Incidents, SubTopic::Units, SubTopic::Positions]
+                }
+                Role::Unit => &[SubTopic::Assignments],
+                Role::Intake => &[],
+            };
+            if let Some(t) = sub.topics.iter().find(|t| !allowed.contains(t)) {
+                return forbidden(&format!("subscribe to {t:?}").to_lowercase());
+            }
+            Ok(Allowed::Subscribe {
+                unit: own_unit,
+                subscribe: sub,
+            })
         }
+        M::IncidentCreate(new) if is(Role::Dispatcher) => command(Command::CreateIncident(new)),
+        M::IncidentUpdate { incident_id, patch } if is(Role::Dispatcher) => {
+            command(Command::UpdateIncident { incident_id, patch })
+        }
+        M::IncidentAssign(a) if is(Role::Dispatcher) => command(Command::Assign {
+            incident_id: a.incident_id,
+            unit_id: a.unit_id,
+            force: a.force,
+        }),
+        M::IncidentRecommend(query) if is(Role::Dispatcher) => Ok(Allowed::Recommend(query)),
+        // Units may close and annotate their own incident; the engine checks "own".
+        M::IncidentClose(c) if is(Role::Dispatcher) || is(Role::Unit) => command(Command::CloseIncident {
+            incident_id: c.incident_id,
+            disposition: c.disposition,
+        }),
+        M::IncidentNote(n) if is(Role::Dispatcher) || is(Role::Unit) => command(Command::Note {
+            incident_id: n.incident_id,
+            text: n.text,
+        }),
+        M::UnitPosition(p) if is(Role::Unit) => {
+            let me = own_unit.unwrap_or_default();
+            if p.unit_id.as_deref().is_some_and(|u| u != me) {
+                return forbidden("send another unit's position");
+            }
+            command(Command::Position {
+                unit_id: me,
+                fix: p.fix,
+            })
+        }
+        M::UnitStatus(s) if is(Role::Unit) => {
+            let me = own_unit.unwrap_or_default();
+            if s.unit_id.as_deref().is_some_and(|u| u != me) {
+                return forbidden("set another unit's status");
+            }
+            command(Command::SetStatus {
+                unit_id: me,
+                status: s.status,
+            })
+        }
+        M::UnitStatus(s) if is(Role::Dispatcher) => match s.unit_id {
+            Some(unit_id) => command(Command::SetStatus {
+                unit_id,
+                status: s.status,
+            }),
+            None => Err((
+                ErrorCode::BadRequest,
+                "unit.status from a dispatcher needs unit_id".into(),
+            )),
+        },
+        M::AssignmentAck(a) if is(Role::Unit) => command(Command::Ack {
+            unit_id: own_unit.unwrap_or_default(),
+            incident_id: a.incident_id,
+        }),
+        M::AssignmentDecline(d) if is(Role::Unit) => command(Command::Decline {
+            unit_id: own_unit.unwrap_or_default(),
+            incident_id: d.incident_id,
+            reason: d.reason,
+        }),
+        M::UnitEmergency(e) if is(Role::Unit) => command(Command::Emergency {
+            unit_id: own_unit.unwrap_or_default(),
+            active: e.active,
+            location: e.location,
+        }),
+        other => forbidden(other.type_name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns of the table: each role, the unit being tablet `P-2`.
+    fn sessions() -> [(Role, Actor); 4] {
+        [Role::Dispatcher, Role::Supervisor, Role::Unit, Role::Intake].map(|role| {
+            let mut claims = Claims::new(role.as_str(), role, 0, 60);
+            if role == Role::Unit {
+                claims.unit = Some("P-2".into());
+            }
+            (role, actor_of(&claims))
+        })
+    }
+
+    fn message(json: &str) -> ClientMessage {
+        decode_frame(Encoding::Json, json.as_bytes())
+            .unwrap_or_else(|e| panic!("{json}: {}", e.message))
+            .message
+    }
+
+    /// What the matrix decided, in the words of the table.
+    fn decision(result: &Result<Allowed, Refusal>) -> &'static str {
+        match result {
+            Ok(Allowed::Ping) => "ping",
+            Ok(Allowed::Subscribe { .. }) => "subscribe",
+            Ok(Allowed::Recommend(_)) => "recommend",
+            // Passed on; "own incident" is the engine's to check.
+            Ok(Allowed::Command(_)) => "engine",
+            Err((code, _)) => code.as_str(),
+        }
+    }
+
+    /// `shared/PROTOCOL.md` section 3, one row per frame:
+    /// [dispatcher, supervisor, unit P-2, intake].
+    const MATRIX: &[(&str, [&str; 4])] = &[
+        (
+            r#"{"type":"hello","token":"t"}"#,
+            ["conflict", "conflict", "conflict", "conflict"],
+        ),
+        (r#"{"type":"ping"}"#, ["ping", "ping", "ping", "ping"]),
+        (
+            r#"{"type":"subscribe","topics":["incidents","units"]}"#,
+            ["subscribe", "subscribe", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"subscribe","topics":["positions"]}"#,
+            ["subscribe", "subscribe", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"subscribe","topics":["assignments"]}"#,
+            ["forbidden", "forbidden", "subscribe", "forbidden"],
+        ),
+        (
+            r#"{"type":"subscribe","topics":["units","assignments"]}"#,
+            ["forbidden", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"incident.create","category":"theft","priority":2,"location":{"lat":51.2,"lon":51.4}}"#,
+            ["engine", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"incident.update","incident_id":"I-1","priority":3}"#,
+            ["engine", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"incident.assign","incident_id":"I-1","unit_id":"P-1"}"#,
+            ["engine", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"incident.recommend","incident_id":"I-1"}"#,
+            ["recommend", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"incident.close","incident_id":"I-1","disposition":"done"}"#,
+            ["engine", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"incident.note","incident_id":"I-1","text":"hi"}"#,
+            ["engine", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"unit.position","lat":51.2,"lon":51.4}"#,
+            ["forbidden", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"unit.position","unit_id":"P-2","lat":51.2,"lon":51.4}"#,
+            ["forbidden", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"unit.position","unit_id":"P-1","lat":51.2,"lon":51.4}"#,
+            ["forbidden", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"unit.status","status":"busy","unit_id":"P-1"}"#,
+            ["engine", "forbidden", "forbidden", "forbidden"],
+        ),
+        (
+            r#"{"type":"unit.status","status":"busy"}"#,
+            ["bad_request", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"assignment.ack","incident_id":"I-1"}"#,
+            ["forbidden", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"assignment.decline","incident_id":"I-1","reason":"flat tyre"}"#,
+            ["forbidden", "forbidden", "engine", "forbidden"],
+        ),
+        (
+            r#"{"type":"unit.emergency","active":true}"#,
+            ["forbidden", "forbidden", "engine", "forbidden"],
+        ),
+    ];
+
+    #[test]
+    fn role_matrix() {
+        let sessions = sessions();
+        for (json, expected) in MATRIX {
+            for ((role, actor), want) in sessions.iter().zip(expected) {
+                let got = authorize(*role, actor, message(json));
+                assert_eq!(decision(&got), *want, "{json} as {}: {got:?}", role.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn a_tablet_acts_as_its_own_unit_whatever_the_frame_omits() {
+        let [.., (role, actor), _] = sessions();
+        let unit_of = |json: &str| match authorize(role, &actor, message(json)) {
+            Ok(Allowed::Command(
+                Command::Position { unit_id, .. }
+                | Command::SetStatus { unit_id, .. }
+                | Command::Ack { unit_id, .. }
+                | Command::Decline { unit_id, .. }
+                | Command::Emergency { unit_id, .. },
+            )) => unit_id,
+            other => panic!("{json}: {other:?}"),
+        };
+        for json in [
+            r#"{"type":"unit.position","lat":51.2,"lon":51.4}"#,
+            r#"{"type":"unit.status","status":"busy"}"#,
+            r#"{"type":"assignment.ack","incident_id":"I-1"}"#,
+            r#"{"type":"assignment.decline","incident_id":"I-1"}"#,
+            r#"{"type":"unit.emergency","active":true}"#,
+        ] {
+            assert_eq!(unit_of(json), "P-2", "{json}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_role_and_what_it_tried() {
+        let [_, (role, actor), ..] = sessions();
+        let (code, text) = authorize(
+            role,
+            &actor,
+            message(r#"{"type":"subscribe","topics":["assignments"]}"#),
+        )
+        .unwrap_err();
+        assert_eq!(code, ErrorCode::Forbidden);
+        assert_eq!(text, "role supervisor may not subscribe to assignments");
     }
 }

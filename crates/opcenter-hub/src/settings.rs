@@ -13,10 +13,10 @@ use serde::Deserialize;
 use opcenter_core::{EngineConfig, RosterUnit};
 
 /// The embedded defaults (`config/default.toml`).
-pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
 /// The development secret of the embedded defaults; running with it is logged.
-pub use opcenter_proto::auth::DEV_SECRET;
+use opcenter_proto::auth::DEV_SECRET;
 
 /// A configuration that could not be loaded or is out of range.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use opcenter_proto::{Encoding, ErrorCode, codec};
 
 /// Encodes `value` as one message in `encoding`; `None` only on a serializer bug
 /// (logged).
-pub fn message<T: Serialize>(encoding: Encoding, value: &T) -> Option<Message> {
+pub(crate) fn message<T: Serialize>(encoding: Encoding, value: &T) -> Option<Message> {
     match codec::encode(encoding, value) {
         Ok(bytes) => Some(match encoding {
             // serde_json only ever produces UTF-8.
@@ -29,22 +29,22 @@ pub fn message<T: Serialize>(encoding: Encoding, value: &T) -> Option<Message> {
 }
 
 /// An `ok` reply.
-pub fn ok<B: Serialize>(encoding: Encoding, id: Option<u64>, body: B) -> Option<Message> {
+pub(crate) fn ok<B: Serialize>(encoding: Encoding, id: Option<u64>, body: B) -> Option<Message> {
     message(encoding, &OkReply::new(id, body))
 }
 
 /// An `error` reply.
-pub fn error(encoding: Encoding, id: Option<u64>, code: ErrorCode, text: &str) -> Option<Message> {
+pub(crate) fn error(encoding: Encoding, id: Option<u64>, code: ErrorCode, text: &str) -> Option<Message> {
     message(encoding, &ErrorReply::new(id, code, text))
 }
 
 /// A `positions` batch.
-pub fn positions_frame(encoding: Encoding, items: &[&PositionItem]) -> Option<Message> {
+pub(crate) fn positions_frame(encoding: Encoding, items: &[&PositionItem]) -> Option<Message> {
     message(encoding, &PositionsFrame::new(items))
 }
 
 /// Payload bytes of a message (what the per-session bound counts).
-pub fn frame_len(message: &Message) -> usize {
+pub(crate) fn frame_len(message: &Message) -> usize {
     match message {
         Message::Text(t) => t.len(),
         Message::Binary(b) => b.len(),

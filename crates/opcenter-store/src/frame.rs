@@ -34,7 +34,7 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    pub fn total_len(&self) -> usize {
+    pub(crate) fn total_len(&self) -> usize {
         HEADER_LEN + self.payload_len
     }
 }
@@ -51,7 +51,7 @@ pub(crate) enum Bad {
 }
 
 impl Bad {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Bad::Short => "truncated record",
             Bad::Length => "impossible record length",

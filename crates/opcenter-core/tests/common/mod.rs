@@ -5,22 +5,22 @@
 use opcenter_core::*;
 
 /// A dispatcher actor.
-pub fn disp() -> Actor {
+pub(crate) fn disp() -> Actor {
     Actor::dispatcher("disp-1")
 }
 
 /// The tablet of `id`.
-pub fn tab(id: &str) -> Actor {
+pub(crate) fn tab(id: &str) -> Actor {
     Actor::unit(format!("sub-{id}"), id)
 }
 
 /// A location.
-pub fn at(lat: f64, lon: f64) -> Location {
+pub(crate) fn at(lat: f64, lon: f64) -> Location {
     Location { lat, lon }
 }
 
 /// Registers `id` with `caps`, makes it available and gives it a fix at `now`.
-pub fn unit(e: &mut Engine, id: &str, caps: &[&str], loc: Location, now: i64) {
+pub(crate) fn unit(e: &mut Engine, id: &str, caps: &[&str], loc: Location, now: i64) {
     let profile = UnitProfile {
         id: id.into(),
         callsign: None,
@@ -41,7 +41,7 @@ pub fn unit(e: &mut Engine, id: &str, caps: &[&str], loc: Location, now: i64) {
 }
 
 /// A fix for `id` taken at `now`.
-pub fn pos(e: &mut Engine, id: &str, loc: Location, now: i64) -> Result<Applied, CoreError> {
+pub(crate) fn pos(e: &mut Engine, id: &str, loc: Location, now: i64) -> Result<Applied, CoreError> {
     e.apply(
         &tab(id),
         Command::Position {
@@ -59,7 +59,7 @@ pub fn pos(e: &mut Engine, id: &str, loc: Location, now: i64) -> Result<Applied,
 }
 
 /// Creates an incident as a dispatcher; returns it after dispatch.
-pub fn create(e: &mut Engine, n: NewIncident, now: i64) -> Incident {
+pub(crate) fn create(e: &mut Engine, n: NewIncident, now: i64) -> Incident {
     match e.apply(&disp(), Command::CreateIncident(n), now).unwrap().reply {
         Reply::Created { incident, .. } => incident,
         r => panic!("unexpected reply {r:?}"),
@@ -67,7 +67,7 @@ pub fn create(e: &mut Engine, n: NewIncident, now: i64) -> Incident {
 }
 
 /// Asserts the cross-references between incidents and units agree.
-pub fn check_invariants(e: &Engine) {
+pub(crate) fn check_invariants(e: &Engine) {
     let snap = e.snapshot();
     for u in &snap.units {
         if let Some(iid) = &u.incident_id {

@@ -1,0 +1,28 @@
+//! The names of every metric the hub records, in one place: `/metrics` is an
+//! interface that dashboards and alerts depend on, so a name is spelled once
+//! and a typo is a compile error, not a silently empty graph.
+//!
+//! Owns: metric names (labels are documented beside each). Must never: record
+//! anything itself.
+
+/// Counter: commands by `type` and `outcome` (`ok`, `error`, `refused`,
+/// `rate_limited`, `internal`).
+pub(crate) const COMMANDS: &str = "opcenter_commands_total";
+/// Histogram: receipt of an `incident.create` → its reply queued, seconds.
+pub(crate) const CREATE_SECONDS: &str = "opcenter_create_seconds";
+/// Histogram: receipt of an `incident.create` → its assignments queued to the tablets.
+pub(crate) const ASSIGNMENT_SECONDS: &str = "opcenter_assignment_seconds";
+/// Histogram: one group commit (append + fsync), seconds.
+pub(crate) const JOURNAL_APPEND_SECONDS: &str = "opcenter_journal_append_seconds";
+/// Histogram: events per group commit (has its own buckets).
+pub(crate) const JOURNAL_BATCH_EVENTS: &str = "opcenter_journal_batch_events";
+/// Counter: events queued to sessions.
+pub(crate) const EVENT_DELIVERIES: &str = "opcenter_event_deliveries_total";
+/// Counter: sessions closed because their queue overflowed (4008).
+pub(crate) const QUEUE_OVERFLOWS: &str = "opcenter_queue_overflows_total";
+/// Gauge: open sessions by `role`.
+pub(crate) const CONNECTIONS: &str = "opcenter_connections";
+/// Counter: closes the server sent, by `code`.
+pub(crate) const CLOSES: &str = "opcenter_closes_total";
+/// Counter: frames answered with an error, by `code`.
+pub(crate) const FRAME_ERRORS: &str = "opcenter_frame_errors_total";

@@ -1,0 +1,115 @@
+//! The hub's side of the journal: how an engine event becomes a journal record
+//! and back, how an engine snapshot is stored, and the typed error of the
+//! durability path (recovery, group commit, snapshots). Every payload the hub
+//! writes to or reads from a [`Journal`] goes through here.
+//!
+//! Records are MessagePack with field names, so a field added later reads as
+//! its default from older records.
+//!
+//! Owns: the record format. Must never: decide when to write (the engine
+//! thread does) or swallow a store error into a string.
+
+use opcenter_core::{EngineSnapshot, Event};
+use opcenter_store::{Journal, Record, StoreError};
+
+/// Why the journal could not be read, written or replayed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DurabilityError {
+    /// The store refused an operation.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading the records after `after` failed.
+    #[error("journal after seq {after}: {source}")]
+    Read { after: u64, source: StoreError },
+    /// A stored snapshot does not decode as an engine snapshot.
+    #[error("snapshot at seq {seq}: {source}")]
+    BadSnapshot {
+        seq: u64,
+        source: rmp_serde::decode::Error,
+    },
+    /// A record does not decode as an engine event.
+    #[error("journal record {seq}: {source}")]
+    BadRecord {
+        seq: u64,
+        source: rmp_serde::decode::Error,
+    },
+    /// An event or snapshot could not be encoded (a serializer bug).
+    #[error("encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: rmp_serde::encode::Error,
+    },
+    /// The journal failed earlier: the engine may hold changes it lacks, so
+    /// nothing more is written from it.
+    #[error("the journal failed: no snapshot")]
+    Unhealthy,
+}
+
+/// An event as a journal payload.
+pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>, DurabilityError> {
+    rmp_serde::to_vec_named(event).map_err(|source| DurabilityError::Encode {
+        what: "event",
+        source,
+    })
+}
+
+/// The event a journal record holds.
+pub(crate) fn decode_event(record: &Record) -> Result<Event, DurabilityError> {
+    rmp_serde::from_slice(&record.payload).map_err(|source| DurabilityError::BadRecord {
+        seq: record.seq,
+        source,
+    })
+}
+
+/// An engine snapshot as the bytes [`Journal::write_snapshot`] stores.
+pub(crate) fn encode_snapshot(snapshot: &EngineSnapshot) -> Result<Vec<u8>, DurabilityError> {
+    rmp_serde::to_vec_named(snapshot).map_err(|source| DurabilityError::Encode {
+        what: "snapshot",
+        source,
+    })
+}
+
+/// The engine snapshot stored at `seq`.
+pub(crate) fn decode_snapshot(seq: u64, bytes: &[u8]) -> Result<EngineSnapshot, DurabilityError> {
+    rmp_serde::from_slice(bytes).map_err(|source| DurabilityError::BadSnapshot { seq, source })
+}
+
+/// Up to `max` records after `after`, with the position in the error.
+pub(crate) fn read_from(
+    journal: &dyn Journal,
+    after: u64,
+    max: usize,
+) -> Result<Vec<Record>, DurabilityError> {
+    journal
+        .read_from(after, max)
+        .map_err(|source| DurabilityError::Read { after, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use opcenter_store::MemJournal;
+
+    use super::*;
+
+    #[test]
+    fn a_record_that_is_not_an_event_names_its_seq() {
+        let mut journal = MemJournal::with_epoch("e");
+        journal.append_batch(&[b"not msgpack of an event"]).unwrap();
+        let records = read_from(&journal, 0, 10).unwrap();
+        let err = decode_event(&records[0]).unwrap_err();
+        assert!(
+            matches!(err, DurabilityError::BadRecord { seq: 1, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("journal record 1: "), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_round_trips() {
+        let engine = opcenter_core::Engine::new(opcenter_core::EngineConfig::default());
+        let bytes = encode_snapshot(&engine.snapshot()).unwrap();
+        decode_snapshot(7, &bytes).unwrap();
+        let err = decode_snapshot(7, b"\xc1").unwrap_err();
+        assert!(err.to_string().starts_with("snapshot at seq 7: "), "{err}");
+    }
+}

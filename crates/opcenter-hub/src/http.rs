@@ -270,6 +270,16 @@ const CONSOLE_FILES: &[(&str, &str, &str)] = &[
         include_str!("../assets/console/app.js"),
     ),
     (
+        "conn.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/conn.js"),
+    ),
+    (
+        "dom.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/dom.js"),
+    ),
+    (
         "map.js",
         "text/javascript; charset=utf-8",
         include_str!("../assets/console/map.js"),

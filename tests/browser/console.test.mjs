@@ -3,27 +3,20 @@
 // as a dispatcher and as a supervisor.
 //
 // Run: (cd tests/browser && npm install) && cargo build && node --test tests/browser/
-// Env: OPCENTER_BIN (default target/debug/opcenter), CHROMIUM (default /usr/bin/chromium),
-//      OPCENTER_FAKE=1 to run against tests/browser/fake-hub.mjs instead of the binary.
+// Env: OPCENTER_BIN (default target/debug/opcenter), CHROMIUM (default /usr/bin/chromium).
 // Screenshots go to tests/browser/out/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { chromium } from 'playwright-core';
+import { startRealServer } from './hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '../..');
 const OUT = path.join(here, 'out');
-const FAKE = process.env.OPCENTER_FAKE === '1';
-const BIN = path.resolve(repo, process.env.OPCENTER_BIN || 'target/debug/opcenter');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SECRET = 'browser-test-secret';
 
 // Two patrol cars a couple of kilometres apart; the incident goes next to P-1.
 const P1 = { lat: 51.2300, lon: 51.3700 };
@@ -33,93 +26,6 @@ let server; // {url, stop(), token(role, sub, unit?)}
 let browser;
 const tablets = [];
 const pageErrors = [];
-
-// ------------------------------------------------------------------ server
-
-async function startRealServer() {
-  if (!fs.existsSync(BIN)) {
-    throw new Error(`server binary not found at ${BIN}: run \`cargo build\` first or set OPCENTER_BIN`);
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opcenter-browser-'));
-  const cfg = path.join(dir, 'opcenter.toml');
-  fs.writeFileSync(cfg, [
-    '[server]',
-    'listen = "127.0.0.1:0"',
-    '',
-    '[storage]',
-    `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
-    '',
-    '[auth]',
-    `jwt_secret = "${SECRET}"`,
-    '',
-    '[dispatch]',
-    'ack_timeout_s = 300',
-    'max_position_age_s = 3600',
-    '',
-  ].join('\n'));
-  const child = spawn(BIN, ['serve', '--config', cfg], {
-    cwd: dir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
-  });
-  const log = fs.createWriteStream(path.join(OUT, 'server.log'));
-  child.stderr.pipe(log);
-  const addr = await new Promise((resolve, reject) => {
-    let buf = '';
-    const timer = setTimeout(() => reject(new Error(`no "listening on" line within 20 s; stdout so far: ${buf}`)), 20000);
-    child.stdout.on('data', (d) => {
-      buf += d;
-      log.write(d);
-      const m = buf.match(/listening on (\S+:\d+)/);
-      if (m) { clearTimeout(timer); resolve(m[1]); }
-    });
-    child.on('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`server exited early (${code ?? sig}); see ${OUT}/server.log`)); });
-  });
-  child.stdout.on('data', (d) => log.write(d));
-  const host = addr.startsWith('0.0.0.0') ? addr.replace('0.0.0.0', '127.0.0.1') : addr;
-  return {
-    url: `http://${host}`,
-    token: (role, sub, unit) => mintWithCli(cfg, role, sub, unit),
-    stop: async () => {
-      if (child.exitCode != null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 10000);
-      await exited;
-      clearTimeout(t);
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-/** `opcenter token …`; falls back to minting HS256 here if the CLI does not take these flags. */
-function mintWithCli(cfg, role, sub, unit) {
-  const args = ['token', '--config', cfg, '--role', role, '--sub', sub];
-  if (unit) args.push('--unit', unit);
-  try {
-    const out = execFileSync(BIN, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-    const jwt = out.split(/\s+/).find((w) => /^[\w-]+\.[\w-]+\.[\w-]+$/.test(w));
-    if (jwt) return jwt;
-    throw new Error(`no JWT in output: ${out}`);
-  } catch (e) {
-    console.warn(`# opcenter token failed (${String(e.message).split('\n')[0]}); minting HS256 in the test`);
-    return mintHs256({ sub, role, ...(unit ? { unit } : {}) });
-  }
-}
-
-function mintHs256(claims) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
-  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
-}
-
-async function startFake() {
-  const { startFakeHub, fakeToken } = await import('./fake-hub.mjs');
-  const hub = await startFakeHub({
-    config: { center: { lat: 51.235, lon: 51.38 }, extent: { south: 51.20, west: 51.33, north: 51.27, east: 51.43 }, districts: null },
-  });
-  return { url: hub.url, token: (role, sub, unit) => fakeToken({ role, sub, ...(unit ? { unit } : {}) }), stop: hub.close };
-}
 
 // ------------------------------------------------------------------ tablets
 
@@ -186,16 +92,46 @@ async function waitFor(fn, what, timeoutMs = 15000) {
   }
 }
 
-async function openConsole(token, name) {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+/** Records every CSP violation of the page in window.__cspViolations, from before its first script. */
+function watchCsp(page) {
+  return page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__cspViolations.push(`${e.effectiveDirective} blocked ${e.blockedURI || '(inline)'}`);
+    });
+  });
+}
+
+/**
+ * A page that records script errors and Content-Security-Policy violations. The
+ * violation listener goes in before any of the page's scripts run; the browser
+ * also logs every violation as a console error, which lands in pageErrors.
+ */
+async function newWatchedPage(name, viewport = { width: 1440, height: 900 }) {
+  const page = await browser.newPage({ viewport });
+  await watchCsp(page);
   page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
   page.on('console', (m) => {
     // A 404 for an optional resource (/v1/console/config) is logged by the browser, not by us.
     if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(`${name} console: ${m.text()}`);
   });
-  await page.goto(`${server.url}/?token=${encodeURIComponent(token)}`);
+  return page;
+}
+
+const cspViolations = (page) => page.evaluate(() => window.__cspViolations);
+
+async function openConsole(token, name) {
+  const page = await newWatchedPage(name);
+  const res = await page.goto(`${server.url}/?token=${encodeURIComponent(token)}`);
+  assert.match(res.headers()['content-security-policy'] || '', /default-src 'self'/, `${name}: the page carries its CSP`);
   await page.waitForSelector('[data-testid=conn-state][data-state=live]', { timeout: 15000 });
   return page;
+}
+
+/** Closes a console page after checking that its policy never had to block anything. */
+async function closeConsole(page, name) {
+  assert.deepEqual(await cspViolations(page), [], `${name}: no CSP violation`);
+  await page.close();
 }
 
 const shot = (page, name) => page.screenshot({ path: path.join(OUT, name) });
@@ -212,7 +148,7 @@ function haversine(a, b) {
 
 before(async () => {
   fs.mkdirSync(OUT, { recursive: true });
-  server = FAKE ? await startFake() : await startRealServer();
+  server = await startRealServer(OUT);
   for (const [id, pos] of [['P-1', P1], ['P-2', P2]]) {
     const t = new Tablet(id, server.token('unit', id, id), server.url);
     await t.connect();
@@ -308,11 +244,11 @@ test('console: dispatcher creates, sees auto-dispatch, closes; supervisor figure
   const late = await openConsole(server.token('supervisor', 's2'), 'late supervisor');
   await waitFor(() => late.$eval('[data-testid=fig-median-arrival]', (e) => e.dataset.ms !== ''), 'late supervisor: arrival median', 10000)
     .catch((e) => console.warn(`# late supervisor has no history figures: ${e.message}`));
-  await late.close();
+  await closeConsole(late, 'late');
 
   for (const t of tablets) assert.deepEqual(t.errors, [], `${t.id} saw no errors`);
-  await supervisor.close();
-  await dispatcher.close();
+  await closeConsole(supervisor, 'supervisor');
+  await closeConsole(dispatcher, 'dispatcher');
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });
 
@@ -407,7 +343,7 @@ test('console: dispatcher edits an incident, assigns any unit, sets unit status 
     await dispatcher.waitForSelector(row(id), { state: 'detached', timeout: 10000 });
   }
   for (const t of tablets) assert.deepEqual(t.errors, [], `${t.id} saw no errors`);
-  await dispatcher.close();
+  await closeConsole(dispatcher, 'dispatcher');
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });
 
@@ -440,12 +376,12 @@ test('console: an officer emergency takes the top of the screen until acknowledg
   const ids = await dispatcher.$$eval('[data-testid=queue-row]', (rows) => rows.map((r) => r.dataset.incidentId));
   assert.equal(new Set(ids).size, ids.length, `no duplicated rows: ${ids}`);
   assert.ok(ids.includes(emergencyId));
-  await dispatcher.close();
+  await closeConsole(dispatcher, 'dispatcher');
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });
 
 test('console: a bad token is refused at sign-in; a unit token gets a clear message', async () => {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const page = await newWatchedPage('signin', { width: 1280, height: 800 });
   await page.goto(`${server.url}/?token=not-a-jwt`);
   await page.waitForSelector('[data-testid=signin-msg]:has-text("unauthorized")', { timeout: 15000 });
   assert.equal(await page.isVisible('[data-testid=signin]'), true);
@@ -455,5 +391,41 @@ test('console: a bad token is refused at sign-in; a unit token gets a clear mess
   await page.click('[data-testid=signin-submit]');
   await page.waitForSelector('[data-testid=role-message]', { state: 'visible', timeout: 15000 });
   assert.match(await page.textContent('[data-testid=role-message]'), /unit/);
+  await closeConsole(page, 'signin');
+  assert.deepEqual(pageErrors, [], 'no script errors in the pages');
+});
+
+test('console: served with a Content-Security-Policy that the browser enforces', async () => {
+  for (const p of ['/', '/console/app.js', '/console/conn.js', '/console/dom.js']) {
+    const r = await fetch(`${server.url}${p}`);
+    assert.equal(r.status, 200, p);
+    const csp = r.headers.get('content-security-policy') || '';
+    assert.match(csp, /(^|;\s*)default-src 'self'(;|$)/, `${p}: ${csp}`);
+    assert.match(csp, /(^|;\s*)connect-src 'self'(;|$)/, `${p}: ${csp}`);
+    assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval|\*/, `${p}: ${csp}`);
+  }
+
+  // The listener the other tests rely on does hear the policy: a page that tries to
+  // reach another origin, or to run an inline handler, is stopped and reported.
+  // (No error collection here: the browser logs these refusals as errors.)
+  const page = await browser.newPage();
+  await watchCsp(page);
+  await page.goto(`${server.url}/`);
+  await page.waitForSelector('[data-testid=signin]');
+  assert.deepEqual(await cspViolations(page), [], 'the sign-in page alone breaks no rule');
+  await page.evaluate(() => {
+    try { new WebSocket('ws://127.0.0.2:9/v1/ws'); } catch { /* some browsers throw as well */ }
+    new Image().src = 'http://127.0.0.2:9/tile.png';
+    const b = document.createElement('button');
+    b.setAttribute('onclick', 'window.__inlineRan = true');
+    document.body.appendChild(b);
+    b.click();
+  });
+  await waitFor(async () => (await cspViolations(page)).length >= 3, 'three violations', 5000);
+  const seen = await cspViolations(page);
+  for (const d of ['connect-src', 'img-src', 'script-src']) {
+    assert.ok(seen.some((v) => v.startsWith(d)), `${d} was enforced: ${seen}`);
+  }
+  assert.equal(await page.evaluate(() => window.__inlineRan), undefined, 'the inline handler did not run');
   await page.close();
 });

@@ -270,6 +270,16 @@ const CONSOLE_FILES: &[(&str, &str, &str)] = &[
         include_str!("../assets/console/app.js"),
     ),
     (
+        "conn.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/conn.js"),
+    ),
+    (
+        "dom.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/dom.js"),
+    ),
+    (
         "map.js",
         "text/javascript; charset=utf-8",
         include_str!("../assets/console/map.js"),
@@ -286,10 +296,23 @@ const CONSOLE_FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// What the console may load, enforced by the browser: its own files, its own
+/// WebSocket and HTTP API, and nothing else (no inline script, style or `on…`
+/// attribute either). `connect-src 'self'` covers the same-origin `ws:`/`wss:`
+/// socket under CSP level 3 (Chromium 71+, Firefox, Safari 16+). `img-src data:`
+/// is for the empty `data:,` favicon that keeps the browser from asking for
+/// /favicon.ico.
+const CONSOLE_CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
+    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 fn console_file(name: &str) -> Response {
     match CONSOLE_FILES.iter().find(|(n, _, _)| *n == name) {
         Some((_, mime, body)) => (
-            [(header::CONTENT_TYPE, *mime), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+            ],
             Body::from(*body),
         )
             .into_response(),

@@ -1,27 +1,25 @@
-/* opcenter console: the page. A client of PROTOCOL.md like any other.
+/* opcenter console: the page and its views. A client of PROTOCOL.md like any other.
  *
- * Owns: sign-in, the WebSocket session (hello, subscribe, resume with `since`,
- * reconnect with backoff, keepalive pings), commands and their replies, and the
+ * Owns: sign-in, which session to run (OCConn, conn.js, does the talking), and the
  * DOM of both views (dispatcher: queue, unit board, details, create form;
- * supervisor: figures, read-only lists). State lives in OCStore, drawing in OCMap.
+ * supervisor: figures, read-only lists). State lives in OCStore, drawing in OCMap,
+ * element building and formatting in OCDom (dom.js).
  *
  * Must never: render a row from anything but the store (so a resume can neither
- * duplicate nor lose rows), resend a command that is not idempotent after a drop
- * (only `incident.create`, which carries a `key`, is retried), or load anything
- * from outside this server.
+ * duplicate nor lose rows), send a command with `retry` unless it carries a `key`
+ * (only `incident.create` does), or load anything from outside this server.
  */
 (function () {
   "use strict";
 
-  var PROTOCOL = 1;
-  var TOPICS = ["incidents", "units", "positions"];
-  var PING_EVERY_MS = 15000;
-  var PING_TIMEOUT_MS = 10000;
-  var BACKOFF_MIN_MS = 500;
-  var BACKOFF_MAX_MS = 10000;
   var HISTORY_REPLAY_MAX = 20000; // replay at most this many events for the figures
 
   var $ = function (id) { return document.getElementById(id); };
+  var el = OCDom.el;
+  var reconcile = OCDom.reconcile;
+  var fmtAge = OCDom.fmtAge;
+  var fmtDuration = OCDom.fmtDuration;
+  var fmtDistance = OCDom.fmtDistance;
   var params = new URLSearchParams(location.search);
 
   var store = new OCStore.Store();
@@ -38,224 +36,15 @@
   var acked = loadAcked();
   var lastConfig = null;
 
-  // ---------------------------------------------------------------- connection
+  var conn = null;
+  var history = null;
 
-  /** One WebSocket session with the hub; reconnects with backoff until stopped. */
-  function Conn(token, opts) {
-    this.token = token;
-    this.opts = opts || {};
-    this.ws = null;
-    this.nextId = 1;
-    this.pending = new Map(); // id -> {resolve, reject, cmd, retry}
-    this.backoff = BACKOFF_MIN_MS;
-    this.stopped = false;
-    this.state = "offline";
-    this.subscribed = false;
-    this.early = []; // events that arrived before the subscribe reply
-    this.timer = null;
-    this.pingTimer = null;
-    this.pingDeadline = null;
-    this.everLive = false;
-  }
-
-  Conn.prototype.url = function () {
+  /** The hub's WebSocket endpoint on this server (or `?ws=` for a hand-run test). */
+  function wsUrl() {
     if (params.get("ws")) return params.get("ws");
     var proto = location.protocol === "https:" ? "wss:" : "ws:";
     return proto + "//" + location.host + "/v1/ws";
-  };
-
-  Conn.prototype.setState = function (s) {
-    this.state = s;
-    if (this.opts.onState) this.opts.onState(s);
-  };
-
-  Conn.prototype.start = function () {
-    this.stopped = false;
-    this.open();
-  };
-
-  Conn.prototype.stop = function () {
-    this.stopped = true;
-    clearTimeout(this.timer);
-    clearInterval(this.pingTimer);
-    if (this.ws) try { this.ws.close(1000, "bye"); } catch (e) { /* already closed */ }
-    this.ws = null;
-    this.failPending("signed out");
-    this.setState("offline");
-  };
-
-  Conn.prototype.open = function () {
-    var self = this;
-    this.setState(this.everLive ? "reconnecting" : "connecting");
-    var ws;
-    try {
-      ws = new WebSocket(this.url());
-    } catch (e) {
-      this.scheduleReconnect();
-      return;
-    }
-    this.ws = ws;
-    this.subscribed = false;
-    this.early = [];
-    ws.onopen = function () {
-      if (self.ws !== ws) return;
-      self.send({ type: "hello", token: self.token, protocol: PROTOCOL }).then(function (ok) {
-        self.onHello(ok);
-      }, function (err) {
-        if (err && err.code === "unauthorized") self.fatal(err);
-      });
-    };
-    ws.onmessage = function (e) {
-      if (self.ws !== ws) return;
-      var msg;
-      try { msg = JSON.parse(e.data); } catch (err) { return; }
-      self.onMessage(msg);
-    };
-    ws.onclose = function (e) {
-      if (self.ws !== ws) return;
-      self.ws = null;
-      clearInterval(self.pingTimer);
-      self.failPending("connection lost");
-      if (self.stopped) return;
-      if (e.code === 4001) {
-        self.fatal({ code: "unauthorized", message: e.reason || "the server refused this token" });
-        return;
-      }
-      self.scheduleReconnect();
-    };
-    ws.onerror = function () { /* onclose follows */ };
-  };
-
-  Conn.prototype.fatal = function (err) {
-    this.stopped = true;
-    clearTimeout(this.timer);
-    clearInterval(this.pingTimer);
-    if (this.ws) try { this.ws.close(); } catch (e) { /* ignore */ }
-    this.ws = null;
-    this.setState("offline");
-    if (this.opts.onFatal) this.opts.onFatal(err);
-  };
-
-  Conn.prototype.scheduleReconnect = function () {
-    var self = this;
-    if (this.stopped) return;
-    this.setState(this.everLive ? "reconnecting" : "connecting");
-    var delay = this.backoff * (0.75 + Math.random() * 0.5);
-    this.backoff = Math.min(BACKOFF_MAX_MS, this.backoff * 2);
-    clearTimeout(this.timer);
-    this.timer = setTimeout(function () { self.open(); }, delay);
-  };
-
-  Conn.prototype.onHello = function (ok) {
-    var self = this;
-    if (this.opts.onHello && this.opts.onHello(ok) === false) return;
-    this.subscribeNow();
-    clearInterval(this.pingTimer);
-    this.pingTimer = setInterval(function () { self.keepalive(); }, PING_EVERY_MS);
-  };
-
-  Conn.prototype.subscribeNow = function () {
-    var self = this;
-    var cmd = { type: "subscribe", topics: this.opts.topics || TOPICS };
-    var since = this.opts.since ? this.opts.since() : null;
-    if (since) cmd.since = since;
-    this.send(cmd).then(function (ok) {
-      self.subscribed = true;
-      self.backoff = BACKOFF_MIN_MS;
-      self.everLive = true;
-      if (self.opts.onSubscribed) self.opts.onSubscribed(ok);
-      var early = self.early;
-      self.early = [];
-      early.forEach(function (m) { self.opts.onEvent && self.opts.onEvent(m); });
-      self.setState("live");
-      self.retryCreates();
-    }, function (err) {
-      toastError(err);
-      if (self.ws) self.ws.close(4000, "subscribe failed");
-    });
-  };
-
-  Conn.prototype.keepalive = function () {
-    var self = this;
-    var ws = this.ws;
-    if (!ws || ws.readyState !== 1) return;
-    var timer = setTimeout(function () {
-      // No answer: the link is dead even if the socket has not noticed yet.
-      if (self.ws === ws) try { ws.close(4000, "ping timeout"); } catch (e) { /* ignore */ }
-    }, PING_TIMEOUT_MS);
-    this.send({ type: "ping" }).then(function () { clearTimeout(timer); }, function () { clearTimeout(timer); });
-  };
-
-  Conn.prototype.onMessage = function (msg) {
-    switch (msg.type) {
-      case "ok":
-      case "error": {
-        var p = msg.id != null ? this.pending.get(msg.id) : null;
-        if (p) {
-          this.pending.delete(msg.id);
-          if (msg.type === "ok") p.resolve(msg);
-          else p.reject(msg);
-        } else if (msg.type === "error") {
-          toastError(msg);
-        }
-        break;
-      }
-      case "event":
-        if (!this.subscribed) this.early.push(msg);
-        else if (this.opts.onEvent) this.opts.onEvent(msg);
-        break;
-      case "positions":
-        if (this.opts.onPositions) this.opts.onPositions(msg);
-        break;
-      default:
-        // Unknown server frames are ignored (forward compatibility).
-        break;
-    }
-  };
-
-  /** Sends a command with a fresh id; resolves with the ok reply, rejects with the error. */
-  Conn.prototype.send = function (cmd, retry) {
-    var self = this;
-    return new Promise(function (resolve, reject) {
-      var ws = self.ws;
-      if (!ws || ws.readyState !== 1) {
-        if (retry) {
-          self.pending.set("r" + self.nextId++, { resolve: resolve, reject: reject, cmd: cmd, retry: true, queued: true });
-          return;
-        }
-        reject({ code: "offline", message: "not connected" });
-        return;
-      }
-      var id = self.nextId++;
-      var frame = Object.assign({}, cmd, { id: id });
-      self.pending.set(id, { resolve: resolve, reject: reject, cmd: cmd, retry: !!retry });
-      ws.send(JSON.stringify(frame));
-    });
-  };
-
-  Conn.prototype.failPending = function (why) {
-    var self = this;
-    var keep = new Map();
-    this.pending.forEach(function (p, id) {
-      if (p.retry && !self.stopped) keep.set("r" + self.nextId++, Object.assign({}, p, { queued: true }));
-      else p.reject({ code: "offline", message: "command not confirmed: " + why });
-    });
-    this.pending = keep;
-  };
-
-  /** Re-sends idempotent commands (creates with a `key`) that a drop left unanswered. */
-  Conn.prototype.retryCreates = function () {
-    var self = this;
-    var queued = [];
-    this.pending.forEach(function (p, id) { if (p.queued) queued.push([id, p]); });
-    queued.forEach(function (e) {
-      self.pending.delete(e[0]);
-      self.send(e[1].cmd, true).then(e[1].resolve, e[1].reject);
-    });
-  };
-
-  var conn = null;
-  var history = null;
+  }
 
   // ---------------------------------------------------------------- sign-in
 
@@ -283,7 +72,9 @@
     selectedUnitId = null;
     unitConfirm = null;
     editBase = null;
-    conn = new Conn(token, {
+    conn = new OCConn.Conn(token, {
+      url: wsUrl(),
+      onError: toastError,
       onState: setConnState,
       onHello: onHello,
       since: function () { return store.cursor(); },
@@ -336,7 +127,9 @@
    * incident history from seq 0 (when it is short enough) and feeds only timings.
    */
   function startHistory(token, epoch) {
-    var h = new Conn(token, {
+    var h = new OCConn.Conn(token, {
+      url: wsUrl(),
+      onError: toastError,
       topics: ["incidents"],
       since: function () { return { epoch: epoch, seq: 0 }; },
       onSubscribed: function (ok) {
@@ -470,25 +263,6 @@
     });
   }
 
-  function el(tag, attrs, children) {
-    var e = document.createElement(tag);
-    if (attrs) Object.keys(attrs).forEach(function (k) {
-      // null/undefined/false mean "no such attribute" (setAttribute would write "null",
-      // and a disabled="null" button is still disabled).
-      if (attrs[k] == null || attrs[k] === false) return;
-      if (k === "text") e.textContent = attrs[k];
-      else if (k === "class") e.className = attrs[k];
-      else if (k.indexOf("data-") === 0) e.setAttribute(k, attrs[k]);
-      else if (k.indexOf("on") === 0) e.addEventListener(k.slice(2), attrs[k]);
-      else e.setAttribute(k, attrs[k]);
-    });
-    (children || []).forEach(function (c) {
-      if (c == null) return;
-      e.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
-    });
-    return e;
-  }
-
   function unitLabel(id) {
     var u = store.units.get(id);
     return u && u.callsign && u.callsign !== id ? u.callsign + " (" + id + ")" : String(id);
@@ -561,31 +335,6 @@
       var age = row.querySelector(".age");
       if (age && u.location_ms) age.dataset.at = String(u.location_ms);
     });
-  }
-
-  /**
-   * Brings `box`'s children in line with `items` (by key), rebuilding a row only
-   * when its signature changed, so a row under the pointer survives unrelated
-   * updates (a click is a mousedown and a mouseup on the same element).
-   */
-  function reconcile(box, items, keyOf, sigOf, build, emptyText, update) {
-    var old = new Map();
-    Array.prototype.forEach.call(box.children, function (c) { if (c.dataset.key != null) old.set(c.dataset.key, c); });
-    var rows = items.map(function (it) {
-      var key = String(keyOf(it));
-      var sig = sigOf(it);
-      var row = old.get(key);
-      if (!row || row.dataset.sig !== sig) {
-        row = build(it);
-        row.dataset.key = key;
-        row.dataset.sig = sig;
-      }
-      if (update) update(row, it);
-      return row;
-    });
-    var same = rows.length === box.children.length && rows.every(function (r, i) { return box.children[i] === r; });
-    if (!same) box.replaceChildren.apply(box, rows);
-    if (!items.length) box.replaceChildren(el("p", { class: "empty", text: emptyText }));
   }
 
   function renderFigures() {
@@ -1133,7 +882,7 @@
     return Date.now().toString(36) + Math.random().toString(36).slice(2);
   }
 
-  // ---------------------------------------------------------------- toasts & formatting
+  // ---------------------------------------------------------------- toasts
 
   function toast(text, kind, code) {
     var t = el("div", { class: "toast " + (kind || "error"), "data-testid": "toast", "data-code": code || "", text: text });
@@ -1145,26 +894,6 @@
   function toastError(err) {
     if (!err) return;
     toast((err.code || "error") + ": " + (err.message || ""), "error", err.code);
-  }
-
-  function fmtAge(ms) {
-    ms = Math.max(0, ms);
-    var s = Math.floor(ms / 1000);
-    var h = Math.floor(s / 3600);
-    var m = Math.floor((s % 3600) / 60);
-    var ss = s % 60;
-    return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + String(ss).padStart(2, "0");
-  }
-
-  function fmtDuration(ms) {
-    if (ms < 1000) return Math.round(ms) + " ms";
-    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
-    return fmtAge(ms);
-  }
-
-  function fmtDistance(m) {
-    if (typeof m !== "number") return "";
-    return m >= 1000 ? (m / 1000).toFixed(2) + " km" : Math.round(m) + " m";
   }
 
   // ---------------------------------------------------------------- ticking

@@ -14,3 +14,26 @@ mod http;
 mod hub_e2e;
 mod journal_failure;
 mod sim_e2e;
+
+/// `autotests = false` means a new file in `tests/` is not built unless it has a
+/// `mod` line above: fail loudly instead of silently skipping it.
+#[test]
+fn every_test_file_is_a_module_of_this_binary() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let this = std::fs::read_to_string(dir.join("tests.rs")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let is_module = path.extension().is_some_and(|e| e == "rs") || path.join("mod.rs").is_file();
+        if is_module && stem != "tests" && !this.contains(&format!("mod {stem};")) {
+            missing.push(stem.to_owned());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/ files without a `mod` line in tests/tests.rs: {missing:?}"
+    );
+}

@@ -108,10 +108,9 @@
 //!    run, and at batch 1 in four runs of five. At batch 1 on this congested disk both
 //!    mostly wait for the one `fdatasync`, so the gap there is small (median 10%).
 //!    It is not because redb syncs more often: its default durable commit is one
-//!    `fdatasync` too (two only with `set_two_phase_commit` or `set_quick_repair`). By
-//!    its source,
-//!    a redb commit writes the B-tree pages the transaction changed and then the
-//!    header, at separate offsets, before that sync; the journal writes one
+//!    `fdatasync` too (two only with `set_two_phase_commit` or `set_quick_repair`).
+//!    By its source, a redb commit writes the B-tree pages the transaction changed and
+//!    the header, at separate offsets, before that sync; the journal writes one
 //!    contiguous run of bytes into blocks that already exist.
 //! 2. **Restart after a crash.** A crash, not a clean shutdown, is the restart that
 //!    must be quick. The journal's open is the same full scan either way. redb's open

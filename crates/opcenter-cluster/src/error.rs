@@ -63,6 +63,14 @@ pub enum ClusterError {
         /// The limit.
         max: usize,
     },
+    /// Records after `after_seq` were compacted away (purged from the stream).
+    #[error("events after seq {after_seq} are no longer retained (oldest is {first_seq})")]
+    Compacted {
+        /// The seq the caller wanted to read after.
+        after_seq: u64,
+        /// The oldest seq still in the stream.
+        first_seq: u64,
+    },
     /// An earlier append failed; reopen the journal (which re-reads the stream's tail).
     #[error("journal is poisoned by an earlier failed append; reopen it to recover")]
     Poisoned,
@@ -99,6 +107,9 @@ impl From<ClusterError> for StoreError {
         match err {
             ClusterError::Poisoned => StoreError::Poisoned,
             ClusterError::RecordTooLarge { len, max } => StoreError::RecordTooLarge { len, max },
+            ClusterError::Compacted { after_seq, first_seq } => {
+                StoreError::Compacted { after_seq, first_seq }
+            }
             err => StoreError::Io {
                 op: "jetstream",
                 path: "nats".into(),

@@ -155,7 +155,11 @@ const HEADER_ROOM: usize = 1024;
 /// Below this many messages to read, direct gets beat creating a consumer.
 const DIRECT_READ_MAX: u64 = 4;
 
-fn stream_corrupt(names: &RegionNames, stream_seq: u64, reason: impl Into<String>) -> ClusterError {
+pub(crate) fn stream_corrupt(
+    names: &RegionNames,
+    stream_seq: u64,
+    reason: impl Into<String>,
+) -> ClusterError {
     ClusterError::Corrupt {
         stream: names.stream.clone(),
         stream_seq,
@@ -164,7 +168,7 @@ fn stream_corrupt(names: &RegionNames, stream_seq: u64, reason: impl Into<String
 }
 
 /// `(first record seq, record count)` of a journal message.
-fn batch_bounds(
+pub(crate) fn batch_bounds(
     names: &RegionNames,
     stream_seq: u64,
     headers: Option<&HeaderMap>,
@@ -180,7 +184,7 @@ fn batch_bounds(
 }
 
 /// `(first record seq, record count)` of the message at `stream_seq`, by direct get.
-async fn message_bounds(
+pub(crate) async fn message_bounds(
     stream: &stream::Stream,
     names: &RegionNames,
     stream_seq: u64,
@@ -190,6 +194,66 @@ async fn message_bounds(
         .await
         .map_err(|e| ClusterError::nats("get message")(e.into()))?;
     batch_bounds(names, stream_seq, Some(&m.headers), &m.payload)
+}
+
+/// Stream sequence of the message holding record `seq`, by a binary search over
+/// direct gets of messages `lo..=hi` (the message at `lo` must start at or before
+/// `seq`).
+pub(crate) async fn locate(
+    stream: &stream::Stream,
+    names: &RegionNames,
+    mut lo: u64,
+    mut hi: u64,
+    seq: u64,
+) -> Result<u64, ClusterError> {
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        let (first, _) = message_bounds(stream, names, mid).await?;
+        if first <= seq {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// The stream's info, fresh from the server.
+pub(crate) async fn fresh_info(stream: &mut stream::Stream) -> Result<stream::Info, ClusterError> {
+    stream
+        .info()
+        .await
+        .cloned()
+        .map_err(|e| ClusterError::nats("stream info")(e.into()))
+}
+
+/// Messages of the region's subject from stream sequence `start` on, through an
+/// ordered consumer (ephemeral, recreated by the client after a gap or a failover).
+pub(crate) async fn ordered_from(
+    stream: &stream::Stream,
+    names: &RegionNames,
+    start: u64,
+) -> Result<consumer::pull::Ordered, ClusterError> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: names.subject.clone(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ClusterError::nats("create ordered consumer")(e.into()))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| ClusterError::nats("consume")(e.into()))
+}
+
+/// The journal's epoch for a stream: its name and creation time. A stream deleted and
+/// created again under the same name gets another one.
+pub(crate) fn epoch_of(info: &stream::Info) -> String {
+    format!("{}@{}", info.config.name, info.created.unix_timestamp_nanos())
 }
 
 impl JetStreamJournal {
@@ -277,11 +341,7 @@ impl JetStreamJournal {
         let names = &self.names;
         let stream = &mut self.stream;
         let (info, first, last) = self.rt.block_on(async {
-            let info = stream
-                .info()
-                .await
-                .map_err(|e| ClusterError::nats("stream info")(e.into()))?
-                .clone();
+            let info = fresh_info(stream).await?;
             let st = &info.state;
             if st.messages == 0 {
                 if st.last_sequence > 0 {
@@ -299,7 +359,7 @@ impl JetStreamJournal {
             let last = message_bounds(stream, names, st.last_sequence).await?;
             Ok((info, Some(first), Some(last)))
         })?;
-        self.epoch = format!("{}@{}", self.names.stream, info.created.unix_timestamp_nanos());
+        self.epoch = epoch_of(&info);
         self.stream_first = info.state.first_sequence.max(1);
         self.stream_last = info.state.last_sequence;
         match (first, last) {
@@ -316,6 +376,16 @@ impl JetStreamJournal {
         self.submitted_last = self.last_seq;
         self.submitted_stream_last = self.stream_last;
         Ok(())
+    }
+
+    /// Forgets what is in flight and the poisoned state, and reads the stream's tail
+    /// again, as a fresh open would: after a fencing error, a standby re-reads where
+    /// the other writer left the stream (then replays from its own `last_seq`).
+    pub fn reopen(&mut self) -> Result<(), ClusterError> {
+        self.pending.clear();
+        self.poisoned = false;
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.load_tail()
     }
 
     /// The region's names (stream, subject, snapshot bucket).
@@ -347,12 +417,7 @@ impl JetStreamJournal {
     /// a cluster, which server leads it.
     pub fn stream_info(&self) -> Result<stream::Info, ClusterError> {
         let mut s = self.stream.clone();
-        self.rt.block_on(async {
-            s.info()
-                .await
-                .cloned()
-                .map_err(|e| ClusterError::nats("stream info")(e.into()))
-        })
+        self.rt.block_on(fresh_info(&mut s))
     }
 
     /// The JetStream context (for the hub's consumers and the lease bucket).
@@ -484,25 +549,21 @@ impl JetStreamJournal {
     }
 
     /// Stream sequence of the message holding record `seq` (which must be retained:
-    /// `first_seq <= seq <= last_seq`), by the cursor or a binary search over direct gets.
+    /// `first_seq <= seq <= last_seq`): the cursor, else a binary search.
     async fn locate(&self, seq: u64) -> Result<u64, ClusterError> {
         if let Some((rec, s)) = *self.cursor.lock().unwrap_or_else(|p| p.into_inner())
             && rec == seq
         {
             return Ok(s);
         }
-        let (mut lo, mut hi) = (self.stream_first, self.stream_last);
-        // Invariant: the message at `lo` starts at or before `seq`; the answer is in lo..=hi.
-        while lo < hi {
-            let mid = lo + (hi - lo).div_ceil(2);
-            let (first, _) = self.get_bounds(mid).await?;
-            if first <= seq {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        Ok(lo)
+        locate(
+            &self.stream,
+            &self.names,
+            self.stream_first,
+            self.stream_last,
+            seq,
+        )
+        .await
     }
 
     async fn get_bounds(&self, stream_seq: u64) -> Result<(u64, u64), ClusterError> {
@@ -549,19 +610,7 @@ impl JetStreamJournal {
                 }
             }
         } else {
-            let consumer = self
-                .stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: self.names.subject.clone(),
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClusterError::nats("create ordered consumer")(e.into()))?;
-            let mut msgs = consumer
-                .messages()
-                .await
-                .map_err(|e| ClusterError::nats("consume")(e.into()))?;
+            let mut msgs = ordered_from(&self.stream, &self.names, from).await?;
             while let Some(m) = msgs.next().await {
                 let m = m.map_err(|e| ClusterError::nats("consume")(e.into()))?;
                 let s = m
@@ -581,8 +630,9 @@ impl JetStreamJournal {
         Ok(out)
     }
 
-    /// [`Journal::read_from`] with the crate's error type.
-    pub fn read(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, ClusterError> {
+    /// [`Journal::read_from`] with the crate's error type, for
+    /// `after_seq + 1 >= first_seq` (checked by the caller).
+    fn read(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, ClusterError> {
         if after_seq >= self.last_seq || max == 0 {
             return Ok(Vec::new());
         }

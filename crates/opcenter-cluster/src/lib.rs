@@ -14,6 +14,7 @@
 //!   workaround for nats-server 2.9, reused by the lease of the failover issue).
 //! - `codec.rs` — one message = one batch: record framing, `Opc-First-Seq` header.
 //! - `journal.rs` — [`JetStreamJournal`]: fenced, idempotent, pipelined appends; reads.
+//! - `follow.rs` — [`Follower`]: records from an ordered consumer as the stream grows.
 //! - `snapshot.rs` — chunked snapshots in the KV bucket.
 //! - `testing.rs` — [`testing::NatsCluster`]: real nats-server processes for tests.
 //!
@@ -25,12 +26,14 @@
 //! [`JetStreamJournal::submit`] per committed batch and [`JetStreamJournal::wait_acked`]
 //! before replying to the batch's clients, keeping several batches in flight. An
 //! `Err` whose [`ClusterError::of`] is [`ClusterError::Fenced`] means another engine
-//! appended: stop serving commands and exit. The epoch is the stream's name and
+//! appended: stop serving commands and exit. Hubs build their read model with
+//! [`Follower::start`]`(js, region, after_seq)` and `next_batch().await`. The epoch is the stream's name and
 //! creation time: a recreated stream has another epoch.
 #![deny(missing_docs)]
 
 mod codec;
 mod error;
+mod follow;
 mod journal;
 mod region;
 mod snapshot;
@@ -38,6 +41,7 @@ pub mod testing;
 
 pub use codec::FIRST_SEQ_HEADER;
 pub use error::ClusterError;
+pub use follow::Follower;
 pub use journal::{JetStreamJournal, JournalOptions};
 pub use region::{RegionNames, open_kv_bucket};
 

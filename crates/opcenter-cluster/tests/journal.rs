@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opcenter_cluster::testing::NatsCluster;
-use opcenter_cluster::{ClusterError, JetStreamJournal, JournalOptions};
+use opcenter_cluster::{ClusterError, Follower, JetStreamJournal, JournalOptions};
 use opcenter_store::{Journal, StoreError};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -107,6 +107,12 @@ fn a_second_writer_with_a_stale_sequence_is_fenced() {
         second.append_batch(&[b"again"]),
         Err(StoreError::Poisoned)
     ));
+
+    // Reopened, the fenced writer sees where the stream really ends, and may go on.
+    let fenced_at = second.last_seq();
+    second.reopen().unwrap();
+    assert_eq!((fenced_at, second.last_seq()), (1, 2));
+    assert_eq!(payloads(&second, fenced_at), vec![(2, b"two".to_vec())]);
 
     // The log did not fork: the first writer's records only, and it goes on.
     assert_eq!(first.append_batch(&[b"three"]).unwrap(), 3..=3);
@@ -274,4 +280,42 @@ fn r3_stream_survives_kill_9_of_its_leader_during_appends() {
         "{} batches acknowledged across the kill of leader {leader}; longest append {longest:?}",
         acked.len()
     );
+}
+
+#[test]
+fn a_follower_reads_from_any_seq_and_waits_for_new_batches() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let mut j = JetStreamJournal::connect(&nats.urls(), JournalOptions::new("zko")).unwrap();
+    j.append_batch(&[b"a", b"b", b"c"]).unwrap();
+    j.append_batch(&[b"d", b"e"]).unwrap();
+    let rt = runtime();
+    let client = rt.block_on(opcenter_cluster::connect(&nats.urls())).unwrap();
+    let js = rt.block_on(async { async_nats::jetstream::new(client) });
+    let seqs = |b: Vec<opcenter_store::Record>| -> Vec<(u64, Vec<u8>)> {
+        b.into_iter().map(|r| (r.seq, r.payload)).collect()
+    };
+    let (mut from_1, mut tail) = rt.block_on(async {
+        // Starting inside a batch: the records already seen are skipped.
+        let mut f = Follower::start(&js, "zko", 1).await.unwrap();
+        assert_eq!(f.epoch(), j.epoch());
+        let b = f.next_batch().await.unwrap().unwrap();
+        assert_eq!(seqs(b), vec![(2, b"b".to_vec()), (3, b"c".to_vec())]);
+        let b = f.next_batch().await.unwrap().unwrap();
+        assert_eq!(seqs(b), vec![(4, b"d".to_vec()), (5, b"e".to_vec())]);
+        // Caught up: it waits for the next append.
+        let mut tail = Follower::start(&js, "zko", 5).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), tail.next_batch()).await;
+        assert!(waited.is_err(), "nothing to read yet");
+        (f, tail)
+    });
+    j.append_batch(&[b"f"]).unwrap();
+    rt.block_on(async {
+        for f in [&mut from_1, &mut tail] {
+            let b = f.next_batch().await.unwrap().unwrap();
+            assert_eq!(seqs(b), vec![(6, b"f".to_vec())]);
+            assert_eq!(f.next_seq(), 7);
+        }
+    });
 }

@@ -274,8 +274,9 @@ impl JetStreamJournal {
 
     /// Opens the region's journal over `client`, blocking the calling thread on the
     /// caller's runtime `handle` (the engine's own OS thread; never a runtime thread:
-    /// `Handle::block_on` panics there). Creates the stream and the snapshot bucket if
-    /// they do not exist.
+    /// `Handle::block_on` panics there). The runtime must be multi-threaded: its
+    /// workers drive the connection while this thread waits. Creates the stream and
+    /// the snapshot bucket if they do not exist.
     pub fn open(
         handle: tokio::runtime::Handle,
         client: async_nats::Client,

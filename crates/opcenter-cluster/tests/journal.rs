@@ -233,7 +233,15 @@ fn r3_stream_survives_kill_9_of_its_leader_during_appends() {
     let urls = nats.urls();
     let opts = JournalOptions::new("zko").replicas(3);
     let mut j = JetStreamJournal::connect(&urls, opts.clone()).unwrap();
-    let leader = stream_leader(&j).unwrap();
+    // A new R3 stream may still be electing its first leader.
+    let leader = (0..100)
+        .find_map(|_| {
+            stream_leader(&j).or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
+        .expect("the stream has a leader");
     let victim = nats.index_of(&leader).unwrap();
     let nats = Arc::new(Mutex::new(nats));
     let killer = {

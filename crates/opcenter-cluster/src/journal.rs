@@ -1,0 +1,837 @@
+//! `JetStreamJournal`: the [`Journal`] contract on a region's JetStream stream. Owns
+//! the single-writer append path (expected last sequence, `Nats-Msg-Id`, retry
+//! through leader elections, pipelining), the mapping from record seq to stream
+//! sequence for reads, compaction by purge, and the blocking bridge from the engine's
+//! OS thread into tokio. Must never decide what a record means, and never report an
+//! append as saved before JetStream acknowledged it.
+//!
+//! # Sequences
+//!
+//! Two counters: the *record seq* (`Record::seq`, the per-region seq clients see,
+//! contiguous from 1) and the *stream sequence* (JetStream's message counter). One
+//! message holds a whole batch; its `Opc-First-Seq` header gives the first record seq.
+//!
+//! # Appends
+//!
+//! Each message is published with `Nats-Expected-Last-Sequence` = the stream sequence
+//! of our previous message and `Nats-Msg-Id` = `<writer>:<first record seq>`. So:
+//! - another writer appended in between → error 10071 → [`ClusterError::Fenced`];
+//! - a publish whose ack was lost and is sent again is acked as a duplicate with the
+//!   original sequence (the server's duplicate window is 2 minutes, far above the
+//!   retry deadline), never stored twice. Where a server answers a retry with 10071
+//!   instead, the message at the expected position is read back and its `Nats-Msg-Id`
+//!   compared, so our own earlier copy is recognised and not taken for a fence.
+//! - "no responders", timeouts and disconnections (an R3 stream electing a new leader
+//!   takes 5–9 s on 2.9) are retried with the same id until `publish_deadline`.
+//!
+//! `submit` publishes without waiting and `wait_acked` collects the acks in order, so
+//! several batches can be in flight (the expected sequences are predicted: each
+//! message adds exactly one). When any ack in the window fails, every unacknowledged
+//! message is sent again one by one, in order, with the same ids and expected
+//! sequences: the ones already stored come back as duplicates.
+
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use opcenter_store::{Journal, Record, StoreError};
+
+use crate::ClusterError;
+use crate::codec::{self, FIRST_SEQ_HEADER};
+use crate::region::{self, RegionNames};
+use crate::snapshot::{self, SnapshotStore};
+
+/// Settings of a [`JetStreamJournal`].
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The region: stream `OPC_<region>`, subject `journal.<region>`.
+    pub region: String,
+    /// Copies of the stream and the snapshot bucket: 1 on a single server, 3 on a
+    /// 3-node cluster (the durable setup). Used only when creating them.
+    pub replicas: usize,
+    /// How long a publish is retried (same `Nats-Msg-Id`) before the append fails.
+    /// Must stay well below the stream's 2-minute duplicate window.
+    pub publish_deadline: Duration,
+    /// How long one publish waits for its ack before it is sent again.
+    pub ack_timeout: Duration,
+    /// This writer's identity in `Nats-Msg-Id`; a random one when `None`.
+    pub writer_id: Option<String>,
+    /// Most messages in flight in [`JetStreamJournal::submit`] before it waits.
+    pub max_in_flight: usize,
+}
+
+impl JournalOptions {
+    /// Defaults for a region: R1, 30 s publish deadline, 2 s ack timeout, 256 in flight.
+    pub fn new(region: impl Into<String>) -> JournalOptions {
+        JournalOptions {
+            region: region.into(),
+            replicas: 1,
+            publish_deadline: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(2),
+            writer_id: None,
+            max_in_flight: 256,
+        }
+    }
+
+    /// The same with `replicas` copies.
+    pub fn replicas(mut self, replicas: usize) -> JournalOptions {
+        self.replicas = replicas;
+        self
+    }
+}
+
+/// Where the blocking calls run their futures.
+enum Rt {
+    /// A runtime of our own (one worker thread), for callers without one.
+    Owned(tokio::runtime::Runtime),
+    /// The caller's runtime; we block the calling (non-runtime) thread on it.
+    Shared(tokio::runtime::Handle),
+}
+
+impl Rt {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match self {
+            Rt::Owned(rt) => rt.block_on(f),
+            Rt::Shared(h) => h.block_on(f),
+        }
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Rt::Owned(rt) => rt.handle(),
+            Rt::Shared(h) => h,
+        }
+    }
+}
+
+/// A message published but not yet acknowledged.
+struct Pending {
+    first: u64,
+    count: u64,
+    /// Stream sequence this message must follow.
+    expected_last: u64,
+    msg_id: String,
+    payload: Bytes,
+    ack: Option<PublishAckFuture>,
+}
+
+/// The region's journal on JetStream. See the module docs.
+pub struct JetStreamJournal {
+    rt: Rt,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    names: RegionNames,
+    opts: JournalOptions,
+    epoch: String,
+    writer: String,
+    max_message_bytes: usize,
+    /// Record seq of the oldest retained record.
+    first_seq: u64,
+    /// Record seq of the newest acknowledged record.
+    last_seq: u64,
+    /// Stream sequences of the oldest retained and the newest acknowledged message.
+    stream_first: u64,
+    stream_last: u64,
+    /// In order; the front is the oldest.
+    pending: VecDeque<Pending>,
+    submitted_last: u64,
+    submitted_stream_last: u64,
+    poisoned: bool,
+    /// `(record seq, stream sequence)` of a message that starts at that record: where
+    /// the last read stopped, so a replay loop needs no search per call.
+    cursor: Mutex<Option<(u64, u64)>>,
+    snapshots: SnapshotStore,
+}
+
+/// Room left in a message for headers (ids, sequences) under the server's max payload.
+const HEADER_ROOM: usize = 1024;
+
+/// Below this many messages to read, direct gets beat creating a consumer.
+const DIRECT_READ_MAX: u64 = 4;
+
+pub(crate) fn stream_corrupt(
+    names: &RegionNames,
+    stream_seq: u64,
+    reason: impl Into<String>,
+) -> ClusterError {
+    ClusterError::Corrupt {
+        stream: names.stream.clone(),
+        stream_seq,
+        reason: reason.into(),
+    }
+}
+
+/// `(first record seq, record count)` of a journal message.
+pub(crate) fn batch_bounds(
+    names: &RegionNames,
+    stream_seq: u64,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<(u64, u64), ClusterError> {
+    let first = headers
+        .and_then(|h| h.get(FIRST_SEQ_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .ok_or_else(|| stream_corrupt(names, stream_seq, "no Opc-First-Seq header"))?;
+    let count =
+        codec::count(payload).ok_or_else(|| stream_corrupt(names, stream_seq, "bad record framing"))?;
+    Ok((first, count))
+}
+
+/// `(first record seq, record count)` of the message at `stream_seq`, by direct get.
+pub(crate) async fn message_bounds(
+    stream: &stream::Stream,
+    names: &RegionNames,
+    stream_seq: u64,
+) -> Result<(u64, u64), ClusterError> {
+    let m = stream
+        .get_raw_message(stream_seq)
+        .await
+        .map_err(|e| ClusterError::nats("get message")(e.into()))?;
+    batch_bounds(names, stream_seq, Some(&m.headers), &m.payload)
+}
+
+/// Stream sequence of the message holding record `seq`, by a binary search over
+/// direct gets of messages `lo..=hi` (the message at `lo` must start at or before
+/// `seq`).
+pub(crate) async fn locate(
+    stream: &stream::Stream,
+    names: &RegionNames,
+    mut lo: u64,
+    mut hi: u64,
+    seq: u64,
+) -> Result<u64, ClusterError> {
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        let (first, _) = message_bounds(stream, names, mid).await?;
+        if first <= seq {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// The stream's info, fresh from the server.
+pub(crate) async fn fresh_info(stream: &mut stream::Stream) -> Result<stream::Info, ClusterError> {
+    stream
+        .info()
+        .await
+        .cloned()
+        .map_err(|e| ClusterError::nats("stream info")(e.into()))
+}
+
+/// Messages of the region's subject from stream sequence `start` on, through an
+/// ordered consumer (ephemeral, recreated by the client after a gap or a failover).
+pub(crate) async fn ordered_from(
+    stream: &stream::Stream,
+    names: &RegionNames,
+    start: u64,
+) -> Result<consumer::pull::Ordered, ClusterError> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: names.subject.clone(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ClusterError::nats("create ordered consumer")(e.into()))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| ClusterError::nats("consume")(e.into()))
+}
+
+/// The journal's epoch for a stream: its name and creation time. A stream deleted and
+/// created again under the same name gets another one.
+pub(crate) fn epoch_of(info: &stream::Info) -> String {
+    format!("{}@{}", info.config.name, info.created.unix_timestamp_nanos())
+}
+
+impl JetStreamJournal {
+    /// Connects to `urls` (comma-separated `nats://host:port` list) on a runtime of
+    /// its own (one worker thread) and opens the region's journal.
+    pub fn connect(urls: &str, opts: JournalOptions) -> Result<JetStreamJournal, ClusterError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("opc-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::nats("start runtime")(e.into()))?;
+        let client = rt
+            .block_on(crate::connect(urls))
+            .map_err(ClusterError::nats("connect"))?;
+        Self::open_on(Rt::Owned(rt), client, opts)
+    }
+
+    /// Opens the region's journal over `client`, blocking the calling thread on the
+    /// caller's runtime `handle` (the engine's own OS thread; never a runtime thread:
+    /// `Handle::block_on` panics there). The runtime must be multi-threaded: its
+    /// workers drive the connection while this thread waits. Creates the stream and
+    /// the snapshot bucket if they do not exist.
+    pub fn open(
+        handle: tokio::runtime::Handle,
+        client: async_nats::Client,
+        opts: JournalOptions,
+    ) -> Result<JetStreamJournal, ClusterError> {
+        Self::open_on(Rt::Shared(handle), client, opts)
+    }
+
+    fn open_on(
+        rt: Rt,
+        client: async_nats::Client,
+        opts: JournalOptions,
+    ) -> Result<JetStreamJournal, ClusterError> {
+        let names = RegionNames::new(&opts.region)?;
+        let max_message_bytes = (client.server_info().max_payload)
+            .saturating_sub(HEADER_ROOM)
+            .max(4096);
+        // The context spawns its acker task on the current runtime.
+        let mut js = {
+            let _in_runtime = rt.handle().enter();
+            jetstream::new(client)
+        };
+        js.set_timeout(opts.ack_timeout);
+        let writer = opts
+            .writer_id
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let (stream, kv) = rt.block_on(async {
+            let stream =
+                region::open_or_create_stream(&js, region::journal_stream_config(&names, opts.replicas))
+                    .await?;
+            let kv =
+                region::open_kv_bucket(&js, &names.snapshot_bucket, opts.replicas, 1, Duration::ZERO).await?;
+            Ok::<_, ClusterError>((stream, kv))
+        })?;
+        let snapshots = SnapshotStore::new(kv, names.snapshot_bucket.clone(), max_message_bytes);
+        let mut j = JetStreamJournal {
+            rt,
+            js,
+            stream,
+            names,
+            opts,
+            epoch: String::new(),
+            writer,
+            max_message_bytes,
+            first_seq: 1,
+            last_seq: 0,
+            stream_first: 1,
+            stream_last: 0,
+            pending: VecDeque::new(),
+            submitted_last: 0,
+            submitted_stream_last: 0,
+            poisoned: false,
+            cursor: Mutex::new(None),
+            snapshots,
+        };
+        j.load_tail()?;
+        Ok(j)
+    }
+
+    /// Reads the stream's identity, its first and last messages: where appends go on.
+    fn load_tail(&mut self) -> Result<(), ClusterError> {
+        let names = &self.names;
+        let stream = &mut self.stream;
+        let (info, first, last) = self.rt.block_on(async {
+            let info = fresh_info(stream).await?;
+            let st = &info.state;
+            if st.messages == 0 {
+                if st.last_sequence > 0 {
+                    // Compaction never purges the last message, so an empty stream
+                    // with history was purged by someone else: the records are gone.
+                    return Err(stream_corrupt(
+                        names,
+                        st.last_sequence,
+                        "stream has history but no messages (purged outside the journal)",
+                    ));
+                }
+                return Ok((info, None, None));
+            }
+            let first = message_bounds(stream, names, st.first_sequence).await?;
+            let last = message_bounds(stream, names, st.last_sequence).await?;
+            Ok((info, Some(first), Some(last)))
+        })?;
+        self.epoch = epoch_of(&info);
+        self.stream_first = info.state.first_sequence.max(1);
+        self.stream_last = info.state.last_sequence;
+        match (first, last) {
+            (Some((f, _)), Some((lf, lc))) => {
+                self.first_seq = f;
+                self.last_seq = lf + lc - 1;
+            }
+            _ => {
+                self.first_seq = 1;
+                self.last_seq = 0;
+                self.stream_first = self.stream_last + 1;
+            }
+        }
+        self.submitted_last = self.last_seq;
+        self.submitted_stream_last = self.stream_last;
+        Ok(())
+    }
+
+    /// Forgets what is in flight and the poisoned state, and reads the stream's tail
+    /// again, as a fresh open would: after a fencing error, a standby re-reads where
+    /// the other writer left the stream (then replays from its own `last_seq`).
+    pub fn reopen(&mut self) -> Result<(), ClusterError> {
+        self.pending.clear();
+        self.poisoned = false;
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.load_tail()
+    }
+
+    /// The region's names (stream, subject, snapshot bucket).
+    pub fn names(&self) -> &RegionNames {
+        &self.names
+    }
+
+    /// This writer's identity, the prefix of its `Nats-Msg-Id`s.
+    pub fn writer_id(&self) -> &str {
+        &self.writer
+    }
+
+    /// Stream sequence of the newest acknowledged message (the next append expects it).
+    pub fn stream_last_seq(&self) -> u64 {
+        self.stream_last
+    }
+
+    /// Record seq of the newest record submitted (acknowledged or still in flight).
+    pub fn submitted_last_seq(&self) -> u64 {
+        self.submitted_last
+    }
+
+    /// Number of messages published and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The stream's current info from the server: state (messages, sequences) and, on
+    /// a cluster, which server leads it.
+    pub fn stream_info(&self) -> Result<stream::Info, ClusterError> {
+        let mut s = self.stream.clone();
+        self.rt.block_on(fresh_info(&mut s))
+    }
+
+    /// The JetStream context (for the hub's consumers and the lease bucket).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    fn poison<T>(&mut self, err: ClusterError) -> Result<T, ClusterError> {
+        self.poisoned = true;
+        self.pending.clear();
+        self.submitted_last = self.last_seq;
+        self.submitted_stream_last = self.stream_last;
+        Err(err)
+    }
+
+    /// Publishes `payloads` as one batch (several messages only if it exceeds the
+    /// server's max payload) without waiting for the ack, and returns the seqs the
+    /// records get once [`wait_acked`](Self::wait_acked) succeeds. Nothing may be
+    /// acknowledged to clients before that. Waits for older acks when
+    /// `max_in_flight` messages are outstanding.
+    pub fn submit(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, ClusterError> {
+        if self.poisoned {
+            return Err(ClusterError::Poisoned);
+        }
+        // A record must fit one message: checked before any I/O, so not poisoning.
+        let max = opcenter_store::MAX_PAYLOAD.min(self.max_message_bytes - codec::FRAME_OVERHEAD);
+        if let Some(p) = payloads.iter().find(|p| p.len() > max) {
+            return Err(ClusterError::RecordTooLarge { len: p.len(), max });
+        }
+        let first = self.submitted_last + 1;
+        if payloads.is_empty() {
+            return Ok(first..=self.submitted_last);
+        }
+        // Cut the batch into messages that fit the server's max payload.
+        let mut groups: Vec<&[&[u8]]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, p) in payloads.iter().enumerate() {
+            let n = p.len() + codec::FRAME_OVERHEAD;
+            if i > start && bytes + n > self.max_message_bytes {
+                groups.push(&payloads[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += n;
+        }
+        groups.push(&payloads[start..]);
+        for g in groups {
+            while self.pending.len() >= self.opts.max_in_flight.max(1) {
+                self.ack_front()?;
+            }
+            let p = Pending {
+                first: self.submitted_last + 1,
+                count: g.len() as u64,
+                expected_last: self.submitted_stream_last,
+                msg_id: format!("{}:{}", self.writer, self.submitted_last + 1),
+                payload: codec::encode(g),
+                ack: None,
+            };
+            let sent = self.rt.block_on(publish(&self.js, &self.names.subject, &p));
+            self.submitted_last += p.count;
+            self.submitted_stream_last += 1;
+            // A failed send is retried by the ack path like a failed ack.
+            self.pending.push_back(Pending { ack: sent.ok(), ..p });
+        }
+        Ok(first..=self.submitted_last)
+    }
+
+    /// Waits until every submitted message is acknowledged; returns the newest
+    /// durable record seq. On `Err` nothing unacknowledged counts as saved and the
+    /// journal is poisoned.
+    pub fn wait_acked(&mut self) -> Result<u64, ClusterError> {
+        while !self.pending.is_empty() {
+            self.ack_front()?;
+        }
+        Ok(self.last_seq)
+    }
+
+    /// Waits for the oldest pending ack; on failure resends every pending message in
+    /// order (see the module docs).
+    fn ack_front(&mut self) -> Result<(), ClusterError> {
+        let Some(p) = self.pending.front_mut() else {
+            return Ok(());
+        };
+        let expected = p.expected_last + 1;
+        let ack = p.ack.take();
+        let res = match ack {
+            Some(f) => self.rt.block_on(ack_seq(f)),
+            None => Err("not sent".to_owned()),
+        };
+        match res {
+            Ok(seq) if seq == expected => {
+                self.commit_front();
+                Ok(())
+            }
+            Ok(seq) => {
+                let err = stream_corrupt(
+                    &self.names,
+                    seq,
+                    format!("ack at stream sequence {seq}, expected {expected}"),
+                );
+                self.poison(err)
+            }
+            Err(_) => {
+                // Drop the other acks: their fate is learned again by resending.
+                for q in &mut self.pending {
+                    q.ack = None;
+                }
+                while let Some(p) = self.pending.front() {
+                    match self.rt.block_on(publish_retrying(
+                        &self.js,
+                        &self.stream,
+                        &self.names,
+                        p,
+                        &self.opts,
+                    )) {
+                        Ok(()) => self.commit_front(),
+                        Err(e) => return self.poison(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn commit_front(&mut self) {
+        if let Some(p) = self.pending.pop_front() {
+            self.last_seq = p.first + p.count - 1;
+            self.stream_last = p.expected_last + 1;
+        }
+    }
+
+    /// Stream sequence of the message holding record `seq` (which must be retained:
+    /// `first_seq <= seq <= last_seq`): the cursor, else a binary search.
+    async fn locate(&self, seq: u64) -> Result<u64, ClusterError> {
+        if let Some((rec, s)) = *self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+            && rec == seq
+        {
+            return Ok(s);
+        }
+        locate(
+            &self.stream,
+            &self.names,
+            self.stream_first,
+            self.stream_last,
+            seq,
+        )
+        .await
+    }
+
+    async fn get_bounds(&self, stream_seq: u64) -> Result<(u64, u64), ClusterError> {
+        message_bounds(&self.stream, &self.names, stream_seq).await
+    }
+
+    /// Records after `after` from messages `from..=self.stream_last`, at most `max`.
+    async fn read_messages(&self, from: u64, after: u64, max: usize) -> Result<Vec<Record>, ClusterError> {
+        let mut out = Vec::new();
+        let end = self.stream_last;
+        let mut take = |stream_seq: u64, headers: Option<&HeaderMap>, payload: &[u8]| {
+            let (first, _) = batch_bounds(&self.names, stream_seq, headers, payload)?;
+            let recs = codec::decode(payload)
+                .ok_or_else(|| stream_corrupt(&self.names, stream_seq, "bad record framing"))?;
+            let expect = out.last().map_or(first, |r: &Record| r.seq + 1);
+            if first != expect && !out.is_empty() {
+                return Err(stream_corrupt(
+                    &self.names,
+                    stream_seq,
+                    format!("batch starts at seq {first}, expected {expect}"),
+                ));
+            }
+            for (i, payload) in recs.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq > after && out.len() < max {
+                    out.push(Record { seq, payload });
+                }
+            }
+            let next = first + codec::count(payload).unwrap_or(0);
+            Ok::<_, ClusterError>((out.len() >= max, next))
+        };
+        let mut last_pos = None;
+        if end + 1 - from <= DIRECT_READ_MAX {
+            for s in from..=end {
+                let m = self
+                    .stream
+                    .get_raw_message(s)
+                    .await
+                    .map_err(|e| ClusterError::nats("get message")(e.into()))?;
+                let (full, next) = take(s, Some(&m.headers), &m.payload)?;
+                last_pos = Some((next, s + 1));
+                if full {
+                    break;
+                }
+            }
+        } else {
+            let mut msgs = ordered_from(&self.stream, &self.names, from).await?;
+            while let Some(m) = msgs.next().await {
+                let m = m.map_err(|e| ClusterError::nats("consume")(e.into()))?;
+                let s = m
+                    .info()
+                    .map_err(|e| ClusterError::nats("message info")(e))?
+                    .stream_sequence;
+                let (full, next) = take(s, m.headers.as_ref(), &m.payload)?;
+                last_pos = Some((next, s + 1));
+                if full || s >= end {
+                    break;
+                }
+            }
+        }
+        if let Some(pos) = last_pos {
+            *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(pos);
+        }
+        Ok(out)
+    }
+
+    /// [`Journal::read_from`] with the crate's error type, for
+    /// `after_seq + 1 >= first_seq` (checked by the caller).
+    fn read(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, ClusterError> {
+        if after_seq >= self.last_seq || max == 0 {
+            return Ok(Vec::new());
+        }
+        // Reads, too, meet leader elections (the stream's, the meta layer's for the
+        // consumer): retried until the publish deadline.
+        self.rt.block_on(async {
+            let start = Instant::now();
+            loop {
+                let res = async {
+                    let from = self.locate(after_seq + 1).await?;
+                    self.read_messages(from, after_seq, max).await
+                }
+                .await;
+                match res {
+                    Err(ClusterError::Nats { op, source }) => {
+                        let waited = start.elapsed();
+                        if waited >= self.opts.publish_deadline {
+                            return Err(ClusterError::Nats { op, source });
+                        }
+                        tracing::debug!(op, error = %source, "read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    res => return res,
+                }
+            }
+        })
+    }
+
+    /// [`Journal::compact`] with the crate's error type.
+    pub fn compact_stream(&mut self, keep_events: u64) -> Result<u64, ClusterError> {
+        let seqs = self.rt.block_on(self.snapshots.seqs())?;
+        // The older of the kept snapshots bounds what may go, so the fallback stays
+        // replayable.
+        let Some(&covered) = seqs.iter().rev().take(snapshot::KEEP).next_back() else {
+            return Ok(self.first_seq);
+        };
+        let target = self.last_seq.saturating_sub(keep_events).min(covered);
+        if target < self.first_seq || self.last_seq == 0 {
+            return Ok(self.first_seq);
+        }
+        // Whole messages only, and never the last one (it tells where appends go on).
+        let keep_from = (target + 1).min(self.last_seq);
+        let (s, first) = self.rt.block_on(async {
+            let s = self.locate(keep_from).await?;
+            let (first, _) = self.get_bounds(s).await?;
+            self.stream
+                .purge()
+                .sequence(s)
+                .await
+                .map_err(|e| ClusterError::nats("purge stream")(e.into()))?;
+            Ok::<_, ClusterError>((s, first))
+        })?;
+        self.stream_first = s;
+        self.first_seq = first;
+        Ok(first)
+    }
+}
+
+/// Sends one message; the returned future resolves to its ack.
+async fn publish(js: &jetstream::Context, subject: &str, p: &Pending) -> Result<PublishAckFuture, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, p.msg_id.as_str());
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        p.expected_last.to_string().as_str(),
+    );
+    headers.insert(FIRST_SEQ_HEADER, p.first.to_string().as_str());
+    js.publish_with_headers(subject.to_owned(), headers, p.payload.clone())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Awaiting an ack, reduced to "stored at this stream sequence" or a reason.
+async fn ack_seq(f: PublishAckFuture) -> Result<u64, String> {
+    f.await.map(|a| a.sequence).map_err(|e| e.to_string())
+}
+
+/// Publishes `p` until it is acknowledged, JetStream refuses it for good, or
+/// `publish_deadline` passes.
+async fn publish_retrying(
+    js: &jetstream::Context,
+    stream: &stream::Stream,
+    names: &RegionNames,
+    p: &Pending,
+    opts: &JournalOptions,
+) -> Result<(), ClusterError> {
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let last = match publish(js, &names.subject, p).await {
+            Err(e) => e,
+            Ok(f) => match f.await {
+                Ok(ack) if ack.sequence == p.expected_last + 1 => return Ok(()),
+                Ok(ack) => {
+                    return Err(stream_corrupt(
+                        names,
+                        ack.sequence,
+                        format!(
+                            "ack at stream sequence {}, expected {} (duplicate: {})",
+                            ack.sequence,
+                            p.expected_last + 1,
+                            ack.duplicate
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    // Ours, stored by an earlier attempt whose ack we lost?
+                    if stored_by_us(stream, p).await {
+                        return Ok(());
+                    }
+                    return Err(ClusterError::Fenced {
+                        stream: names.stream.clone(),
+                        expected_last: p.expected_last,
+                    });
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::WrongLastMessageId
+                    ) =>
+                {
+                    return Err(ClusterError::nats("publish")(e.into()));
+                }
+                Err(e) => e.to_string(),
+            },
+        };
+        let waited = start.elapsed();
+        if waited >= opts.publish_deadline {
+            return Err(ClusterError::Unavailable {
+                op: "publish",
+                waited,
+                last,
+            });
+        }
+        tracing::debug!(msg_id = %p.msg_id, error = %last, "publish not acknowledged; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Whether the message right after `p.expected_last` carries `p`'s `Nats-Msg-Id`.
+async fn stored_by_us(stream: &stream::Stream, p: &Pending) -> bool {
+    match stream.get_raw_message(p.expected_last + 1).await {
+        Ok(m) => m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .is_some_and(|v| v.as_str() == p.msg_id),
+        Err(_) => false,
+    }
+}
+
+impl Journal for JetStreamJournal {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let range = self.submit(payloads)?;
+        self.wait_acked()?;
+        Ok(range)
+    }
+
+    fn read_from(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, StoreError> {
+        if after_seq + 1 < self.first_seq {
+            return Err(StoreError::Compacted {
+                after_seq,
+                first_seq: self.first_seq,
+            });
+        }
+        Ok(self.read(after_seq, max)?)
+    }
+
+    fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        if seq > self.last_seq {
+            return Err(StoreError::SnapshotAhead {
+                seq,
+                last_seq: self.last_seq,
+            });
+        }
+        Ok(self.rt.block_on(self.snapshots.write(seq, bytes))?)
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.rt.block_on(self.snapshots.latest())?)
+    }
+
+    fn compact(&mut self, keep_events: u64) -> Result<u64, StoreError> {
+        Ok(self.compact_stream(keep_events)?)
+    }
+}

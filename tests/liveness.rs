@@ -177,3 +177,25 @@ async fn roster_values_win_after_a_restart_and_units_start_offline() {
     assert_eq!(p1["online"], json!(false), "{p1}");
     assert!(p1["offline_since_ms"].is_i64(), "{p1}");
 }
+
+#[tokio::test]
+async fn a_non_roster_unit_takes_its_token_claims_at_each_hello() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let t = tablet(&srv.host(), Encoding::Json, "X-1", A1.0, A1.1).await;
+    let k9 = json!({"type":"incident.recommend","location":{"lat":SCENE.0,"lon":SCENE.1},
+                    "count":1,"required":["k9"]});
+    let r = console.request(k9.clone()).await;
+    assert_eq!(r["candidates"], json!([]), "{r}");
+    drop(t);
+    seen_offline(&mut console, "X-1").await;
+    // Its next token says it now has a dog: the unit takes the new claims.
+    let (_t, hello) = Client::login(&srv.host(), Encoding::Json, &unit_token_with_caps("X-1", &["k9"])).await;
+    assert_eq!(hello["unit"]["capabilities"], json!(["k9"]), "{hello}");
+    let ev = console
+        .recv_until(|f| f["type"] == "event" && f["change"] == "online" && f["unit"]["id"] == "X-1")
+        .await;
+    assert_eq!(ev["unit"]["capabilities"], json!(["k9"]), "{ev}");
+    let r = console.request(k9).await;
+    assert_eq!(r["candidates"][0]["unit_id"], "X-1", "{r}");
+}

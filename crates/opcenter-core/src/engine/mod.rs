@@ -452,10 +452,9 @@ impl Engine {
         // A radio-only post, or a unit no tablet ever connected for, is never in
         // the tree; an offline one stays there until its grace runs out.
         let assignable = u.status == UnitStatus::Available && u.tablet && live_until != i64::MIN;
-        let (caps, location, location_ms) = (u.capabilities.clone(), u.location, u.location_ms);
         self.index.set_live_until(id, live_until);
         self.index
-            .sync(id, &caps, assignable, location, location_ms, fixed)
+            .sync(id, &u.capabilities, assignable, u.location, u.location_ms, fixed)
     }
 
     fn set_deadline(&mut self, unit_id: &str, deadline: Option<i64>) {

@@ -13,6 +13,7 @@ mod durability;
 mod http;
 mod hub_e2e;
 mod journal_failure;
+mod liveness;
 mod sim_e2e;
 
 /// `autotests = false` means a new file in `tests/` is not built unless it has a

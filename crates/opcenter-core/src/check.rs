@@ -23,6 +23,26 @@ pub const DEFAULT_RECOMMEND: usize = 3;
 /// The most capabilities a command may require.
 pub const MAX_REQUIRED: usize = 32;
 
+/// The earliest position time accepted: 2020-01-01T00:00:00Z, in ms. Earlier is
+/// a tablet with a reset clock (or a hostile number), never a real fix.
+pub const MIN_FIX_AT_MS: i64 = 1_577_836_800_000;
+
+/// A fix's `at_ms` against the server's `now_ms`: not before [`MIN_FIX_AT_MS`],
+/// not more than `max_skew_ms` ahead.
+pub fn fix_time(at_ms: i64, now_ms: i64, max_skew_ms: i64) -> Result<(), CoreError> {
+    if at_ms < MIN_FIX_AT_MS {
+        return Err(bad(format!(
+            "fix at_ms {at_ms} is before 2020-01-01 ({MIN_FIX_AT_MS})"
+        )));
+    }
+    if at_ms > now_ms.saturating_add(max_skew_ms) {
+        return Err(bad(format!(
+            "fix at_ms {at_ms} is more than {max_skew_ms} ms in the future"
+        )));
+    }
+    Ok(())
+}
+
 fn bad(msg: String) -> CoreError {
     CoreError::BadRequest(msg)
 }

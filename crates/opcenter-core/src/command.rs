@@ -229,7 +229,13 @@ pub enum Command {
         /// Where; default the unit's last position.
         location: Option<Location>,
     },
-    /// Timers: ack timeouts, positions going stale.
+    /// The last session of this unit's tablet ended (the hub counts sessions;
+    /// a `RegisterUnit` at the next hello brings it back online).
+    UnitOffline {
+        /// The unit that lost its last session.
+        unit_id: UnitId,
+    },
+    /// Timers: ack timeouts, offline grace running out, positions going stale.
     Tick,
 }
 
@@ -248,6 +254,7 @@ impl Command {
             Command::Ack { .. } => "assignment.ack",
             Command::Decline { .. } => "assignment.decline",
             Command::Emergency { .. } => "unit.emergency",
+            Command::UnitOffline { .. } => "unit_offline",
             Command::Tick => "tick",
         }
     }

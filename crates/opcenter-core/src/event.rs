@@ -40,6 +40,13 @@ pub enum Change {
     Emergency,
     /// A unit was taken off an incident (forced reassignment, timeout, decline).
     Unassigned,
+    /// A unit's tablet opened a session after having none (profile refreshed).
+    Online,
+    /// A unit's last session ended; or (on the incident) its unacknowledged
+    /// offer moved on because it stayed offline past `dispatch.offline_grace_s`.
+    Offline,
+    /// A unit's profile (callsign, kind, capabilities) changed at a hello.
+    Profile,
 }
 
 impl Change {
@@ -59,6 +66,9 @@ impl Change {
             Change::Status => "status",
             Change::Emergency => "emergency",
             Change::Unassigned => "unassigned",
+            Change::Online => "online",
+            Change::Offline => "offline",
+            Change::Profile => "profile",
         }
     }
 }

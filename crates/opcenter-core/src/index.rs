@@ -47,6 +47,9 @@ struct Slot {
     loc_ms: Option<i64>,
     /// Roster post with a fixed location: never stale.
     fixed: bool,
+    /// Eligible up to this time (ms): `i64::MAX` while its tablet is online,
+    /// the end of the offline grace otherwise.
+    live_until: i64,
     /// The engine says it is available.
     available: bool,
     /// `Some(point)` iff the unit is in the tree, at `point`.
@@ -176,6 +179,7 @@ impl UnitIndex {
             loc_ms: None,
             fixed: false,
             available: false,
+            live_until: i64::MAX,
             indexed: None,
         });
         self.by_id.insert(id.to_string(), h);
@@ -245,6 +249,14 @@ impl UnitIndex {
         }
     }
 
+    /// Sets until when a unit counts as live (see [`Slot`]); it stays in the
+    /// tree (a reconnect within the grace changes nothing), but queries at a
+    /// later time skip it and [`UnitIndex::prune_stale`] takes it out.
+    pub fn set_live_until(&mut self, id: &str, live_until_ms: i64) {
+        let h = self.handle_of(id);
+        self.slots[h as usize].live_until = live_until_ms;
+    }
+
     /// The hot path of `unit.position`: moves a known unit. Re-indexes only when
     /// it left its slack radius. Returns true when the unit entered the tree (an
     /// available unit's first position, or back after stale pruning). Unknown ids
@@ -279,8 +291,8 @@ impl UnitIndex {
         }
     }
 
-    /// Takes units whose positions are stale out of the tree (they come back with
-    /// their next fix). O(indexed units); the engine calls it every so often on Tick.
+    /// Takes units whose positions are stale, or whose offline grace ran out, out
+    /// of the tree (they come back with their next fix or sync). O(indexed units); the engine calls it every so often on Tick.
     pub fn prune_stale(&mut self, now_ms: i64, max_age_ms: i64) -> usize {
         let stale: Vec<u32> = self
             .slots
@@ -298,8 +310,10 @@ impl UnitIndex {
         stale.len()
     }
 
+    /// Position fresh enough and the unit live at `now_ms`.
     fn fresh(s: &Slot, now_ms: i64, max_age_ms: i64) -> bool {
-        s.fixed || s.loc_ms.is_some_and(|t| now_ms.saturating_sub(t) <= max_age_ms)
+        now_ms <= s.live_until
+            && (s.fixed || s.loc_ms.is_some_and(|t| now_ms.saturating_sub(t) <= max_age_ms))
     }
 
     /// Up to `q.k` distinct eligible units nearest to `q.location`, nearest first,

@@ -25,7 +25,7 @@ pub mod geo;
 pub mod index;
 pub mod model;
 
-pub use check::{MAX_RECOMMEND, MAX_UNITS_NEEDED};
+pub use check::{MAX_RECOMMEND, MAX_UNITS_NEEDED, MIN_FIX_AT_MS};
 pub use command::{
     Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
     UnitProfile,

@@ -215,7 +215,8 @@ impl Incident {
 }
 
 /// A patrol unit or a stationary post as the protocol shows it (section 4), plus
-/// `heading`, `speed` and `ack_deadline_ms` (when its current assignment times out).
+/// `heading`, `speed`, `ack_deadline_ms` (when its current assignment times out),
+/// and its liveness: `online`, `offline_since_ms`, `tablet`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unit {
     /// The unit id from its token (`unit` claim) or the roster.
@@ -248,9 +249,50 @@ pub struct Unit {
     /// When an unacknowledged assignment times out (ms); set only while `dispatched`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_deadline_ms: Option<i64>,
+    /// True while at least one session of its tablet is open.
+    #[serde(default)]
+    pub online: bool,
+    /// When its last session ended (or the server restarted without it); `None`
+    /// while online, and for a unit no tablet ever connected for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since_ms: Option<i64>,
+    /// False for a roster post reached by radio or phone: never auto-dispatched,
+    /// a dispatcher assigns it (shown only when false).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tablet: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+// serde's skip_serializing_if hands a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Unit {
+    /// A unit that has only an id: off duty, nowhere, offline, with a tablet.
+    pub fn new(id: impl Into<UnitId>) -> Self {
+        Unit {
+            id: id.into(),
+            callsign: None,
+            kind: None,
+            capabilities: Vec::new(),
+            status: UnitStatus::OffDuty,
+            location: None,
+            location_ms: None,
+            heading: None,
+            speed: None,
+            incident_id: None,
+            ack_deadline_ms: None,
+            online: false,
+            offline_since_ms: None,
+            tablet: true,
+        }
+    }
+
     /// True when it has every capability in `required`.
     pub fn has_all(&self, required: &[Capability]) -> bool {
         required.iter().all(|c| self.capabilities.iter().any(|h| h == c))

@@ -159,6 +159,7 @@ fn roster_posts_never_go_stale_and_roster_details_win() {
         capabilities: vec!["k9".into()],
         status: Some(UnitStatus::Available),
         location: Some(at(0.0, 0.01)),
+        tablet: true,
     });
     let mut e = Engine::new(c);
     let p = UnitProfile {
@@ -168,7 +169,9 @@ fn roster_posts_never_go_stale_and_roster_details_win() {
         capabilities: vec![],
     };
     let out = e.apply(&tab("POST-1"), Command::RegisterUnit(p), T0).unwrap();
-    assert!(out.events.is_empty());
+    // Its tablet's hello brings it online; the roster profile stays.
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(out.events[0].change, Change::Online);
     match out.reply {
         Reply::Registered { unit, incident } => {
             assert_eq!(unit.callsign.as_deref(), Some("Gate"));

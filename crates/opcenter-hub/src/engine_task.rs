@@ -14,6 +14,7 @@
 //! Owns: ordering, durability before visibility, replies. Must never: let a
 //! reply or event out before its events are in the journal.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -30,7 +31,7 @@ use opcenter_proto::server::{Empty, HelloOk, IncidentBody, RecommendOk, UnitBody
 use opcenter_store::Journal;
 
 use crate::fanout::Fanout;
-use crate::outbox::Outbox;
+use crate::outbox::{CloseReason, Outbox};
 use crate::record::{self, DurabilityError};
 use crate::{metric, wire};
 
@@ -80,9 +81,24 @@ pub(crate) enum Request {
         incident_id: String,
         reply: oneshot::Sender<Option<Incident>>,
     },
-    /// Timers: ack timeouts, position batches.
+    /// A unit's session ended (sent only for sessions whose hello was for a
+    /// unit): when it was the unit's last, the engine marks the unit offline.
+    Bye {
+        /// The session (the outbox's id).
+        session: String,
+        /// Its unit.
+        unit: String,
+    },
+    /// Timers: ack timeouts, offline grace, position batches.
     Tick,
 }
+
+/// How a session whose unit could not be registered ends (after its `error`).
+const REGISTRATION_FAILED: CloseReason = CloseReason {
+    code: 4001,
+    reason: "unit registration failed",
+    flush_first: true,
+};
 
 /// A command applied in the current batch, waiting for the commit to be answered.
 struct Outcome {
@@ -115,6 +131,9 @@ pub(crate) struct EngineTask {
     position_interval: std::time::Duration,
     last_position_flush: Instant,
     last_prune: Instant,
+    /// Open sessions per unit that registered: the engine hears of a unit's first
+    /// session (its hello) and its last one ending (`UnitOffline`), nothing between.
+    unit_sessions: HashMap<String, HashSet<String>>,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -185,6 +204,7 @@ impl EngineTask {
             position_interval: settings.hub.position_interval,
             last_position_flush: Instant::now(),
             last_prune: Instant::now(),
+            unit_sessions: HashMap::new(),
         }
     }
 
@@ -267,18 +287,27 @@ impl EngineTask {
                 } => {
                     // A tablet's first hello creates its unit: that is an event, so
                     // the `ok` (which carries the unit) waits for the commit.
+                    // A tablet whose unit cannot be registered is told why and
+                    // closed: it must not stay signed in as a unit that is not there.
                     if let Some(p) = profile {
+                        let unit = p.id.clone();
                         if !healthy {
                             outbox.push_error(id, ErrorCode::Internal, "the journal failed");
+                            outbox.close(REGISTRATION_FAILED);
                             continue;
                         }
                         match self.engine.apply(&actor, Command::RegisterUnit(p), now) {
                             Ok(applied) => events.extend(applied.events),
                             Err(e) => {
                                 outbox.push_error(id, (&e).into(), &e.to_string());
+                                outbox.close(REGISTRATION_FAILED);
                                 continue;
                             }
                         }
+                        self.unit_sessions
+                            .entry(unit)
+                            .or_default()
+                            .insert(outbox.session.clone());
                     }
                     later.push(Request::Hello {
                         outbox,
@@ -287,6 +316,23 @@ impl EngineTask {
                         role,
                         profile: None,
                     });
+                }
+                Request::Bye { session, unit } => {
+                    let last = match self.unit_sessions.get_mut(&unit) {
+                        Some(open) => open.remove(&session) && open.is_empty(),
+                        None => false,
+                    };
+                    if !last {
+                        continue;
+                    }
+                    self.unit_sessions.remove(&unit);
+                    if healthy {
+                        let offline = Command::UnitOffline { unit_id: unit };
+                        match self.engine.apply(&Actor::system(), offline, now) {
+                            Ok(applied) => events.extend(applied.events),
+                            Err(e) => tracing::error!(error = %e, "unit offline refused"),
+                        }
+                    }
                 }
                 other => later.push(other),
             }
@@ -384,7 +430,7 @@ impl EngineTask {
                 Ok(r) => {
                     metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "ok")
                         .increment(1);
-                    if let Some(m) = wire::ok(
+                    if let Some(m) = wire::ok_if_asked(
                         outbox.encoding,
                         id,
                         RecommendOk {
@@ -417,6 +463,7 @@ impl EngineTask {
             }
             // Commands were applied before the commit and never reach this list.
             Request::Command { reply, .. } => fail(reply, ErrorCode::Internal, "command out of order"),
+            Request::Bye { .. } => {}
         }
     }
 

@@ -242,7 +242,7 @@ impl Fanout {
                 Some(engine.units().collect()),
             ),
         };
-        let reply = wire::ok(
+        let reply = wire::ok_if_asked(
             outbox.encoding,
             id,
             SubscribeOk {

@@ -151,7 +151,12 @@ impl Server {
         let memory_history = memory_history(&settings);
         let config = settings.engine.clone();
         let (journal, recovered) = tokio::task::spawn_blocking(move || {
-            let r = engine_task::recover(config, &*journal, memory_history);
+            let r =
+                engine_task::recover(config, &*journal, memory_history).map(|(mut engine, snap, history)| {
+                    // No session survived the restart: the grace runs from now.
+                    engine.sessions_lost(engine_task::now_ms());
+                    (engine, snap, history)
+                });
             (journal, r)
         })
         .await?;

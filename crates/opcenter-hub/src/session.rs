@@ -229,6 +229,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
         role,
         profile,
     };
+    let unit = actor.unit_id().map(str::to_owned);
     if app.engine_tx.send(hello).await.is_ok() {
         let mut reader = Reader {
             app: &app,
@@ -242,6 +243,14 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
             ),
         };
         reader.read_loop(&mut stream, &stop).await;
+        if let Some(unit) = unit {
+            // The engine counts a unit's sessions: this may have been its last.
+            let bye = Request::Bye {
+                session: session_id.clone(),
+                unit,
+            };
+            let _ = app.engine_tx.send(bye).await;
+        }
     }
     outbox.close(CloseReason {
         code: 1000,

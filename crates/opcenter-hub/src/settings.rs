@@ -77,6 +77,7 @@ struct RawDispatch {
     max_speed_mps: f64,
     index_slack_m: f64,
     tick_ms: u64,
+    offline_grace_s: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +303,7 @@ impl Settings {
             max_clock_skew_ms: s(d.max_clock_skew_s),
             max_speed_mps: d.max_speed_mps,
             index_slack_m: d.index_slack_m,
+            offline_grace_ms: s(d.offline_grace_s),
             roster: raw.roster,
         };
         let secs = std::time::Duration::from_secs;

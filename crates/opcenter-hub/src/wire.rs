@@ -33,6 +33,12 @@ pub(crate) fn ok<B: Serialize>(encoding: Encoding, id: Option<u64>, body: B) -> 
     message(encoding, &OkReply::new(id, body))
 }
 
+/// An `ok` reply to a command that may have been sent without `id`: without
+/// one, success gets no reply (the contract, section 3), so this is `None`.
+pub(crate) fn ok_if_asked<B: Serialize>(encoding: Encoding, id: Option<u64>, body: B) -> Option<Message> {
+    id.and_then(|id| ok(encoding, Some(id), body))
+}
+
 /// An `error` reply.
 pub(crate) fn error(encoding: Encoding, id: Option<u64>, code: ErrorCode, text: &str) -> Option<Message> {
     message(encoding, &ErrorReply::new(id, code, text))

@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub max_clock_skew_ms: i64,
     /// `dispatch.max_speed_mps`: a fix implying a faster move is refused.
     pub max_speed_mps: f64,
+    /// `dispatch.offline_grace_s` in ms: a unit whose last session ended longer
+    /// ago than this is not eligible, and its unacknowledged offer moves on.
+    pub offline_grace_ms: i64,
     /// `dispatch.index_slack_m`: a unit is re-indexed only when it moves further
     /// than this from its indexed point (queries widen by it and re-rank exactly).
     pub index_slack_m: f64,
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             max_clock_skew_ms: 30_000,
             max_speed_mps: 100.0,
             index_slack_m: 25.0,
+            offline_grace_ms: 15_000,
             roster: Vec::new(),
         }
     }
@@ -65,4 +69,12 @@ pub struct RosterUnit {
     pub status: Option<UnitStatus>,
     /// A stationary post's fixed location: its position never goes stale.
     pub location: Option<Location>,
+    /// False for a post reached by radio or phone (no tablet): never
+    /// auto-dispatched or recommended; a dispatcher assigns it (default true).
+    #[serde(default = "yes")]
+    pub tablet: bool,
+}
+
+fn yes() -> bool {
+    true
 }

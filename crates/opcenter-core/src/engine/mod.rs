@@ -6,11 +6,13 @@
 //! Owns: every rule of `shared/PROTOCOL.md` section 5, and the maps of incidents
 //! and units. The state derived from them lives beside this file, one structure
 //! per file with its invariant: `pending.rs` (the queue of incidents short of
-//! units), `duplicates.rs` (open incidents by category and place), and
+//! units), `duplicates.rs` (open incidents by category and place),
+//! `deadlines.rs` (ack deadlines and offline grace ends, in due order), and
 //! [`crate::index`] (assignable units). `config.rs` and `reply.rs` hold the plain
 //! data going in and out. Must never: do I/O, read the clock, panic on any input.
 
 mod config;
+mod deadlines;
 mod duplicates;
 mod pending;
 mod reply;
@@ -21,10 +23,11 @@ pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfa
 // Where they were before `check` owned them; callers may still name them here.
 pub use crate::check::{MAX_RECOMMEND, MAX_UNITS_NEEDED};
 
+use deadlines::Deadlines;
 use duplicates::DuplicateIndex;
 use pending::{PendingKey, PendingQueue};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +76,11 @@ pub struct Engine {
     /// Idempotency keys seen, forever.
     keys: HashMap<String, IncidentId>,
     /// Unacknowledged assignments by deadline: Tick is O(expired).
-    deadlines: BTreeSet<(i64, UnitId)>,
+    deadlines: Deadlines,
+    /// Offline units by the end of their grace (`offline_since_ms + grace`).
+    lapses: Deadlines,
+    /// The config roster by id: its values win over claims, snapshots and replay.
+    roster: HashMap<UnitId, RosterUnit>,
     /// The open emergency incident of a unit that pressed its panic button.
     open_emergency: HashMap<UnitId, IncidentId>,
     /// The number the next incident id gets.
@@ -101,7 +108,9 @@ impl Engine {
             pending: PendingQueue::default(),
             duplicates: DuplicateIndex::default(),
             keys: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            deadlines: Deadlines::default(),
+            lapses: Deadlines::default(),
+            roster: HashMap::new(),
             open_emergency: HashMap::new(),
             next_no: 1,
             last_prune_ms: i64::MIN,
@@ -114,26 +123,50 @@ impl Engine {
                 Some(s @ (UnitStatus::Available | UnitStatus::Busy | UnitStatus::OffDuty)) => s,
                 _ => UnitStatus::OffDuty,
             };
-            let location = r.location.filter(|l| l.validate().is_ok());
-            if location.is_some() {
+            if r.location.is_some_and(|l| l.validate().is_ok()) {
                 engine.fixed.insert(r.id.clone());
             }
-            let unit = Unit {
-                id: r.id.clone(),
-                callsign: r.callsign,
-                kind: r.kind,
-                capabilities: r.capabilities,
-                status,
-                location,
-                location_ms: None,
-                heading: None,
-                speed: None,
-                incident_id: None,
-                ack_deadline_ms: None,
-            };
+            engine.roster.insert(r.id.clone(), r.clone());
+            let mut unit = Unit::new(r.id.clone());
+            unit.status = status;
             engine.upsert_unit(unit);
         }
         engine
+    }
+
+    /// The roster's values (callsign, kind, capabilities, fixed location,
+    /// `tablet`) replace whatever a snapshot, the journal or a token says.
+    fn roster_wins(&self, unit: &mut Unit) {
+        let Some(r) = self.roster.get(&unit.id) else {
+            return;
+        };
+        unit.callsign.clone_from(&r.callsign);
+        unit.kind.clone_from(&r.kind);
+        unit.capabilities.clone_from(&r.capabilities);
+        unit.tablet = r.tablet;
+        if let Some(l) = r.location.filter(|l| l.validate().is_ok()) {
+            unit.location = Some(l);
+        }
+    }
+
+    /// After a restart no session is live: every unit that was online is offline
+    /// since `now_ms`, so a tablet reconnecting within the grace loses nothing.
+    /// Units already offline keep their time. No events (the hub calls this once,
+    /// after recovery; the next change of each unit carries it).
+    pub fn sessions_lost(&mut self, now_ms: i64) {
+        let online: Vec<UnitId> = self
+            .units
+            .values()
+            .filter(|u| u.online)
+            .map(|u| u.id.clone())
+            .collect();
+        for id in online {
+            if let Some(mut u) = self.units.get(&id).cloned() {
+                u.online = false;
+                u.offline_since_ms = Some(now_ms);
+                self.upsert_unit(u);
+            }
+        }
     }
 
     /// Applies one command at time `now_ms`. On error, state is unchanged.
@@ -141,7 +174,8 @@ impl Engine {
         let mut ev = Vec::new();
         let mut position = None;
         let reply = match command {
-            Command::RegisterUnit(profile) => self.register(actor, profile, &mut ev)?,
+            Command::RegisterUnit(profile) => self.register(actor, profile, now_ms, &mut ev)?,
+            Command::UnitOffline { unit_id } => self.offline(actor, &unit_id, now_ms, &mut ev)?,
             Command::CreateIncident(new) => self.create(actor, new, now_ms, &mut ev)?,
             Command::UpdateIncident { incident_id, patch } => {
                 self.update(actor, &incident_id, patch, now_ms, &mut ev)?
@@ -230,14 +264,19 @@ impl Engine {
     }
 
     /// Why only `found` units qualify (`shared/PROTOCOL.md` section 3): apply the
-    /// filters in order (available and not declined, capability, fresh position,
+    /// filters in order (available, live and not declined, capability, fresh position,
     /// range) and name the first after which no more units remain than were
     /// found. Range is last, so it is named when every earlier filter left more.
     /// This is a scan of the fleet, run only on a shortfall.
     fn shortfall(&self, required: &[Capability], exclude: &[UnitId], found: usize, now_ms: i64) -> Shortfall {
         let (mut available, mut capable, mut fresh) = (0usize, 0usize, 0usize);
         for u in self.units.values() {
-            if u.status != UnitStatus::Available || exclude.contains(&u.id) {
+            // Offline past the grace, or a radio-only post: not available.
+            if u.status != UnitStatus::Available
+                || exclude.contains(&u.id)
+                || !u.tablet
+                || !self.is_live(u, now_ms)
+            {
                 continue;
             }
             available += 1;
@@ -337,28 +376,42 @@ impl Engine {
 
     // ----- derived state -------------------------------------------------------
 
-    /// Replaces (or inserts) a unit and re-derives its index entry and deadline.
-    fn upsert_unit(&mut self, unit: Unit) {
+    /// Replaces (or inserts) a unit and re-derives its index entry and deadlines.
+    /// The roster's values win here, so neither a snapshot, the journal nor a
+    /// token can override them (the config may have changed since).
+    fn upsert_unit(&mut self, mut unit: Unit) {
+        self.roster_wins(&mut unit);
         let id = unit.id.clone();
-        if let Some(old) = self.units.get(&id)
-            && let Some(d) = old.ack_deadline_ms
-        {
-            self.deadlines.remove(&(d, id.clone()));
-        }
-        if unit.status == UnitStatus::Dispatched
-            && let Some(d) = unit.ack_deadline_ms
-        {
-            self.deadlines.insert((d, id.clone()));
-        }
+        let ack = unit
+            .ack_deadline_ms
+            .filter(|_| unit.status == UnitStatus::Dispatched);
+        self.deadlines.set(&id, ack);
+        self.lapses.set(&id, self.lapse_of(&unit));
         self.units.insert(id.clone(), unit);
         self.sync_index(&id);
+    }
+
+    /// The first ms at which an offline unit is no longer live (offline for
+    /// more than the grace); `None` while online, or for a unit never seen.
+    fn lapse_of(&self, u: &Unit) -> Option<i64> {
+        if u.online {
+            return None;
+        }
+        u.offline_since_ms
+            .map(|t| t.saturating_add(self.config.offline_grace_ms).saturating_add(1))
+    }
+
+    /// Online, or offline for no longer than the grace. A unit no tablet ever
+    /// connected for is not live.
+    fn is_live(&self, u: &Unit, now_ms: i64) -> bool {
+        u.online || self.lapse_of(u).is_some_and(|t| now_ms < t)
     }
 
     /// Replaces (or inserts) an incident and re-derives queue, open set, keys.
     fn upsert_incident(&mut self, inc: Incident) {
         let id = inc.id.clone();
         let no = incident_no(&id);
-        self.next_no = self.next_no.max(no + 1);
+        self.next_no = self.next_no.max(no.saturating_add(1));
         if let Some(k) = &inc.key {
             self.keys.insert(k.clone(), id.clone());
         }
@@ -391,27 +444,25 @@ impl Engine {
     fn sync_index(&mut self, id: &str) -> bool {
         let Some(u) = self.units.get(id) else { return false };
         let fixed = self.fixed.contains(id);
-        self.index.sync(
-            id,
-            &u.capabilities,
-            u.status == UnitStatus::Available,
-            u.location,
-            u.location_ms,
-            fixed,
-        )
+        let live_until = if u.online {
+            i64::MAX
+        } else {
+            self.lapse_of(u).map_or(i64::MIN, |t| t.saturating_sub(1))
+        };
+        // A radio-only post, or a unit no tablet ever connected for, is never in
+        // the tree; an offline one stays there until its grace runs out.
+        let assignable = u.status == UnitStatus::Available && u.tablet && live_until != i64::MIN;
+        self.index.set_live_until(id, live_until);
+        self.index
+            .sync(id, &u.capabilities, assignable, u.location, u.location_ms, fixed)
     }
 
     fn set_deadline(&mut self, unit_id: &str, deadline: Option<i64>) {
         let Some(u) = self.units.get_mut(unit_id) else {
             return;
         };
-        if let Some(d) = u.ack_deadline_ms.take() {
-            self.deadlines.remove(&(d, unit_id.to_string()));
-        }
-        if let Some(d) = deadline {
-            u.ack_deadline_ms = Some(d);
-            self.deadlines.insert((d, unit_id.to_string()));
-        }
+        u.ack_deadline_ms = deadline;
+        self.deadlines.set(unit_id, deadline);
     }
 
     fn is_fresh(&self, u: &Unit, now_ms: i64) -> bool {
@@ -597,6 +648,8 @@ impl Engine {
     fn eligible(&self, unit: &Unit, inc: &Incident, now_ms: i64) -> bool {
         unit.status == UnitStatus::Available
             && unit.incident_id.is_none()
+            && unit.tablet
+            && self.is_live(unit, now_ms)
             && self.is_fresh(unit, now_ms)
             && unit.has_all(&inc.required)
             && !inc.declined_by.contains(&unit.id)
@@ -683,27 +736,55 @@ impl Engine {
         }
     }
 
-    fn register(&mut self, actor: &Actor, p: UnitProfile, ev: &mut Vec<Event>) -> Result<Reply, CoreError> {
+    /// A tablet's hello: creates the unit (`created`), or brings it back online
+    /// (`online`); a unit not on the roster takes its token's profile each time
+    /// (`profile` when only that changed). A roster unit keeps the roster's.
+    fn register(
+        &mut self,
+        actor: &Actor,
+        p: UnitProfile,
+        now_ms: i64,
+        ev: &mut Vec<Event>,
+    ) -> Result<Reply, CoreError> {
         if p.id.trim().is_empty() || p.id.len() > 128 {
             return Err(bad("unit id must be 1..=128 bytes"));
         }
         Self::own_unit(actor, &p.id)?;
-        if !self.units.contains_key(&p.id) {
-            let unit = Unit {
-                id: p.id.clone(),
-                callsign: p.callsign,
-                kind: p.kind,
-                capabilities: p.capabilities,
-                status: UnitStatus::OffDuty,
-                location: None,
-                location_ms: None,
-                heading: None,
-                speed: None,
-                incident_id: None,
-                ack_deadline_ms: None,
-            };
-            self.upsert_unit(unit);
-            self.emit_unit(&p.id, Change::Created, ev);
+        let change = match self.units.get(&p.id).cloned() {
+            None => {
+                let mut unit = Unit::new(p.id.clone());
+                unit.callsign = p.callsign;
+                unit.kind = p.kind;
+                unit.capabilities = p.capabilities;
+                unit.online = true;
+                self.upsert_unit(unit);
+                Some(Change::Created)
+            }
+            Some(mut unit) => {
+                let was_online = unit.online;
+                let mut profiled = false;
+                let differs =
+                    unit.callsign != p.callsign || unit.kind != p.kind || unit.capabilities != p.capabilities;
+                if differs && !self.roster.contains_key(&p.id) {
+                    unit.callsign = p.callsign;
+                    unit.kind = p.kind;
+                    unit.capabilities = p.capabilities;
+                    profiled = true;
+                }
+                unit.online = true;
+                unit.offline_since_ms = None;
+                self.upsert_unit(unit);
+                match (was_online, profiled) {
+                    (false, _) => Some(Change::Online),
+                    (true, true) => Some(Change::Profile),
+                    (true, false) => None,
+                }
+            }
+        };
+        if let Some(c) = change {
+            self.emit_unit(&p.id, c, ev);
+            // Back (or newly able): it may be what a short incident waits for.
+            self.serve_pending(&p.id, now_ms, ev);
         }
         let unit = self.get_unit(&p.id)?.clone();
         let incident = unit
@@ -712,6 +793,27 @@ impl Engine {
             .and_then(|i| self.incidents.get(i))
             .cloned();
         Ok(Reply::Registered { unit, incident })
+    }
+
+    /// The last session of a unit's tablet ended: offline since `now_ms`. Nothing
+    /// else changes until the grace runs out (see `tick`).
+    fn offline(
+        &mut self,
+        actor: &Actor,
+        unit_id: &str,
+        now_ms: i64,
+        ev: &mut Vec<Event>,
+    ) -> Result<Reply, CoreError> {
+        Self::not_a_unit(actor, "report a unit offline")?;
+        let mut unit = self.get_unit(unit_id)?.clone();
+        if !unit.online {
+            return Ok(Reply::None);
+        }
+        unit.online = false;
+        unit.offline_since_ms = Some(now_ms);
+        self.upsert_unit(unit);
+        self.emit_unit(unit_id, Change::Offline, ev);
+        Ok(Reply::None)
     }
 
     /// Makes an incident (validated by the caller), emits its creation and runs
@@ -724,7 +826,7 @@ impl Engine {
         ev: &mut Vec<Event>,
     ) -> IncidentId {
         let no = self.next_no;
-        self.next_no += 1;
+        self.next_no = self.next_no.saturating_add(1);
         let id = format!("I-{no:06}");
         let possible_duplicates = self.duplicates.near(
             &n.category,
@@ -972,12 +1074,10 @@ impl Engine {
             .units
             .get_mut(unit_id)
             .ok_or_else(|| CoreError::NotFound(format!("unit {unit_id} not found")))?;
-        let at = fix.at_ms.unwrap_or(now_ms);
-        if at > now_ms.saturating_add(max_skew_ms) {
-            return Err(bad(format!(
-                "fix at_ms {at} is more than {max_skew_ms} ms in the future"
-            )));
+        if let Some(at) = fix.at_ms {
+            check::fix_time(at, now_ms, max_skew_ms)?;
         }
+        let at = fix.at_ms.unwrap_or(now_ms);
         if let Some(last) = unit.location_ms {
             if at < last {
                 // Older than what we have: never move a unit backwards.
@@ -985,7 +1085,7 @@ impl Engine {
             }
             if let Some(prev) = unit.location {
                 // Fixes less than a second apart count as a second (GPS jitter).
-                let dt_s = ((at - last) as f64 / 1000.0).max(1.0);
+                let dt_s = (at.saturating_sub(last) as f64 / 1000.0).max(1.0);
                 let speed = prev.distance_m(&fix.location) / dt_s;
                 if speed > max_speed_mps {
                     return Err(bad(format!(
@@ -1205,11 +1305,7 @@ impl Engine {
     }
 
     fn tick(&mut self, now_ms: i64, ev: &mut Vec<Event>) {
-        while let Some((deadline, unit_id)) = self.deadlines.first().cloned() {
-            if deadline > now_ms {
-                break;
-            }
-            self.deadlines.pop_first();
+        while let Some((deadline, unit_id)) = self.deadlines.pop_due(now_ms) {
             let Some(u) = self.units.get_mut(&unit_id) else {
                 continue;
             };
@@ -1223,6 +1319,23 @@ impl Engine {
             };
             self.emit_unit(&unit_id, Change::AckTimeout, ev);
             self.emit_incident(&iid, Change::AckTimeout, ev);
+            self.emit_assignment(&unit_id, &iid, Change::Unassigned, ev);
+            self.dispatch(&iid, now_ms, ev);
+        }
+        // Offline past the grace: an offer it could not see moves on now, not at
+        // the ack deadline; it leaves the tree at the next prune below.
+        while let Some((lapse, unit_id)) = self.lapses.pop_due(now_ms) {
+            let Some(u) = self.units.get(&unit_id) else {
+                continue;
+            };
+            if u.status != UnitStatus::Dispatched || self.lapse_of(u) != Some(lapse) {
+                continue;
+            }
+            let Some(iid) = self.detach(&unit_id, UnitStatus::Unresponsive, now_ms, false) else {
+                continue;
+            };
+            self.emit_unit(&unit_id, Change::Offline, ev);
+            self.emit_incident(&iid, Change::Offline, ev);
             self.emit_assignment(&unit_id, &iid, Change::Unassigned, ev);
             self.dispatch(&iid, now_ms, ev);
         }

@@ -14,3 +14,5 @@ mod http;
 mod hub_e2e;
 mod journal_failure;
 mod sim_e2e;
+mod week;
+mod week_driver;

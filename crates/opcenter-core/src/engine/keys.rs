@@ -4,8 +4,12 @@
 //! see each other's keys), and remembers a digest of the body it came with, so
 //! the same key with a different body is a conflict instead of a silent "here
 //! is the first incident". A key lives `dispatch.key_ttl_h` after the create;
-//! if its incident is retired from memory before that, the record keeps the
-//! incident as it was retired, so a late retry still gets it back.
+//! if its incident is retired from memory before that, the record keeps only
+//! how it ended, and a late retry (whose body is by definition the first
+//! create's) gets the incident rebuilt from that body: its id, `closed`, the
+//! disposition. Notes, units and the reporter left memory with the incident
+//! (they are what make it big, and personal data should go with it);
+//! `GET /v1/incidents/{id}` still has them from the journal.
 //!
 //! Owns: the (scope, key) → record map and its expiry. Must never: decide
 //! whether a create goes ahead (the engine does), or keep a key past its TTL.
@@ -15,7 +19,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::NewIncident;
-use crate::model::{Incident, IncidentId, KeyScope, Location};
+use crate::model::{Incident, IncidentId, IncidentStatus, KeyScope, Location};
 
 /// One remembered key (what snapshots store).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,9 +34,50 @@ pub struct KeyRecord {
     pub body: u64,
     /// When the first create happened (ms): the TTL counts from here.
     pub at_ms: i64,
-    /// The incident as it was when retention took it out of memory.
+    /// How the incident ended, once retention took it out of memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retired: Option<Box<Incident>>,
+    pub retired: Option<Retired>,
+}
+
+/// What a key remembers of its retired incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retired {
+    /// The incident's disposition.
+    pub disposition: Option<String>,
+    /// When it closed (ms).
+    pub closed_ms: i64,
+}
+
+impl KeyRecord {
+    /// The retired incident as a retry of its create sees it, rebuilt from the
+    /// retry's body (equal to the first create's: the digests matched).
+    pub(super) fn retired_incident(&self, n: &NewIncident) -> Option<Incident> {
+        let r = self.retired.as_ref()?;
+        Some(Incident {
+            id: self.incident_id.clone(),
+            key: Some(self.key.clone()),
+            key_scope: Some(self.scope),
+            category: n.category.clone(),
+            priority: n.priority,
+            status: IncidentStatus::Closed,
+            location: n.location,
+            address: n.address.clone(),
+            description: n.description.clone(),
+            reporter: None,
+            source: n.source.clone(),
+            units: Vec::new(),
+            required: n.required.clone(),
+            units_needed: n.units_needed,
+            disposition: r.disposition.clone(),
+            notes: Vec::new(),
+            possible_duplicates: Vec::new(),
+            dispatch: n.dispatch,
+            declined_by: Vec::new(),
+            emergency_unit: None,
+            created_ms: self.at_ms,
+            updated_ms: r.closed_ms,
+        })
+    }
 }
 
 /// A stable digest of the fields that make two creates "the same body"
@@ -106,7 +151,10 @@ impl KeyBook {
         if let Some(rec) = self.map.get_mut(&(scope, key.clone()))
             && rec.incident_id == inc.id
         {
-            rec.retired = Some(Box::new(inc.clone()));
+            rec.retired = Some(Retired {
+                disposition: inc.disposition.clone(),
+                closed_ms: inc.updated_ms,
+            });
         }
     }
 

@@ -814,12 +814,9 @@ impl Engine {
                     rec.incident_id
                 )));
             }
-            let existing = self.incidents.get(&rec.incident_id).or(rec.retired.as_deref());
-            if let Some(existing) = existing {
-                return Ok(Reply::Created {
-                    incident: existing.clone(),
-                    new: false,
-                });
+            let existing = self.incidents.get(&rec.incident_id).cloned();
+            if let Some(incident) = existing.or_else(|| rec.retired_incident(&n)) {
+                return Ok(Reply::Created { incident, new: false });
             }
         }
         n.validate()?;

@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod bounds;
 mod cli;
 mod durability;
 mod http;

@@ -81,7 +81,11 @@ fn city(rng: &mut StdRng) -> Location {
 
 /// Runs the week; `sink` receives every batch of events in order (a journal
 /// writer, or nothing). Returns one line of figures per day.
-pub fn run_week(shape: WeekShape, config: EngineConfig, mut sink: impl FnMut(&[Event], &Engine)) -> Vec<DayFigures> {
+pub fn run_week(
+    shape: WeekShape,
+    config: EngineConfig,
+    mut sink: impl FnMut(&[Event], &Engine),
+) -> Vec<DayFigures> {
     let mut rng = StdRng::seed_from_u64(shape.seed);
     let mut engine = Engine::new(config);
     let disp = Actor::dispatcher("week-disp");
@@ -158,7 +162,8 @@ pub fn run_week(shape: WeekShape, config: EngineConfig, mut sink: impl FnMut(&[E
                 city(&mut rng),
             );
             n.address = Some(format!("{} Dostyk street", rng.random_range(1..300)));
-            n.description = Some("caller reports a disturbance near the entrance, two people involved".into());
+            n.description =
+                Some("caller reports a disturbance near the entrance, two people involved".into());
             let from_app = rng.random_bool(0.3);
             let actor = if from_app {
                 n.source = "app".into();
@@ -189,7 +194,9 @@ pub fn run_week(shape: WeekShape, config: EngineConfig, mut sink: impl FnMut(&[E
         // an acknowledgement planned inside the ack timeout beats it).
         let due: Vec<(i64, u64)> = plan.range(..=(now, u64::MAX)).map(|(k, _)| *k).collect();
         for k in due {
-            let Some((step, unit, inc)) = plan.remove(&k) else { continue };
+            let Some((step, unit, inc)) = plan.remove(&k) else {
+                continue;
+            };
             let me = Actor::unit(unit.clone(), unit.clone());
             let cmd = match step {
                 Step::Ack => Command::Ack {

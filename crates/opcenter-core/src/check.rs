@@ -217,7 +217,11 @@ mod tests {
         let mut n = ok.clone();
         n.category = at(MAX_NAME_BYTES + 1);
         assert!(matches!(n.validate(), Err(CoreError::BadRequest(m)) if m.contains("category")));
-        for (field, max) in [("address", MAX_ADDRESS_BYTES), ("description", MAX_DESCRIPTION_BYTES), ("key", MAX_KEY_BYTES)] {
+        for (field, max) in [
+            ("address", MAX_ADDRESS_BYTES),
+            ("description", MAX_DESCRIPTION_BYTES),
+            ("key", MAX_KEY_BYTES),
+        ] {
             for (len, good) in [(max, true), (max + 1, false)] {
                 let mut n = ok.clone();
                 match field {

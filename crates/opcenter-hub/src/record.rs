@@ -100,7 +100,10 @@ pub(crate) fn find_incident(journal: &dyn Journal, id: &str) -> Result<Option<In
         let records = read_from(journal, after, 4096)?;
         let Some(last) = records.last() else { break };
         after = last.seq;
-        for rec in records.iter().filter(|r| r.payload.windows(needle.len()).any(|w| w == needle)) {
+        for rec in records
+            .iter()
+            .filter(|r| r.payload.windows(needle.len()).any(|w| w == needle))
+        {
             if let EventBody::Incident(inc) = decode_event(rec)?.body
                 && inc.id == id
             {
@@ -173,7 +176,11 @@ mod tests {
                 1_700_000_000_000,
             )
             .unwrap();
-        let biggest = applied.events.iter().map(|e| encode_event(e).unwrap().len()).max();
+        let biggest = applied
+            .events
+            .iter()
+            .map(|e| encode_event(e).unwrap().len())
+            .max();
         assert_eq!(Some(largest_record(&applied.events)), biggest);
         assert_eq!(largest_record(&[]), 0);
     }

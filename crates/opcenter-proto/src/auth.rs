@@ -7,9 +7,9 @@
 //! HS256, or a token without `exp`.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use opcenter_core::check;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use opcenter_core::check;
 
 /// The development secret of the embedded defaults (`config/default.toml`): what the
 /// server verifies and the CLI and simulator sign with when nothing else is configured.
@@ -147,7 +147,8 @@ fn bounded(claims: &Claims) -> Result<(), AuthError> {
     check::at_most("sub", &claims.sub, check::MAX_ID_BYTES).map_err(refuse)?;
     if let Some(unit) = &claims.unit {
         let caps = claims.caps.as_deref().unwrap_or_default();
-        check::unit_identity(unit, claims.callsign.as_deref(), claims.kind.as_deref(), caps).map_err(refuse)?;
+        check::unit_identity(unit, claims.callsign.as_deref(), claims.kind.as_deref(), caps)
+            .map_err(refuse)?;
     }
     Ok(())
 }

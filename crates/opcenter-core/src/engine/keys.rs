@@ -82,7 +82,12 @@ impl KeyRecord {
 
 /// A stable digest of the fields that make two creates "the same body"
 /// (FNV-1a: it is stored in snapshots, so it must not change between builds).
-pub(crate) fn body_digest(category: &str, priority: u8, location: Location, description: Option<&str>) -> u64 {
+pub(crate) fn body_digest(
+    category: &str,
+    priority: u8,
+    location: Location,
+    description: Option<&str>,
+) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -127,16 +132,19 @@ impl KeyBook {
     pub(super) fn remember(&mut self, inc: &Incident) {
         let Some(key) = &inc.key else { return };
         let scope = inc.key_scope.unwrap_or(KeyScope::Console);
-        self.map
-            .entry((scope, key.clone()))
-            .or_insert_with(|| KeyRecord {
-                scope,
-                key: key.clone(),
-                incident_id: inc.id.clone(),
-                body: body_digest(&inc.category, inc.priority, inc.location, inc.description.as_deref()),
-                at_ms: inc.created_ms,
-                retired: None,
-            });
+        self.map.entry((scope, key.clone())).or_insert_with(|| KeyRecord {
+            scope,
+            key: key.clone(),
+            incident_id: inc.id.clone(),
+            body: body_digest(
+                &inc.category,
+                inc.priority,
+                inc.location,
+                inc.description.as_deref(),
+            ),
+            at_ms: inc.created_ms,
+            retired: None,
+        });
     }
 
     /// Puts a record back as a snapshot stored it.

@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::command::{
-    Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget, UnitProfile,
+    Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
+    UnitProfile,
 };
 use crate::error::CoreError;
 use crate::event::{Change, Event, EventBody};

@@ -3,8 +3,8 @@
 //! `storage.retain_closed_h` after it closed (its last change: a closed incident
 //! never changes again); idempotency keys expire `dispatch.key_ttl_h` after
 //! their create. Both run on `Tick`, with time passed in, at most once a
-//! minute of engine time: a scan of the incidents held, which retention keeps
-//! small. Retiring emits no event: the journal still holds every change, and
+//! minute of engine time (once a second when `retain_closed_h` is 0): a scan
+//! of the incidents held, which retention keeps small. Retiring emits no event: the journal still holds every change, and
 //! the hub answers `GET /v1/incidents/{id}` for a retired incident from it.
 //!
 //! Owns: when an object is old enough to go. Must never: retire an open
@@ -19,7 +19,8 @@ pub(super) const RETIRE_EVERY_MS: i64 = 60_000;
 impl Engine {
     /// Retires closed incidents and expires keys that are old enough at `now_ms`.
     pub(super) fn retire(&mut self, now_ms: i64) {
-        if now_ms.saturating_sub(self.last_retire_ms) < RETIRE_EVERY_MS {
+        let every = RETIRE_EVERY_MS.min(self.config.retain_closed_ms.max(1_000));
+        if now_ms.saturating_sub(self.last_retire_ms) < every {
             return;
         }
         self.last_retire_ms = now_ms;

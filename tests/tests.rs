@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod bounds;
 mod cli;
 mod durability;
 mod http;
@@ -15,6 +16,8 @@ mod hub_e2e;
 mod journal_failure;
 mod liveness;
 mod sim_e2e;
+mod week;
+mod week_driver;
 
 /// `autotests = false` means a new file in `tests/` is not built unless it has a
 /// `mod` line above: fail loudly instead of silently skipping it.

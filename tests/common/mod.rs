@@ -58,7 +58,18 @@ impl TestServer {
 
     /// Starts over an existing data dir.
     pub(crate) async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
-        let settings = opcenter_hub::Settings::from_toml(&config_toml(dir.path(), extra)).unwrap();
+        Self::start_tuned(dir, extra, |_| {}).await
+    }
+
+    /// Starts over `dir` with settings `tune` adjusts after loading (for keys in
+    /// `[storage]`, which `extra` cannot reopen).
+    pub(crate) async fn start_tuned(
+        dir: tempfile::TempDir,
+        extra: &str,
+        tune: impl FnOnce(&mut opcenter_hub::Settings),
+    ) -> TestServer {
+        let mut settings = opcenter_hub::Settings::from_toml(&config_toml(dir.path(), extra)).unwrap();
+        tune(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = opcenter_hub::Server::start(listener, settings).await.unwrap();
         let addr = server.local_addr().unwrap();

@@ -8,7 +8,7 @@
 
 use crate::command::{IncidentPatch, NewIncident, PositionFix};
 use crate::error::CoreError;
-use crate::model::Capability;
+use crate::model::{Capability, Reporter};
 
 /// The most urgent priority.
 pub const PRIORITY_MIN: u8 = 1;
@@ -22,6 +22,20 @@ pub const MAX_RECOMMEND: usize = 100;
 pub const DEFAULT_RECOMMEND: usize = 3;
 /// The most capabilities a command may require.
 pub const MAX_REQUIRED: usize = 32;
+/// The longest category, callsign, unit kind or capability, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 64;
+/// The longest street address, in bytes.
+pub const MAX_ADDRESS_BYTES: usize = 512;
+/// The longest incident description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// The longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+/// The longest id (unit id, token `sub`), in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// The longest reporter name or phone (`POST /v1/reports`), in bytes.
+pub const MAX_REPORTER_BYTES: usize = 128;
+/// The most capabilities a unit (token `caps`, roster) may have.
+pub const MAX_CAPABILITIES: usize = 32;
 
 /// The earliest position time accepted: 2020-01-01T00:00:00Z, in ms. Earlier is
 /// a tablet with a reset clock (or a hostile number), never a real fix.
@@ -71,24 +85,74 @@ pub fn recommend_count(n: i64) -> Result<usize, CoreError> {
     }
 }
 
-/// A category must say something.
-pub fn category(c: &str) -> Result<(), CoreError> {
-    if c.trim().is_empty() {
-        Err(bad("category must not be empty".into()))
+/// A string field no longer than `max` bytes (`what` names it in the message).
+pub fn at_most(what: &str, s: &str, max: usize) -> Result<(), CoreError> {
+    if s.len() > max {
+        Err(bad(format!("{what} is {} bytes, at most {max}", s.len())))
     } else {
         Ok(())
     }
 }
 
-/// Required capabilities: at most [`MAX_REQUIRED`], none empty.
+/// An optional string field no longer than `max` bytes.
+pub fn opt_at_most(what: &str, s: Option<&str>, max: usize) -> Result<(), CoreError> {
+    s.map_or(Ok(()), |s| at_most(what, s, max))
+}
+
+/// A category must say something, in at most [`MAX_NAME_BYTES`].
+pub fn category(c: &str) -> Result<(), CoreError> {
+    if c.trim().is_empty() {
+        return Err(bad("category must not be empty".into()));
+    }
+    at_most("category", c, MAX_NAME_BYTES)
+}
+
+/// Required capabilities: at most [`MAX_REQUIRED`], none empty or over [`MAX_NAME_BYTES`].
 pub fn capabilities(caps: &[Capability]) -> Result<(), CoreError> {
     if caps.len() > MAX_REQUIRED {
         return Err(bad(format!("at most {MAX_REQUIRED} required capabilities")));
     }
+    capability_names(caps)
+}
+
+fn capability_names(caps: &[Capability]) -> Result<(), CoreError> {
     if caps.iter().any(|c| c.is_empty()) {
         return Err(bad("a capability must not be empty".into()));
     }
-    Ok(())
+    caps.iter()
+        .try_for_each(|c| at_most("capability", c, MAX_NAME_BYTES))
+}
+
+/// A unit's identity as a token or the roster gives it: id 1..=[`MAX_ID_BYTES`],
+/// callsign and kind ≤ [`MAX_NAME_BYTES`], at most [`MAX_CAPABILITIES`] capabilities
+/// of ≤ [`MAX_NAME_BYTES`] each.
+pub fn unit_identity(
+    id: &str,
+    callsign: Option<&str>,
+    kind: Option<&str>,
+    caps: &[Capability],
+) -> Result<(), CoreError> {
+    if id.trim().is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(bad(format!("unit id must be 1..={MAX_ID_BYTES} bytes")));
+    }
+    opt_at_most("callsign", callsign, MAX_NAME_BYTES)?;
+    opt_at_most("kind", kind, MAX_NAME_BYTES)?;
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(bad(format!("at most {MAX_CAPABILITIES} capabilities")));
+    }
+    capability_names(caps)
+}
+
+/// The reporter of a citizen's report: name and phone ≤ [`MAX_REPORTER_BYTES`].
+pub fn reporter(r: &Reporter) -> Result<(), CoreError> {
+    opt_at_most("reporter.name", r.name.as_deref(), MAX_REPORTER_BYTES)?;
+    opt_at_most("reporter.phone", r.phone.as_deref(), MAX_REPORTER_BYTES)
+}
+
+/// Address and description within their bounds.
+fn free_text(address: Option<&str>, description: Option<&str>) -> Result<(), CoreError> {
+    opt_at_most("address", address, MAX_ADDRESS_BYTES)?;
+    opt_at_most("description", description, MAX_DESCRIPTION_BYTES)
 }
 
 impl NewIncident {
@@ -100,10 +164,13 @@ impl NewIncident {
         self.location.validate()?;
         units_needed(i64::from(self.units_needed))?;
         capabilities(&self.required)?;
+        free_text(self.address.as_deref(), self.description.as_deref())?;
         if self.key.as_deref().is_some_and(str::is_empty) {
             return Err(bad("key must not be empty".into()));
         }
-        Ok(())
+        opt_at_most("key", self.key.as_deref(), MAX_KEY_BYTES)?;
+        at_most("source", &self.source, MAX_NAME_BYTES)?;
+        self.reporter.as_ref().map_or(Ok(()), reporter)
     }
 }
 
@@ -120,7 +187,7 @@ impl IncidentPatch {
         if let Some(l) = &self.location {
             l.validate()?;
         }
-        Ok(())
+        free_text(self.address.as_deref(), self.description.as_deref())
     }
 }
 
@@ -159,5 +226,44 @@ mod tests {
         assert_eq!(units_needed(MAX_UNITS_NEEDED as i64), Ok(MAX_UNITS_NEEDED));
         assert_eq!(recommend_count(MAX_RECOMMEND as i64), Ok(MAX_RECOMMEND));
         assert!(priority(0).is_err() && units_needed(0).is_err() && recommend_count(0).is_err());
+    }
+
+    #[test]
+    fn every_string_field_is_bounded_at_its_limit() {
+        let loc = crate::model::Location { lat: 51.0, lon: 51.0 };
+        let at = |n: usize| "x".repeat(n);
+        let ok = NewIncident::call(at(MAX_NAME_BYTES), 3, loc);
+        assert_eq!(ok.validate(), Ok(()));
+        let mut n = ok.clone();
+        n.category = at(MAX_NAME_BYTES + 1);
+        assert!(matches!(n.validate(), Err(CoreError::BadRequest(m)) if m.contains("category")));
+        for (field, max) in [
+            ("address", MAX_ADDRESS_BYTES),
+            ("description", MAX_DESCRIPTION_BYTES),
+            ("key", MAX_KEY_BYTES),
+        ] {
+            for (len, good) in [(max, true), (max + 1, false)] {
+                let mut n = ok.clone();
+                match field {
+                    "address" => n.address = Some(at(len)),
+                    "description" => n.description = Some(at(len)),
+                    _ => n.key = Some(at(len)),
+                }
+                assert_eq!(n.validate().is_ok(), good, "{field} of {len} bytes");
+            }
+        }
+        let mut n = ok.clone();
+        n.required = vec![at(MAX_NAME_BYTES + 1)];
+        assert!(n.validate().is_err());
+        let patch = IncidentPatch {
+            description: Some(at(MAX_DESCRIPTION_BYTES + 1)),
+            ..IncidentPatch::default()
+        };
+        assert!(patch.validate().is_err());
+        assert!(unit_identity("P-1", Some(&at(64)), Some("car"), &[]).is_ok());
+        assert!(unit_identity("P-1", Some(&at(65)), None, &[]).is_err());
+        assert!(unit_identity("P-1", None, Some(&at(65)), &[]).is_err());
+        assert!(unit_identity(&at(129), None, None, &[]).is_err());
+        assert!(unit_identity("P-1", None, None, &vec!["k9".into(); MAX_CAPABILITIES + 1]).is_err());
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Capability, DispatchMode, IncidentId, Location, UnitId, UnitStatus};
+use crate::model::{Capability, DispatchMode, IncidentId, Location, Reporter, UnitId, UnitStatus};
 
 /// Who issues a command: the engine checks "own incident" rules with it and
 /// stamps notes with `sub`. Role gating (which role may send which command) is
@@ -102,6 +102,9 @@ pub struct NewIncident {
     pub required: Vec<Capability>,
     /// Auto (default) or manual dispatch.
     pub dispatch: DispatchMode,
+    /// The citizen who reported it (`POST /v1/reports` only).
+    #[serde(default)]
+    pub reporter: Option<Reporter>,
 }
 
 impl NewIncident {
@@ -118,6 +121,7 @@ impl NewIncident {
             units_needed: 1,
             required: Vec::new(),
             dispatch: DispatchMode::Auto,
+            reporter: None,
         }
     }
 }

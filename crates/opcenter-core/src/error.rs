@@ -18,6 +18,9 @@ pub enum CoreError {
     /// The current state forbids it: unit not available, incident closed, … (`conflict`).
     #[error("{0}")]
     Conflict(String),
+    /// The object would grow past a bound (`too_large`): notes per incident.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl CoreError {
@@ -28,6 +31,7 @@ impl CoreError {
             CoreError::NotFound(_) => "not_found",
             CoreError::Forbidden(_) => "forbidden",
             CoreError::Conflict(_) => "conflict",
+            CoreError::TooLarge(_) => "too_large",
         }
     }
 }

@@ -31,12 +31,12 @@ pub use command::{
     UnitProfile,
 };
 pub use engine::{
-    Applied, Candidate, Engine, EngineConfig, EngineSnapshot, PositionItem, Recommendation, Reply,
+    Applied, Candidate, Engine, EngineConfig, EngineSnapshot, KeyRecord, PositionItem, Recommendation, Reply,
     RosterUnit, Shortfall,
 };
 pub use error::CoreError;
 pub use event::{Change, Event, EventBody, Topic};
 pub use model::{
-    Capability, DispatchMode, Incident, IncidentId, IncidentStatus, Location, MAX_NOTE_BYTES, Note, Unit,
-    UnitId, UnitStatus,
+    Capability, DispatchMode, Incident, IncidentId, IncidentStatus, KeyScope, Location, MAX_NOTE_BYTES, Note,
+    Reporter, Unit, UnitId, UnitStatus,
 };

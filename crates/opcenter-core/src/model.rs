@@ -154,6 +154,37 @@ pub struct Note {
 /// The longest note text accepted, in bytes of UTF-8.
 pub const MAX_NOTE_BYTES: usize = 4096;
 
+/// The citizen who reported an incident through the app gateway
+/// (`POST /v1/reports`). Personal data: the hub sends it to dispatchers,
+/// supervisors and the units assigned to the incident, never to other units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Reporter {
+    /// The name they gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The phone number they gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+impl Reporter {
+    /// True when it names nobody (nothing to keep).
+    pub fn is_empty(&self) -> bool {
+        self.name.as_deref().is_none_or(str::is_empty) && self.phone.as_deref().is_none_or(str::is_empty)
+    }
+}
+
+/// Whose key space an idempotency key belongs to: the citizens' app gateway and
+/// the consoles never see each other's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// `POST /v1/reports`.
+    Gateway,
+    /// `incident.create` on the WebSocket (dispatcher consoles, the server itself).
+    Console,
+}
+
 /// An incident as the protocol shows it (section 4), plus the fields we add:
 /// `dispatch` (auto or manual) and `declined_by` (units that declined it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +194,9 @@ pub struct Incident {
     /// The client's idempotency key, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The key space `key` belongs to (set with `key`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_scope: Option<KeyScope>,
     /// What happened (`theft`, `assault`, `officer_emergency`, …); never empty.
     pub category: String,
     /// 1 (most urgent) ..= 5.
@@ -177,6 +211,9 @@ pub struct Incident {
     /// Free text from the caller or dispatcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Who reported it through the app (our addition; personal data, see [`Reporter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporter: Option<Reporter>,
     /// `call`, `app`, `post`, `patrol`, or another string.
     pub source: String,
     /// Units currently assigned, in assignment order.

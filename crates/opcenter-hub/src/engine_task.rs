@@ -134,6 +134,8 @@ pub(crate) struct EngineTask {
     /// Open sessions per unit that registered: the engine hears of a unit's first
     /// session (its hello) and its last one ending (`UnitOffline`), nothing between.
     unit_sessions: HashMap<String, HashSet<String>>,
+    /// See [`record::max_record_bytes`].
+    max_record: usize,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -205,6 +207,7 @@ impl EngineTask {
             last_position_flush: Instant::now(),
             last_prune: Instant::now(),
             unit_sessions: HashMap::new(),
+            max_record: record::max_record_bytes(settings.hub.session_queue_bytes),
         }
     }
 
@@ -251,7 +254,9 @@ impl EngineTask {
                         continue;
                     }
                     let mut assigned = false;
-                    let result = self.engine.apply(&actor, command, now).map(|mut applied| {
+                    let result = self.engine.apply(&actor, command, now);
+                    let result = self.refuse_oversized(result, &events);
+                    let result = result.map(|mut applied| {
                         // The events move to the batch; the reply keeps what it needs.
                         let own = std::mem::take(&mut applied.events);
                         assigned = own.iter().any(|e| e.change == opcenter_core::Change::Assigned);
@@ -448,7 +453,14 @@ impl EngineTask {
                 }
             },
             Request::GetIncident { incident_id, reply } => {
-                let _ = reply.send(self.engine.incident(&incident_id).cloned());
+                // Retention took closed incidents out of memory; the journal has them.
+                let found = self.engine.incident(&incident_id).cloned().or_else(|| {
+                    record::find_incident(&*self.journal, &incident_id)
+                        .inspect_err(|e| tracing::warn!(error = %e, "journal lookup failed"))
+                        .ok()
+                        .flatten()
+                });
+                let _ = reply.send(found);
             }
             Request::Tick => {
                 if self.last_position_flush.elapsed() >= self.position_interval {
@@ -465,6 +477,42 @@ impl EngineTask {
             Request::Command { reply, .. } => fail(reply, ErrorCode::Internal, "command out of order"),
             Request::Bye { .. } => {}
         }
+    }
+
+    /// A command whose record would be too large for the journal or a console
+    /// queue is answered `too_large` and undone, so it can neither fail the
+    /// group commit (and with it the batch and the server's health) nor close
+    /// every console that receives it. Undoing rebuilds the engine from the
+    /// journal plus the batch's earlier, accepted events: slow, but only ever on
+    /// this refusal, which the engine's own bounds (`dispatch.max_notes`, string
+    /// lengths) make rare.
+    fn refuse_oversized(
+        &mut self,
+        result: Result<Applied, CoreError>,
+        accepted: &[Event],
+    ) -> Result<Applied, CoreError> {
+        let applied = result?;
+        let largest = record::largest_record(&applied.events);
+        if largest <= self.max_record {
+            return Ok(applied);
+        }
+        match recover(self.engine.config().clone(), &*self.journal, 0) {
+            Ok((mut engine, _, _)) => {
+                for e in accepted {
+                    engine.restore(e);
+                }
+                self.engine = engine;
+            }
+            // The journal cannot be read back: stop acknowledging, as after a failed append.
+            Err(e) => {
+                tracing::error!(error = %e, "could not undo an oversized command");
+                self.shared.healthy.store(false, Ordering::SeqCst);
+            }
+        }
+        Err(CoreError::TooLarge(format!(
+            "the change would be a {largest}-byte record, over the {} bytes allowed",
+            self.max_record
+        )))
     }
 
     /// Appends the batch's events; returns the seq of the first one.

@@ -9,7 +9,7 @@
 //! Owns: the record format. Must never: decide when to write (the engine
 //! thread does) or swallow a store error into a string.
 
-use opcenter_core::{EngineSnapshot, Event};
+use opcenter_core::{EngineSnapshot, Event, EventBody, Incident};
 use opcenter_store::{Journal, Record, StoreError};
 
 /// Why the journal could not be read, written or replayed.
@@ -51,6 +51,67 @@ pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>, DurabilityError> {
         what: "event",
         source,
     })
+}
+
+/// The largest journal record one event may make: half a console's event queue
+/// (`hub.session_queue_bytes`), so every subscriber can take the change without
+/// being closed, and at most half the store's own limit, so events the server
+/// makes by itself on an incident that size (timeouts, dispatch) still fit.
+pub(crate) fn max_record_bytes(session_queue_bytes: usize) -> usize {
+    (session_queue_bytes / 2).min(opcenter_store::MAX_PAYLOAD / 2)
+}
+
+/// The size of the largest record among `events`, without keeping the bytes
+/// (the commit encodes them once for real).
+pub(crate) fn largest_record(events: &[Event]) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    events
+        .iter()
+        .map(|e| {
+            let mut n = Count(0);
+            // An encoding error surfaces at the commit, typed; here it counts 0.
+            let _ = rmp_serde::encode::write_named(&mut n, e);
+            n.0
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest state of incident `id` the journal still holds (a retired
+/// incident: see `opcenter_core`'s retention), or `None`. A scan of the
+/// retained history that decodes only records containing the id's bytes.
+pub(crate) fn find_incident(journal: &dyn Journal, id: &str) -> Result<Option<Incident>, DurabilityError> {
+    let needle = id.as_bytes();
+    if needle.is_empty() {
+        return Ok(None);
+    }
+    let mut found = None;
+    let mut after = journal.first_seq().saturating_sub(1);
+    loop {
+        let records = read_from(journal, after, 4096)?;
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for rec in records
+            .iter()
+            .filter(|r| r.payload.windows(needle.len()).any(|w| w == needle))
+        {
+            if let EventBody::Incident(inc) = decode_event(rec)?.body
+                && inc.id == id
+            {
+                found = Some(inc);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The event a journal record holds.
@@ -102,6 +163,26 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().starts_with("journal record 1: "), "{err}");
+    }
+
+    #[test]
+    fn largest_record_is_the_encoded_size() {
+        let mut engine = opcenter_core::Engine::new(opcenter_core::EngineConfig::default());
+        let loc = opcenter_core::Location::new(51.0, 51.0).unwrap();
+        let applied = engine
+            .apply(
+                &opcenter_core::Actor::dispatcher("d"),
+                opcenter_core::Command::CreateIncident(opcenter_core::NewIncident::call("theft", 3, loc)),
+                1_700_000_000_000,
+            )
+            .unwrap();
+        let biggest = applied
+            .events
+            .iter()
+            .map(|e| encode_event(e).unwrap().len())
+            .max();
+        assert_eq!(Some(largest_record(&applied.events)), biggest);
+        assert_eq!(largest_record(&[]), 0);
     }
 
     #[test]

@@ -58,6 +58,7 @@ struct RawStorage {
     data_dir: PathBuf,
     fsync: bool,
     snapshot_every_events: u64,
+    retain_closed_h: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +79,8 @@ struct RawDispatch {
     index_slack_m: f64,
     tick_ms: u64,
     offline_grace_s: u64,
+    max_notes: usize,
+    key_ttl_h: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +243,12 @@ impl Settings {
                 });
             }
         }
+        if d.max_notes == 0 {
+            return Err(invalid("dispatch.max_notes", "must be > 0"));
+        }
+        if d.key_ttl_h == 0 {
+            return Err(invalid("dispatch.key_ttl_h", "must be > 0"));
+        }
         if d.tick_ms == 0 || d.tick_ms > 10_000 {
             return Err(invalid("dispatch.tick_ms", "must be in 1..=10000"));
         }
@@ -304,6 +313,9 @@ impl Settings {
             max_speed_mps: d.max_speed_mps,
             index_slack_m: d.index_slack_m,
             offline_grace_ms: s(d.offline_grace_s),
+            max_notes: d.max_notes,
+            retain_closed_ms: s(raw.storage.retain_closed_h.saturating_mul(3600)),
+            key_ttl_ms: s(d.key_ttl_h.saturating_mul(3600)),
             roster: raw.roster,
         };
         let secs = std::time::Duration::from_secs;
@@ -357,6 +369,9 @@ mod tests {
         assert_eq!(s.hub.max_frame_bytes, 65_536);
         assert_eq!(s.hub.history_events, 100_000);
         assert_eq!(s.engine.emergency_units, 2);
+        assert_eq!(s.engine.max_notes, 200);
+        assert_eq!(s.engine.retain_closed_ms, 24 * 3_600_000);
+        assert_eq!(s.engine.key_ttl_ms, 72 * 3_600_000);
     }
 
     #[test]

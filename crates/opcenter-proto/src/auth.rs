@@ -7,6 +7,7 @@
 //! HS256, or a token without `exp`.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use opcenter_core::check;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -134,7 +135,22 @@ pub fn verify_token(secret: &[u8], token: &str) -> Result<Claims, AuthError> {
     if claims.role == Role::Unit && claims.unit.as_deref().is_none_or(str::is_empty) {
         return Err(AuthError::MissingUnit);
     }
+    bounded(&claims)?;
     Ok(claims)
+}
+
+/// Token claims obey the same bounds as the wire fields they stand for
+/// (`opcenter_core::check`): a token cannot smuggle a huge callsign or a
+/// thousand capabilities into every unit event.
+fn bounded(claims: &Claims) -> Result<(), AuthError> {
+    let refuse = |e: opcenter_core::CoreError| AuthError::Invalid(e.to_string());
+    check::at_most("sub", &claims.sub, check::MAX_ID_BYTES).map_err(refuse)?;
+    if let Some(unit) = &claims.unit {
+        let caps = claims.caps.as_deref().unwrap_or_default();
+        check::unit_identity(unit, claims.callsign.as_deref(), claims.kind.as_deref(), caps)
+            .map_err(refuse)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -179,6 +195,28 @@ mod tests {
         let payload = signed.split('.').nth(1).unwrap();
         let token = format!("{ALG_NONE_HEADER}.{payload}.");
         assert!(verify_token(SECRET, &token).is_err());
+    }
+
+    #[test]
+    fn claims_over_the_wire_bounds_are_refused() {
+        let mut long_callsign = Claims::unit("P-101", now_s(), 60);
+        long_callsign.callsign = Some("c".repeat(check::MAX_NAME_BYTES + 1));
+        let mut many_caps = Claims::unit("P-101", now_s(), 60);
+        many_caps.caps = Some(vec!["k9".into(); check::MAX_CAPABILITIES + 1]);
+        let mut long_cap = Claims::unit("P-101", now_s(), 60);
+        long_cap.caps = Some(vec!["k".repeat(check::MAX_NAME_BYTES + 1)]);
+        let long_sub = Claims::new("s".repeat(check::MAX_ID_BYTES + 1), Role::Dispatcher, now_s(), 60);
+        for claims in [long_callsign, many_caps, long_cap, long_sub] {
+            let token = mint_token(SECRET, &claims);
+            assert!(
+                matches!(verify_token(SECRET, &token), Err(AuthError::Invalid(m)) if m.contains("at most")),
+                "{claims:?}"
+            );
+        }
+        let mut at_bounds = Claims::unit("P-101", now_s(), 60);
+        at_bounds.callsign = Some("c".repeat(check::MAX_NAME_BYTES));
+        at_bounds.caps = Some(vec!["k".repeat(check::MAX_NAME_BYTES); check::MAX_CAPABILITIES]);
+        assert!(verify_token(SECRET, &mint_token(SECRET, &at_bounds)).is_ok());
     }
 
     #[test]

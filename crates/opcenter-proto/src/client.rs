@@ -9,6 +9,8 @@
 //! Owns: wire shapes of commands. Must never: look at server state (unknown ids,
 //! permissions on objects are the engine's), or restate a limit of the engine.
 
+/// The citizen who reported (the incident's `reporter`).
+pub use opcenter_core::Reporter;
 use serde::Deserialize;
 
 use opcenter_core::check::{self, DEFAULT_RECOMMEND};
@@ -450,7 +452,7 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
     raw.location.validate()?;
     check::category(&raw.category)?;
     let units_needed = check::units_needed(raw.units_needed.unwrap_or(1))?;
-    Ok(NewIncident {
+    let new = NewIncident {
         category: raw.category,
         priority,
         location: raw.location,
@@ -464,7 +466,11 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
         units_needed,
         required: raw.required.unwrap_or_default(),
         dispatch: raw.dispatch.unwrap_or_default(),
-    })
+        reporter: None,
+    };
+    // Every other bound (string lengths, key, capabilities) is core's.
+    new.validate()?;
+    Ok(new)
 }
 
 fn check_update(raw: &RawUpdate) -> Result<IncidentPatch, CoreError> {
@@ -540,49 +546,31 @@ pub struct Report {
     pub reporter: Option<Reporter>,
 }
 
-/// The citizen who reported.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Reporter {
-    /// Name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Phone.
-    #[serde(default)]
-    pub phone: Option<String>,
-}
-
 impl Report {
     /// Checks the report and turns it into an auto-dispatched `app` incident.
     pub fn into_new_incident(self) -> Result<NewIncident, String> {
         if self.key.is_empty() {
             return Err("key must not be empty".into());
         }
-        let mut description = self.description;
-        if let Some(r) = &self.reporter {
-            let who: Vec<&str> = [r.name.as_deref(), r.phone.as_deref()]
-                .into_iter()
-                .flatten()
-                .collect();
-            if !who.is_empty() {
-                let line = format!("reporter: {}", who.join(", "));
-                description = Some(match description {
-                    Some(d) if !d.is_empty() => format!("{d}\n{line}"),
-                    _ => line,
-                });
-            }
-        }
         let raw = RawCreate {
             category: self.category,
             priority: self.priority.unwrap_or(3),
             location: self.location,
             address: self.address,
-            description,
+            description: self.description,
             source: Some("app".into()),
             key: Some(self.key),
             units_needed: None,
             required: None,
             dispatch: None,
         };
-        check_create(raw).map_err(|e| e.to_string())
+        // Personal data stays in its own field, never in `description`, so the
+        // hub can keep it from units not on the incident.
+        let mut new = check_create(raw).map_err(|e| e.to_string())?;
+        if let Some(r) = self.reporter {
+            check::reporter(&r).map_err(|e| e.to_string())?;
+            new.reporter = Some(r).filter(|r| !r.is_empty());
+        }
+        Ok(new)
     }
 }

@@ -53,6 +53,7 @@ impl From<&CoreError> for ErrorCode {
             CoreError::NotFound(_) => ErrorCode::NotFound,
             CoreError::Forbidden(_) => ErrorCode::Forbidden,
             CoreError::Conflict(_) => ErrorCode::Conflict,
+            CoreError::TooLarge(_) => ErrorCode::TooLarge,
         }
     }
 }

@@ -31,6 +31,14 @@ pub struct EngineConfig {
     /// `dispatch.index_slack_m`: a unit is re-indexed only when it moves further
     /// than this from its indexed point (queries widen by it and re-rank exactly).
     pub index_slack_m: f64,
+    /// `dispatch.max_notes`: notes one incident may hold; the next is `too_large`.
+    pub max_notes: usize,
+    /// `storage.retain_closed_h` in ms: a closed incident leaves memory this long
+    /// after it closed.
+    pub retain_closed_ms: i64,
+    /// `dispatch.key_ttl_h` in ms: an idempotency key is forgotten this long
+    /// after its create.
+    pub key_ttl_ms: i64,
     /// Units known before any hello (the config roster).
     pub roster: Vec<RosterUnit>,
 }
@@ -48,6 +56,9 @@ impl Default for EngineConfig {
             max_speed_mps: 100.0,
             index_slack_m: 25.0,
             offline_grace_ms: 15_000,
+            max_notes: 200,
+            retain_closed_ms: 24 * 3_600_000,
+            key_ttl_ms: 72 * 3_600_000,
             roster: Vec::new(),
         }
     }

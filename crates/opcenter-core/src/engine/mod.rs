@@ -14,17 +14,21 @@
 mod config;
 mod deadlines;
 mod duplicates;
+mod keys;
 mod pending;
 mod reply;
+mod retention;
 
 pub use config::{EngineConfig, RosterUnit};
 pub use duplicates::MAX_POSSIBLE_DUPLICATES;
+pub use keys::KeyRecord;
 pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfall};
 // Where they were before `check` owned them; callers may still name them here.
 pub use crate::check::{MAX_RECOMMEND, MAX_UNITS_NEEDED};
 
 use deadlines::Deadlines;
 use duplicates::DuplicateIndex;
+use keys::KeyBook;
 use pending::{PendingKey, PendingQueue};
 
 use std::collections::{HashMap, HashSet};
@@ -33,14 +37,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::command::{
-    Actor, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget, UnitProfile,
+    Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
+    UnitProfile,
 };
 use crate::error::CoreError;
 use crate::event::{Change, Event, EventBody};
 use crate::index::{Query, UnitIndex};
 use crate::model::{
-    Capability, DispatchMode, Incident, IncidentId, IncidentStatus, Location, MAX_NOTE_BYTES, Note, Unit,
-    UnitId, UnitStatus,
+    Capability, DispatchMode, Incident, IncidentId, IncidentStatus, KeyScope, Location, MAX_NOTE_BYTES, Note,
+    Unit, UnitId, UnitStatus,
 };
 
 /// Everything needed to rebuild an engine: what snapshots store.
@@ -52,6 +57,9 @@ pub struct EngineSnapshot {
     pub units: Vec<Unit>,
     /// The number the next incident id gets.
     pub next_incident_no: u64,
+    /// Idempotency keys still alive (those of retired incidents carry them).
+    #[serde(default)]
+    pub keys: Vec<KeyRecord>,
 }
 
 /// How often (at most) Tick takes stale units out of the tree, in ms.
@@ -73,8 +81,8 @@ pub struct Engine {
     pending: PendingQueue,
     /// Open incidents by category and place, behind `possible_duplicates`.
     duplicates: DuplicateIndex,
-    /// Idempotency keys seen, forever.
-    keys: HashMap<String, IncidentId>,
+    /// Idempotency keys alive, per key space (see `keys.rs`).
+    keys: KeyBook,
     /// Unacknowledged assignments by deadline: Tick is O(expired).
     deadlines: Deadlines,
     /// Offline units by the end of their grace (`offline_since_ms + grace`).
@@ -87,6 +95,8 @@ pub struct Engine {
     next_no: u64,
     /// Last stale-position pruning (private; not behaviour, only tree size).
     last_prune_ms: i64,
+    /// Last retention pass (see `retention.rs`).
+    last_retire_ms: i64,
 }
 
 fn incident_no(id: &str) -> u64 {
@@ -107,13 +117,14 @@ impl Engine {
             units: HashMap::new(),
             pending: PendingQueue::default(),
             duplicates: DuplicateIndex::default(),
-            keys: HashMap::new(),
+            keys: KeyBook::default(),
             deadlines: Deadlines::default(),
             lapses: Deadlines::default(),
             roster: HashMap::new(),
             open_emergency: HashMap::new(),
             next_no: 1,
             last_prune_ms: i64::MIN,
+            last_retire_ms: i64::MIN,
             config,
         };
         for r in engine.config.roster.clone() {
@@ -322,6 +333,7 @@ impl Engine {
             incidents,
             units,
             next_incident_no: self.next_no,
+            keys: self.keys.records(),
         }
     }
 
@@ -330,6 +342,9 @@ impl Engine {
         let mut engine = Engine::new(config);
         for unit in snapshot.units {
             engine.upsert_unit(unit);
+        }
+        for rec in snapshot.keys {
+            engine.keys.restore(rec);
         }
         for inc in snapshot.incidents {
             engine.upsert_incident(inc);
@@ -412,8 +427,8 @@ impl Engine {
         let id = inc.id.clone();
         let no = incident_no(&id);
         self.next_no = self.next_no.max(no.saturating_add(1));
-        if let Some(k) = &inc.key {
-            self.keys.insert(k.clone(), id.clone());
+        if !self.incidents.contains_key(&id) {
+            self.keys.remember(&inc);
         }
         if let Some(old) = self.incidents.insert(id.clone(), inc)
             && let Some(u) = &old.emergency_unit
@@ -529,13 +544,20 @@ impl Engine {
         }
     }
 
+    /// One tablet's view of an incident. The reporter's personal data goes only
+    /// to a unit that is on the incident (a unit just taken off it gets the
+    /// incident without it).
     fn emit_assignment(&self, unit_id: &str, incident_id: &str, change: Change, ev: &mut Vec<Event>) {
         if let Some(inc) = self.incidents.get(incident_id) {
+            let mut incident = inc.clone();
+            if !inc.units.iter().any(|u| u == unit_id) {
+                incident.reporter = None;
+            }
             ev.push(Event {
                 change,
                 body: EventBody::Assignment {
                     unit_id: unit_id.to_string(),
-                    incident: inc.clone(),
+                    incident,
                 },
             });
         }
@@ -746,9 +768,7 @@ impl Engine {
         now_ms: i64,
         ev: &mut Vec<Event>,
     ) -> Result<Reply, CoreError> {
-        if p.id.trim().is_empty() || p.id.len() > 128 {
-            return Err(bad("unit id must be 1..=128 bytes"));
-        }
+        check::unit_identity(&p.id, p.callsign.as_deref(), p.kind.as_deref(), &p.capabilities)?;
         Self::own_unit(actor, &p.id)?;
         let change = match self.units.get(&p.id).cloned() {
             None => {
@@ -821,6 +841,7 @@ impl Engine {
     fn make_incident(
         &mut self,
         n: NewIncident,
+        scope: KeyScope,
         emergency_unit: Option<UnitId>,
         now_ms: i64,
         ev: &mut Vec<Event>,
@@ -844,15 +865,18 @@ impl Engine {
         } else {
             n.source
         };
+        let key_scope = n.key.is_some().then_some(scope);
         let inc = Incident {
             id: id.clone(),
             key: n.key,
+            key_scope,
             category: n.category,
             priority: n.priority,
             status: IncidentStatus::Pending,
             location: n.location,
             address: n.address,
             description: n.description,
+            reporter: n.reporter.filter(|r| !r.is_empty()),
             source,
             units: Vec::new(),
             required: n.required,
@@ -880,16 +904,26 @@ impl Engine {
         ev: &mut Vec<Event>,
     ) -> Result<Reply, CoreError> {
         Self::not_a_unit(actor, "create incidents")?;
+        let scope = match actor.kind {
+            ActorKind::Intake => KeyScope::Gateway,
+            _ => KeyScope::Console,
+        };
         if let Some(k) = &n.key
-            && let Some(existing) = self.keys.get(k).and_then(|id| self.incidents.get(id))
+            && let Some(rec) = self.keys.get(scope, k)
         {
-            return Ok(Reply::Created {
-                incident: existing.clone(),
-                new: false,
-            });
+            if rec.body != keys::digest_of(&n) {
+                return Err(CoreError::Conflict(format!(
+                    "key {k} was used for a different incident ({})",
+                    rec.incident_id
+                )));
+            }
+            let existing = self.incidents.get(&rec.incident_id).cloned();
+            if let Some(incident) = existing.or_else(|| rec.retired_incident(&n)) {
+                return Ok(Reply::Created { incident, new: false });
+            }
         }
         n.validate()?;
-        let id = self.make_incident(n, None, now_ms, ev);
+        let id = self.make_incident(n, scope, None, now_ms, ev);
         Ok(Reply::Created {
             incident: self.get_incident(&id)?.clone(),
             new: true,
@@ -1038,16 +1072,27 @@ impl Engine {
         if text.trim().is_empty() || text.len() > MAX_NOTE_BYTES {
             return Err(bad(format!("note text must be 1..={MAX_NOTE_BYTES} bytes")));
         }
-        self.get_incident(id)?;
+        let held = self.get_incident(id)?.notes.len();
         self.own_incident(actor, id)?;
         self.open_incident(id)?;
+        if held >= self.config.max_notes {
+            return Err(CoreError::TooLarge(format!(
+                "incident {id} holds {held} notes, the most it may (dispatch.max_notes)"
+            )));
+        }
         self.push_note(id, &actor.sub, text, now_ms);
         self.emit_incident_all(id, Change::Noted, ev);
         Ok(Reply::Incident(self.get_incident(id)?.clone()))
     }
 
+    /// Adds a note unless the incident already holds `max_notes` (the server's
+    /// own notes, on a decline or a cleared panic button, are then left out
+    /// rather than failing the command they describe).
     fn push_note(&mut self, id: &str, by: &str, text: String, now_ms: i64) {
-        if let Some(inc) = self.incidents.get_mut(id) {
+        let max = self.config.max_notes;
+        if let Some(inc) = self.incidents.get_mut(id)
+            && inc.notes.len() < max
+        {
             inc.notes.push(Note {
                 at_ms: now_ms,
                 by: by.to_string(),
@@ -1299,8 +1344,9 @@ impl Engine {
             units_needed: self.config.emergency_units.clamp(1, MAX_UNITS_NEEDED),
             required: Vec::new(),
             dispatch: DispatchMode::Auto,
+            reporter: None,
         };
-        let iid = self.make_incident(n, Some(unit_id.to_string()), now_ms, ev);
+        let iid = self.make_incident(n, KeyScope::Console, Some(unit_id.to_string()), now_ms, ev);
         Ok(Reply::Incident(self.get_incident(&iid)?.clone()))
     }
 
@@ -1344,5 +1390,6 @@ impl Engine {
             self.last_prune_ms = now_ms;
             self.index.prune_stale(now_ms, self.config.max_position_age_ms);
         }
+        self.retire(now_ms);
     }
 }

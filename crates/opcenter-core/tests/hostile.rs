@@ -40,17 +40,12 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 fn location() -> impl Strategy<Value = Location> {
+    // Mostly valid places, so commands get past validation to the arithmetic.
     prop_oneof![
-        (float(), float()).prop_map(|(lat, lon)| Location { lat, lon }),
-        (-0.05f64..0.05, -0.05f64..0.05).prop_map(|(lat, lon)| Location { lat, lon }),
-        Just(Location {
-            lat: 90.0,
-            lon: 180.0
-        }),
-        Just(Location {
-            lat: -90.0,
-            lon: -180.0
-        }),
+        1 => (float(), float()).prop_map(|(lat, lon)| Location { lat, lon }),
+        4 => (-0.05f64..0.05, -0.05f64..0.05).prop_map(|(lat, lon)| Location { lat, lon }),
+        1 => Just(Location { lat: 90.0, lon: 180.0 }),
+        1 => Just(Location { lat: -90.0, lon: -180.0 }),
     ]
 }
 
@@ -71,38 +66,36 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let u = 0usize..3;
+    let u = 0usize..2;
     let i = 0usize..4;
+    let fix = (
+        u.clone(),
+        location(),
+        proptest::option::of(float()),
+        proptest::option::of(float()),
+        proptest::option::of(int()),
+    );
+    let create = (
+        any::<u8>(),
+        prop_oneof![Just(u32::MAX), Just(0), 1u32..4, any::<u32>()],
+        location(),
+        any::<bool>(),
+    );
+    let count = prop_oneof![Just(usize::MAX), Just(0), 1usize..5, any::<usize>()];
     prop_oneof![
-        u.clone().prop_map(Step::Hello),
-        u.clone().prop_map(Step::Available),
-        (
-            u.clone(),
-            location(),
-            proptest::option::of(float()),
-            proptest::option::of(float()),
-            proptest::option::of(int())
-        )
-            .prop_map(|(u, l, h, s, t)| Step::Fix(u, l, h, s, t)),
-        (
-            any::<u8>(),
-            prop_oneof![Just(u32::MAX), Just(0), 1u32..4, any::<u32>()],
-            location(),
-            any::<bool>()
-        )
-            .prop_map(|(p, n, l, m)| Step::Create(p, n, l, m)),
-        (i.clone(), location(), proptest::option::of(any::<u8>())).prop_map(|(i, l, p)| Step::Move(i, l, p)),
-        (i.clone(), u.clone()).prop_map(|(i, u)| Step::Assign(i, u)),
-        (u.clone(), i.clone()).prop_map(|(u, i)| Step::Ack(u, i)),
-        (u.clone(), i.clone()).prop_map(|(u, i)| Step::Decline(u, i)),
-        u.clone().prop_map(Step::Offline),
-        (u, proptest::option::of(location())).prop_map(|(u, l)| Step::Emergency(u, l)),
-        Just(Step::Tick),
-        (
-            prop_oneof![Just(usize::MAX), Just(0), 1usize..5, any::<usize>()],
-            location()
-        )
-            .prop_map(|(n, l)| Step::Recommend(n, l)),
+        2 => u.clone().prop_map(Step::Hello),
+        2 => u.clone().prop_map(Step::Available),
+        // Fixes carry most of the client's numbers: drawn most often.
+        6 => fix.prop_map(|(u, l, h, s, t)| Step::Fix(u, l, h, s, t)),
+        1 => create.prop_map(|(p, n, l, m)| Step::Create(p, n, l, m)),
+        1 => (i.clone(), location(), proptest::option::of(any::<u8>())).prop_map(|(i, l, p)| Step::Move(i, l, p)),
+        1 => (i.clone(), u.clone()).prop_map(|(i, u)| Step::Assign(i, u)),
+        1 => (u.clone(), i.clone()).prop_map(|(u, i)| Step::Ack(u, i)),
+        1 => (u.clone(), i.clone()).prop_map(|(u, i)| Step::Decline(u, i)),
+        1 => u.clone().prop_map(Step::Offline),
+        1 => (u, proptest::option::of(location())).prop_map(|(u, l)| Step::Emergency(u, l)),
+        1 => Just(Step::Tick),
+        1 => (count, location()).prop_map(|(n, l)| Step::Recommend(n, l)),
     ]
 }
 
@@ -224,7 +217,7 @@ proptest! {
 
     #[test]
     fn extreme_numbers_never_panic_or_break_invariants(
-        steps in proptest::collection::vec((step(), int()), 1..40),
+        steps in proptest::collection::vec((step(), int()), 1..60),
         ack in prop_oneof![Just(i64::MAX), Just(1), Just(30_000)],
         grace in prop_oneof![Just(i64::MAX), Just(0), Just(15_000)],
         skew in prop_oneof![Just(i64::MAX), Just(0), Just(30_000)],

@@ -225,6 +225,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// The close code requested, if any (the first request wins).
+    pub(crate) fn close_code(&self) -> Option<u16> {
+        self.lock().close.as_ref().map(|c| c.code)
+    }
+
     /// True once a close was requested (the fan-out drops such sessions).
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

@@ -243,7 +243,10 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
             ),
         };
         reader.read_loop(&mut stream, &stop).await;
-        if let Some(unit) = unit {
+        // A server shutdown is not the tablet going away: its unit stays online
+        // in the journal, and recovery counts the grace from the restart.
+        let shutdown = outbox.close_code() == Some(codes::GOING_AWAY);
+        if let Some(unit) = unit.filter(|_| !shutdown) {
             // The engine counts a unit's sessions: this may have been its last.
             let bye = Request::Bye {
                 session: session_id.clone(),

@@ -7,10 +7,12 @@
 
 mod common;
 
+mod auth;
 mod bad_input;
 mod cli;
 mod durability;
 mod http;
 mod hub_e2e;
 mod journal_failure;
+mod limits;
 mod sim_e2e;

@@ -586,3 +586,11 @@ impl Report {
         check_create(raw).map_err(|e| e.to_string())
     }
 }
+
+/// Parses and checks a `POST /v1/reports` body (JSON) into the incident it
+/// creates. The HTTP handler calls exactly this, and so does the fuzz target
+/// `report_body`: any bytes give an incident or a message, never a panic.
+pub fn parse_report(body: &[u8]) -> Result<NewIncident, String> {
+    let report: Report = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    report.into_new_incident()
+}

@@ -33,7 +33,7 @@ use opcenter_store::{FileJournal, Journal, Options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const SECRET: &str = "restart-bench-secret";
+const SECRET: &str = "restart-bench-secret-of-at-least-32-bytes";
 const T0: i64 = 1_764_300_000_000;
 const UNITS: usize = 2_000;
 const SNAPSHOT_LAG: u64 = 25_000;

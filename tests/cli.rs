@@ -46,20 +46,27 @@ fn token_for_a_unit_carries_its_claims() {
 fn environment_overrides_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
-    std::fs::write(&file, "[auth]\njwt_secret = \"from-the-file-123\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[auth]\njwt_secret = \"from-the-file-123-of-at-least-32-bytes\"\n",
+    )
+    .unwrap();
     let from_file = stdout_of(
         opcenter()
             .args(["token", "--role", "supervisor", "--config"])
             .arg(&file),
     );
-    assert!(verify_token(b"from-the-file-123", &from_file).is_ok());
+    assert!(verify_token(b"from-the-file-123-of-at-least-32-bytes", &from_file).is_ok());
     let from_env = stdout_of(
         opcenter()
             .args(["token", "--role", "supervisor", "--config"])
             .arg(&file)
-            .env("OPCENTER_AUTH__JWT_SECRET", "from-the-env-456"),
+            .env(
+                "OPCENTER_AUTH__JWT_SECRET",
+                "from-the-env-456-of-at-least-32-bytes",
+            ),
     );
-    assert!(verify_token(b"from-the-env-456", &from_env).is_ok());
+    assert!(verify_token(b"from-the-env-456-of-at-least-32-bytes", &from_env).is_ok());
 }
 
 #[test]
@@ -79,4 +86,67 @@ fn bad_arguments_and_config_are_refused_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("hub.max_frame_bytes"), "{err}");
+}
+
+/// Runs `opcenter serve --config FILE` with `toml` (plus `env`) and returns its
+/// stderr; panics if it started (it would print `listening on` and keep running).
+fn serve_refuses(toml: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!("[storage]\ndata_dir = {:?}\n{toml}", data.display().to_string()),
+    )
+    .unwrap();
+    let mut cmd = opcenter();
+    cmd.args(["serve", "--config"]).arg(&file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that did start would run for ever: give it 10 s to refuse.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("serve started: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn serve_refuses_the_dev_secret_off_loopback() {
+    let err = serve_refuses("[server]\nlisten = \"0.0.0.0:0\"\n", &[]);
+    assert!(err.contains("auth.jwt_secret"), "{err}");
+    assert!(err.contains("loopback"), "{err}");
+    // The same from the environment.
+    let err = serve_refuses("", &[("OPCENTER_SERVER__LISTEN", "0.0.0.0:0")]);
+    assert!(err.contains("auth.jwt_secret"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_short_secret() {
+    let err = serve_refuses("[auth]\njwt_secret = \"only-twenty-one-bytes\"\n", &[]);
+    assert!(err.contains("auth.jwt_secret"), "{err}");
+    assert!(err.contains("32 bytes"), "{err}");
+}
+
+#[test]
+fn serve_refuses_unknown_keys_and_sections_by_name() {
+    let err = serve_refuses("[hub]\nmax_conections = 10\n", &[]);
+    assert!(err.contains("max_conections"), "{err}");
+    let err = serve_refuses("[dispach]\nack_timeout_s = 5\n", &[]);
+    assert!(err.contains("dispach"), "{err}");
+    let err = serve_refuses("", &[("OPCENTER_HUB__MAX_CONECTIONS", "10")]);
+    assert!(err.contains("max_conections"), "{err}");
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod auth;
 mod bad_input;
 mod bounds;
 mod cli;
@@ -14,6 +15,7 @@ mod durability;
 mod http;
 mod hub_e2e;
 mod journal_failure;
+mod limits;
 mod liveness;
 mod sim_e2e;
 mod week;

@@ -395,6 +395,20 @@ test('console: a bad token is refused at sign-in; a unit token gets a clear mess
   assert.deepEqual(pageErrors, [], 'no script errors in the pages');
 });
 
+test('console: the token leaves the address bar at once; a reload stays signed in', async () => {
+  const token = server.token('supervisor', 'sup-reload');
+  const page = await openConsole(token, 'reload');
+  assert.ok(!page.url().includes('token='), `address bar still has the token: ${page.url()}`);
+  assert.ok(!page.url().includes(encodeURIComponent(token).slice(0, 20)), 'no part of the token in the address bar');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('opcenter.token')), token);
+  await page.reload();
+  await page.waitForSelector('[data-testid=conn-state][data-state=live]', { timeout: 15000 });
+  assert.ok(!page.url().includes('token='), page.url());
+  assert.equal(await page.isVisible('[data-testid=signin]'), false, 'signed in after the reload');
+  await closeConsole(page, 'reload');
+  assert.deepEqual(pageErrors, [], 'no script errors in the pages');
+});
+
 test('console: served with a Content-Security-Policy that the browser enforces', async () => {
   for (const p of ['/', '/console/app.js', '/console/conn.js', '/console/dom.js']) {
     const r = await fetch(`${server.url}${p}`);

@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '../..');
 export const BIN = path.resolve(repo, process.env.OPCENTER_BIN || 'target/debug/opcenter');
-const SECRET = 'browser-test-secret';
+const SECRET = 'browser-test-secret-of-at-least-32-bytes';
 
 /** Starts the server; resolves to {url, token(role, sub, unit?), stop()}. */
 export async function startRealServer(OUT, logName = 'server.log') {

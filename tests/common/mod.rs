@@ -16,7 +16,7 @@ use opcenter_sim::http::HttpClient;
 pub(crate) use opcenter_sim::wire::Encoding;
 
 /// The secret every test server uses.
-pub(crate) const SECRET: &str = "e2e-test-secret";
+pub(crate) const SECRET: &str = "e2e-test-secret-of-at-least-32-bytes";
 
 pub(crate) fn now_s() -> u64 {
     opcenter_sim::wire::now_ms() / 1000

@@ -18,11 +18,11 @@ use tokio::sync::oneshot;
 
 use opcenter_core::{Actor, ActorKind, Command};
 use opcenter_proto::ErrorCode;
-use opcenter_proto::auth::{self, Claims, Role};
-use opcenter_proto::client::Report;
+use opcenter_proto::auth::{Claims, Role};
+use opcenter_proto::client::parse_report;
 
-use crate::App;
 use crate::engine_task::{ReplyTo, Request};
+use crate::{App, limit, metric};
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = json!({"error": {"code": code.as_str(), "message": message.into()}});
@@ -61,7 +61,9 @@ fn bearer(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, Resp
                 "missing Bearer token",
             )
         })?;
-    let claims = auth::verify_token(app.settings.jwt_secret.as_bytes(), token.trim())
+    let claims = app
+        .settings
+        .verify_token(token.trim())
         .map_err(|e| error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string()))?;
     if !roles.contains(&claims.role) {
         return Err(error(
@@ -73,8 +75,37 @@ fn bearer(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, Resp
     Ok(claims)
 }
 
-/// `GET /v1/ws`: upgrade with our frame and buffer limits.
+/// How long a client refused by `hub.max_connections` is told to wait.
+const CONNECTIONS_RETRY_AFTER_S: u64 = 5;
+
+/// One upgraded connection counted against `hub.max_connections`, released
+/// when the session ends or the upgrade fails (the callback is dropped unrun).
+struct ConnectionSlot(Arc<App>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /v1/ws`: upgrade with our frame and buffer limits, or 503 with
+/// `Retry-After` past `hub.max_connections` (sessions already open go on).
 pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
+    let limit = app.settings.hub.max_connections;
+    if app.connections.fetch_add(1, Ordering::Relaxed) >= limit {
+        app.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::counter!(metric::REFUSALS, "limit" => "max_connections").increment(1);
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            format!("server is at hub.max_connections ({limit}): retry later"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, CONNECTIONS_RETRY_AFTER_S.into());
+        return response;
+    }
+    let slot = ConnectionSlot(app.clone());
     let max = app.settings.hub.max_frame_bytes;
     upgrade
         // A few KiB of read buffer per connection, not tungstenite's 128 KiB default.
@@ -86,7 +117,10 @@ pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpg
         .max_write_buffer_size(app.settings.hub.session_queue_bytes.max(max) * 2)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| crate::session::run(socket, app))
+        .on_upgrade(move |socket| async move {
+            crate::session::run(socket, app).await;
+            drop(slot);
+        })
 }
 
 /// `POST /v1/reports`.
@@ -96,6 +130,24 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
         Ok(c) => c,
         Err(r) => return r,
     };
+    let refused_for = app
+        .reports_bucket
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take(1)
+        .err();
+    if let Some(wait) = refused_for {
+        metrics::counter!(metric::REFUSALS, "limit" => "reports_rate").increment(1);
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many reports: over http.reports_per_s, retry later",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, limit::retry_after_secs(wait).into());
+        return response;
+    }
     let limit = app.settings.max_body_bytes;
     let too_large = || {
         error(
@@ -116,17 +168,7 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    let report: Report = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                format!("body: {e}"),
-            );
-        }
-    };
-    let new = match report.into_new_incident() {
+    let new = match parse_report(&body) {
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e),
     };
@@ -229,13 +271,36 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// `GET /metrics`: Prometheus text format; behind `Authorization: Bearer
+/// <http.metrics_token>` when that key is set (the counters tell an outsider
+/// how busy the center is and which limits it is hitting).
+pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(want) = &app.settings.metrics_token {
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !got.is_some_and(|got| same_secret(got.as_bytes(), want.as_bytes())) {
+            metrics::counter!(metric::REFUSALS, "limit" => "metrics_auth").increment(1);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "GET /metrics needs Authorization: Bearer <http.metrics_token>",
+            );
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
     )
         .into_response()
+}
+
+/// Compares a presented token with the configured one in time independent of
+/// where they differ (the length is not secret).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /v1/console/config`: the console's initial map view and districts.

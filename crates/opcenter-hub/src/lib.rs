@@ -10,6 +10,7 @@
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
 //! - `wire`: outgoing frames → WebSocket messages, encoded once.
+//! - `limit`: token buckets (session command budget, reports rate limit).
 //! - `metric`: the name of every metric on `/metrics`.
 //!
 //! The public API is what the binary and the tests use: [`Settings`],
@@ -20,6 +21,7 @@
 mod engine_task;
 mod fanout;
 mod http;
+mod limit;
 mod metric;
 mod outbox;
 mod record;
@@ -29,8 +31,8 @@ mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -75,6 +77,12 @@ pub(crate) struct App {
     /// Live sessions by id (shutdown closes them all).
     pub(crate) sessions: DashMap<String, Arc<Outbox>>,
     pub(crate) session_counter: AtomicU64,
+    /// Upgraded WebSocket connections still open (`hub.max_connections`),
+    /// counted from the upgrade, before `hello`: a socket costs the same
+    /// whether or not it ever authenticates.
+    pub(crate) connections: AtomicUsize,
+    /// The reports gateway's rate limit (`http.reports_per_s`, `http.reports_burst`).
+    pub(crate) reports_bucket: Mutex<limit::TokenBucket>,
     /// Prometheus renderer.
     pub(crate) metrics: PrometheusHandle,
 }
@@ -208,12 +216,15 @@ impl Server {
         if settings.uses_dev_secret() {
             tracing::warn!("running with the development JWT secret: set auth.jwt_secret for real use");
         }
+        let reports_bucket = limit::TokenBucket::new(settings.reports_rate.0, settings.reports_rate.1);
         let app = Arc::new(App {
             settings,
             engine_tx,
             shared,
             sessions: DashMap::new(),
             session_counter: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            reports_bucket: Mutex::new(reports_bucket),
             metrics: metrics_handle(),
         });
         Ok(Server {

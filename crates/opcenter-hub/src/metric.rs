@@ -26,3 +26,9 @@ pub(crate) const CONNECTIONS: &str = "opcenter_connections";
 pub(crate) const CLOSES: &str = "opcenter_closes_total";
 /// Counter: frames answered with an error, by `code`.
 pub(crate) const FRAME_ERRORS: &str = "opcenter_frame_errors_total";
+/// Counter: requests refused by a load limit, by `limit`: `max_connections`
+/// (WebSocket upgrade answered 503), `reports_rate` (`POST /v1/reports`
+/// answered 429), `command_budget` (a session's command answered
+/// `rate_limited`). `/metrics` refusals for a missing or wrong token are
+/// `metrics_auth`.
+pub(crate) const REFUSALS: &str = "opcenter_refusals_total";

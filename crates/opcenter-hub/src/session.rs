@@ -22,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use opcenter_core::{Actor, ActorKind, Command, RecommendQuery, UnitProfile};
-use opcenter_proto::auth::{self, Claims, Role};
+use opcenter_proto::auth::{Claims, Role};
 use opcenter_proto::client::{ClientMessage, Frame, SubTopic, Subscribe};
 use opcenter_proto::server::Empty;
 use opcenter_proto::{Encoding, ErrorCode, decode_frame};
 
 use crate::engine_task::{ReplyTo, Request};
+use crate::limit::TokenBucket;
 use crate::outbox::{CloseReason, Outbox, codes};
 use crate::{App, metric, wire};
 
@@ -162,7 +163,7 @@ async fn authenticate(
                     close_now(sink, codes::UNAUTHORIZED, "unsupported protocol").await;
                     return None;
                 }
-                match auth::verify_token(app.settings.jwt_secret.as_bytes(), &hello.token) {
+                match app.settings.verify_token(&hello.token) {
                     Ok(claims) => return Some((enc, id, claims)),
                     Err(e) => {
                         send_now(
@@ -331,40 +332,6 @@ struct Reader<'a> {
     bucket: TokenBucket,
 }
 
-/// Per-session command budget: `rate` per second on average, `burst` at once.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: u32) -> Self {
-        TokenBucket {
-            rate,
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token; false when the session is over its budget.
-    fn take(&mut self) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
-}
-
 impl Reader<'_> {
     async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
         let idle = self.app.settings.hub.idle_timeout;
@@ -439,8 +406,13 @@ impl Reader<'_> {
         self.bad_in_a_row = 0;
         let id = frame.id;
         let kind = frame.message.type_name();
-        if !self.bucket.take() {
+        if self
+            .bucket
+            .take(cost(&frame.message, &self.app.shared.epoch))
+            .is_err()
+        {
             metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "rate_limited").increment(1);
+            metrics::counter!(metric::REFUSALS, "limit" => "command_budget").increment(1);
             self.error(id, ErrorCode::RateLimited, "too many commands: slow down");
             return true;
         }
@@ -503,6 +475,35 @@ impl Reader<'_> {
             },
         }))
     }
+}
+
+/// What a command costs against the session's budget (`hub.session_rate_per_s`
+/// tokens a second, `hub.session_burst` at once), by the work it makes the
+/// server do (docs/protocol.md "Command weights"). A snapshot serialises every
+/// open incident and unit; a resume may read up to `hub.history_events` events
+/// back from disk; a recommend is a spatial query; everything else is one
+/// record or less.
+fn cost(message: &ClientMessage, epoch: &str) -> u32 {
+    match message {
+        ClientMessage::Subscribe(Subscribe {
+            since: Some(since), ..
+        }) if since.epoch == epoch => weight::RESUME,
+        ClientMessage::Subscribe(_) => weight::SNAPSHOT,
+        ClientMessage::IncidentRecommend(_) => weight::RECOMMEND,
+        _ => weight::COMMAND,
+    }
+}
+
+/// The weights of [`cost`].
+mod weight {
+    /// Any command that writes (or reads) one record, and `ping`.
+    pub(super) const COMMAND: u32 = 1;
+    /// `incident.recommend`.
+    pub(super) const RECOMMEND: u32 = 10;
+    /// `subscribe` with `since` in the current epoch: replays from memory or disk.
+    pub(super) const RESUME: u32 = 250;
+    /// `subscribe` without `since` (or an old epoch's): a full snapshot.
+    pub(super) const SNAPSHOT: u32 = 1000;
 }
 
 /// A refused frame: the `error` reply's code and message.
@@ -639,6 +640,33 @@ mod tests {
             }
             (role, actor_of(&claims))
         })
+    }
+
+    #[test]
+    fn command_weights() {
+        let cost_of = |json: &str| cost(&message(json), "E1");
+        assert_eq!(cost_of(r#"{"type":"ping"}"#), weight::COMMAND);
+        assert_eq!(
+            cost_of(r#"{"type":"unit.position","lat":51.2,"lon":51.3}"#),
+            weight::COMMAND
+        );
+        assert_eq!(
+            cost_of(r#"{"type":"incident.recommend","location":{"lat":51.2,"lon":51.3}}"#),
+            weight::RECOMMEND
+        );
+        assert_eq!(
+            cost_of(r#"{"type":"subscribe","topics":["incidents"]}"#),
+            weight::SNAPSHOT
+        );
+        assert_eq!(
+            cost_of(r#"{"type":"subscribe","topics":["incidents"],"since":{"epoch":"E1","seq":5}}"#),
+            weight::RESUME
+        );
+        // Another epoch's cursor gets a snapshot, and pays for one.
+        assert_eq!(
+            cost_of(r#"{"type":"subscribe","topics":["incidents"],"since":{"epoch":"E0","seq":5}}"#),
+            weight::SNAPSHOT
+        );
     }
 
     fn message(json: &str) -> ClientMessage {

@@ -15,8 +15,8 @@ use opcenter_core::{EngineConfig, RosterUnit};
 /// The embedded defaults (`config/default.toml`).
 const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
-/// The development secret of the embedded defaults; running with it is logged.
-use opcenter_proto::auth::DEV_SECRET;
+/// The development secret of the embedded defaults: refused off loopback, logged on it.
+use opcenter_proto::auth::{DEV_SECRET, MIN_SECRET_BYTES};
 
 /// A configuration that could not be loaded or is out of range.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,7 @@ pub enum SettingsError {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Raw {
     server: RawServer,
     storage: RawStorage,
@@ -48,12 +49,14 @@ struct Raw {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
     shutdown_timeout_s: u64,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStorage {
     data_dir: PathBuf,
     fsync: bool,
@@ -62,11 +65,17 @@ struct RawStorage {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAuth {
     jwt_secret: String,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDispatch {
     ack_timeout_s: u64,
     max_position_age_s: u64,
@@ -84,6 +93,7 @@ struct RawDispatch {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawHub {
     max_frame_bytes: usize,
     history_events: u64,
@@ -96,20 +106,39 @@ struct RawHub {
     engine_queue: usize,
     session_rate_per_s: f64,
     session_burst: u32,
+    max_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawHttp {
     max_body_bytes: usize,
+    reports_per_s: f64,
+    reports_burst: u32,
+    #[serde(default)]
+    metrics_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConsole {
     center_lat: f64,
     center_lon: f64,
     radius_m: f64,
     #[serde(default)]
     districts_file: Option<PathBuf>,
+}
+
+/// The environment variables that are config keys: `OPCENTER_<SECTION>__<KEY>`.
+/// An `OPCENTER_` variable without `__` is not one (tools use `OPCENTER_BIN`),
+/// but a mistyped section or key with `__` is, and is refused like a mistyped
+/// line in a file.
+fn config_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(name, _)| {
+        name.strip_prefix("OPCENTER_")
+            .is_some_and(|rest| rest.contains("__"))
+    })
+    .collect()
 }
 
 /// Checked settings of one server.
@@ -127,6 +156,8 @@ pub struct Settings {
     pub snapshot_every_events: u64,
     /// `auth.jwt_secret`.
     pub jwt_secret: String,
+    /// `auth.issuer` and `auth.audience`: what every token must carry, if set.
+    pub expect: opcenter_proto::auth::Expect,
     /// The engine's part (`dispatch.*` and the roster).
     pub engine: EngineConfig,
     /// `dispatch.tick_ms`.
@@ -135,6 +166,10 @@ pub struct Settings {
     pub hub: HubSettings,
     /// `http.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// `http.reports_per_s` (0 = unlimited) and `http.reports_burst`.
+    pub reports_rate: (f64, u32),
+    /// `http.metrics_token`: when set, `/metrics` wants it as a Bearer token.
+    pub metrics_token: Option<String>,
     /// `console.*`.
     pub console: ConsoleSettings,
 }
@@ -165,6 +200,8 @@ pub struct HubSettings {
     pub session_rate_per_s: f64,
     /// `hub.session_burst`: how many commands a session may send at once.
     pub session_burst: u32,
+    /// `hub.max_connections`: open WebSocket sessions at most.
+    pub max_connections: usize,
 }
 
 /// `console.*`, checked.
@@ -195,7 +232,8 @@ impl Settings {
                 Environment::with_prefix("OPCENTER")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(config_env(std::env::vars()))),
             );
         }
         let raw: Raw = builder.build()?.try_deserialize()?;
@@ -223,8 +261,30 @@ impl Settings {
                 &format!("{e} (want HOST:PORT, e.g. 127.0.0.1:8102)"),
             )
         })?;
-        if raw.auth.jwt_secret.len() < 8 {
-            return Err(invalid("auth.jwt_secret", "must be at least 8 bytes"));
+        if raw.auth.jwt_secret.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                "auth.jwt_secret",
+                &format!("must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"),
+            ));
+        }
+        // Anyone who read the source can sign any token with it: fine on a
+        // developer's own machine, never reachable from a network.
+        if raw.auth.jwt_secret == DEV_SECRET && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                &format!(
+                    "is the development secret, which is refused unless server.listen is a \
+                     loopback address (it is {listen}): set a secret of your own"
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("auth.issuer", &raw.auth.issuer),
+            ("auth.audience", &raw.auth.audience),
+        ] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(key, "must not be empty when set"));
+            }
         }
         let d = &raw.dispatch;
         if d.ack_timeout_s == 0 {
@@ -280,8 +340,20 @@ impl Settings {
                 "must be a finite number ≥ 0 (0 = unlimited)",
             ));
         }
+        if h.max_connections == 0 {
+            return Err(invalid("hub.max_connections", "must be > 0"));
+        }
         if raw.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be > 0"));
+        }
+        if !raw.http.reports_per_s.is_finite() || raw.http.reports_per_s < 0.0 {
+            return Err(invalid(
+                "http.reports_per_s",
+                "must be a finite number ≥ 0 (0 = unlimited)",
+            ));
+        }
+        if raw.http.metrics_token.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("http.metrics_token", "must not be empty when set"));
         }
         let center = opcenter_core::Location::new(raw.console.center_lat, raw.console.center_lon)
             .map_err(|e| invalid("console.center_lat", &e.to_string()))?;
@@ -327,6 +399,10 @@ impl Settings {
             fsync: raw.storage.fsync,
             snapshot_every_events: raw.storage.snapshot_every_events.max(1),
             jwt_secret: raw.auth.jwt_secret,
+            expect: opcenter_proto::auth::Expect {
+                issuer: raw.auth.issuer,
+                audience: raw.auth.audience,
+            },
             engine,
             tick: millis(d.tick_ms),
             hub: HubSettings {
@@ -341,8 +417,11 @@ impl Settings {
                 session_rate_per_s: h.session_rate_per_s,
                 session_burst: h.session_burst.max(1),
                 engine_queue: h.engine_queue,
+                max_connections: h.max_connections,
             },
             max_body_bytes: raw.http.max_body_bytes,
+            reports_rate: (raw.http.reports_per_s, raw.http.reports_burst.max(1)),
+            metrics_token: raw.http.metrics_token,
             console: ConsoleSettings {
                 center,
                 radius_m: raw.console.radius_m,
@@ -354,6 +433,15 @@ impl Settings {
     /// True when running with the development secret.
     pub fn uses_dev_secret(&self) -> bool {
         self.jwt_secret == DEV_SECRET
+    }
+
+    /// Verifies a session or API token the way this server is configured:
+    /// signature, `exp`, `nbf`, and `auth.issuer` / `auth.audience` when set.
+    pub fn verify_token(
+        &self,
+        token: &str,
+    ) -> Result<opcenter_proto::auth::Claims, opcenter_proto::auth::AuthError> {
+        opcenter_proto::auth::verify_token_expecting(self.jwt_secret.as_bytes(), token, &self.expect)
     }
 }
 
@@ -399,5 +487,50 @@ mod tests {
         assert!(e.to_string().contains("hub.max_frame_bytes"), "{e}");
         let e = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused_by_name() {
+        let e = Settings::from_toml("[hub]\nmax_conections = 10\n").unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
+        let e = Settings::from_toml("[hubb]\nmax_connections = 10\n").unwrap_err();
+        assert!(e.to_string().contains("hubb"), "{e}");
+        let e = Settings::from_toml("listen = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn only_section_key_variables_are_config() {
+        let vars = [
+            ("OPCENTER_BIN", "target/debug/opcenter"),
+            ("OPCENTER_HUB__MAX_CONNECTIONS", "5"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let env = config_env(vars.into_iter());
+        assert_eq!(env.len(), 1);
+        assert!(env.contains_key("OPCENTER_HUB__MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn secrets_are_long_and_the_dev_secret_stays_on_loopback() {
+        let e =
+            Settings::from_toml("[auth]\njwt_secret = \"short-secret-31-bytes-long-xxxx\"\n").unwrap_err();
+        assert!(e.to_string().contains("auth.jwt_secret"), "{e}");
+        Settings::from_toml("[auth]\njwt_secret = \"a-secret-of-exactly-32-bytes-abc\"\n").unwrap();
+        for listen in ["0.0.0.0:8102", "192.0.2.1:8102", "[::]:8102"] {
+            let e = Settings::from_toml(&format!("[server]\nlisten = \"{listen}\"\n")).unwrap_err();
+            assert!(e.to_string().contains("auth.jwt_secret"), "{listen}: {e}");
+        }
+        for listen in ["127.0.0.1:0", "[::1]:0"] {
+            assert!(
+                Settings::from_toml(&format!("[server]\nlisten = \"{listen}\"\n"))
+                    .unwrap()
+                    .uses_dev_secret()
+            );
+        }
+        let own =
+            "[server]\nlisten = \"0.0.0.0:0\"\n[auth]\njwt_secret = \"a-secret-of-exactly-32-bytes-abc\"\n";
+        assert!(!Settings::from_toml(own).unwrap().uses_dev_secret());
     }
 }

@@ -1,10 +1,11 @@
 //! Session tokens (`shared/PROTOCOL.md` section 2): HS256 JWTs with the claims
 //! `sub`, `role`, `exp`, and for units `unit` (plus optional `callsign`, `kind`,
-//! `caps`). Minting lives here too, so the CLI, the simulator and the tests make
+//! `caps`), and the optional registered claims `nbf`, `iss`, `aud`. Minting lives here too, so the CLI, the simulator and the tests make
 //! tokens exactly the way the server checks them.
 //!
-//! Owns: claim shapes, signing and verification. Must never: accept any `alg` but
-//! HS256, or a token without `exp`.
+//! Owns: claim shapes, signing and verification, the minimum secret length.
+//! Must never: accept any `alg` but HS256, a token without `exp`, or one used
+//! before its `nbf`.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use opcenter_core::check;
@@ -13,7 +14,17 @@ use thiserror::Error;
 
 /// The development secret of the embedded defaults (`config/default.toml`): what the
 /// server verifies and the CLI and simulator sign with when nothing else is configured.
-pub const DEV_SECRET: &str = "opcenter-dev-secret-change-me";
+/// Long enough to pass [`MIN_SECRET_BYTES`] like any other secret; the server
+/// refuses it unless it listens on a loopback address only.
+pub const DEV_SECRET: &str = "opcenter-development-secret-change-me-before-use";
+
+/// A shorter HS256 secret is refused at start: RFC 7518 section 3.2 asks for a
+/// key at least as long as the hash (256 bits), and a short one can be brute-forced
+/// offline from any token seen on the wire.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+// The development secret passes the same rule as any other.
+const _: () = assert!(DEV_SECRET.len() >= MIN_SECRET_BYTES);
 
 /// What a session may do, fixed by its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,6 +86,15 @@ pub struct Claims {
     /// The unit's capabilities (units only, optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caps: Option<Vec<String>>,
+    /// Not before, seconds since the epoch (optional; honoured when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer (optional; required and checked when the server sets `auth.issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience (optional; required and checked when the server sets `auth.audience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 impl Claims {
@@ -88,6 +108,9 @@ impl Claims {
             callsign: None,
             kind: None,
             caps: None,
+            nbf: None,
+            iss: None,
+            aud: None,
         }
     }
 
@@ -124,11 +147,38 @@ pub fn mint_token(secret: &[u8], claims: &Claims) -> String {
     .expect("HS256 encoding of Claims cannot fail")
 }
 
-/// Verifies an HS256 token: signature, `alg`, `exp` (no leeway), required claims.
+/// What a server expects of every token beyond the signature: the `iss` and
+/// `aud` it was configured with (`auth.issuer`, `auth.audience`), if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// When set, `iss` must be present and equal.
+    pub issuer: Option<String>,
+    /// When set, `aud` must be present and equal.
+    pub audience: Option<String>,
+}
+
+/// Verifies an HS256 token: signature, `alg`, `exp` and `nbf` (no leeway),
+/// required claims. A token carrying an `aud` is refused (RFC 7519 4.1.3: we
+/// are not its audience).
 pub fn verify_token(secret: &[u8], token: &str) -> Result<Claims, AuthError> {
+    verify_token_expecting(secret, token, &Expect::default())
+}
+
+/// Like [`verify_token`], and also checks `iss` / `aud` against `expect`.
+pub fn verify_token_expecting(secret: &[u8], token: &str, expect: &Expect) -> Result<Claims, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    if let Some(iss) = &expect.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    if let Some(aud) = &expect.audience {
+        validation.set_audience(&[aud]);
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
     let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
         .map_err(|e| AuthError::Invalid(e.to_string()))?;
     let claims = data.claims;
@@ -217,6 +267,42 @@ mod tests {
         at_bounds.callsign = Some("c".repeat(check::MAX_NAME_BYTES));
         at_bounds.caps = Some(vec!["k".repeat(check::MAX_NAME_BYTES); check::MAX_CAPABILITIES]);
         assert!(verify_token(SECRET, &mint_token(SECRET, &at_bounds)).is_ok());
+    }
+
+    #[test]
+    fn not_before_is_honoured() {
+        let mut early = Claims::new("d1", Role::Dispatcher, now_s(), 600);
+        early.nbf = Some(now_s() + 300);
+        assert!(verify_token(SECRET, &mint_token(SECRET, &early)).is_err());
+        let mut due = early.clone();
+        due.nbf = Some(now_s() - 1);
+        assert_eq!(verify_token(SECRET, &mint_token(SECRET, &due)).unwrap(), due);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_expected() {
+        let expect = Expect {
+            issuer: Some("opcenter-idp".into()),
+            audience: Some("opcenter".into()),
+        };
+        let mut claims = Claims::new("d1", Role::Dispatcher, now_s(), 600);
+        // Missing both: refused when expected, fine when not.
+        let bare = mint_token(SECRET, &claims);
+        assert!(verify_token_expecting(SECRET, &bare, &expect).is_err());
+        assert!(verify_token(SECRET, &bare).is_ok());
+        claims.iss = Some("opcenter-idp".into());
+        claims.aud = Some("opcenter".into());
+        let good = mint_token(SECRET, &claims);
+        assert_eq!(verify_token_expecting(SECRET, &good, &expect).unwrap(), claims);
+        for (iss, aud) in [("other-idp", "opcenter"), ("opcenter-idp", "other")] {
+            claims.iss = Some(iss.into());
+            claims.aud = Some(aud.into());
+            let wrong = mint_token(SECRET, &claims);
+            assert!(
+                verify_token_expecting(SECRET, &wrong, &expect).is_err(),
+                "{iss} {aud}"
+            );
+        }
     }
 
     #[test]

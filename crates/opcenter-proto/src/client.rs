@@ -574,3 +574,11 @@ impl Report {
         Ok(new)
     }
 }
+
+/// Parses and checks a `POST /v1/reports` body (JSON) into the incident it
+/// creates. The HTTP handler calls exactly this, and so does the fuzz target
+/// `report_body`: any bytes give an incident or a message, never a panic.
+pub fn parse_report(body: &[u8]) -> Result<NewIncident, String> {
+    let report: Report = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    report.into_new_incident()
+}

@@ -49,7 +49,17 @@
   // ---------------------------------------------------------------- sign-in
 
   function initSignin() {
-    var t = params.get("token") || sessionStorage.getItem("opcenter.token") || "";
+    // A token in the address bar ends up in the browser history, bookmarks,
+    // screenshots and shoulder-surfing: take it out at once and keep it in this
+    // tab's session storage only (a reload signs in again, a new tab does not).
+    var fromUrl = (params.get("token") || "").trim();
+    if (fromUrl) {
+      sessionStorage.setItem("opcenter.token", fromUrl);
+      params.delete("token");
+      var rest = params.toString();
+      window.history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+    }
+    var t = sessionStorage.getItem("opcenter.token") || "";
     $("token-input").value = t;
     $("signin-form").addEventListener("submit", function (e) {
       e.preventDefault();
@@ -59,7 +69,7 @@
     });
     $("signout").addEventListener("click", signOut);
     $("role-message-back").addEventListener("click", signOut);
-    if (params.get("token")) signIn(params.get("token").trim());
+    if (t) signIn(t);
   }
 
   function signIn(token) {

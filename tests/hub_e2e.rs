@@ -335,9 +335,10 @@ async fn slow_consumer_is_closed_4008_and_others_keep_going() {
     let (mut fast, _) = console(&srv.host(), Encoding::Json).await;
     let (mut dispatcher, _) =
         Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d9")).await;
-    // ~6 KB per event: enough to fill the slow reader's socket buffers and then
-    // its 256 KiB queue, while bursts of 20 stay well inside everyone's queue.
-    let description = "x".repeat(6000);
+    // ~4.5 KB per event (a description at its 4096-byte bound): enough to fill the
+    // slow reader's socket buffers and then its 256 KiB queue, while bursts of 20
+    // stay well inside everyone's queue.
+    let description = "x".repeat(4096);
     let mut last_id = String::new();
     for i in 0..3000u64 {
         let mut req = create(SCENE.0, SCENE.1);

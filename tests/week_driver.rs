@@ -24,44 +24,44 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Monday 1 December 2025, 00:00 UTC.
-pub const WEEK_T0: i64 = 1_764_547_200_000;
+pub(crate) const WEEK_T0: i64 = 1_764_547_200_000;
 /// One day in ms.
-pub const DAY_MS: i64 = 86_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// The size of the simulated city.
 #[derive(Debug, Clone, Copy)]
-pub struct WeekShape {
+pub(crate) struct WeekShape {
     /// Days simulated.
-    pub days: u32,
+    pub(crate) days: u32,
     /// Calls per day.
-    pub incidents_per_day: u32,
+    pub(crate) incidents_per_day: u32,
     /// Units on duty all week.
-    pub units: usize,
+    pub(crate) units: usize,
     /// Every unit sends a fix this often (ms).
-    pub position_every_ms: i64,
+    pub(crate) position_every_ms: i64,
     /// The random seed.
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// What the engine held at the end of one day.
 #[derive(Debug, Clone, Copy)]
-pub struct DayFigures {
+pub(crate) struct DayFigures {
     /// 1-based day number.
-    pub day: u32,
+    pub(crate) day: u32,
     /// Incidents in memory (open and closed within retention).
-    pub incidents_held: usize,
+    pub(crate) incidents_held: usize,
     /// Of which open.
-    pub open: usize,
+    pub(crate) open: usize,
     /// Idempotency keys alive.
-    pub keys_held: usize,
+    pub(crate) keys_held: usize,
     /// The engine snapshot as the hub stores it (MessagePack, named fields), bytes.
-    pub snapshot_bytes: usize,
+    pub(crate) snapshot_bytes: usize,
     /// Incidents created so far.
-    pub created: u64,
+    pub(crate) created: u64,
     /// Events the engine emitted so far (what the journal would hold).
-    pub events: u64,
+    pub(crate) events: u64,
     /// Position fixes applied so far.
-    pub positions: u64,
+    pub(crate) positions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,7 +81,7 @@ fn city(rng: &mut StdRng) -> Location {
 
 /// Runs the week; `sink` receives every batch of events in order (a journal
 /// writer, or nothing). Returns one line of figures per day.
-pub fn run_week(
+pub(crate) fn run_week(
     shape: WeekShape,
     config: EngineConfig,
     mut sink: impl FnMut(&[Event], &Engine),
@@ -261,7 +261,7 @@ pub fn run_week(
 }
 
 /// The figures as a Markdown table (docs/durability.md).
-pub fn table(figures: &[DayFigures]) -> String {
+pub(crate) fn table(figures: &[DayFigures]) -> String {
     let mut s = String::from(
         "| day | incidents created | held at day end | open | keys alive | snapshot bytes | events | positions |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|\n",

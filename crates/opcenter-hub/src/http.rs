@@ -23,6 +23,7 @@ use opcenter_proto::client::Report;
 
 use crate::App;
 use crate::engine_task::{ReplyTo, Request};
+use crate::read_model::ReadRequest;
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = json!({"error": {"code": code.as_str(), "message": message.into()}});
@@ -178,13 +179,13 @@ pub(crate) async fn get_incident(
         return r;
     }
     let (tx, rx) = oneshot::channel();
+    // Answered by the read model, not the engine thread.
     if app
-        .engine_tx
-        .send(Request::GetIncident {
+        .reads
+        .send(ReadRequest::GetIncident {
             incident_id: id.clone(),
             reply: tx,
         })
-        .await
         .is_err()
     {
         return error(
@@ -216,8 +217,12 @@ pub(crate) async fn get_incident(
     }
 }
 
-/// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed.
+/// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed or
+/// the engine thread stopped.
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.shared.stopped.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "engine stopped: shutting down\n").into_response();
+    }
     if app.shared.healthy.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
     } else {

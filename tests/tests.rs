@@ -13,4 +13,5 @@ mod durability;
 mod http;
 mod hub_e2e;
 mod journal_failure;
+mod reads;
 mod sim_e2e;

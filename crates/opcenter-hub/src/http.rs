@@ -83,8 +83,9 @@ pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpg
         // Frames fed in one drain coalesce up to 8 KiB per write(2); the buffer
         // grows only on sessions that actually receive bursts.
         .write_buffer_size(8 * 1024)
-        // Our outbox is the real bound; this only caps one flush.
-        .max_write_buffer_size(app.settings.hub.session_queue_bytes.max(max) * 2)
+        // Our outbox is the real bound. A subscribe snapshot is one message
+        // outside that bound (a large city's is megabytes): no cap here.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| crate::session::run(socket, app))

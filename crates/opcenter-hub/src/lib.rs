@@ -287,12 +287,18 @@ impl Server {
         // refusing every command.
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<bool>();
         let stopped = app.shared.stopped.clone();
+        // After an engine death keep answering `/healthz` 503 for a moment
+        // before the listener closes, so a health check sees why we go.
+        let show_503 = (app.settings.shutdown_timeout / 2).min(Duration::from_secs(2));
         let graceful = async move {
             let engine_died = tokio::select! {
                 _ = shutdown => false,
                 _ = stopped.cancelled() => true,
             };
             let _ = signalled_tx.send(engine_died);
+            if engine_died {
+                tokio::time::sleep(show_503).await;
+            }
         };
         // Replies and events are small frames that must leave now: no Nagle delay.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -185,8 +185,42 @@ impl EngineQueue {
 }
 
 /// Cancels [`Shared::stopped`] when dropped: at the end of a thread's run, or
-/// while a panic unwinds it.
+/// while a panic unwinds it. Creating one also arms [`mark_stopped_on_panic`]
+/// for the current thread.
 pub(crate) struct StopGuard(pub(crate) Arc<Shared>, pub(crate) &'static str);
+
+impl StopGuard {
+    pub(crate) fn new(shared: Arc<Shared>, thread: &'static str) -> Self {
+        mark_stopped_on_panic(shared.stopped.clone());
+        StopGuard(shared, thread)
+    }
+}
+
+thread_local! {
+    static ON_PANIC: std::cell::RefCell<Option<CancellationToken>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes a panic on this thread cancel `token` before anything else the panic
+/// hook does: the default hook may first capture a backtrace (with
+/// `RUST_BACKTRACE` set, a second or more), and `/healthz` must not say 200
+/// meanwhile. The process-wide hook is installed once and calls the previous one.
+fn mark_stopped_on_panic(token: CancellationToken) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = ON_PANIC.try_with(|t| {
+                if let Ok(t) = t.try_borrow()
+                    && let Some(t) = t.as_ref()
+                {
+                    t.cancel();
+                }
+            });
+            previous(info);
+        }));
+    });
+    ON_PANIC.with(|t| *t.borrow_mut() = Some(token));
+}
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
@@ -284,7 +318,7 @@ impl EngineTask {
 
     /// The thread's loop: batch (urgent lane first), apply, commit, publish, reply.
     pub(crate) fn run(mut self, mut rx: EngineRx) {
-        let _guard = StopGuard(self.shared.clone(), "engine");
+        let _guard = StopGuard::new(self.shared.clone(), "engine");
         // A one-thread runtime only to wait on two queues at once; the work
         // itself is synchronous.
         let waiter = match tokio::runtime::Builder::new_current_thread().build() {

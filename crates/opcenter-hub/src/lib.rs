@@ -223,7 +223,7 @@ impl Server {
         std::thread::Builder::new()
             .name("opcenter-reads".into())
             .spawn(move || {
-                let _guard = StopGuard(guard_shared, "read model");
+                let _guard = StopGuard::new(guard_shared, "read model");
                 model.run(reads_rx)
             })?;
         let task = EngineTask::new(engine, journal, reads.clone(), shared.clone());

@@ -176,9 +176,10 @@ async fn a_dead_engine_turns_healthz_503_and_the_process_exits_non_zero() {
         .send(json!({"type":"incident.note","incident_id":created[0],"text":"boom","id":99}))
         .await;
     let died = Instant::now();
-    // Poll /healthz until it says 503 (or the server is already gone).
+    // Poll /healthz until it says 503 (or the server is already gone). The bound
+    // is generous for a loaded machine; the time it took is printed, not asserted.
     let mut status = 200;
-    while died.elapsed() < Duration::from_secs(5) {
+    while died.elapsed() < Duration::from_secs(20) {
         match opcenter_sim::http::HttpClient::new(&srv.host())
             .request("GET", "/healthz", None, None)
             .await

@@ -17,6 +17,7 @@ mod hub_e2e;
 mod journal_failure;
 mod limits;
 mod liveness;
+mod reads;
 mod sim_e2e;
 mod week;
 mod week_driver;

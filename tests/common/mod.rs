@@ -129,9 +129,14 @@ pub(crate) struct BinServer {
 impl BinServer {
     /// Starts `opcenter serve` over `data_dir` and waits for `listening on`.
     pub(crate) fn start(data_dir: &Path, extra: &str) -> BinServer {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`BinServer::start`] with extra environment variables.
+    pub(crate) fn start_with_env(data_dir: &Path, extra: &str, env: &[(&str, &str)]) -> BinServer {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, config_toml(data_dir, extra)).unwrap();
-        let process = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_opcenter")), &config)
+        let process = ServerProcess::start_with_env(Path::new(env!("CARGO_BIN_EXE_opcenter")), &config, env)
             .expect("server printed `listening on`");
         BinServer {
             addr: process.addr,
@@ -153,6 +158,11 @@ impl BinServer {
     /// SIGTERM, then wait for exit.
     pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         self.process.terminate().unwrap()
+    }
+
+    /// Waits up to `within` for the server to exit by itself.
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_exit(within)
     }
 }
 

@@ -4,15 +4,27 @@
 //! thread takes everything queued (a batch), applies each command through
 //! `opcenter_core::Engine::apply`, appends all resulting events to the journal
 //! in one group commit (one write, one fsync), and only then fans the events
-//! out and sends replies: acknowledged means durable, and no client ever sees
-//! an event that a crash could take back. Subscriptions and queries are served
-//! after the batch is published, so a snapshot and its cut always agree.
+//! out, hands the batch to the read model and sends replies: acknowledged
+//! means durable, and no client ever sees an event that a crash could take
+//! back. Subscriptions are registered after the batch is published, so a
+//! snapshot and its cut always agree; the snapshot itself is built by the read
+//! model ([`crate::read_model`]), which also does the position batches, the
+//! incident lookups and the periodic state snapshot: this thread only writes.
+//!
+//! Two queues feed it: `unit.emergency` and priority 1 creates take the urgent
+//! one, drained first, so a panic button never waits behind bulk work (a
+//! backlog of position fixes, a storm of re-subscribes).
 //!
 //! It runs on its own OS thread because the fsync blocks; nothing else touches
-//! the engine, the journal or the subscriber lists, so the hot path has no locks.
+//! the engine or the subscriber lists, so the hot path has no locks (the
+//! journal's lock is uncontended except while the read model reads a chunk).
+//!
+//! If the thread ends while the server is serving (a panic, a bug), a guard
+//! marks the engine stopped: `/healthz` turns 503 and the server shuts down
+//! with an error, so a service manager restarts it.
 //!
 //! Owns: ordering, durability before visibility, replies. Must never: let a
-//! reply or event out before its events are in the journal.
+//! reply or event out before its events are in the journal, or build a read.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,11 +41,18 @@ use opcenter_proto::auth::Role;
 use opcenter_proto::client::Subscribe;
 use opcenter_proto::server::{Empty, HelloOk, IncidentBody, RecommendOk, UnitBody};
 use opcenter_store::Journal;
+use tokio_util::sync::CancellationToken;
 
 use crate::fanout::Fanout;
 use crate::outbox::{CloseReason, Outbox};
+use crate::read_model::{self, Committed, ReadRequest, SharedJournal};
 use crate::record::{self, DurabilityError};
 use crate::{metric, wire};
+
+/// Test-only fault injection: when this environment variable names a command
+/// (`incident.note`, …), the engine thread panics on applying one, so tests can
+/// show what a dead engine looks like from outside. Never set it in production.
+pub(crate) const PANIC_ENV: &str = "OPCENTER_TEST_PANIC_ENGINE_ON";
 
 /// Where a command's outcome goes.
 pub(crate) enum ReplyTo {
@@ -76,11 +95,6 @@ pub(crate) enum Request {
         id: Option<u64>,
         query: RecommendQuery,
     },
-    /// `GET /v1/incidents/{id}`.
-    GetIncident {
-        incident_id: String,
-        reply: oneshot::Sender<Option<Incident>>,
-    },
     /// A unit's session ended (sent only for sessions whose hello was for a
     /// unit): when it was the unit's last, the engine marks the unit offline.
     Bye {
@@ -117,25 +131,147 @@ pub(crate) struct Shared {
     pub(crate) epoch: String,
     /// False once the journal failed: the server refuses to acknowledge anything.
     pub(crate) healthy: AtomicBool,
+    /// Cancelled when the engine thread or the read model thread ends.
+    pub(crate) stopped: CancellationToken,
+}
+
+impl Request {
+    /// Takes the urgent lane: a panic button, a priority 1 create.
+    pub(crate) fn is_urgent(&self) -> bool {
+        match self {
+            Request::Command { command, .. } => match command {
+                Command::Emergency { .. } => true,
+                Command::CreateIncident(new) => new.priority == 1,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The engine thread's two queues, as senders see them.
+#[derive(Clone)]
+pub(crate) struct EngineQueue {
+    normal: mpsc::Sender<Request>,
+    urgent: mpsc::Sender<Request>,
+}
+
+/// The receiving ends of an [`EngineQueue`].
+pub(crate) struct EngineRx {
+    normal: mpsc::Receiver<Request>,
+    urgent: mpsc::Receiver<Request>,
+}
+
+/// Two queues of `capacity` each.
+pub(crate) fn engine_queue(capacity: usize) -> (EngineQueue, EngineRx) {
+    let (normal, normal_rx) = mpsc::channel(capacity);
+    let (urgent, urgent_rx) = mpsc::channel(capacity);
+    (
+        EngineQueue { normal, urgent },
+        EngineRx {
+            normal: normal_rx,
+            urgent: urgent_rx,
+        },
+    )
+}
+
+impl EngineQueue {
+    fn lane(&self, req: &Request) -> &mpsc::Sender<Request> {
+        if req.is_urgent() {
+            &self.urgent
+        } else {
+            &self.normal
+        }
+    }
+
+    /// Queues `req` in its lane, waiting for room (the backpressure).
+    pub(crate) async fn send(&self, req: Request) -> Result<(), mpsc::error::SendError<Request>> {
+        self.lane(&req).send(req).await
+    }
+
+    /// Queues `req` if its lane has room; false if it had none (or is closed).
+    pub(crate) fn try_send(&self, req: Request) -> bool {
+        self.lane(&req).try_send(req).is_ok()
+    }
+
+    /// True once the engine thread is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.normal.is_closed()
+    }
+}
+
+/// Cancels [`Shared::stopped`] when dropped: at the end of a thread's run, or
+/// while a panic unwinds it. Creating one also arms [`mark_stopped_on_panic`]
+/// for the current thread.
+pub(crate) struct StopGuard(pub(crate) Arc<Shared>, pub(crate) &'static str);
+
+impl StopGuard {
+    pub(crate) fn new(shared: Arc<Shared>, thread: &'static str) -> Self {
+        mark_stopped_on_panic(shared.stopped.clone());
+        StopGuard(shared, thread)
+    }
+}
+
+thread_local! {
+    static ON_PANIC: std::cell::RefCell<Option<CancellationToken>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes a panic on this thread cancel `token` before anything else the panic
+/// hook does: the default hook may first capture a backtrace (with
+/// `RUST_BACKTRACE` set, a second or more), and `/healthz` must not say 200
+/// meanwhile. The process-wide hook is installed once and calls the previous one.
+fn mark_stopped_on_panic(token: CancellationToken) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = ON_PANIC.try_with(|t| {
+                if let Ok(t) = t.try_borrow()
+                    && let Some(t) = t.as_ref()
+                {
+                    t.cancel();
+                }
+            });
+            previous(info);
+        }));
+    });
+    ON_PANIC.with(|t| *t.borrow_mut() = Some(token));
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                thread = self.1,
+                "thread panicked: the server is no longer serving"
+            );
+        }
+        self.0.stopped.cancel();
+    }
 }
 
 /// Runs the engine thread until every sender of `rx` is gone.
 pub(crate) struct EngineTask {
     engine: Engine,
-    journal: Box<dyn Journal>,
+    journal: SharedJournal,
+    /// The journal's last seq: only this thread appends, so the copy is exact.
+    last_seq: u64,
     fanout: Fanout,
+    reads: std::sync::mpsc::Sender<ReadRequest>,
     shared: Arc<Shared>,
-    snapshot_every: u64,
-    history_events: u64,
-    last_snapshot_seq: u64,
-    position_interval: std::time::Duration,
-    last_position_flush: Instant,
     last_prune: Instant,
     /// Open sessions per unit that registered: the engine hears of a unit's first
     /// session (its hello) and its last one ending (`UnitOffline`), nothing between.
     unit_sessions: HashMap<String, HashSet<String>>,
     /// See [`record::max_record_bytes`].
     max_record: usize,
+    /// Every this many events the engine's state is copied to the read model,
+    /// which serializes and stores it (`storage.snapshot_every_events`).
+    snapshot_every: u64,
+    /// Seq of the last state copy handed over.
+    last_state_seq: u64,
+    /// See [`PANIC_ENV`].
+    panic_on: Option<String>,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -189,35 +325,60 @@ impl EngineTask {
     /// An engine thread over a recovered engine and its journal.
     pub(crate) fn new(
         engine: Engine,
-        journal: Box<dyn Journal>,
-        fanout: Fanout,
+        journal: SharedJournal,
+        reads: std::sync::mpsc::Sender<ReadRequest>,
         shared: Arc<Shared>,
         settings: &crate::settings::Settings,
-        last_snapshot_seq: u64,
+        snapshot_seq: u64,
     ) -> Self {
+        let last_seq = read_model::lock(&journal).last_seq();
         EngineTask {
             engine,
             journal,
-            fanout,
+            last_seq,
+            fanout: Fanout::new(),
+            reads,
             shared,
-            snapshot_every: settings.snapshot_every_events,
-            history_events: settings.hub.history_events,
-            last_snapshot_seq,
-            position_interval: settings.hub.position_interval,
-            last_position_flush: Instant::now(),
             last_prune: Instant::now(),
             unit_sessions: HashMap::new(),
             max_record: record::max_record_bytes(settings.hub.session_queue_bytes),
+            snapshot_every: settings.snapshot_every_events,
+            last_state_seq: snapshot_seq,
+            panic_on: std::env::var(PANIC_ENV).ok().filter(|v| !v.is_empty()),
         }
     }
 
-    /// The thread's loop: batch, apply, commit, publish, reply.
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    /// The thread's loop: batch (urgent lane first), apply, commit, publish, reply.
+    pub(crate) fn run(mut self, mut rx: EngineRx) {
+        let _guard = StopGuard::new(self.shared.clone(), "engine");
+        // A one-thread runtime only to wait on two queues at once; the work
+        // itself is synchronous.
+        let waiter = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "engine thread: no runtime to wait on its queues");
+                return;
+            }
+        };
         let mut batch = Vec::with_capacity(1024);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = waiter.block_on(async {
+                tokio::select! {
+                    biased;
+                    Some(r) = rx.urgent.recv() => Some(r),
+                    Some(r) = rx.normal.recv() => Some(r),
+                    else => None,
+                }
+            });
+            let Some(first) = first else { break };
             batch.push(first);
+            while let Ok(r) = rx.urgent.try_recv() {
+                batch.push(r);
+            }
+            // Urgent requests that came with the first one go first.
+            batch.sort_by_key(|r| !r.is_urgent());
             while batch.len() < 1024 {
-                match rx.try_recv() {
+                match rx.normal.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
@@ -235,6 +396,7 @@ impl EngineTask {
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut later: Vec<Request> = Vec::new();
         let mut events: Vec<Event> = Vec::new();
+        let mut positions = Vec::new();
         let healthy = self.shared.healthy.load(Ordering::Relaxed);
         for req in batch.drain(..) {
             match req {
@@ -245,6 +407,9 @@ impl EngineTask {
                     received,
                 } => {
                     let name = command.name();
+                    if self.panic_on.as_deref() == Some(name) {
+                        panic!("{PANIC_ENV}={name}: test-only fault injection");
+                    }
                     if !healthy {
                         fail(
                             reply,
@@ -262,7 +427,7 @@ impl EngineTask {
                         assigned = own.iter().any(|e| e.change == opcenter_core::Change::Assigned);
                         events.extend(own);
                         if let Some(p) = applied.position.take() {
-                            self.fanout.stage_position(p);
+                            positions.push(p);
                         }
                         applied
                     });
@@ -347,10 +512,28 @@ impl EngineTask {
         let committed = self.commit(&events);
         match committed {
             Ok(first_seq) => {
-                for (i, event) in events.into_iter().enumerate() {
-                    self.fanout.publish(first_seq + i as u64, Arc::new(event));
+                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                for (i, event) in events.iter().enumerate() {
+                    self.fanout.publish(first_seq + i as u64, event);
                 }
                 self.fanout.wake();
+                // The engine's own state (retention, idempotency keys) is what a
+                // restart needs; copying it is the only snapshot work done here.
+                let state =
+                    (self.last_seq.saturating_sub(self.last_state_seq) >= self.snapshot_every).then(|| {
+                        self.last_state_seq = self.last_seq;
+                        Box::new(self.engine.snapshot())
+                    });
+                if !events.is_empty() || !positions.is_empty() || state.is_some() {
+                    // The read model may be gone only while shutting down.
+                    let _ = self.reads.send(ReadRequest::Committed(Committed {
+                        first_seq,
+                        events,
+                        positions,
+                        next_incident_no: self.engine.next_incident_no(),
+                        state,
+                    }));
+                }
                 for Outcome {
                     reply,
                     result,
@@ -386,7 +569,6 @@ impl EngineTask {
         for req in later {
             self.serve_after_commit(req, now);
         }
-        self.maybe_snapshot();
     }
 
     fn serve_after_commit(&mut self, req: Request, now: i64) {
@@ -398,7 +580,7 @@ impl EngineTask {
                 role,
                 ..
             } => {
-                let seq = self.journal.last_seq();
+                let seq = self.last_seq;
                 let unit = actor.unit_id().and_then(|u| self.engine.unit(u));
                 let incident = unit.map(|u| u.incident_id.as_deref().and_then(|i| self.engine.incident(i)));
                 let body = HelloOk {
@@ -419,17 +601,19 @@ impl EngineTask {
                 unit,
                 subscribe,
             } => {
-                let seq = self.journal.last_seq();
-                self.fanout.subscribe(
-                    &self.engine,
-                    &*self.journal,
-                    &self.shared.epoch,
-                    seq,
-                    outbox,
-                    id,
-                    unit,
-                    subscribe,
-                );
+                // Registered here, between two commits, with its reply's place
+                // reserved; the read model (at exactly this cut, since this
+                // batch went to it first) fills the place.
+                if let Some(slot) = self.fanout.register(&outbox, unit.as_deref(), &subscribe) {
+                    let _ = self.reads.send(ReadRequest::Subscribe {
+                        cut: self.last_seq,
+                        outbox,
+                        slot,
+                        id,
+                        unit,
+                        subscribe,
+                    });
+                }
             }
             Request::Recommend { outbox, id, query } => match self.engine.recommend(&query, now) {
                 Ok(r) => {
@@ -452,21 +636,7 @@ impl EngineTask {
                     outbox.push_error(id, (&e).into(), &e.to_string());
                 }
             },
-            Request::GetIncident { incident_id, reply } => {
-                // Retention took closed incidents out of memory; the journal has them.
-                let found = self.engine.incident(&incident_id).cloned().or_else(|| {
-                    record::find_incident(&*self.journal, &incident_id)
-                        .inspect_err(|e| tracing::warn!(error = %e, "journal lookup failed"))
-                        .ok()
-                        .flatten()
-                });
-                let _ = reply.send(found);
-            }
             Request::Tick => {
-                if self.last_position_flush.elapsed() >= self.position_interval {
-                    self.last_position_flush = Instant::now();
-                    self.fanout.flush_positions();
-                }
                 // Closed sessions only cost a skipped push until pruned: once a second is enough.
                 if self.last_prune.elapsed() >= std::time::Duration::from_secs(1) {
                     self.last_prune = Instant::now();
@@ -496,7 +666,12 @@ impl EngineTask {
         if largest <= self.max_record {
             return Ok(applied);
         }
-        match recover(self.engine.config().clone(), &*self.journal, 0) {
+        let recovered = recover(
+            self.engine.config().clone(),
+            &**read_model::lock(&self.journal),
+            0,
+        );
+        match recovered {
             Ok((mut engine, _, _)) => {
                 for e in accepted {
                     engine.restore(e);
@@ -517,7 +692,7 @@ impl EngineTask {
 
     /// Appends the batch's events; returns the seq of the first one.
     fn commit(&mut self, events: &[Event]) -> Result<u64, DurabilityError> {
-        let next = self.journal.last_seq() + 1;
+        let next = self.last_seq + 1;
         if events.is_empty() {
             return Ok(next);
         }
@@ -527,8 +702,10 @@ impl EngineTask {
         }
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         let started = Instant::now();
-        match self.journal.append_batch(&refs) {
+        let mut journal = read_model::lock(&self.journal);
+        match journal.append_batch(&refs) {
             Ok(range) => {
+                self.last_seq = *range.end();
                 metrics::histogram!(metric::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(events.len() as f64);
                 Ok(*range.start())
@@ -537,7 +714,7 @@ impl EngineTask {
                 // The engine already applied this batch, but none of it is durable:
                 // rebuild it from what the journal holds, so reads (GET, subscribe
                 // snapshots) and a final snapshot never show unacknowledged changes.
-                match recover(self.engine.config().clone(), &*self.journal, 0) {
+                match recover(self.engine.config().clone(), &**journal, 0) {
                     Ok((engine, _, _)) => self.engine = engine,
                     Err(re) => tracing::error!(error = %re, "could not roll the engine back to the journal"),
                 }
@@ -546,38 +723,20 @@ impl EngineTask {
         }
     }
 
-    fn maybe_snapshot(&mut self) {
-        if !self.shared.healthy.load(Ordering::Relaxed) {
-            return;
-        }
-        let last = self.journal.last_seq();
-        if last.saturating_sub(self.last_snapshot_seq) < self.snapshot_every {
-            return;
-        }
-        if let Err(e) = self.write_snapshot() {
-            tracing::warn!(error = %e, "snapshot failed; will retry");
-            return;
-        }
-        match self.journal.compact(self.history_events) {
-            Ok(first) => tracing::debug!(first_seq = first, "journal compacted"),
-            Err(e) => tracing::warn!(error = %e, "compaction failed"),
-        }
-    }
-
+    /// The final snapshot, at shutdown (the periodic ones are the read model's).
     fn write_snapshot(&mut self) -> Result<(), DurabilityError> {
         // After a journal failure the engine may hold changes the journal lacks:
         // a snapshot of it would make them durable behind the clients' backs.
         if !self.shared.healthy.load(Ordering::SeqCst) {
             return Err(DurabilityError::Unhealthy);
         }
-        let seq = self.journal.last_seq();
-        if seq == self.last_snapshot_seq {
+        let seq = self.last_seq;
+        if seq == 0 {
             return Ok(());
         }
         let started = Instant::now();
         let bytes = record::encode_snapshot(&self.engine.snapshot())?;
-        self.journal.write_snapshot(seq, &bytes)?;
-        self.last_snapshot_seq = seq;
+        read_model::lock(&self.journal).write_snapshot(seq, &bytes)?;
         tracing::info!(
             seq,
             bytes = bytes.len(),

@@ -22,6 +22,7 @@ use opcenter_proto::auth::{Claims, Role};
 use opcenter_proto::client::parse_report;
 
 use crate::engine_task::{ReplyTo, Request};
+use crate::read_model::ReadRequest;
 use crate::{App, limit, metric};
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
@@ -113,8 +114,9 @@ pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpg
         // Frames fed in one drain coalesce up to 8 KiB per write(2); the buffer
         // grows only on sessions that actually receive bursts.
         .write_buffer_size(8 * 1024)
-        // Our outbox is the real bound; this only caps one flush.
-        .max_write_buffer_size(app.settings.hub.session_queue_bytes.max(max) * 2)
+        // Our outbox is the real bound. A subscribe snapshot is one message
+        // outside that bound (a large city's is megabytes): no cap here.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
@@ -220,13 +222,13 @@ pub(crate) async fn get_incident(
         return r;
     }
     let (tx, rx) = oneshot::channel();
+    // Answered by the read model, not the engine thread.
     if app
-        .engine_tx
-        .send(Request::GetIncident {
+        .reads
+        .send(ReadRequest::GetIncident {
             incident_id: id.clone(),
             reply: tx,
         })
-        .await
         .is_err()
     {
         return error(
@@ -258,8 +260,12 @@ pub(crate) async fn get_incident(
     }
 }
 
-/// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed.
+/// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed or
+/// the engine thread stopped.
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.shared.stopped.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "engine stopped: shutting down\n").into_response();
+    }
     if app.shared.healthy.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
     } else {

@@ -5,7 +5,9 @@
 //! - `settings`: config file + environment → checked [`Settings`].
 //! - `engine_task`: the engine thread (single writer, group commit, replies).
 //! - `record`: the journal record codec and the durability path's errors.
-//! - `fanout`: subscriber lists, history for `since`, position batches.
+//! - `fanout`: live-event subscriber lists (on the engine thread).
+//! - `read_model`: the read copy fed by committed batches: subscribe snapshots,
+//!   `since` resumes, position batches, incident lookups, periodic snapshots.
 //! - `outbox`: one session's bounded outbound queue.
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
@@ -24,6 +26,7 @@ mod http;
 mod limit;
 mod metric;
 mod outbox;
+mod read_model;
 mod record;
 mod session;
 mod settings;
@@ -40,16 +43,15 @@ use axum::routing::{get, post};
 use dashmap::DashMap;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
 pub use settings::{ConsoleSettings, HubSettings, Settings, SettingsError};
 
-use engine_task::{EngineTask, Request, Shared};
-use fanout::Fanout;
+use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};
 use outbox::{CloseReason, Outbox, codes};
+use read_model::{ReadModel, ReadRequest};
 use record::DurabilityError;
 
 /// Why the server could not start.
@@ -65,13 +67,19 @@ pub enum HubError {
     /// The task that opened or replayed the journal panicked.
     #[error("recovery: the task opening or replaying the journal failed")]
     Recovery(#[from] tokio::task::JoinError),
+    /// The engine thread (or the read model thread) ended while serving: the
+    /// server shut down instead of answering without it.
+    #[error("the engine thread stopped: the server shut down")]
+    EngineStopped,
 }
 
 /// What every request handler and session shares.
 pub(crate) struct App {
     pub(crate) settings: Settings,
-    /// The engine thread's queue.
-    pub(crate) engine_tx: mpsc::Sender<Request>,
+    /// The engine thread's queues (an urgent lane and the rest).
+    pub(crate) engine_tx: EngineQueue,
+    /// The read model's queue (incident lookups).
+    pub(crate) reads: std::sync::mpsc::Sender<ReadRequest>,
     /// Epoch and health.
     pub(crate) shared: Arc<Shared>,
     /// Live sessions by id (shutdown closes them all).
@@ -206,10 +214,38 @@ impl Server {
         let shared = Arc::new(Shared {
             epoch: journal.epoch().to_string(),
             healthy: AtomicBool::new(healthy),
+            stopped: tokio_util::sync::CancellationToken::new(),
         });
-        let (engine_tx, engine_rx) = mpsc::channel(settings.hub.engine_queue);
-        let fanout = Fanout::new(memory_history(&settings), history);
-        let task = EngineTask::new(engine, journal, fanout, shared.clone(), &settings, snapshot_seq);
+        let start = read_model::Start {
+            state: engine.snapshot(),
+            seq: journal.last_seq(),
+            history,
+        };
+        let journal = Arc::new(std::sync::Mutex::new(journal));
+        let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
+        let (reads, reads_rx) = std::sync::mpsc::channel();
+        let model = ReadModel::new(
+            start,
+            journal.clone(),
+            shared.clone(),
+            &settings,
+            memory_history(&settings),
+        );
+        let guard_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("opcenter-reads".into())
+            .spawn(move || {
+                let _guard = StopGuard::new(guard_shared, "read model");
+                model.run(reads_rx)
+            })?;
+        let task = EngineTask::new(
+            engine,
+            journal,
+            reads.clone(),
+            shared.clone(),
+            &settings,
+            snapshot_seq,
+        );
         let engine_thread = std::thread::Builder::new()
             .name("opcenter-engine".into())
             .spawn(move || task.run(engine_rx))?;
@@ -220,6 +256,7 @@ impl Server {
         let app = Arc::new(App {
             settings,
             engine_tx,
+            reads,
             shared,
             sessions: DashMap::new(),
             session_counter: AtomicU64::new(1),
@@ -267,10 +304,23 @@ impl Server {
             .fallback(http::not_found)
             .with_state(app.clone());
 
-        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        // Shut down on the caller's signal, or when the engine (or read model)
+        // thread ends under us: serving without it would answer 200 while
+        // refusing every command.
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<bool>();
+        let stopped = app.shared.stopped.clone();
+        // After an engine death keep answering `/healthz` 503 for a moment
+        // before the listener closes, so a health check sees why we go.
+        let show_503 = (app.settings.shutdown_timeout / 2).min(Duration::from_secs(2));
         let graceful = async move {
-            shutdown.await;
-            let _ = signalled_tx.send(());
+            let engine_died = tokio::select! {
+                _ = shutdown => false,
+                _ = stopped.cancelled() => true,
+            };
+            let _ = signalled_tx.send(engine_died);
+            if engine_died {
+                tokio::time::sleep(show_503).await;
+            }
         };
         // Replies and events are small frames that must leave now: no Nagle delay.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -281,7 +331,10 @@ impl Server {
                 .with_graceful_shutdown(graceful)
                 .await
         });
-        let _ = signalled_rx.await;
+        let engine_died = signalled_rx.await.unwrap_or(false);
+        if engine_died {
+            tracing::error!("engine stopped while serving: shutting down so a supervisor can restart");
+        }
         tracing::info!(
             sessions = app.sessions.len(),
             "shutting down: closing sessions with 1001"
@@ -310,19 +363,22 @@ impl Server {
         drop(app);
         let waited = tokio::task::spawn_blocking(move || engine_thread.join());
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), waited).await;
+        if engine_died {
+            return Err(HubError::EngineStopped);
+        }
         Ok(())
     }
 }
 
 /// Drives timers: one `Tick` per `every` (skipped when the engine is busy).
-async fn tick_loop(tx: mpsc::Sender<Request>, every: Duration, stop: tokio_util::sync::CancellationToken) {
+async fn tick_loop(tx: EngineQueue, every: Duration, stop: tokio_util::sync::CancellationToken) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {
-                if tx.try_send(Request::Tick).is_err() && tx.is_closed() {
+                if !tx.try_send(Request::Tick) && tx.is_closed() {
                     return;
                 }
             }

@@ -7,6 +7,12 @@
 //! bound; while one is still unsent, newer ones merge into it (latest per unit
 //! wins), which is how positions to a slow client are thinned first.
 //!
+//! A `subscribe` reserves its place in the queue on the engine thread (so live
+//! events registered after it queue behind it) and the read model fills that
+//! place later with the reply and any replayed events. The writer sends nothing
+//! past an unfilled place, and what fills it does not count against the bound:
+//! a snapshot of a large city is one answer to one request, not a backlog.
+//!
 //! Owns: the queue and its limits. Must never: block (the lock is held for a
 //! push or a drain only, never across an `.await`).
 
@@ -58,8 +64,18 @@ enum PendingPositions {
     Merged(HashMap<String, Arc<PositionItem>>),
 }
 
+/// One place in the queue.
+enum Slot {
+    /// A frame, and whether its bytes count against the bound.
+    Frame(Message, bool),
+    /// Reserved by [`Outbox::reserve`] for a `subscribe` reply, not yet filled.
+    Reserved(u64),
+}
+
 struct State {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Slot>,
+    /// Token of the next reservation.
+    next_slot: u64,
     bytes: usize,
     positions: PendingPositions,
     /// Items of the `Shared` batch, kept to merge with if another batch arrives.
@@ -100,6 +116,7 @@ impl Outbox {
             max_bytes,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                next_slot: 0,
                 bytes: 0,
                 positions: PendingPositions::None,
                 shared_items: None,
@@ -169,10 +186,42 @@ impl Outbox {
             return None;
         }
         st.bytes += len;
-        st.frames.push_back(frame);
+        st.frames.push_back(Slot::Frame(frame, true));
         let first = !st.wake_owed;
         st.wake_owed = true;
         Some(first)
+    }
+
+    /// Reserves the next place in the queue for frames [`Outbox::fill`] hands
+    /// in later; the writer sends nothing past it until then. `None` if closed.
+    pub(crate) fn reserve(&self) -> Option<u64> {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return None;
+        }
+        let token = st.next_slot;
+        st.next_slot += 1;
+        st.frames.push_back(Slot::Reserved(token));
+        Some(token)
+    }
+
+    /// Puts `frames` in the place `token` reserved and wakes the writer. They
+    /// do not count against the bound. A no-op once the session closed.
+    pub(crate) fn fill(&self, token: u64, frames: Vec<Message>) {
+        let mut st = self.lock();
+        let Some(at) = st
+            .frames
+            .iter()
+            .position(|s| matches!(s, Slot::Reserved(t) if *t == token))
+        else {
+            return;
+        };
+        st.frames.remove(at);
+        for (i, f) in frames.into_iter().enumerate() {
+            st.frames.insert(at + i, Slot::Frame(f, false));
+        }
+        drop(st);
+        self.notify.notify_one();
     }
 
     /// Queues a position batch encoded once for many sessions (`frame`), whose
@@ -248,22 +297,34 @@ impl Outbox {
 
     fn try_drain(&self) -> Option<Drained> {
         let mut st = self.lock();
-        let has_positions = !matches!(st.positions, PendingPositions::None);
-        if st.frames.is_empty() && !has_positions && st.close.is_none() {
+        // Frames up to the first unfilled reservation may go; nothing after it,
+        // and no positions either (they would overtake the `subscribe` reply).
+        let ready = st
+            .frames
+            .iter()
+            .position(|s| matches!(s, Slot::Reserved(_)))
+            .unwrap_or(st.frames.len());
+        let held = ready < st.frames.len();
+        let has_positions = !held && !matches!(st.positions, PendingPositions::None);
+        if ready == 0 && !has_positions && st.close.is_none() {
             return None;
         }
-        let frames: Vec<Message> = st.frames.drain(..).collect();
-        st.bytes = 0;
-        st.wake_owed = false;
-        let positions = match std::mem::replace(&mut st.positions, PendingPositions::None) {
-            PendingPositions::None => None,
-            PendingPositions::Shared(frame) => Some(frame),
-            PendingPositions::Merged(map) => {
-                let items: Vec<&PositionItem> = map.values().map(|i| i.as_ref()).collect();
-                wire::positions_frame(self.encoding, &items)
+        let st = &mut *st;
+        let mut frames = Vec::with_capacity(ready);
+        for slot in st.frames.drain(..ready) {
+            if let Slot::Frame(f, counted) = slot {
+                if counted {
+                    st.bytes -= wire::frame_len(&f);
+                }
+                frames.push(f);
             }
+        }
+        st.wake_owed = false;
+        let positions = if held {
+            None
+        } else {
+            take_positions(st, self.encoding)
         };
-        st.shared_items = None;
         // After a close, keep handing out the close until the writer acts on it.
         let close = st.close;
         Some(Drained {
@@ -272,6 +333,20 @@ impl Outbox {
             close,
         })
     }
+}
+
+/// The pending position batch, if any, as one frame.
+fn take_positions(st: &mut State, encoding: Encoding) -> Option<Message> {
+    let positions = match std::mem::replace(&mut st.positions, PendingPositions::None) {
+        PendingPositions::None => None,
+        PendingPositions::Shared(frame) => Some(frame),
+        PendingPositions::Merged(map) => {
+            let items: Vec<&PositionItem> = map.values().map(|i| i.as_ref()).collect();
+            wire::positions_frame(encoding, &items)
+        }
+    };
+    st.shared_items = None;
+    positions
 }
 
 #[cfg(test)]
@@ -335,6 +410,26 @@ mod tests {
         let d = ob.drain().await;
         assert_eq!(d.frames.len(), 2);
         assert!(ob.push_deferred(Message::Text("c".into())));
+    }
+
+    #[tokio::test]
+    async fn nothing_passes_an_unfilled_reservation_and_its_fill_is_not_bounded() {
+        let ob = Outbox::new("s".into(), Encoding::Json, 100);
+        ob.push(Message::Text("before".into()));
+        let slot = ob.reserve().unwrap();
+        ob.push(Message::Text("live".into()));
+        ob.push_positions(&Message::Text("pos".into()), &vec![item("P-1", 1)].into());
+        let d = ob.drain().await;
+        assert_eq!(d.frames, vec![Message::Text("before".into())]);
+        assert!(d.positions.is_none(), "positions wait behind the reply");
+        // 500 bytes of reply into a 100-byte queue: not an overflow.
+        ob.fill(slot, vec![Message::Text("r".repeat(500).into())]);
+        let d = ob.drain().await;
+        assert!(d.close.is_none());
+        assert_eq!(d.frames.len(), 2);
+        assert_eq!(wire::frame_len(&d.frames[0]), 500);
+        assert_eq!(d.frames[1], Message::Text("live".into()));
+        assert!(d.positions.is_some());
     }
 
     #[tokio::test]

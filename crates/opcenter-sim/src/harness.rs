@@ -54,11 +54,17 @@ impl ServerProcess {
     /// Spawns `bin serve --config config` (logging at `warn`, stderr inherited) and waits
     /// up to [`START_WITHIN`] for its `listening on` line.
     pub fn start(bin: &Path, config: &Path) -> anyhow::Result<ServerProcess> {
+        Self::start_with_env(bin, config, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables (test-only switches).
+    pub fn start_with_env(bin: &Path, config: &Path, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
         let started = Instant::now();
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -100,6 +106,20 @@ impl ServerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `within` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then wait for the exit: the operator's graceful stop.

@@ -105,6 +105,14 @@ pub struct LoadArgs {
     /// Skip the HTTP LOST check (for a peer without `GET /v1/incidents/{id}`).
     #[arg(long)]
     pub no_verify: bool,
+    /// Supervisors that re-subscribe (incidents, units, positions) in a loop for the
+    /// whole window, reading every reply in full: the reads-vs-dispatch benchmark.
+    /// Odd-numbered ones resume with `since` `--resubscribe-depth` events back.
+    #[arg(long, default_value_t = 0)]
+    pub resubscribers: usize,
+    /// How far back (events) the `since` resumes of `--resubscribers` reach.
+    #[arg(long, default_value_t = 50_000)]
+    pub resubscribe_depth: u64,
 }
 
 /// Shared counters, bumped by every connection task.
@@ -123,6 +131,7 @@ struct Counters {
     position_items: AtomicU64,
     events: AtomicU64,
     created_events: AtomicU64,
+    resubscribes: AtomicU64,
     first_send_us: AtomicU64,
     last_delivery_us: AtomicU64,
 }
@@ -257,6 +266,8 @@ pub struct Throughput {
     pub created_deliveries_expected: u64,
     /// `created` deliveries per second, from the first create sent to the last delivery.
     pub deliveries_per_s: f64,
+    /// Subscribes completed per second by `--resubscribers` (reply read in full).
+    pub resubscribes_per_s: f64,
 }
 
 /// CPU and memory of the server process.
@@ -290,7 +301,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         args.supervisors = 0;
         args.position_rate = 0.0;
     }
-    let planned_conns = args.tablets + args.consoles + args.supervisors + args.producers;
+    let planned_conns = args.tablets + args.consoles + args.supervisors + args.producers + args.resubscribers;
     if let Some(limit) = stats::open_files_limit()
         && (limit as usize) < planned_conns + 64
     {
@@ -329,6 +340,9 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     }
     for i in 0..a.consoles {
         tasks.spawn(run_task(console(sh.clone(), i)));
+    }
+    for i in 0..a.resubscribers {
+        tasks.spawn(run_task(resubscriber(sh.clone(), i)));
     }
     for i in 0..a.tablets {
         tasks.spawn(run_task(tablet(sh.clone(), i, rng.random())));
@@ -430,6 +444,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             ("tablets", a.tablets as u64),
             ("consoles", a.consoles as u64),
             ("supervisors", a.supervisors as u64),
+            ("resubscribers", a.resubscribers as u64),
             ("producers", a.producers as u64),
         ]),
         connected: c.connected.load(Relaxed),
@@ -455,6 +470,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             } else {
                 0.0
             },
+            resubscribes_per_s: c.resubscribes.load(Relaxed) as f64 / window_s,
         },
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -552,6 +568,12 @@ fn human_report(r: &Report) -> String {
         t.created_deliveries_expected,
         t.deliveries_per_s
     );
+    if r.planned.get("resubscribers").is_some_and(|n| *n > 0) {
+        s += &format!(
+            "resubscribes {:.1}/s (snapshot or since replay, read in full)\n",
+            t.resubscribes_per_s
+        );
+    }
     if !r.errors.is_empty() {
         s += &format!(
             "error replies: {:?} (first of each: {:?})\n",
@@ -738,6 +760,51 @@ async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// A supervisor that re-subscribes in a loop during the window: even ones take
+/// the full snapshot each time, odd ones resume with `since` `resubscribe_depth`
+/// events before the last cut (from memory or, deeper, from the journal). Every
+/// frame is read, as a console that reads normally does.
+async fn resubscriber(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
+    let name = format!("load-resubscriber-{i}");
+    let token = wire::token(&sh.secret, Role::Supervisor, &name);
+    let mut ws = open_session(&sh, &token).await?;
+    let topics = ["incidents", "units", "positions"];
+    let first = setup_cmd(
+        &sh,
+        &mut ws,
+        json!({"type": "subscribe", "id": 2, "topics": topics}),
+    )
+    .await?;
+    sh.c.connected.fetch_add(1, Relaxed);
+    let mut cut = (first.epoch.unwrap_or_default(), first.seq.unwrap_or(0));
+    tokio::select! {
+        _ = sh.go.cancelled() => {}
+        _ = sh.cancel.cancelled() => return Ok(()),
+    }
+    let mut id = 3u64;
+    while !sh.stop_load.is_cancelled() {
+        let mut req = json!({"type": "subscribe", "id": id, "topics": topics});
+        if i % 2 == 1 {
+            req["since"] = json!({"epoch": cut.0, "seq": cut.1.saturating_sub(sh.args.resubscribe_depth)});
+        }
+        ws.send(sh.args.encoding.encode(&req)).await?;
+        // Reads (and drops) the previous reply's replay and live frames on the way.
+        let reply = tokio::select! {
+            r = wire::await_reply(&mut ws, id, Duration::from_secs(60)) => r?.0,
+            _ = sh.cancel.cancelled() => break,
+        };
+        if reply.ty == "ok" {
+            sh.c.resubscribes.fetch_add(1, Relaxed);
+            cut = (reply.epoch.unwrap_or(cut.0), reply.seq.unwrap_or(cut.1));
+        } else {
+            book_error(&sh, &reply);
+        }
+        id += 1;
+    }
+    close(&mut ws).await;
+    Ok(())
 }
 
 /// A read-only session on one topic: every frame goes to `on_frame`, whose
@@ -1213,6 +1280,7 @@ mod tests {
                 created_deliveries: 0,
                 created_deliveries_expected: 0,
                 deliveries_per_s: 0.0,
+                resubscribes_per_s: 0.0,
             },
             errors: BTreeMap::new(),
             error_samples: BTreeMap::new(),

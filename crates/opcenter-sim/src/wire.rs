@@ -148,6 +148,12 @@ pub struct Frame {
     /// Positions batch.
     #[serde(default)]
     pub items: Option<Vec<PosItem>>,
+    /// A subscribe reply's epoch.
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// A subscribe reply's cut (or an event's seq).
+    #[serde(default)]
+    pub seq: Option<u64>,
 }
 
 /// A heading for the wire: whole degrees in [0, 360) (rounding 359.6 gives 0, not 360,

@@ -337,6 +337,11 @@ impl Engine {
         }
     }
 
+    /// The number the next incident id gets (a read model's snapshot carries it).
+    pub fn next_incident_no(&self) -> u64 {
+        self.next_no
+    }
+
     /// An engine rebuilt from a snapshot (then `restore` the journal tail).
     pub fn from_snapshot(config: EngineConfig, snapshot: EngineSnapshot) -> Self {
         let mut engine = Engine::new(config);

@@ -1,0 +1,443 @@
+//! The read model: a copy of the dispatch state, fed by committed batches,
+//! that answers every heavy read so the engine thread only writes.
+//!
+//! The engine thread sends each [`Committed`] batch (first seq, events, the
+//! position fixes it accepted) over an unbounded channel right after the
+//! commit, and never waits for this thread. This thread folds the batch into
+//! its own incidents and units, keeps the last `hub.history_events` events
+//! (up to 20 000 in memory) and then serves, in channel order:
+//! - `subscribe`: the snapshot at the cut, or the replay of a `since` resume
+//!   from memory or (deep resumes) from the journal on disk, into the place the
+//!   engine thread reserved in the session's queue when it registered the
+//!   subscription (see [`crate::fanout`]). Because the engine thread sends the
+//!   batch before the subscribe, the state here is exactly at the cut;
+//! - position batches to `positions` subscribers, per area, every
+//!   `hub.position_interval_ms`;
+//! - `GET /v1/incidents/{id}`;
+//! - the periodic state snapshot (serialize, write, fsync, compact).
+//!
+//! Its only input is the [`Committed`] message, not engine internals: a hub
+//! node fed from a replicated stream instead of the local engine thread would
+//! feed the same message.
+//!
+//! Owns: the read copy, the in-memory history, the positions subscribers.
+//! Must never: block the engine thread (the channel is unbounded and the
+//! journal lock is taken one bounded chunk at a time).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Message;
+use tokio::sync::oneshot;
+
+use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, IncidentStatus, PositionItem, Topic, Unit};
+use opcenter_proto::client::{Area, SubTopic, Subscribe};
+use opcenter_proto::server::{EventFrame, SubscribeOk};
+use opcenter_store::Journal;
+
+use crate::engine_task::Shared;
+use crate::outbox::Outbox;
+use crate::record::{self, DurabilityError};
+use crate::wire;
+
+/// The journal, shared by the engine thread (appends) and the read model
+/// (deep resumes, snapshots). Each holder takes it for one bounded step.
+pub(crate) type SharedJournal = Arc<Mutex<Box<dyn Journal>>>;
+
+/// Locks the journal; a panic elsewhere while holding it leaves the journal
+/// itself consistent (its own poisoning guards appends), so recover the guard.
+pub(crate) fn lock(journal: &SharedJournal) -> MutexGuard<'_, Box<dyn Journal>> {
+    journal.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records read from the journal per lock hold during a deep resume.
+const JOURNAL_CHUNK: usize = 1024;
+
+/// One group commit, as the read model needs it.
+pub(crate) struct Committed {
+    /// Seq of `events[0]` (or the next seq, when `events` is empty).
+    pub(crate) first_seq: u64,
+    pub(crate) events: Vec<Arc<Event>>,
+    /// Position fixes accepted in this batch (not journaled).
+    pub(crate) positions: Vec<PositionItem>,
+    /// The engine's next incident number after this batch (for snapshots).
+    pub(crate) next_incident_no: u64,
+    /// Every `storage.snapshot_every_events`: the engine's state after this
+    /// batch (with its retention and idempotency keys), to serialize and store
+    /// here rather than on the engine thread.
+    pub(crate) state: Option<Box<EngineSnapshot>>,
+}
+
+/// What the read model serves.
+pub(crate) enum ReadRequest {
+    Committed(Committed),
+    /// A `subscribe` the engine thread registered at `cut`, reply in `slot`.
+    Subscribe {
+        cut: u64,
+        outbox: Arc<Outbox>,
+        slot: u64,
+        id: Option<u64>,
+        unit: Option<String>,
+        subscribe: Subscribe,
+    },
+    /// `GET /v1/incidents/{id}`.
+    GetIncident {
+        incident_id: String,
+        reply: oneshot::Sender<Option<Incident>>,
+    },
+}
+
+/// The read copy and what it serves.
+pub(crate) struct ReadModel {
+    incidents: HashMap<String, Incident>,
+    units: HashMap<String, Unit>,
+    next_incident_no: u64,
+    /// Last seq folded in.
+    seq: u64,
+    journal: SharedJournal,
+    shared: Arc<Shared>,
+    history: VecDeque<(u64, Arc<Event>)>,
+    memory_history: usize,
+    positions: Vec<(Arc<Outbox>, Option<Area>)>,
+    staged: HashMap<String, PositionItem>,
+    position_interval: Duration,
+    last_flush: Instant,
+    history_events: u64,
+    retain_closed_ms: i64,
+    last_retire: Instant,
+}
+
+/// Where the read model starts: the recovered state at `seq`.
+pub(crate) struct Start {
+    pub(crate) state: EngineSnapshot,
+    pub(crate) seq: u64,
+    /// The newest events, oldest first.
+    pub(crate) history: Vec<(u64, Arc<Event>)>,
+}
+
+impl ReadModel {
+    pub(crate) fn new(
+        start: Start,
+        journal: SharedJournal,
+        shared: Arc<Shared>,
+        settings: &crate::settings::Settings,
+        memory_history: usize,
+    ) -> Self {
+        ReadModel {
+            incidents: start
+                .state
+                .incidents
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect(),
+            units: start.state.units.into_iter().map(|u| (u.id.clone(), u)).collect(),
+            next_incident_no: start.state.next_incident_no,
+            seq: start.seq,
+            journal,
+            shared,
+            history: start.history.into(),
+            memory_history: memory_history.max(1),
+            positions: Vec::new(),
+            staged: HashMap::new(),
+            position_interval: settings.hub.position_interval,
+            last_flush: Instant::now(),
+            history_events: settings.hub.history_events,
+            retain_closed_ms: settings.engine.retain_closed_ms,
+            last_retire: Instant::now(),
+        }
+    }
+
+    /// Serves until the engine thread and every other sender are gone.
+    pub(crate) fn run(mut self, rx: std::sync::mpsc::Receiver<ReadRequest>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let wait = self.position_interval.saturating_sub(self.last_flush.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(req) => self.serve(req),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.last_flush.elapsed() >= self.position_interval {
+                self.last_flush = Instant::now();
+                self.flush_positions();
+            }
+        }
+        tracing::info!("read model stopped");
+    }
+
+    fn serve(&mut self, req: ReadRequest) {
+        match req {
+            ReadRequest::Committed(mut batch) => {
+                let state = batch.state.take();
+                self.fold(batch);
+                if let Some(state) = state {
+                    self.store_state(&state);
+                }
+                self.retire_closed();
+            }
+            ReadRequest::Subscribe {
+                cut,
+                outbox,
+                slot,
+                id,
+                unit,
+                subscribe,
+            } => {
+                debug_assert_eq!(cut, self.seq, "the batch precedes its subscribers");
+                self.subscribe(cut, outbox, slot, id, unit, subscribe);
+            }
+            ReadRequest::GetIncident { incident_id, reply } => {
+                // Retention took closed incidents out of memory; the journal has them.
+                let found = self.incidents.get(&incident_id).cloned().or_else(|| {
+                    record::find_incident(&**lock(&self.journal), &incident_id)
+                        .inspect_err(|e| tracing::warn!(error = %e, "journal lookup failed"))
+                        .ok()
+                        .flatten()
+                });
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    fn fold(&mut self, batch: Committed) {
+        for (i, event) in batch.events.into_iter().enumerate() {
+            let seq = batch.first_seq + i as u64;
+            match &event.body {
+                EventBody::Incident(inc) => {
+                    self.incidents.insert(inc.id.clone(), inc.clone());
+                }
+                EventBody::Unit(unit) => {
+                    self.units.insert(unit.id.clone(), unit.clone());
+                }
+                // A per-tablet view of an incident whose own event is on `incidents`.
+                EventBody::Assignment { .. } => {}
+            }
+            self.history.push_back((seq, event));
+            self.seq = seq;
+        }
+        while self.history.len() > self.memory_history {
+            self.history.pop_front();
+        }
+        for p in batch.positions {
+            if let Some(u) = self.units.get_mut(&p.unit_id) {
+                u.location = Some(opcenter_core::Location {
+                    lat: p.lat,
+                    lon: p.lon,
+                });
+                u.location_ms = Some(p.at_ms);
+                u.heading = p.heading;
+                u.speed = p.speed;
+            }
+            self.staged.insert(p.unit_id.clone(), p);
+        }
+        self.next_incident_no = batch.next_incident_no;
+    }
+
+    /// Sends the staged positions: one shared frame per encoding for subscribers
+    /// without an area, a filtered one for each subscriber with an area.
+    fn flush_positions(&mut self) {
+        self.positions.retain(|(o, _)| !o.is_closed());
+        if self.staged.is_empty() {
+            return;
+        }
+        let items: Arc<[Arc<PositionItem>]> = self.staged.drain().map(|(_, i)| Arc::new(i)).collect();
+        let mut shared: [Option<Message>; 2] = [None, None];
+        for (outbox, area) in &self.positions {
+            match area {
+                None => {
+                    let slot = &mut shared[outbox.encoding.index()];
+                    if slot.is_none() {
+                        let refs: Vec<&PositionItem> = items.iter().map(|i| i.as_ref()).collect();
+                        *slot = wire::positions_frame(outbox.encoding, &refs);
+                    }
+                    if let Some(frame) = slot {
+                        outbox.push_positions(frame, &items);
+                    }
+                }
+                Some(area) => {
+                    let inside: Arc<[Arc<PositionItem>]> = items
+                        .iter()
+                        .filter(|i| area.contains(i.lat, i.lon))
+                        .cloned()
+                        .collect();
+                    if inside.is_empty() {
+                        continue;
+                    }
+                    let refs: Vec<&PositionItem> = inside.iter().map(|i| i.as_ref()).collect();
+                    if let Some(frame) = wire::positions_frame(outbox.encoding, &refs) {
+                        outbox.push_positions(&frame, &inside);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fills the reserved place with the reply (snapshot inside it, or followed
+    /// by the replayed events), then registers for positions.
+    fn subscribe(
+        &mut self,
+        cut: u64,
+        outbox: Arc<Outbox>,
+        slot: u64,
+        id: Option<u64>,
+        unit: Option<String>,
+        sub: Subscribe,
+    ) {
+        let wants = |t: SubTopic| sub.topics.contains(&t);
+        let event_topics: Vec<Topic> = [
+            (SubTopic::Incidents, Topic::Incidents),
+            (SubTopic::Units, Topic::Units),
+            (SubTopic::Assignments, Topic::Assignments),
+        ]
+        .into_iter()
+        .filter(|(s, _)| wants(*s))
+        .map(|(_, t)| t)
+        .collect();
+        let matches = |e: &Event| {
+            event_topics.contains(&e.topic())
+                && (e.topic() != Topic::Assignments || e.assignment_unit() == unit.as_deref())
+        };
+        let epoch = self.shared.epoch.as_str();
+        let replay = sub
+            .since
+            .as_ref()
+            .filter(|s| s.epoch == epoch && s.seq <= cut)
+            .and_then(|s| self.replay_after(s.seq, cut, &matches));
+        let recovered = replay.is_some();
+        // Not recovered: the snapshot goes in the reply. A tablet's snapshot is its
+        // own unit and its own open incident.
+        let (incidents, units): (Option<Vec<&Incident>>, Option<Vec<&Unit>>) = match (&unit, recovered) {
+            (_, true) => (None, None),
+            (Some(u), false) => {
+                let me = self.units.get(u);
+                let inc = me
+                    .and_then(|m| m.incident_id.as_deref())
+                    .and_then(|i| self.incidents.get(i));
+                (Some(inc.into_iter().collect()), Some(me.into_iter().collect()))
+            }
+            (None, false) => (
+                Some(self.incidents.values().filter(|i| i.is_open()).collect()),
+                Some(self.units.values().collect()),
+            ),
+        };
+        let mut frames = Vec::new();
+        // Without an `id` the client asked for no reply (PROTOCOL.md §3).
+        frames.extend(wire::ok_if_asked(
+            outbox.encoding,
+            id,
+            SubscribeOk {
+                epoch,
+                seq: cut,
+                recovered,
+                incidents,
+                units,
+            },
+        ));
+        for (s, event) in replay.unwrap_or_default() {
+            frames.extend(wire::message(outbox.encoding, &EventFrame::new(s, &event)));
+        }
+        outbox.fill(slot, frames);
+
+        self.positions.retain(|(o, _)| !Arc::ptr_eq(o, &outbox));
+        if wants(SubTopic::Positions) {
+            self.positions.push((outbox, sub.area));
+        }
+    }
+
+    /// Events after `after` up to `cut` that match, from memory or the journal;
+    /// `None` when the history no longer reaches back that far.
+    fn replay_after(
+        &self,
+        after: u64,
+        cut: u64,
+        matches: &dyn Fn(&Event) -> bool,
+    ) -> Option<Vec<(u64, Arc<Event>)>> {
+        if after == cut {
+            return Some(Vec::new());
+        }
+        let in_memory = self.history.front().is_some_and(|(first, _)| *first <= after + 1);
+        if in_memory {
+            return Some(
+                self.history
+                    .iter()
+                    .filter(|(s, e)| *s > after && *s <= cut && matches(e))
+                    .cloned()
+                    .collect(),
+            );
+        }
+        if !lock(&self.journal).reaches_back(after) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut from = after;
+        while from < cut {
+            // One chunk per lock hold: the engine thread's next commit waits for
+            // at most one chunk, never for a whole deep resume.
+            let records = lock(&self.journal).read_from(from, JOURNAL_CHUNK).ok()?;
+            if records.is_empty() {
+                break;
+            }
+            for rec in records {
+                if rec.seq > cut {
+                    return Some(out);
+                }
+                from = rec.seq;
+                let event = record::decode_event(&rec).ok()?;
+                if matches(&event) {
+                    out.push((rec.seq, Arc::new(event)));
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Stores the engine's state copy at the current seq, then compacts.
+    fn store_state(&mut self, state: &EngineSnapshot) {
+        if let Err(e) = self.write_snapshot(state) {
+            tracing::warn!(error = %e, "snapshot failed; the next one retries");
+            return;
+        }
+        match lock(&self.journal).compact(self.history_events) {
+            Ok(first) => tracing::debug!(first_seq = first, "journal compacted"),
+            Err(e) => tracing::warn!(error = %e, "compaction failed"),
+        }
+    }
+
+    /// Serializes the engine's state copy (here, off the engine thread) and
+    /// stores it. The copy was taken right after a commit, so it never holds
+    /// anything the journal lacks.
+    fn write_snapshot(&mut self, state: &EngineSnapshot) -> Result<(), DurabilityError> {
+        if !self.shared.healthy.load(Ordering::SeqCst) {
+            return Err(DurabilityError::Unhealthy);
+        }
+        let started = Instant::now();
+        let bytes = record::encode_snapshot(state)?;
+        let seq = self.seq;
+        lock(&self.journal).write_snapshot(seq, &bytes)?;
+        tracing::info!(
+            seq,
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
+    }
+
+    /// Drops closed incidents from the read copy `storage.retain_closed_h` after
+    /// they closed, as the engine does (its retirement makes no event); lookups
+    /// of them fall back to the journal. Checked at most once a minute.
+    fn retire_closed(&mut self) {
+        if self.last_retire.elapsed() < Duration::from_secs(60) {
+            return;
+        }
+        self.last_retire = Instant::now();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let cutoff = now_ms.saturating_sub(self.retain_closed_ms);
+        self.incidents
+            .retain(|_, i| i.status != IncidentStatus::Closed || i.updated_ms >= cutoff);
+    }
+}

@@ -1,0 +1,203 @@
+//! Reads off the engine thread, over real sockets: a subscribe snapshot far
+//! larger than a session's queue bound reaches a console that reads normally,
+//! the cut stays exact while writes go on, and a dead engine thread is visible
+//! (`/healthz` 503, the process exits non-zero).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use opcenter_proto::auth::Role;
+
+use crate::common::*;
+
+/// A city's worth of state: 20 000 roster units and 5 000 open incidents.
+const UNITS: usize = 20_000;
+const INCIDENTS: usize = 5_000;
+
+fn roster(n: usize) -> String {
+    let mut toml = String::with_capacity(n * 40);
+    for i in 0..n {
+        let _ = writeln!(toml, "[[roster]]\nid = \"R-{i:05}\"\nkind = \"car\"");
+    }
+    toml
+}
+
+/// Creates `n` incidents over one dispatcher session, 100 in flight at a time;
+/// returns their ids.
+async fn create_many(dispatcher: &mut Client, n: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(100) {
+        let base = chunk * 100;
+        let end = (base + 100).min(n);
+        for i in base..end {
+            let mut req = create(51.0 + (i % 100) as f64 * 0.01, 51.0 + (i / 100) as f64 * 0.01);
+            // Distinct categories: no growing `possible_duplicates` lists.
+            req["category"] = json!(format!("{tag}-{i}"));
+            req["id"] = json!(i as u64 + 1);
+            dispatcher.send(req).await;
+        }
+        for i in base..end {
+            let ok = dispatcher.recv_until(|f| f["id"] == json!(i as u64 + 1)).await;
+            assert_eq!(ok["type"], "ok", "{ok}");
+            ids.push(ok["incident"]["id"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_console_receives_the_snapshot_of_a_large_city_without_being_closed() {
+    // A 1 MiB queue bound, far below this snapshot.
+    let queue_bytes = 1_048_576usize;
+    let srv = TestServer::start(&format!(
+        "[hub]\nsession_queue_bytes = {queue_bytes}\n{}",
+        roster(UNITS)
+    ))
+    .await;
+    let (mut dispatcher, _) =
+        Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    let created = create_many(&mut dispatcher, INCIDENTS, "big").await;
+
+    let (mut console, _) = Client::login(&srv.host(), Encoding::Json, &token(Role::Supervisor, "s1")).await;
+    let ok = console
+        .request(json!({"type":"subscribe","topics":["incidents","units","positions"]}))
+        .await;
+    assert_eq!(
+        ok["type"],
+        "ok",
+        "{}",
+        &ok.to_string()[..200.min(ok.to_string().len())]
+    );
+    let size = ok.to_string().len();
+    assert!(
+        size > queue_bytes,
+        "the snapshot ({size} B) should exceed the queue bound"
+    );
+    assert_eq!(ok["units"].as_array().unwrap().len(), UNITS);
+    let incidents = ok["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), INCIDENTS);
+    let mut in_snapshot: Vec<&str> = incidents.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    in_snapshot.sort_unstable();
+    let mut expected: Vec<&str> = created.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(in_snapshot, expected);
+
+    // Still a live session, and live events follow the snapshot.
+    assert_eq!(console.request(json!({"type":"ping"})).await["type"], "ok");
+    let last = create_many(&mut dispatcher, 1, "after").await;
+    let ev = console
+        .recv_until(|f| f["type"] == "event" && f["incident"]["id"] == json!(last[0]))
+        .await;
+    assert!(ev["seq"].as_u64().unwrap() > ok["seq"].as_u64().unwrap());
+}
+
+/// Subscribes while a dispatcher keeps creating: every incident is either in
+/// the snapshot (created at or before the cut) or arrives once as a live
+/// `created` event after it, in seq order — none missing, none twice.
+#[tokio::test]
+async fn the_cut_is_exact_while_writes_go_on() {
+    let srv = TestServer::start("").await;
+    let host = srv.host();
+    let writer = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let (mut dispatcher, _) =
+                Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+            create_many(&mut dispatcher, 600, "cut").await
+        }
+    });
+    let mut consoles = Vec::new();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (mut c, _) = Client::login(&host, Encoding::Json, &token(Role::Supervisor, "s1")).await;
+        let ok = c
+            .request(json!({"type":"subscribe","topics":["incidents"]}))
+            .await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+        consoles.push((c, ok));
+    }
+    let created = writer.await.unwrap();
+    for (mut c, ok) in consoles {
+        let cut = ok["seq"].as_u64().unwrap();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for i in ok["incidents"].as_array().unwrap() {
+            *seen.entry(i["id"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        let mut prev = cut;
+        // Until every created incident was seen (a missing one times out).
+        while created.iter().any(|id| !seen.contains_key(id)) {
+            let f = c.recv().await;
+            if f["type"] != "event" {
+                continue;
+            }
+            let seq = f["seq"].as_u64().unwrap();
+            assert!(seq > prev, "events after the cut, in order: {seq} after {prev}");
+            prev = seq;
+            let id = f["incident"]["id"].as_str().unwrap().to_string();
+            if f["change"] == "created" {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+        // Anything still queued would be a repeat.
+        while let Some(Got::Frame(f)) = c.next_within(Duration::from_millis(200)).await {
+            if f["type"] == "event" && f["change"] == "created" {
+                *seen
+                    .entry(f["incident"]["id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        for id in &created {
+            assert_eq!(
+                seen.get(id),
+                Some(&1),
+                "{id} seen {:?} times (cut {cut})",
+                seen.get(id)
+            );
+        }
+    }
+}
+
+/// Test-only switch read by the engine thread (see `engine_task::PANIC_ENV`).
+const PANIC_ENV: &str = "OPCENTER_TEST_PANIC_ENGINE_ON";
+
+#[tokio::test]
+async fn a_dead_engine_turns_healthz_503_and_the_process_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut srv = BinServer::start_with_env(&data, "", &[(PANIC_ENV, "incident.note")]);
+    assert_eq!(http(srv.addr, "GET", "/healthz", None, None).await.0, 200);
+    let (mut dispatcher, _) =
+        Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    let created = create_many(&mut dispatcher, 1, "ok").await;
+    dispatcher
+        .send(json!({"type":"incident.note","incident_id":created[0],"text":"boom","id":99}))
+        .await;
+    let died = Instant::now();
+    // Poll /healthz until it says 503 (or the server is already gone). The bound
+    // is generous for a loaded machine; the time it took is printed, not asserted.
+    let mut status = 200;
+    while died.elapsed() < Duration::from_secs(20) {
+        match opcenter_sim::http::HttpClient::new(&srv.host())
+            .request("GET", "/healthz", None, None)
+            .await
+        {
+            Ok(r) => status = r.status,
+            Err(_) => break,
+        }
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("healthz {status} after {:?}", died.elapsed());
+    assert_eq!(status, 503, "a dead engine must not look healthy");
+    // `shutdown_timeout_s = 5` in the test config, plus the engine join's second.
+    let exit = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("the process exits by itself");
+    eprintln!("exited {exit:?} after {:?}", died.elapsed());
+    assert!(!exit.success(), "{exit:?}");
+}

@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod durability;
 mod http;
 mod hub_e2e;

@@ -54,13 +54,24 @@ impl ServerProcess {
     /// Spawns `bin serve --config config` (logging at `warn`, stderr inherited) and waits
     /// up to [`START_WITHIN`] for its `listening on` line.
     pub fn start(bin: &Path, config: &Path) -> anyhow::Result<ServerProcess> {
+        Self::spawn(bin, config, Stdio::inherit())
+    }
+
+    /// Like [`ServerProcess::start`], with the server's stderr written to `log` (a
+    /// test reads from it why the server stopped).
+    pub fn start_logged(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<ServerProcess> {
+        let file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        Self::spawn(bin, config, Stdio::from(file))
+    }
+
+    fn spawn(bin: &Path, config: &Path, stderr: Stdio) -> anyhow::Result<ServerProcess> {
         let started = Instant::now();
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let stdout = child.stdout.take().context("piped stdout")?;
@@ -94,6 +105,20 @@ impl ServerProcess {
     /// The server's OS process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits up to `within` for the server to exit by itself; its status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, then reap: a crash, no graceful stop.

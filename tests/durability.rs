@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -176,28 +176,9 @@ async fn kill_9_during_a_stream_of_creates_loses_nothing_acknowledged() {
     let (c, hello, sub) = subscribed(&server, &["incidents"], None).await;
     let epoch = hello["epoch"].as_str().unwrap().to_string();
     let cut_before = sub["seq"].as_u64().unwrap();
-    let (mut sink, mut stream) = c.ws.split();
+    let (sink, mut stream) = c.ws.split();
 
-    // Pipelined creates with ids, in small bursts, until the socket breaks.
-    let writer = tokio::spawn(async move {
-        for i in 1..=20_000u64 {
-            let mut body = create(
-                51.2 + (i % 100) as f64 * 0.001,
-                51.3 + (i / 100 % 100) as f64 * 0.001,
-            );
-            body["id"] = json!(i);
-            if sink.feed(Message::Text(body.to_string().into())).await.is_err() {
-                return;
-            }
-            if i % 16 == 0 {
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        let _ = sink.flush().await;
-    });
+    let writer = spawn_create_burst(sink);
 
     // Everything the server said before it died counts as delivered.
     let mut acked: HashMap<String, Value> = HashMap::new(); // incident id -> ok'd incident

@@ -14,9 +14,15 @@ const FAR: (f64, f64) = (51.2570, 51.3700);
 
 async fn full_flow(enc_console: Encoding, enc_tablet: Encoding) {
     let srv = TestServer::start("").await;
-    let (mut console, _) = console(&srv.host(), enc_console).await;
-    let mut near = tablet(&srv.host(), enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
-    let _far = tablet(&srv.host(), enc_tablet, "P-FAR", FAR.0, FAR.1).await;
+    full_flow_on(&srv.host(), enc_console, enc_tablet).await;
+}
+
+/// The whole incident flow (create, assignment, ack, close) against the server at
+/// `host`, whatever its journal (the cluster tests run it over JetStream).
+pub(crate) async fn full_flow_on(host: &str, enc_console: Encoding, enc_tablet: Encoding) {
+    let (mut console, _) = console(host, enc_console).await;
+    let mut near = tablet(host, enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
+    let _far = tablet(host, enc_tablet, "P-FAR", FAR.0, FAR.1).await;
 
     let ok = console.request(create(SCENE.0, SCENE.1)).await;
     assert_eq!(ok["type"], "ok", "{ok}");

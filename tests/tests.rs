@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod bounds;
 mod cli;
+mod cluster;
 mod durability;
 mod http;
 mod hub_e2e;

@@ -198,6 +198,35 @@ pub(crate) async fn console(server: &str, enc: Encoding) -> (Client, Value) {
     (c, ok)
 }
 
+/// Sends pipelined creates with ids 1..=20 000 in bursts of 16 until the socket
+/// breaks: the load of the `kill -9` tests.
+pub(crate) fn spawn_create_burst<S>(mut sink: S) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Sink<tokio_tungstenite::tungstenite::Message> + Unpin + Send + 'static,
+{
+    use futures_util::SinkExt;
+    tokio::spawn(async move {
+        for i in 1..=20_000u64 {
+            let mut body = create(
+                51.2 + (i % 100) as f64 * 0.001,
+                51.3 + (i / 100 % 100) as f64 * 0.001,
+            );
+            body["id"] = json!(i);
+            let frame = tokio_tungstenite::tungstenite::Message::Text(body.to_string().into());
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+            if i % 16 == 0 {
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let _ = sink.flush().await;
+    })
+}
+
 /// An incident.create body at `(lat, lon)`.
 pub(crate) fn create(lat: f64, lon: f64) -> Value {
     json!({"type":"incident.create","category":"theft","priority":2,"location":{"lat":lat,"lon":lon}})

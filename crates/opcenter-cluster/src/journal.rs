@@ -639,27 +639,11 @@ impl JetStreamJournal {
         }
         // Reads, too, meet leader elections (the stream's, the meta layer's for the
         // consumer): retried until the publish deadline.
-        self.rt.block_on(async {
-            let start = Instant::now();
-            loop {
-                let res = async {
-                    let from = self.locate(after_seq + 1).await?;
-                    self.read_messages(from, after_seq, max).await
-                }
-                .await;
-                match res {
-                    Err(ClusterError::Nats { op, source }) => {
-                        let waited = start.elapsed();
-                        if waited >= self.opts.publish_deadline {
-                            return Err(ClusterError::Nats { op, source });
-                        }
-                        tracing::debug!(op, error = %source, "read failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    res => return res,
-                }
-            }
-        })
+        self.rt
+            .block_on(retry_nats(self.opts.publish_deadline, "read", || async {
+                let from = self.locate(after_seq + 1).await?;
+                self.read_messages(from, after_seq, max).await
+            }))
     }
 
     /// [`Journal::compact`] with the crate's error type.
@@ -774,6 +758,28 @@ async fn publish_retrying(
     }
 }
 
+/// Runs `op` again while it fails with a NATS error (a leader election of the
+/// stream, of the snapshot bucket or of the meta layer), until `deadline` has passed.
+async fn retry_nats<T, F, Fut>(deadline: Duration, what: &'static str, mut op: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let start = Instant::now();
+    loop {
+        match op().await {
+            Err(ClusterError::Nats { op, source }) => {
+                if start.elapsed() >= deadline {
+                    return Err(ClusterError::Nats { op, source });
+                }
+                tracing::debug!(what, op, error = %source, "JetStream call failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            res => return res,
+        }
+    }
+}
+
 /// Whether the message right after `p.expected_last` carries `p`'s `Nats-Msg-Id`.
 async fn stored_by_us(stream: &stream::Stream, p: &Pending) -> bool {
     match stream.get_raw_message(p.expected_last + 1).await {
@@ -824,11 +830,21 @@ impl Journal for JetStreamJournal {
                 last_seq: self.last_seq,
             });
         }
-        Ok(self.rt.block_on(self.snapshots.write(seq, bytes))?)
+        // Chunks and manifest are plain puts under fixed keys: writing again is harmless.
+        let deadline = self.opts.publish_deadline;
+        let snapshots = &self.snapshots;
+        Ok(self.rt.block_on(retry_nats(deadline, "write snapshot", || {
+            snapshots.write(seq, bytes)
+        }))?)
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self.rt.block_on(self.snapshots.latest())?)
+        let snapshots = &self.snapshots;
+        Ok(self
+            .rt
+            .block_on(retry_nats(self.opts.publish_deadline, "latest snapshot", || {
+                snapshots.latest()
+            }))?)
     }
 
     fn compact(&mut self, keep_events: u64) -> Result<u64, StoreError> {

@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     pub(crate) epoch: String,
     /// False once the journal failed: the server refuses to acknowledge anything.
     pub(crate) healthy: AtomicBool,
+    /// Set (with the reason) when another writer appended to the region's stream:
+    /// this server must stop serving and exit (`Server::serve` watches it).
+    pub(crate) fenced: tokio::sync::watch::Sender<Option<String>>,
     /// Cancelled when the engine thread or the read model thread ends.
     pub(crate) stopped: CancellationToken,
 }
@@ -709,6 +712,12 @@ impl EngineTask {
                 metrics::histogram!(metric::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(events.len() as f64);
                 Ok(*range.start())
+            }
+            Err(e) if opcenter_cluster::ClusterError::of(&e).is_some_and(|c| c.is_fenced()) => {
+                // Another engine writes this region: nothing of ours may be
+                // acknowledged or snapshotted again; the server stops and exits.
+                self.shared.fenced.send_replace(Some(e.to_string()));
+                Err(e.into())
             }
             Err(e) => {
                 // The engine already applied this batch, but none of it is durable:

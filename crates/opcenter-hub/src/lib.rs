@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
-pub use settings::{ConsoleSettings, HubSettings, Settings, SettingsError};
+pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};
 use outbox::{CloseReason, Outbox, codes};
@@ -71,6 +71,24 @@ pub enum HubError {
     /// server shut down instead of answering without it.
     #[error("the engine thread stopped: the server shut down")]
     EngineStopped,
+    /// `cluster.role` asks for a node kind this build cannot run yet.
+    #[error(
+        "cluster.role = \"{0}\" is not built yet: only \"both\" (engine and hub in one process) runs on NATS so far"
+    )]
+    RoleNotBuilt(&'static str),
+    /// The region's stream could not be opened (NATS unreachable, JetStream off,
+    /// a stream this journal cannot read).
+    #[error("region {region}: cannot open its JetStream journal: {source}")]
+    Cluster {
+        /// `cluster.region`.
+        region: String,
+        /// Why.
+        source: opcenter_cluster::ClusterError,
+    },
+    /// Another engine appended to the region's stream: this one stopped serving
+    /// so that it never acknowledges a command that is not in the stream.
+    #[error("fenced: another engine writes this region; stopped serving ({0})")]
+    Fenced(String),
 }
 
 /// What every request handler and session shares.
@@ -139,7 +157,15 @@ impl Server {
     /// starts the engine thread. A journal that cannot be opened (or replayed)
     /// does not stop the server: it serves with `/healthz` 503 and refuses every command with
     /// `internal`, and never starts empty over data it could not read.
+    ///
+    /// With a `[cluster]` section (role `both`) the journal is the region's
+    /// JetStream stream instead, and a stream that cannot be opened stops the
+    /// start with [`HubError::Cluster`].
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
+        if let Some(cluster) = &settings.cluster {
+            let journal = open_region_journal(cluster).await?;
+            return Self::start_with_journal(listener, settings, Box::new(journal)).await;
+        }
         let opened = {
             let dir = settings.data_dir.clone();
             let opts = Options {
@@ -180,7 +206,12 @@ impl Server {
             Ok((engine, snap, history)) => {
                 Self::launch(listener, settings, engine, journal, snap, history, true)
             }
-            Err(e) => Self::launch_unavailable(listener, settings, e),
+            Err(e) => {
+                // A journal may own a runtime (JetStream's), which must not be
+                // dropped on a runtime thread.
+                tokio::task::spawn_blocking(move || drop(journal)).await?;
+                Self::launch_unavailable(listener, settings, e)
+            }
         }
     }
 
@@ -215,6 +246,7 @@ impl Server {
             epoch: journal.epoch().to_string(),
             healthy: AtomicBool::new(healthy),
             stopped: tokio_util::sync::CancellationToken::new(),
+            fenced: tokio::sync::watch::channel(None).0,
         });
         let start = read_model::Start {
             state: engine.snapshot(),
@@ -278,7 +310,8 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets every
     /// session flush and close with 1001, and returns within
-    /// `server.shutdown_timeout_s`.
+    /// `server.shutdown_timeout_s`. On a region's stream, it also stops when
+    /// another engine appended (fencing) and then returns [`HubError::Fenced`].
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), HubError> {
         let Server {
             listener,
@@ -304,11 +337,12 @@ impl Server {
             .fallback(http::not_found)
             .with_state(app.clone());
 
-        // Shut down on the caller's signal, or when the engine (or read model)
-        // thread ends under us: serving without it would answer 200 while
-        // refusing every command.
+        // Shut down on the caller's signal, when the engine (or read model)
+        // thread ends under us (serving without it would answer 200 while
+        // refusing every command), or when another engine fenced this one.
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<bool>();
         let stopped = app.shared.stopped.clone();
+        let mut fenced_rx = app.shared.fenced.subscribe();
         // After an engine death keep answering `/healthz` 503 for a moment
         // before the listener closes, so a health check sees why we go.
         let show_503 = (app.settings.shutdown_timeout / 2).min(Duration::from_secs(2));
@@ -316,6 +350,7 @@ impl Server {
             let engine_died = tokio::select! {
                 _ = shutdown => false,
                 _ = stopped.cancelled() => true,
+                _ = fenced_rx.wait_for(Option::is_some) => false,
             };
             let _ = signalled_tx.send(engine_died);
             if engine_died {
@@ -332,7 +367,13 @@ impl Server {
                 .await
         });
         let engine_died = signalled_rx.await.unwrap_or(false);
-        if engine_died {
+        let fenced_why = app.shared.fenced.subscribe().borrow().clone();
+        if let Some(why) = fenced_why.as_deref() {
+            tracing::error!(
+                reason = why,
+                "fenced: another engine appended to this region's stream; stopping (nothing more is acknowledged)"
+            );
+        } else if engine_died {
             tracing::error!("engine stopped while serving: shutting down so a supervisor can restart");
         }
         tracing::info!(
@@ -363,11 +404,36 @@ impl Server {
         drop(app);
         let waited = tokio::task::spawn_blocking(move || engine_thread.join());
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), waited).await;
+        if let Some(why) = fenced_why {
+            return Err(HubError::Fenced(why));
+        }
         if engine_died {
             return Err(HubError::EngineStopped);
         }
         Ok(())
     }
+}
+
+/// Opens the region's stream as this node's journal (role `both`; the other
+/// roles are refused until they exist). The journal runs its own one-thread
+/// runtime, so NATS I/O never waits behind the sessions' tasks.
+async fn open_region_journal(
+    cluster: &ClusterSettings,
+) -> Result<opcenter_cluster::JetStreamJournal, HubError> {
+    match cluster.role {
+        ClusterRole::Both => {}
+        role @ (ClusterRole::Engine | ClusterRole::Hub) => return Err(HubError::RoleNotBuilt(role.as_str())),
+    }
+    let mut opts = opcenter_cluster::JournalOptions::new(cluster.region.clone()).replicas(cluster.replicas);
+    opts.publish_deadline = cluster.publish_deadline;
+    let urls = cluster.nats.join(",");
+    tracing::info!(region = %cluster.region, nats = %urls, replicas = cluster.replicas, "opening the region's JetStream journal");
+    tokio::task::spawn_blocking(move || opcenter_cluster::JetStreamJournal::connect(&urls, opts))
+        .await?
+        .map_err(|source| HubError::Cluster {
+            region: cluster.region.clone(),
+            source,
+        })
 }
 
 /// Drives timers: one `Tick` per `every` (skipped when the engine is busy).

@@ -46,6 +46,8 @@ struct Raw {
     console: RawConsole,
     #[serde(default)]
     roster: Vec<RosterUnit>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +123,26 @@ struct RawHttp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats: Vec<String>,
+    region: String,
+    role: String,
+    #[serde(default = "default_replicas")]
+    replicas: usize,
+    #[serde(default = "default_publish_deadline_s")]
+    publish_deadline_s: u64,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_publish_deadline_s() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConsole {
     center_lat: f64,
     center_lon: f64,
@@ -172,6 +194,47 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// `console.*`.
     pub console: ConsoleSettings,
+    /// `cluster.*`: `None` (no `[cluster]` section) is the single process on the
+    /// file journal.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// What a node does in a region on NATS (`cluster.role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// The region's single writer only (not built yet: refused at start).
+    Engine,
+    /// A stateless hub only (not built yet: refused at start).
+    Hub,
+    /// Engine and hub in one process, the journal on the region's stream.
+    Both,
+}
+
+impl ClusterRole {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Engine => "engine",
+            ClusterRole::Hub => "hub",
+            ClusterRole::Both => "both",
+        }
+    }
+}
+
+/// `cluster.*`, checked.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `cluster.nats`: the NATS servers' URLs (`nats://host:port`).
+    pub nats: Vec<String>,
+    /// `cluster.region`: names the stream `OPC_<region>` and its subjects.
+    pub region: String,
+    /// `cluster.role`.
+    pub role: ClusterRole,
+    /// `cluster.replicas`: copies of the stream when this node creates it (1 or 3).
+    pub replicas: usize,
+    /// `cluster.publish_deadline_s`: how long an append is retried (leader
+    /// elections) before the journal is declared failed.
+    pub publish_deadline: std::time::Duration,
 }
 
 /// `hub.*`, checked.
@@ -364,6 +427,10 @@ impl Settings {
             ),
             None => None,
         };
+        let cluster = match raw.cluster {
+            None => None,
+            Some(c) => Some(check_cluster(c)?),
+        };
         for unit in &raw.roster {
             if unit.id.is_empty() {
                 return Err(invalid("roster", "every roster unit needs an id"));
@@ -427,6 +494,7 @@ impl Settings {
                 radius_m: raw.console.radius_m,
                 districts,
             },
+            cluster,
         })
     }
 
@@ -443,6 +511,68 @@ impl Settings {
     ) -> Result<opcenter_proto::auth::Claims, opcenter_proto::auth::AuthError> {
         opcenter_proto::auth::verify_token_expecting(self.jwt_secret.as_bytes(), token, &self.expect)
     }
+}
+
+fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
+    let invalid = |key: &'static str, problem: String| SettingsError::Invalid { key, problem };
+    if c.nats.is_empty() {
+        return Err(invalid(
+            "cluster.nats",
+            "list at least one server, e.g. [\"nats://127.0.0.1:4222\"]".into(),
+        ));
+    }
+    for url in &c.nats {
+        if url.contains(',') || url.trim().is_empty() {
+            return Err(invalid("cluster.nats", format!("{url:?}: one URL per list item")));
+        }
+    }
+    let region_ok = !c.region.is_empty()
+        && c.region
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+    if !region_ok {
+        return Err(invalid(
+            "cluster.region",
+            format!(
+                "{:?}: letters, digits, '_' or '-' only (it names a stream)",
+                c.region
+            ),
+        ));
+    }
+    let role = match c.role.as_str() {
+        "engine" => ClusterRole::Engine,
+        "hub" => ClusterRole::Hub,
+        "both" => ClusterRole::Both,
+        other => {
+            return Err(invalid(
+                "cluster.role",
+                format!("{other:?}: want \"engine\", \"hub\" or \"both\""),
+            ));
+        }
+    };
+    if c.replicas != 1 && c.replicas != 3 {
+        return Err(invalid(
+            "cluster.replicas",
+            format!("{}: want 1 or 3", c.replicas),
+        ));
+    }
+    // The stream's duplicate window is 2 minutes: a retry after it could store twice.
+    if c.publish_deadline_s == 0 || c.publish_deadline_s > 90 {
+        return Err(invalid(
+            "cluster.publish_deadline_s",
+            format!(
+                "{}: want 1..=90 (below the stream's 2-minute duplicate window)",
+                c.publish_deadline_s
+            ),
+        ));
+    }
+    Ok(ClusterSettings {
+        nats: c.nats,
+        region: c.region,
+        role,
+        replicas: c.replicas,
+        publish_deadline: std::time::Duration::from_secs(c.publish_deadline_s),
+    })
 }
 
 #[cfg(test)]
@@ -532,5 +662,40 @@ mod tests {
         let own =
             "[server]\nlisten = \"0.0.0.0:0\"\n[auth]\njwt_secret = \"a-secret-of-exactly-32-bytes-abc\"\n";
         assert!(!Settings::from_toml(own).unwrap().uses_dev_secret());
+    }
+
+    #[test]
+    fn cluster_section_is_optional_and_checked() {
+        assert!(Settings::load_with_env(None, false).unwrap().cluster.is_none());
+        let s = Settings::from_toml(
+            "[cluster]\nnats = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1:4223\"]\n\
+             region = \"zko\"\nrole = \"both\"\nreplicas = 3\n",
+        )
+        .unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!(c.nats.len(), 2);
+        assert_eq!(
+            (c.region.as_str(), c.role, c.replicas),
+            ("zko", ClusterRole::Both, 3)
+        );
+        assert_eq!(c.publish_deadline.as_secs(), 30);
+        for (bad, key) in [
+            ("nats = []\nregion = \"zko\"\nrole = \"both\"", "cluster.nats"),
+            (
+                "nats = [\"nats://a\"]\nregion = \"z.k\"\nrole = \"both\"",
+                "cluster.region",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"writer\"",
+                "cluster.role",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"both\"\nreplicas = 2",
+                "cluster.replicas",
+            ),
+        ] {
+            let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 }

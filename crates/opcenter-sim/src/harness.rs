@@ -54,11 +54,27 @@ impl ServerProcess {
     /// Spawns `bin serve --config config` (logging at `warn`, stderr inherited) and waits
     /// up to [`START_WITHIN`] for its `listening on` line.
     pub fn start(bin: &Path, config: &Path) -> anyhow::Result<ServerProcess> {
-        Self::start_with_env(bin, config, &[])
+        Self::spawn(bin, config, &[], Stdio::inherit())
     }
 
     /// [`ServerProcess::start`] with extra environment variables (test-only switches).
     pub fn start_with_env(bin: &Path, config: &Path, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        Self::spawn(bin, config, env, Stdio::inherit())
+    }
+
+    /// Like [`ServerProcess::start`], with the server's stderr written to `log` (a
+    /// test reads from it why the server stopped).
+    pub fn start_logged(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<ServerProcess> {
+        let file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        Self::spawn(bin, config, &[], Stdio::from(file))
+    }
+
+    fn spawn(
+        bin: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> anyhow::Result<ServerProcess> {
         let started = Instant::now();
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
@@ -66,7 +82,7 @@ impl ServerProcess {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let stdout = child.stdout.take().context("piped stdout")?;
@@ -102,24 +118,24 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// SIGKILL, then reap: a crash, no graceful stop.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits up to `within` for the process to exit by itself; `None` if it is still running.
+    /// Waits up to `within` for the server to exit by itself; its status if it did.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
+        let until = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= until {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL, then reap: a crash, no graceful stop.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait for the exit: the operator's graceful stop.

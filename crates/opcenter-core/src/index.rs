@@ -249,7 +249,7 @@ impl UnitIndex {
         }
     }
 
-    /// Sets until when a unit counts as live (see [`Slot`]); it stays in the
+    /// Sets until when a unit counts as live (see `Slot`); it stays in the
     /// tree (a reconnect within the grace changes nothing), but queries at a
     /// later time skip it and [`UnitIndex::prune_stale`] takes it out.
     pub fn set_live_until(&mut self, id: &str, live_until_ms: i64) {

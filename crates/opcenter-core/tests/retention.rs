@@ -56,8 +56,12 @@ fn a_closed_incident_is_retired_after_retain_closed_and_its_key_after_the_ttl() 
     e.apply(&disp(), close, T0 + HOUR).unwrap();
     tick(&mut e, T0 + 25 * HOUR - 60_000);
     assert!(e.incident(&inc.id).is_some(), "retired early");
+    assert!(e.take_retired().is_empty());
     tick(&mut e, T0 + 25 * HOUR + 60_000);
     assert!(e.incident(&inc.id).is_none(), "not retired");
+    // Readers with their own copy (the hub's read model) learn exactly which, once.
+    assert_eq!(e.take_retired(), vec![inc.id.clone()]);
+    assert!(e.take_retired().is_empty());
     assert!(
         e.incident(&open.id).is_some(),
         "an open incident is never retired"

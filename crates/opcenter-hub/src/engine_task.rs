@@ -253,6 +253,42 @@ impl Drop for StopGuard {
     }
 }
 
+/// Events' journal records, or why they could not be encoded.
+type Encoded = Result<Vec<Vec<u8>>, DurabilityError>;
+
+fn encode_all(events: &[Event]) -> Encoded {
+    events.iter().map(record::encode_event).collect()
+}
+
+/// One batch's events beside their journal records, each event encoded once:
+/// a command's size check ([`EngineTask::refuse_oversized`]) and the group
+/// commit use the same bytes.
+#[derive(Default)]
+struct BatchEvents {
+    events: Vec<Event>,
+    /// `records[i]` is `events[i]` encoded, while `failed` is `None`.
+    records: Vec<Vec<u8>>,
+    /// An event that could not be encoded fails the whole commit, typed.
+    failed: Option<DurabilityError>,
+}
+
+impl BatchEvents {
+    fn push(&mut self, events: Vec<Event>) {
+        let records = encode_all(&events);
+        self.push_encoded(events, records);
+    }
+
+    fn push_encoded(&mut self, events: Vec<Event>, records: Encoded) {
+        match records {
+            Ok(r) => self.records.extend(r),
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+        self.events.extend(events);
+    }
+}
+
 /// Runs the engine thread until every sender of `rx` is gone.
 pub(crate) struct EngineTask {
     engine: Engine,
@@ -398,7 +434,7 @@ impl EngineTask {
         let now = now_ms();
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut later: Vec<Request> = Vec::new();
-        let mut events: Vec<Event> = Vec::new();
+        let mut events = BatchEvents::default();
         let mut positions = Vec::new();
         let healthy = self.shared.healthy.load(Ordering::Relaxed);
         for req in batch.drain(..) {
@@ -423,12 +459,12 @@ impl EngineTask {
                     }
                     let mut assigned = false;
                     let result = self.engine.apply(&actor, command, now);
-                    let result = self.refuse_oversized(result, &events);
-                    let result = result.map(|mut applied| {
+                    let result = result.and_then(|applied| self.refuse_oversized(applied, &events.events));
+                    let result = result.map(|(mut applied, records)| {
                         // The events move to the batch; the reply keeps what it needs.
                         let own = std::mem::take(&mut applied.events);
                         assigned = own.iter().any(|e| e.change == opcenter_core::Change::Assigned);
-                        events.extend(own);
+                        events.push_encoded(own, records);
                         if let Some(p) = applied.position.take() {
                             positions.push(p);
                         }
@@ -445,7 +481,7 @@ impl EngineTask {
                 Request::Tick => {
                     if healthy {
                         match self.engine.apply(&Actor::system(), Command::Tick, now) {
-                            Ok(applied) => events.extend(applied.events),
+                            Ok(applied) => events.push(applied.events),
                             Err(e) => tracing::error!(error = %e, "tick refused"),
                         }
                     }
@@ -470,7 +506,7 @@ impl EngineTask {
                             continue;
                         }
                         match self.engine.apply(&actor, Command::RegisterUnit(p), now) {
-                            Ok(applied) => events.extend(applied.events),
+                            Ok(applied) => events.push(applied.events),
                             Err(e) => {
                                 outbox.push_error(id, (&e).into(), &e.to_string());
                                 outbox.close(REGISTRATION_FAILED);
@@ -502,7 +538,7 @@ impl EngineTask {
                     if healthy {
                         let offline = Command::UnitOffline { unit_id: unit };
                         match self.engine.apply(&Actor::system(), offline, now) {
-                            Ok(applied) => events.extend(applied.events),
+                            Ok(applied) => events.push(applied.events),
                             Err(e) => tracing::error!(error = %e, "unit offline refused"),
                         }
                     }
@@ -512,10 +548,10 @@ impl EngineTask {
         }
 
         // Group commit: everything this batch changed, in one append.
-        let committed = self.commit(&events);
+        let committed = self.commit(&mut events);
         match committed {
             Ok(first_seq) => {
-                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                let events: Vec<Arc<Event>> = events.events.into_iter().map(Arc::new).collect();
                 for (i, event) in events.iter().enumerate() {
                     self.fanout.publish(first_seq + i as u64, event);
                 }
@@ -527,7 +563,8 @@ impl EngineTask {
                         self.last_state_seq = self.last_seq;
                         Box::new(self.engine.snapshot())
                     });
-                if !events.is_empty() || !positions.is_empty() || state.is_some() {
+                let retired = self.engine.take_retired();
+                if !events.is_empty() || !positions.is_empty() || state.is_some() || !retired.is_empty() {
                     // The read model may be gone only while shutting down.
                     let _ = self.reads.send(ReadRequest::Committed(Committed {
                         first_seq,
@@ -535,6 +572,7 @@ impl EngineTask {
                         positions,
                         next_incident_no: self.engine.next_incident_no(),
                         state,
+                        retired,
                     }));
                 }
                 for Outcome {
@@ -659,15 +697,21 @@ impl EngineTask {
     /// journal plus the batch's earlier, accepted events: slow, but only ever on
     /// this refusal, which the engine's own bounds (`dispatch.max_notes`, string
     /// lengths) make rare.
+    /// On success the command's journal records come back with it, encoded once
+    /// for both this check and the commit.
     fn refuse_oversized(
         &mut self,
-        result: Result<Applied, CoreError>,
+        applied: Applied,
         accepted: &[Event],
-    ) -> Result<Applied, CoreError> {
-        let applied = result?;
-        let largest = record::largest_record(&applied.events);
+    ) -> Result<(Applied, Encoded), CoreError> {
+        let records = encode_all(&applied.events);
+        let largest = match &records {
+            Ok(r) => r.iter().map(Vec::len).max().unwrap_or(0),
+            // Not a size problem: the commit fails with the typed error.
+            Err(_) => 0,
+        };
         if largest <= self.max_record {
-            return Ok(applied);
+            return Ok((applied, records));
         }
         let recovered = recover(
             self.engine.config().clone(),
@@ -694,16 +738,18 @@ impl EngineTask {
     }
 
     /// Appends the batch's events; returns the seq of the first one.
-    fn commit(&mut self, events: &[Event]) -> Result<u64, DurabilityError> {
+    fn commit(&mut self, batch: &mut BatchEvents) -> Result<u64, DurabilityError> {
         let next = self.last_seq + 1;
+        if let Some(e) = batch.failed.take() {
+            // Nothing of the batch is saved: roll the engine back, as after a failed append.
+            self.roll_back();
+            return Err(e);
+        }
+        let events = &batch.events;
         if events.is_empty() {
             return Ok(next);
         }
-        let mut payloads = Vec::with_capacity(events.len());
-        for e in events {
-            payloads.push(record::encode_event(e)?);
-        }
-        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let refs: Vec<&[u8]> = batch.records.iter().map(Vec::as_slice).collect();
         let started = Instant::now();
         let mut journal = read_model::lock(&self.journal);
         match journal.append_batch(&refs) {
@@ -720,39 +766,39 @@ impl EngineTask {
                 Err(e.into())
             }
             Err(e) => {
-                // The engine already applied this batch, but none of it is durable:
-                // rebuild it from what the journal holds, so reads (GET, subscribe
-                // snapshots) and a final snapshot never show unacknowledged changes.
-                match recover(self.engine.config().clone(), &**journal, 0) {
-                    Ok((engine, _, _)) => self.engine = engine,
-                    Err(re) => tracing::error!(error = %re, "could not roll the engine back to the journal"),
-                }
+                drop(journal);
+                self.roll_back();
                 Err(e.into())
             }
         }
     }
 
+    /// The engine already applied this batch, but none of it is durable:
+    /// rebuild it from what the journal holds, so reads (GET, subscribe
+    /// snapshots) and a final snapshot never show unacknowledged changes.
+    fn roll_back(&mut self) {
+        let recovered = recover(
+            self.engine.config().clone(),
+            &**read_model::lock(&self.journal),
+            0,
+        );
+        match recovered {
+            Ok((engine, _, _)) => self.engine = engine,
+            Err(re) => tracing::error!(error = %re, "could not roll the engine back to the journal"),
+        }
+    }
+
     /// The final snapshot, at shutdown (the periodic ones are the read model's).
     fn write_snapshot(&mut self) -> Result<(), DurabilityError> {
-        // After a journal failure the engine may hold changes the journal lacks:
-        // a snapshot of it would make them durable behind the clients' backs.
-        if !self.shared.healthy.load(Ordering::SeqCst) {
-            return Err(DurabilityError::Unhealthy);
-        }
-        let seq = self.last_seq;
-        if seq == 0 {
+        if self.last_seq == 0 {
             return Ok(());
         }
-        let started = Instant::now();
-        let bytes = record::encode_snapshot(&self.engine.snapshot())?;
-        read_model::lock(&self.journal).write_snapshot(seq, &bytes)?;
-        tracing::info!(
-            seq,
-            bytes = bytes.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
-        );
-        Ok(())
+        read_model::store_snapshot(
+            &self.journal,
+            &self.shared,
+            self.last_seq,
+            &self.engine.snapshot(),
+        )
     }
 }
 

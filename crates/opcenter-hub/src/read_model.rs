@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::Message;
 use tokio::sync::oneshot;
 
-use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, IncidentStatus, PositionItem, Topic, Unit};
+use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Topic, Unit};
 use opcenter_proto::client::{Area, SubTopic, Subscribe};
 use opcenter_proto::server::{EventFrame, SubscribeOk};
 use opcenter_store::Journal;
@@ -68,6 +68,9 @@ pub(crate) struct Committed {
     /// batch (with its retention and idempotency keys), to serialize and store
     /// here rather than on the engine thread.
     pub(crate) state: Option<Box<EngineSnapshot>>,
+    /// Incidents the engine retired (`storage.retain_closed_h`) since the last
+    /// batch: the read copy drops them too, and lookups go to the journal.
+    pub(crate) retired: Vec<String>,
 }
 
 /// What the read model serves.
@@ -105,8 +108,6 @@ pub(crate) struct ReadModel {
     position_interval: Duration,
     last_flush: Instant,
     history_events: u64,
-    retain_closed_ms: i64,
-    last_retire: Instant,
 }
 
 /// Where the read model starts: the recovered state at `seq`.
@@ -144,8 +145,6 @@ impl ReadModel {
             position_interval: settings.hub.position_interval,
             last_flush: Instant::now(),
             history_events: settings.hub.history_events,
-            retain_closed_ms: settings.engine.retain_closed_ms,
-            last_retire: Instant::now(),
         }
     }
 
@@ -171,11 +170,13 @@ impl ReadModel {
         match req {
             ReadRequest::Committed(mut batch) => {
                 let state = batch.state.take();
+                for id in std::mem::take(&mut batch.retired) {
+                    self.incidents.remove(&id);
+                }
                 self.fold(batch);
                 if let Some(state) = state {
                     self.store_state(&state);
                 }
-                self.retire_closed();
             }
             ReadRequest::Subscribe {
                 cut,
@@ -409,35 +410,31 @@ impl ReadModel {
     /// stores it. The copy was taken right after a commit, so it never holds
     /// anything the journal lacks.
     fn write_snapshot(&mut self, state: &EngineSnapshot) -> Result<(), DurabilityError> {
-        if !self.shared.healthy.load(Ordering::SeqCst) {
-            return Err(DurabilityError::Unhealthy);
-        }
-        let started = Instant::now();
-        let bytes = record::encode_snapshot(state)?;
-        let seq = self.seq;
-        lock(&self.journal).write_snapshot(seq, &bytes)?;
-        tracing::info!(
-            seq,
-            bytes = bytes.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
-        );
-        Ok(())
+        store_snapshot(&self.journal, &self.shared, self.seq, state)
     }
+}
 
-    /// Drops closed incidents from the read copy `storage.retain_closed_h` after
-    /// they closed, as the engine does (its retirement makes no event); lookups
-    /// of them fall back to the journal. Checked at most once a minute.
-    fn retire_closed(&mut self) {
-        if self.last_retire.elapsed() < Duration::from_secs(60) {
-            return;
-        }
-        self.last_retire = Instant::now();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let cutoff = now_ms.saturating_sub(self.retain_closed_ms);
-        self.incidents
-            .retain(|_, i| i.status != IncidentStatus::Closed || i.updated_ms >= cutoff);
+/// Stores `state` as the snapshot at `seq`: both the read model's periodic
+/// snapshots and the engine thread's final one at shutdown. Refused once the
+/// journal failed: the state may then hold changes the journal lacks, and a
+/// snapshot would make them durable behind the clients' backs.
+pub(crate) fn store_snapshot(
+    journal: &SharedJournal,
+    shared: &Shared,
+    seq: u64,
+    state: &EngineSnapshot,
+) -> Result<(), DurabilityError> {
+    if !shared.healthy.load(Ordering::SeqCst) {
+        return Err(DurabilityError::Unhealthy);
     }
+    let started = Instant::now();
+    let bytes = record::encode_snapshot(state)?;
+    lock(journal).write_snapshot(seq, &bytes)?;
+    tracing::info!(
+        seq,
+        bytes = bytes.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot written"
+    );
+    Ok(())
 }

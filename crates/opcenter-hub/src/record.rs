@@ -61,31 +61,6 @@ pub(crate) fn max_record_bytes(session_queue_bytes: usize) -> usize {
     (session_queue_bytes / 2).min(opcenter_store::MAX_PAYLOAD / 2)
 }
 
-/// The size of the largest record among `events`, without keeping the bytes
-/// (the commit encodes them once for real).
-pub(crate) fn largest_record(events: &[Event]) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    events
-        .iter()
-        .map(|e| {
-            let mut n = Count(0);
-            // An encoding error surfaces at the commit, typed; here it counts 0.
-            let _ = rmp_serde::encode::write_named(&mut n, e);
-            n.0
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// The newest state of incident `id` the journal still holds (a retired
 /// incident: see `opcenter_core`'s retention), or `None`. A scan of the
 /// retained history that decodes only records containing the id's bytes.
@@ -163,26 +138,6 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().starts_with("journal record 1: "), "{err}");
-    }
-
-    #[test]
-    fn largest_record_is_the_encoded_size() {
-        let mut engine = opcenter_core::Engine::new(opcenter_core::EngineConfig::default());
-        let loc = opcenter_core::Location::new(51.0, 51.0).unwrap();
-        let applied = engine
-            .apply(
-                &opcenter_core::Actor::dispatcher("d"),
-                opcenter_core::Command::CreateIncident(opcenter_core::NewIncident::call("theft", 3, loc)),
-                1_700_000_000_000,
-            )
-            .unwrap();
-        let biggest = applied
-            .events
-            .iter()
-            .map(|e| encode_event(e).unwrap().len())
-            .max();
-        assert_eq!(Some(largest_record(&applied.events)), biggest);
-        assert_eq!(largest_record(&[]), 0);
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct Engine {
     last_prune_ms: i64,
     /// Last retention pass (see `retention.rs`).
     last_retire_ms: i64,
+    /// Incidents retired since the last [`Engine::take_retired`] (readers that
+    /// keep their own copy drop them too; retiring makes no event).
+    retired: Vec<IncidentId>,
 }
 
 fn incident_no(id: &str) -> u64 {
@@ -125,6 +128,7 @@ impl Engine {
             next_no: 1,
             last_prune_ms: i64::MIN,
             last_retire_ms: i64::MIN,
+            retired: Vec::new(),
             config,
         };
         for r in engine.config.roster.clone() {

@@ -34,9 +34,16 @@ impl Engine {
         for id in old {
             if let Some(inc) = self.incidents.remove(&id) {
                 self.keys.retire(&inc);
+                self.retired.push(id);
             }
         }
         self.keys.expire(now_ms.saturating_sub(self.config.key_ttl_ms));
+    }
+
+    /// The incidents retired since the last call, so a reader that keeps its own
+    /// copy of the incidents (the hub's read model) retires exactly the same ones.
+    pub fn take_retired(&mut self) -> Vec<IncidentId> {
+        std::mem::take(&mut self.retired)
     }
 
     /// How many incidents are held in memory (open and recently closed).

@@ -85,7 +85,7 @@ impl ClusterError {
 
     /// The [`ClusterError`] inside a [`StoreError`] returned by
     /// [`JetStreamJournal`](crate::JetStreamJournal)'s `Journal` methods, if there is
-    /// one: e.g. to tell fencing (`Fenced`: exit, another engine writes) from an outage.
+    /// one: e.g. to tell an outage (`Unavailable`) from a corrupt stream.
     pub fn of(err: &StoreError) -> Option<&ClusterError> {
         match err {
             StoreError::Io { source, .. } => source.get_ref()?.downcast_ref::<ClusterError>(),
@@ -100,12 +100,16 @@ impl ClusterError {
 }
 
 impl From<ClusterError> for StoreError {
-    /// `Poisoned` maps to [`StoreError::Poisoned`]; everything else travels as the
+    /// `Poisoned`, `Fenced`, `RecordTooLarge` and `Compacted` map to the store's
+    /// variants of the same meaning; everything else travels as the
     /// source of a [`StoreError::Io`] (the trait's error type is closed), where
     /// [`ClusterError::of`] finds it again.
     fn from(err: ClusterError) -> StoreError {
         match err {
             ClusterError::Poisoned => StoreError::Poisoned,
+            fenced @ ClusterError::Fenced { .. } => StoreError::Fenced {
+                reason: fenced.to_string(),
+            },
             ClusterError::RecordTooLarge { len, max } => StoreError::RecordTooLarge { len, max },
             ClusterError::Compacted { after_seq, first_seq } => {
                 StoreError::Compacted { after_seq, first_seq }

@@ -25,7 +25,7 @@
 //! `Box<dyn Journal>` exactly like `FileJournal`. For throughput it can call
 //! [`JetStreamJournal::submit`] per committed batch and [`JetStreamJournal::wait_acked`]
 //! before replying to the batch's clients, keeping several batches in flight. An
-//! `Err` whose [`ClusterError::of`] is [`ClusterError::Fenced`] means another engine
+//! `Err(StoreError::Fenced)` (from [`ClusterError::Fenced`]) means another engine
 //! appended: stop serving commands and exit. Hubs build their read model with
 //! [`Follower::start`]`(js, region, after_seq)` and `next_batch().await`. The epoch is the stream's name and
 //! creation time: a recreated stream has another epoch.

@@ -759,7 +759,7 @@ impl EngineTask {
                 metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(events.len() as f64);
                 Ok(*range.start())
             }
-            Err(e) if opcenter_cluster::ClusterError::of(&e).is_some_and(|c| c.is_fenced()) => {
+            Err(e @ opcenter_store::StoreError::Fenced { .. }) => {
                 // Another engine writes this region: nothing of ours may be
                 // acknowledged or snapshotted again; the server stops and exits.
                 self.shared.fenced.send_replace(Some(e.to_string()));

@@ -56,6 +56,15 @@ pub enum StoreError {
     /// An earlier append failed; the on-disk tail is unknown until the journal is reopened.
     #[error("journal is poisoned by an earlier failed append; reopen it to recover")]
     Poisoned,
+    /// Another writer appended to a shared journal (a region's stream) after this
+    /// one last did: this writer's view is stale and it must stop writing. A
+    /// journal with one writer by construction (the file journal's lock) never
+    /// returns it. Poisons the journal like any failed append.
+    #[error("fenced: {reason}")]
+    Fenced {
+        /// What the journal saw.
+        reason: String,
+    },
     /// A payload is larger than [`MAX_PAYLOAD`](crate::MAX_PAYLOAD).
     #[error("record of {len} bytes exceeds the maximum of {max}")]
     RecordTooLarge {

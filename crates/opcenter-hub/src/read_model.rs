@@ -191,12 +191,11 @@ impl ReadModel {
             }
             ReadRequest::GetIncident { incident_id, reply } => {
                 // Retention took closed incidents out of memory; the journal has them.
-                let found = self.incidents.get(&incident_id).cloned().or_else(|| {
-                    record::find_incident(&**lock(&self.journal), &incident_id)
-                        .inspect_err(|e| tracing::warn!(error = %e, "journal lookup failed"))
-                        .ok()
-                        .flatten()
-                });
+                let found = self
+                    .incidents
+                    .get(&incident_id)
+                    .cloned()
+                    .or_else(|| self.journal_incident(&incident_id));
                 let _ = reply.send(found);
             }
         }
@@ -392,6 +391,17 @@ impl ReadModel {
             }
         }
         Some(out)
+    }
+
+    /// A retired incident from the journal (retention took it out of memory),
+    /// read one chunk per lock hold, as deep resumes are: commits go on meanwhile.
+    fn journal_incident(&self, id: &str) -> Option<Incident> {
+        let first = lock(&self.journal).first_seq();
+        let chunk = |after| record::read_from(&**lock(&self.journal), after, JOURNAL_CHUNK);
+        record::find_incident(first, chunk, id)
+            .inspect_err(|e| tracing::warn!(error = %e, "journal lookup failed"))
+            .ok()
+            .flatten()
     }
 
     /// Stores the engine's state copy at the current seq, then compacts.

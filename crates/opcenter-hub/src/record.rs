@@ -63,16 +63,22 @@ pub(crate) fn max_record_bytes(session_queue_bytes: usize) -> usize {
 
 /// The newest state of incident `id` the journal still holds (a retired
 /// incident: see `opcenter_core`'s retention), or `None`. A scan of the
-/// retained history that decodes only records containing the id's bytes.
-pub(crate) fn find_incident(journal: &dyn Journal, id: &str) -> Result<Option<Incident>, DurabilityError> {
+/// retained history from `first_seq`, one chunk per `read_chunk(after)` call (so
+/// a caller sharing the journal with the writer can lock per chunk), decoding
+/// only records that contain the id's bytes.
+pub(crate) fn find_incident(
+    first_seq: u64,
+    mut read_chunk: impl FnMut(u64) -> Result<Vec<Record>, DurabilityError>,
+    id: &str,
+) -> Result<Option<Incident>, DurabilityError> {
     let needle = id.as_bytes();
     if needle.is_empty() {
         return Ok(None);
     }
     let mut found = None;
-    let mut after = journal.first_seq().saturating_sub(1);
+    let mut after = first_seq.saturating_sub(1);
     loop {
-        let records = read_from(journal, after, 4096)?;
+        let records = read_chunk(after)?;
         let Some(last) = records.last() else { break };
         after = last.seq;
         for rec in records

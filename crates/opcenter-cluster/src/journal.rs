@@ -304,14 +304,16 @@ impl JetStreamJournal {
             .writer_id
             .clone()
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-        let (stream, kv) = rt.block_on(async {
+        // A cluster that has just started (or is electing a meta leader) answers
+        // these with timeouts: retried until the publish deadline, like appends.
+        let (stream, kv) = rt.block_on(retry_nats(opts.publish_deadline, "open journal", || async {
             let stream =
                 region::open_or_create_stream(&js, region::journal_stream_config(&names, opts.replicas))
                     .await?;
             let kv =
                 region::open_kv_bucket(&js, &names.snapshot_bucket, opts.replicas, 1, Duration::ZERO).await?;
             Ok::<_, ClusterError>((stream, kv))
-        })?;
+        }))?;
         let snapshots = SnapshotStore::new(kv, names.snapshot_bucket.clone(), max_message_bytes);
         let mut j = JetStreamJournal {
             rt,
@@ -340,9 +342,10 @@ impl JetStreamJournal {
     /// Reads the stream's identity, its first and last messages: where appends go on.
     fn load_tail(&mut self) -> Result<(), ClusterError> {
         let names = &self.names;
-        let stream = &mut self.stream;
-        let (info, first, last) = self.rt.block_on(async {
-            let info = fresh_info(stream).await?;
+        let stream = &self.stream;
+        let deadline = self.opts.publish_deadline;
+        let (info, first, last) = self.rt.block_on(retry_nats(deadline, "open journal", || async {
+            let info = fresh_info(&mut stream.clone()).await?;
             let st = &info.state;
             if st.messages == 0 {
                 if st.last_sequence > 0 {
@@ -359,7 +362,7 @@ impl JetStreamJournal {
             let first = message_bounds(stream, names, st.first_sequence).await?;
             let last = message_bounds(stream, names, st.last_sequence).await?;
             Ok((info, Some(first), Some(last)))
-        })?;
+        }))?;
         self.epoch = epoch_of(&info);
         self.stream_first = info.state.first_sequence.max(1);
         self.stream_last = info.state.last_sequence;

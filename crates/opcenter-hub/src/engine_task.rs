@@ -604,6 +604,11 @@ impl EngineTask {
                     metrics::counter!(metric::COMMANDS, "type" => name, "outcome" => "internal").increment(1);
                     fail(reply, ErrorCode::Internal, "could not make the change durable");
                 }
+                // Stop only now: the refusals above are in the sessions' outboxes,
+                // which the shutdown flushes before closing with 1001.
+                if let DurabilityError::Store(fenced @ opcenter_store::StoreError::Fenced { .. }) = &e {
+                    self.shared.fenced.send_replace(Some(fenced.to_string()));
+                }
             }
         }
 
@@ -759,12 +764,10 @@ impl EngineTask {
                 metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(events.len() as f64);
                 Ok(*range.start())
             }
-            Err(e @ opcenter_store::StoreError::Fenced { .. }) => {
-                // Another engine writes this region: nothing of ours may be
-                // acknowledged or snapshotted again; the server stops and exits.
-                self.shared.fenced.send_replace(Some(e.to_string()));
-                Err(e.into())
-            }
+            // Another engine writes this region: nothing of ours may be
+            // acknowledged or snapshotted again. The caller refuses the batch's
+            // commands first, then stops the server (see `process`).
+            Err(e @ opcenter_store::StoreError::Fenced { .. }) => Err(e.into()),
             Err(e) => {
                 drop(journal);
                 self.roll_back();

@@ -150,3 +150,17 @@ fn serve_refuses_unknown_keys_and_sections_by_name() {
     let err = serve_refuses("", &[("OPCENTER_HUB__MAX_CONECTIONS", "10")]);
     assert!(err.contains("max_conections"), "{err}");
 }
+
+#[test]
+fn serve_refuses_unknown_keys_in_a_roster_entry_by_name() {
+    let err = serve_refuses(
+        "[[roster]]\nid = \"POST-1\"\nkind = \"post\"\ntablets = false\n",
+        &[],
+    );
+    assert!(err.contains("tablets"), "{err}");
+    let err = serve_refuses(
+        "[[roster]]\nid = \"POST-1\"\nlocation = { lat = 51.2, lon = 51.3, altitude = 9.0 }\n",
+        &[],
+    );
+    assert!(err.contains("altitude"), "{err}");
+}

@@ -165,6 +165,41 @@ pub(crate) struct EngineRx {
     urgent: mpsc::Receiver<Request>,
 }
 
+/// Requests taken from the normal lane into one batch (one group commit), at most.
+const MAX_BATCH: usize = 1024;
+
+impl EngineRx {
+    /// Fills `batch` (empty on entry) with the next batch: waits for a first
+    /// request (the urgent lane wins a tie), then takes every queued urgent
+    /// request and tops up from the normal lane to [`MAX_BATCH`]. The urgent
+    /// requests lead the batch, so they are applied (and take seqs) first.
+    /// False once both lanes are closed and empty.
+    fn next_batch(&mut self, waiter: &tokio::runtime::Runtime, batch: &mut Vec<Request>) -> bool {
+        let first = waiter.block_on(async {
+            tokio::select! {
+                biased;
+                Some(r) = self.urgent.recv() => Some(r),
+                Some(r) = self.normal.recv() => Some(r),
+                else => None,
+            }
+        });
+        let Some(first) = first else { return false };
+        batch.push(first);
+        while let Ok(r) = self.urgent.try_recv() {
+            batch.push(r);
+        }
+        // Urgent requests that came with the first one go first.
+        batch.sort_by_key(|r| !r.is_urgent());
+        while batch.len() < MAX_BATCH {
+            match self.normal.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        true
+    }
+}
+
 /// Two queues of `capacity` each.
 pub(crate) fn engine_queue(capacity: usize) -> (EngineQueue, EngineRx) {
     let (normal, normal_rx) = mpsc::channel(capacity);
@@ -399,29 +434,8 @@ impl EngineTask {
                 return;
             }
         };
-        let mut batch = Vec::with_capacity(1024);
-        loop {
-            let first = waiter.block_on(async {
-                tokio::select! {
-                    biased;
-                    Some(r) = rx.urgent.recv() => Some(r),
-                    Some(r) = rx.normal.recv() => Some(r),
-                    else => None,
-                }
-            });
-            let Some(first) = first else { break };
-            batch.push(first);
-            while let Ok(r) = rx.urgent.try_recv() {
-                batch.push(r);
-            }
-            // Urgent requests that came with the first one go first.
-            batch.sort_by_key(|r| !r.is_urgent());
-            while batch.len() < 1024 {
-                match rx.normal.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.next_batch(&waiter, &mut batch) {
             self.process(&mut batch);
         }
         if let Err(e) = self.write_snapshot() {
@@ -855,4 +869,104 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opcenter_core::{ActorKind, Location, NewIncident};
+
+    fn create(priority: u8) -> Request {
+        let at = Location { lat: 51.2, lon: 51.4 };
+        Request::Command {
+            actor: Actor {
+                sub: "d".into(),
+                kind: ActorKind::Dispatcher,
+            },
+            command: Command::CreateIncident(NewIncident::call("fire", priority, at)),
+            reply: ReplyTo::Http(oneshot::channel().0),
+            received: Instant::now(),
+        }
+    }
+
+    fn emergency() -> Request {
+        Request::Command {
+            actor: Actor {
+                sub: "A-1".into(),
+                kind: ActorKind::Unit("A-1".into()),
+            },
+            command: Command::Emergency {
+                unit_id: "A-1".into(),
+                active: true,
+                location: None,
+            },
+            reply: ReplyTo::Http(oneshot::channel().0),
+            received: Instant::now(),
+        }
+    }
+
+    /// What a batch holds, in order: `E` emergency, `1`..`5` a create of that
+    /// priority, `T` a tick.
+    fn kinds(batch: &[Request]) -> String {
+        batch
+            .iter()
+            .map(|r| match r {
+                Request::Command {
+                    command: Command::Emergency { .. },
+                    ..
+                } => 'E',
+                Request::Command {
+                    command: Command::CreateIncident(new),
+                    ..
+                } => char::from(b'0' + new.priority),
+                Request::Tick => 'T',
+                _ => '?',
+            })
+            .collect()
+    }
+
+    /// A normal lane full of bulk work (ticks, a priority 3 create) neither
+    /// refuses nor delays a panic button or a priority 1 create: they still find
+    /// room, and the next batch applies them before everything queued earlier.
+    #[test]
+    fn urgent_requests_pass_a_full_normal_lane() {
+        let (queue, mut rx) = engine_queue(3);
+        assert!(queue.try_send(Request::Tick));
+        assert!(queue.try_send(create(3)));
+        assert!(queue.try_send(Request::Tick));
+        assert!(!queue.try_send(Request::Tick), "the normal lane is full");
+        assert!(!queue.try_send(create(2)), "priority 2 is normal work");
+        assert!(queue.try_send(emergency()), "a panic button finds room");
+        assert!(queue.try_send(create(1)), "a priority 1 create finds room");
+
+        let waiter = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut batch = Vec::new();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(kinds(&batch), "E1T3T");
+    }
+
+    /// Urgent work queued behind more than a batch of bulk work is in the very
+    /// next batch, first; the bulk work follows in order.
+    #[test]
+    fn urgent_requests_lead_even_behind_more_than_a_batch() {
+        let (queue, mut rx) = engine_queue(MAX_BATCH * 2);
+        for _ in 0..MAX_BATCH * 2 {
+            assert!(queue.try_send(Request::Tick));
+        }
+        assert!(queue.try_send(create(1)));
+        let waiter = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut batch = Vec::new();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert_eq!(&kinds(&batch)[..2], "1T");
+        batch.clear();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(kinds(&batch), "T".repeat(MAX_BATCH));
+        drop(queue);
+        batch.clear();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert!(!rx.next_batch(&waiter, &mut batch), "both lanes closed and empty");
+    }
 }

@@ -428,6 +428,8 @@ impl ReadModel {
 /// snapshots and the engine thread's final one at shutdown. Refused once the
 /// journal failed: the state may then hold changes the journal lacks, and a
 /// snapshot would make them durable behind the clients' backs.
+/// Encoding, writing and fsyncing run without the journal lock (the lock only
+/// checks the seq), so commits never wait behind a snapshot.
 pub(crate) fn store_snapshot(
     journal: &SharedJournal,
     shared: &Shared,
@@ -439,7 +441,7 @@ pub(crate) fn store_snapshot(
     }
     let started = Instant::now();
     let bytes = record::encode_snapshot(state)?;
-    lock(journal).write_snapshot(seq, &bytes)?;
+    opcenter_store::write_snapshot_shared(journal, seq, &bytes)?;
     tracing::info!(
         seq,
         bytes = bytes.len(),

@@ -630,6 +630,23 @@ mod tests {
     }
 
     #[test]
+    fn roster_entries_are_checked_like_every_section() {
+        let post = "[[roster]]\nid = \"POST-1\"\nkind = \"post\"\ntablet = false\n\
+                    location = { lat = 51.23, lon = 51.38 }\n";
+        let s = Settings::from_toml(post).unwrap();
+        let unit = &s.engine.roster[0];
+        assert_eq!((unit.id.as_str(), unit.tablet), ("POST-1", false));
+        assert_eq!(unit.location.map(|l| (l.lat, l.lon)), Some((51.23, 51.38)));
+        let e = Settings::from_toml(&format!("{post}capabilites = [\"k9\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("capabilites"), "{e}");
+        let e = Settings::from_toml(
+            "[[roster]]\nid = \"POST-1\"\nlocation = { lat = 1.0, lon = 2.0, alt = 3.0 }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("alt"), "{e}");
+    }
+
+    #[test]
     fn only_section_key_variables_are_config() {
         let vars = [
             ("OPCENTER_BIN", "target/debug/opcenter"),

@@ -8,10 +8,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::frame::{self, Bad, HEADER_LEN};
 use crate::fsutil::{self, parse_seq_name, seq_name, sync_dir, write_atomic};
-use crate::{Journal, Record, StoreError, snapshot};
+use crate::{Journal, Record, SnapshotWrite, StoreError, snapshot};
 
 const SEGMENT_PREFIX: &str = "journal-";
 const SEGMENT_SUFFIX: &str = ".log";
@@ -96,6 +97,9 @@ pub struct FileJournal {
     buf: Vec<u8>,
     /// Holds the directory's exclusive advisory lock for as long as it is open.
     _lock: File,
+    /// Serializes snapshot writes, which run outside `&mut self` (see
+    /// [`Journal::prepare_snapshot`]): two writes of one seq share a tmp file.
+    snapshot_writes: Arc<Mutex<()>>,
 }
 
 /// What a scan of one segment's bytes found.
@@ -386,6 +390,7 @@ impl FileJournal {
             poisoned: false,
             buf: Vec::new(),
             _lock: lock,
+            snapshot_writes: Arc::default(),
         })
     }
 
@@ -535,6 +540,22 @@ impl FileJournal {
         Ok(())
     }
 
+    /// A writer for the snapshot at `seq`, refused if the journal lacks that seq.
+    fn snapshot_writer(&self, seq: u64) -> Result<snapshot::Writer, StoreError> {
+        if seq > self.last_seq {
+            return Err(StoreError::SnapshotAhead {
+                seq,
+                last_seq: self.last_seq,
+            });
+        }
+        Ok(snapshot::Writer {
+            dir: self.dir.clone(),
+            seq,
+            fsync: self.opts.fsync,
+            serial: Arc::clone(&self.snapshot_writes),
+        })
+    }
+
     /// Seq up to which the snapshots cover history, for compaction: the OLDER of the
     /// two kept snapshots, so that if the newest is found damaged, the fallback one can
     /// still be replayed forward from the journal.
@@ -596,14 +617,13 @@ impl Journal for FileJournal {
     }
 
     fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        if seq > self.last_seq {
-            return Err(StoreError::SnapshotAhead {
-                seq,
-                last_seq: self.last_seq,
-            });
-        }
-        snapshot::write(&self.dir, seq, bytes, self.opts.fsync)?;
-        snapshot::prune(&self.dir)
+        self.snapshot_writer(seq)?.store(bytes)
+    }
+
+    // Compaction needs no part in the writers' serialization: it only reads the
+    // list of snapshots, and the seq that list shows covered only ever grows.
+    fn prepare_snapshot(&self, seq: u64) -> Result<Option<Box<dyn SnapshotWrite>>, StoreError> {
+        Ok(Some(Box::new(self.snapshot_writer(seq)?)))
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

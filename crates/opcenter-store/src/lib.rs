@@ -12,7 +12,8 @@
 //! - `frame.rs` — the record frame on disk (length, flags, CRC, seq, payload).
 //! - `file.rs` — [`FileJournal`]: segments, recovery, group commit, read index,
 //!   compaction.
-//! - `snapshot.rs` — snapshot files, atomic write, keep-the-latest-two.
+//! - `snapshot.rs` — snapshot files, atomic write, keep-the-latest-two, and the
+//!   writer that stores them without the journal (`Journal::prepare_snapshot`).
 //! - `fsutil.rs` — atomic replace, directory fsync, file names, epoch ids.
 //! - `mem.rs` — [`MemJournal`], the same contract in memory for tests.
 //!
@@ -156,6 +157,7 @@ mod mem;
 mod snapshot;
 
 use std::ops::RangeInclusive;
+use std::sync::{Mutex, PoisonError};
 
 pub use error::StoreError;
 pub use file::{FileJournal, Options};
@@ -175,6 +177,33 @@ pub(crate) fn check_batch(poisoned: bool, payloads: &[&[u8]]) -> Result<(), Stor
         });
     }
     Ok(())
+}
+
+/// A snapshot write prepared by [`Journal::prepare_snapshot`]: the same atomic
+/// discipline as [`Journal::write_snapshot`], without the journal.
+pub trait SnapshotWrite: Send {
+    /// Stores `bytes` as the snapshot this writer was prepared for.
+    fn write(self: Box<Self>, bytes: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Stores a snapshot of a journal shared behind a mutex (the hub's engine thread
+/// appends through the same mutex), holding the mutex only to prepare the write
+/// when the journal allows it: a commit then never waits behind a snapshot's
+/// fsync. Falls back to [`Journal::write_snapshot`] under the mutex otherwise.
+/// A poisoned mutex is recovered: the journal guards its own state.
+pub fn write_snapshot_shared(
+    journal: &Mutex<Box<dyn Journal>>,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let lock = || journal.lock().unwrap_or_else(PoisonError::into_inner);
+    // Bound first: the guard must be dropped before the write, not at the end of
+    // the `match`.
+    let prepared = lock().prepare_snapshot(seq)?;
+    match prepared {
+        Some(writer) => writer.write(bytes),
+        None => lock().write_snapshot(seq, bytes),
+    }
 }
 
 /// One journal record: its seq and its opaque bytes (an encoded event).
@@ -218,6 +247,16 @@ pub trait Journal: Send {
     /// Stores `bytes` as the state after every event up to `seq` (<= `last_seq`),
     /// atomically (tmp file, fsync, rename, fsync dir); keeps the newest two.
     fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Checks a snapshot at `seq` (<= `last_seq`) and hands back a writer that
+    /// stores it without borrowing the journal, so the slow part (write, fsync,
+    /// rename, prune) can run while others append. `Ok(None)`, the default: this
+    /// journal has no such path, use [`Journal::write_snapshot`]. Writes made by
+    /// such writers are serialized among themselves and with `write_snapshot`.
+    fn prepare_snapshot(&self, seq: u64) -> Result<Option<Box<dyn SnapshotWrite>>, StoreError> {
+        let _ = seq;
+        Ok(None)
+    }
 
     /// The newest snapshot that verifies, as `(seq, bytes)`; `None` if none was written.
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;

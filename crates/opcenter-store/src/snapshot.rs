@@ -12,9 +12,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::StoreError;
 use crate::fsutil::{parse_seq_name, seq_name, write_atomic};
+use crate::{SnapshotWrite, StoreError};
 
 const MAGIC: &[u8; 8] = b"OPCSNAP1";
 const HEADER: usize = 28;
@@ -52,6 +53,29 @@ pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8], fsync: bool) -> Result<P
     let p = path(dir, seq);
     write_atomic(&p, &buf, fsync)?;
     Ok(p)
+}
+
+/// A `FileJournal` snapshot write, off the journal: `serial` (one per journal)
+/// keeps two writes from sharing the tmp file or pruning under each other.
+pub(crate) struct Writer {
+    pub(crate) dir: PathBuf,
+    pub(crate) seq: u64,
+    pub(crate) fsync: bool,
+    pub(crate) serial: Arc<Mutex<()>>,
+}
+
+impl Writer {
+    pub(crate) fn store(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        write(&self.dir, self.seq, bytes, self.fsync)?;
+        prune(&self.dir)
+    }
+}
+
+impl SnapshotWrite for Writer {
+    fn write(self: Box<Self>, bytes: &[u8]) -> Result<(), StoreError> {
+        self.store(bytes)
+    }
 }
 
 /// Reads and verifies one snapshot file.

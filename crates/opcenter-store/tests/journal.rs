@@ -6,7 +6,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use opcenter_store::{FileJournal, Journal, MemJournal, Options, StoreError};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use opcenter_store::{FileJournal, Journal, MemJournal, Options, StoreError, write_snapshot_shared};
 
 fn small_segments() -> Options {
     Options {
@@ -442,6 +445,84 @@ fn snapshots_latest_wins_and_two_are_kept() {
     // Both damaged: an error, not "no snapshot".
     flip_byte(&dir.path().join(&snaps[0]), 30);
     assert!(matches!(j.latest_snapshot(), Err(StoreError::Corrupt { .. })));
+}
+
+/// The hub's engine thread appends through the same mutex the snapshot writer
+/// takes. Here the snapshot's tmp file is a FIFO that nobody reads yet, so the
+/// write (1 MiB, far more than a pipe holds) is stuck in the middle for as long
+/// as the test wants, with no timing involved: a commit must still complete.
+#[test]
+fn a_commit_completes_while_a_snapshot_write_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        // A FIFO cannot be fsynced; what this test checks is the lock, not the disk.
+        fsync: false,
+        ..Options::default()
+    };
+    let mut j = FileJournal::open(dir.path(), opts).unwrap();
+    fill(&mut j, 3, 1);
+    let shared: Arc<Mutex<Box<dyn Journal>>> = Arc::new(Mutex::new(Box::new(j)));
+    let tmp = dir.path().join("snapshot-00000000000000000003.bin.tmp");
+    // Not the `mkfifo` command: a fork would hold copies of the other tests'
+    // directory-lock descriptors until it execs, and fail their lock checks.
+    use rustix::fs::{CWD, FileType, Mode, mknodat};
+    mknodat(CWD, &tmp, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0).unwrap();
+
+    let snapshot = vec![7u8; 1 << 20];
+    let writer = {
+        let (shared, snapshot) = (Arc::clone(&shared), snapshot.clone());
+        std::thread::spawn(move || write_snapshot_shared(&shared, 3, &snapshot))
+    };
+    // Opening the read end returns once the writer has opened the write end:
+    // from then on its write is in progress and cannot finish until read.
+    let (opened_tx, opened) = mpsc::channel();
+    let fifo = tmp.clone();
+    std::thread::spawn(move || opened_tx.send(fs::File::open(fifo).unwrap()));
+    let mut reader = opened
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the snapshot writer never opened its tmp file");
+
+    let (appended_tx, appended) = mpsc::channel();
+    let appender = Arc::clone(&shared);
+    std::thread::spawn(move || {
+        let range = appender.lock().unwrap().append_batch(&[b"during the snapshot"]);
+        appended_tx.send(range.map_err(|e| e.to_string()))
+    });
+    let range = appended
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the commit waited behind the snapshot write");
+    assert_eq!(range, Ok(4..=4));
+
+    let mut written = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut written).unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(written.len(), 28 + snapshot.len(), "header + the whole payload");
+    assert!(written.ends_with(&snapshot));
+
+    // The FIFO was renamed into place; swap it for a real snapshot write.
+    fs::remove_file(dir.path().join("snapshot-00000000000000000003.bin")).unwrap();
+    write_snapshot_shared(&shared, 4, b"four").unwrap();
+    let j = shared.lock().unwrap();
+    assert_eq!(j.latest_snapshot().unwrap(), Some((4, b"four".to_vec())));
+    assert_eq!(j.read_from(3, 10).unwrap()[0].payload, b"during the snapshot");
+}
+
+#[test]
+fn a_journal_without_a_separate_snapshot_path_writes_under_the_lock() {
+    let mut mem = MemJournal::new();
+    fill(&mut mem, 2, 1);
+    let shared: Mutex<Box<dyn Journal>> = Mutex::new(Box::new(mem));
+    write_snapshot_shared(&shared, 2, b"two").unwrap();
+    let j = shared.lock().unwrap();
+    assert_eq!(j.latest_snapshot().unwrap(), Some((2, b"two".to_vec())));
+    assert!(matches!(
+        write_snapshot_shared(
+            &Mutex::new(Box::new(MemJournal::new()) as Box<dyn Journal>),
+            1,
+            b"x"
+        ),
+        Err(StoreError::SnapshotAhead { .. })
+    ));
 }
 
 #[test]

@@ -65,7 +65,11 @@ impl Default for EngineConfig {
 }
 
 /// A unit as the config roster describes it. Roster details win over token claims.
+///
+/// Unknown keys are refused (like every other config section): a mistyped
+/// `capabilites` or `tablets` would otherwise silently run with the default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RosterUnit {
     /// Unit id.
     pub id: UnitId,
@@ -79,6 +83,9 @@ pub struct RosterUnit {
     /// Status before its first hello (default `off_duty`).
     pub status: Option<UnitStatus>,
     /// A stationary post's fixed location: its position never goes stale.
+    /// Read strictly (only `lat`, `lon`): the wire `Location` itself stays
+    /// lenient, as the protocol fixes it.
+    #[serde(default, deserialize_with = "strict_location")]
     pub location: Option<Location>,
     /// False for a post reached by radio or phone (no tablet): never
     /// auto-dispatched or recommended; a dispatcher assigns it (default true).
@@ -88,4 +95,20 @@ pub struct RosterUnit {
 
 fn yes() -> bool {
     true
+}
+
+/// A roster `location` with nothing but `lat` and `lon`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterLocation {
+    lat: f64,
+    lon: f64,
+}
+
+fn strict_location<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Location>, D::Error> {
+    let loc = Option::<RosterLocation>::deserialize(d)?;
+    Ok(loc.map(|l| Location {
+        lat: l.lat,
+        lon: l.lon,
+    }))
 }

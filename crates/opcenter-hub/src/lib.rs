@@ -4,6 +4,10 @@
 //! # Layout
 //! - `settings`: config file + environment → checked [`Settings`].
 //! - `engine_task`: the engine thread (single writer, group commit, replies).
+//! - `mirror`: a hub node's feed thread in the engine thread's place (role
+//!   `hub`): a follower of the region's stream feeds the read model and fanout,
+//!   commands go to the engine node.
+//! - `bridge`: the NATS command bridge between hub nodes and the engine node.
 //! - `record`: the journal record codec and the durability path's errors.
 //! - `fanout`: live-event subscriber lists (on the engine thread).
 //! - `read_model`: the read copy fed by committed batches: subscribe snapshots,

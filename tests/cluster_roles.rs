@@ -4,7 +4,9 @@
 //! seq on both; positions reach a supervisor on the other hub); `kill -9` of a
 //! hub under load and its console resuming on the other hub with `since`
 //! (nothing missing, nothing repeated); `kill -9` of the engine during a burst of
-//! creates and its restart (every acknowledged create kept, `since` still works).
+//! creates and its restart (every acknowledged create kept, `since` still works);
+//! a hub without an engine (`internal`, never `ok`); a hub whose stream is
+//! deleted (clients closed with 4008, the hub exits).
 //! Each test prints `SKIPPED` and returns when nats-server is not installed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -436,4 +438,59 @@ async fn a_hub_without_an_engine_refuses_commands_and_never_fakes_an_ok() {
     assert_eq!(again["seq"], 0);
     let (_, seqs) = stream_seqs(&nats.urls()).await;
     assert!(seqs.is_empty(), "a hub appended to the stream: {seqs:?}");
+}
+
+#[tokio::test]
+async fn a_hub_whose_stream_is_replaced_closes_its_clients_with_4008_and_exits() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = nats.urls();
+    let engine = BinServer::start(&tmp.path().join("engine"), &role_toml(&urls, "engine"));
+    let hub_config = tmp.path().join("hub.toml");
+    std::fs::write(
+        &hub_config,
+        config_toml(&tmp.path().join("hub"), &role_toml(&urls, "hub")),
+    )
+    .unwrap();
+    let hub_log = tmp.path().join("hub.log");
+    let mut hub = opcenter_sim::harness::ServerProcess::start_logged(
+        std::path::Path::new(env!("CARGO_BIN_EXE_opcenter")),
+        &hub_config,
+        &hub_log,
+    )
+    .expect("the hub printed `listening on`");
+    let (mut c, _, _) = subscribed(&hub.addr.to_string(), Role::Dispatcher, &["incidents"], None).await;
+    assert_eq!(c.request(create(51.2, 51.3)).await["type"], "ok");
+
+    // The stream is deleted (an operator's mistake, a restore): what the hub
+    // serves belongs to an epoch that no longer exists.
+    let deleted = tokio::task::spawn_blocking(move || {
+        let j =
+            opcenter_cluster::JetStreamJournal::connect(&urls, opcenter_cluster::JournalOptions::new("zko"))
+                .expect("open the stream");
+        let js = j.jetstream().clone();
+        let stream = j.names().stream.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move { js.delete_stream(&stream).await.map(|_| ()) })
+    })
+    .await
+    .unwrap();
+    deleted.expect("stream deleted");
+
+    assert_eq!(c.closed().await, Some(4008), "the client is told to reload");
+    let status = hub
+        .wait_exit(Duration::from_secs(30))
+        .expect("the hub exits after closing its clients");
+    assert!(!status.success(), "hub exited with {status}");
+    let log = std::fs::read_to_string(&hub_log).unwrap();
+    assert!(
+        log.contains("replaced or lost"),
+        "the log does not say why: {log}"
+    );
+    drop(engine);
 }

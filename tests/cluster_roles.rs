@@ -183,6 +183,14 @@ async fn one_engine_two_hubs_run_the_flow_and_agree_on_every_seq() {
         .await;
     assert_eq!(pos["type"], "positions");
 
+    // A recommendation asked on hub A is the engine's, on its live positions:
+    // the tablet that just moved (on hub B) is the nearest available unit.
+    let rec = console
+        .request(json!({"type":"incident.recommend","location":{"lat":51.3001,"lon":51.4001},"count":1}))
+        .await;
+    assert_eq!(rec["type"], "ok", "{rec}");
+    assert_eq!(rec["candidates"][0]["unit_id"], "P-MOVE", "{rec}");
+
     // GET /v1/incidents/{id} on hub B answers from its own read model.
     let (status, body) = http(
         region.hubs[1].addr,

@@ -696,6 +696,7 @@ mod tests {
             ("zko", ClusterRole::Both, 3)
         );
         assert_eq!(c.publish_deadline.as_secs(), 30);
+        assert_eq!(c.command_timeout.as_secs(), 10);
         for (bad, key) in [
             ("nats = []\nregion = \"zko\"\nrole = \"both\"", "cluster.nats"),
             (
@@ -709,6 +710,10 @@ mod tests {
             (
                 "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"both\"\nreplicas = 2",
                 "cluster.replicas",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\ncommand_timeout_s = 0",
+                "cluster.command_timeout_s",
             ),
         ] {
             let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();

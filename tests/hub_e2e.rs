@@ -20,9 +20,20 @@ async fn full_flow(enc_console: Encoding, enc_tablet: Encoding) {
 /// The whole incident flow (create, assignment, ack, close) against the server at
 /// `host`, whatever its journal (the cluster tests run it over JetStream).
 pub(crate) async fn full_flow_on(host: &str, enc_console: Encoding, enc_tablet: Encoding) {
-    let (mut console, _) = console(host, enc_console).await;
-    let mut near = tablet(host, enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
-    let _far = tablet(host, enc_tablet, "P-FAR", FAR.0, FAR.1).await;
+    full_flow_across(host, host, enc_console, enc_tablet).await;
+}
+
+/// The flow with the console on `console_host` and the tablets on `tablet_host`
+/// (two hub nodes of one region, or the same server twice).
+pub(crate) async fn full_flow_across(
+    console_host: &str,
+    tablet_host: &str,
+    enc_console: Encoding,
+    enc_tablet: Encoding,
+) {
+    let (mut console, _) = console(console_host, enc_console).await;
+    let mut near = tablet(tablet_host, enc_tablet, "P-NEAR", NEAR.0, NEAR.1).await;
+    let _far = tablet(tablet_host, enc_tablet, "P-FAR", FAR.0, FAR.1).await;
 
     let ok = console.request(create(SCENE.0, SCENE.1)).await;
     assert_eq!(ok["type"], "ok", "{ok}");

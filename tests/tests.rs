@@ -12,6 +12,7 @@ mod bad_input;
 mod bounds;
 mod cli;
 mod cluster;
+mod cluster_roles;
 mod durability;
 mod http;
 mod hub_e2e;

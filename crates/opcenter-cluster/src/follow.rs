@@ -12,6 +12,22 @@ use crate::journal::{
 use crate::region::RegionNames;
 use crate::{ClusterError, codec};
 
+/// The epoch of region `region`'s stream as it is now (`None`: there is no such
+/// stream): a hub compares it with the epoch it serves to notice a replaced stream.
+pub async fn stream_epoch(js: &jetstream::Context, region: &str) -> Result<Option<String>, ClusterError> {
+    let names = RegionNames::new(region)?;
+    match js.get_stream(&names.stream).await {
+        Ok(mut stream) => Ok(Some(epoch_of(&fresh_info(&mut stream).await?))),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(je)
+                if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(ClusterError::nats("get stream")(e.into())),
+    }
+}
+
 /// Reads a region's records in order from an ordered consumer, waiting for new ones.
 pub struct Follower {
     names: RegionNames,

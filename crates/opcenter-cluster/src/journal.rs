@@ -843,10 +843,11 @@ impl Journal for JetStreamJournal {
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let snapshots = &self.snapshots;
+        let max_seq = self.last_seq;
         Ok(self
             .rt
             .block_on(retry_nats(self.opts.publish_deadline, "latest snapshot", || {
-                snapshots.latest()
+                snapshots.latest(max_seq)
             }))?)
     }
 

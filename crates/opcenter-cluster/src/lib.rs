@@ -27,7 +27,8 @@
 //! before replying to the batch's clients, keeping several batches in flight. An
 //! `Err(StoreError::Fenced)` (from [`ClusterError::Fenced`]) means another engine
 //! appended: stop serving commands and exit. Hubs build their read model with
-//! [`Follower::start`]`(js, region, after_seq)` and `next_batch().await`. The epoch is the stream's name and
+//! [`Follower::start`]`(js, region, after_seq)` and `next_batch().await`, and
+//! watch [`stream_epoch`] for a replaced stream. The epoch is the stream's name and
 //! creation time: a recreated stream has another epoch.
 #![deny(missing_docs)]
 
@@ -41,7 +42,7 @@ pub mod testing;
 
 pub use codec::FIRST_SEQ_HEADER;
 pub use error::ClusterError;
-pub use follow::Follower;
+pub use follow::{Follower, stream_epoch};
 pub use journal::{JetStreamJournal, JournalOptions};
 pub use region::{RegionNames, open_kv_bucket};
 

@@ -164,9 +164,16 @@ impl SnapshotStore {
         Ok((out.len() == len && crc32fast::hash(&out) == crc).then_some(out))
     }
 
-    /// The newest snapshot that verifies; an older one if the newest is damaged.
-    pub(crate) async fn latest(&self) -> Result<Option<(u64, Vec<u8>)>, ClusterError> {
+    /// The newest snapshot at or below `max_seq` that verifies; an older one if the
+    /// newest is damaged. A snapshot past `max_seq` (the stream's end) cannot belong
+    /// to this stream: e.g. the final snapshot of a node of a deleted stream, written
+    /// after it reconnected to the recreated one. Loading it would skip the records.
+    pub(crate) async fn latest(&self, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>, ClusterError> {
         for seq in self.seqs().await?.into_iter().rev() {
+            if seq > max_seq {
+                tracing::warn!(seq, max_seq, bucket = %self.bucket, "snapshot past the stream's end (from another stream); ignored");
+                continue;
+            }
             match self.read(seq).await? {
                 Some(bytes) => return Ok(Some((seq, bytes))),
                 None => {

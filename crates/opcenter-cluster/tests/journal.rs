@@ -329,3 +329,32 @@ fn a_follower_reads_from_any_seq_and_waits_for_new_batches() {
         }
     });
 }
+
+#[test]
+fn a_snapshot_past_the_end_of_a_recreated_stream_is_ignored() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let urls = nats.urls();
+    let mut old = JetStreamJournal::connect(&urls, JournalOptions::new("zko")).unwrap();
+    old.append_batch(&[b"a", b"b", b"c"]).unwrap();
+    old.write_snapshot(3, b"state at 3").unwrap();
+    let old_epoch = old.epoch().to_owned();
+
+    // The stream is deleted and created again; the snapshot bucket stays.
+    let rt = runtime();
+    let js = old.jetstream().clone();
+    rt.block_on(async { js.delete_stream(&old.names().stream).await.unwrap() });
+    let mut new = JetStreamJournal::connect(&urls, JournalOptions::new("zko")).unwrap();
+    assert_ne!(new.epoch(), old_epoch);
+    assert_eq!(new.last_seq(), 0);
+    assert_eq!(
+        new.latest_snapshot().unwrap(),
+        None,
+        "a snapshot at seq 3 of an empty stream would skip its first records"
+    );
+    new.append_batch(&[b"x", b"y", b"z", b"w"]).unwrap();
+    new.write_snapshot(4, b"state at 4").unwrap();
+    let new = JetStreamJournal::connect(&urls, JournalOptions::new("zko")).unwrap();
+    assert_eq!(new.latest_snapshot().unwrap(), Some((4, b"state at 4".to_vec())));
+}

@@ -60,6 +60,16 @@ pub(crate) enum ReplyTo {
     Session { outbox: Arc<Outbox>, id: Option<u64> },
     /// An HTTP handler waiting for the created incident (and whether it is new).
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
+    /// A hub node's command, forwarded over NATS ([`crate::bridge`]): the engine's
+    /// reply and the seq the journal reached when it was acknowledged.
+    Remote(oneshot::Sender<RemoteOutcome>),
+}
+
+/// A command's outcome for a hub node: the reply, and the last seq of the commit
+/// that made it durable (the hub answers once its stream follower got that far).
+pub(crate) struct RemoteOutcome {
+    pub(crate) result: Result<Reply, (ErrorCode, String)>,
+    pub(crate) seq: u64,
 }
 
 /// A unit of work for the engine thread.
@@ -103,12 +113,17 @@ pub(crate) enum Request {
         /// Its unit.
         unit: String,
     },
+    /// `incident.recommend` forwarded by a hub node ([`crate::bridge`]).
+    RemoteRecommend {
+        query: RecommendQuery,
+        reply: oneshot::Sender<Result<opcenter_core::Recommendation, (ErrorCode, String)>>,
+    },
     /// Timers: ack timeouts, offline grace, position batches.
     Tick,
 }
 
 /// How a session whose unit could not be registered ends (after its `error`).
-const REGISTRATION_FAILED: CloseReason = CloseReason {
+pub(crate) const REGISTRATION_FAILED: CloseReason = CloseReason {
     code: 4001,
     reason: "unit registration failed",
     flush_first: true,
@@ -136,6 +151,9 @@ pub(crate) struct Shared {
     pub(crate) fenced: tokio::sync::watch::Sender<Option<String>>,
     /// Cancelled when the engine thread or the read model thread ends.
     pub(crate) stopped: CancellationToken,
+    /// Set (with the reason) when a hub node finds the region's stream replaced
+    /// or lost: every client is closed with 4008 and the node stops.
+    pub(crate) replaced: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Request {
@@ -161,8 +179,8 @@ pub(crate) struct EngineQueue {
 
 /// The receiving ends of an [`EngineQueue`].
 pub(crate) struct EngineRx {
-    normal: mpsc::Receiver<Request>,
-    urgent: mpsc::Receiver<Request>,
+    pub(crate) normal: mpsc::Receiver<Request>,
+    pub(crate) urgent: mpsc::Receiver<Request>,
 }
 
 /// Requests taken from the normal lane into one batch (one group commit), at most.
@@ -346,6 +364,9 @@ pub(crate) struct EngineTask {
     last_state_seq: u64,
     /// See [`PANIC_ENV`].
     panic_on: Option<String>,
+    /// Role `engine`: every batch's accepted position fixes also go to the hub
+    /// nodes (published on `pos.<region>.out` by [`crate::bridge`]).
+    positions_out: Option<mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -419,7 +440,17 @@ impl EngineTask {
             snapshot_every: settings.snapshot_every_events,
             last_state_seq: snapshot_seq,
             panic_on: std::env::var(PANIC_ENV).ok().filter(|v| !v.is_empty()),
+            positions_out: None,
         }
+    }
+
+    /// Also hands each batch's accepted position fixes to `out` (role `engine`).
+    pub(crate) fn with_positions_out(
+        mut self,
+        out: Option<mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
+    ) -> Self {
+        self.positions_out = out;
+        self
     }
 
     /// The thread's loop: batch (urgent lane first), apply, commit, publish, reply.
@@ -578,6 +609,9 @@ impl EngineTask {
                         Box::new(self.engine.snapshot())
                     });
                 let retired = self.engine.take_retired();
+                if let Some(out) = self.positions_out.as_ref().filter(|_| !positions.is_empty()) {
+                    let _ = out.send(positions.clone());
+                }
                 if !events.is_empty() || !positions.is_empty() || state.is_some() || !retired.is_empty() {
                     // The read model may be gone only while shutting down.
                     let _ = self.reads.send(ReadRequest::Committed(Committed {
@@ -608,7 +642,7 @@ impl EngineTask {
                             metrics::histogram!(metric::ASSIGNMENT_SECONDS).record(took);
                         }
                     }
-                    deliver(reply, result);
+                    deliver(reply, result, self.last_seq);
                 }
             }
             Err(e) => {
@@ -639,41 +673,30 @@ impl EngineTask {
                 actor,
                 role,
                 ..
-            } => {
-                let seq = self.last_seq;
-                let unit = actor.unit_id().and_then(|u| self.engine.unit(u));
-                let incident = unit.map(|u| u.incident_id.as_deref().and_then(|i| self.engine.incident(i)));
-                let body = HelloOk {
-                    session: &outbox.session,
-                    role: role.as_str(),
-                    epoch: &self.shared.epoch,
-                    seq,
-                    unit,
-                    incident,
-                };
-                if let Some(m) = wire::ok(outbox.encoding, id, body) {
-                    outbox.push(m);
-                }
-            }
+            } => hello_ok(
+                &self.engine,
+                &self.shared.epoch,
+                self.last_seq,
+                &outbox,
+                id,
+                &actor,
+                role,
+            ),
             Request::Subscribe {
                 outbox,
                 id,
                 unit,
                 subscribe,
             } => {
-                // Registered here, between two commits, with its reply's place
-                // reserved; the read model (at exactly this cut, since this
-                // batch went to it first) fills the place.
-                if let Some(slot) = self.fanout.register(&outbox, unit.as_deref(), &subscribe) {
-                    let _ = self.reads.send(ReadRequest::Subscribe {
-                        cut: self.last_seq,
-                        outbox,
-                        slot,
-                        id,
-                        unit,
-                        subscribe,
-                    });
-                }
+                register_subscription(
+                    &mut self.fanout,
+                    &self.reads,
+                    self.last_seq,
+                    outbox,
+                    id,
+                    unit,
+                    subscribe,
+                );
             }
             Request::Recommend { outbox, id, query } => match self.engine.recommend(&query, now) {
                 Ok(r) => {
@@ -696,6 +719,13 @@ impl EngineTask {
                     outbox.push_error(id, (&e).into(), &e.to_string());
                 }
             },
+            Request::RemoteRecommend { query, reply } => {
+                let _ = reply.send(
+                    self.engine
+                        .recommend(&query, now)
+                        .map_err(|e| ((&e).into(), e.to_string())),
+                );
+            }
             Request::Tick => {
                 // Closed sessions only cost a skipped push until pruned: once a second is enough.
                 if self.last_prune.elapsed() >= std::time::Duration::from_secs(1) {
@@ -819,8 +849,64 @@ impl EngineTask {
     }
 }
 
-fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>) {
+/// `hello`'s `ok` at `seq`: for a tablet also its unit and open incident.
+pub(crate) fn hello_ok(
+    engine: &Engine,
+    epoch: &str,
+    seq: u64,
+    outbox: &Outbox,
+    id: Option<u64>,
+    actor: &Actor,
+    role: Role,
+) {
+    let unit = actor.unit_id().and_then(|u| engine.unit(u));
+    let incident = unit.map(|u| u.incident_id.as_deref().and_then(|i| engine.incident(i)));
+    let body = HelloOk {
+        session: &outbox.session,
+        role: role.as_str(),
+        epoch,
+        seq,
+        unit,
+        incident,
+    };
+    if let Some(m) = wire::ok(outbox.encoding, id, body) {
+        outbox.push(m);
+    }
+}
+
+/// Registers a subscription between two commits, with its reply's place
+/// reserved; the read model (at exactly this cut, since every batch up to it
+/// went there first) fills the place.
+pub(crate) fn register_subscription(
+    fanout: &mut Fanout,
+    reads: &std::sync::mpsc::Sender<ReadRequest>,
+    cut: u64,
+    outbox: Arc<Outbox>,
+    id: Option<u64>,
+    unit: Option<String>,
+    subscribe: Subscribe,
+) {
+    if let Some(slot) = fanout.register(&outbox, unit.as_deref(), &subscribe) {
+        let _ = reads.send(ReadRequest::Subscribe {
+            cut,
+            outbox,
+            slot,
+            id,
+            unit,
+            subscribe,
+        });
+    }
+}
+
+/// Answers a command; `seq` is the journal's last seq after its commit.
+pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u64) {
     match reply {
+        ReplyTo::Remote(tx) => {
+            let _ = tx.send(RemoteOutcome {
+                result: result.map(|a| a.reply).map_err(|e| ((&e).into(), e.to_string())),
+                seq,
+            });
+        }
         ReplyTo::Session { outbox, id } => match result {
             Ok(applied) => {
                 let Some(id) = id else { return };
@@ -854,8 +940,14 @@ fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>) {
     }
 }
 
-fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
+pub(crate) fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
     match reply {
+        ReplyTo::Remote(tx) => {
+            let _ = tx.send(RemoteOutcome {
+                result: Err((code, message.into())),
+                seq: 0,
+            });
+        }
         ReplyTo::Session { outbox, id } => outbox.push_error(id, code, message),
         ReplyTo::Http(tx) => {
             let _ = tx.send(Err((code, message.into())));

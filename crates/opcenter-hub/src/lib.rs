@@ -4,6 +4,10 @@
 //! # Layout
 //! - `settings`: config file + environment → checked [`Settings`].
 //! - `engine_task`: the engine thread (single writer, group commit, replies).
+//! - `mirror`: a hub node's feed thread in the engine thread's place (role
+//!   `hub`): a follower of the region's stream feeds the read model and fanout,
+//!   commands go to the engine node.
+//! - `bridge`: the NATS command bridge between hub nodes and the engine node.
 //! - `record`: the journal record codec and the durability path's errors.
 //! - `fanout`: live-event subscriber lists (on the engine thread).
 //! - `read_model`: the read copy fed by committed batches: subscribe snapshots,
@@ -20,11 +24,13 @@
 //! [`Server::serve`] with any future as the shutdown signal, and [`HubError`].
 #![deny(missing_docs)]
 
+mod bridge;
 mod engine_task;
 mod fanout;
 mod http;
 mod limit;
 mod metric;
+mod mirror;
 mod outbox;
 mod read_model;
 mod record;
@@ -71,11 +77,6 @@ pub enum HubError {
     /// server shut down instead of answering without it.
     #[error("the engine thread stopped: the server shut down")]
     EngineStopped,
-    /// `cluster.role` asks for a node kind this build cannot run yet.
-    #[error(
-        "cluster.role = \"{0}\" is not built yet: only \"both\" (engine and hub in one process) runs on NATS so far"
-    )]
-    RoleNotBuilt(&'static str),
     /// The region's stream could not be opened (NATS unreachable, JetStream off,
     /// a stream this journal cannot read).
     #[error("region {region}: cannot open its JetStream journal: {source}")]
@@ -89,6 +90,10 @@ pub enum HubError {
     /// so that it never acknowledges a command that is not in the stream.
     #[error("fenced: another engine writes this region; stopped serving ({0})")]
     Fenced(String),
+    /// A hub node found the region's stream replaced or lost: it closed its
+    /// clients with 4008 (they reload) and stopped; a restart follows the new stream.
+    #[error("the region's stream was replaced or lost: clients closed with 4008 ({0})")]
+    StreamReplaced(String),
 }
 
 /// What every request handler and session shares.
@@ -150,6 +155,30 @@ pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
     engine_thread: std::thread::JoinHandle<()>,
+    /// Role `engine`: the command bridge to start with serving.
+    bridge: Option<EngineBridge>,
+}
+
+/// Role `engine`: what the NATS command bridge needs once serving starts.
+struct EngineBridge {
+    client: async_nats::Client,
+    region: String,
+    positions: tokio::sync::mpsc::UnboundedReceiver<Vec<opcenter_core::PositionItem>>,
+}
+
+/// What changes the state in this process.
+enum Node {
+    /// The engine thread: one process (no `[cluster]`), role `both` or `engine`
+    /// (then it also hands accepted fixes to the bridge).
+    Engine {
+        positions_out: Option<tokio::sync::mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
+    },
+    /// Role `hub`: the feed thread over a follower of the region's stream.
+    Hub {
+        forward: Arc<bridge::Forwarder>,
+        client: async_nats::Client,
+        region: String,
+    },
 }
 
 impl Server {
@@ -162,9 +191,41 @@ impl Server {
     /// JetStream stream instead, and a stream that cannot be opened stops the
     /// start with [`HubError::Cluster`].
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
-        if let Some(cluster) = &settings.cluster {
-            let journal = open_region_journal(cluster).await?;
-            return Self::start_with_journal(listener, settings, Box::new(journal)).await;
+        if let Some(cluster) = settings.cluster.clone() {
+            let journal = Box::new(open_region_journal(&cluster).await?);
+            let node = match cluster.role {
+                ClusterRole::Both => Node::Engine { positions_out: None },
+                ClusterRole::Engine => {
+                    let client = connect_nats(&cluster).await?;
+                    let (tx, positions) = tokio::sync::mpsc::unbounded_channel();
+                    let mut server = Self::start_node(
+                        listener,
+                        settings,
+                        journal,
+                        Node::Engine {
+                            positions_out: Some(tx),
+                        },
+                    )
+                    .await?;
+                    server.bridge = Some(EngineBridge {
+                        client,
+                        region: cluster.region.clone(),
+                        positions,
+                    });
+                    return Ok(server);
+                }
+                ClusterRole::Hub => {
+                    let client = connect_nats(&cluster).await?;
+                    let forward =
+                        bridge::Forwarder::new(client.clone(), &cluster.region, cluster.command_timeout);
+                    Node::Hub {
+                        forward: Arc::new(forward),
+                        client,
+                        region: cluster.region.clone(),
+                    }
+                }
+            };
+            return Self::start_node(listener, settings, journal, node).await;
         }
         let opened = {
             let dir = settings.data_dir.clone();
@@ -190,6 +251,15 @@ impl Server {
         settings: Settings,
         journal: Box<dyn Journal>,
     ) -> Result<Server, HubError> {
+        Self::start_node(listener, settings, journal, Node::Engine { positions_out: None }).await
+    }
+
+    async fn start_node(
+        listener: TcpListener,
+        settings: Settings,
+        journal: Box<dyn Journal>,
+        node: Node,
+    ) -> Result<Server, HubError> {
         let memory_history = memory_history(&settings);
         let config = settings.engine.clone();
         let (journal, recovered) = tokio::task::spawn_blocking(move || {
@@ -204,7 +274,7 @@ impl Server {
         .await?;
         match recovered {
             Ok((engine, snap, history)) => {
-                Self::launch(listener, settings, engine, journal, snap, history, true)
+                Self::launch(listener, settings, engine, journal, snap, history, true, node)
             }
             Err(e) => {
                 // A journal may own a runtime (JetStream's), which must not be
@@ -230,9 +300,11 @@ impl Server {
         );
         let engine = Engine::new(settings.engine.clone());
         let journal = Box::new(MemJournal::with_epoch("unavailable"));
-        Self::launch(listener, settings, engine, journal, 0, Vec::new(), false)
+        let node = Node::Engine { positions_out: None };
+        Self::launch(listener, settings, engine, journal, 0, Vec::new(), false, node)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         listener: TcpListener,
         settings: Settings,
@@ -241,16 +313,24 @@ impl Server {
         snapshot_seq: u64,
         history: Vec<(u64, Arc<opcenter_core::Event>)>,
         healthy: bool,
+        node: Node,
     ) -> Result<Server, HubError> {
         let shared = Arc::new(Shared {
             epoch: journal.epoch().to_string(),
             healthy: AtomicBool::new(healthy),
             stopped: tokio_util::sync::CancellationToken::new(),
             fenced: tokio::sync::watch::channel(None).0,
+            replaced: tokio::sync::watch::channel(None).0,
         });
+        // A hub's recovery read the stream while the engine kept appending: it
+        // starts where its replay ended, not where the stream ended at opening.
+        let seq = match &node {
+            Node::Hub { .. } => history.last().map_or(snapshot_seq, |(s, _)| *s),
+            Node::Engine { .. } => journal.last_seq(),
+        };
         let start = read_model::Start {
             state: engine.snapshot(),
-            seq: journal.last_seq(),
+            seq,
             history,
         };
         let journal = Arc::new(std::sync::Mutex::new(journal));
@@ -270,17 +350,44 @@ impl Server {
                 let _guard = StopGuard::new(guard_shared, "read model");
                 model.run(reads_rx)
             })?;
-        let task = EngineTask::new(
-            engine,
-            journal,
-            reads.clone(),
-            shared.clone(),
-            &settings,
-            snapshot_seq,
-        );
-        let engine_thread = std::thread::Builder::new()
-            .name("opcenter-engine".into())
-            .spawn(move || task.run(engine_rx))?;
+        let engine_thread = match node {
+            Node::Engine { positions_out } => {
+                let task = EngineTask::new(
+                    engine,
+                    journal,
+                    reads.clone(),
+                    shared.clone(),
+                    &settings,
+                    snapshot_seq,
+                )
+                .with_positions_out(positions_out);
+                std::thread::Builder::new()
+                    .name("opcenter-engine".into())
+                    .spawn(move || task.run(engine_rx))?
+            }
+            Node::Hub {
+                forward,
+                client,
+                region,
+            } => {
+                let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
+                let pos_out = forward.subjects().pos_out.clone();
+                let js = async_nats::jetstream::new(client.clone());
+                tokio::spawn(mirror::follow(
+                    js,
+                    client,
+                    region,
+                    shared.epoch.clone(),
+                    seq,
+                    pos_out,
+                    feed_tx.clone(),
+                ));
+                let feed = mirror::Mirror::new(engine, seq, reads.clone(), shared.clone(), forward, feed_tx);
+                std::thread::Builder::new()
+                    .name("opcenter-hub-feed".into())
+                    .spawn(move || feed.run(engine_rx, feed_rx))?
+            }
+        };
         if settings.uses_dev_secret() {
             tracing::warn!("running with the development JWT secret: set auth.jwt_secret for real use");
         }
@@ -300,6 +407,7 @@ impl Server {
             listener,
             app,
             engine_thread,
+            bridge: None,
         })
     }
 
@@ -317,8 +425,18 @@ impl Server {
             listener,
             app,
             engine_thread,
+            bridge,
         } = self;
         let stop_ticks = tokio_util::sync::CancellationToken::new();
+        if let Some(b) = bridge {
+            tokio::spawn(bridge::serve_engine(
+                b.client,
+                b.region,
+                app.engine_tx.clone(),
+                b.positions,
+                stop_ticks.clone(),
+            ));
+        }
         tokio::spawn(tick_loop(
             app.engine_tx.clone(),
             app.settings.tick,
@@ -343,6 +461,7 @@ impl Server {
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<bool>();
         let stopped = app.shared.stopped.clone();
         let mut fenced_rx = app.shared.fenced.subscribe();
+        let mut replaced_rx = app.shared.replaced.subscribe();
         // After an engine death keep answering `/healthz` 503 for a moment
         // before the listener closes, so a health check sees why we go.
         let show_503 = (app.settings.shutdown_timeout / 2).min(Duration::from_secs(2));
@@ -351,6 +470,7 @@ impl Server {
                 _ = shutdown => false,
                 _ = stopped.cancelled() => true,
                 _ = fenced_rx.wait_for(Option::is_some) => false,
+                _ = replaced_rx.wait_for(Option::is_some) => false,
             };
             let _ = signalled_tx.send(engine_died);
             if engine_died {
@@ -368,6 +488,7 @@ impl Server {
         });
         let engine_died = signalled_rx.await.unwrap_or(false);
         let fenced_why = app.shared.fenced.subscribe().borrow().clone();
+        let replaced_why = app.shared.replaced.subscribe().borrow().clone();
         if let Some(why) = fenced_why.as_deref() {
             tracing::error!(
                 reason = why,
@@ -381,12 +502,22 @@ impl Server {
             "shutting down: closing sessions with 1001"
         );
         let deadline = tokio::time::Instant::now() + app.settings.shutdown_timeout;
-        for entry in app.sessions.iter() {
-            entry.value().close(CloseReason {
+        // A replaced stream: what the clients hold belongs to another epoch, so
+        // they reconnect and reload (4008), not just wait for this server (1001).
+        let close = match replaced_why {
+            Some(_) => CloseReason {
+                code: codes::OVERFLOW,
+                reason: "the region's stream was replaced: reconnect and reload",
+                flush_first: true,
+            },
+            None => CloseReason {
                 code: codes::GOING_AWAY,
                 reason: "server shutdown",
                 flush_first: true,
-            });
+            },
+        };
+        for entry in app.sessions.iter() {
+            entry.value().close(close);
         }
         while !app.sessions.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -407,6 +538,9 @@ impl Server {
         if let Some(why) = fenced_why {
             return Err(HubError::Fenced(why));
         }
+        if let Some(why) = replaced_why {
+            return Err(HubError::StreamReplaced(why));
+        }
         if engine_died {
             return Err(HubError::EngineStopped);
         }
@@ -414,16 +548,13 @@ impl Server {
     }
 }
 
-/// Opens the region's stream as this node's journal (role `both`; the other
-/// roles are refused until they exist). The journal runs its own one-thread
-/// runtime, so NATS I/O never waits behind the sessions' tasks.
+/// Opens the region's stream as this node's journal: the engine's (roles
+/// `both` and `engine`), or a read-only one for a hub's recovery, deep resumes
+/// and lookups (a hub never appends, so it fences no one). The journal runs its
+/// own one-thread runtime, so NATS I/O never waits behind the sessions' tasks.
 async fn open_region_journal(
     cluster: &ClusterSettings,
 ) -> Result<opcenter_cluster::JetStreamJournal, HubError> {
-    match cluster.role {
-        ClusterRole::Both => {}
-        role @ (ClusterRole::Engine | ClusterRole::Hub) => return Err(HubError::RoleNotBuilt(role.as_str())),
-    }
     let mut opts = opcenter_cluster::JournalOptions::new(cluster.region.clone()).replicas(cluster.replicas);
     opts.publish_deadline = cluster.publish_deadline;
     let urls = cluster.nats.join(",");
@@ -433,6 +564,20 @@ async fn open_region_journal(
         .map_err(|source| HubError::Cluster {
             region: cluster.region.clone(),
             source,
+        })
+}
+
+/// A NATS connection of this node's own (commands, positions, the follower),
+/// on the sessions' runtime.
+async fn connect_nats(cluster: &ClusterSettings) -> Result<async_nats::Client, HubError> {
+    opcenter_cluster::connect(&cluster.nats.join(","))
+        .await
+        .map_err(|e| HubError::Cluster {
+            region: cluster.region.clone(),
+            source: opcenter_cluster::ClusterError::Nats {
+                op: "connect",
+                source: e,
+            },
         })
 }
 

@@ -16,9 +16,9 @@
 //! - `GET /v1/incidents/{id}`;
 //! - the periodic state snapshot (serialize, write, fsync, compact).
 //!
-//! Its only input is the [`Committed`] message, not engine internals: a hub
-//! node fed from a replicated stream instead of the local engine thread would
-//! feed the same message.
+//! Its only input is the [`Committed`] message, not engine internals: on a hub
+//! node (role `hub`) the feed thread ([`crate::mirror`]) sends the same message
+//! for each batch it follows from the region's stream.
 //!
 //! Owns: the read copy, the in-memory history, the positions subscribers.
 //! Must never: block the engine thread (the channel is unbounded and the

@@ -131,6 +131,12 @@ struct RawCluster {
     replicas: usize,
     #[serde(default = "default_publish_deadline_s")]
     publish_deadline_s: u64,
+    #[serde(default = "default_command_timeout_s")]
+    command_timeout_s: u64,
+}
+
+fn default_command_timeout_s() -> u64 {
+    10
 }
 
 fn default_replicas() -> usize {
@@ -235,6 +241,9 @@ pub struct ClusterSettings {
     /// `cluster.publish_deadline_s`: how long an append is retried (leader
     /// elections) before the journal is declared failed.
     pub publish_deadline: std::time::Duration,
+    /// `cluster.command_timeout_s` (role `hub`): how long a forwarded command is
+    /// retried (same call id) while no engine answers, before `internal`.
+    pub command_timeout: std::time::Duration,
 }
 
 /// `hub.*`, checked.
@@ -566,12 +575,20 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
             ),
         ));
     }
+    // A retry must reach the engine while it still remembers the call.
+    if c.command_timeout_s == 0 || c.command_timeout_s > 120 {
+        return Err(invalid(
+            "cluster.command_timeout_s",
+            format!("{}: want 1..=120", c.command_timeout_s),
+        ));
+    }
     Ok(ClusterSettings {
         nats: c.nats,
         region: c.region,
         role,
         replicas: c.replicas,
         publish_deadline: std::time::Duration::from_secs(c.publish_deadline_s),
+        command_timeout: std::time::Duration::from_secs(c.command_timeout_s),
     })
 }
 
@@ -696,6 +713,7 @@ mod tests {
             ("zko", ClusterRole::Both, 3)
         );
         assert_eq!(c.publish_deadline.as_secs(), 30);
+        assert_eq!(c.command_timeout.as_secs(), 10);
         for (bad, key) in [
             ("nats = []\nregion = \"zko\"\nrole = \"both\"", "cluster.nats"),
             (
@@ -709,6 +727,10 @@ mod tests {
             (
                 "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"both\"\nreplicas = 2",
                 "cluster.replicas",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\ncommand_timeout_s = 0",
+                "cluster.command_timeout_s",
             ),
         ] {
             let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();

@@ -1,0 +1,528 @@
+//! The NATS command bridge between hub nodes and a region's engine node.
+//!
+//! A hub forwards what its clients send as one NATS request on `cmd.<region>`
+//! ([`Call`]: the decoded command and its actor, or a tablet's hello / bye, or a
+//! recommendation query) and gets one [`Answer`]: the engine's reply and the
+//! journal seq that made it durable, sent only after JetStream's publish ack (the
+//! engine thread replies after its commit, exactly as to a local session). Each
+//! call carries an id unique to the hub process; a hub retries a call that timed
+//! out or found no engine with the same id until `cluster.command_timeout_s`, and
+//! the engine answers a repeated id from its memory instead of applying it twice.
+//! With no engine answering in time the client gets `internal` ("not saved"),
+//! never an `ok`.
+//!
+//! Position fixes do not need an answer and are not journaled: hubs publish them
+//! on `pos.<region>.in`, and the engine publishes each batch's accepted fixes on
+//! `pos.<region>.out`, which every hub fans out to its `positions` subscribers.
+//!
+//! The engine side also counts each unit's remote sessions (hub id + session id),
+//! so a unit goes offline when its last session on any hub ends.
+//!
+//! Owns: the subjects, the call/answer encoding (MessagePack, named fields), the
+//! retry and deduplication of calls. Must never: apply a command itself (that is
+//! the engine thread's) or answer a call before the engine thread did.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::client::RequestErrorKind;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use opcenter_core::{
+    Actor, Command, Incident, PositionFix, PositionItem, RecommendQuery, Recommendation, Reply, Unit,
+    UnitProfile,
+};
+use opcenter_proto::ErrorCode;
+
+use crate::engine_task::{EngineQueue, RemoteOutcome, ReplyTo, Request};
+
+/// Calls remembered by the engine for deduplication (a retry comes within
+/// `cluster.command_timeout_s`, so far fewer than this are ever needed).
+const REMEMBERED_CALLS: usize = 100_000;
+
+/// How long one attempt of a call waits before it is sent again (same id).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause before retrying a call that found no engine subscribed.
+const NO_ENGINE_PAUSE: Duration = Duration::from_millis(250);
+
+/// The subjects of one region.
+#[derive(Debug, Clone)]
+pub(crate) struct Subjects {
+    /// `cmd.<region>`: calls (request/reply).
+    pub(crate) cmd: String,
+    /// `pos.<region>.in`: position fixes from hubs to the engine.
+    pub(crate) pos_in: String,
+    /// `pos.<region>.out`: accepted fixes from the engine to the hubs.
+    pub(crate) pos_out: String,
+}
+
+impl Subjects {
+    pub(crate) fn new(region: &str) -> Subjects {
+        Subjects {
+            cmd: format!("cmd.{region}"),
+            pos_in: format!("pos.{region}.in"),
+            pos_out: format!("pos.{region}.out"),
+        }
+    }
+}
+
+/// One forwarded request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Call {
+    /// Unique per hub process and call; the same on every retry.
+    pub(crate) id: String,
+    pub(crate) body: CallBody,
+}
+
+/// What a hub asks of the engine.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CallBody {
+    /// A state-changing command of a client of the hub.
+    Command { actor: Actor, command: Command },
+    /// A tablet's hello on a hub: register the unit, count the session.
+    Hello {
+        session: String,
+        actor: Actor,
+        profile: UnitProfile,
+    },
+    /// A tablet's session on a hub ended.
+    Bye { session: String, unit: String },
+    /// `incident.recommend` (read-only, but on the engine's live positions).
+    Recommend { query: RecommendQuery },
+}
+
+/// A fix forwarded on `pos.<region>.in`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PositionCall {
+    actor: Actor,
+    unit_id: String,
+    fix: PositionFix,
+}
+
+/// The engine's answer to a [`Call`].
+// One per forwarded command, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Answer {
+    /// Applied and durable up to `seq`.
+    Done { seq: u64, reply: WireReply },
+    /// Refused (or not saved): the error the client gets.
+    Refused { code: String, message: String },
+    /// `incident.recommend`'s result.
+    Recommended(Recommendation),
+}
+
+/// [`Reply`] on the wire between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum WireReply {
+    None,
+    Incident(Incident),
+    Created { incident: Incident, new: bool },
+    Unit(Unit),
+    Registered { unit: Unit, incident: Option<Incident> },
+}
+
+impl From<Reply> for WireReply {
+    fn from(r: Reply) -> Self {
+        match r {
+            Reply::None => WireReply::None,
+            Reply::Incident(i) => WireReply::Incident(i),
+            Reply::Created { incident, new } => WireReply::Created { incident, new },
+            Reply::Unit(u) => WireReply::Unit(u),
+            Reply::Registered { unit, incident } => WireReply::Registered { unit, incident },
+        }
+    }
+}
+
+impl From<WireReply> for Reply {
+    fn from(r: WireReply) -> Self {
+        match r {
+            WireReply::None => Reply::None,
+            WireReply::Incident(i) => Reply::Incident(i),
+            WireReply::Created { incident, new } => Reply::Created { incident, new },
+            WireReply::Unit(u) => Reply::Unit(u),
+            WireReply::Registered { unit, incident } => Reply::Registered { unit, incident },
+        }
+    }
+}
+
+impl Answer {
+    pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Answer {
+        Answer::Refused {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn from_outcome(o: RemoteOutcome) -> Answer {
+        match o.result {
+            Ok(reply) => Answer::Done {
+                seq: o.seq,
+                reply: reply.into(),
+            },
+            Err((code, message)) => Answer::refused(code, message),
+        }
+    }
+}
+
+/// The error code of its wire name (`internal` for a name this build lacks).
+pub(crate) fn error_code(name: &str) -> ErrorCode {
+    use ErrorCode::*;
+    [
+        BadRequest,
+        UnknownType,
+        Unauthenticated,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        RateLimited,
+        TooLarge,
+    ]
+    .into_iter()
+    .find(|c| c.as_str() == name)
+    .unwrap_or(Internal)
+}
+
+fn encode<T: Serialize>(v: &T) -> Bytes {
+    // Named fields: the core types skip absent optional fields when serializing.
+    rmp_serde::to_vec_named(v).map(Bytes::from).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- hub side
+
+/// A hub node's end: forwards calls with retries, publishes position fixes.
+pub(crate) struct Forwarder {
+    client: async_nats::Client,
+    subjects: Subjects,
+    /// Unique per process: prefixes call ids and session keys.
+    node_id: String,
+    counter: AtomicU64,
+    /// `cluster.command_timeout_s`.
+    deadline: Duration,
+    /// The sessions' runtime: fixes are published from the feed thread.
+    handle: tokio::runtime::Handle,
+}
+
+impl Forwarder {
+    /// Must be called on the runtime that serves the sessions.
+    pub(crate) fn new(client: async_nats::Client, region: &str, deadline: Duration) -> Forwarder {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Forwarder {
+            client,
+            subjects: Subjects::new(region),
+            node_id: format!("hub-{}-{nanos:x}", std::process::id()),
+            counter: AtomicU64::new(1),
+            deadline,
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    pub(crate) fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// A session of this hub as the engine knows it (unique across hubs).
+    pub(crate) fn session_key(&self, session: &str) -> String {
+        format!("{}/{session}", self.node_id)
+    }
+
+    /// Sends `body` to the engine and waits for its answer, retrying with the
+    /// same id through timeouts and engine restarts until the deadline; then
+    /// `internal`: the change may or may not have been saved, so never `ok`.
+    pub(crate) async fn call(&self, body: CallBody) -> Answer {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let call = Call {
+            id: format!("{}-{n}", self.node_id),
+            body,
+        };
+        let payload = encode(&call);
+        let until = Instant::now() + self.deadline;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(call = %call.id, attempts, "no engine answered the call in time");
+                return Answer::refused(
+                    ErrorCode::Internal,
+                    format!(
+                        "no engine answered within {} s: the change may not have been saved; retry it",
+                        self.deadline.as_secs()
+                    ),
+                );
+            }
+            let request = async_nats::Request::new()
+                .payload(payload.clone())
+                .timeout(Some(ATTEMPT_TIMEOUT.min(left)));
+            match self.client.send_request(self.subjects.cmd.clone(), request).await {
+                Ok(msg) => match rmp_serde::from_slice::<Answer>(&msg.payload) {
+                    Ok(a) => return a,
+                    Err(e) => {
+                        return Answer::refused(
+                            ErrorCode::Internal,
+                            format!("bad answer from the engine: {e}"),
+                        );
+                    }
+                },
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(NO_ENGINE_PAUSE.min(left)).await;
+                }
+                // Timed out, or the connection is moving to another server: same id again.
+                Err(e) => tracing::debug!(call = %call.id, error = %e, "call attempt failed; retrying"),
+            }
+        }
+    }
+
+    /// Publishes a tablet's fix for the engine (no answer: a fix is superseded by the next).
+    pub(crate) fn position(&self, actor: Actor, unit_id: String, fix: PositionFix) {
+        let payload = encode(&PositionCall { actor, unit_id, fix });
+        let client = self.client.clone();
+        let subject = self.subjects.pos_in.clone();
+        self.handle.spawn(async move {
+            if let Err(e) = client.publish(subject, payload).await {
+                tracing::debug!(error = %e, "position not forwarded");
+            }
+        });
+    }
+}
+
+/// Decodes a batch of accepted fixes from `pos.<region>.out`.
+pub(crate) fn decode_positions(payload: &[u8]) -> Option<Vec<PositionItem>> {
+    rmp_serde::from_slice(payload).ok()
+}
+
+// ------------------------------------------------------------- engine side
+
+enum Seen {
+    /// Being applied; these reply subjects wait for the answer too.
+    Pending(Vec<async_nats::Subject>),
+    Done(Bytes),
+}
+
+#[derive(Default)]
+struct Memory {
+    calls: HashMap<String, Seen>,
+    order: VecDeque<String>,
+    /// Each unit's sessions on hubs.
+    unit_sessions: HashMap<String, HashSet<String>>,
+}
+
+/// Serves `cmd.<region>` and `pos.<region>.in` into the engine thread's queue,
+/// and publishes its accepted fixes on `pos.<region>.out`, until `stop`.
+pub(crate) async fn serve_engine(
+    client: async_nats::Client,
+    region: String,
+    queue: EngineQueue,
+    mut positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
+    stop: CancellationToken,
+) {
+    let subjects = Subjects::new(&region);
+    let (mut cmds, mut fixes) = match (
+        client.subscribe(subjects.cmd.clone()).await,
+        client.subscribe(subjects.pos_in.clone()).await,
+    ) {
+        (Ok(c), Ok(f)) => (c, f),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot subscribe to the hubs' subjects: no hub can reach this engine");
+            return;
+        }
+    };
+    tracing::info!(subject = %subjects.cmd, "engine serving hub nodes");
+    let memory = Arc::new(Mutex::new(Memory::default()));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(msg) = cmds.next() => {
+                let Some(reply_to) = msg.reply.clone() else { continue };
+                let call: Call = match rmp_serde::from_slice(&msg.payload) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let a = encode(&Answer::refused(ErrorCode::BadRequest, format!("bad call: {e}")));
+                        let _ = client.publish(reply_to, a).await;
+                        continue;
+                    }
+                };
+                if let Some(done) = remember(&memory, &call.id, reply_to) {
+                    let _ = client.publish(done.0, done.1).await;
+                    continue;
+                }
+                tokio::spawn(answer(client.clone(), queue.clone(), memory.clone(), call));
+            }
+            Some(msg) = fixes.next() => {
+                if let Ok(p) = rmp_serde::from_slice::<PositionCall>(&msg.payload) {
+                    // Nobody waits for a fix's outcome; a full queue drops it (the next one comes).
+                    let (tx, _) = oneshot::channel();
+                    let _ = queue.try_send(Request::Command {
+                        actor: p.actor,
+                        command: Command::Position { unit_id: p.unit_id, fix: p.fix },
+                        reply: ReplyTo::Remote(tx),
+                        received: Instant::now(),
+                    });
+                }
+            }
+            Some(batch) = positions.recv() => {
+                let _ = client.publish(subjects.pos_out.clone(), encode(&batch)).await;
+            }
+        }
+    }
+    tracing::info!("engine stopped serving hub nodes");
+}
+
+/// Records a call; `Some((reply_to, answer))` when it was answered before (a retry).
+fn remember(
+    memory: &Mutex<Memory>,
+    id: &str,
+    reply_to: async_nats::Subject,
+) -> Option<(async_nats::Subject, Bytes)> {
+    let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+    match m.calls.get_mut(id) {
+        Some(Seen::Pending(waiting)) => {
+            waiting.push(reply_to);
+            // Answered with the first attempt's outcome; nothing to send now.
+            None
+        }
+        Some(Seen::Done(bytes)) => Some((reply_to, bytes.clone())),
+        None => {
+            m.calls.insert(id.to_owned(), Seen::Pending(vec![reply_to]));
+            m.order.push_back(id.to_owned());
+            while m.order.len() > REMEMBERED_CALLS {
+                if let Some(old) = m.order.pop_front() {
+                    m.calls.remove(&old);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Applies one call through the engine thread and answers every attempt of it.
+async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mutex<Memory>>, call: Call) {
+    let answer = match call.body {
+        CallBody::Command { actor, command } => command_answer(&queue, actor, command).await,
+        CallBody::Hello {
+            session,
+            actor,
+            profile,
+        } => {
+            {
+                let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+                m.unit_sessions
+                    .entry(profile.id.clone())
+                    .or_default()
+                    .insert(session);
+            }
+            command_answer(&queue, actor, Command::RegisterUnit(profile)).await
+        }
+        CallBody::Bye { session, unit } => {
+            let last = {
+                let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+                let last = m
+                    .unit_sessions
+                    .get_mut(&unit)
+                    .is_some_and(|s| s.remove(&session) && s.is_empty());
+                if last {
+                    m.unit_sessions.remove(&unit);
+                }
+                last
+            };
+            if last {
+                command_answer(&queue, Actor::system(), Command::UnitOffline { unit_id: unit }).await
+            } else {
+                Answer::Done {
+                    seq: 0,
+                    reply: WireReply::None,
+                }
+            }
+        }
+        CallBody::Recommend { query } => {
+            let (tx, rx) = oneshot::channel();
+            if queue
+                .send(Request::RemoteRecommend { query, reply: tx })
+                .await
+                .is_err()
+            {
+                Answer::refused(ErrorCode::Internal, "the engine is shutting down")
+            } else {
+                match rx.await {
+                    Ok(Ok(r)) => Answer::Recommended(r),
+                    Ok(Err((code, message))) => Answer::refused(code, message),
+                    Err(_) => Answer::refused(ErrorCode::Internal, "the engine stopped"),
+                }
+            }
+        }
+    };
+    let bytes = encode(&answer);
+    let waiting = {
+        let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+        match m.calls.insert(call.id, Seen::Done(bytes.clone())) {
+            Some(Seen::Pending(w)) => w,
+            _ => Vec::new(),
+        }
+    };
+    for reply_to in waiting {
+        let _ = client.publish(reply_to, bytes.clone()).await;
+    }
+}
+
+async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command) -> Answer {
+    let (tx, rx) = oneshot::channel();
+    let req = Request::Command {
+        actor,
+        command,
+        reply: ReplyTo::Remote(tx),
+        received: Instant::now(),
+    };
+    if queue.send(req).await.is_err() {
+        return Answer::refused(ErrorCode::Internal, "the engine is shutting down");
+    }
+    match rx.await {
+        Ok(o) => Answer::from_outcome(o),
+        Err(_) => Answer::refused(ErrorCode::Internal, "the engine stopped before answering"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_by_name() {
+        for c in [
+            ErrorCode::Conflict,
+            ErrorCode::NotFound,
+            ErrorCode::Internal,
+            ErrorCode::TooLarge,
+        ] {
+            assert_eq!(error_code(c.as_str()), c);
+        }
+        assert_eq!(error_code("something_new"), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn calls_and_answers_survive_the_wire() {
+        let call = Call {
+            id: "hub-1-7".into(),
+            body: CallBody::Bye {
+                session: "s".into(),
+                unit: "P-1".into(),
+            },
+        };
+        let back: Call = rmp_serde::from_slice(&encode(&call)).unwrap();
+        assert_eq!(back.id, "hub-1-7");
+        assert!(matches!(back.body, CallBody::Bye { ref unit, .. } if unit == "P-1"));
+        let a: Answer = rmp_serde::from_slice(&encode(&Answer::refused(ErrorCode::Conflict, "no"))).unwrap();
+        assert!(matches!(a, Answer::Refused { ref code, .. } if code == "conflict"));
+    }
+}

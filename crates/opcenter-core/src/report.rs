@@ -324,6 +324,7 @@ impl Fold {
             partial_incidents: self.partial.len() as u64,
             journal_from_ms: self.first_event_ms,
             targets_s: cfg.target_s,
+            utc_offset_min: cfg.utc_offset_min,
         }
     }
 }
@@ -439,11 +440,14 @@ pub struct Report {
     pub response_histogram: Vec<Histogram>,
     /// Incidents left out because the journal no longer holds their creation.
     pub partial_incidents: u64,
-    /// The time of the oldest incident event the journal still holds: a period
-    /// starting earlier is incomplete.
+    /// The time of the oldest incident event the journal still holds when it
+    /// was compacted (a period starting earlier is incomplete); `None` when it
+    /// holds its whole history.
     pub journal_from_ms: Option<i64>,
     /// The response targets of priorities 1..=5, seconds.
     pub targets_s: [u32; 5],
+    /// The region's offset from UTC (shifts and `by_hour` are in its local time).
+    pub utc_offset_min: i32,
 }
 
 /// The CSV columns, in order.

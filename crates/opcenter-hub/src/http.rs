@@ -426,6 +426,22 @@ const CONSOLE_FILES: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../assets/console/style.css"),
     ),
+    // The response-time report page (supervisor).
+    (
+        "report.html",
+        "text/html; charset=utf-8",
+        include_str!("../assets/console/report.html"),
+    ),
+    (
+        "report.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/report.js"),
+    ),
+    (
+        "report.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/console/report.css"),
+    ),
 ];
 
 /// What the console may load, enforced by the browser: its own files, its own

@@ -142,7 +142,17 @@ pub(crate) fn report_shared(
         crate::read_model::lock(journal).read_from(after, CHUNK)
     })
     .map_err(|e| ReportError::Read(e.to_string()))?;
-    Ok(fold.report(query.from_ms, query.to_ms, query.group, cfg))
+    Ok(finish(&fold, first, query, cfg))
+}
+
+/// The report of a fold over a journal whose oldest retained seq was `first`.
+fn finish(fold: &Fold, first: u64, query: ReportQuery, cfg: &ReportConfig) -> Report {
+    let mut report = fold.report(query.from_ms, query.to_ms, query.group, cfg);
+    // A journal that still starts at seq 1 holds the whole history: no limit to show.
+    if first <= 1 {
+        report.journal_from_ms = None;
+    }
+    report
 }
 
 /// The report over the file journal in `data_dir` (the server must be
@@ -164,9 +174,10 @@ pub fn report_offline(
         },
     )
     .map_err(ReportError::Open)?;
-    let fold = fold_journal(journal.first_seq(), |after| journal.read_from(after, CHUNK))
+    let first = journal.first_seq();
+    let fold = fold_journal(first, |after| journal.read_from(after, CHUNK))
         .map_err(|e| ReportError::Read(e.to_string()))?;
-    Ok(fold.report(query.from_ms, query.to_ms, query.group, cfg))
+    Ok(finish(&fold, first, query, cfg))
 }
 
 #[cfg(test)]

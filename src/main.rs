@@ -110,8 +110,8 @@ fn secs(ms: Option<i64>) -> String {
 fn print_table(r: &opcenter_core::report::Report) {
     println!(
         "incidents created {} .. {}: {} (response within target: {}){}",
-        r.from_ms,
-        r.to_ms,
+        opcenter_core::report::format_time(r.from_ms),
+        opcenter_core::report::format_time(r.to_ms),
         r.incidents,
         r.response
             .within_target

@@ -1,4 +1,4 @@
-//! The `opcenter` binary: `serve`, `demo`, `sim` and `token`.
+//! The `opcenter` binary: `serve`, `demo`, `sim`, `token` and `report`.
 //!
 //! Owns: argument parsing, logging set-up, signals. Must never: hold server
 //! logic (that is `opcenter-hub`) or client logic (`opcenter-sim`).
@@ -68,6 +68,86 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Reports computed offline from a stopped server's journal.
+    #[command(subcommand)]
+    Report(ReportCmd),
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Response times (docs/records.md): count, p50, p90, share within target.
+    ResponseTimes {
+        /// The server's data directory (default: the config's `storage.data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Period start: ms since the epoch or RFC 3339 (default: 24 h before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// Period end, exclusive (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// priority | category | district | shift
+        #[arg(long, default_value = "priority")]
+        group: String,
+        /// CSV (docs/records.md lists the columns) instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// The JSON of `GET /v1/reports/response-times` instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Config with the `[reports]` targets and shifts.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// A duration in ms as seconds for the table, `-` when there is none.
+fn secs(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-".into(), |ms| format!("{:.0}", ms as f64 / 1000.0))
+}
+
+/// The report as a table for a terminal: one line per group and interval.
+fn print_table(r: &opcenter_core::report::Report) {
+    println!(
+        "incidents created {} .. {}: {} (response within target: {}){}",
+        opcenter_core::report::format_time(r.from_ms),
+        opcenter_core::report::format_time(r.to_ms),
+        r.incidents,
+        r.response
+            .within_target
+            .map_or_else(|| "-".into(), |w| format!("{:.1} %", w * 100.0)),
+        if r.partial_incidents > 0 {
+            format!(
+                "; {} incidents left out: their creation is no longer in the journal",
+                r.partial_incidents
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "{:<16} {:<12} {:>7} {:>8} {:>8} {:>8}",
+        r.group.as_str(),
+        "interval",
+        "count",
+        "p50 s",
+        "p90 s",
+        "target"
+    );
+    for g in &r.groups {
+        for s in &g.intervals {
+            println!(
+                "{:<16} {:<12} {:>7} {:>8} {:>8} {:>8}",
+                g.key,
+                s.interval.as_str(),
+                s.count,
+                secs(s.p50_ms),
+                secs(s.p90_ms),
+                s.within_target
+                    .map_or_else(String::new, |w| format!("{:.1}%", w * 100.0))
+            );
+        }
+    }
 }
 
 fn init_tracing() {
@@ -191,6 +271,30 @@ async fn main() -> anyhow::Result<()> {
             claims.kind = kind;
             claims.caps = (!caps.is_empty()).then_some(caps);
             println!("{}", mint_token(settings.jwt_secret.as_bytes(), &claims));
+        }
+        Cmd::Report(ReportCmd::ResponseTimes {
+            data_dir,
+            from,
+            to,
+            group,
+            csv,
+            json,
+            config,
+        }) => {
+            let settings = load_settings(config.as_ref())?;
+            let now_ms = i64::try_from(now_s()).unwrap_or(i64::MAX).saturating_mul(1000);
+            let query =
+                opcenter_hub::ReportQuery::parse(from.as_deref(), to.as_deref(), Some(&group), now_ms)?;
+            let dir = data_dir.unwrap_or(settings.data_dir);
+            let report = opcenter_hub::report_offline(&dir, query, &settings.reports)
+                .with_context(|| format!("report over {}", dir.display()))?;
+            if csv {
+                print!("{}", report.to_csv());
+            } else if json {
+                println!("{}", serde_json::json!({ "report": report }));
+            } else {
+                print_table(&report);
+            }
         }
     }
     Ok(())

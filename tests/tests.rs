@@ -20,6 +20,7 @@ mod journal_failure;
 mod limits;
 mod liveness;
 mod reads;
+mod report;
 mod sim_e2e;
 mod week;
 mod week_driver;

@@ -17,6 +17,18 @@ const repo = path.resolve(here, '../..');
 export const BIN = path.resolve(repo, process.env.OPCENTER_BIN || 'target/debug/opcenter');
 const SECRET = 'browser-test-secret-of-at-least-32-bytes';
 
+/** Headless Chromium as the browser tests run it (CHROMIUM, default /usr/bin/chromium). */
+export async function launchChromium() {
+  const { chromium } = await import('playwright-core');
+  const exe = process.env.CHROMIUM || '/usr/bin/chromium';
+  if (!fs.existsSync(exe)) throw new Error(`${exe} missing: apt-get install -y chromium`);
+  return chromium.launch({
+    executablePath: exe,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync'],
+  });
+}
+
 /** Starts the server; resolves to {url, token(role, sub, unit?), stop()}. */
 export async function startRealServer(OUT, logName = 'server.log') {
   if (!fs.existsSync(BIN)) {

@@ -57,6 +57,26 @@ pub fn fix_time(at_ms: i64, now_ms: i64, max_skew_ms: i64) -> Result<(), CoreErr
     Ok(())
 }
 
+/// How long before its creation an incident may say it was received: a form
+/// left open longer than a day is a console with a wrong clock, not a call.
+pub const MAX_RECEIVED_AGE_MS: i64 = 24 * 3600 * 1000;
+
+/// `received_ms` of `incident.create` against the server's `now_ms`: not more
+/// than [`MAX_RECEIVED_AGE_MS`] before it, not more than `max_skew_ms` after.
+pub fn received_time(received_ms: i64, now_ms: i64, max_skew_ms: i64) -> Result<(), CoreError> {
+    if received_ms < now_ms.saturating_sub(MAX_RECEIVED_AGE_MS) {
+        return Err(bad(format!(
+            "received_ms {received_ms} is more than 24 h before now ({now_ms})"
+        )));
+    }
+    if received_ms > now_ms.saturating_add(max_skew_ms) {
+        return Err(bad(format!(
+            "received_ms {received_ms} is more than {max_skew_ms} ms in the future"
+        )));
+    }
+    Ok(())
+}
+
 fn bad(msg: String) -> CoreError {
     CoreError::BadRequest(msg)
 }

@@ -105,6 +105,11 @@ pub struct NewIncident {
     /// The citizen who reported it (`POST /v1/reports` only).
     #[serde(default)]
     pub reporter: Option<Reporter>,
+    /// When the call was received (the console opened the form) or the app
+    /// report reached the HTTP gateway (ms); `None` means at creation. The
+    /// response-time report measures received → created from it.
+    #[serde(default)]
+    pub received_ms: Option<i64>,
 }
 
 impl NewIncident {
@@ -122,6 +127,7 @@ impl NewIncident {
             required: Vec::new(),
             dispatch: DispatchMode::Auto,
             reporter: None,
+            received_ms: None,
         }
     }
 }

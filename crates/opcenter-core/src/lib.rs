@@ -14,6 +14,7 @@
 //! - [`engine`]: the rules of `shared/PROTOCOL.md` section 5, with the state it
 //!   derives (pending queue, duplicate index) and its config and reply types.
 //! - [`error`]: why a command was refused.
+//! - [`report`]: the response-time report, folded from incident events.
 #![deny(missing_docs)]
 
 pub mod check;
@@ -24,6 +25,7 @@ pub mod event;
 pub mod geo;
 pub mod index;
 pub mod model;
+pub mod report;
 
 pub use check::{MAX_RECOMMEND, MAX_UNITS_NEEDED, MIN_FIX_AT_MS};
 pub use command::{

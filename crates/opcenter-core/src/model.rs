@@ -238,6 +238,10 @@ pub struct Incident {
     /// It is never dispatched to its own emergency (our addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emergency_unit: Option<UnitId>,
+    /// When the call or report was received, if before creation (`received_ms`
+    /// of `incident.create`, or the HTTP receipt of an app report; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_ms: Option<i64>,
     /// Creation time (ms).
     pub created_ms: i64,
     /// Last change (ms).

@@ -1,5 +1,5 @@
 //! HTTP routes beside the WebSocket: the citizens' reports gateway, incident
-//! lookup, health, metrics and the operations console's static files
+//! lookup, the response-time report, health, metrics and the operations console's static files
 //! (`shared/PROTOCOL.md` section 8). Errors are `{"error":{"code","message"}}`.
 //!
 //! Owns: HTTP status codes and bodies. Must never: change state except through
@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request as HttpRequest, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request as HttpRequest, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -23,6 +23,7 @@ use opcenter_proto::client::parse_report;
 
 use crate::engine_task::{ReplyTo, Request};
 use crate::read_model::ReadRequest;
+use crate::report::ReportQuery;
 use crate::{App, limit, metric};
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
@@ -128,6 +129,7 @@ pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpg
 /// `POST /v1/reports`.
 pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpRequest) -> Response {
     let started = Instant::now();
+    let received_ms = crate::engine_task::now_ms();
     let claims = match bearer(&app, request.headers(), &[Role::Intake]) {
         Ok(c) => c,
         Err(r) => return r,
@@ -170,10 +172,13 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    let new = match parse_report(&body) {
+    let mut new = match parse_report(&body) {
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e),
     };
+    // An app report is received when the gateway's request arrived: the
+    // response-time report's received → created starts here.
+    new.received_ms = Some(received_ms);
     let (tx, rx) = oneshot::channel();
     let actor = Actor {
         sub: claims.sub,
@@ -256,6 +261,62 @@ pub(crate) async fn get_incident(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal,
             "shutting down",
+        ),
+    }
+}
+
+/// `GET /v1/reports/response-times?from&to&group&format` (supervisor): the
+/// response-time report of the incidents created in the period, JSON or CSV.
+/// The journal scan runs on a blocking thread, one lock hold per chunk.
+pub(crate) async fn response_times(
+    State(app): State<Arc<App>>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Supervisor]) {
+        return r;
+    }
+    let p = |k: &str| params.get(k).map(String::as_str);
+    let query = match ReportQuery::parse(p("from"), p("to"), p("group"), crate::engine_task::now_ms()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e.to_string()),
+    };
+    let csv = match p("format") {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("format: {other:?}: want json or csv"),
+            );
+        }
+    };
+    let scan = app.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::report::report_shared(&scan.journal, query, &scan.settings.reports)
+    })
+    .await;
+    match report {
+        Ok(Ok(report)) if csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report.to_csv(),
+        )
+            .into_response(),
+        Ok(Ok(report)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({ "report": report }).to_string(),
+        )
+            .into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "report task failed",
         ),
     }
 }
@@ -364,6 +425,22 @@ const CONSOLE_FILES: &[(&str, &str, &str)] = &[
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../assets/console/style.css"),
+    ),
+    // The response-time report page (supervisor).
+    (
+        "report.html",
+        "text/html; charset=utf-8",
+        include_str!("../assets/console/report.html"),
+    ),
+    (
+        "report.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/report.js"),
+    ),
+    (
+        "report.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/console/report.css"),
     ),
 ];
 

@@ -18,6 +18,7 @@
 //! - `wire`: outgoing frames → WebSocket messages, encoded once.
 //! - `limit`: token buckets (session command budget, reports rate limit).
 //! - `metric`: the name of every metric on `/metrics`.
+//! - `report`: the response-time report over a journal (live or offline).
 //!
 //! The public API is what the binary and the tests use: [`Settings`],
 //! [`Server::start`] (open the journal, recover, start the engine thread), then
@@ -34,6 +35,7 @@ mod mirror;
 mod outbox;
 mod read_model;
 mod record;
+mod report;
 mod session;
 mod settings;
 mod wire;
@@ -53,6 +55,7 @@ use tokio::net::TcpListener;
 use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
+pub use report::{ReportError, ReportQuery, report_offline};
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};
@@ -116,6 +119,8 @@ pub(crate) struct App {
     pub(crate) reports_bucket: Mutex<limit::TokenBucket>,
     /// Prometheus renderer.
     pub(crate) metrics: PrometheusHandle,
+    /// The journal, for reports that read its history (locked per chunk).
+    pub(crate) journal: read_model::SharedJournal,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -336,6 +341,7 @@ impl Server {
         let journal = Arc::new(std::sync::Mutex::new(journal));
         let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
         let (reads, reads_rx) = std::sync::mpsc::channel();
+        let report_journal = journal.clone();
         let model = ReadModel::new(
             start,
             journal.clone(),
@@ -402,6 +408,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             reports_bucket: Mutex::new(reports_bucket),
             metrics: metrics_handle(),
+            journal: report_journal,
         });
         Ok(Server {
             listener,
@@ -447,6 +454,7 @@ impl Server {
             .route("/v1/ws", get(http::websocket))
             .route("/v1/reports", post(http::post_report))
             .route("/v1/incidents/{id}", get(http::get_incident))
+            .route("/v1/reports/response-times", get(http::response_times))
             .route("/v1/console/config", get(http::console_config))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))

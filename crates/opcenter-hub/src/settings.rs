@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
+use opcenter_core::report::ReportConfig;
 use opcenter_core::{EngineConfig, RosterUnit};
 
 /// The embedded defaults (`config/default.toml`).
@@ -44,6 +45,7 @@ struct Raw {
     hub: RawHub,
     http: RawHttp,
     console: RawConsole,
+    reports: RawReports,
     #[serde(default)]
     roster: Vec<RosterUnit>,
     #[serde(default)]
@@ -157,6 +159,62 @@ struct RawConsole {
     districts_file: Option<PathBuf>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReports {
+    utc_offset_min: i32,
+    shift_starts: Vec<String>,
+    target_s: RawTargets,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTargets {
+    p1: u32,
+    p2: u32,
+    p3: u32,
+    p4: u32,
+    p5: u32,
+}
+
+fn check_reports(r: RawReports) -> Result<ReportConfig, SettingsError> {
+    let invalid = |key: &'static str, problem: String| SettingsError::Invalid { key, problem };
+    if !(-840..=840).contains(&r.utc_offset_min) {
+        return Err(invalid(
+            "reports.utc_offset_min",
+            format!("{} must be in -840..=840 (minutes)", r.utc_offset_min),
+        ));
+    }
+    let mut starts = Vec::with_capacity(r.shift_starts.len());
+    for s in &r.shift_starts {
+        let m = opcenter_core::report::parse_hhmm(s)
+            .ok_or_else(|| invalid("reports.shift_starts", format!("{s:?} is not a time HH:MM")))?;
+        starts.push(m);
+    }
+    starts.sort_unstable();
+    let n = starts.len();
+    starts.dedup();
+    if starts.is_empty() || starts.len() != n {
+        return Err(invalid(
+            "reports.shift_starts",
+            "needs at least one start and no repeats".into(),
+        ));
+    }
+    let t = r.target_s;
+    let target_s = [t.p1, t.p2, t.p3, t.p4, t.p5];
+    if target_s.contains(&0) {
+        return Err(invalid(
+            "reports.target_s",
+            "every target must be > 0 seconds".into(),
+        ));
+    }
+    Ok(ReportConfig {
+        target_s,
+        shift_starts_min: starts,
+        utc_offset_min: r.utc_offset_min,
+    })
+}
+
 /// The environment variables that are config keys: `OPCENTER_<SECTION>__<KEY>`.
 /// An `OPCENTER_` variable without `__` is not one (tools use `OPCENTER_BIN`),
 /// but a mistyped section or key with `__` is, and is refused like a mistyped
@@ -203,6 +261,8 @@ pub struct Settings {
     /// `cluster.*`: `None` (no `[cluster]` section) is the single process on the
     /// file journal.
     pub cluster: Option<ClusterSettings>,
+    /// `reports.*`: targets and shifts of the response-time report.
+    pub reports: ReportConfig,
 }
 
 /// What a node does in a region on NATS (`cluster.role`).
@@ -440,6 +500,7 @@ impl Settings {
             None => None,
             Some(c) => Some(check_cluster(c)?),
         };
+        let reports = check_reports(raw.reports)?;
         for unit in &raw.roster {
             if unit.id.is_empty() {
                 return Err(invalid("roster", "every roster unit needs an id"));
@@ -504,6 +565,7 @@ impl Settings {
                 districts,
             },
             cluster,
+            reports,
         })
     }
 
@@ -607,6 +669,27 @@ mod tests {
         assert_eq!(s.engine.max_notes, 200);
         assert_eq!(s.engine.retain_closed_ms, 24 * 3_600_000);
         assert_eq!(s.engine.key_ttl_ms, 72 * 3_600_000);
+    }
+
+    #[test]
+    fn reports_section_is_checked() {
+        let s = Settings::from_toml("[reports]\nshift_starts = [\"20:00\", \"07:30\"]").unwrap();
+        assert_eq!(s.reports.shift_starts_min, vec![450, 1200]);
+        assert_eq!(s.reports.target_s[0], 420);
+        for (text, key) in [
+            ("[reports]\nshift_starts = [\"25:00\"]", "reports.shift_starts"),
+            ("[reports]\nshift_starts = []", "reports.shift_starts"),
+            (
+                "[reports]\nshift_starts = [\"08:00\", \"08:00\"]",
+                "reports.shift_starts",
+            ),
+            ("[reports]\nutc_offset_min = 900", "reports.utc_offset_min"),
+            ("[reports.target_s]\np3 = 0", "reports.target_s"),
+        ] {
+            let err = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(Settings::from_toml("[reports]\nfoo = 1").is_err());
     }
 
     #[test]

@@ -148,6 +148,8 @@ struct RawCreate {
     required: Option<Vec<Capability>>,
     #[serde(default)]
     dispatch: Option<DispatchMode>,
+    #[serde(default)]
+    received_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +469,8 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
         required: raw.required.unwrap_or_default(),
         dispatch: raw.dispatch.unwrap_or_default(),
         reporter: None,
+        // Bounded against the clock by the engine (`check::received_time`).
+        received_ms: raw.received_ms,
     };
     // Every other bound (string lengths, key, capabilities) is core's.
     new.validate()?;
@@ -563,6 +567,8 @@ impl Report {
             units_needed: None,
             required: None,
             dispatch: None,
+            // The gateway's own receipt time is set by the HTTP handler.
+            received_ms: None,
         };
         // Personal data stays in its own field, never in `description`, so the
         // hub can keep it from units not on the incident.

@@ -74,6 +74,7 @@ impl KeyRecord {
             dispatch: n.dispatch,
             declined_by: Vec::new(),
             emergency_unit: None,
+            received_ms: None,
             created_ms: self.at_ms,
             updated_ms: r.closed_ms,
         })

@@ -896,6 +896,9 @@ impl Engine {
             dispatch: n.dispatch,
             declined_by: Vec::new(),
             emergency_unit,
+            // Checked by `check::received_time`; a clock a little ahead is
+            // taken as "now", so received → created is never negative.
+            received_ms: n.received_ms.map(|r| r.min(now_ms)),
             created_ms: now_ms,
             updated_ms: now_ms,
         };
@@ -932,6 +935,9 @@ impl Engine {
             }
         }
         n.validate()?;
+        if let Some(r) = n.received_ms {
+            check::received_time(r, now_ms, self.config.max_clock_skew_ms)?;
+        }
         let id = self.make_incident(n, scope, None, now_ms, ev);
         Ok(Reply::Created {
             incident: self.get_incident(&id)?.clone(),
@@ -1354,6 +1360,7 @@ impl Engine {
             required: Vec::new(),
             dispatch: DispatchMode::Auto,
             reporter: None,
+            received_ms: None,
         };
         let iid = self.make_incident(n, KeyScope::Console, Some(unit_id.to_string()), now_ms, ev);
         Ok(Reply::Incident(self.get_incident(&iid)?.clone()))

@@ -108,6 +108,7 @@
     role = null;
     sessionStorage.removeItem("opcenter.token");
     $("token-input").value = "";
+    $("report-link").hidden = true;
     showView("signin");
   }
 
@@ -125,6 +126,7 @@
       return false;
     }
     showView(role);
+    $("report-link").hidden = role !== "supervisor";
     if (role === "supervisor" && !history && typeof ok.seq === "number" && ok.seq > 0 && ok.seq <= HISTORY_REPLAY_MAX) {
       startHistory(conn.token, ok.epoch);
     }

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Reads vs dispatch (issue 10, item 3; docs/performance.md §5), both sides in one go.
+#
+# One server (release build), seeded once with history (~60 000 events, so a `since`
+# 50 000 events back reads the journal on disk), then RUNS pairs alternating:
+#   quiet:   2 000 tablets, 5 consoles, 1 supervisor, 20 incidents/s, 2 000 positions/s
+#   readers: the same + 20 supervisors re-subscribing in a loop (odd ones with `since`
+#            DEPTH events back)
+# Printed per run and as medians: create → assignment p50/p99, creates, the server's
+# CPU-seconds per create (/proc/<pid>/stat via --pid) and the load tool's own CPU
+# (user+sys over its wall time, in cores: at ~1.0+ the tool, not the server, limits).
+# Last, a baseline of the tool: the same quiet load against the same server with the
+# positions off, to show how much of the quiet p99 is the tool's own 2 000 positions/s.
+#
+# Usage: benches/reads-vs-dispatch.sh [RUNS=3] [DURATION=20] [DEPTH=50000]
+# Needs: cargo build --release --bin opcenter. Targets 127.0.0.1 only; every run is
+# bounded (--duration, timeout). Logs and JSON reports stay in $LOGDIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+DURATION=${2:-20}
+DEPTH=${3:-50000}
+BIN=${BIN:-target/release/opcenter}
+[ -x "$BIN" ] || { echo "build first: cargo build --release --bin opcenter" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+LOGDIR=${LOGDIR:-/tmp/opcenter-reads}
+rm -rf "$LOGDIR"; mkdir -p "$LOGDIR"
+TMP=$(mktemp -d)
+SERVER=""
+cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+SECRET=reads-vs-dispatch-secret-of-32-bytes
+printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' \
+  "$TMP" "$SECRET" > "$TMP/opcenter.toml"
+# The per-session command budget is lifted: with the defaults a subscribe with a
+# snapshot costs 1 000 and a resume 250, so the readers would be refused
+# `rate_limited` and the run would measure the budget, not the read path.
+OPCENTER_HUB__SESSION_RATE_PER_S=1000000 OPCENTER_HUB__SESSION_BURST=1000000 RUST_LOG=warn \
+  "$BIN" serve --config "$TMP/opcenter.toml" > "$TMP/server.out" 2> "$LOGDIR/server.err" &
+SERVER=$!
+ADDR=""
+for _ in $(seq 100); do
+  ADDR=$(sed -n 's/^listening on //p' "$TMP/server.out" | head -1)
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || { echo "server did not start" >&2; exit 1; }
+events() { curl -s "http://$ADDR/metrics" | awk '/^opcenter_journal_batch_events_sum/ {print int($2)}'; }
+
+sim() { # NAME ARGS... : one run of the tool, its JSON report and its own CPU kept
+  local name=$1; shift
+  /usr/bin/time -f '%e %U %S' -o "$LOGDIR/$name.time" \
+    timeout 300 "$BIN" sim --server "$ADDR" --secret "$SECRET" --json "$@" \
+    > "$LOGDIR/$name.json" 2> "$LOGDIR/$name.err" || echo "run $name exited non-zero" >&2
+  # The server's own histograms (cumulative) after each run: the engine-side
+  # create → assignment-queued time, the group commit time.
+  curl -s "http://$ADDR/metrics" > "$LOGDIR/$name.metrics" || true
+}
+
+echo "server $ADDR pid $SERVER; seeding history..." >&2
+sim seed --tablets 300 --consoles 1 --supervisors 0 --incident-rate 400 \
+  --position-rate 0 --duration 20 --no-verify
+echo "history: $(events) events in the journal" >&2
+
+BASE=(--tablets 2000 --consoles 5 --supervisors 1 --incident-rate 20
+      --duration "$DURATION" --pid "$SERVER")
+LOAD=("${BASE[@]}" --position-rate 2000)
+for run in $(seq "$RUNS"); do
+  sim "quiet-$run" "${LOAD[@]}"
+  sim "readers-$run" "${LOAD[@]}" --resubscribers 20 --resubscribe-depth "$DEPTH"
+  echo "pair $run done ($(events) events)" >&2
+done
+sim "tool-baseline" "${BASE[@]}" --position-rate 0
+
+python3 - "$LOGDIR" "$RUNS" <<'EOF'
+import json, statistics, sys
+logdir, runs = sys.argv[1], int(sys.argv[2])
+def row(name):
+    with open(f"{logdir}/{name}.json") as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    wall, user, sys_ = map(float, open(f"{logdir}/{name}.time").read().split()[-3:])
+    staleness = r["latency"]["position_staleness"]
+    a = r["latency"]["create_assignment"]
+    created = r["incidents"]["created"]
+    p = r.get("server_process") or {}
+    return {
+        "p50": a["p50_us"] / 1000, "p99": a["p99_us"] / 1000, "created": created,
+        "lost": r["incidents"].get("lost"),
+        "cpu_ms_per_create": 1000 * p.get("cpu_s", 0) / max(created, 1),
+        "server_cpu": p.get("cpu_percent", 0),
+        "tool_cores": (user + sys_) / wall,
+        "resub_per_s": r["throughput"].get("resubscribes_per_s", 0),
+        "pos_per_s": r["throughput"]["positions_sent_per_s"],
+        "errors": sum(r.get("errors", {}).values()),
+        "stale_p50": staleness["p50_us"] / 1000,
+    }
+fmt = ("| {name:<13} | {p50:6.2f} | {p99:7.2f} | {created:5d} | {lost} | {cpu_ms_per_create:6.2f} | "
+       "{server_cpu:5.1f} | {tool_cores:4.2f} | {pos_per_s:6.0f} | {stale_p50:8.1f} | {resub_per_s:6.1f} | {errors} |")
+print("| run | assign p50 ms | assign p99 ms | created | LOST | server CPU ms/create | server CPU % | tool cores | positions/s | staleness p50 ms | resubscribes/s | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+rows = {}
+for side in ("quiet", "readers"):
+    rows[side] = [row(f"{side}-{i}") for i in range(1, runs + 1)]
+    for i, x in enumerate(rows[side], 1):
+        print(fmt.format(name=f"{side}-{i}", **x))
+base = row("tool-baseline")
+print(fmt.format(name="no positions", **base))
+med = {s: {k: statistics.median(x[k] for x in rows[s]) for k in ("p50", "p99", "cpu_ms_per_create", "tool_cores")} for s in rows}
+for s in rows:
+    m = med[s]
+    print(f"median {s}: assign p50 {m['p50']:.2f} ms, p99 {m['p99']:.2f} ms, "
+          f"server {m['cpu_ms_per_create']:.2f} CPU-ms/create, tool {m['tool_cores']:.2f} cores")
+ratio = med["readers"]["p99"] / med["quiet"]["p99"] if med["quiet"]["p99"] else float("nan")
+print(f"loaded p99 / quiet p99 = {ratio:.2f} (target <= 2)")
+EOF

@@ -1,4 +1,4 @@
-//! The `opcenter` binary: `serve`, `demo`, `sim` and `token`.
+//! The `opcenter` binary: `serve`, `demo`, `sim`, `token` and `audit`.
 //!
 //! Owns: argument parsing, logging set-up, signals. Must never: hold server
 //! logic (that is `opcenter-hub`) or client logic (`opcenter-sim`).
@@ -30,6 +30,10 @@ enum Cmd {
         /// TOML config layered over the embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Start even if the journal's audit hash chain is broken (every break is
+        /// logged at error level; the history can no longer be proven unaltered).
+        #[arg(long)]
+        accept_broken_chain: bool,
     },
     /// The server on embedded defaults plus a simulated city driving it.
     Demo {
@@ -68,6 +72,80 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The journal's audit hash chain (docs/records.md).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the chain (read-only; a server may be running) and name the first
+    /// broken record. Exit status 1 if the chain does not hold.
+    Verify {
+        /// The server's `storage.data_dir`.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Print the newest checkpoint (seq, hash) for publishing outside the server.
+    Head {
+        /// The server's `storage.data_dir`.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// `opcenter audit ...`; `Ok(false)` when the chain is broken.
+fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
+    use opcenter_store::hex;
+    match cmd {
+        AuditCmd::Verify { data_dir } => {
+            let started = std::time::Instant::now();
+            let v = opcenter_store::verify(&data_dir)
+                .with_context(|| format!("verifying the journal in {}", data_dir.display()))?;
+            let records = (v.last_seq + 1).saturating_sub(v.first_seq);
+            println!(
+                "records {}..={} ({records}), {} checkpoint(s), walked in {:.3} s",
+                v.first_seq,
+                v.last_seq,
+                v.checkpoints,
+                started.elapsed().as_secs_f64()
+            );
+            println!("base {} (hash before seq {})", hex(&v.base), v.first_seq);
+            println!("head {} (seq {})", hex(&v.head), v.last_seq);
+            match v.breaks.first() {
+                None => {
+                    println!("OK: every link holds");
+                    Ok(true)
+                }
+                Some(first) => {
+                    println!(
+                        "BROKEN: first broken record: seq {} in segment {} at byte {}: {}",
+                        first.seq,
+                        first.path.display(),
+                        first.offset,
+                        first.reason
+                    );
+                    for b in &v.breaks[1..] {
+                        println!("BROKEN: also {b}");
+                    }
+                    Ok(false)
+                }
+            }
+        }
+        AuditCmd::Head { data_dir } => {
+            let cps = opcenter_store::read_checkpoints(&data_dir)
+                .with_context(|| format!("reading checkpoints in {}", data_dir.display()))?;
+            let Some(cp) = cps.last() else {
+                anyhow::bail!(
+                    "no checkpoint yet in {} (one is written every storage.audit_checkpoint_records \
+                     records or audit_checkpoint_s seconds)",
+                    data_dir.display()
+                );
+            };
+            println!("seq {} hash {} unix_ms {}", cp.seq, hex(&cp.hash), cp.unix_ms);
+            Ok(true)
+        }
+    }
 }
 
 fn init_tracing() {
@@ -127,9 +205,17 @@ fn now_s() -> u64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve { config } => {
+        Cmd::Serve {
+            config,
+            accept_broken_chain,
+        } => {
             init_tracing();
-            let server = start(load_settings(config.as_ref())?).await?;
+            let mut settings = load_settings(config.as_ref())?;
+            if accept_broken_chain {
+                tracing::warn!("--accept-broken-chain: a broken audit chain will not stop this start");
+                settings.accept_broken_chain = true;
+            }
+            let server = start(settings).await?;
             println!("listening on {}", server.local_addr()?);
             server.serve(shutdown_signal()).await?;
         }
@@ -191,6 +277,11 @@ async fn main() -> anyhow::Result<()> {
             claims.kind = kind;
             claims.caps = (!caps.is_empty()).then_some(caps);
             println!("{}", mint_token(settings.jwt_secret.as_bytes(), &claims));
+        }
+        Cmd::Audit(cmd) => {
+            if !audit(cmd)? {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

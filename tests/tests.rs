@@ -7,12 +7,14 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod bad_input;
 mod bounds;
 mod cli;
 mod cluster;
 mod durability;
+mod eido;
 mod http;
 mod hub_e2e;
 mod journal_failure;

@@ -260,6 +260,47 @@ pub(crate) async fn get_incident(
     }
 }
 
+/// `GET /v1/incidents/{id}/eido`: the incident as an EIDO document (`crate::eido`).
+pub(crate) async fn get_incident_eido(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
+        return r;
+    }
+    let (tx, rx) = oneshot::channel();
+    let asked = ReadRequest::GetIncidentWithUnits {
+        incident_id: id.clone(),
+        reply: tx,
+    };
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        )
+    };
+    // Answered by the read model, like `GET /v1/incidents/{id}`.
+    if app.reads.send(asked).is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Some((incident, units))) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            crate::eido::document(&incident, &units).to_string(),
+        )
+            .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no incident {id}"),
+        ),
+        Err(_) => unavailable(),
+    }
+}
+
 /// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed or
 /// the engine thread stopped.
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {

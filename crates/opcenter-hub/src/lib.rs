@@ -11,6 +11,7 @@
 //! - `outbox`: one session's bounded outbound queue.
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
+//! - `eido`: an incident as an EIDO document (NENA-STA-021).
 //! - `wire`: outgoing frames → WebSocket messages, encoded once.
 //! - `limit`: token buckets (session command budget, reports rate limit).
 //! - `metric`: the name of every metric on `/metrics`.
@@ -20,6 +21,7 @@
 //! [`Server::serve`] with any future as the shutdown signal, and [`HubError`].
 #![deny(missing_docs)]
 
+mod eido;
 mod engine_task;
 mod fanout;
 mod http;
@@ -64,6 +66,16 @@ pub enum HubError {
     /// so this one does not start at all.
     #[error(transparent)]
     Locked(opcenter_store::StoreError),
+    /// The journal's audit hash chain is broken: refusing to build on history that
+    /// cannot be proven unaltered (`Settings::accept_broken_chain` starts anyway).
+    #[error(
+        "{0}; the server does not start on it: `opcenter audit verify --data-dir DIR` lists \
+         the breaks, `opcenter serve --accept-broken-chain` starts anyway"
+    )]
+    BrokenChain(opcenter_store::StoreError),
+    /// The data directory is of a format this version does not read.
+    #[error(transparent)]
+    OldFormat(opcenter_store::StoreError),
     /// The task that opened or replayed the journal panicked.
     #[error("recovery: the task opening or replaying the journal failed")]
     Recovery(#[from] tokio::task::JoinError),
@@ -170,6 +182,9 @@ impl Server {
             let dir = settings.data_dir.clone();
             let opts = Options {
                 fsync: settings.fsync,
+                checkpoint_records: settings.audit_checkpoint_records,
+                checkpoint_interval: settings.audit_checkpoint_interval,
+                accept_broken_chain: settings.accept_broken_chain,
                 ..Options::default()
             };
             tokio::task::spawn_blocking(move || FileJournal::open(dir, opts)).await?
@@ -179,6 +194,8 @@ impl Server {
             // Another server owns this data: refuse to start at all rather than
             // answer clients while the other one is the writer.
             Err(e @ opcenter_store::StoreError::Locked { .. }) => Err(HubError::Locked(e)),
+            Err(e @ opcenter_store::StoreError::ChainBroken { .. }) => Err(HubError::BrokenChain(e)),
+            Err(e @ opcenter_store::StoreError::OldFormat { .. }) => Err(HubError::OldFormat(e)),
             Err(e) => Self::launch_unavailable(listener, settings, e.into()),
         }
     }
@@ -329,6 +346,7 @@ impl Server {
             .route("/v1/ws", get(http::websocket))
             .route("/v1/reports", post(http::post_report))
             .route("/v1/incidents/{id}", get(http::get_incident))
+            .route("/v1/incidents/{id}/eido", get(http::get_incident_eido))
             .route("/v1/console/config", get(http::console_config))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))

@@ -1,4 +1,4 @@
-//! The `opcenter` binary: `serve`, `demo`, `sim`, `token` and `audit`.
+//! The `opcenter` binary: `serve`, `demo`, `sim`, `token` and `audit` (verify, head, show).
 //!
 //! Owns: argument parsing, logging set-up, signals. Must never: hold server
 //! logic (that is `opcenter-hub`) or client logic (`opcenter-sim`).
@@ -72,7 +72,7 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// The journal's audit hash chain (docs/records.md).
+    /// The audit trail: hash chains, checkpoints, incident timelines (docs/records.md).
     #[command(subcommand)]
     Audit(AuditCmd),
 }
@@ -88,6 +88,19 @@ enum AuditCmd {
     },
     /// Print the newest checkpoint (seq, hash) for publishing outside the server.
     Head {
+        /// The server's `storage.data_dir`.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// The timeline of one incident from the journal: every change, who made
+    /// it (sub, role, session) and when. Read-only; a server may be running.
+    Show {
+        /// The incident id.
+        #[arg(long)]
+        incident: String,
+        /// JSON (the body of `GET /v1/incidents/{id}/timeline`) instead of text.
+        #[arg(long)]
+        json: bool,
         /// The server's `storage.data_dir`.
         #[arg(long)]
         data_dir: PathBuf,
@@ -112,11 +125,31 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
             );
             println!("base {} (hash before seq {})", hex(&v.base), v.first_seq);
             println!("head {} (seq {})", hex(&v.head), v.last_seq);
+            let log = opcenter_hub::verify_audit_log(&data_dir)
+                .with_context(|| format!("verifying the audit log in {}", data_dir.display()))?;
+            println!(
+                "audit log {}: {} line(s), {} occurrence(s), head {}",
+                opcenter_hub::AUDIT_LOG_FILE,
+                log.lines,
+                log.occurrences,
+                hex(&log.head)
+            );
+            let log_ok = match &log.first_break {
+                None => true,
+                Some((line, why)) => {
+                    println!(
+                        "BROKEN: audit log {}: first broken line {line}: {why}",
+                        opcenter_hub::AUDIT_LOG_FILE
+                    );
+                    false
+                }
+            };
             match v.breaks.first() {
-                None => {
+                None if log_ok => {
                     println!("OK: every link holds");
                     Ok(true)
                 }
+                None => Ok(false),
                 Some(first) => {
                     println!(
                         "BROKEN: first broken record: seq {} in segment {} at byte {}: {}",
@@ -143,6 +176,28 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
                 );
             };
             println!("seq {} hash {} unix_ms {}", cp.seq, hex(&cp.hash), cp.unix_ms);
+            Ok(true)
+        }
+        AuditCmd::Show {
+            incident,
+            json,
+            data_dir,
+        } => {
+            let t = opcenter_hub::timeline_in_dir(&data_dir, &incident)
+                .with_context(|| format!("reading the journal in {}", data_dir.display()))?;
+            if t.steps.is_empty() {
+                anyhow::bail!(
+                    "no incident {incident} in the journal in {} (records {}..={})",
+                    data_dir.display(),
+                    t.first_seq,
+                    t.last_seq
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", t.to_text());
+            }
             Ok(true)
         }
     }

@@ -21,6 +21,7 @@ mod journal_failure;
 mod limits;
 mod liveness;
 mod reads;
+mod records;
 mod sim_e2e;
 mod week;
 mod week_driver;

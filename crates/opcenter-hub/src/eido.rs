@@ -42,7 +42,7 @@ pub(crate) fn unit_status(status: UnitStatus) -> (&'static str, &'static [&'stat
 
 /// Our status names as the protocol spells them (`en_route`...), for the
 /// `...Internal...` fields that carry our own code next to the registry value.
-fn ours<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn ours<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

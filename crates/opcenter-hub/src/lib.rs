@@ -12,6 +12,9 @@
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
 //! - `eido`: an incident as an EIDO document (NENA-STA-021).
+//! - `audit_log`: the refused-action log (failed sign-ins, `forbidden`, rate
+//!   limits, audit reads), chained like the journal, floods aggregated.
+//! - `audit_timeline`: an incident's timeline (who did what, when) from the journal.
 //! - `wire`: outgoing frames → WebSocket messages, encoded once.
 //! - `limit`: token buckets (session command budget, reports rate limit).
 //! - `metric`: the name of every metric on `/metrics`.
@@ -21,6 +24,8 @@
 //! [`Server::serve`] with any future as the shutdown signal, and [`HubError`].
 #![deny(missing_docs)]
 
+mod audit_log;
+mod audit_timeline;
 mod eido;
 mod engine_task;
 mod fanout;
@@ -49,6 +54,12 @@ use tokio::net::TcpListener;
 use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
+pub use audit_log::{
+    AUDIT_LOG_FILE, AuditLogError, Kind as AuditKind, Line as AuditLine, LogVerified,
+    read_lines as read_audit_log, verify as verify_audit_log,
+};
+pub use audit_timeline::{Step as TimelineStep, Timeline, TimelineError, timeline_in_dir};
+pub use record::Origin as RecordActor;
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};
@@ -97,6 +108,9 @@ pub enum HubError {
         /// Why.
         source: opcenter_cluster::ClusterError,
     },
+    /// The refused-action log (`<data_dir>/audit-log.jsonl`) could not be opened.
+    #[error("audit log: {0}")]
+    AuditLog(#[from] AuditLogError),
     /// Another engine appended to the region's stream: this one stopped serving
     /// so that it never acknowledges a command that is not in the stream.
     #[error("fenced: another engine writes this region; stopped serving ({0})")]
@@ -123,6 +137,11 @@ pub(crate) struct App {
     pub(crate) reports_bucket: Mutex<limit::TokenBucket>,
     /// Prometheus renderer.
     pub(crate) metrics: PrometheusHandle,
+    /// The refused-action log.
+    pub(crate) audit: audit_log::AuditLog,
+    /// The journal, for timeline scans (one chunk per lock hold, off the
+    /// engine and read-model threads).
+    pub(crate) journal: read_model::SharedJournal,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -270,6 +289,12 @@ impl Server {
             seq: journal.last_seq(),
             history,
         };
+        // Over data that could not be read, nothing is written to the data dir.
+        let audit = if healthy {
+            audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?
+        } else {
+            audit_log::AuditLog::disabled()
+        };
         let journal = Arc::new(std::sync::Mutex::new(journal));
         let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
         let (reads, reads_rx) = std::sync::mpsc::channel();
@@ -289,7 +314,7 @@ impl Server {
             })?;
         let task = EngineTask::new(
             engine,
-            journal,
+            journal.clone(),
             reads.clone(),
             shared.clone(),
             &settings,
@@ -312,6 +337,8 @@ impl Server {
             connections: AtomicUsize::new(0),
             reports_bucket: Mutex::new(reports_bucket),
             metrics: metrics_handle(),
+            audit,
+            journal,
         });
         Ok(Server {
             listener,
@@ -347,6 +374,7 @@ impl Server {
             .route("/v1/reports", post(http::post_report))
             .route("/v1/incidents/{id}", get(http::get_incident))
             .route("/v1/incidents/{id}/eido", get(http::get_incident_eido))
+            .route("/v1/incidents/{id}/timeline", get(http::get_incident_timeline))
             .route("/v1/console/config", get(http::console_config))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))
@@ -417,6 +445,9 @@ impl Server {
         }
         stop_ticks.cancel();
         let _ = tokio::time::timeout_at(deadline, serving).await;
+        // What the audit log gathered this second is written before we go.
+        let audit = app.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         // The engine thread ends when the last sender is gone; sessions that
         // outlived the deadline may still hold one, so do not wait past it.
         drop(app);

@@ -60,7 +60,8 @@ pub fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Hash> {
+/// A hash from 64 hex digits (either case).
+pub fn unhex(text: &str) -> Option<Hash> {
     if text.len() != 64 {
         return None;
     }

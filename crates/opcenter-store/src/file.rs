@@ -531,12 +531,7 @@ pub struct Verified {
 /// every checkpoint that still has its record. Damage that recovery itself refuses
 /// (bad CRC in the middle, seq gaps, a format-1 directory) is an `Err`.
 pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
-    let listing = list_dir(dir, false)?;
-    if !listing.has_epoch && (!listing.starts.is_empty() || listing.has_snapshots) {
-        return Err(StoreError::MissingEpoch { dir: dir.into() });
-    }
-    let checkpoints = chain::read_checkpoints(dir)?;
-    let loaded = load_segments(dir, &listing.starts, &checkpoints, false)?;
+    let (loaded, checkpoints) = load_read_only(dir)?;
     let last_seq = loaded.segments.last().map_or(0, |s| s.last_seq);
     let first_seq = loaded.segments.first().map_or(last_seq + 1, |s| s.start);
     let base = match loaded.segments.first() {
@@ -554,6 +549,17 @@ pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
         checkpoints: checkpoints.len(),
         breaks: loaded.breaks,
     })
+}
+
+/// The segments of `dir` and its checkpoints, walked without the lock or repair.
+fn load_read_only(dir: &Path) -> Result<(Loaded, Vec<Checkpoint>), StoreError> {
+    let listing = list_dir(dir, false)?;
+    if !listing.has_epoch && (!listing.starts.is_empty() || listing.has_snapshots) {
+        return Err(StoreError::MissingEpoch { dir: dir.into() });
+    }
+    let checkpoints = chain::read_checkpoints(dir)?;
+    let loaded = load_segments(dir, &listing.starts, &checkpoints, false)?;
+    Ok((loaded, checkpoints))
 }
 
 fn read_head(path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -817,13 +823,7 @@ impl FileJournal {
     }
 
     /// Reads records of one segment with seq >= `from` into `out`, up to `max` in all.
-    fn read_segment(
-        &self,
-        seg: &Segment,
-        from: u64,
-        max: usize,
-        out: &mut Vec<Record>,
-    ) -> Result<(), StoreError> {
+    fn read_segment(seg: &Segment, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), StoreError> {
         let at = seg
             .index
             .partition_point(|&(seq, _)| seq <= from)
@@ -876,6 +876,73 @@ impl FileJournal {
     }
 }
 
+/// `Journal::read_from` over committed `segments` ending at `last_seq`.
+fn read_segments(
+    segments: &[Segment],
+    last_seq: u64,
+    after_seq: u64,
+    max: usize,
+) -> Result<Vec<Record>, StoreError> {
+    let first_seq = segments.first().map_or(last_seq + 1, |s| s.start);
+    if after_seq + 1 < first_seq {
+        return Err(StoreError::Compacted { after_seq, first_seq });
+    }
+    let from = after_seq + 1;
+    let mut out = Vec::new();
+    if from > last_seq || max == 0 {
+        return Ok(out);
+    }
+    let mut i = segments.partition_point(|s| s.start <= from).saturating_sub(1);
+    while i < segments.len() && out.len() < max {
+        let seg = &segments[i];
+        if !seg.is_empty() && seg.last_seq >= from {
+            FileJournal::read_segment(seg, from, max, &mut out)?;
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// A read-only view of the committed records in a journal directory, for tools
+/// (`opcenter audit show`): no lock is taken and nothing is changed, so a server
+/// may be running; records it commits after [`JournalReader::open`] are not seen.
+/// Opening walks and checks every record as [`verify`] does; a broken chain is
+/// not an error here (`breaks` says where), damage recovery refuses is.
+pub struct JournalReader {
+    segments: Vec<Segment>,
+    last_seq: u64,
+    /// Where the chain does not hold (empty when it does).
+    pub breaks: Vec<ChainBreak>,
+}
+
+impl JournalReader {
+    /// Loads the segment list of the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<JournalReader, StoreError> {
+        let (loaded, _) = load_read_only(dir)?;
+        let last_seq = loaded.segments.last().map_or(0, |s| s.last_seq);
+        Ok(JournalReader {
+            segments: loaded.segments,
+            last_seq,
+            breaks: loaded.breaks,
+        })
+    }
+
+    /// Oldest retained record (`last_seq() + 1` if none).
+    pub fn first_seq(&self) -> u64 {
+        self.segments.first().map_or(self.last_seq + 1, |s| s.start)
+    }
+
+    /// Newest committed record at open.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Up to `max` records after `after_seq`, as `Journal::read_from`.
+    pub fn read_from(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, StoreError> {
+        read_segments(&self.segments, self.last_seq, after_seq, max)
+    }
+}
+
 impl Journal for FileJournal {
     fn epoch(&self) -> &str {
         &self.epoch
@@ -907,27 +974,7 @@ impl Journal for FileJournal {
     }
 
     fn read_from(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, StoreError> {
-        let first_seq = self.first_seq();
-        if after_seq + 1 < first_seq {
-            return Err(StoreError::Compacted { after_seq, first_seq });
-        }
-        let from = after_seq + 1;
-        let mut out = Vec::new();
-        if from > self.last_seq || max == 0 {
-            return Ok(out);
-        }
-        let mut i = self
-            .segments
-            .partition_point(|s| s.start <= from)
-            .saturating_sub(1);
-        while i < self.segments.len() && out.len() < max {
-            let seg = &self.segments[i];
-            if !seg.is_empty() && seg.last_seq >= from {
-                self.read_segment(seg, from, max, &mut out)?;
-            }
-            i += 1;
-        }
-        Ok(out)
+        read_segments(&self.segments, self.last_seq, after_seq, max)
     }
 
     fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {

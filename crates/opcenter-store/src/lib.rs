@@ -171,9 +171,9 @@ mod snapshot;
 
 use std::ops::RangeInclusive;
 
-pub use chain::{ChainBreak, Checkpoint, GENESIS, Hash, hex, link, read_checkpoints};
+pub use chain::{ChainBreak, Checkpoint, GENESIS, Hash, hex, link, read_checkpoints, unhex};
 pub use error::StoreError;
-pub use file::{FileJournal, Options, Verified, verify};
+pub use file::{FileJournal, JournalReader, Options, Verified, verify};
 pub use frame::MAX_PAYLOAD;
 pub use mem::MemJournal;
 

@@ -139,7 +139,7 @@ fn step(
         EventBody::Assignment { unit_id, incident } if incident.id == id => (
             "assignments",
             Some(unit_id.clone()),
-            format!("assignment sent to {unit_id}'s tablet"),
+            format!("{unit_id}'s tablet told ({} event)", event.change.as_str()),
             incident.updated_ms,
         ),
         EventBody::Unit(u) if u.incident_id.as_deref() == Some(id) || on_it.contains(&u.id) => {

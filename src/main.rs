@@ -1,4 +1,4 @@
-//! The `opcenter` binary: `serve`, `demo`, `sim`, `token` and `report`.
+//! The `opcenter` binary: `serve`, `demo`, `sim`, `token`, `report` and `audit` (verify, head, show).
 //!
 //! Owns: argument parsing, logging set-up, signals. Must never: hold server
 //! logic (that is `opcenter-hub`) or client logic (`opcenter-sim`).
@@ -30,6 +30,10 @@ enum Cmd {
         /// TOML config layered over the embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Start even if the journal's audit hash chain is broken (every break is
+        /// logged at error level; the history can no longer be proven unaltered).
+        #[arg(long)]
+        accept_broken_chain: bool,
     },
     /// The server on embedded defaults plus a simulated city driving it.
     Demo {
@@ -71,6 +75,9 @@ enum Cmd {
     /// Reports computed offline from a stopped server's journal.
     #[command(subcommand)]
     Report(ReportCmd),
+    /// The audit trail: hash chains, checkpoints, incident timelines (docs/records.md).
+    #[command(subcommand)]
+    Audit(AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -150,6 +157,132 @@ fn print_table(r: &opcenter_core::report::Report) {
     }
 }
 
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the chain (read-only; a server may be running) and name the first
+    /// broken record. Exit status 1 if the chain does not hold.
+    Verify {
+        /// The server's `storage.data_dir`.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Print the newest checkpoint (seq, hash) for publishing outside the server.
+    Head {
+        /// The server's `storage.data_dir`.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// The timeline of one incident from the journal: every change, who made
+    /// it (sub, role, session) and when. Read-only; a server may be running.
+    Show {
+        /// The incident id.
+        #[arg(long)]
+        incident: String,
+        /// JSON (the body of `GET /v1/incidents/{id}/timeline`) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The server's `storage.data_dir`.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// `opcenter audit ...`; `Ok(false)` when the chain is broken.
+fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
+    use opcenter_store::hex;
+    match cmd {
+        AuditCmd::Verify { data_dir } => {
+            let started = std::time::Instant::now();
+            let v = opcenter_store::verify(&data_dir)
+                .with_context(|| format!("verifying the journal in {}", data_dir.display()))?;
+            let records = (v.last_seq + 1).saturating_sub(v.first_seq);
+            println!(
+                "records {}..={} ({records}), {} checkpoint(s), walked in {:.3} s",
+                v.first_seq,
+                v.last_seq,
+                v.checkpoints,
+                started.elapsed().as_secs_f64()
+            );
+            println!("base {} (hash before seq {})", hex(&v.base), v.first_seq);
+            println!("head {} (seq {})", hex(&v.head), v.last_seq);
+            let log = opcenter_hub::verify_audit_log(&data_dir)
+                .with_context(|| format!("verifying the audit log in {}", data_dir.display()))?;
+            println!(
+                "audit log {}: {} line(s), {} occurrence(s), head {}",
+                opcenter_hub::AUDIT_LOG_FILE,
+                log.lines,
+                log.occurrences,
+                hex(&log.head)
+            );
+            let log_ok = match &log.first_break {
+                None => true,
+                Some((line, why)) => {
+                    println!(
+                        "BROKEN: audit log {}: first broken line {line}: {why}",
+                        opcenter_hub::AUDIT_LOG_FILE
+                    );
+                    false
+                }
+            };
+            match v.breaks.first() {
+                None if log_ok => {
+                    println!("OK: every link holds");
+                    Ok(true)
+                }
+                None => Ok(false),
+                Some(first) => {
+                    println!(
+                        "BROKEN: first broken record: seq {} in segment {} at byte {}: {}",
+                        first.seq,
+                        first.path.display(),
+                        first.offset,
+                        first.reason
+                    );
+                    for b in &v.breaks[1..] {
+                        println!("BROKEN: also {b}");
+                    }
+                    Ok(false)
+                }
+            }
+        }
+        AuditCmd::Head { data_dir } => {
+            let cps = opcenter_store::read_checkpoints(&data_dir)
+                .with_context(|| format!("reading checkpoints in {}", data_dir.display()))?;
+            let Some(cp) = cps.last() else {
+                anyhow::bail!(
+                    "no checkpoint yet in {} (one is written every storage.audit_checkpoint_records \
+                     records or audit_checkpoint_s seconds)",
+                    data_dir.display()
+                );
+            };
+            println!("seq {} hash {} unix_ms {}", cp.seq, hex(&cp.hash), cp.unix_ms);
+            Ok(true)
+        }
+        AuditCmd::Show {
+            incident,
+            json,
+            data_dir,
+        } => {
+            let t = opcenter_hub::timeline_in_dir(&data_dir, &incident)
+                .with_context(|| format!("reading the journal in {}", data_dir.display()))?;
+            if t.steps.is_empty() {
+                anyhow::bail!(
+                    "no incident {incident} in the journal in {} (records {}..={})",
+                    data_dir.display(),
+                    t.first_seq,
+                    t.last_seq
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", t.to_text());
+            }
+            Ok(true)
+        }
+    }
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -207,9 +340,17 @@ fn now_s() -> u64 {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve { config } => {
+        Cmd::Serve {
+            config,
+            accept_broken_chain,
+        } => {
             init_tracing();
-            let server = start(load_settings(config.as_ref())?).await?;
+            let mut settings = load_settings(config.as_ref())?;
+            if accept_broken_chain {
+                tracing::warn!("--accept-broken-chain: a broken audit chain will not stop this start");
+                settings.accept_broken_chain = true;
+            }
+            let server = start(settings).await?;
             println!("listening on {}", server.local_addr()?);
             server.serve(shutdown_signal()).await?;
         }
@@ -294,6 +435,11 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({ "report": report }));
             } else {
                 print_table(&report);
+            }
+        }
+        Cmd::Audit(cmd) => {
+            if !audit(cmd)? {
+                std::process::exit(1);
             }
         }
     }

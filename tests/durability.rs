@@ -80,7 +80,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// One frame on disk: `[len|flags u32][crc u32][seq u64][payload]` (opcenter-store).
+/// One frame on disk: `[len|flags u32][crc u32][seq u64][hash 32 B][payload]` (opcenter-store).
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     offset: usize,
@@ -92,9 +92,13 @@ struct Frame {
 /// Walks the frames of a segment up to its zero (preallocated) tail. Test-side
 /// parsing only: CRCs are not checked, the server does that.
 fn frames(data: &[u8]) -> Vec<Frame> {
+    // Format 2 (opcenter-store): a 48-byte segment header, then frames with a
+    // 48-byte header (length word, CRC, seq, chain hash).
+    const SEGMENT_HEADER: usize = 48;
+    const HEADER: usize = 48;
     let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= data.len() {
+    let mut off = SEGMENT_HEADER;
+    while off + HEADER <= data.len() {
         let word = u32::from_le_bytes(data[off..off + 4].try_into().unwrap());
         if word == 0 {
             break;
@@ -103,11 +107,11 @@ fn frames(data: &[u8]) -> Vec<Frame> {
         let seq = u64::from_le_bytes(data[off + 8..off + 16].try_into().unwrap());
         out.push(Frame {
             offset: off,
-            len: 16 + payload,
+            len: HEADER + payload,
             seq,
             batch_start: word & (1 << 31) != 0,
         });
-        off += 16 + payload;
+        off += HEADER + payload;
     }
     out
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod bad_input;
 mod bounds;
@@ -14,6 +15,7 @@ mod cli;
 mod cluster;
 mod cluster_roles;
 mod durability;
+mod eido;
 mod http;
 mod hub_e2e;
 mod journal_failure;
@@ -21,6 +23,7 @@ mod limits;
 mod liveness;
 mod reads;
 mod report;
+mod records;
 mod sim_e2e;
 mod week;
 mod week_driver;

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fanout::Fanout;
 use crate::outbox::{CloseReason, Outbox};
 use crate::read_model::{self, Committed, ReadRequest, SharedJournal};
-use crate::record::{self, DurabilityError};
+use crate::record::{self, DurabilityError, Origin};
 use crate::{metric, wire};
 
 /// Test-only fault injection: when this environment variable names a command
@@ -309,8 +309,8 @@ impl Drop for StopGuard {
 /// Events' journal records, or why they could not be encoded.
 type Encoded = Result<Vec<Vec<u8>>, DurabilityError>;
 
-fn encode_all(events: &[Event]) -> Encoded {
-    events.iter().map(record::encode_event).collect()
+fn encode_all(events: &[Event], origin: &Origin) -> Encoded {
+    events.iter().map(|e| record::encode_event(e, origin)).collect()
 }
 
 /// One batch's events beside their journal records, each event encoded once:
@@ -326,8 +326,8 @@ struct BatchEvents {
 }
 
 impl BatchEvents {
-    fn push(&mut self, events: Vec<Event>) {
-        let records = encode_all(&events);
+    fn push(&mut self, events: Vec<Event>, origin: &Origin) {
+        let records = encode_all(&events, origin);
         self.push_encoded(events, records);
     }
 
@@ -503,8 +503,16 @@ impl EngineTask {
                         continue;
                     }
                     let mut assigned = false;
+                    let session = match &reply {
+                        ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
+                        // A hub node's command names its actor but not the hub's
+                        // session (not carried by the bridge yet).
+                        ReplyTo::Http(_) | ReplyTo::Remote(_) => None,
+                    };
+                    let origin = Origin::new(&actor, session, now);
                     let result = self.engine.apply(&actor, command, now);
-                    let result = result.and_then(|applied| self.refuse_oversized(applied, &events.events));
+                    let result =
+                        result.and_then(|applied| self.refuse_oversized(applied, &events.events, &origin));
                     let result = result.map(|(mut applied, records)| {
                         // The events move to the batch; the reply keeps what it needs.
                         let own = std::mem::take(&mut applied.events);
@@ -526,7 +534,9 @@ impl EngineTask {
                 Request::Tick => {
                     if healthy {
                         match self.engine.apply(&Actor::system(), Command::Tick, now) {
-                            Ok(applied) => events.push(applied.events),
+                            Ok(applied) => {
+                                events.push(applied.events, &Origin::new(&Actor::system(), None, now))
+                            }
                             Err(e) => tracing::error!(error = %e, "tick refused"),
                         }
                     }
@@ -551,7 +561,9 @@ impl EngineTask {
                             continue;
                         }
                         match self.engine.apply(&actor, Command::RegisterUnit(p), now) {
-                            Ok(applied) => events.push(applied.events),
+                            Ok(applied) => {
+                                events.push(applied.events, &Origin::new(&actor, Some(&outbox.session), now))
+                            }
                             Err(e) => {
                                 outbox.push_error(id, (&e).into(), &e.to_string());
                                 outbox.close(REGISTRATION_FAILED);
@@ -583,7 +595,11 @@ impl EngineTask {
                     if healthy {
                         let offline = Command::UnitOffline { unit_id: unit };
                         match self.engine.apply(&Actor::system(), offline, now) {
-                            Ok(applied) => events.push(applied.events),
+                            // The session whose end it was.
+                            Ok(applied) => events.push(
+                                applied.events,
+                                &Origin::new(&Actor::system(), Some(&session), now),
+                            ),
                             Err(e) => tracing::error!(error = %e, "unit offline refused"),
                         }
                     }
@@ -752,8 +768,9 @@ impl EngineTask {
         &mut self,
         applied: Applied,
         accepted: &[Event],
+        origin: &Origin,
     ) -> Result<(Applied, Encoded), CoreError> {
-        let records = encode_all(&applied.events);
+        let records = encode_all(&applied.events, origin);
         let largest = match &records {
             Ok(r) => r.iter().map(Vec::len).max().unwrap_or(0),
             // Not a size problem: the commit fails with the typed error.

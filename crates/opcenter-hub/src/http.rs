@@ -1,5 +1,6 @@
 //! HTTP routes beside the WebSocket: the citizens' reports gateway, incident
-//! lookup, the response-time report, health, metrics and the operations console's static files
+//! lookup, the response-time report, EIDO export, incident timeline (refusals
+//! and timeline reads go to the audit log), health, metrics and the operations console's static files
 //! (`shared/PROTOCOL.md` section 8). Errors are `{"error":{"code","message"}}`.
 //!
 //! Owns: HTTP status codes and bodies. Must never: change state except through
@@ -21,10 +22,11 @@ use opcenter_proto::ErrorCode;
 use opcenter_proto::auth::{Claims, Role};
 use opcenter_proto::client::parse_report;
 
+use crate::audit_log::{self, Kind};
 use crate::engine_task::{ReplyTo, Request};
-use crate::read_model::ReadRequest;
+use crate::read_model::{self, ReadRequest};
 use crate::report::ReportQuery;
-use crate::{App, limit, metric};
+use crate::{App, audit_timeline, limit, metric, record};
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = json!({"error": {"code": code.as_str(), "message": message.into()}});
@@ -52,27 +54,57 @@ fn status_of(code: ErrorCode) -> StatusCode {
 /// Checks `Authorization: Bearer <JWT>` and that its role is one of `roles`.
 #[allow(clippy::result_large_err)]
 fn bearer(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, Response> {
-    let token = headers
+    // Every refusal here goes to the audit log: failed sign-ins and role refusals.
+    let refused = |kind, reason: &str, subject: &str, role: Option<Role>, detail: String| {
+        app.audit.record(audit_log::Entry {
+            kind,
+            reason: reason.to_string(),
+            subject: subject.to_string(),
+            role: role.map(|r| r.as_str().to_string()),
+            session: None,
+            component: "http",
+            detail,
+        });
+    };
+    let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            error(
+    else {
+        refused(
+            Kind::SigninFailed,
+            "missing_token",
+            "-",
+            None,
+            "no Bearer token".into(),
+        );
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing Bearer token",
+        ));
+    };
+    let claims = match app.settings.verify_token(token.trim()) {
+        Ok(c) => c,
+        Err(e) => {
+            refused(Kind::SigninFailed, "bad_token", "-", None, e.to_string());
+            return Err(error(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
-                "missing Bearer token",
-            )
-        })?;
-    let claims = app
-        .settings
-        .verify_token(token.trim())
-        .map_err(|e| error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string()))?;
+                e.to_string(),
+            ));
+        }
+    };
     if !roles.contains(&claims.role) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("role {} may not use this endpoint", claims.role.as_str()),
-        ));
+        let message = format!("role {} may not use this endpoint", claims.role.as_str());
+        refused(
+            Kind::Forbidden,
+            "endpoint",
+            &claims.sub,
+            Some(claims.role),
+            message.clone(),
+        );
+        return Err(error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message));
     }
     Ok(claims)
 }
@@ -142,6 +174,15 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
         .err();
     if let Some(wait) = refused_for {
         metrics::counter!(metric::REFUSALS, "limit" => "reports_rate").increment(1);
+        app.audit.record(audit_log::Entry {
+            kind: Kind::RateLimited,
+            reason: "reports_rate".into(),
+            subject: claims.sub.clone(),
+            role: Some(claims.role.as_str().to_string()),
+            session: None,
+            component: "http",
+            detail: "POST /v1/reports over http.reports_per_s".into(),
+        });
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
@@ -321,7 +362,124 @@ pub(crate) async fn response_times(
     }
 }
 
+/// `GET /v1/incidents/{id}/eido`: the incident as an EIDO document (`crate::eido`).
+pub(crate) async fn get_incident_eido(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
+        return r;
+    }
+    let (tx, rx) = oneshot::channel();
+    let asked = ReadRequest::GetIncidentWithUnits {
+        incident_id: id.clone(),
+        reply: tx,
+    };
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        )
+    };
+    // Answered by the read model, like `GET /v1/incidents/{id}`.
+    if app.reads.send(asked).is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Some((incident, units))) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            crate::eido::document(&incident, &units).to_string(),
+        )
+            .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no incident {id}"),
+        ),
+        Err(_) => unavailable(),
+    }
+}
+
 /// `GET /healthz`: 200 while the journal accepts writes, 503 once it failed or
+/// `GET /v1/incidents/{id}/timeline` (supervisor): every journal record
+/// touching the incident, with who caused it (`crate::audit_timeline`). The
+/// read itself goes to the audit log.
+pub(crate) async fn get_incident_timeline(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let claims = match bearer(&app, &headers, &[Role::Supervisor]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let journal = app.journal.clone();
+    let wanted = id.clone();
+    // A scan of the retained journal: on a blocking thread, one chunk per lock
+    // hold, so neither the engine's commits nor the read model wait for it.
+    let scanned = tokio::task::spawn_blocking(move || {
+        let first = read_model::lock(&journal).first_seq();
+        let chunk = |after, max| record::read_from(&**read_model::lock(&journal), after, max);
+        audit_timeline::collect(first, chunk, &wanted)
+    })
+    .await;
+    let (response, outcome) = match scanned {
+        Ok(Ok(t)) if t.steps.is_empty() => (
+            error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!("no incident {id} in the journal"),
+            ),
+            "not_found".to_string(),
+        ),
+        Ok(Ok(t)) => {
+            let steps = t.steps.len();
+            (
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    serde_json::to_string(&t).unwrap_or_default(),
+                )
+                    .into_response(),
+                format!("ok, {steps} steps"),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "timeline scan failed");
+            (
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    e.to_string(),
+                ),
+                format!("error: {e}"),
+            )
+        }
+        Err(_) => (
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal,
+                "shutting down",
+            ),
+            "error: shutting down".to_string(),
+        ),
+    };
+    app.audit.record(audit_log::Entry {
+        kind: Kind::AuditRead,
+        // One line per incident read (per reader and second).
+        reason: format!("timeline:{id}"),
+        subject: claims.sub,
+        role: Some(claims.role.as_str().to_string()),
+        session: None,
+        component: "http",
+        detail: format!("GET /v1/incidents/{id}/timeline: {outcome}"),
+    });
+    response
+}
+
 /// the engine thread stopped.
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     if app.shared.stopped.is_cancelled() {

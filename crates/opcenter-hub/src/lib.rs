@@ -15,6 +15,10 @@
 //! - `outbox`: one session's bounded outbound queue.
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
+//! - `eido`: an incident as an EIDO document (NENA-STA-021).
+//! - `audit_log`: the refused-action log (failed sign-ins, `forbidden`, rate
+//!   limits, audit reads), chained like the journal, floods aggregated.
+//! - `audit_timeline`: an incident's timeline (who did what, when) from the journal.
 //! - `wire`: outgoing frames → WebSocket messages, encoded once.
 //! - `limit`: token buckets (session command budget, reports rate limit).
 //! - `metric`: the name of every metric on `/metrics`.
@@ -26,6 +30,9 @@
 #![deny(missing_docs)]
 
 mod bridge;
+mod audit_log;
+mod audit_timeline;
+mod eido;
 mod engine_task;
 mod fanout;
 mod http;
@@ -56,6 +63,12 @@ use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
 pub use report::{ReportError, ReportQuery, report_offline};
+pub use audit_log::{
+    AUDIT_LOG_FILE, AuditLogError, Kind as AuditKind, Line as AuditLine, LogVerified,
+    read_lines as read_audit_log, verify as verify_audit_log,
+};
+pub use audit_timeline::{Step as TimelineStep, Timeline, TimelineError, timeline_in_dir};
+pub use record::Origin as RecordActor;
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};
@@ -73,6 +86,16 @@ pub enum HubError {
     /// so this one does not start at all.
     #[error(transparent)]
     Locked(opcenter_store::StoreError),
+    /// The journal's audit hash chain is broken: refusing to build on history that
+    /// cannot be proven unaltered (`Settings::accept_broken_chain` starts anyway).
+    #[error(
+        "{0}; the server does not start on it: `opcenter audit verify --data-dir DIR` lists \
+         the breaks, `opcenter serve --accept-broken-chain` starts anyway"
+    )]
+    BrokenChain(opcenter_store::StoreError),
+    /// The data directory is of a format this version does not read.
+    #[error(transparent)]
+    OldFormat(opcenter_store::StoreError),
     /// The task that opened or replayed the journal panicked.
     #[error("recovery: the task opening or replaying the journal failed")]
     Recovery(#[from] tokio::task::JoinError),
@@ -89,6 +112,9 @@ pub enum HubError {
         /// Why.
         source: opcenter_cluster::ClusterError,
     },
+    /// The refused-action log (`<data_dir>/audit-log.jsonl`) could not be opened.
+    #[error("audit log: {0}")]
+    AuditLog(#[from] AuditLogError),
     /// Another engine appended to the region's stream: this one stopped serving
     /// so that it never acknowledges a command that is not in the stream.
     #[error("fenced: another engine writes this region; stopped serving ({0})")]
@@ -119,7 +145,10 @@ pub(crate) struct App {
     pub(crate) reports_bucket: Mutex<limit::TokenBucket>,
     /// Prometheus renderer.
     pub(crate) metrics: PrometheusHandle,
-    /// The journal, for reports that read its history (locked per chunk).
+    /// The refused-action log.
+    pub(crate) audit: audit_log::AuditLog,
+    /// The journal, for reports and timeline scans that read its history
+    /// (one chunk per lock hold, off the engine and read-model threads).
     pub(crate) journal: read_model::SharedJournal,
 }
 
@@ -236,6 +265,9 @@ impl Server {
             let dir = settings.data_dir.clone();
             let opts = Options {
                 fsync: settings.fsync,
+                checkpoint_records: settings.audit_checkpoint_records,
+                checkpoint_interval: settings.audit_checkpoint_interval,
+                accept_broken_chain: settings.accept_broken_chain,
                 ..Options::default()
             };
             tokio::task::spawn_blocking(move || FileJournal::open(dir, opts)).await?
@@ -245,6 +277,8 @@ impl Server {
             // Another server owns this data: refuse to start at all rather than
             // answer clients while the other one is the writer.
             Err(e @ opcenter_store::StoreError::Locked { .. }) => Err(HubError::Locked(e)),
+            Err(e @ opcenter_store::StoreError::ChainBroken { .. }) => Err(HubError::BrokenChain(e)),
+            Err(e @ opcenter_store::StoreError::OldFormat { .. }) => Err(HubError::OldFormat(e)),
             Err(e) => Self::launch_unavailable(listener, settings, e.into()),
         }
     }
@@ -338,6 +372,12 @@ impl Server {
             seq,
             history,
         };
+        // Over data that could not be read, nothing is written to the data dir.
+        let audit = if healthy {
+            audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?
+        } else {
+            audit_log::AuditLog::disabled()
+        };
         let journal = Arc::new(std::sync::Mutex::new(journal));
         let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
         let (reads, reads_rx) = std::sync::mpsc::channel();
@@ -408,6 +448,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             reports_bucket: Mutex::new(reports_bucket),
             metrics: metrics_handle(),
+            audit,
             journal: report_journal,
         });
         Ok(Server {
@@ -455,6 +496,8 @@ impl Server {
             .route("/v1/reports", post(http::post_report))
             .route("/v1/incidents/{id}", get(http::get_incident))
             .route("/v1/reports/response-times", get(http::response_times))
+            .route("/v1/incidents/{id}/eido", get(http::get_incident_eido))
+            .route("/v1/incidents/{id}/timeline", get(http::get_incident_timeline))
             .route("/v1/console/config", get(http::console_config))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))
@@ -538,6 +581,9 @@ impl Server {
         }
         stop_ticks.cancel();
         let _ = tokio::time::timeout_at(deadline, serving).await;
+        // What the audit log gathered this second is written before we go.
+        let audit = app.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         // The engine thread ends when the last sender is gone; sessions that
         // outlived the deadline may still hold one, so do not wait past it.
         drop(app);

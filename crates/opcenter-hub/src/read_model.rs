@@ -13,7 +13,7 @@
 //!   batch before the subscribe, the state here is exactly at the cut;
 //! - position batches to `positions` subscribers, per area, every
 //!   `hub.position_interval_ms`;
-//! - `GET /v1/incidents/{id}`;
+//! - `GET /v1/incidents/{id}` and `GET /v1/incidents/{id}/eido`;
 //! - the periodic state snapshot (serialize, write, fsync, compact).
 //!
 //! Its only input is the [`Committed`] message, not engine internals: on a hub
@@ -89,6 +89,12 @@ pub(crate) enum ReadRequest {
     GetIncident {
         incident_id: String,
         reply: oneshot::Sender<Option<Incident>>,
+    },
+    /// `GET /v1/incidents/{id}/eido`: the incident and its assigned units, read
+    /// together so the export is one consistent moment.
+    GetIncidentWithUnits {
+        incident_id: String,
+        reply: oneshot::Sender<Option<(Incident, Vec<Unit>)>>,
     },
 }
 
@@ -196,6 +202,22 @@ impl ReadModel {
                     .get(&incident_id)
                     .cloned()
                     .or_else(|| self.journal_incident(&incident_id));
+                let _ = reply.send(found);
+            }
+            ReadRequest::GetIncidentWithUnits { incident_id, reply } => {
+                let found = self
+                    .incidents
+                    .get(&incident_id)
+                    .cloned()
+                    .or_else(|| self.journal_incident(&incident_id))
+                    .map(|i| {
+                        let units = i
+                            .units
+                            .iter()
+                            .filter_map(|u| self.units.get(u).cloned())
+                            .collect();
+                        (i, units)
+                    });
                 let _ = reply.send(found);
             }
         }

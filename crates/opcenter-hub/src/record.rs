@@ -4,13 +4,17 @@
 //! writes to or reads from a [`Journal`] goes through here.
 //!
 //! Records are MessagePack with field names, so a field added later reads as
-//! its default from older records.
+//! its default from older records. A record is the event's own map (`change`,
+//! `body`) plus `actor`: who caused it ([`Origin`], the audit trail). The actor
+//! is in the journal only, never on the wire; records written before it existed
+//! read with no actor.
 //!
 //! Owns: the record format. Must never: decide when to write (the engine
 //! thread does) or swallow a store error into a string.
 
-use opcenter_core::{EngineSnapshot, Event, EventBody, Incident};
+use opcenter_core::{Actor, ActorKind, Change, EngineSnapshot, Event, EventBody, Incident};
 use opcenter_store::{Journal, Record, StoreError};
+use serde::{Deserialize, Serialize};
 
 /// Why the journal could not be read, written or replayed.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +49,85 @@ pub(crate) enum DurabilityError {
     Unhealthy,
 }
 
-/// An event as a journal payload.
-pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>, DurabilityError> {
-    rmp_serde::to_vec_named(event).map_err(|source| DurabilityError::Encode {
+/// Who caused an event and when: stored beside every event in its journal
+/// record (the audit trail, docs/records.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The token's `sub` (`system` for the server's own timers).
+    pub sub: String,
+    /// `dispatcher`, `supervisor`, `unit`, `intake` or `system`.
+    pub role: String,
+    /// The WebSocket session that sent the command; none for HTTP requests and
+    /// the server's own timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// When the engine applied it (unix ms, the batch's clock).
+    pub at_ms: i64,
+}
+
+impl Origin {
+    /// `actor` acting through `session` (if any) at `at_ms`.
+    pub(crate) fn new(actor: &Actor, session: Option<&str>, at_ms: i64) -> Origin {
+        let role = match actor.kind {
+            ActorKind::Dispatcher => "dispatcher",
+            ActorKind::Supervisor => "supervisor",
+            ActorKind::Unit(_) => "unit",
+            ActorKind::Intake => "intake",
+            ActorKind::System => "system",
+        };
+        Origin {
+            sub: actor.sub.clone(),
+            role: role.to_string(),
+            session: session.map(str::to_string),
+            at_ms,
+        }
+    }
+}
+
+/// The record as written: the event's fields plus its actor.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    change: &'a Change,
+    body: &'a EventBody,
+    actor: &'a Origin,
+}
+
+/// The record as read: the actor is absent from records older than it.
+#[derive(Deserialize)]
+struct Stored {
+    change: Change,
+    body: EventBody,
+    #[serde(default)]
+    actor: Option<Origin>,
+}
+
+/// An event and who caused it, as a journal payload.
+pub(crate) fn encode_event(event: &Event, actor: &Origin) -> Result<Vec<u8>, DurabilityError> {
+    let stored = StoredRef {
+        change: &event.change,
+        body: &event.body,
+        actor,
+    };
+    rmp_serde::to_vec_named(&stored).map_err(|source| DurabilityError::Encode {
         what: "event",
         source,
     })
+}
+
+/// The event a journal record holds and who caused it (`None` in records
+/// written before the actor was stored).
+pub(crate) fn decode_with_origin(record: &Record) -> Result<(Event, Option<Origin>), DurabilityError> {
+    let s: Stored = rmp_serde::from_slice(&record.payload).map_err(|source| DurabilityError::BadRecord {
+        seq: record.seq,
+        source,
+    })?;
+    Ok((
+        Event {
+            change: s.change,
+            body: s.body,
+        },
+        s.actor,
+    ))
 }
 
 /// The largest journal record one event may make: half a console's event queue

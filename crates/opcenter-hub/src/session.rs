@@ -30,7 +30,7 @@ use opcenter_proto::{Encoding, ErrorCode, decode_frame};
 use crate::engine_task::{ReplyTo, Request};
 use crate::limit::TokenBucket;
 use crate::outbox::{CloseReason, Outbox, codes};
-use crate::{App, metric, wire};
+use crate::{App, audit_log, metric, wire};
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
@@ -114,6 +114,7 @@ async fn authenticate(
     sink: &mut Sink,
     stream: &mut Stream,
     app: &App,
+    session_id: &str,
 ) -> Option<(Encoding, Option<u64>, Claims)> {
     let deadline = tokio::time::Instant::now() + app.settings.hub.hello_timeout;
     let mut encoding: Option<Encoding> = None;
@@ -166,6 +167,15 @@ async fn authenticate(
                 match app.settings.verify_token(&hello.token) {
                     Ok(claims) => return Some((enc, id, claims)),
                     Err(e) => {
+                        app.audit.record(audit_log::Entry {
+                            kind: audit_log::Kind::SigninFailed,
+                            reason: "bad_token".into(),
+                            subject: "-".into(),
+                            role: None,
+                            session: Some(session_id.to_string()),
+                            component: "ws",
+                            detail: e.to_string(),
+                        });
                         send_now(
                             sink,
                             wire::error(enc, id, ErrorCode::Unauthorized, &e.to_string()),
@@ -198,7 +208,8 @@ async fn authenticate(
 }
 
 async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id: String) {
-    let Some((encoding, hello_id, claims)) = authenticate(&mut sink, &mut stream, &app).await else {
+    let Some((encoding, hello_id, claims)) = authenticate(&mut sink, &mut stream, &app, &session_id).await
+    else {
         linger(&mut stream).await;
         return;
     };
@@ -413,6 +424,7 @@ impl Reader<'_> {
         {
             metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "rate_limited").increment(1);
             metrics::counter!(metric::REFUSALS, "limit" => "command_budget").increment(1);
+            self.on_record(audit_log::Kind::RateLimited, "command_budget", kind);
             self.error(id, ErrorCode::RateLimited, "too many commands: slow down");
             return true;
         }
@@ -426,10 +438,26 @@ impl Reader<'_> {
             Ok(None) => {}
             Err((code, message)) => {
                 metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "refused").increment(1);
+                if code == ErrorCode::Forbidden {
+                    self.on_record(audit_log::Kind::Forbidden, kind, &message);
+                }
                 self.error(id, code, &message);
             }
         }
         true
+    }
+
+    /// A refusal for the audit log (`crate::audit_log`), as this session's actor.
+    fn on_record(&self, kind: audit_log::Kind, reason: &str, detail: &str) {
+        self.app.audit.record(audit_log::Entry {
+            kind,
+            reason: reason.to_string(),
+            subject: self.actor.sub.clone(),
+            role: Some(self.role.as_str().to_string()),
+            session: Some(self.outbox.session.clone()),
+            component: "ws",
+            detail: detail.to_string(),
+        });
     }
 
     fn count_bad(&mut self) -> bool {

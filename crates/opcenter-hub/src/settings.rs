@@ -66,6 +66,8 @@ struct RawStorage {
     fsync: bool,
     snapshot_every_events: u64,
     retain_closed_h: u64,
+    audit_checkpoint_records: u64,
+    audit_checkpoint_s: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +242,13 @@ pub struct Settings {
     pub fsync: bool,
     /// `storage.snapshot_every_events`.
     pub snapshot_every_events: u64,
+    /// `storage.audit_checkpoint_records` (0 = never by count).
+    pub audit_checkpoint_records: u64,
+    /// `storage.audit_checkpoint_s` (0 = never by time).
+    pub audit_checkpoint_interval: std::time::Duration,
+    /// Start over a broken audit chain (logged at `error`). Not a config key: only
+    /// `opcenter serve --accept-broken-chain` sets it, per start.
+    pub accept_broken_chain: bool,
     /// `auth.jwt_secret`.
     pub jwt_secret: String,
     /// `auth.issuer` and `auth.audience`: what every token must carry, if set.
@@ -535,6 +544,9 @@ impl Settings {
             data_dir: raw.storage.data_dir,
             fsync: raw.storage.fsync,
             snapshot_every_events: raw.storage.snapshot_every_events.max(1),
+            audit_checkpoint_records: raw.storage.audit_checkpoint_records,
+            audit_checkpoint_interval: secs(raw.storage.audit_checkpoint_s),
+            accept_broken_chain: false,
             jwt_secret: raw.auth.jwt_secret,
             expect: opcenter_proto::auth::Expect {
                 issuer: raw.auth.issuer,

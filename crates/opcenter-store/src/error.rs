@@ -82,6 +82,27 @@ pub enum StoreError {
         /// The oldest seq still in the journal.
         first_seq: u64,
     },
+    /// The directory was written by a version before the audit chain (format 1:
+    /// segments without a header, frames without a hash). Refused, not migrated: a
+    /// chain computed now would vouch for history nobody can vouch for.
+    #[error(
+        "{path} is a format-1 journal segment (written before the audit hash chain, opcenter < 0.2); \
+         this version reads only format 2. Keep that directory as the archive of its period and \
+         start this server on a new, empty data directory"
+    )]
+    OldFormat {
+        /// The first format-1 segment found.
+        path: PathBuf,
+    },
+    /// The audit hash chain does not hold: a record was changed after it was written
+    /// (with a valid CRC), or a checkpoint disagrees with the records.
+    #[error("audit chain broken at {first} ({count} break(s) in all)")]
+    ChainBroken {
+        /// The first break, in seq order.
+        first: crate::ChainBreak,
+        /// How many breaks were found.
+        count: usize,
+    },
     /// A snapshot was offered for a seq the journal does not have yet.
     #[error("snapshot seq {seq} is beyond the journal's last seq {last_seq}")]
     SnapshotAhead {

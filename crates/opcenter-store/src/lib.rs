@@ -9,7 +9,8 @@
 //!
 //! - `lib.rs` — the [`Journal`] trait, [`Record`], these docs.
 //! - `error.rs` — [`StoreError`].
-//! - `frame.rs` — the record frame on disk (length, flags, CRC, seq, payload).
+//! - `frame.rs` — the record frame on disk (length, flags, CRC, seq, hash, payload).
+//! - `chain.rs` — the audit hash chain: link, segment header, checkpoints.
 //! - `file.rs` — [`FileJournal`]: segments, recovery, group commit, read index,
 //!   compaction.
 //! - `snapshot.rs` — snapshot files, atomic write, keep-the-latest-two, and the
@@ -39,8 +40,20 @@
 //! <dir>/snapshot-00000000000000200000.bin  the two newest snapshots
 //! ```
 //!
-//! A record is `[len|flags u32][crc32 u32][seq u64][payload]`, little endian; the CRC
-//! covers the length word, the seq and the payload. Two flag bits mark the first and
+//! A segment (format 2) starts with a 48-byte header (magic `OPCJRNL2`, the chain hash
+//! before its first record, CRC). A record is `[len|flags u32][crc32 u32][seq u64]
+//! [chain hash 32 B][payload]`, little endian; the CRC covers everything but itself.
+//!
+//! # Audit hash chain (`chain.rs`, docs/records.md)
+//!
+//! `h_n = SHA-256(h_{n-1} ‖ seq_n LE ‖ payload_n)`, `h_0` = zeros; each frame stores
+//! its `h_n`. Open checks every link, every segment header against the previous
+//! segment, and every retained checkpoint (`<dir>/chain-checkpoints`, one line per
+//! `Options::checkpoint_records` records or `checkpoint_interval`), and fails with
+//! [`StoreError::ChainBroken`] unless `Options::accept_broken_chain`. [`verify`] is the
+//! same walk, read-only and lock-free. Compaction keeps the segment before an empty
+//! one, so the first retained segment's header always holds the base. A format-1
+//! directory (before the chain) is refused with [`StoreError::OldFormat`]. Two flag bits mark the first and
 //! the last record of each `append_batch`, so a batch is atomic on disk: recovery keeps
 //! whole batches only. A batch never spans two segments; a new segment starts before
 //! a batch once the current one holds `segment_bytes` (64 MiB by default).
@@ -149,6 +162,7 @@
 //! `kill -9`). A second opener gets [`StoreError::Locked`].
 #![deny(missing_docs)]
 
+mod chain;
 mod error;
 mod file;
 mod frame;
@@ -159,8 +173,9 @@ mod snapshot;
 use std::ops::RangeInclusive;
 use std::sync::{Mutex, PoisonError};
 
+pub use chain::{ChainBreak, Checkpoint, GENESIS, Hash, hex, link, read_checkpoints, unhex};
 pub use error::StoreError;
-pub use file::{FileJournal, Options};
+pub use file::{FileJournal, JournalReader, Options, Verified, verify};
 pub use frame::MAX_PAYLOAD;
 pub use mem::MemJournal;
 

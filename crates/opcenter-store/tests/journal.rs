@@ -58,10 +58,18 @@ fn flip_byte(path: &Path, at: u64) {
     fs::write(path, data).unwrap();
 }
 
+/// Bytes of the segment header (magic, chain base, CRC) in front of the first frame.
+const SEGMENT_HEADER: u64 = 48;
+/// Bytes of a frame header (length, CRC, seq, chain hash).
+const FRAME_HEADER: u64 = 48;
+
 /// Byte offset of the record with index `i` (0-based) in a segment of records
 /// `first..` written by `fill`.
 fn offset_of(first: u64, i: u64) -> u64 {
-    (0..i).map(|k| 16 + payload(first + k).len() as u64).sum()
+    SEGMENT_HEADER
+        + (0..i)
+            .map(|k| FRAME_HEADER + payload(first + k).len() as u64)
+            .sum::<u64>()
 }
 
 /// The contract shared by both implementations.
@@ -287,7 +295,7 @@ fn corrupt_middle_record_fails_open() {
     drop(j);
     let seg = &segments(dir.path())[0];
     let before = fs::read(seg).unwrap();
-    flip_byte(seg, offset_of(1, 4) + 18); // payload of seq 5
+    flip_byte(seg, offset_of(1, 4) + FRAME_HEADER + 2); // payload of seq 5
     let err = FileJournal::open(dir.path(), Options::default()).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     // Nothing was truncated.

@@ -77,6 +77,9 @@ pub struct UnitProfile {
     pub kind: Option<String>,
     /// `caps` claim.
     pub capabilities: Vec<Capability>,
+    /// `agency` claim (must be one of `dispatch.agencies`).
+    #[serde(default)]
+    pub agency: Option<String>,
 }
 
 /// The fields of `incident.create` (and `POST /v1/reports`), unchecked.
@@ -105,6 +108,9 @@ pub struct NewIncident {
     /// The citizen who reported it (`POST /v1/reports` only).
     #[serde(default)]
     pub reporter: Option<Reporter>,
+    /// Agencies whose units may be sent; `None` means `dispatch.default_agencies`.
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
 }
 
 impl NewIncident {
@@ -122,6 +128,7 @@ impl NewIncident {
             required: Vec::new(),
             dispatch: DispatchMode::Auto,
             reporter: None,
+            agencies: None,
         }
     }
 }
@@ -283,4 +290,8 @@ pub struct RecommendQuery {
     pub count: usize,
     /// Capabilities; `None` means the incident's own (or none for a location).
     pub required: Option<Vec<Capability>>,
+    /// Agencies; `None` means the incident's own (or `dispatch.default_agencies`
+    /// for a location).
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
 }

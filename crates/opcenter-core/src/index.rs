@@ -52,6 +52,10 @@ struct Slot {
     live_until: i64,
     /// The engine says it is available.
     available: bool,
+    /// Interned agency (see [`UnitIndex::set_traits`]).
+    agency: u32,
+    /// Farthest it may be sent (metres): a post's radius, else infinite.
+    reach_m: f64,
     /// `Some(point)` iff the unit is in the tree, at `point`.
     indexed: Option<[f64; 3]>,
 }
@@ -73,6 +77,8 @@ pub struct Query<'a> {
     pub max_age_ms: i64,
     /// Units never to return (decliners, the officer in an emergency).
     pub exclude: &'a [UnitId],
+    /// Only units of these agencies; empty means any.
+    pub agencies: &'a [String],
 }
 
 /// The index. See the module docs.
@@ -87,6 +93,8 @@ pub struct UnitIndex {
     slots: Vec<Slot>,
     by_id: HashMap<UnitId, u32>,
     caps: HashMap<Capability, u32>,
+    /// Agency names to small ids (a handful per deployment).
+    agencies: HashMap<String, u32>,
     slack_m: f64,
     slack_chord2: f64,
 }
@@ -110,6 +118,7 @@ impl UnitIndex {
             slots: Vec::new(),
             by_id: HashMap::new(),
             caps: HashMap::new(),
+            agencies: HashMap::new(),
             slack_m,
             slack_chord2: geo::chord2_for_metres(slack_m),
         }
@@ -179,6 +188,8 @@ impl UnitIndex {
             loc_ms: None,
             fixed: false,
             available: false,
+            agency: 0,
+            reach_m: f64::INFINITY,
             live_until: i64::MAX,
             indexed: None,
         });
@@ -247,6 +258,17 @@ impl UnitIndex {
             }
             (false, None) => false,
         }
+    }
+
+    /// Sets a unit's agency and how far it may be sent (`reach_m`: a post's
+    /// radius, `f64::INFINITY` for a mobile unit). Queries filter on both.
+    pub fn set_traits(&mut self, id: &str, agency: &str, reach_m: f64) {
+        let next = self.agencies.len() as u32;
+        let a = *self.agencies.entry(agency.to_string()).or_insert(next);
+        let h = self.handle_of(id);
+        let slot = &mut self.slots[h as usize];
+        slot.agency = a;
+        slot.reach_m = if reach_m.is_nan() { f64::INFINITY } else { reach_m };
     }
 
     /// Sets until when a unit counts as live (see `Slot`); it stays in the
@@ -345,6 +367,15 @@ impl UnitIndex {
         if tree.size() == 0 {
             return out;
         }
+        // An agency nobody has is simply never matched; all unknown: nobody.
+        let agencies: Vec<u32> = q
+            .agencies
+            .iter()
+            .filter_map(|a| self.agencies.get(a.as_str()).copied())
+            .collect();
+        if !q.agencies.is_empty() && agencies.is_empty() {
+            return out;
+        }
         let exclude: Vec<u32> = q
             .exclude
             .iter()
@@ -364,6 +395,7 @@ impl UnitIndex {
             if !required.iter().all(|c| s.caps.binary_search(c).is_ok())
                 || !Self::fresh(s, q.now_ms, q.max_age_ms)
                 || exclude.contains(&h)
+                || (!agencies.is_empty() && !agencies.contains(&s.agency))
             {
                 continue;
             }
@@ -374,7 +406,7 @@ impl UnitIndex {
             }
             let Some(loc) = s.loc else { continue };
             let metres = geo::haversine_m(q.location, loc);
-            if metres > q.max_distance_m {
+            if metres > q.max_distance_m || metres > s.reach_m {
                 continue;
             }
             if best.len() == q.k {
@@ -415,6 +447,7 @@ mod tests {
             now_ms: 0,
             max_age_ms: 1000,
             exclude: &[],
+            agencies: &[],
         }
     }
 

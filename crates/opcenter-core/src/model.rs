@@ -231,6 +231,12 @@ pub struct Incident {
     pub possible_duplicates: Vec<IncidentId>,
     /// Auto or manual dispatch (our addition).
     pub dispatch: DispatchMode,
+    /// The agencies whose units auto-dispatch and recommend consider (our
+    /// addition; set at creation from `agencies` or `dispatch.default_agencies`).
+    /// Empty only on incidents recorded before agencies existed: they take
+    /// `dispatch.default_agencies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agencies: Vec<String>,
     /// Units that declined it; it is never offered to them again (our addition).
     #[serde(default)]
     pub declined_by: Vec<UnitId>,
@@ -266,6 +272,17 @@ pub struct Unit {
     pub kind: Option<String>,
     /// What it can do.
     pub capabilities: Vec<Capability>,
+    /// The agency it serves (`police`, `national_guard`, …; our addition): from
+    /// the roster, else the token's `agency` claim, else the first of
+    /// `dispatch.agencies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
+    /// A post's number (roster `post`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<u32>,
+    /// The district a post or patrol belongs to (roster `district`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
     /// Its availability.
     pub status: UnitStatus,
     /// Last accepted position.
@@ -317,6 +334,9 @@ impl Unit {
             callsign: None,
             kind: None,
             capabilities: Vec::new(),
+            agency: None,
+            post: None,
+            district: None,
             status: UnitStatus::OffDuty,
             location: None,
             location_ms: None,
@@ -330,8 +350,23 @@ impl Unit {
         }
     }
 
+    /// True for a stationary post (kind `district_post` or `modular_post`): it
+    /// is auto-dispatched only within `dispatch.post_radius_m`.
+    pub fn is_post(&self) -> bool {
+        self.kind.as_deref().is_some_and(is_post_kind)
+    }
+
     /// True when it has every capability in `required`.
     pub fn has_all(&self, required: &[Capability]) -> bool {
         required.iter().all(|c| self.capabilities.iter().any(|h| h == c))
     }
+}
+
+/// Unit kinds that are stationary posts: officers leave them only for what
+/// happens around them (`dispatch.post_radius_m`).
+pub const POST_KINDS: [&str; 2] = ["district_post", "modular_post"];
+
+/// True when `kind` is one of [`POST_KINDS`].
+pub fn is_post_kind(kind: &str) -> bool {
+    POST_KINDS.contains(&kind)
 }

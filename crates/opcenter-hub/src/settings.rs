@@ -92,6 +92,9 @@ struct RawDispatch {
     offline_grace_s: u64,
     max_notes: usize,
     key_ttl_h: u64,
+    agencies: Vec<String>,
+    default_agencies: Vec<String>,
+    post_radius_m: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +361,7 @@ impl Settings {
             ("dispatch.duplicate_radius_m", d.duplicate_radius_m),
             ("dispatch.max_speed_mps", d.max_speed_mps),
             ("dispatch.index_slack_m", d.index_slack_m),
+            ("dispatch.post_radius_m", d.post_radius_m),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(SettingsError::Invalid {
@@ -365,6 +369,18 @@ impl Settings {
                     problem: format!("{v} must be a finite number ≥ 0"),
                 });
             }
+        }
+        for (key, list) in [
+            ("dispatch.agencies", &d.agencies),
+            ("dispatch.default_agencies", &d.default_agencies),
+        ] {
+            opcenter_core::check::agencies(list).map_err(|e| invalid(key, &e.to_string()))?;
+        }
+        if let Some(a) = d.default_agencies.iter().find(|a| !d.agencies.contains(a)) {
+            return Err(invalid(
+                "dispatch.default_agencies",
+                &format!("{a:?} is not one of dispatch.agencies"),
+            ));
         }
         if d.max_notes == 0 {
             return Err(invalid("dispatch.max_notes", "must be > 0"));
@@ -439,6 +455,23 @@ impl Settings {
                 loc.validate()
                     .map_err(|e| invalid("roster.location", &e.to_string()))?;
             }
+            if let Some(a) = unit.agency.as_ref().filter(|a| !d.agencies.contains(a)) {
+                return Err(invalid(
+                    "roster.agency",
+                    &format!("unit {}: {a:?} is not one of dispatch.agencies", unit.id),
+                ));
+            }
+            if unit
+                .kind
+                .as_deref()
+                .is_some_and(opcenter_core::model::is_post_kind)
+                && unit.location.is_none()
+            {
+                return Err(invalid(
+                    "roster.location",
+                    &format!("post {} (kind {:?}) needs its fixed location", unit.id, unit.kind),
+                ));
+            }
         }
         let s = |v: u64| (v as i64).saturating_mul(1000);
         let engine = EngineConfig {
@@ -455,6 +488,9 @@ impl Settings {
             max_notes: d.max_notes,
             retain_closed_ms: s(raw.storage.retain_closed_h.saturating_mul(3600)),
             key_ttl_ms: s(d.key_ttl_h.saturating_mul(3600)),
+            agencies: d.agencies.clone(),
+            default_agencies: d.default_agencies.clone(),
+            post_radius_m: d.post_radius_m,
             roster: raw.roster,
         };
         let secs = std::time::Duration::from_secs;
@@ -617,6 +653,35 @@ mod tests {
         assert!(e.to_string().contains("hub.max_frame_bytes"), "{e}");
         let e = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn agencies_and_posts_are_checked_by_name() {
+        let ok = "[dispatch]\nagencies = [\"police\", \"national_guard\"]\n\
+                  default_agencies = [\"police\"]\npost_radius_m = 300.0\n\
+                  [[roster]]\nid = \"NG-1\"\nagency = \"national_guard\"\n\
+                  [[roster]]\nid = \"MP-1\"\nkind = \"modular_post\"\npost = 1\n\
+                  location = { lat = 51.2, lon = 51.4 }\n";
+        let s = Settings::from_toml(ok).unwrap();
+        assert_eq!(s.engine.agencies, ["police", "national_guard"]);
+        assert_eq!(s.engine.post_radius_m, 300.0);
+        assert_eq!(s.engine.roster[1].post, Some(1));
+        for (bad, key) in [
+            ("[dispatch]\nagencies = []\n", "dispatch.agencies"),
+            (
+                "[dispatch]\ndefault_agencies = [\"army\"]\n",
+                "dispatch.default_agencies",
+            ),
+            ("[dispatch]\npost_radius_m = -1.0\n", "dispatch.post_radius_m"),
+            ("[[roster]]\nid = \"X\"\nagency = \"army\"\n", "roster.agency"),
+            (
+                "[[roster]]\nid = \"DP\"\nkind = \"district_post\"\n",
+                "roster.location",
+            ),
+        ] {
+            let e = Settings::from_toml(bad).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

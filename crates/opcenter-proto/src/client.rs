@@ -116,8 +116,23 @@ pub struct Subscribe {
     pub topics: Vec<SubTopic>,
     /// Area filter for positions.
     pub area: Option<Area>,
+    /// Agency filter for `units` events, the snapshot's units and positions
+    /// (our addition); `None` means every agency.
+    pub agencies: Option<Vec<String>>,
     /// Resume point.
     pub since: Option<Since>,
+}
+
+impl Subscribe {
+    /// True when a unit of `agency` passes the `agencies` filter (no filter:
+    /// every unit; a unit without an agency passes only without a filter).
+    pub fn wants_agency(&self, agency: Option<&str>) -> bool {
+        match (&self.agencies, agency) {
+            (None, _) => true,
+            (Some(list), Some(a)) => list.iter().any(|x| x == a),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,6 +140,8 @@ struct RawSubscribe {
     topics: Vec<String>,
     #[serde(default)]
     area: Option<Area>,
+    #[serde(default)]
+    agencies: Option<Vec<String>>,
     #[serde(default)]
     since: Option<Since>,
 }
@@ -148,6 +165,8 @@ struct RawCreate {
     required: Option<Vec<Capability>>,
     #[serde(default)]
     dispatch: Option<DispatchMode>,
+    #[serde(default)]
+    agencies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +215,8 @@ struct RawRecommend {
     count: Option<i64>,
     #[serde(default)]
     required: Option<Vec<Capability>>,
+    #[serde(default)]
+    agencies: Option<Vec<String>>,
 }
 
 /// `unit.position`, checked.
@@ -440,9 +461,13 @@ fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
     if let Some(area) = &raw.area {
         area.validate()?;
     }
+    if let Some(a) = &raw.agencies {
+        check::agencies(a).map_err(|e| e.to_string())?;
+    }
     Ok(Subscribe {
         topics,
         area: raw.area,
+        agencies: raw.agencies,
         since: raw.since,
     })
 }
@@ -467,6 +492,7 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
         required: raw.required.unwrap_or_default(),
         dispatch: raw.dispatch.unwrap_or_default(),
         reporter: None,
+        agencies: raw.agencies,
     };
     // Every other bound (string lengths, key, capabilities) is core's.
     new.validate()?;
@@ -498,10 +524,14 @@ fn check_recommend(raw: RawRecommend) -> Result<RecommendQuery, CoreError> {
         (None, None) => return one_of("give incident_id or location"),
         (Some(_), Some(_)) => return one_of("give incident_id or location, not both"),
     };
+    if let Some(a) = &raw.agencies {
+        check::agencies(a)?;
+    }
     Ok(RecommendQuery {
         target,
         count,
         required: raw.required,
+        agencies: raw.agencies,
     })
 }
 
@@ -563,6 +593,7 @@ impl Report {
             units_needed: None,
             required: None,
             dispatch: None,
+            agencies: None,
         };
         // Personal data stays in its own field, never in `description`, so the
         // hub can keep it from units not on the incident.

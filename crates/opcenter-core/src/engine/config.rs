@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Capability, Location, UnitId, UnitStatus};
 
+/// The agency of the built-in defaults.
+pub const DEFAULT_AGENCY: &str = "police";
+
 /// Engine tunables (the `dispatch.*` config keys, in engine units).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -39,6 +42,15 @@ pub struct EngineConfig {
     /// `dispatch.key_ttl_h` in ms: an idempotency key is forgotten this long
     /// after its create.
     pub key_ttl_ms: i64,
+    /// `dispatch.agencies`: the agencies units may serve. The first is the home
+    /// agency of a unit whose roster entry and token name none. Never empty.
+    pub agencies: Vec<String>,
+    /// `dispatch.default_agencies`: whose units an incident created without
+    /// `agencies` may get.
+    pub default_agencies: Vec<String>,
+    /// `dispatch.post_radius_m`: a post (kind `district_post`/`modular_post`)
+    /// is auto-dispatched and recommended only within this distance.
+    pub post_radius_m: f64,
     /// Units known before any hello (the config roster).
     pub roster: Vec<RosterUnit>,
 }
@@ -59,6 +71,9 @@ impl Default for EngineConfig {
             max_notes: 200,
             retain_closed_ms: 24 * 3_600_000,
             key_ttl_ms: 72 * 3_600_000,
+            agencies: vec![DEFAULT_AGENCY.to_string()],
+            default_agencies: vec![DEFAULT_AGENCY.to_string()],
+            post_radius_m: 500.0,
             roster: Vec::new(),
         }
     }
@@ -84,6 +99,27 @@ pub struct RosterUnit {
     /// auto-dispatched or recommended; a dispatcher assigns it (default true).
     #[serde(default = "yes")]
     pub tablet: bool,
+    /// The agency it serves (default: the first of `dispatch.agencies`).
+    #[serde(default)]
+    pub agency: Option<String>,
+    /// A post's number.
+    #[serde(default)]
+    pub post: Option<u32>,
+    /// The district it belongs to.
+    #[serde(default)]
+    pub district: Option<String>,
+}
+
+impl EngineConfig {
+    /// The agency of a unit that names none.
+    pub fn home_agency(&self) -> &str {
+        self.agencies.first().map_or(DEFAULT_AGENCY, String::as_str)
+    }
+
+    /// True when `agency` is one of `dispatch.agencies`.
+    pub fn knows_agency(&self, agency: &str) -> bool {
+        self.agencies.iter().any(|a| a == agency)
+    }
 }
 
 fn yes() -> bool {

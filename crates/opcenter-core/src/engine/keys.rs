@@ -72,6 +72,7 @@ impl KeyRecord {
             notes: Vec::new(),
             possible_duplicates: Vec::new(),
             dispatch: n.dispatch,
+            agencies: n.agencies.clone().unwrap_or_default(),
             declined_by: Vec::new(),
             emergency_unit: None,
             created_ms: self.at_ms,

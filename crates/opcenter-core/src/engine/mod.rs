@@ -19,7 +19,7 @@ mod pending;
 mod reply;
 mod retention;
 
-pub use config::{EngineConfig, RosterUnit};
+pub use config::{DEFAULT_AGENCY, EngineConfig, RosterUnit};
 pub use duplicates::MAX_POSSIBLE_DUPLICATES;
 pub use keys::KeyRecord;
 pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfall};
@@ -159,6 +159,11 @@ impl Engine {
         unit.kind.clone_from(&r.kind);
         unit.capabilities.clone_from(&r.capabilities);
         unit.tablet = r.tablet;
+        if r.agency.is_some() {
+            unit.agency.clone_from(&r.agency);
+        }
+        unit.post = r.post;
+        unit.district.clone_from(&r.district);
         if let Some(l) = r.location.filter(|l| l.validate().is_ok()) {
             unit.location = Some(l);
         }
@@ -243,10 +248,22 @@ impl Engine {
         if let Some(req) = &query.required {
             check::capabilities(req)?;
         }
-        let (location, required, exclude) = match &query.target {
+        if let Some(a) = &query.agencies {
+            self.known_agencies(a)?;
+        }
+        let (location, required, exclude, agencies) = match &query.target {
             RecommendTarget::Location(loc) => {
                 loc.validate()?;
-                (*loc, query.required.clone().unwrap_or_default(), Vec::new())
+                let agencies = query
+                    .agencies
+                    .clone()
+                    .unwrap_or_else(|| self.config.default_agencies.clone());
+                (
+                    *loc,
+                    query.required.clone().unwrap_or_default(),
+                    Vec::new(),
+                    agencies,
+                )
             }
             RecommendTarget::Incident(id) => {
                 let inc = self
@@ -254,7 +271,11 @@ impl Engine {
                     .get(id)
                     .ok_or_else(|| CoreError::NotFound(format!("incident {id} not found")))?;
                 let required = query.required.clone().unwrap_or_else(|| inc.required.clone());
-                (inc.location, required, Self::exclusions(inc))
+                let agencies = query
+                    .agencies
+                    .clone()
+                    .unwrap_or_else(|| self.agencies_of(inc).to_vec());
+                (inc.location, required, Self::exclusions(inc), agencies)
             }
         };
         let found = self.index.nearest(&Query {
@@ -265,13 +286,14 @@ impl Engine {
             now_ms,
             max_age_ms: self.config.max_position_age_ms,
             exclude: &exclude,
+            agencies: &agencies,
         });
         let candidates: Vec<Candidate> = found
             .into_iter()
             .map(|(unit_id, distance_m)| Candidate { unit_id, distance_m })
             .collect();
         let shortfall = (candidates.len() < query.count)
-            .then(|| self.shortfall(&required, &exclude, candidates.len(), now_ms));
+            .then(|| self.shortfall(&required, &exclude, &agencies, candidates.len(), now_ms));
         Ok(Recommendation {
             candidates,
             shortfall,
@@ -283,12 +305,24 @@ impl Engine {
     /// range) and name the first after which no more units remain than were
     /// found. Range is last, so it is named when every earlier filter left more.
     /// This is a scan of the fleet, run only on a shortfall.
-    fn shortfall(&self, required: &[Capability], exclude: &[UnitId], found: usize, now_ms: i64) -> Shortfall {
+    fn shortfall(
+        &self,
+        required: &[Capability],
+        exclude: &[UnitId],
+        agencies: &[String],
+        found: usize,
+        now_ms: i64,
+    ) -> Shortfall {
         let (mut available, mut capable, mut fresh) = (0usize, 0usize, 0usize);
         for u in self.units.values() {
-            // Offline past the grace, or a radio-only post: not available.
+            // Offline past the grace, a radio-only post, or another agency's
+            // unit: not available to this incident.
             if u.status != UnitStatus::Available
                 || exclude.contains(&u.id)
+                || !u
+                    .agency
+                    .as_deref()
+                    .is_some_and(|a| agencies.iter().any(|x| x == a))
                 || !u.tablet
                 || !self.is_live(u, now_ms)
             {
@@ -405,6 +439,9 @@ impl Engine {
     /// token can override them (the config may have changed since).
     fn upsert_unit(&mut self, mut unit: Unit) {
         self.roster_wins(&mut unit);
+        if unit.agency.is_none() {
+            unit.agency = Some(self.config.home_agency().to_string());
+        }
         let id = unit.id.clone();
         let ack = unit
             .ack_deadline_ms
@@ -477,8 +514,41 @@ impl Engine {
         // the tree; an offline one stays there until its grace runs out.
         let assignable = u.status == UnitStatus::Available && u.tablet && live_until != i64::MIN;
         self.index.set_live_until(id, live_until);
+        let agency = u.agency.as_deref().unwrap_or(self.config.home_agency());
+        self.index.set_traits(id, agency, self.reach_of(u));
         self.index
             .sync(id, &u.capabilities, assignable, u.location, u.location_ms, fixed)
+    }
+
+    /// How far a unit may be sent: a post only within `dispatch.post_radius_m`.
+    fn reach_of(&self, u: &Unit) -> f64 {
+        if u.is_post() {
+            self.config.post_radius_m
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// The agencies an incident's units may come from (its own, or the
+    /// defaults for one recorded before agencies existed).
+    fn agencies_of<'a>(&'a self, inc: &'a Incident) -> &'a [String] {
+        if inc.agencies.is_empty() {
+            &self.config.default_agencies
+        } else {
+            &inc.agencies
+        }
+    }
+
+    /// Every agency named must be one of `dispatch.agencies`.
+    fn known_agencies(&self, list: &[String]) -> Result<(), CoreError> {
+        check::agencies(list)?;
+        match list.iter().find(|a| !self.config.knows_agency(a)) {
+            Some(a) => Err(bad(format!(
+                "agency {a:?} is not one of dispatch.agencies {:?}",
+                self.config.agencies
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn set_deadline(&mut self, unit_id: &str, deadline: Option<i64>) {
@@ -631,7 +701,7 @@ impl Engine {
     /// Auto-dispatch: fills an open auto incident's missing units with the nearest
     /// eligible ones. Returns how many were assigned.
     fn dispatch(&mut self, incident_id: &str, now_ms: i64, ev: &mut Vec<Event>) -> usize {
-        let (query_loc, need, required, exclude) = {
+        let (query_loc, need, required, exclude, agencies) = {
             let Some(inc) = self.incidents.get(incident_id) else {
                 return 0;
             };
@@ -647,6 +717,7 @@ impl Engine {
                 (inc.units_needed - have) as usize,
                 inc.required.clone(),
                 Self::exclusions(inc),
+                self.agencies_of(inc).to_vec(),
             )
         };
         let picked = self.index.nearest(&Query {
@@ -657,6 +728,7 @@ impl Engine {
             now_ms,
             max_age_ms: self.config.max_position_age_ms,
             exclude: &exclude,
+            agencies: &agencies,
         });
         if picked.is_empty() {
             return 0;
@@ -686,8 +758,13 @@ impl Engine {
             && !inc.declined_by.contains(&unit.id)
             && inc.emergency_unit.as_deref() != Some(unit.id.as_str())
             && unit
-                .location
-                .is_some_and(|l| l.distance_m(&inc.location) <= self.config.max_distance_m)
+                .agency
+                .as_deref()
+                .is_some_and(|a| self.agencies_of(inc).iter().any(|x| x == a))
+            && unit.location.is_some_and(|l| {
+                let d = l.distance_m(&inc.location);
+                d <= self.config.max_distance_m && d <= self.reach_of(unit)
+            })
     }
 
     /// A unit may have become eligible: serve the pending queue in order
@@ -778,6 +855,11 @@ impl Engine {
         ev: &mut Vec<Event>,
     ) -> Result<Reply, CoreError> {
         check::unit_identity(&p.id, p.callsign.as_deref(), p.kind.as_deref(), &p.capabilities)?;
+        if let Some(a) = &p.agency
+            && !self.roster.contains_key(&p.id)
+        {
+            self.known_agencies(std::slice::from_ref(a))?;
+        }
         Self::own_unit(actor, &p.id)?;
         let change = match self.units.get(&p.id).cloned() {
             None => {
@@ -785,6 +867,7 @@ impl Engine {
                 unit.callsign = p.callsign;
                 unit.kind = p.kind;
                 unit.capabilities = p.capabilities;
+                unit.agency = p.agency;
                 unit.online = true;
                 self.upsert_unit(unit);
                 Some(Change::Created)
@@ -792,12 +875,16 @@ impl Engine {
             Some(mut unit) => {
                 let was_online = unit.online;
                 let mut profiled = false;
-                let differs =
-                    unit.callsign != p.callsign || unit.kind != p.kind || unit.capabilities != p.capabilities;
+                let agency = p.agency.or_else(|| Some(self.config.home_agency().to_string()));
+                let differs = unit.callsign != p.callsign
+                    || unit.kind != p.kind
+                    || unit.capabilities != p.capabilities
+                    || unit.agency != agency;
                 if differs && !self.roster.contains_key(&p.id) {
                     unit.callsign = p.callsign;
                     unit.kind = p.kind;
                     unit.capabilities = p.capabilities;
+                    unit.agency = agency;
                     profiled = true;
                 }
                 unit.online = true;
@@ -875,6 +962,12 @@ impl Engine {
             n.source
         };
         let key_scope = n.key.is_some().then_some(scope);
+        let agencies = match n.agencies {
+            Some(a) => a,
+            // Anyone near an officer in trouble goes, whatever their agency.
+            None if emergency_unit.is_some() => self.config.agencies.clone(),
+            None => self.config.default_agencies.clone(),
+        };
         let inc = Incident {
             id: id.clone(),
             key: n.key,
@@ -894,6 +987,7 @@ impl Engine {
             notes: Vec::new(),
             possible_duplicates,
             dispatch: n.dispatch,
+            agencies,
             declined_by: Vec::new(),
             emergency_unit,
             created_ms: now_ms,
@@ -932,6 +1026,9 @@ impl Engine {
             }
         }
         n.validate()?;
+        if let Some(a) = &n.agencies {
+            self.known_agencies(a)?;
+        }
         let id = self.make_incident(n, scope, None, now_ms, ev);
         Ok(Reply::Created {
             incident: self.get_incident(&id)?.clone(),
@@ -1354,6 +1451,7 @@ impl Engine {
             required: Vec::new(),
             dispatch: DispatchMode::Auto,
             reporter: None,
+            agencies: None,
         };
         let iid = self.make_incident(n, KeyScope::Console, Some(unit_id.to_string()), now_ms, ev);
         Ok(Reply::Incident(self.get_incident(&iid)?.clone()))

@@ -1,0 +1,312 @@
+//! The region's rules (issue 15) against the engine, time passed in: agencies
+//! in dispatch, recommend and the pending queue; posts sent only within
+//! `dispatch.post_radius_m`. Must never: reach into private engine state.
+
+mod common;
+
+use common::*;
+use opcenter_core::*;
+
+const T0: i64 = 1_764_300_000_000;
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        agencies: vec!["police".into(), "national_guard".into()],
+        default_agencies: vec!["police".into()],
+        ..EngineConfig::default()
+    }
+}
+
+/// Registers `id` of `agency` (None: no claim) and makes it available at `loc`.
+fn agent(e: &mut Engine, id: &str, agency: Option<&str>, kind: Option<&str>, loc: Location) {
+    let profile = UnitProfile {
+        id: id.into(),
+        callsign: None,
+        kind: kind.map(str::to_string),
+        capabilities: Vec::new(),
+        agency: agency.map(str::to_string),
+    };
+    e.apply(&tab(id), Command::RegisterUnit(profile), T0).unwrap();
+    e.apply(
+        &tab(id),
+        Command::SetStatus {
+            unit_id: id.into(),
+            status: UnitStatus::Available,
+        },
+        T0,
+    )
+    .unwrap();
+    pos(e, id, loc, T0).unwrap();
+}
+
+/// An `agencies` field as a command gives it.
+type Asked = Option<Vec<String>>;
+
+fn agencies(list: &[&str]) -> Asked {
+    Some(list.iter().map(|s| s.to_string()).collect())
+}
+
+/// A police car 1.1 km away, a Guard unit 110 m away, a claimless car 2.2 km away.
+fn mixed() -> Engine {
+    let mut e = Engine::new(cfg());
+    agent(&mut e, "POL", Some("police"), None, at(0.0, 0.01));
+    agent(&mut e, "NG", Some("national_guard"), None, at(0.0, 0.001));
+    agent(&mut e, "CAR", None, None, at(0.0, 0.02));
+    e
+}
+
+#[test]
+fn a_unit_without_an_agency_belongs_to_the_first_configured_one() {
+    let e = mixed();
+    assert_eq!(e.unit("CAR").unwrap().agency.as_deref(), Some("police"));
+    assert_eq!(e.unit("NG").unwrap().agency.as_deref(), Some("national_guard"));
+}
+
+#[test]
+fn dispatch_sends_only_the_incidents_agencies() {
+    // (agencies on the create, units_needed) -> units sent, nearest first.
+    let table: [(Asked, u32, &[&str]); 5] = [
+        (None, 1, &["POL"]),
+        (None, 3, &["POL", "CAR"]),
+        (agencies(&["police"]), 1, &["POL"]),
+        (agencies(&["national_guard"]), 2, &["NG"]),
+        (agencies(&["national_guard", "police"]), 3, &["NG", "POL", "CAR"]),
+    ];
+    for (asked, needed, want) in table {
+        let mut e = mixed();
+        let mut n = NewIncident::call("riot", 2, at(0.0, 0.0));
+        n.units_needed = needed;
+        n.agencies = asked.clone();
+        let i = create(&mut e, n, T0);
+        assert_eq!(i.units, want, "agencies {asked:?}");
+        let expected = asked.unwrap_or_else(|| vec!["police".into()]);
+        assert_eq!(i.agencies, expected);
+        check_invariants(&e);
+    }
+}
+
+#[test]
+fn an_unknown_agency_is_a_bad_request_naming_it() {
+    let mut e = mixed();
+    let mut n = NewIncident::call("riot", 2, at(0.0, 0.0));
+    n.agencies = agencies(&["army"]);
+    let err = e.apply(&disp(), Command::CreateIncident(n), T0).unwrap_err();
+    assert!(
+        matches!(&err, CoreError::BadRequest(m) if m.contains("army")),
+        "{err:?}"
+    );
+    let p = UnitProfile {
+        id: "X".into(),
+        agency: Some("army".into()),
+        ..UnitProfile::default()
+    };
+    let err = e.apply(&tab("X"), Command::RegisterUnit(p), T0).unwrap_err();
+    assert!(
+        matches!(&err, CoreError::BadRequest(m) if m.contains("army")),
+        "{err:?}"
+    );
+    assert!(e.unit("X").is_none());
+}
+
+#[test]
+fn recommend_applies_the_agency_filter_and_counts_other_agencies_as_unavailable() {
+    let e = mixed();
+    let ids = |r: &Recommendation| r.candidates.iter().map(|c| c.unit_id.clone()).collect::<Vec<_>>();
+    // (agencies asked, want candidates, shortfall)
+    let table: [(Asked, &[&str], Option<Shortfall>); 4] = [
+        (None, &["POL", "CAR"], Some(Shortfall::NoUnitsAvailable)),
+        (
+            agencies(&["national_guard"]),
+            &["NG"],
+            Some(Shortfall::NoUnitsAvailable),
+        ),
+        (
+            agencies(&["police", "national_guard"]),
+            &["NG", "POL", "CAR"],
+            None,
+        ),
+        (
+            agencies(&["police"]),
+            &["POL", "CAR"],
+            Some(Shortfall::NoUnitsAvailable),
+        ),
+    ];
+    for (asked, want, short) in table {
+        let q = RecommendQuery {
+            target: RecommendTarget::Location(at(0.0, 0.0)),
+            count: 3,
+            required: None,
+            agencies: asked.clone(),
+        };
+        let r = e.recommend(&q, T0).unwrap();
+        assert_eq!(ids(&r), want, "agencies {asked:?}");
+        assert_eq!(r.shortfall, short, "agencies {asked:?}");
+    }
+}
+
+#[test]
+fn recommend_for_an_incident_uses_its_agencies() {
+    let mut e = mixed();
+    let mut n = NewIncident::call("riot", 2, at(0.0, 0.0));
+    n.dispatch = DispatchMode::Manual;
+    n.agencies = agencies(&["national_guard"]);
+    let i = create(&mut e, n, T0);
+    let q = RecommendQuery {
+        target: RecommendTarget::Incident(i.id),
+        count: 3,
+        required: None,
+        agencies: None,
+    };
+    let r = e.recommend(&q, T0).unwrap();
+    let ids: Vec<_> = r.candidates.iter().map(|c| c.unit_id.as_str()).collect();
+    assert_eq!(ids, ["NG"]);
+}
+
+#[test]
+fn the_pending_queue_waits_for_a_unit_of_its_agency() {
+    let mut e = Engine::new(cfg());
+    let mut n = NewIncident::call("riot", 2, at(0.0, 0.0));
+    n.agencies = agencies(&["national_guard"]);
+    let i = create(&mut e, n, T0);
+    assert!(i.units.is_empty());
+    // A police car becoming available next door does not take it...
+    agent(&mut e, "POL", Some("police"), None, at(0.0, 0.0001));
+    assert!(e.incident(&i.id).unwrap().units.is_empty());
+    // ...a Guard unit far off (but in range) does.
+    agent(&mut e, "NG", Some("national_guard"), None, at(0.0, 0.1));
+    assert_eq!(e.incident(&i.id).unwrap().units, ["NG"]);
+    check_invariants(&e);
+}
+
+#[test]
+fn an_officer_emergency_calls_every_agency() {
+    let mut e = mixed();
+    let a = e
+        .apply(
+            &tab("CAR"),
+            Command::Emergency {
+                unit_id: "CAR".into(),
+                active: true,
+                location: None,
+            },
+            T0,
+        )
+        .unwrap();
+    let Reply::Incident(i) = a.reply else {
+        panic!("{:?}", a.reply)
+    };
+    assert_eq!(i.agencies, ["police", "national_guard"]);
+    // The two nearest other units to CAR (at 0.02): POL at 0.01, NG at 0.001.
+    assert_eq!(i.units, ["POL", "NG"]);
+}
+
+/// A modular post at the origin and a patrol car `car_lon` degrees east.
+fn post_and_car(post_kind: &str, car_lon: f64) -> Engine {
+    let mut c = cfg();
+    c.roster.push(RosterUnit {
+        id: "MP-1".into(),
+        callsign: Some("Modular post 1".into()),
+        kind: Some(post_kind.into()),
+        capabilities: Vec::new(),
+        status: Some(UnitStatus::Available),
+        location: Some(at(0.0, 0.0)),
+        tablet: true,
+        agency: None,
+        post: Some(1),
+        district: Some("Central".into()),
+    });
+    let mut e = Engine::new(c);
+    let p = UnitProfile {
+        id: "MP-1".into(),
+        ..UnitProfile::default()
+    };
+    e.apply(&tab("MP-1"), Command::RegisterUnit(p), T0).unwrap();
+    agent(&mut e, "CAR", None, None, at(0.0, car_lon));
+    e
+}
+
+#[test]
+fn a_post_is_sent_only_within_the_post_radius() {
+    // 0.0044° of longitude at the equator is ~489 m, 0.0046° ~512 m.
+    // (post kind, incident lon, car lon) -> who is sent.
+    let table = [
+        ("modular_post", 0.0044, 0.05, "MP-1"),
+        ("modular_post", 0.0046, 0.05, "CAR"),
+        ("district_post", 0.0044, 0.05, "MP-1"),
+        ("district_post", 0.0046, 0.05, "CAR"),
+        // Any other kind is a mobile unit: nearest wins however far.
+        ("post", 0.02, 0.05, "MP-1"),
+    ];
+    for (kind, inc_lon, car_lon, want) in table {
+        let mut e = post_and_car(kind, car_lon);
+        let unit = e.unit("MP-1").unwrap();
+        assert_eq!((unit.post, unit.district.as_deref()), (Some(1), Some("Central")));
+        let i = create(&mut e, NewIncident::call("robbery", 1, at(0.0, inc_lon)), T0);
+        assert_eq!(i.units, [want], "{kind} at {inc_lon}");
+    }
+}
+
+#[test]
+fn a_post_outside_its_radius_is_not_recommended_and_the_shortfall_says_range() {
+    let mut e = post_and_car("modular_post", 0.05);
+    // Take the car away: only the post is left, 512 m off.
+    e.apply(
+        &disp(),
+        Command::SetStatus {
+            unit_id: "CAR".into(),
+            status: UnitStatus::OffDuty,
+        },
+        T0,
+    )
+    .unwrap();
+    let q = |lon: f64| RecommendQuery {
+        target: RecommendTarget::Location(at(0.0, lon)),
+        count: 1,
+        required: None,
+        agencies: None,
+    };
+    let r = e.recommend(&q(0.0046), T0).unwrap();
+    assert!(r.candidates.is_empty());
+    assert_eq!(r.shortfall, Some(Shortfall::OutOfRange));
+    let r = e.recommend(&q(0.0044), T0).unwrap();
+    assert_eq!(r.candidates[0].unit_id, "MP-1");
+}
+
+#[test]
+fn a_pending_incident_beyond_the_radius_is_not_served_by_a_post() {
+    let mut c = cfg();
+    c.post_radius_m = 300.0;
+    c.roster.push(RosterUnit {
+        id: "DP-7".into(),
+        callsign: None,
+        kind: Some("district_post".into()),
+        capabilities: Vec::new(),
+        status: Some(UnitStatus::OffDuty),
+        location: Some(at(0.0, 0.0)),
+        tablet: true,
+        agency: None,
+        post: Some(7),
+        district: None,
+    });
+    let mut e = Engine::new(c);
+    let far = create(&mut e, NewIncident::call("theft", 3, at(0.0, 0.004)), T0); // ~445 m
+    let near = create(&mut e, NewIncident::call("theft", 4, at(0.0, 0.002)), T0); // ~222 m
+    let p = UnitProfile {
+        id: "DP-7".into(),
+        ..UnitProfile::default()
+    };
+    e.apply(&tab("DP-7"), Command::RegisterUnit(p), T0).unwrap();
+    e.apply(
+        &tab("DP-7"),
+        Command::SetStatus {
+            unit_id: "DP-7".into(),
+            status: UnitStatus::Available,
+        },
+        T0,
+    )
+    .unwrap();
+    // Priority 3 comes first in the queue, but it lies beyond the radius.
+    assert!(e.incident(&far.id).unwrap().units.is_empty());
+    assert_eq!(e.incident(&near.id).unwrap().units, ["DP-7"]);
+    check_invariants(&e);
+}

@@ -208,3 +208,54 @@ async fn a_modular_post_is_not_sent_across_town() {
         .await;
     assert_eq!(ok["incident"]["units"], json!(["MP-1"]), "{ok}");
 }
+
+#[tokio::test]
+async fn an_incident_lies_in_its_district_and_beat_and_the_beat_unit_is_sent_saying_why() {
+    let files = tempfile::tempdir().unwrap();
+    let poly = |w: f64, s: f64, e: f64, n: f64| json!([[[w, s], [e, s], [e, n], [w, n], [w, s]]]);
+    let districts = json!({"type":"FeatureCollection","features":[
+        {"type":"Feature","properties":{"name":"Central"},
+         "geometry":{"type":"Polygon","coordinates": poly(51.30, 51.20, 51.45, 51.30)}}]});
+    let beats = json!({"type":"FeatureCollection","features":[
+        {"type":"Feature","properties":{"name":"Central-1","district":"Central"},
+         "geometry":{"type":"MultiPolygon","coordinates":[poly(51.36, 51.22, 51.38, 51.24)]}}]});
+    let d = files.path().join("districts.geojson");
+    let b = files.path().join("beats.geojson");
+    std::fs::write(&d, districts.to_string()).unwrap();
+    std::fs::write(&b, beats.to_string()).unwrap();
+    let extra = format!(
+        "{REGION}beat_preference_m = 1500.0\n\
+         [[zones]]\nfile = {:?}\nkind = \"district\"\n\
+         [[zones]]\nfile = {:?}\nkind = \"beat\"\n\
+         [[roster]]\nid = \"BEAT-1\"\nbeat = \"Central-1\"\n",
+        d.display().to_string(),
+        b.display().to_string()
+    );
+    let srv = TestServer::start(&extra).await;
+    let host = srv.host();
+    // The beat car 2.2 km north of the incident, another car 1.1 km south.
+    let mut beat_car = tablet(&host, Encoding::Json, "BEAT-1", 51.2500, 51.3700).await;
+    let _other = tablet(&host, Encoding::Msgpack, "P-1", 51.2200, 51.3700).await;
+    let (mut c, _) = console(&host, Encoding::Json).await;
+    let ok = c
+        .request(json!({"type":"incident.create","category":"theft","priority":3,
+                        "location":{"lat":51.2300,"lon":51.3700}}))
+        .await;
+    let inc = &ok["incident"];
+    assert_eq!(
+        (inc["district"].as_str(), inc["beat"].as_str()),
+        (Some("Central"), Some("Central-1")),
+        "{ok}"
+    );
+    assert_eq!(inc["units"], json!(["BEAT-1"]), "{ok}");
+    assert_eq!(inc["selection"], json!({"BEAT-1": "beat"}), "{ok}");
+    let ev = beat_car.event("assignments", Some("assigned")).await;
+    assert_eq!(ev["incident"]["selection"]["BEAT-1"], "beat", "{ev}");
+    // Outside every zone: no district, no beat, the nearest goes.
+    let ok = c
+        .request(json!({"type":"incident.create","category":"theft","priority":3,
+                        "location":{"lat":51.1000,"lon":51.3700}}))
+        .await;
+    assert!(ok["incident"].get("district").is_none(), "{ok}");
+    assert_eq!(ok["incident"]["selection"], json!({"P-1": "nearest"}), "{ok}");
+}

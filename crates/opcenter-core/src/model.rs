@@ -5,6 +5,8 @@
 //! Owns: data shapes and their local validation. Must never: hold behaviour that
 //! needs other objects (that is the engine's), do I/O or read a clock.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
@@ -140,6 +142,21 @@ pub enum DispatchMode {
     Manual,
 }
 
+/// Why a unit was put on an incident (`selection` on the incident).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The nearest eligible unit.
+    Nearest,
+    /// A unit assigned to the incident's beat, preferred over a nearer one
+    /// (or it was the nearest as well).
+    Beat,
+    /// A run card's plan chose what to send (reserved; not produced yet).
+    RunCard,
+    /// A dispatcher assigned it (`incident.assign`).
+    Manual,
+}
+
 /// A note on an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
@@ -237,6 +254,15 @@ pub struct Incident {
     /// `dispatch.default_agencies`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agencies: Vec<String>,
+    /// The district its location lies in (`[[zones]]`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
+    /// The beat its location lies in (`[[zones]]`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<String>,
+    /// Why each assigned unit was chosen, by unit id (our addition).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selection: BTreeMap<UnitId, Selection>,
     /// Units that declined it; it is never offered to them again (our addition).
     #[serde(default)]
     pub declined_by: Vec<UnitId>,
@@ -283,6 +309,10 @@ pub struct Unit {
     /// The district a post or patrol belongs to (roster `district`; our addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub district: Option<String>,
+    /// The beat it patrols (roster `beat`; our addition): auto-dispatch prefers
+    /// it for incidents in that beat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<String>,
     /// Its availability.
     pub status: UnitStatus,
     /// Last accepted position.
@@ -337,6 +367,7 @@ impl Unit {
             agency: None,
             post: None,
             district: None,
+            beat: None,
             status: UnitStatus::OffDuty,
             location: None,
             location_ms: None,

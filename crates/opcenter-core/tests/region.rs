@@ -214,6 +214,7 @@ fn post_and_car(post_kind: &str, car_lon: f64) -> Engine {
         agency: None,
         post: Some(1),
         district: Some("Central".into()),
+        beat: None,
     });
     let mut e = Engine::new(c);
     let p = UnitProfile {
@@ -287,6 +288,7 @@ fn a_pending_incident_beyond_the_radius_is_not_served_by_a_post() {
         agency: None,
         post: Some(7),
         district: None,
+        beat: None,
     });
     let mut e = Engine::new(c);
     let far = create(&mut e, NewIncident::call("theft", 3, at(0.0, 0.004)), T0); // ~445 m
@@ -308,5 +310,151 @@ fn a_pending_incident_beyond_the_radius_is_not_served_by_a_post() {
     // Priority 3 comes first in the queue, but it lies beyond the radius.
     assert!(e.incident(&far.id).unwrap().units.is_empty());
     assert_eq!(e.incident(&near.id).unwrap().units, ["DP-7"]);
+    check_invariants(&e);
+}
+
+/// Metres north of the equator, in degrees of latitude.
+fn north(m: f64) -> f64 {
+    m / 111_195.0
+}
+
+fn square(x0: f64, y0: f64, x1: f64, y1: f64) -> zones::Polygon {
+    zones::Polygon {
+        rings: vec![vec![[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+    }
+}
+
+/// District `Central` around the origin, beat `B-1` the part east of lon 0;
+/// roster unit `BEAT-1` patrols B-1, `CAR` patrols no beat.
+fn beat_region() -> Engine {
+    let mut c = cfg();
+    c.zones = vec![
+        zones::Zone {
+            id: "Central".into(),
+            kind: zones::ZoneKind::District,
+            district: None,
+            polygons: vec![square(-0.5, -0.5, 0.5, 0.5)],
+        },
+        zones::Zone {
+            id: "B-1".into(),
+            kind: zones::ZoneKind::Beat,
+            district: Some("Central".into()),
+            polygons: vec![square(0.0, -0.5, 0.5, 0.5)],
+        },
+    ];
+    c.roster.push(RosterUnit {
+        id: "BEAT-1".into(),
+        callsign: None,
+        kind: Some("car".into()),
+        capabilities: Vec::new(),
+        status: None,
+        location: None,
+        tablet: true,
+        agency: None,
+        post: None,
+        district: Some("Central".into()),
+        beat: Some("B-1".into()),
+    });
+    Engine::new(c)
+}
+
+#[test]
+fn incidents_are_placed_in_their_district_and_beat() {
+    let mut e = beat_region();
+    let i = create(&mut e, NewIncident::call("theft", 3, at(0.1, 0.1)), T0);
+    assert_eq!(
+        (i.district.as_deref(), i.beat.as_deref()),
+        (Some("Central"), Some("B-1"))
+    );
+    let i = create(&mut e, NewIncident::call("theft", 3, at(0.1, -0.1)), T0);
+    assert_eq!(
+        (i.district.as_deref(), i.beat.as_deref()),
+        (Some("Central"), None)
+    );
+    let i = create(&mut e, NewIncident::call("theft", 3, at(0.1, 0.9)), T0);
+    assert_eq!((i.district.as_deref(), i.beat.as_deref()), (None, None));
+    // Moved into the beat: placed again.
+    let a = e
+        .apply(
+            &disp(),
+            Command::UpdateIncident {
+                incident_id: i.id,
+                patch: IncidentPatch {
+                    location: Some(at(0.1, 0.1)),
+                    ..IncidentPatch::default()
+                },
+            },
+            T0,
+        )
+        .unwrap();
+    let Reply::Incident(i) = a.reply else { panic!() };
+    assert_eq!(i.beat.as_deref(), Some("B-1"));
+}
+
+#[test]
+fn the_beat_unit_is_preferred_unless_another_is_more_than_the_preference_closer() {
+    // Incident at (0, 0.01), inside B-1. (beat unit metres north, car metres
+    // south, incident lon) -> (unit sent, selection). beat_preference_m = 1500.
+    let table = [
+        (500.0, 1_000.0, 0.01, "BEAT-1", Selection::Beat),
+        (2_000.0, 1_000.0, 0.01, "BEAT-1", Selection::Beat),
+        (2_400.0, 1_000.0, 0.01, "BEAT-1", Selection::Beat),
+        (2_600.0, 1_000.0, 0.01, "CAR", Selection::Nearest),
+        (5_000.0, 100.0, 0.01, "CAR", Selection::Nearest),
+        // Outside the beat (west of lon 0): plain nearest.
+        (2_000.0, 1_000.0, -0.0001, "CAR", Selection::Nearest),
+        (500.0, 1_000.0, -0.0001, "BEAT-1", Selection::Nearest),
+    ];
+    for (beat_m, car_m, lon, want, why) in table {
+        let mut e = beat_region();
+        agent(&mut e, "BEAT-1", None, None, at(north(beat_m), lon));
+        agent(&mut e, "CAR", None, None, at(-north(car_m), lon));
+        let i = create(&mut e, NewIncident::call("theft", 3, at(0.0, lon)), T0);
+        assert_eq!(i.units, [want], "beat {beat_m} m, car {car_m} m, lon {lon}");
+        assert_eq!(
+            i.selection.get(want),
+            Some(&why),
+            "beat {beat_m} m, car {car_m} m"
+        );
+        check_invariants(&e);
+    }
+}
+
+#[test]
+fn with_two_needed_the_beat_unit_comes_first_and_a_manual_assign_says_manual() {
+    let mut e = beat_region();
+    agent(&mut e, "BEAT-1", None, None, at(north(2_000.0), 0.01));
+    agent(&mut e, "CAR", None, None, at(-north(1_000.0), 0.01));
+    agent(&mut e, "FAR", None, None, at(-north(9_000.0), 0.01));
+    let mut n = NewIncident::call("fight", 2, at(0.0, 0.01));
+    n.units_needed = 2;
+    let i = create(&mut e, n, T0);
+    assert_eq!(i.units, ["BEAT-1", "CAR"]);
+    assert_eq!(i.selection.get("CAR"), Some(&Selection::Nearest));
+    let a = e
+        .apply(
+            &disp(),
+            Command::Assign {
+                incident_id: i.id.clone(),
+                unit_id: "FAR".into(),
+                force: false,
+            },
+            T0,
+        )
+        .unwrap();
+    let Reply::Incident(i) = a.reply else { panic!() };
+    assert_eq!(i.selection.get("FAR"), Some(&Selection::Manual));
+    // A unit taken off the incident leaves the selection with it.
+    e.apply(
+        &tab("CAR"),
+        Command::Decline {
+            unit_id: "CAR".into(),
+            incident_id: i.id.clone(),
+            reason: None,
+        },
+        T0,
+    )
+    .unwrap();
+    assert!(!e.incident(&i.id).unwrap().selection.contains_key("CAR"));
     check_invariants(&e);
 }

@@ -156,6 +156,7 @@ fn roster_posts_never_go_stale_and_roster_details_win() {
         agency: None,
         post: None,
         district: None,
+        beat: None,
         id: "POST-1".into(),
         callsign: Some("Gate".into()),
         kind: Some("post".into()),

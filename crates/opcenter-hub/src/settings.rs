@@ -47,7 +47,29 @@ struct Raw {
     #[serde(default)]
     roster: Vec<RosterUnit>,
     #[serde(default)]
+    zones: Vec<RawZones>,
+    #[serde(default)]
     cluster: Option<RawCluster>,
+}
+
+/// One `[[zones]]` entry: a GeoJSON file of districts or of beats.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZones {
+    file: PathBuf,
+    kind: opcenter_core::zones::ZoneKind,
+    #[serde(default = "name_property")]
+    name_property: String,
+    #[serde(default = "district_property")]
+    district_property: String,
+}
+
+fn name_property() -> String {
+    "name".into()
+}
+
+fn district_property() -> String {
+    "district".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +117,7 @@ struct RawDispatch {
     agencies: Vec<String>,
     default_agencies: Vec<String>,
     post_radius_m: f64,
+    beat_preference_m: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +304,30 @@ pub struct ConsoleSettings {
     pub districts: Option<String>,
 }
 
+/// Reads every `[[zones]]` file and checks the whole as the engine will use
+/// it (shapes, beats naming known districts).
+fn load_zones(entries: &[RawZones]) -> Result<Vec<opcenter_core::zones::Zone>, SettingsError> {
+    let mut zones = Vec::new();
+    for z in entries {
+        let at = |e: String| SettingsError::Invalid {
+            key: "zones.file",
+            problem: format!("{}: {e}", z.file.display()),
+        };
+        let text = std::fs::read_to_string(&z.file).map_err(|e| at(e.to_string()))?;
+        let how = opcenter_proto::geojson::ZoneFile {
+            kind: z.kind,
+            name_property: &z.name_property,
+            district_property: &z.district_property,
+        };
+        zones.extend(opcenter_proto::geojson::zones_from_geojson(&text, how).map_err(at)?);
+    }
+    opcenter_core::zones::ZoneMap::new(zones.clone()).map_err(|e| SettingsError::Invalid {
+        key: "zones",
+        problem: e.to_string(),
+    })?;
+    Ok(zones)
+}
+
 impl Settings {
     /// Loads the embedded defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
@@ -302,7 +349,13 @@ impl Settings {
                     .source(Some(config_env(std::env::vars()))),
             );
         }
-        let raw: Raw = builder.build()?.try_deserialize()?;
+        let mut raw: Raw = builder.build()?.try_deserialize()?;
+        // A `[[zones]]` file is found beside the config file that names it.
+        if let Some(dir) = file.and_then(Path::parent) {
+            for z in raw.zones.iter_mut().filter(|z| z.file.is_relative()) {
+                z.file = dir.join(&z.file);
+            }
+        }
         Self::check(raw)
     }
 
@@ -362,6 +415,7 @@ impl Settings {
             ("dispatch.max_speed_mps", d.max_speed_mps),
             ("dispatch.index_slack_m", d.index_slack_m),
             ("dispatch.post_radius_m", d.post_radius_m),
+            ("dispatch.beat_preference_m", d.beat_preference_m),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(SettingsError::Invalid {
@@ -473,6 +527,7 @@ impl Settings {
                 ));
             }
         }
+        let zones = load_zones(&raw.zones)?;
         let s = |v: u64| (v as i64).saturating_mul(1000);
         let engine = EngineConfig {
             ack_timeout_ms: s(d.ack_timeout_s),
@@ -491,6 +546,8 @@ impl Settings {
             agencies: d.agencies.clone(),
             default_agencies: d.default_agencies.clone(),
             post_radius_m: d.post_radius_m,
+            beat_preference_m: d.beat_preference_m,
+            zones,
             roster: raw.roster,
         };
         let secs = std::time::Duration::from_secs;
@@ -682,6 +739,45 @@ mod tests {
             let e = Settings::from_toml(bad).unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn zones_files_load_and_a_beat_must_name_a_known_district() {
+        let dir = std::env::temp_dir().join(format!("opcenter-zones-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let square = r#"[[[51.3,51.2],[51.4,51.2],[51.4,51.3],[51.3,51.3],[51.3,51.2]]]"#;
+        let feature = |name: &str, district: &str| {
+            format!(
+                r#"{{"type":"Feature","properties":{{"name":"{name}","district":"{district}"}},"geometry":{{"type":"Polygon","coordinates":{square}}}}}"#
+            )
+        };
+        let d = dir.join("d.geojson");
+        std::fs::write(&d, feature("Central", "")).unwrap();
+        let b = dir.join("b.geojson");
+        std::fs::write(
+            &b,
+            format!(
+                r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+                feature("C-1", "Central")
+            ),
+        )
+        .unwrap();
+        let bad = dir.join("bad.geojson");
+        std::fs::write(&bad, feature("X-1", "Nowhere")).unwrap();
+        let entry = |f: &Path, kind: &str| {
+            format!(
+                "[[zones]]\nfile = {:?}\nkind = \"{kind}\"\n",
+                f.display().to_string()
+            )
+        };
+        let s = Settings::from_toml(&(entry(&d, "district") + &entry(&b, "beat"))).unwrap();
+        assert_eq!(s.engine.zones.len(), 2);
+        assert_eq!(s.engine.zones[1].district.as_deref(), Some("Central"));
+        let e = Settings::from_toml(&(entry(&d, "district") + &entry(&bad, "beat"))).unwrap_err();
+        assert!(e.to_string().contains("Nowhere"), "{e}");
+        let e = Settings::from_toml(&entry(&dir.join("missing.geojson"), "beat")).unwrap_err();
+        assert!(e.to_string().contains("zones.file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

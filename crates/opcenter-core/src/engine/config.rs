@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Capability, Location, UnitId, UnitStatus};
+use crate::zones::Zone;
 
 /// The agency of the built-in defaults.
 pub const DEFAULT_AGENCY: &str = "police";
@@ -51,6 +52,11 @@ pub struct EngineConfig {
     /// `dispatch.post_radius_m`: a post (kind `district_post`/`modular_post`)
     /// is auto-dispatched and recommended only within this distance.
     pub post_radius_m: f64,
+    /// `dispatch.beat_preference_m`: a unit assigned to the incident's beat is
+    /// sent unless another eligible unit is more than this much closer.
+    pub beat_preference_m: f64,
+    /// Districts and beats (`[[zones]]`), in config order.
+    pub zones: Vec<Zone>,
     /// Units known before any hello (the config roster).
     pub roster: Vec<RosterUnit>,
 }
@@ -74,6 +80,8 @@ impl Default for EngineConfig {
             agencies: vec![DEFAULT_AGENCY.to_string()],
             default_agencies: vec![DEFAULT_AGENCY.to_string()],
             post_radius_m: 500.0,
+            beat_preference_m: 1_500.0,
+            zones: Vec::new(),
             roster: Vec::new(),
         }
     }
@@ -108,6 +116,9 @@ pub struct RosterUnit {
     /// The district it belongs to.
     #[serde(default)]
     pub district: Option<String>,
+    /// The beat it patrols.
+    #[serde(default)]
+    pub beat: Option<String>,
 }
 
 impl EngineConfig {

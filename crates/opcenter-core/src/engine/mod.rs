@@ -45,8 +45,9 @@ use crate::event::{Change, Event, EventBody};
 use crate::index::{Query, UnitIndex};
 use crate::model::{
     Capability, DispatchMode, Incident, IncidentId, IncidentStatus, KeyScope, Location, MAX_NOTE_BYTES, Note,
-    Unit, UnitId, UnitStatus,
+    Selection, Unit, UnitId, UnitStatus,
 };
+use crate::zones::ZoneMap;
 
 /// Everything needed to rebuild an engine: what snapshots store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct Engine {
     lapses: Deadlines,
     /// The config roster by id: its values win over claims, snapshots and replay.
     roster: HashMap<UnitId, RosterUnit>,
+    /// Districts and beats: every incident is placed in them at creation.
+    zones: ZoneMap,
+    /// Roster units by the beat they patrol (auto-dispatch prefers them there).
+    beat_units: HashMap<String, Vec<UnitId>>,
     /// The open emergency incident of a unit that pressed its panic button.
     open_emergency: HashMap<UnitId, IncidentId>,
     /// The number the next incident id gets.
@@ -124,6 +129,10 @@ impl Engine {
             deadlines: Deadlines::default(),
             lapses: Deadlines::default(),
             roster: HashMap::new(),
+            // The hub's settings loader refuses bad zones with the reason; an
+            // engine built around it gets none rather than a panic.
+            zones: ZoneMap::new(config.zones.clone()).unwrap_or_default(),
+            beat_units: HashMap::new(),
             open_emergency: HashMap::new(),
             next_no: 1,
             last_prune_ms: i64::MIN,
@@ -140,6 +149,9 @@ impl Engine {
             };
             if r.location.is_some_and(|l| l.validate().is_ok()) {
                 engine.fixed.insert(r.id.clone());
+            }
+            if let Some(b) = &r.beat {
+                engine.beat_units.entry(b.clone()).or_default().push(r.id.clone());
             }
             engine.roster.insert(r.id.clone(), r.clone());
             let mut unit = Unit::new(r.id.clone());
@@ -164,6 +176,7 @@ impl Engine {
         }
         unit.post = r.post;
         unit.district.clone_from(&r.district);
+        unit.beat.clone_from(&r.beat);
         if let Some(l) = r.location.filter(|l| l.validate().is_ok()) {
             unit.location = Some(l);
         }
@@ -656,7 +669,7 @@ impl Engine {
 
     /// Puts a unit on an incident: `dispatched`, ack deadline, out of the tree.
     /// The caller has checked that the unit holds no other incident.
-    fn attach(&mut self, incident_id: &str, unit_id: &str, now_ms: i64) {
+    fn attach(&mut self, incident_id: &str, unit_id: &str, selection: Selection, now_ms: i64) {
         let deadline = now_ms.saturating_add(self.config.ack_timeout_ms);
         if let Some(u) = self.units.get_mut(unit_id) {
             u.status = UnitStatus::Dispatched;
@@ -664,10 +677,11 @@ impl Engine {
         }
         self.set_deadline(unit_id, Some(deadline));
         self.sync_index(unit_id);
-        if let Some(inc) = self.incidents.get_mut(incident_id)
-            && !inc.units.iter().any(|u| u == unit_id)
-        {
-            inc.units.push(unit_id.to_string());
+        if let Some(inc) = self.incidents.get_mut(incident_id) {
+            if !inc.units.iter().any(|u| u == unit_id) {
+                inc.units.push(unit_id.to_string());
+            }
+            inc.selection.insert(unit_id.to_string(), selection);
         }
     }
 
@@ -689,6 +703,7 @@ impl Engine {
         if let Some(iid) = &held {
             if let Some(inc) = self.incidents.get_mut(iid) {
                 inc.units.retain(|u| u != unit_id);
+                inc.selection.remove(unit_id);
             }
             self.refresh_incident(iid, now_ms);
         }
@@ -701,7 +716,7 @@ impl Engine {
     /// Auto-dispatch: fills an open auto incident's missing units with the nearest
     /// eligible ones. Returns how many were assigned.
     fn dispatch(&mut self, incident_id: &str, now_ms: i64, ev: &mut Vec<Event>) -> usize {
-        let (query_loc, need, required, exclude, agencies) = {
+        let (query_loc, need, required, exclude, agencies, beat) = {
             let Some(inc) = self.incidents.get(incident_id) else {
                 return 0;
             };
@@ -718,11 +733,13 @@ impl Engine {
                 inc.required.clone(),
                 Self::exclusions(inc),
                 self.agencies_of(inc).to_vec(),
+                self.beat_candidates(inc, now_ms),
             )
         };
-        let picked = self.index.nearest(&Query {
+        let nearest = self.index.nearest(&Query {
             location: query_loc,
-            k: need,
+            // Enough that `need` remain after the beat's units are taken out.
+            k: need + beat.len(),
             max_distance_m: self.config.max_distance_m,
             required: &required,
             now_ms,
@@ -730,11 +747,12 @@ impl Engine {
             exclude: &exclude,
             agencies: &agencies,
         });
+        let picked = self.prefer_beat(nearest, beat, need);
         if picked.is_empty() {
             return 0;
         }
-        for (uid, _) in &picked {
-            self.attach(incident_id, uid, now_ms);
+        for (uid, selection) in &picked {
+            self.attach(incident_id, uid, *selection, now_ms);
         }
         self.refresh_incident(incident_id, now_ms);
         for (uid, _) in &picked {
@@ -745,6 +763,63 @@ impl Engine {
             self.emit_assignment(uid, incident_id, Change::Assigned, ev);
         }
         picked.len()
+    }
+
+    /// The eligible units assigned to `inc`'s beat, nearest first, with metres.
+    fn beat_candidates(&self, inc: &Incident, now_ms: i64) -> Vec<(UnitId, f64)> {
+        let Some(ids) = inc.beat.as_ref().and_then(|b| self.beat_units.get(b)) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(UnitId, f64)> = ids
+            .iter()
+            .filter_map(|id| self.units.get(id))
+            .filter(|u| self.eligible(u, inc, now_ms))
+            .filter_map(|u| u.location.map(|l| (u.id.clone(), l.distance_m(&inc.location))))
+            .collect();
+        found.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        found
+    }
+
+    /// Picks up to `need` units: for each, the nearest unit assigned to the
+    /// beat unless the nearest of all is more than `dispatch.beat_preference_m`
+    /// closer. Both lists are nearest first; a beat unit is labelled `beat`
+    /// whichever list it came from.
+    fn prefer_beat(
+        &self,
+        nearest: Vec<(UnitId, f64)>,
+        beat: Vec<(UnitId, f64)>,
+        need: usize,
+    ) -> Vec<(UnitId, Selection)> {
+        let mut out: Vec<(UnitId, Selection)> = Vec::with_capacity(need);
+        let (mut n, mut b) = (nearest.into_iter().peekable(), beat.iter().peekable());
+        while out.len() < need {
+            let taken = |id: &str, out: &[(UnitId, Selection)]| out.iter().any(|(u, _)| u == id);
+            while n.peek().is_some_and(|(id, _)| taken(id, &out)) {
+                n.next();
+            }
+            while b.peek().is_some_and(|(id, _)| taken(id, &out)) {
+                b.next();
+            }
+            let take_beat = match (n.peek(), b.peek()) {
+                (None, None) => break,
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some((_, dn)), Some((_, db))) => db - dn <= self.config.beat_preference_m,
+            };
+            let id = if take_beat {
+                b.next().map(|(id, _)| id.clone())
+            } else {
+                n.next().map(|(id, _)| id)
+            };
+            let Some(id) = id else { break };
+            let selection = if beat.iter().any(|(u, _)| *u == id) {
+                Selection::Beat
+            } else {
+                Selection::Nearest
+            };
+            out.push((id, selection));
+        }
+        out
     }
 
     /// True when `unit` could be auto-dispatched to `inc` right now.
@@ -968,6 +1043,7 @@ impl Engine {
             None if emergency_unit.is_some() => self.config.agencies.clone(),
             None => self.config.default_agencies.clone(),
         };
+        let place = self.zones.locate(n.location);
         let inc = Incident {
             id: id.clone(),
             key: n.key,
@@ -988,6 +1064,9 @@ impl Engine {
             possible_duplicates,
             dispatch: n.dispatch,
             agencies,
+            district: place.district,
+            beat: place.beat,
+            selection: Default::default(),
             declined_by: Vec::new(),
             emergency_unit,
             created_ms: now_ms,
@@ -1059,6 +1138,10 @@ impl Engine {
             }
             if let Some(l) = patch.location {
                 inc.location = l;
+                // A moved incident lies where it now is.
+                let place = self.zones.locate(l);
+                inc.district = place.district;
+                inc.beat = place.beat;
             }
             if patch.address.is_some() {
                 inc.address = patch.address;
@@ -1145,12 +1228,12 @@ impl Engine {
             self.detach(unit_id, UnitStatus::Busy, now_ms, true);
             self.emit_incident(&other, Change::Unassigned, ev);
             self.emit_assignment(unit_id, &other, Change::Unassigned, ev);
-            self.attach(id, unit_id, now_ms);
+            self.attach(id, unit_id, Selection::Manual, now_ms);
             self.finish_assign(id, unit_id, now_ms, ev);
             // The unit is busy with the new incident: the old one goes on.
             self.dispatch(&other, now_ms, ev);
         } else {
-            self.attach(id, unit_id, now_ms);
+            self.attach(id, unit_id, Selection::Manual, now_ms);
             self.finish_assign(id, unit_id, now_ms, ev);
         }
         Ok(Reply::Incident(self.get_incident(id)?.clone()))

@@ -259,3 +259,72 @@ async fn an_incident_lies_in_its_district_and_beat_and_the_beat_unit_is_sent_say
     assert!(ok["incident"].get("district").is_none(), "{ok}");
     assert_eq!(ok["incident"]["selection"], json!({"P-1": "nearest"}), "{ok}");
 }
+
+/// The example region of `opcenter demo --config config/uralsk.toml`: it loads,
+/// places points in its districts and beats, and keeps modular posts home.
+#[test]
+fn the_uralsk_example_region_loads_and_places_incidents() {
+    use opcenter_core::{Actor, Command, Engine, NewIncident, Reply, UnitProfile, zones::ZoneKind};
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/uralsk.toml");
+    let settings = opcenter_hub::Settings::load_with_env(Some(&path), false).unwrap();
+    let cfg = &settings.engine;
+    let count = |k: ZoneKind| cfg.zones.iter().filter(|z| z.kind == k).count();
+    assert_eq!((count(ZoneKind::District), count(ZoneKind::Beat)), (5, 12));
+    let kind = |k: &str| cfg.roster.iter().filter(|r| r.kind.as_deref() == Some(k)).count();
+    assert_eq!((kind("modular_post"), kind("district_post")), (10, 5));
+    assert!(
+        cfg.roster
+            .iter()
+            .any(|r| r.agency.as_deref() == Some("national_guard"))
+    );
+    // Every roster unit's district is one of the zones, and so is its beat.
+    for r in &cfg.roster {
+        for z in [&r.district, &r.beat].into_iter().flatten() {
+            assert!(cfg.zones.iter().any(|x| &x.id == z), "{}: unknown zone {z}", r.id);
+        }
+    }
+    let mut e = Engine::new(settings.engine.clone());
+    // The central market's post comes on duty; a robbery 1.5 km away is not its.
+    let me = Actor::unit("post", "POST-MARKET");
+    let p = UnitProfile {
+        id: "POST-MARKET".into(),
+        ..UnitProfile::default()
+    };
+    e.apply(&me, Command::RegisterUnit(p), 1_764_300_000_000).unwrap();
+    let st = Command::SetStatus {
+        unit_id: "POST-MARKET".into(),
+        status: opcenter_core::UnitStatus::Available,
+    };
+    e.apply(&me, st, 1_764_300_000_000).unwrap();
+    let post = e.unit("POST-MARKET").unwrap().location.unwrap();
+    let far = opcenter_core::Location {
+        lat: post.lat - 0.0135,
+        lon: post.lon,
+    };
+    let near = opcenter_core::Location {
+        lat: post.lat + 0.002,
+        lon: post.lon,
+    };
+    let create = |e: &mut Engine, at| match e
+        .apply(
+            &Actor::dispatcher("d"),
+            Command::CreateIncident(NewIncident::call("robbery", 1, at)),
+            1_764_300_000_000,
+        )
+        .unwrap()
+        .reply
+    {
+        Reply::Created { incident, .. } => incident,
+        r => panic!("{r:?}"),
+    };
+    let i = create(&mut e, far);
+    assert!(i.units.is_empty(), "{i:?}");
+    assert_eq!(i.district.as_deref(), Some("Central"));
+    let i = create(&mut e, near);
+    assert_eq!(i.units, ["POST-MARKET"]);
+    assert_eq!(
+        (i.district.as_deref(), i.beat.as_deref()),
+        (Some("Central"), Some("Central-4"))
+    );
+}

@@ -108,9 +108,23 @@ pub struct NewIncident {
     /// The citizen who reported it (`POST /v1/reports` only).
     #[serde(default)]
     pub reporter: Option<Reporter>,
-    /// Agencies whose units may be sent; `None` means `dispatch.default_agencies`.
+    /// Agencies whose units may be sent; `None` means `dispatch.default_agencies`
+    /// (or a run card's).
     #[serde(default)]
     pub agencies: Option<Vec<String>>,
+    /// Which of `units_needed` / `required` the client gave: those win over a
+    /// run card's plan.
+    #[serde(default)]
+    pub given: Given,
+}
+
+/// Fields of a create the client set explicitly (the rest a run card may fill).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Given {
+    /// `units_needed` was in the command.
+    pub units_needed: bool,
+    /// `required` was in the command.
+    pub required: bool,
 }
 
 impl NewIncident {
@@ -129,6 +143,7 @@ impl NewIncident {
             dispatch: DispatchMode::Auto,
             reporter: None,
             agencies: None,
+            given: Given::default(),
         }
     }
 }

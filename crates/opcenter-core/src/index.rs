@@ -52,8 +52,9 @@ struct Slot {
     live_until: i64,
     /// The engine says it is available.
     available: bool,
-    /// Interned agency (see [`UnitIndex::set_traits`]).
+    /// Interned agency and kind (see [`UnitIndex::set_traits`]).
     agency: u32,
+    kind: Option<u32>,
     /// Farthest it may be sent (metres): a post's radius, else infinite.
     reach_m: f64,
     /// `Some(point)` iff the unit is in the tree, at `point`.
@@ -79,6 +80,8 @@ pub struct Query<'a> {
     pub exclude: &'a [UnitId],
     /// Only units of these agencies; empty means any.
     pub agencies: &'a [String],
+    /// Only units of these kinds; empty means any.
+    pub kinds: &'a [String],
 }
 
 /// The index. See the module docs.
@@ -93,8 +96,9 @@ pub struct UnitIndex {
     slots: Vec<Slot>,
     by_id: HashMap<UnitId, u32>,
     caps: HashMap<Capability, u32>,
-    /// Agency names to small ids (a handful per deployment).
+    /// Agency and kind names to small ids (a handful per deployment).
     agencies: HashMap<String, u32>,
+    kinds: HashMap<String, u32>,
     slack_m: f64,
     slack_chord2: f64,
 }
@@ -119,6 +123,7 @@ impl UnitIndex {
             by_id: HashMap::new(),
             caps: HashMap::new(),
             agencies: HashMap::new(),
+            kinds: HashMap::new(),
             slack_m,
             slack_chord2: geo::chord2_for_metres(slack_m),
         }
@@ -189,6 +194,7 @@ impl UnitIndex {
             fixed: false,
             available: false,
             agency: 0,
+            kind: None,
             reach_m: f64::INFINITY,
             live_until: i64::MAX,
             indexed: None,
@@ -262,12 +268,15 @@ impl UnitIndex {
 
     /// Sets a unit's agency and how far it may be sent (`reach_m`: a post's
     /// radius, `f64::INFINITY` for a mobile unit). Queries filter on both.
-    pub fn set_traits(&mut self, id: &str, agency: &str, reach_m: f64) {
+    pub fn set_traits(&mut self, id: &str, agency: &str, kind: Option<&str>, reach_m: f64) {
         let next = self.agencies.len() as u32;
         let a = *self.agencies.entry(agency.to_string()).or_insert(next);
+        let next = self.kinds.len() as u32;
+        let k = kind.map(|k| *self.kinds.entry(k.to_string()).or_insert(next));
         let h = self.handle_of(id);
         let slot = &mut self.slots[h as usize];
         slot.agency = a;
+        slot.kind = k;
         slot.reach_m = if reach_m.is_nan() { f64::INFINITY } else { reach_m };
     }
 
@@ -373,7 +382,12 @@ impl UnitIndex {
             .iter()
             .filter_map(|a| self.agencies.get(a.as_str()).copied())
             .collect();
-        if !q.agencies.is_empty() && agencies.is_empty() {
+        let kinds: Vec<u32> = q
+            .kinds
+            .iter()
+            .filter_map(|k| self.kinds.get(k.as_str()).copied())
+            .collect();
+        if (!q.agencies.is_empty() && agencies.is_empty()) || (!q.kinds.is_empty() && kinds.is_empty()) {
             return out;
         }
         let exclude: Vec<u32> = q
@@ -396,6 +410,7 @@ impl UnitIndex {
                 || !Self::fresh(s, q.now_ms, q.max_age_ms)
                 || exclude.contains(&h)
                 || (!agencies.is_empty() && !agencies.contains(&s.agency))
+                || (!kinds.is_empty() && !s.kind.is_some_and(|k| kinds.contains(&k)))
             {
                 continue;
             }
@@ -448,6 +463,7 @@ mod tests {
             max_age_ms: 1000,
             exclude: &[],
             agencies: &[],
+            kinds: &[],
         }
     }
 

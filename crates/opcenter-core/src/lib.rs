@@ -29,12 +29,12 @@ pub mod zones;
 
 pub use check::{MAX_RECOMMEND, MAX_UNITS_NEEDED, MIN_FIX_AT_MS};
 pub use command::{
-    Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
-    UnitProfile,
+    Actor, ActorKind, Command, Given, IncidentPatch, NewIncident, PositionFix, RecommendQuery,
+    RecommendTarget, UnitProfile,
 };
 pub use engine::{
     Applied, Candidate, Engine, EngineConfig, EngineSnapshot, KeyRecord, PositionItem, Recommendation, Reply,
-    RosterUnit, Shortfall,
+    RosterUnit, RunCard, Shortfall,
 };
 pub use error::CoreError;
 pub use event::{Change, Event, EventBody, Topic};

@@ -151,7 +151,7 @@ pub enum Selection {
     /// A unit assigned to the incident's beat, preferred over a nearer one
     /// (or it was the nearest as well).
     Beat,
-    /// A run card's plan chose what to send (reserved; not produced yet).
+    /// The nearest eligible unit for an incident whose plan a run card made.
     RunCard,
     /// A dispatcher assigned it (`incident.assign`).
     Manual,
@@ -260,6 +260,12 @@ pub struct Incident {
     /// The beat its location lies in (`[[zones]]`; our addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beat: Option<String>,
+    /// Only units of these kinds (a run card's `kinds`; empty: any kind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// The run card whose plan it got, if any (our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_card: Option<String>,
     /// Why each assigned unit was chosen, by unit id (our addition).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selection: BTreeMap<UnitId, Selection>,

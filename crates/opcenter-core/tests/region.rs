@@ -327,7 +327,14 @@ fn square(x0: f64, y0: f64, x1: f64, y1: f64) -> zones::Polygon {
 /// District `Central` around the origin, beat `B-1` the part east of lon 0;
 /// roster unit `BEAT-1` patrols B-1, `CAR` patrols no beat.
 fn beat_region() -> Engine {
+    beat_region_with(Vec::new(), 0)
+}
+
+/// [`beat_region`] with run cards, at local time UTC + `offset_min`.
+fn beat_region_with(run_cards: Vec<RunCard>, offset_min: i64) -> Engine {
     let mut c = cfg();
+    c.run_cards = run_cards;
+    c.local_offset_min = offset_min;
     c.zones = vec![
         zones::Zone {
             id: "Central".into(),
@@ -457,4 +464,160 @@ fn with_two_needed_the_beat_unit_comes_first_and_a_manual_assign_says_manual() {
     .unwrap();
     assert!(!e.incident(&i.id).unwrap().selection.contains_key("CAR"));
     check_invariants(&e);
+}
+
+fn card(name: &str) -> RunCard {
+    RunCard {
+        name: name.into(),
+        ..RunCard::default()
+    }
+}
+
+/// 12:00 UTC on a day.
+const NOON: i64 = 1_764_331_200_000;
+
+#[test]
+fn the_most_specific_matching_run_card_wins() {
+    let cards = vec![
+        RunCard {
+            category: Some("fight".into()),
+            units_needed: Some(2),
+            ..card("fight")
+        },
+        RunCard {
+            category: Some("fight".into()),
+            district: Some("Central".into()),
+            units_needed: Some(3),
+            ..card("fight-central")
+        },
+        RunCard {
+            // As specific as fight-central: listed later, loses the tie.
+            category: Some("fight".into()),
+            priority: Some(1),
+            units_needed: Some(9),
+            ..card("fight-p1")
+        },
+        RunCard {
+            beat: Some("B-1".into()),
+            units_needed: Some(4),
+            ..card("beat-b1")
+        },
+        RunCard {
+            category: Some("fight".into()),
+            beat: Some("B-1".into()),
+            hours: Some([22, 6]),
+            units_needed: Some(5),
+            ..card("night-fight-b1")
+        },
+    ];
+    // (category, priority, lon (east of 0 is beat B-1), UTC hour) -> card
+    let table = [
+        ("theft", 3, -0.1, 12, None),
+        ("fight", 3, 0.9, 12, Some("fight")),
+        ("fight", 3, -0.1, 12, Some("fight-central")),
+        ("fight", 1, -0.1, 12, Some("fight-central")),
+        ("fight", 1, 0.9, 12, Some("fight-p1")),
+        ("theft", 3, 0.1, 12, Some("beat-b1")),
+        // beat-b1 ties fight-central (2 points each): the first listed wins.
+        ("fight", 3, 0.1, 12, Some("fight-central")),
+        ("fight", 3, 0.1, 23, Some("night-fight-b1")),
+        ("fight", 3, 0.1, 5, Some("night-fight-b1")),
+        ("fight", 3, 0.1, 6, Some("fight-central")),
+        ("fight", 3, 0.9, 23, Some("fight")),
+    ];
+    for (category, priority, lon, hour, want) in table {
+        let mut e = beat_region_with(cards.clone(), 0);
+        let now = NOON + (hour - 12) * 3_600_000;
+        let i = create(&mut e, NewIncident::call(category, priority, at(0.0, lon)), now);
+        assert_eq!(
+            i.run_card.as_deref(),
+            want,
+            "{category} p{priority} lon {lon} {hour}h"
+        );
+        let by_name = cards.iter().find(|c| Some(c.name.as_str()) == want);
+        assert_eq!(i.units_needed, by_name.map_or(1, |c| c.units_needed.unwrap()));
+    }
+}
+
+#[test]
+fn hours_are_local_and_the_dispatchers_values_win_over_the_card() {
+    let cards = vec![RunCard {
+        category: Some("riot".into()),
+        hours: Some([18, 20]),
+        units_needed: Some(3),
+        required: Some(vec!["shield".into()]),
+        agencies: Some(vec!["national_guard".into()]),
+        kinds: Some(vec!["guard_patrol".into()]),
+        ..card("evening-riot")
+    }];
+    // 14:00 UTC is 19:00 at UTC+5.
+    let now = NOON + 2 * 3_600_000;
+    let mut e = beat_region_with(cards.clone(), 300);
+    let i = create(&mut e, NewIncident::call("riot", 2, at(0.0, -0.1)), now);
+    assert_eq!(i.run_card.as_deref(), Some("evening-riot"));
+    assert_eq!(
+        (i.units_needed, i.required.clone()),
+        (3, vec!["shield".to_string()])
+    );
+    assert_eq!(
+        (i.agencies.clone(), i.kinds.clone()),
+        (
+            vec!["national_guard".to_string()],
+            vec!["guard_patrol".to_string()]
+        )
+    );
+    let mut n = NewIncident::call("riot", 2, at(0.0, -0.1));
+    n.units_needed = 1;
+    n.required = Vec::new();
+    n.given = Given {
+        units_needed: true,
+        required: true,
+    };
+    n.agencies = agencies(&["police"]);
+    let i = create(&mut e, n, now);
+    assert_eq!(i.run_card.as_deref(), Some("evening-riot"));
+    assert_eq!(
+        (i.units_needed, i.required.len(), i.agencies.clone()),
+        (1, 0, vec!["police".to_string()])
+    );
+    assert_eq!(
+        i.kinds,
+        ["guard_patrol"],
+        "what the dispatcher did not say comes from the card"
+    );
+    // At UTC+0 the same instant is 14:00: no card.
+    let mut e = beat_region_with(cards, 0);
+    let i = create(&mut e, NewIncident::call("riot", 2, at(0.0, -0.1)), now);
+    assert_eq!(i.run_card, None);
+}
+
+#[test]
+fn a_run_cards_kinds_choose_the_units_and_say_run_card() {
+    let cards = vec![RunCard {
+        category: Some("riot".into()),
+        agencies: Some(vec!["police".into(), "national_guard".into()]),
+        kinds: Some(vec!["guard_patrol".into()]),
+        ..card("riot")
+    }];
+    let mut e = beat_region_with(cards, 0);
+    agent(&mut e, "CAR", None, Some("car"), at(0.0, -0.001));
+    agent(
+        &mut e,
+        "NG",
+        Some("national_guard"),
+        Some("guard_patrol"),
+        at(0.0, -0.05),
+    );
+    let i = create(&mut e, NewIncident::call("riot", 2, at(0.0, -0.0011)), T0);
+    assert_eq!(i.units, ["NG"]);
+    assert_eq!(i.selection.get("NG"), Some(&Selection::RunCard));
+    let q = RecommendQuery {
+        target: RecommendTarget::Incident(i.id.clone()),
+        count: 2,
+        required: None,
+        agencies: None,
+    };
+    let r = e.recommend(&q, T0).unwrap();
+    assert!(r.candidates.is_empty(), "the car is of another kind: {r:?}");
+    assert_eq!(r.shortfall, Some(Shortfall::NoUnitsAvailable));
 }

@@ -49,6 +49,8 @@ struct Raw {
     #[serde(default)]
     zones: Vec<RawZones>,
     #[serde(default)]
+    run_cards: Vec<opcenter_core::RunCard>,
+    #[serde(default)]
     cluster: Option<RawCluster>,
 }
 
@@ -118,6 +120,7 @@ struct RawDispatch {
     default_agencies: Vec<String>,
     post_radius_m: f64,
     beat_preference_m: f64,
+    local_offset_min: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +331,51 @@ fn load_zones(entries: &[RawZones]) -> Result<Vec<opcenter_core::zones::Zone>, S
     Ok(zones)
 }
 
+/// A run card's trigger and plan hold values an incident.create could hold,
+/// and name only configured agencies and zones.
+fn check_run_card(
+    c: &opcenter_core::RunCard,
+    agencies: &[String],
+    zones: &[opcenter_core::zones::Zone],
+) -> Result<(), SettingsError> {
+    use opcenter_core::check;
+    let bad = |problem: String| SettingsError::Invalid {
+        key: "run_cards",
+        problem: format!("card {:?}: {problem}", c.name),
+    };
+    if c.name.trim().is_empty() {
+        return Err(bad("needs a name".into()));
+    }
+    if let Some(p) = c.priority {
+        check::priority(i64::from(p)).map_err(|e| bad(e.to_string()))?;
+    }
+    if let Some(n) = c.units_needed {
+        check::units_needed(i64::from(n)).map_err(|e| bad(e.to_string()))?;
+    }
+    if let Some(r) = &c.required {
+        check::capabilities(r).map_err(|e| bad(e.to_string()))?;
+    }
+    if let Some(a) = &c.agencies {
+        check::agencies(a).map_err(|e| bad(e.to_string()))?;
+        if let Some(x) = a.iter().find(|x| !agencies.contains(x)) {
+            return Err(bad(format!("{x:?} is not one of dispatch.agencies")));
+        }
+    }
+    if let Some([from, to]) = c.hours
+        && (from > 23 || to > 24 || from == to)
+    {
+        return Err(bad(
+            "hours must be [from, to] with from in 0..=23, to in 0..=24, from != to".into(),
+        ));
+    }
+    for z in [&c.district, &c.beat].into_iter().flatten() {
+        if !zones.iter().any(|x| &x.id == z) {
+            return Err(bad(format!("{z:?} is not a zone")));
+        }
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Loads the embedded defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
@@ -528,6 +576,15 @@ impl Settings {
             }
         }
         let zones = load_zones(&raw.zones)?;
+        if d.local_offset_min.abs() > 14 * 60 {
+            return Err(invalid(
+                "dispatch.local_offset_min",
+                "must be within ±840 (±14 h)",
+            ));
+        }
+        for c in &raw.run_cards {
+            check_run_card(c, &d.agencies, &zones)?;
+        }
         let s = |v: u64| (v as i64).saturating_mul(1000);
         let engine = EngineConfig {
             ack_timeout_ms: s(d.ack_timeout_s),
@@ -548,6 +605,8 @@ impl Settings {
             post_radius_m: d.post_radius_m,
             beat_preference_m: d.beat_preference_m,
             zones,
+            run_cards: raw.run_cards,
+            local_offset_min: d.local_offset_min,
             roster: raw.roster,
         };
         let secs = std::time::Duration::from_secs;
@@ -723,6 +782,12 @@ mod tests {
         assert_eq!(s.engine.agencies, ["police", "national_guard"]);
         assert_eq!(s.engine.post_radius_m, 300.0);
         assert_eq!(s.engine.roster[1].post, Some(1));
+        let cards =
+            "[[run_cards]]\nname = \"night\"\ncategory = \"fight\"\nhours = [22, 6]\nunits_needed = 3\n";
+        assert_eq!(
+            Settings::from_toml(cards).unwrap().engine.run_cards[0].hours,
+            Some([22, 6])
+        );
         for (bad, key) in [
             ("[dispatch]\nagencies = []\n", "dispatch.agencies"),
             (
@@ -734,6 +799,15 @@ mod tests {
             (
                 "[[roster]]\nid = \"DP\"\nkind = \"district_post\"\n",
                 "roster.location",
+            ),
+            ("[[run_cards]]\nname = \"c\"\nunits_needed = 0\n", "units_needed"),
+            ("[[run_cards]]\nname = \"c\"\nagencies = [\"army\"]\n", "army"),
+            ("[[run_cards]]\nname = \"c\"\nhours = [25, 2]\n", "hours"),
+            ("[[run_cards]]\nname = \"c\"\nbeat = \"nowhere\"\n", "nowhere"),
+            ("[[run_cards]]\nname = \"c\"\ncolour = \"red\"\n", "colour"),
+            (
+                "[dispatch]\nlocal_offset_min = 9999\n",
+                "dispatch.local_offset_min",
             ),
         ] {
             let e = Settings::from_toml(bad).unwrap_err();

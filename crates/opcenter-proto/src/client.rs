@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use opcenter_core::check::{self, DEFAULT_RECOMMEND};
 use opcenter_core::{
-    Capability, CoreError, DispatchMode, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident, PositionFix,
-    RecommendQuery, RecommendTarget, UnitStatus,
+    Capability, CoreError, DispatchMode, Given, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident,
+    PositionFix, RecommendQuery, RecommendTarget, UnitStatus,
 };
 
 use crate::codec::{self, Encoding};
@@ -477,6 +477,11 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
     raw.location.validate()?;
     check::category(&raw.category)?;
     let units_needed = check::units_needed(raw.units_needed.unwrap_or(1))?;
+    // What the dispatcher said wins over a run card's plan.
+    let given = Given {
+        units_needed: raw.units_needed.is_some(),
+        required: raw.required.is_some(),
+    };
     let new = NewIncident {
         category: raw.category,
         priority,
@@ -493,6 +498,7 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
         dispatch: raw.dispatch.unwrap_or_default(),
         reporter: None,
         agencies: raw.agencies,
+        given,
     };
     // Every other bound (string lengths, key, capabilities) is core's.
     new.validate()?;

@@ -57,6 +57,10 @@ pub struct EngineConfig {
     pub beat_preference_m: f64,
     /// Districts and beats (`[[zones]]`), in config order.
     pub zones: Vec<Zone>,
+    /// Response plans (`[[run_cards]]`), in config order.
+    pub run_cards: Vec<RunCard>,
+    /// `dispatch.local_offset_min`: local time minus UTC, for run cards' `hours`.
+    pub local_offset_min: i64,
     /// Units known before any hello (the config roster).
     pub roster: Vec<RosterUnit>,
 }
@@ -82,6 +86,8 @@ impl Default for EngineConfig {
             post_radius_m: 500.0,
             beat_preference_m: 1_500.0,
             zones: Vec::new(),
+            run_cards: Vec::new(),
+            local_offset_min: 0,
             roster: Vec::new(),
         }
     }
@@ -119,6 +125,78 @@ pub struct RosterUnit {
     /// The beat it patrols.
     #[serde(default)]
     pub beat: Option<String>,
+}
+
+/// A response plan: when an incident matches the trigger (every condition set),
+/// it is sent what the plan says, unless the dispatcher said otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCard {
+    /// Its name (the incident's `run_card`).
+    pub name: String,
+    /// Trigger: this category.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Trigger: this priority.
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// Trigger: the incident lies in this district.
+    #[serde(default)]
+    pub district: Option<String>,
+    /// Trigger: the incident lies in this beat.
+    #[serde(default)]
+    pub beat: Option<String>,
+    /// Trigger: local hour of creation in `[from, to)` (wraps midnight when
+    /// from > to), local = UTC + `dispatch.local_offset_min`.
+    #[serde(default)]
+    pub hours: Option<[u8; 2]>,
+    /// Plan: units to send.
+    #[serde(default)]
+    pub units_needed: Option<u32>,
+    /// Plan: capabilities each unit must have.
+    #[serde(default)]
+    pub required: Option<Vec<Capability>>,
+    /// Plan: agencies to take units from.
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
+    /// Plan: only units of these kinds.
+    #[serde(default)]
+    pub kinds: Option<Vec<String>>,
+}
+
+impl RunCard {
+    /// How specific the trigger is: one point per condition, two for a beat
+    /// (a beat is narrower than a district). The most specific matching card
+    /// wins; among equals, the first in config order.
+    pub fn specificity(&self) -> u32 {
+        u32::from(self.category.is_some())
+            + u32::from(self.priority.is_some())
+            + u32::from(self.district.is_some())
+            + 2 * u32::from(self.beat.is_some())
+            + u32::from(self.hours.is_some())
+    }
+
+    /// True when every condition set holds.
+    pub fn matches(
+        &self,
+        category: &str,
+        priority: u8,
+        district: Option<&str>,
+        beat: Option<&str>,
+        local_hour: u8,
+    ) -> bool {
+        self.category.as_deref().is_none_or(|c| c == category)
+            && self.priority.is_none_or(|p| p == priority)
+            && self.district.as_deref().is_none_or(|d| Some(d) == district)
+            && self.beat.as_deref().is_none_or(|b| Some(b) == beat)
+            && self.hours.is_none_or(|[from, to]| {
+                if from <= to {
+                    (from..to).contains(&local_hour)
+                } else {
+                    local_hour >= from || local_hour < to
+                }
+            })
+    }
 }
 
 impl EngineConfig {

@@ -76,6 +76,8 @@ impl KeyRecord {
             district: None,
             beat: None,
             selection: Default::default(),
+            kinds: Vec::new(),
+            run_card: None,
             declined_by: Vec::new(),
             emergency_unit: None,
             created_ms: self.at_ms,

@@ -19,7 +19,7 @@ mod pending;
 mod reply;
 mod retention;
 
-pub use config::{DEFAULT_AGENCY, EngineConfig, RosterUnit};
+pub use config::{DEFAULT_AGENCY, EngineConfig, RosterUnit, RunCard};
 pub use duplicates::MAX_POSSIBLE_DUPLICATES;
 pub use keys::KeyRecord;
 pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfall};
@@ -264,19 +264,15 @@ impl Engine {
         if let Some(a) = &query.agencies {
             self.known_agencies(a)?;
         }
-        let (location, required, exclude, agencies) = match &query.target {
+        let (location, required, exclude, agencies, kinds) = match &query.target {
             RecommendTarget::Location(loc) => {
                 loc.validate()?;
                 let agencies = query
                     .agencies
                     .clone()
                     .unwrap_or_else(|| self.config.default_agencies.clone());
-                (
-                    *loc,
-                    query.required.clone().unwrap_or_default(),
-                    Vec::new(),
-                    agencies,
-                )
+                let required = query.required.clone().unwrap_or_default();
+                (*loc, required, Vec::new(), agencies, Vec::new())
             }
             RecommendTarget::Incident(id) => {
                 let inc = self
@@ -288,7 +284,13 @@ impl Engine {
                     .agencies
                     .clone()
                     .unwrap_or_else(|| self.agencies_of(inc).to_vec());
-                (inc.location, required, Self::exclusions(inc), agencies)
+                (
+                    inc.location,
+                    required,
+                    Self::exclusions(inc),
+                    agencies,
+                    inc.kinds.clone(),
+                )
             }
         };
         let found = self.index.nearest(&Query {
@@ -300,13 +302,14 @@ impl Engine {
             max_age_ms: self.config.max_position_age_ms,
             exclude: &exclude,
             agencies: &agencies,
+            kinds: &kinds,
         });
         let candidates: Vec<Candidate> = found
             .into_iter()
             .map(|(unit_id, distance_m)| Candidate { unit_id, distance_m })
             .collect();
         let shortfall = (candidates.len() < query.count)
-            .then(|| self.shortfall(&required, &exclude, &agencies, candidates.len(), now_ms));
+            .then(|| self.shortfall(&required, &exclude, (&agencies, &kinds), candidates.len(), now_ms));
         Ok(Recommendation {
             candidates,
             shortfall,
@@ -322,7 +325,7 @@ impl Engine {
         &self,
         required: &[Capability],
         exclude: &[UnitId],
-        agencies: &[String],
+        (agencies, kinds): (&[String], &[String]),
         found: usize,
         now_ms: i64,
     ) -> Shortfall {
@@ -336,6 +339,7 @@ impl Engine {
                     .agency
                     .as_deref()
                     .is_some_and(|a| agencies.iter().any(|x| x == a))
+                || !(kinds.is_empty() || u.kind.as_ref().is_some_and(|k| kinds.contains(k)))
                 || !u.tablet
                 || !self.is_live(u, now_ms)
             {
@@ -528,7 +532,8 @@ impl Engine {
         let assignable = u.status == UnitStatus::Available && u.tablet && live_until != i64::MIN;
         self.index.set_live_until(id, live_until);
         let agency = u.agency.as_deref().unwrap_or(self.config.home_agency());
-        self.index.set_traits(id, agency, self.reach_of(u));
+        self.index
+            .set_traits(id, agency, u.kind.as_deref(), self.reach_of(u));
         self.index
             .sync(id, &u.capabilities, assignable, u.location, u.location_ms, fixed)
     }
@@ -716,7 +721,7 @@ impl Engine {
     /// Auto-dispatch: fills an open auto incident's missing units with the nearest
     /// eligible ones. Returns how many were assigned.
     fn dispatch(&mut self, incident_id: &str, now_ms: i64, ev: &mut Vec<Event>) -> usize {
-        let (query_loc, need, required, exclude, agencies, beat) = {
+        let (query_loc, need, required, exclude, agencies, beat, kinds, carded) = {
             let Some(inc) = self.incidents.get(incident_id) else {
                 return 0;
             };
@@ -734,6 +739,8 @@ impl Engine {
                 Self::exclusions(inc),
                 self.agencies_of(inc).to_vec(),
                 self.beat_candidates(inc, now_ms),
+                inc.kinds.clone(),
+                inc.run_card.is_some(),
             )
         };
         let nearest = self.index.nearest(&Query {
@@ -746,8 +753,16 @@ impl Engine {
             max_age_ms: self.config.max_position_age_ms,
             exclude: &exclude,
             agencies: &agencies,
+            kinds: &kinds,
         });
-        let picked = self.prefer_beat(nearest, beat, need);
+        let mut picked = self.prefer_beat(nearest, beat, need);
+        if carded {
+            for (_, s) in &mut picked {
+                if *s == Selection::Nearest {
+                    *s = Selection::RunCard;
+                }
+            }
+        }
         if picked.is_empty() {
             return 0;
         }
@@ -763,6 +778,33 @@ impl Engine {
             self.emit_assignment(uid, incident_id, Change::Assigned, ev);
         }
         picked.len()
+    }
+
+    /// The run card for a new incident: the most specific whose trigger holds
+    /// (ties: the first in config order), if any.
+    fn run_card_for(
+        &self,
+        category: &str,
+        priority: u8,
+        place: &crate::zones::Placement,
+        now_ms: i64,
+    ) -> Option<&RunCard> {
+        let minute = (now_ms.div_euclid(60_000) + self.config.local_offset_min).rem_euclid(1_440);
+        let hour = (minute / 60) as u8;
+        let mut best: Option<&RunCard> = None;
+        for c in &self.config.run_cards {
+            if c.matches(
+                category,
+                priority,
+                place.district.as_deref(),
+                place.beat.as_deref(),
+                hour,
+            ) && best.is_none_or(|b| c.specificity() > b.specificity())
+            {
+                best = Some(c);
+            }
+        }
+        best
     }
 
     /// The eligible units assigned to `inc`'s beat, nearest first, with metres.
@@ -836,6 +878,7 @@ impl Engine {
                 .agency
                 .as_deref()
                 .is_some_and(|a| self.agencies_of(inc).iter().any(|x| x == a))
+            && (inc.kinds.is_empty() || unit.kind.as_ref().is_some_and(|k| inc.kinds.contains(k)))
             && unit.location.is_some_and(|l| {
                 let d = l.distance_m(&inc.location);
                 d <= self.config.max_distance_m && d <= self.reach_of(unit)
@@ -1037,13 +1080,31 @@ impl Engine {
             n.source
         };
         let key_scope = n.key.is_some().then_some(scope);
+        let place = self.zones.locate(n.location);
+        // The panic button follows its own rule (dispatch.emergency_units).
+        let card = match emergency_unit {
+            Some(_) => None,
+            None => self
+                .run_card_for(&n.category, n.priority, &place, now_ms)
+                .cloned(),
+        };
+        let plan = card.clone().unwrap_or_default();
+        let units_needed = match plan.units_needed {
+            Some(u) if !n.given.units_needed => u,
+            _ => n.units_needed,
+        };
+        let required = match plan.required {
+            Some(r) if !n.given.required => r,
+            _ => n.required,
+        };
         let agencies = match n.agencies {
             Some(a) => a,
             // Anyone near an officer in trouble goes, whatever their agency.
             None if emergency_unit.is_some() => self.config.agencies.clone(),
-            None => self.config.default_agencies.clone(),
+            None => plan
+                .agencies
+                .unwrap_or_else(|| self.config.default_agencies.clone()),
         };
-        let place = self.zones.locate(n.location);
         let inc = Incident {
             id: id.clone(),
             key: n.key,
@@ -1057,8 +1118,8 @@ impl Engine {
             reporter: n.reporter.filter(|r| !r.is_empty()),
             source,
             units: Vec::new(),
-            required: n.required,
-            units_needed: n.units_needed,
+            required,
+            units_needed,
             disposition: None,
             notes: Vec::new(),
             possible_duplicates,
@@ -1067,6 +1128,8 @@ impl Engine {
             district: place.district,
             beat: place.beat,
             selection: Default::default(),
+            kinds: plan.kinds.unwrap_or_default(),
+            run_card: card.map(|c| c.name),
             declined_by: Vec::new(),
             emergency_unit,
             created_ms: now_ms,
@@ -1535,6 +1598,7 @@ impl Engine {
             dispatch: DispatchMode::Auto,
             reporter: None,
             agencies: None,
+            given: crate::command::Given::default(),
         };
         let iid = self.make_incident(n, KeyScope::Console, Some(unit_id.to_string()), now_ms, ev);
         Ok(Reply::Incident(self.get_incident(&iid)?.clone()))

@@ -58,6 +58,7 @@ fn fleet(n: usize) -> Fleet {
         let id = format!("P-{i:06}");
         let k9 = rng.random_bool(0.1);
         let profile = UnitProfile {
+            agency: None,
             id: id.clone(),
             callsign: None,
             kind: Some("car".into()),
@@ -108,6 +109,7 @@ fn position(id: &str, location: Location) -> Command {
 
 fn k9_query(loc: Location, count: usize) -> RecommendQuery {
     RecommendQuery {
+        agencies: None,
         target: RecommendTarget::Location(loc),
         count,
         required: Some(vec!["k9".into()]),

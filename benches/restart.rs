@@ -85,6 +85,7 @@ fn build_journal(dir: &Path, target: u64) -> (u64, Vec<u8>) {
     for i in 0..UNITS {
         let id = format!("P-{i:04}");
         let profile = UnitProfile {
+            agency: None,
             id: id.clone(),
             callsign: Some(format!("Patrol {i}")),
             kind: Some("car".into()),

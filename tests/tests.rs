@@ -27,6 +27,7 @@ mod records;
 mod sim_e2e;
 mod week;
 mod week_driver;
+mod zones;
 
 /// `autotests = false` means a new file in `tests/` is not built unless it has a
 /// `mod` line above: fail loudly instead of silently skipping it.

@@ -108,6 +108,7 @@ pub(crate) fn run_week(
         let id = format!("P-{i:04}");
         let me = Actor::unit(id.clone(), id.clone());
         let profile = UnitProfile {
+            agency: None,
             id: id.clone(),
             callsign: Some(format!("Patrol {i}")),
             kind: Some("car".into()),

@@ -169,6 +169,24 @@ pub fn reporter(r: &Reporter) -> Result<(), CoreError> {
     opt_at_most("reporter.phone", r.phone.as_deref(), MAX_REPORTER_BYTES)
 }
 
+/// The most agencies a command may name.
+pub const MAX_AGENCIES: usize = 16;
+
+/// An `agencies` list as a command gives it: 1..=[`MAX_AGENCIES`] names, none
+/// empty or over [`MAX_NAME_BYTES`]. Whether each is configured is the engine's.
+pub fn agencies(list: &[String]) -> Result<(), CoreError> {
+    if list.is_empty() || list.len() > MAX_AGENCIES {
+        return Err(bad(format!("agencies must name 1..={MAX_AGENCIES} agencies")));
+    }
+    for a in list {
+        if a.is_empty() {
+            return Err(bad("an agency must not be empty".into()));
+        }
+        at_most("agency", a, MAX_NAME_BYTES)?;
+    }
+    Ok(())
+}
+
 /// Address and description within their bounds.
 fn free_text(address: Option<&str>, description: Option<&str>) -> Result<(), CoreError> {
     opt_at_most("address", address, MAX_ADDRESS_BYTES)?;
@@ -190,6 +208,9 @@ impl NewIncident {
         }
         opt_at_most("key", self.key.as_deref(), MAX_KEY_BYTES)?;
         at_most("source", &self.source, MAX_NAME_BYTES)?;
+        if let Some(a) = &self.agencies {
+            agencies(a)?;
+        }
         self.reporter.as_ref().map_or(Ok(()), reporter)
     }
 }

@@ -77,6 +77,9 @@ pub struct UnitProfile {
     pub kind: Option<String>,
     /// `caps` claim.
     pub capabilities: Vec<Capability>,
+    /// `agency` claim (must be one of `dispatch.agencies`).
+    #[serde(default)]
+    pub agency: Option<String>,
 }
 
 /// The fields of `incident.create` (and `POST /v1/reports`), unchecked.
@@ -110,6 +113,23 @@ pub struct NewIncident {
     /// response-time report measures received → created from it.
     #[serde(default)]
     pub received_ms: Option<i64>,
+    /// Agencies whose units may be sent; `None` means `dispatch.default_agencies`
+    /// (or a run card's).
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
+    /// Which of `units_needed` / `required` the client gave: those win over a
+    /// run card's plan.
+    #[serde(default)]
+    pub given: Given,
+}
+
+/// Fields of a create the client set explicitly (the rest a run card may fill).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Given {
+    /// `units_needed` was in the command.
+    pub units_needed: bool,
+    /// `required` was in the command.
+    pub required: bool,
 }
 
 impl NewIncident {
@@ -128,6 +148,8 @@ impl NewIncident {
             dispatch: DispatchMode::Auto,
             reporter: None,
             received_ms: None,
+            agencies: None,
+            given: Given::default(),
         }
     }
 }
@@ -289,4 +311,8 @@ pub struct RecommendQuery {
     pub count: usize,
     /// Capabilities; `None` means the incident's own (or none for a location).
     pub required: Option<Vec<Capability>>,
+    /// Agencies; `None` means the incident's own (or `dispatch.default_agencies`
+    /// for a location).
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
 }

@@ -52,6 +52,11 @@ struct Slot {
     live_until: i64,
     /// The engine says it is available.
     available: bool,
+    /// Interned agency and kind (see [`UnitIndex::set_traits`]).
+    agency: u32,
+    kind: Option<u32>,
+    /// Farthest it may be sent (metres): a post's radius, else infinite.
+    reach_m: f64,
     /// `Some(point)` iff the unit is in the tree, at `point`.
     indexed: Option<[f64; 3]>,
 }
@@ -73,6 +78,10 @@ pub struct Query<'a> {
     pub max_age_ms: i64,
     /// Units never to return (decliners, the officer in an emergency).
     pub exclude: &'a [UnitId],
+    /// Only units of these agencies; empty means any.
+    pub agencies: &'a [String],
+    /// Only units of these kinds; empty means any.
+    pub kinds: &'a [String],
 }
 
 /// The index. See the module docs.
@@ -87,6 +96,9 @@ pub struct UnitIndex {
     slots: Vec<Slot>,
     by_id: HashMap<UnitId, u32>,
     caps: HashMap<Capability, u32>,
+    /// Agency and kind names to small ids (a handful per deployment).
+    agencies: HashMap<String, u32>,
+    kinds: HashMap<String, u32>,
     slack_m: f64,
     slack_chord2: f64,
 }
@@ -110,6 +122,8 @@ impl UnitIndex {
             slots: Vec::new(),
             by_id: HashMap::new(),
             caps: HashMap::new(),
+            agencies: HashMap::new(),
+            kinds: HashMap::new(),
             slack_m,
             slack_chord2: geo::chord2_for_metres(slack_m),
         }
@@ -179,6 +193,9 @@ impl UnitIndex {
             loc_ms: None,
             fixed: false,
             available: false,
+            agency: 0,
+            kind: None,
+            reach_m: f64::INFINITY,
             live_until: i64::MAX,
             indexed: None,
         });
@@ -247,6 +264,20 @@ impl UnitIndex {
             }
             (false, None) => false,
         }
+    }
+
+    /// Sets a unit's agency and how far it may be sent (`reach_m`: a post's
+    /// radius, `f64::INFINITY` for a mobile unit). Queries filter on both.
+    pub fn set_traits(&mut self, id: &str, agency: &str, kind: Option<&str>, reach_m: f64) {
+        let next = self.agencies.len() as u32;
+        let a = *self.agencies.entry(agency.to_string()).or_insert(next);
+        let next = self.kinds.len() as u32;
+        let k = kind.map(|k| *self.kinds.entry(k.to_string()).or_insert(next));
+        let h = self.handle_of(id);
+        let slot = &mut self.slots[h as usize];
+        slot.agency = a;
+        slot.kind = k;
+        slot.reach_m = if reach_m.is_nan() { f64::INFINITY } else { reach_m };
     }
 
     /// Sets until when a unit counts as live (see `Slot`); it stays in the
@@ -345,6 +376,20 @@ impl UnitIndex {
         if tree.size() == 0 {
             return out;
         }
+        // An agency nobody has is simply never matched; all unknown: nobody.
+        let agencies: Vec<u32> = q
+            .agencies
+            .iter()
+            .filter_map(|a| self.agencies.get(a.as_str()).copied())
+            .collect();
+        let kinds: Vec<u32> = q
+            .kinds
+            .iter()
+            .filter_map(|k| self.kinds.get(k.as_str()).copied())
+            .collect();
+        if (!q.agencies.is_empty() && agencies.is_empty()) || (!q.kinds.is_empty() && kinds.is_empty()) {
+            return out;
+        }
         let exclude: Vec<u32> = q
             .exclude
             .iter()
@@ -364,6 +409,8 @@ impl UnitIndex {
             if !required.iter().all(|c| s.caps.binary_search(c).is_ok())
                 || !Self::fresh(s, q.now_ms, q.max_age_ms)
                 || exclude.contains(&h)
+                || (!agencies.is_empty() && !agencies.contains(&s.agency))
+                || (!kinds.is_empty() && !s.kind.is_some_and(|k| kinds.contains(&k)))
             {
                 continue;
             }
@@ -374,7 +421,7 @@ impl UnitIndex {
             }
             let Some(loc) = s.loc else { continue };
             let metres = geo::haversine_m(q.location, loc);
-            if metres > q.max_distance_m {
+            if metres > q.max_distance_m || metres > s.reach_m {
                 continue;
             }
             if best.len() == q.k {
@@ -415,6 +462,8 @@ mod tests {
             now_ms: 0,
             max_age_ms: 1000,
             exclude: &[],
+            agencies: &[],
+            kinds: &[],
         }
     }
 

@@ -13,6 +13,7 @@
 //! - [`event`]: the durable changes it returns.
 //! - [`engine`]: the rules of `shared/PROTOCOL.md` section 5, with the state it
 //!   derives (pending queue, duplicate index) and its config and reply types.
+//! - [`zones`]: districts and beats, point-in-polygon over an R-tree of boxes.
 //! - [`error`]: why a command was refused.
 //! - [`report`]: the response-time report, folded from incident events.
 #![deny(missing_docs)]
@@ -26,19 +27,20 @@ pub mod geo;
 pub mod index;
 pub mod model;
 pub mod report;
+pub mod zones;
 
 pub use check::{MAX_RECOMMEND, MAX_UNITS_NEEDED, MIN_FIX_AT_MS};
 pub use command::{
-    Actor, ActorKind, Command, IncidentPatch, NewIncident, PositionFix, RecommendQuery, RecommendTarget,
-    UnitProfile,
+    Actor, ActorKind, Command, Given, IncidentPatch, NewIncident, PositionFix, RecommendQuery,
+    RecommendTarget, UnitProfile,
 };
 pub use engine::{
     Applied, Candidate, Engine, EngineConfig, EngineSnapshot, KeyRecord, PositionItem, Recommendation, Reply,
-    RosterUnit, Shortfall,
+    RosterUnit, RunCard, Shortfall,
 };
 pub use error::CoreError;
 pub use event::{Change, Event, EventBody, Topic};
 pub use model::{
     Capability, DispatchMode, Incident, IncidentId, IncidentStatus, KeyScope, Location, MAX_NOTE_BYTES, Note,
-    Reporter, Unit, UnitId, UnitStatus,
+    Reporter, Selection, Unit, UnitId, UnitStatus,
 };

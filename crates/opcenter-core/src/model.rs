@@ -5,6 +5,8 @@
 //! Owns: data shapes and their local validation. Must never: hold behaviour that
 //! needs other objects (that is the engine's), do I/O or read a clock.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
@@ -140,6 +142,21 @@ pub enum DispatchMode {
     Manual,
 }
 
+/// Why a unit was put on an incident (`selection` on the incident).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The nearest eligible unit.
+    Nearest,
+    /// A unit assigned to the incident's beat, preferred over a nearer one
+    /// (or it was the nearest as well).
+    Beat,
+    /// The nearest eligible unit for an incident whose plan a run card made.
+    RunCard,
+    /// A dispatcher assigned it (`incident.assign`).
+    Manual,
+}
+
 /// A note on an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
@@ -231,6 +248,27 @@ pub struct Incident {
     pub possible_duplicates: Vec<IncidentId>,
     /// Auto or manual dispatch (our addition).
     pub dispatch: DispatchMode,
+    /// The agencies whose units auto-dispatch and recommend consider (our
+    /// addition; set at creation from `agencies` or `dispatch.default_agencies`).
+    /// Empty only on incidents recorded before agencies existed: they take
+    /// `dispatch.default_agencies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agencies: Vec<String>,
+    /// The district its location lies in (`[[zones]]`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
+    /// The beat its location lies in (`[[zones]]`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<String>,
+    /// Only units of these kinds (a run card's `kinds`; empty: any kind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// The run card whose plan it got, if any (our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_card: Option<String>,
+    /// Why each assigned unit was chosen, by unit id (our addition).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selection: BTreeMap<UnitId, Selection>,
     /// Units that declined it; it is never offered to them again (our addition).
     #[serde(default)]
     pub declined_by: Vec<UnitId>,
@@ -270,6 +308,21 @@ pub struct Unit {
     pub kind: Option<String>,
     /// What it can do.
     pub capabilities: Vec<Capability>,
+    /// The agency it serves (`police`, `national_guard`, …; our addition): from
+    /// the roster, else the token's `agency` claim, else the first of
+    /// `dispatch.agencies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
+    /// A post's number (roster `post`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<u32>,
+    /// The district a post or patrol belongs to (roster `district`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
+    /// The beat it patrols (roster `beat`; our addition): auto-dispatch prefers
+    /// it for incidents in that beat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<String>,
     /// Its availability.
     pub status: UnitStatus,
     /// Last accepted position.
@@ -321,6 +374,10 @@ impl Unit {
             callsign: None,
             kind: None,
             capabilities: Vec::new(),
+            agency: None,
+            post: None,
+            district: None,
+            beat: None,
             status: UnitStatus::OffDuty,
             location: None,
             location_ms: None,
@@ -334,8 +391,23 @@ impl Unit {
         }
     }
 
+    /// True for a stationary post (kind `district_post` or `modular_post`): it
+    /// is auto-dispatched only within `dispatch.post_radius_m`.
+    pub fn is_post(&self) -> bool {
+        self.kind.as_deref().is_some_and(is_post_kind)
+    }
+
     /// True when it has every capability in `required`.
     pub fn has_all(&self, required: &[Capability]) -> bool {
         required.iter().all(|c| self.capabilities.iter().any(|h| h == c))
     }
+}
+
+/// Unit kinds that are stationary posts: officers leave them only for what
+/// happens around them (`dispatch.post_radius_m`).
+pub const POST_KINDS: [&str; 2] = ["district_post", "modular_post"];
+
+/// True when `kind` is one of [`POST_KINDS`].
+pub fn is_post_kind(kind: &str) -> bool {
+    POST_KINDS.contains(&kind)
 }

@@ -69,7 +69,7 @@ pub enum Grouping {
     Priority,
     /// The incident's category.
     Category,
-    /// The incident's district (`unknown` until incidents carry one).
+    /// The incident's district at creation (`unknown` outside every zone).
     District,
     /// The shift the incident was created in (`reports.shift_starts`).
     Shift,
@@ -98,7 +98,8 @@ impl Grouping {
     }
 }
 
-/// The district of every incident until incidents carry one.
+/// The group of incidents outside every configured district (or created
+/// before `[[zones]]` were configured).
 pub const UNKNOWN_DISTRICT: &str = "unknown";
 
 /// Targets and shifts (`[reports]` in the config).
@@ -175,7 +176,7 @@ pub struct Milestones {
     pub priority: u8,
     /// The last category seen (dispatchers correct the first guess).
     pub category: String,
-    /// `unknown` until incidents carry a district.
+    /// The incident's district at creation (`[[zones]]`), or `unknown`.
     pub district: String,
     /// `received_ms`, or the creation time.
     pub received_ms: i64,
@@ -197,7 +198,7 @@ impl Milestones {
             id: inc.id.clone(),
             priority: inc.priority,
             category: inc.category.clone(),
-            district: UNKNOWN_DISTRICT.to_string(),
+            district: inc.district.clone().unwrap_or_else(|| UNKNOWN_DISTRICT.to_string()),
             received_ms: inc.received_ms.unwrap_or(inc.created_ms).min(inc.created_ms),
             created_ms: inc.created_ms,
             dispatched_ms: None,
@@ -593,6 +594,12 @@ mod tests {
             declined_by: Vec::new(),
             emergency_unit: None,
             received_ms: None,
+            agencies: Vec::new(),
+            district: None,
+            beat: None,
+            kinds: Vec::new(),
+            run_card: None,
+            selection: Default::default(),
             created_ms: 1_000_000,
             updated_ms: at,
         }

@@ -112,6 +112,7 @@ fn run(e: &mut Engine, s: &Step, now: i64) {
         Step::Hello(u) => (
             tab(&uid(u)),
             Command::RegisterUnit(UnitProfile {
+                agency: None,
                 id: uid(u),
                 callsign: None,
                 kind: None,
@@ -192,12 +193,14 @@ fn run(e: &mut Engine, s: &Step, now: i64) {
         Step::Tick => (Actor::system(), Command::Tick),
         Step::Recommend(count, location) => {
             let q = RecommendQuery {
+                agencies: None,
                 target: RecommendTarget::Location(location),
                 count,
                 required: None,
             };
             let _ = e.recommend(&q, now);
             let q = RecommendQuery {
+                agencies: None,
                 target: RecommendTarget::Incident(iid(0)),
                 count,
                 required: None,

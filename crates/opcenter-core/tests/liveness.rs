@@ -26,6 +26,7 @@ fn offline(e: &mut Engine, id: &str, now: i64) -> Applied {
 
 fn hello(e: &mut Engine, id: &str, caps: &[&str], now: i64) -> Applied {
     let p = UnitProfile {
+        agency: None,
         id: id.into(),
         callsign: Some(format!("cs-{id}")),
         kind: None,
@@ -40,6 +41,7 @@ fn tick(e: &mut Engine, now: i64) -> Applied {
 
 fn near(e: &Engine, count: usize, now: i64) -> Recommendation {
     let q = RecommendQuery {
+        agencies: None,
         target: RecommendTarget::Location(at(0.0, 0.0)),
         count,
         required: None,
@@ -148,6 +150,10 @@ fn an_offered_unit_back_within_the_grace_keeps_its_offer() {
 fn a_radio_post_is_never_auto_dispatched_or_recommended_but_can_be_assigned() {
     let mut c = EngineConfig::default();
     c.roster.push(RosterUnit {
+        agency: None,
+        post: None,
+        district: None,
+        beat: None,
         id: "GATE".into(),
         callsign: Some("Gate".into()),
         kind: Some("post".into()),
@@ -201,6 +207,10 @@ fn a_restart_counts_the_grace_from_the_restart() {
 #[test]
 fn roster_values_win_over_snapshot_and_journal() {
     let roster = |callsign: &str, tablet: bool| RosterUnit {
+        agency: None,
+        post: None,
+        district: None,
+        beat: None,
         id: "P-1".into(),
         callsign: Some(callsign.into()),
         kind: Some("car".into()),
@@ -235,6 +245,7 @@ fn a_non_roster_unit_takes_its_token_profile_at_each_hello() {
     let mut e = Engine::new(EngineConfig::default());
     unit(&mut e, "X", &[], at(0.0, 0.001), T0);
     let q = RecommendQuery {
+        agencies: None,
         target: RecommendTarget::Location(at(0.0, 0.0)),
         count: 1,
         required: Some(vec!["k9".into()]),

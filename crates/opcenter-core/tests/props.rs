@@ -134,6 +134,7 @@ proptest! {
 
         // recommend first (read-only), then the real dispatch.
         let rec = e.recommend(&RecommendQuery {
+agencies: None,
             target: RecommendTarget::Location(loc),
             count: 5,
             required: Some(required.clone()),

@@ -153,6 +153,10 @@ fn eligibility_skips_busy_stale_incapable_far_and_off_duty() {
 fn roster_posts_never_go_stale_and_roster_details_win() {
     let mut c = cfg();
     c.roster.push(RosterUnit {
+        agency: None,
+        post: None,
+        district: None,
+        beat: None,
         id: "POST-1".into(),
         callsign: Some("Gate".into()),
         kind: Some("post".into()),
@@ -163,6 +167,7 @@ fn roster_posts_never_go_stale_and_roster_details_win() {
     });
     let mut e = Engine::new(c);
     let p = UnitProfile {
+        agency: None,
         id: "POST-1".into(),
         callsign: Some("other".into()),
         kind: None,
@@ -221,6 +226,7 @@ fn pending_served_when_first_position_or_status_arrives() {
     let mut e = Engine::new(cfg());
     let i = create(&mut e, call(0.0, 0.0), T0);
     let p = UnitProfile {
+        agency: None,
         id: "A".into(),
         ..Default::default()
     };
@@ -234,6 +240,7 @@ fn pending_served_when_first_position_or_status_arrives() {
     let mut e = Engine::new(cfg());
     let i = create(&mut e, call(0.0, 0.0), T0);
     let p = UnitProfile {
+        agency: None,
         id: "B".into(),
         ..Default::default()
     };
@@ -351,6 +358,7 @@ fn decline_frees_unit_and_never_returns_to_a_decliner() {
     let r = e
         .recommend(
             &RecommendQuery {
+                agencies: None,
                 target: RecommendTarget::Incident(i.id.clone()),
                 count: 3,
                 required: None,
@@ -503,6 +511,7 @@ fn emergency_dispatches_other_units_at_the_officers_position() {
     assert_eq!(inc(&e, &i.id).notes.len(), 1);
     // No position: BadRequest.
     let p = UnitProfile {
+        agency: None,
         id: "X".into(),
         ..Default::default()
     };
@@ -642,6 +651,7 @@ fn position_rules_old_future_and_too_fast() {
 fn register_creates_once() {
     let mut e = Engine::new(cfg());
     let p = UnitProfile {
+        agency: None,
         id: "P-1".into(),
         callsign: Some("Alpha".into()),
         kind: Some("car".into()),
@@ -832,6 +842,7 @@ fn bad_input_is_refused_and_state_unchanged() {
 fn recommend_ranks_and_explains_shortfall() {
     let mut e = three();
     let q = |target: RecommendTarget, count: usize, required: Option<Vec<String>>| RecommendQuery {
+        agencies: None,
         target,
         count,
         required,
@@ -891,6 +902,7 @@ fn recommend_ranks_and_explains_shortfall() {
 /// `recommend` at `loc` for `count` units with `required`, at `now`.
 fn recommend_at(e: &Engine, loc: Location, count: usize, required: &[&str], now: i64) -> Recommendation {
     let query = RecommendQuery {
+        agencies: None,
         target: RecommendTarget::Location(loc),
         count,
         required: Some(required.iter().map(|c| c.to_string()).collect()),
@@ -928,6 +940,7 @@ fn shortfall_is_positions_stale_when_old_or_missing_fixes_leave_too_few() {
     e.apply(
         &tab("C"),
         Command::RegisterUnit(UnitProfile {
+            agency: None,
             id: "C".into(),
             ..Default::default()
         }),
@@ -980,6 +993,7 @@ fn shortfall_is_no_units_available_when_decliners_and_off_duty_units_leave_too_f
     decline(&mut e, "A", &i.id, T0).unwrap();
     // A is available again but declined this incident; C is off duty.
     let query = RecommendQuery {
+        agencies: None,
         target: RecommendTarget::Incident(i.id.clone()),
         count: 2,
         required: None,
@@ -999,6 +1013,7 @@ fn recommend_count_outside_1_to_max_is_bad_request() {
     let e = three();
     for count in [0, MAX_RECOMMEND + 1] {
         let query = RecommendQuery {
+            agencies: None,
             target: RecommendTarget::Location(at(0.0, 0.0)),
             count,
             required: None,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Message;
 
-use opcenter_core::{Event, Topic};
+use opcenter_core::{Event, EventBody, Topic};
 use opcenter_proto::Encoding;
 use opcenter_proto::client::{SubTopic, Subscribe};
 use opcenter_proto::server::EventFrame;
@@ -30,7 +30,8 @@ use crate::{metric, wire};
 /// Subscriber lists for the event topics.
 pub(crate) struct Fanout {
     incidents: Vec<Arc<Outbox>>,
-    units: Vec<Arc<Outbox>>,
+    /// With the subscription, for its `agencies` filter.
+    units: Vec<(Arc<Outbox>, Arc<Subscribe>)>,
     assignments: HashMap<String, Vec<Arc<Outbox>>>,
     /// Tablets with an assignment queued but not yet woken: woken first.
     to_wake_first: Vec<Arc<Outbox>>,
@@ -83,9 +84,22 @@ impl Fanout {
     pub(crate) fn publish(&mut self, seq: u64, event: &Event) {
         let mut lazy = Lazy::new(seq, event);
         let urgent = event.topic() == Topic::Assignments;
+        let filtered: Vec<Arc<Outbox>>;
         let list: &[Arc<Outbox>] = match event.topic() {
             Topic::Incidents => &self.incidents,
-            Topic::Units => &self.units,
+            Topic::Units => {
+                let agency = match &event.body {
+                    EventBody::Unit(u) => u.agency.as_deref(),
+                    _ => None,
+                };
+                filtered = self
+                    .units
+                    .iter()
+                    .filter(|(_, sub)| sub.wants_agency(agency))
+                    .map(|(o, _)| o.clone())
+                    .collect();
+                &filtered
+            }
             Topic::Assignments => match event.assignment_unit().and_then(|u| self.assignments.get(u)) {
                 Some(list) => list,
                 None => &[],
@@ -119,7 +133,7 @@ impl Fanout {
     /// Drops sessions that closed from every list.
     pub(crate) fn prune_closed(&mut self) {
         self.incidents.retain(|o| !o.is_closed());
-        self.units.retain(|o| !o.is_closed());
+        self.units.retain(|(o, _)| !o.is_closed());
         self.assignments.retain(|_, list| {
             list.retain(|o| !o.is_closed());
             !list.is_empty()
@@ -128,7 +142,7 @@ impl Fanout {
 
     fn remove(&mut self, outbox: &Arc<Outbox>) {
         self.incidents.retain(|o| !Arc::ptr_eq(o, outbox));
-        self.units.retain(|o| !Arc::ptr_eq(o, outbox));
+        self.units.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
         for list in self.assignments.values_mut() {
             list.retain(|o| !Arc::ptr_eq(o, outbox));
         }
@@ -150,7 +164,7 @@ impl Fanout {
             self.incidents.push(outbox.clone());
         }
         if wants(SubTopic::Units) {
-            self.units.push(outbox.clone());
+            self.units.push((outbox.clone(), Arc::new(sub.clone())));
         }
         if let (true, Some(u)) = (wants(SubTopic::Assignments), unit) {
             self.assignments

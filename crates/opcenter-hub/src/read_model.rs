@@ -33,7 +33,7 @@ use axum::extract::ws::Message;
 use tokio::sync::oneshot;
 
 use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Topic, Unit};
-use opcenter_proto::client::{Area, SubTopic, Subscribe};
+use opcenter_proto::client::{SubTopic, Subscribe};
 use opcenter_proto::server::{EventFrame, SubscribeOk};
 use opcenter_store::Journal;
 
@@ -109,7 +109,8 @@ pub(crate) struct ReadModel {
     shared: Arc<Shared>,
     history: VecDeque<(u64, Arc<Event>)>,
     memory_history: usize,
-    positions: Vec<(Arc<Outbox>, Option<Area>)>,
+    /// Positions subscribers, with their subscription (`area`, `agencies`).
+    positions: Vec<(Arc<Outbox>, Subscribe)>,
     staged: HashMap<String, PositionItem>,
     position_interval: Duration,
     last_flush: Instant,
@@ -266,9 +267,11 @@ impl ReadModel {
         }
         let items: Arc<[Arc<PositionItem>]> = self.staged.drain().map(|(_, i)| Arc::new(i)).collect();
         let mut shared: [Option<Message>; 2] = [None, None];
-        for (outbox, area) in &self.positions {
-            match area {
-                None => {
+        let units = &self.units;
+        let agency_of = |i: &PositionItem| units.get(&i.unit_id).and_then(|u| u.agency.as_deref());
+        for (outbox, sub) in &self.positions {
+            match (sub.area, &sub.agencies) {
+                (None, None) => {
                     let slot = &mut shared[outbox.encoding.index()];
                     if slot.is_none() {
                         let refs: Vec<&PositionItem> = items.iter().map(|i| i.as_ref()).collect();
@@ -278,10 +281,11 @@ impl ReadModel {
                         outbox.push_positions(frame, &items);
                     }
                 }
-                Some(area) => {
+                _ => {
                     let inside: Arc<[Arc<PositionItem>]> = items
                         .iter()
-                        .filter(|i| area.contains(i.lat, i.lon))
+                        .filter(|i| sub.area.is_none_or(|a| a.contains(i.lat, i.lon)))
+                        .filter(|i| sub.wants_agency(agency_of(i)))
                         .cloned()
                         .collect();
                     if inside.is_empty() {
@@ -320,6 +324,10 @@ impl ReadModel {
         let matches = |e: &Event| {
             event_topics.contains(&e.topic())
                 && (e.topic() != Topic::Assignments || e.assignment_unit() == unit.as_deref())
+                && match &e.body {
+                    EventBody::Unit(u) => sub.wants_agency(u.agency.as_deref()),
+                    _ => true,
+                }
         };
         let epoch = self.shared.epoch.as_str();
         let replay = sub
@@ -341,7 +349,12 @@ impl ReadModel {
             }
             (None, false) => (
                 Some(self.incidents.values().filter(|i| i.is_open()).collect()),
-                Some(self.units.values().collect()),
+                Some(
+                    self.units
+                        .values()
+                        .filter(|u| sub.wants_agency(u.agency.as_deref()))
+                        .collect(),
+                ),
             ),
         };
         let mut frames = Vec::new();
@@ -364,7 +377,7 @@ impl ReadModel {
 
         self.positions.retain(|(o, _)| !Arc::ptr_eq(o, &outbox));
         if wants(SubTopic::Positions) {
-            self.positions.push((outbox, sub.area));
+            self.positions.push((outbox, sub));
         }
     }
 

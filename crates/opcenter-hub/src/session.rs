@@ -222,6 +222,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
         callsign: claims.callsign.clone(),
         kind: claims.kind.clone(),
         capabilities: claims.caps.clone().unwrap_or_default(),
+        agency: claims.agency.clone(),
     });
     app.sessions.insert(session_id.clone(), outbox.clone());
     metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).increment(1.0);

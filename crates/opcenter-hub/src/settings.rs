@@ -49,7 +49,31 @@ struct Raw {
     #[serde(default)]
     roster: Vec<RosterUnit>,
     #[serde(default)]
+    zones: Vec<RawZones>,
+    #[serde(default)]
+    run_cards: Vec<opcenter_core::RunCard>,
+    #[serde(default)]
     cluster: Option<RawCluster>,
+}
+
+/// One `[[zones]]` entry: a GeoJSON file of districts or of beats.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZones {
+    file: PathBuf,
+    kind: opcenter_core::zones::ZoneKind,
+    #[serde(default = "name_property")]
+    name_property: String,
+    #[serde(default = "district_property")]
+    district_property: String,
+}
+
+fn name_property() -> String {
+    "name".into()
+}
+
+fn district_property() -> String {
+    "district".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +120,11 @@ struct RawDispatch {
     offline_grace_s: u64,
     max_notes: usize,
     key_ttl_h: u64,
+    agencies: Vec<String>,
+    default_agencies: Vec<String>,
+    post_radius_m: f64,
+    beat_preference_m: f64,
+    local_offset_min: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,6 +385,75 @@ pub struct ConsoleSettings {
     pub districts: Option<String>,
 }
 
+/// Reads every `[[zones]]` file and checks the whole as the engine will use
+/// it (shapes, beats naming known districts).
+fn load_zones(entries: &[RawZones]) -> Result<Vec<opcenter_core::zones::Zone>, SettingsError> {
+    let mut zones = Vec::new();
+    for z in entries {
+        let at = |e: String| SettingsError::Invalid {
+            key: "zones.file",
+            problem: format!("{}: {e}", z.file.display()),
+        };
+        let text = std::fs::read_to_string(&z.file).map_err(|e| at(e.to_string()))?;
+        let how = opcenter_proto::geojson::ZoneFile {
+            kind: z.kind,
+            name_property: &z.name_property,
+            district_property: &z.district_property,
+        };
+        zones.extend(opcenter_proto::geojson::zones_from_geojson(&text, how).map_err(at)?);
+    }
+    opcenter_core::zones::ZoneMap::new(zones.clone()).map_err(|e| SettingsError::Invalid {
+        key: "zones",
+        problem: e.to_string(),
+    })?;
+    Ok(zones)
+}
+
+/// A run card's trigger and plan hold values an incident.create could hold,
+/// and name only configured agencies and zones.
+fn check_run_card(
+    c: &opcenter_core::RunCard,
+    agencies: &[String],
+    zones: &[opcenter_core::zones::Zone],
+) -> Result<(), SettingsError> {
+    use opcenter_core::check;
+    let bad = |problem: String| SettingsError::Invalid {
+        key: "run_cards",
+        problem: format!("card {:?}: {problem}", c.name),
+    };
+    if c.name.trim().is_empty() {
+        return Err(bad("needs a name".into()));
+    }
+    if let Some(p) = c.priority {
+        check::priority(i64::from(p)).map_err(|e| bad(e.to_string()))?;
+    }
+    if let Some(n) = c.units_needed {
+        check::units_needed(i64::from(n)).map_err(|e| bad(e.to_string()))?;
+    }
+    if let Some(r) = &c.required {
+        check::capabilities(r).map_err(|e| bad(e.to_string()))?;
+    }
+    if let Some(a) = &c.agencies {
+        check::agencies(a).map_err(|e| bad(e.to_string()))?;
+        if let Some(x) = a.iter().find(|x| !agencies.contains(x)) {
+            return Err(bad(format!("{x:?} is not one of dispatch.agencies")));
+        }
+    }
+    if let Some([from, to]) = c.hours
+        && (from > 23 || to > 24 || from == to)
+    {
+        return Err(bad(
+            "hours must be [from, to] with from in 0..=23, to in 0..=24, from != to".into(),
+        ));
+    }
+    for z in [&c.district, &c.beat].into_iter().flatten() {
+        if !zones.iter().any(|x| &x.id == z) {
+            return Err(bad(format!("{z:?} is not a zone")));
+        }
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Loads the embedded defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
@@ -377,7 +475,13 @@ impl Settings {
                     .source(Some(config_env(std::env::vars()))),
             );
         }
-        let raw: Raw = builder.build()?.try_deserialize()?;
+        let mut raw: Raw = builder.build()?.try_deserialize()?;
+        // A `[[zones]]` file is found beside the config file that names it.
+        if let Some(dir) = file.and_then(Path::parent) {
+            for z in raw.zones.iter_mut().filter(|z| z.file.is_relative()) {
+                z.file = dir.join(&z.file);
+            }
+        }
         Self::check(raw)
     }
 
@@ -436,6 +540,8 @@ impl Settings {
             ("dispatch.duplicate_radius_m", d.duplicate_radius_m),
             ("dispatch.max_speed_mps", d.max_speed_mps),
             ("dispatch.index_slack_m", d.index_slack_m),
+            ("dispatch.post_radius_m", d.post_radius_m),
+            ("dispatch.beat_preference_m", d.beat_preference_m),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(SettingsError::Invalid {
@@ -443,6 +549,18 @@ impl Settings {
                     problem: format!("{v} must be a finite number ≥ 0"),
                 });
             }
+        }
+        for (key, list) in [
+            ("dispatch.agencies", &d.agencies),
+            ("dispatch.default_agencies", &d.default_agencies),
+        ] {
+            opcenter_core::check::agencies(list).map_err(|e| invalid(key, &e.to_string()))?;
+        }
+        if let Some(a) = d.default_agencies.iter().find(|a| !d.agencies.contains(a)) {
+            return Err(invalid(
+                "dispatch.default_agencies",
+                &format!("{a:?} is not one of dispatch.agencies"),
+            ));
         }
         if d.max_notes == 0 {
             return Err(invalid("dispatch.max_notes", "must be > 0"));
@@ -518,6 +636,33 @@ impl Settings {
                 loc.validate()
                     .map_err(|e| invalid("roster.location", &e.to_string()))?;
             }
+            if let Some(a) = unit.agency.as_ref().filter(|a| !d.agencies.contains(a)) {
+                return Err(invalid(
+                    "roster.agency",
+                    &format!("unit {}: {a:?} is not one of dispatch.agencies", unit.id),
+                ));
+            }
+            if unit
+                .kind
+                .as_deref()
+                .is_some_and(opcenter_core::model::is_post_kind)
+                && unit.location.is_none()
+            {
+                return Err(invalid(
+                    "roster.location",
+                    &format!("post {} (kind {:?}) needs its fixed location", unit.id, unit.kind),
+                ));
+            }
+        }
+        let zones = load_zones(&raw.zones)?;
+        if d.local_offset_min.abs() > 14 * 60 {
+            return Err(invalid(
+                "dispatch.local_offset_min",
+                "must be within ±840 (±14 h)",
+            ));
+        }
+        for c in &raw.run_cards {
+            check_run_card(c, &d.agencies, &zones)?;
         }
         let s = |v: u64| (v as i64).saturating_mul(1000);
         let engine = EngineConfig {
@@ -534,6 +679,13 @@ impl Settings {
             max_notes: d.max_notes,
             retain_closed_ms: s(raw.storage.retain_closed_h.saturating_mul(3600)),
             key_ttl_ms: s(d.key_ttl_h.saturating_mul(3600)),
+            agencies: d.agencies.clone(),
+            default_agencies: d.default_agencies.clone(),
+            post_radius_m: d.post_radius_m,
+            beat_preference_m: d.beat_preference_m,
+            zones,
+            run_cards: raw.run_cards,
+            local_offset_min: d.local_offset_min,
             roster: raw.roster,
         };
         let secs = std::time::Duration::from_secs;
@@ -729,6 +881,89 @@ mod tests {
         assert!(e.to_string().contains("hub.max_frame_bytes"), "{e}");
         let e = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn agencies_and_posts_are_checked_by_name() {
+        let ok = "[dispatch]\nagencies = [\"police\", \"national_guard\"]\n\
+                  default_agencies = [\"police\"]\npost_radius_m = 300.0\n\
+                  [[roster]]\nid = \"NG-1\"\nagency = \"national_guard\"\n\
+                  [[roster]]\nid = \"MP-1\"\nkind = \"modular_post\"\npost = 1\n\
+                  location = { lat = 51.2, lon = 51.4 }\n";
+        let s = Settings::from_toml(ok).unwrap();
+        assert_eq!(s.engine.agencies, ["police", "national_guard"]);
+        assert_eq!(s.engine.post_radius_m, 300.0);
+        assert_eq!(s.engine.roster[1].post, Some(1));
+        let cards =
+            "[[run_cards]]\nname = \"night\"\ncategory = \"fight\"\nhours = [22, 6]\nunits_needed = 3\n";
+        assert_eq!(
+            Settings::from_toml(cards).unwrap().engine.run_cards[0].hours,
+            Some([22, 6])
+        );
+        for (bad, key) in [
+            ("[dispatch]\nagencies = []\n", "dispatch.agencies"),
+            (
+                "[dispatch]\ndefault_agencies = [\"army\"]\n",
+                "dispatch.default_agencies",
+            ),
+            ("[dispatch]\npost_radius_m = -1.0\n", "dispatch.post_radius_m"),
+            ("[[roster]]\nid = \"X\"\nagency = \"army\"\n", "roster.agency"),
+            (
+                "[[roster]]\nid = \"DP\"\nkind = \"district_post\"\n",
+                "roster.location",
+            ),
+            ("[[run_cards]]\nname = \"c\"\nunits_needed = 0\n", "units_needed"),
+            ("[[run_cards]]\nname = \"c\"\nagencies = [\"army\"]\n", "army"),
+            ("[[run_cards]]\nname = \"c\"\nhours = [25, 2]\n", "hours"),
+            ("[[run_cards]]\nname = \"c\"\nbeat = \"nowhere\"\n", "nowhere"),
+            ("[[run_cards]]\nname = \"c\"\ncolour = \"red\"\n", "colour"),
+            (
+                "[dispatch]\nlocal_offset_min = 9999\n",
+                "dispatch.local_offset_min",
+            ),
+        ] {
+            let e = Settings::from_toml(bad).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn zones_files_load_and_a_beat_must_name_a_known_district() {
+        let dir = std::env::temp_dir().join(format!("opcenter-zones-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let square = r#"[[[51.3,51.2],[51.4,51.2],[51.4,51.3],[51.3,51.3],[51.3,51.2]]]"#;
+        let feature = |name: &str, district: &str| {
+            format!(
+                r#"{{"type":"Feature","properties":{{"name":"{name}","district":"{district}"}},"geometry":{{"type":"Polygon","coordinates":{square}}}}}"#
+            )
+        };
+        let d = dir.join("d.geojson");
+        std::fs::write(&d, feature("Central", "")).unwrap();
+        let b = dir.join("b.geojson");
+        std::fs::write(
+            &b,
+            format!(
+                r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+                feature("C-1", "Central")
+            ),
+        )
+        .unwrap();
+        let bad = dir.join("bad.geojson");
+        std::fs::write(&bad, feature("X-1", "Nowhere")).unwrap();
+        let entry = |f: &Path, kind: &str| {
+            format!(
+                "[[zones]]\nfile = {:?}\nkind = \"{kind}\"\n",
+                f.display().to_string()
+            )
+        };
+        let s = Settings::from_toml(&(entry(&d, "district") + &entry(&b, "beat"))).unwrap();
+        assert_eq!(s.engine.zones.len(), 2);
+        assert_eq!(s.engine.zones[1].district.as_deref(), Some("Central"));
+        let e = Settings::from_toml(&(entry(&d, "district") + &entry(&bad, "beat"))).unwrap_err();
+        assert!(e.to_string().contains("Nowhere"), "{e}");
+        let e = Settings::from_toml(&entry(&dir.join("missing.geojson"), "beat")).unwrap_err();
+        assert!(e.to_string().contains("zones.file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

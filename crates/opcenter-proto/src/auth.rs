@@ -1,6 +1,6 @@
 //! Session tokens (`shared/PROTOCOL.md` section 2): HS256 JWTs with the claims
 //! `sub`, `role`, `exp`, and for units `unit` (plus optional `callsign`, `kind`,
-//! `caps`), and the optional registered claims `nbf`, `iss`, `aud`. Minting lives here too, so the CLI, the simulator and the tests make
+//! `caps`, `agency`), and the optional registered claims `nbf`, `iss`, `aud`. Minting lives here too, so the CLI, the simulator and the tests make
 //! tokens exactly the way the server checks them.
 //!
 //! Owns: claim shapes, signing and verification, the minimum secret length.
@@ -86,6 +86,10 @@ pub struct Claims {
     /// The unit's capabilities (units only, optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caps: Option<Vec<String>>,
+    /// The unit's agency (units only, optional; one of the server's
+    /// `dispatch.agencies`, checked at hello).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
     /// Not before, seconds since the epoch (optional; honoured when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
@@ -108,6 +112,7 @@ impl Claims {
             callsign: None,
             kind: None,
             caps: None,
+            agency: None,
             nbf: None,
             iss: None,
             aud: None,
@@ -199,6 +204,7 @@ fn bounded(claims: &Claims) -> Result<(), AuthError> {
         let caps = claims.caps.as_deref().unwrap_or_default();
         check::unit_identity(unit, claims.callsign.as_deref(), claims.kind.as_deref(), caps)
             .map_err(refuse)?;
+        check::opt_at_most("agency", claims.agency.as_deref(), check::MAX_NAME_BYTES).map_err(refuse)?;
     }
     Ok(())
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use opcenter_core::check::{self, DEFAULT_RECOMMEND};
 use opcenter_core::{
-    Capability, CoreError, DispatchMode, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident, PositionFix,
-    RecommendQuery, RecommendTarget, UnitStatus,
+    Capability, CoreError, DispatchMode, Given, IncidentPatch, Location, MAX_NOTE_BYTES, NewIncident,
+    PositionFix, RecommendQuery, RecommendTarget, UnitStatus,
 };
 
 use crate::codec::{self, Encoding};
@@ -116,8 +116,23 @@ pub struct Subscribe {
     pub topics: Vec<SubTopic>,
     /// Area filter for positions.
     pub area: Option<Area>,
+    /// Agency filter for `units` events, the snapshot's units and positions
+    /// (our addition); `None` means every agency.
+    pub agencies: Option<Vec<String>>,
     /// Resume point.
     pub since: Option<Since>,
+}
+
+impl Subscribe {
+    /// True when a unit of `agency` passes the `agencies` filter (no filter:
+    /// every unit; a unit without an agency passes only without a filter).
+    pub fn wants_agency(&self, agency: Option<&str>) -> bool {
+        match (&self.agencies, agency) {
+            (None, _) => true,
+            (Some(list), Some(a)) => list.iter().any(|x| x == a),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,6 +140,8 @@ struct RawSubscribe {
     topics: Vec<String>,
     #[serde(default)]
     area: Option<Area>,
+    #[serde(default)]
+    agencies: Option<Vec<String>>,
     #[serde(default)]
     since: Option<Since>,
 }
@@ -150,6 +167,7 @@ struct RawCreate {
     dispatch: Option<DispatchMode>,
     #[serde(default)]
     received_ms: Option<i64>,
+    agencies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +216,8 @@ struct RawRecommend {
     count: Option<i64>,
     #[serde(default)]
     required: Option<Vec<Capability>>,
+    #[serde(default)]
+    agencies: Option<Vec<String>>,
 }
 
 /// `unit.position`, checked.
@@ -442,9 +462,13 @@ fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
     if let Some(area) = &raw.area {
         area.validate()?;
     }
+    if let Some(a) = &raw.agencies {
+        check::agencies(a).map_err(|e| e.to_string())?;
+    }
     Ok(Subscribe {
         topics,
         area: raw.area,
+        agencies: raw.agencies,
         since: raw.since,
     })
 }
@@ -454,6 +478,11 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
     raw.location.validate()?;
     check::category(&raw.category)?;
     let units_needed = check::units_needed(raw.units_needed.unwrap_or(1))?;
+    // What the dispatcher said wins over a run card's plan.
+    let given = Given {
+        units_needed: raw.units_needed.is_some(),
+        required: raw.required.is_some(),
+    };
     let new = NewIncident {
         category: raw.category,
         priority,
@@ -471,6 +500,8 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
         reporter: None,
         // Bounded against the clock by the engine (`check::received_time`).
         received_ms: raw.received_ms,
+        agencies: raw.agencies,
+        given,
     };
     // Every other bound (string lengths, key, capabilities) is core's.
     new.validate()?;
@@ -502,10 +533,14 @@ fn check_recommend(raw: RawRecommend) -> Result<RecommendQuery, CoreError> {
         (None, None) => return one_of("give incident_id or location"),
         (Some(_), Some(_)) => return one_of("give incident_id or location, not both"),
     };
+    if let Some(a) = &raw.agencies {
+        check::agencies(a)?;
+    }
     Ok(RecommendQuery {
         target,
         count,
         required: raw.required,
+        agencies: raw.agencies,
     })
 }
 
@@ -569,6 +604,7 @@ impl Report {
             dispatch: None,
             // The gateway's own receipt time is set by the HTTP handler.
             received_ms: None,
+            agencies: None,
         };
         // Personal data stays in its own field, never in `description`, so the
         // hub can keep it from units not on the incident.

@@ -6,6 +6,7 @@
 //! - [`codec`]: JSON and MessagePack framing.
 //! - [`client`]: commands clients send, decoded and checked.
 //! - [`server`]: replies, errors, events and position batches the server sends.
+//! - [`geojson`]: districts and beats read from GeoJSON (`[[zones]]` files).
 //! - [`error`]: protocol error codes.
 #![deny(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod geojson;
 pub mod server;
 
 pub use client::{ClientMessage, Frame, decode_frame};

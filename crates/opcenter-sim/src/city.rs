@@ -38,6 +38,10 @@ pub struct CityArgs {
     /// Number of stationary police posts (at most 10).
     #[arg(long, default_value_t = 10)]
     pub posts: usize,
+    /// Number of National Guard units (NG-1 …) patrolling too. Their agency comes
+    /// from the server's roster (config/uralsk.toml makes them `national_guard`).
+    #[arg(long, default_value_t = 0)]
+    pub guard: usize,
     /// Mean seconds between citizens' calls and reports (a Poisson stream).
     #[arg(long, default_value_t = 7.0)]
     pub call_interval: f64,
@@ -69,6 +73,7 @@ pub async fn run_city(
         secret: jwt_secret,
         city: City::URALSK,
         scale: args.time_scale,
+        guard: args.guard > 0,
         cancel: CancellationToken::new(),
         frames: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -105,10 +110,23 @@ pub async fn run_city(
         };
         tasks.spawn(unit(sh.clone(), spec, rng.random()));
     }
+    for i in 0..args.guard {
+        let spec = UnitSpec {
+            id: format!("NG-{}", 1 + i),
+            callsign: format!("Guard {}", 1 + i),
+            kind: "guard_patrol",
+            caps: vec!["patrol", "public_order"],
+            start: sh.city.random_xy(&mut rng),
+            speed: geo::patrol_speed(&mut rng),
+            stationary: false,
+        };
+        tasks.spawn(unit(sh.clone(), spec, rng.random()));
+    }
     tasks.spawn(callers(sh.clone(), call_tx, args.clone(), rng.random()));
     tracing::info!(
         patrols = args.patrols,
         posts = args.posts.min(POSTS.len()),
+        guard = args.guard,
         "city running"
     );
 
@@ -131,6 +149,8 @@ struct CityShared {
     secret: Vec<u8>,
     city: City,
     scale: f64,
+    /// National Guard units are on duty (`--guard`): multi-unit calls may ask for them.
+    guard: bool,
     cancel: CancellationToken,
     /// Frames received by every simulated client.
     frames: AtomicU64,
@@ -320,6 +340,10 @@ async fn console(sh: Arc<CityShared>, mut calls: mpsc::Receiver<Call>, status_ev
                         "units_needed": call.spec.units_needed});
                     if !call.spec.required.is_empty() {
                         cmd["required"] = json!(call.spec.required);
+                    }
+                    // Calls needing several units may get the Guard on public-order duty too.
+                    if sh.guard && call.spec.units_needed > 1 {
+                        cmd["agencies"] = json!(["police", "national_guard"]);
                     }
                     if ws.send(Encoding::Json.encode(&cmd)).await.is_err() { break; }
                     sh.calls.fetch_add(1, Relaxed);

@@ -5,6 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Capability, Location, UnitId, UnitStatus};
+use crate::zones::Zone;
+
+/// The agency of the built-in defaults.
+pub const DEFAULT_AGENCY: &str = "police";
 
 /// Engine tunables (the `dispatch.*` config keys, in engine units).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +43,24 @@ pub struct EngineConfig {
     /// `dispatch.key_ttl_h` in ms: an idempotency key is forgotten this long
     /// after its create.
     pub key_ttl_ms: i64,
+    /// `dispatch.agencies`: the agencies units may serve. The first is the home
+    /// agency of a unit whose roster entry and token name none. Never empty.
+    pub agencies: Vec<String>,
+    /// `dispatch.default_agencies`: whose units an incident created without
+    /// `agencies` may get.
+    pub default_agencies: Vec<String>,
+    /// `dispatch.post_radius_m`: a post (kind `district_post`/`modular_post`)
+    /// is auto-dispatched and recommended only within this distance.
+    pub post_radius_m: f64,
+    /// `dispatch.beat_preference_m`: a unit assigned to the incident's beat is
+    /// sent unless another eligible unit is more than this much closer.
+    pub beat_preference_m: f64,
+    /// Districts and beats (`[[zones]]`), in config order.
+    pub zones: Vec<Zone>,
+    /// Response plans (`[[run_cards]]`), in config order.
+    pub run_cards: Vec<RunCard>,
+    /// `dispatch.local_offset_min`: local time minus UTC, for run cards' `hours`.
+    pub local_offset_min: i64,
     /// Units known before any hello (the config roster).
     pub roster: Vec<RosterUnit>,
 }
@@ -59,6 +81,13 @@ impl Default for EngineConfig {
             max_notes: 200,
             retain_closed_ms: 24 * 3_600_000,
             key_ttl_ms: 72 * 3_600_000,
+            agencies: vec![DEFAULT_AGENCY.to_string()],
+            default_agencies: vec![DEFAULT_AGENCY.to_string()],
+            post_radius_m: 500.0,
+            beat_preference_m: 1_500.0,
+            zones: Vec::new(),
+            run_cards: Vec::new(),
+            local_offset_min: 0,
             roster: Vec::new(),
         }
     }
@@ -91,6 +120,102 @@ pub struct RosterUnit {
     /// auto-dispatched or recommended; a dispatcher assigns it (default true).
     #[serde(default = "yes")]
     pub tablet: bool,
+    /// The agency it serves (default: the first of `dispatch.agencies`).
+    #[serde(default)]
+    pub agency: Option<String>,
+    /// A post's number.
+    #[serde(default)]
+    pub post: Option<u32>,
+    /// The district it belongs to.
+    #[serde(default)]
+    pub district: Option<String>,
+    /// The beat it patrols.
+    #[serde(default)]
+    pub beat: Option<String>,
+}
+
+/// A response plan: when an incident matches the trigger (every condition set),
+/// it is sent what the plan says, unless the dispatcher said otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCard {
+    /// Its name (the incident's `run_card`).
+    pub name: String,
+    /// Trigger: this category.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Trigger: this priority.
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// Trigger: the incident lies in this district.
+    #[serde(default)]
+    pub district: Option<String>,
+    /// Trigger: the incident lies in this beat.
+    #[serde(default)]
+    pub beat: Option<String>,
+    /// Trigger: local hour of creation in `[from, to)` (wraps midnight when
+    /// from > to), local = UTC + `dispatch.local_offset_min`.
+    #[serde(default)]
+    pub hours: Option<[u8; 2]>,
+    /// Plan: units to send.
+    #[serde(default)]
+    pub units_needed: Option<u32>,
+    /// Plan: capabilities each unit must have.
+    #[serde(default)]
+    pub required: Option<Vec<Capability>>,
+    /// Plan: agencies to take units from.
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
+    /// Plan: only units of these kinds.
+    #[serde(default)]
+    pub kinds: Option<Vec<String>>,
+}
+
+impl RunCard {
+    /// How specific the trigger is: one point per condition, two for a beat
+    /// (a beat is narrower than a district). The most specific matching card
+    /// wins; among equals, the first in config order.
+    pub fn specificity(&self) -> u32 {
+        u32::from(self.category.is_some())
+            + u32::from(self.priority.is_some())
+            + u32::from(self.district.is_some())
+            + 2 * u32::from(self.beat.is_some())
+            + u32::from(self.hours.is_some())
+    }
+
+    /// True when every condition set holds.
+    pub fn matches(
+        &self,
+        category: &str,
+        priority: u8,
+        district: Option<&str>,
+        beat: Option<&str>,
+        local_hour: u8,
+    ) -> bool {
+        self.category.as_deref().is_none_or(|c| c == category)
+            && self.priority.is_none_or(|p| p == priority)
+            && self.district.as_deref().is_none_or(|d| Some(d) == district)
+            && self.beat.as_deref().is_none_or(|b| Some(b) == beat)
+            && self.hours.is_none_or(|[from, to]| {
+                if from <= to {
+                    (from..to).contains(&local_hour)
+                } else {
+                    local_hour >= from || local_hour < to
+                }
+            })
+    }
+}
+
+impl EngineConfig {
+    /// The agency of a unit that names none.
+    pub fn home_agency(&self) -> &str {
+        self.agencies.first().map_or(DEFAULT_AGENCY, String::as_str)
+    }
+
+    /// True when `agency` is one of `dispatch.agencies`.
+    pub fn knows_agency(&self, agency: &str) -> bool {
+        self.agencies.iter().any(|a| a == agency)
+    }
 }
 
 fn yes() -> bool {

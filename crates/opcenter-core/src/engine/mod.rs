@@ -19,7 +19,7 @@ mod pending;
 mod reply;
 mod retention;
 
-pub use config::{EngineConfig, RosterUnit};
+pub use config::{DEFAULT_AGENCY, EngineConfig, RosterUnit, RunCard};
 pub use duplicates::MAX_POSSIBLE_DUPLICATES;
 pub use keys::KeyRecord;
 pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfall};
@@ -45,8 +45,9 @@ use crate::event::{Change, Event, EventBody};
 use crate::index::{Query, UnitIndex};
 use crate::model::{
     Capability, DispatchMode, Incident, IncidentId, IncidentStatus, KeyScope, Location, MAX_NOTE_BYTES, Note,
-    Unit, UnitId, UnitStatus,
+    Selection, Unit, UnitId, UnitStatus,
 };
+use crate::zones::ZoneMap;
 
 /// Everything needed to rebuild an engine: what snapshots store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct Engine {
     lapses: Deadlines,
     /// The config roster by id: its values win over claims, snapshots and replay.
     roster: HashMap<UnitId, RosterUnit>,
+    /// Districts and beats: every incident is placed in them at creation.
+    zones: ZoneMap,
+    /// Roster units by the beat they patrol (auto-dispatch prefers them there).
+    beat_units: HashMap<String, Vec<UnitId>>,
     /// The open emergency incident of a unit that pressed its panic button.
     open_emergency: HashMap<UnitId, IncidentId>,
     /// The number the next incident id gets.
@@ -124,6 +129,10 @@ impl Engine {
             deadlines: Deadlines::default(),
             lapses: Deadlines::default(),
             roster: HashMap::new(),
+            // The hub's settings loader refuses bad zones with the reason; an
+            // engine built around it gets none rather than a panic.
+            zones: ZoneMap::new(config.zones.clone()).unwrap_or_default(),
+            beat_units: HashMap::new(),
             open_emergency: HashMap::new(),
             next_no: 1,
             last_prune_ms: i64::MIN,
@@ -140,6 +149,9 @@ impl Engine {
             };
             if r.location.is_some_and(|l| l.validate().is_ok()) {
                 engine.fixed.insert(r.id.clone());
+            }
+            if let Some(b) = &r.beat {
+                engine.beat_units.entry(b.clone()).or_default().push(r.id.clone());
             }
             engine.roster.insert(r.id.clone(), r.clone());
             let mut unit = Unit::new(r.id.clone());
@@ -159,6 +171,12 @@ impl Engine {
         unit.kind.clone_from(&r.kind);
         unit.capabilities.clone_from(&r.capabilities);
         unit.tablet = r.tablet;
+        if r.agency.is_some() {
+            unit.agency.clone_from(&r.agency);
+        }
+        unit.post = r.post;
+        unit.district.clone_from(&r.district);
+        unit.beat.clone_from(&r.beat);
         if let Some(l) = r.location.filter(|l| l.validate().is_ok()) {
             unit.location = Some(l);
         }
@@ -243,10 +261,18 @@ impl Engine {
         if let Some(req) = &query.required {
             check::capabilities(req)?;
         }
-        let (location, required, exclude) = match &query.target {
+        if let Some(a) = &query.agencies {
+            self.known_agencies(a)?;
+        }
+        let (location, required, exclude, agencies, kinds) = match &query.target {
             RecommendTarget::Location(loc) => {
                 loc.validate()?;
-                (*loc, query.required.clone().unwrap_or_default(), Vec::new())
+                let agencies = query
+                    .agencies
+                    .clone()
+                    .unwrap_or_else(|| self.config.default_agencies.clone());
+                let required = query.required.clone().unwrap_or_default();
+                (*loc, required, Vec::new(), agencies, Vec::new())
             }
             RecommendTarget::Incident(id) => {
                 let inc = self
@@ -254,7 +280,17 @@ impl Engine {
                     .get(id)
                     .ok_or_else(|| CoreError::NotFound(format!("incident {id} not found")))?;
                 let required = query.required.clone().unwrap_or_else(|| inc.required.clone());
-                (inc.location, required, Self::exclusions(inc))
+                let agencies = query
+                    .agencies
+                    .clone()
+                    .unwrap_or_else(|| self.agencies_of(inc).to_vec());
+                (
+                    inc.location,
+                    required,
+                    Self::exclusions(inc),
+                    agencies,
+                    inc.kinds.clone(),
+                )
             }
         };
         let found = self.index.nearest(&Query {
@@ -265,13 +301,15 @@ impl Engine {
             now_ms,
             max_age_ms: self.config.max_position_age_ms,
             exclude: &exclude,
+            agencies: &agencies,
+            kinds: &kinds,
         });
         let candidates: Vec<Candidate> = found
             .into_iter()
             .map(|(unit_id, distance_m)| Candidate { unit_id, distance_m })
             .collect();
         let shortfall = (candidates.len() < query.count)
-            .then(|| self.shortfall(&required, &exclude, candidates.len(), now_ms));
+            .then(|| self.shortfall(&required, &exclude, (&agencies, &kinds), candidates.len(), now_ms));
         Ok(Recommendation {
             candidates,
             shortfall,
@@ -283,12 +321,25 @@ impl Engine {
     /// range) and name the first after which no more units remain than were
     /// found. Range is last, so it is named when every earlier filter left more.
     /// This is a scan of the fleet, run only on a shortfall.
-    fn shortfall(&self, required: &[Capability], exclude: &[UnitId], found: usize, now_ms: i64) -> Shortfall {
+    fn shortfall(
+        &self,
+        required: &[Capability],
+        exclude: &[UnitId],
+        (agencies, kinds): (&[String], &[String]),
+        found: usize,
+        now_ms: i64,
+    ) -> Shortfall {
         let (mut available, mut capable, mut fresh) = (0usize, 0usize, 0usize);
         for u in self.units.values() {
-            // Offline past the grace, or a radio-only post: not available.
+            // Offline past the grace, a radio-only post, or another agency's
+            // unit: not available to this incident.
             if u.status != UnitStatus::Available
                 || exclude.contains(&u.id)
+                || !u
+                    .agency
+                    .as_deref()
+                    .is_some_and(|a| agencies.iter().any(|x| x == a))
+                || !(kinds.is_empty() || u.kind.as_ref().is_some_and(|k| kinds.contains(k)))
                 || !u.tablet
                 || !self.is_live(u, now_ms)
             {
@@ -405,6 +456,9 @@ impl Engine {
     /// token can override them (the config may have changed since).
     fn upsert_unit(&mut self, mut unit: Unit) {
         self.roster_wins(&mut unit);
+        if unit.agency.is_none() {
+            unit.agency = Some(self.config.home_agency().to_string());
+        }
         let id = unit.id.clone();
         let ack = unit
             .ack_deadline_ms
@@ -477,8 +531,42 @@ impl Engine {
         // the tree; an offline one stays there until its grace runs out.
         let assignable = u.status == UnitStatus::Available && u.tablet && live_until != i64::MIN;
         self.index.set_live_until(id, live_until);
+        let agency = u.agency.as_deref().unwrap_or(self.config.home_agency());
+        self.index
+            .set_traits(id, agency, u.kind.as_deref(), self.reach_of(u));
         self.index
             .sync(id, &u.capabilities, assignable, u.location, u.location_ms, fixed)
+    }
+
+    /// How far a unit may be sent: a post only within `dispatch.post_radius_m`.
+    fn reach_of(&self, u: &Unit) -> f64 {
+        if u.is_post() {
+            self.config.post_radius_m
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// The agencies an incident's units may come from (its own, or the
+    /// defaults for one recorded before agencies existed).
+    fn agencies_of<'a>(&'a self, inc: &'a Incident) -> &'a [String] {
+        if inc.agencies.is_empty() {
+            &self.config.default_agencies
+        } else {
+            &inc.agencies
+        }
+    }
+
+    /// Every agency named must be one of `dispatch.agencies`.
+    fn known_agencies(&self, list: &[String]) -> Result<(), CoreError> {
+        check::agencies(list)?;
+        match list.iter().find(|a| !self.config.knows_agency(a)) {
+            Some(a) => Err(bad(format!(
+                "agency {a:?} is not one of dispatch.agencies {:?}",
+                self.config.agencies
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn set_deadline(&mut self, unit_id: &str, deadline: Option<i64>) {
@@ -586,7 +674,7 @@ impl Engine {
 
     /// Puts a unit on an incident: `dispatched`, ack deadline, out of the tree.
     /// The caller has checked that the unit holds no other incident.
-    fn attach(&mut self, incident_id: &str, unit_id: &str, now_ms: i64) {
+    fn attach(&mut self, incident_id: &str, unit_id: &str, selection: Selection, now_ms: i64) {
         let deadline = now_ms.saturating_add(self.config.ack_timeout_ms);
         if let Some(u) = self.units.get_mut(unit_id) {
             u.status = UnitStatus::Dispatched;
@@ -594,10 +682,11 @@ impl Engine {
         }
         self.set_deadline(unit_id, Some(deadline));
         self.sync_index(unit_id);
-        if let Some(inc) = self.incidents.get_mut(incident_id)
-            && !inc.units.iter().any(|u| u == unit_id)
-        {
-            inc.units.push(unit_id.to_string());
+        if let Some(inc) = self.incidents.get_mut(incident_id) {
+            if !inc.units.iter().any(|u| u == unit_id) {
+                inc.units.push(unit_id.to_string());
+            }
+            inc.selection.insert(unit_id.to_string(), selection);
         }
     }
 
@@ -619,6 +708,7 @@ impl Engine {
         if let Some(iid) = &held {
             if let Some(inc) = self.incidents.get_mut(iid) {
                 inc.units.retain(|u| u != unit_id);
+                inc.selection.remove(unit_id);
             }
             self.refresh_incident(iid, now_ms);
         }
@@ -631,7 +721,7 @@ impl Engine {
     /// Auto-dispatch: fills an open auto incident's missing units with the nearest
     /// eligible ones. Returns how many were assigned.
     fn dispatch(&mut self, incident_id: &str, now_ms: i64, ev: &mut Vec<Event>) -> usize {
-        let (query_loc, need, required, exclude) = {
+        let (query_loc, need, required, exclude, agencies, beat, kinds, carded) = {
             let Some(inc) = self.incidents.get(incident_id) else {
                 return 0;
             };
@@ -647,22 +737,37 @@ impl Engine {
                 (inc.units_needed - have) as usize,
                 inc.required.clone(),
                 Self::exclusions(inc),
+                self.agencies_of(inc).to_vec(),
+                self.beat_candidates(inc, now_ms),
+                inc.kinds.clone(),
+                inc.run_card.is_some(),
             )
         };
-        let picked = self.index.nearest(&Query {
+        let nearest = self.index.nearest(&Query {
             location: query_loc,
-            k: need,
+            // Enough that `need` remain after the beat's units are taken out.
+            k: need + beat.len(),
             max_distance_m: self.config.max_distance_m,
             required: &required,
             now_ms,
             max_age_ms: self.config.max_position_age_ms,
             exclude: &exclude,
+            agencies: &agencies,
+            kinds: &kinds,
         });
+        let mut picked = self.prefer_beat(nearest, beat, need);
+        if carded {
+            for (_, s) in &mut picked {
+                if *s == Selection::Nearest {
+                    *s = Selection::RunCard;
+                }
+            }
+        }
         if picked.is_empty() {
             return 0;
         }
-        for (uid, _) in &picked {
-            self.attach(incident_id, uid, now_ms);
+        for (uid, selection) in &picked {
+            self.attach(incident_id, uid, *selection, now_ms);
         }
         self.refresh_incident(incident_id, now_ms);
         for (uid, _) in &picked {
@@ -673,6 +778,90 @@ impl Engine {
             self.emit_assignment(uid, incident_id, Change::Assigned, ev);
         }
         picked.len()
+    }
+
+    /// The run card for a new incident: the most specific whose trigger holds
+    /// (ties: the first in config order), if any.
+    fn run_card_for(
+        &self,
+        category: &str,
+        priority: u8,
+        place: &crate::zones::Placement,
+        now_ms: i64,
+    ) -> Option<&RunCard> {
+        let minute = (now_ms.div_euclid(60_000) + self.config.local_offset_min).rem_euclid(1_440);
+        let hour = (minute / 60) as u8;
+        let mut best: Option<&RunCard> = None;
+        for c in &self.config.run_cards {
+            if c.matches(
+                category,
+                priority,
+                place.district.as_deref(),
+                place.beat.as_deref(),
+                hour,
+            ) && best.is_none_or(|b| c.specificity() > b.specificity())
+            {
+                best = Some(c);
+            }
+        }
+        best
+    }
+
+    /// The eligible units assigned to `inc`'s beat, nearest first, with metres.
+    fn beat_candidates(&self, inc: &Incident, now_ms: i64) -> Vec<(UnitId, f64)> {
+        let Some(ids) = inc.beat.as_ref().and_then(|b| self.beat_units.get(b)) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(UnitId, f64)> = ids
+            .iter()
+            .filter_map(|id| self.units.get(id))
+            .filter(|u| self.eligible(u, inc, now_ms))
+            .filter_map(|u| u.location.map(|l| (u.id.clone(), l.distance_m(&inc.location))))
+            .collect();
+        found.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        found
+    }
+
+    /// Picks up to `need` units: for each, the nearest unit assigned to the
+    /// beat unless the nearest of all is more than `dispatch.beat_preference_m`
+    /// closer. Both lists are nearest first; a beat unit is labelled `beat`
+    /// whichever list it came from.
+    fn prefer_beat(
+        &self,
+        nearest: Vec<(UnitId, f64)>,
+        beat: Vec<(UnitId, f64)>,
+        need: usize,
+    ) -> Vec<(UnitId, Selection)> {
+        let mut out: Vec<(UnitId, Selection)> = Vec::with_capacity(need);
+        let (mut n, mut b) = (nearest.into_iter().peekable(), beat.iter().peekable());
+        while out.len() < need {
+            let taken = |id: &str, out: &[(UnitId, Selection)]| out.iter().any(|(u, _)| u == id);
+            while n.peek().is_some_and(|(id, _)| taken(id, &out)) {
+                n.next();
+            }
+            while b.peek().is_some_and(|(id, _)| taken(id, &out)) {
+                b.next();
+            }
+            let take_beat = match (n.peek(), b.peek()) {
+                (None, None) => break,
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some((_, dn)), Some((_, db))) => db - dn <= self.config.beat_preference_m,
+            };
+            let id = if take_beat {
+                b.next().map(|(id, _)| id.clone())
+            } else {
+                n.next().map(|(id, _)| id)
+            };
+            let Some(id) = id else { break };
+            let selection = if beat.iter().any(|(u, _)| *u == id) {
+                Selection::Beat
+            } else {
+                Selection::Nearest
+            };
+            out.push((id, selection));
+        }
+        out
     }
 
     /// True when `unit` could be auto-dispatched to `inc` right now.
@@ -686,8 +875,14 @@ impl Engine {
             && !inc.declined_by.contains(&unit.id)
             && inc.emergency_unit.as_deref() != Some(unit.id.as_str())
             && unit
-                .location
-                .is_some_and(|l| l.distance_m(&inc.location) <= self.config.max_distance_m)
+                .agency
+                .as_deref()
+                .is_some_and(|a| self.agencies_of(inc).iter().any(|x| x == a))
+            && (inc.kinds.is_empty() || unit.kind.as_ref().is_some_and(|k| inc.kinds.contains(k)))
+            && unit.location.is_some_and(|l| {
+                let d = l.distance_m(&inc.location);
+                d <= self.config.max_distance_m && d <= self.reach_of(unit)
+            })
     }
 
     /// A unit may have become eligible: serve the pending queue in order
@@ -778,6 +973,11 @@ impl Engine {
         ev: &mut Vec<Event>,
     ) -> Result<Reply, CoreError> {
         check::unit_identity(&p.id, p.callsign.as_deref(), p.kind.as_deref(), &p.capabilities)?;
+        if let Some(a) = &p.agency
+            && !self.roster.contains_key(&p.id)
+        {
+            self.known_agencies(std::slice::from_ref(a))?;
+        }
         Self::own_unit(actor, &p.id)?;
         let change = match self.units.get(&p.id).cloned() {
             None => {
@@ -785,6 +985,7 @@ impl Engine {
                 unit.callsign = p.callsign;
                 unit.kind = p.kind;
                 unit.capabilities = p.capabilities;
+                unit.agency = p.agency;
                 unit.online = true;
                 self.upsert_unit(unit);
                 Some(Change::Created)
@@ -792,12 +993,16 @@ impl Engine {
             Some(mut unit) => {
                 let was_online = unit.online;
                 let mut profiled = false;
-                let differs =
-                    unit.callsign != p.callsign || unit.kind != p.kind || unit.capabilities != p.capabilities;
+                let agency = p.agency.or_else(|| Some(self.config.home_agency().to_string()));
+                let differs = unit.callsign != p.callsign
+                    || unit.kind != p.kind
+                    || unit.capabilities != p.capabilities
+                    || unit.agency != agency;
                 if differs && !self.roster.contains_key(&p.id) {
                     unit.callsign = p.callsign;
                     unit.kind = p.kind;
                     unit.capabilities = p.capabilities;
+                    unit.agency = agency;
                     profiled = true;
                 }
                 unit.online = true;
@@ -875,6 +1080,31 @@ impl Engine {
             n.source
         };
         let key_scope = n.key.is_some().then_some(scope);
+        let place = self.zones.locate(n.location);
+        // The panic button follows its own rule (dispatch.emergency_units).
+        let card = match emergency_unit {
+            Some(_) => None,
+            None => self
+                .run_card_for(&n.category, n.priority, &place, now_ms)
+                .cloned(),
+        };
+        let plan = card.clone().unwrap_or_default();
+        let units_needed = match plan.units_needed {
+            Some(u) if !n.given.units_needed => u,
+            _ => n.units_needed,
+        };
+        let required = match plan.required {
+            Some(r) if !n.given.required => r,
+            _ => n.required,
+        };
+        let agencies = match n.agencies {
+            Some(a) => a,
+            // Anyone near an officer in trouble goes, whatever their agency.
+            None if emergency_unit.is_some() => self.config.agencies.clone(),
+            None => plan
+                .agencies
+                .unwrap_or_else(|| self.config.default_agencies.clone()),
+        };
         let inc = Incident {
             id: id.clone(),
             key: n.key,
@@ -888,12 +1118,18 @@ impl Engine {
             reporter: n.reporter.filter(|r| !r.is_empty()),
             source,
             units: Vec::new(),
-            required: n.required,
-            units_needed: n.units_needed,
+            required,
+            units_needed,
             disposition: None,
             notes: Vec::new(),
             possible_duplicates,
             dispatch: n.dispatch,
+            agencies,
+            district: place.district,
+            beat: place.beat,
+            selection: Default::default(),
+            kinds: plan.kinds.unwrap_or_default(),
+            run_card: card.map(|c| c.name),
             declined_by: Vec::new(),
             emergency_unit,
             // Checked by `check::received_time`; a clock a little ahead is
@@ -938,6 +1174,9 @@ impl Engine {
         if let Some(r) = n.received_ms {
             check::received_time(r, now_ms, self.config.max_clock_skew_ms)?;
         }
+        if let Some(a) = &n.agencies {
+            self.known_agencies(a)?;
+        }
         let id = self.make_incident(n, scope, None, now_ms, ev);
         Ok(Reply::Created {
             incident: self.get_incident(&id)?.clone(),
@@ -968,6 +1207,10 @@ impl Engine {
             }
             if let Some(l) = patch.location {
                 inc.location = l;
+                // A moved incident lies where it now is.
+                let place = self.zones.locate(l);
+                inc.district = place.district;
+                inc.beat = place.beat;
             }
             if patch.address.is_some() {
                 inc.address = patch.address;
@@ -1054,12 +1297,12 @@ impl Engine {
             self.detach(unit_id, UnitStatus::Busy, now_ms, true);
             self.emit_incident(&other, Change::Unassigned, ev);
             self.emit_assignment(unit_id, &other, Change::Unassigned, ev);
-            self.attach(id, unit_id, now_ms);
+            self.attach(id, unit_id, Selection::Manual, now_ms);
             self.finish_assign(id, unit_id, now_ms, ev);
             // The unit is busy with the new incident: the old one goes on.
             self.dispatch(&other, now_ms, ev);
         } else {
-            self.attach(id, unit_id, now_ms);
+            self.attach(id, unit_id, Selection::Manual, now_ms);
             self.finish_assign(id, unit_id, now_ms, ev);
         }
         Ok(Reply::Incident(self.get_incident(id)?.clone()))
@@ -1361,6 +1604,8 @@ impl Engine {
             dispatch: DispatchMode::Auto,
             reporter: None,
             received_ms: None,
+            agencies: None,
+            given: crate::command::Given::default(),
         };
         let iid = self.make_incident(n, KeyScope::Console, Some(unit_id.to_string()), now_ms, ev);
         Ok(Reply::Incident(self.get_incident(&iid)?.clone()))

@@ -22,6 +22,7 @@ pub(crate) fn at(lat: f64, lon: f64) -> Location {
 /// Registers `id` with `caps`, makes it available and gives it a fix at `now`.
 pub(crate) fn unit(e: &mut Engine, id: &str, caps: &[&str], loc: Location, now: i64) {
     let profile = UnitProfile {
+        agency: None,
         id: id.into(),
         callsign: None,
         kind: None,

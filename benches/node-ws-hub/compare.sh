@@ -14,7 +14,8 @@
 #   cargo build --release -p opcenter-sim --example trivial_sender
 #   npm ci (or npm install) in this folder.
 # Targets 127.0.0.1 only; every run is bounded (timeout). SIDES (default
-# "trivial opcenter node") picks and orders the servers.
+# "trivial opcenter node") picks and orders the servers; side `baseline` is a second
+# opcenter build, BASE_BIN (an older commit, to compare a change in the same run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONSOLES=${1:-1000}
@@ -55,11 +56,13 @@ common=(--fanout --consoles "$CONSOLES" --burst "$EVENTS" --window "$WINDOW" --d
 
 for run in $(seq "$RUNS"); do
   for side in $SIDES; do
-    [ "$ENCODING" = json ] || [ "$side" = opcenter ] || continue # the peers speak JSON only
+    case "$ENCODING:$side" in json:*|*:opcenter|*:baseline) ;; *) continue ;; esac # the peers speak JSON only
     rm -rf "$TMP/data" "$TMP/srv.out"
     extra=(--no-verify)
     case $side in
-      opcenter) RUST_LOG=warn "$BIN" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
+      opcenter|baseline)
+                b=$BIN; [ "$side" = baseline ] && b=${BASE_BIN:?set BASE_BIN for the baseline side}
+                RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
                 extra=(--secret "$SECRET") ;;
       node)     node benches/node-ws-hub/hub.js 0 > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" & ;;
       trivial)  "$TRIVIAL" 0 > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" & ;;
@@ -69,6 +72,8 @@ for run in $(seq "$RUNS"); do
     ADDR=$(wait_listen "$TMP/srv.out")
     timeout 300 "${SIMCMD[@]}" --server "$ADDR" --pid "$SRV" "${extra[@]}" "${common[@]}" \
       > "$LOGDIR/$side-$run.json" 2> "$LOGDIR/sim-$side-$run.err" || true
+    # opcenter counts its socket writes: deliveries per write.
+    case $side in opcenter|baseline) curl -s "http://$ADDR/metrics" > "$LOGDIR/metrics-$side-$run.txt" || true ;; esac
     kill "$SRV" 2>/dev/null || true
     wait "$SRV" 2>/dev/null || true
   done
@@ -83,12 +88,19 @@ node -e '
     const r = read(`${dir}/${side}-${run}.json`);
     if (!r) { console.log(`run ${run} ${side.padEnd(8)} no report (see ${dir}/sim-${side}-${run}.err)`); continue; }
     const t = r.throughput || {}, l = (r.latency || {}).fanout || {}, p = r.server_process || {};
-    const row = { rate: t.deliveries_per_s, cpu: p.cpu_us_per_delivery, p50: l.p50_us / 1000, p99: l.p99_us / 1000,
+    let writes = NaN, deliveries = NaN;
+    try {
+      const m = fs.readFileSync(`${dir}/metrics-${side}-${run}.txt`, "utf8");
+      const v = (name) => +((m.match(new RegExp(`^${name} (\\S+)`, "m")) || [])[1]);
+      writes = v("opcenter_socket_writes_total"); deliveries = v("opcenter_event_deliveries_total");
+    } catch {}
+    const row = { per_write: deliveries / writes, rate: t.deliveries_per_s, cpu: p.cpu_us_per_delivery, p50: l.p50_us / 1000, p99: l.p99_us / 1000,
       tool: r.tool_cpu_s, bytes: t.created_bytes_mean, ok: t.created_deliveries === t.created_deliveries_expected && t.created_deliveries > 0,
       lost: (r.incidents || {}).lost };
     (rows[side] = rows[side] || []).push(row);
     console.log(`run ${run} ${side.padEnd(8)} deliveries/s ${Math.round(row.rate).toString().padStart(9)}` +
       `  server ${(row.cpu || 0).toFixed(3)} µs CPU/delivery  p50 ${row.p50.toFixed(1)}ms p99 ${row.p99.toFixed(1)}ms` +
+      (Number.isFinite(row.per_write) ? `  ${row.per_write.toFixed(1)} deliveries/write` : "") +
       `  tool ${(row.tool || 0).toFixed(2)} CPU-s  ${Math.round(row.bytes || 0)} B/event` +
       `  delivered ${t.created_deliveries}/${t.created_deliveries_expected}${row.ok ? "" : " INCOMPLETE"}  lost ${row.lost}`);
   }
@@ -96,10 +108,12 @@ node -e '
   for (const [side, rs] of Object.entries(rows)) {
     const m = (k) => med(rs.map((r) => r[k]));
     console.log(`  ${side.padEnd(8)} deliveries/s ${Math.round(m("rate"))}  µs CPU/delivery ${m("cpu").toFixed(3)}` +
+      (Number.isFinite(m("per_write")) ? `  deliveries/write ${m("per_write").toFixed(1)}` : "") +
       `  p50 ${m("p50").toFixed(1)}ms p99 ${m("p99").toFixed(1)}ms  tool CPU-s ${m("tool").toFixed(2)}  complete ${rs.filter((r) => r.ok).length}/${rs.length}`);
   }
-  if (rows.opcenter && rows.node) {
-    const r = med(rows.opcenter.map((r) => r.rate)) / med(rows.node.map((r) => r.rate));
-    const c = med(rows.node.map((r) => r.cpu)) / med(rows.opcenter.map((r) => r.cpu));
-    console.log(`  opcenter / node: deliveries/s ${r.toFixed(2)}x, CPU per delivery ${c.toFixed(2)}x less`);
+  for (const side of ["opcenter", "baseline", "trivial"]) {
+    if (!rows[side] || !rows.node) continue;
+    const r = med(rows[side].map((r) => r.rate)) / med(rows.node.map((r) => r.rate));
+    const c = med(rows.node.map((r) => r.cpu)) / med(rows[side].map((r) => r.cpu));
+    console.log(`  ${side} / node: deliveries/s ${r.toFixed(2)}x, CPU per delivery ${c.toFixed(2)}x less`);
   }' "$LOGDIR" "$SIDES" "$RUNS"

@@ -22,6 +22,7 @@
 
 mod engine_task;
 mod fanout;
+mod frame;
 mod http;
 mod limit;
 mod metric;
@@ -31,6 +32,7 @@ mod record;
 mod session;
 mod settings;
 mod wire;
+mod ws_io;
 
 use std::future::Future;
 use std::net::SocketAddr;

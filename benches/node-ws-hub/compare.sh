@@ -50,7 +50,7 @@ wait_listen() { # file -> HOST:PORT
   echo "server did not start" >&2; exit 1
 }
 
-SECRET=compare-secret
+SECRET=compare-secret-of-at-least-32-bytes-0123456789
 printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"
 common=(--fanout --consoles "$CONSOLES" --burst "$EVENTS" --window "$WINDOW" --duration 1 --settle 120 --encoding "$ENCODING" --json)
 

@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
-# Fan-out comparison, one run: opcenter vs this Node `ws` hub, same load from the same
-# tool (`opcenter sim --fanout`): C consoles subscribed to `incidents`, one producer
-# creating a burst of N incidents; reported: `created` deliveries per second (first
-# create sent → last delivery received) and create→console latency percentiles.
+# Fan-out comparison, every side in one script run: the trivial sender (the ceiling of
+# the receiver: it only writes pre-encoded frames), opcenter, and this Node `ws` hub,
+# driven by the same load tool (`opcenter sim --fanout`): C consoles subscribed to
+# `incidents` (raw receivers: large buffers, many frames per read), one producer
+# creating N incidents in a closed loop (at most WINDOW creates beyond what the slowest
+# console has received). Reported per run and as medians: `created` deliveries per
+# second (first create sent → last delivery), server CPU µs per delivery (from
+# /proc/PID/stat), create→console p50/p99, the load tool's own CPU, and lost ones.
 #
-# Usage: benches/node-ws-hub/compare.sh [CONSOLES=1000] [BURST=2000] [RUNS=3] [ENCODING=json]
-# Needs: `cargo build --release --bin opcenter`, `npm ci` (or `npm install`) in this folder.
-# Targets 127.0.0.1 only; every run is bounded (--duration, timeout).
+# Usage: benches/node-ws-hub/compare.sh [CONSOLES=1000] [EVENTS=10000] [RUNS=3] [ENCODING=json] [WINDOW=64]
+# Needs (release: this is a benchmark):
+#   cargo build --release --bin opcenter
+#   cargo build --release -p opcenter-sim --example trivial_sender
+#   npm ci (or npm install) in this folder.
+# Targets 127.0.0.1 only; every run is bounded (timeout). SIDES (default
+# "trivial opcenter node") picks and orders the servers; side `baseline` is a second
+# opcenter build, BASE_BIN (an older commit, to compare a change in the same run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONSOLES=${1:-1000}
-BURST=${2:-2000}
+EVENTS=${2:-10000}
 RUNS=${3:-3}
 ENCODING=${4:-json}
+WINDOW=${5:-64}
+SIDES=${SIDES:-trivial opcenter node}
 # BIN: the server binary; SIM: the load tool command (default: "$BIN sim").
 BIN=${BIN:-target/release/opcenter}
+TRIVIAL=${TRIVIAL:-target/release/examples/trivial_sender}
 read -r -a SIMCMD <<< "${SIM:-$BIN sim}"
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin opcenter" >&2; exit 1; }
+[ -x "$TRIVIAL" ] || { echo "build first: cargo build --release -p opcenter-sim --example trivial_sender" >&2; exit 1; }
 [ -d benches/node-ws-hub/node_modules/ws ] || (cd benches/node-ws-hub && npm install --no-audit --no-fund >/dev/null)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d)
 # Logs and JSON reports of every run stay here for inspection.
 LOGDIR=${LOGDIR:-/tmp/opcenter-compare}
 mkdir -p "$LOGDIR"
+rm -f "$LOGDIR"/*.json
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
@@ -36,39 +50,70 @@ wait_listen() { # file -> HOST:PORT
   echo "server did not start" >&2; exit 1
 }
 
-SECRET=compare-secret
+SECRET=compare-secret-of-at-least-32-bytes-0123456789
 printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"
+common=(--fanout --consoles "$CONSOLES" --burst "$EVENTS" --window "$WINDOW" --duration 1 --settle 120 --encoding "$ENCODING" --json)
 
 for run in $(seq "$RUNS"); do
-  # Remove the previous run's output first, or its `listening on` line is read back.
-  rm -rf "$TMP/data" "$TMP/op.out" "$TMP/node.out"
-  RUST_LOG=warn "$BIN" serve --config "$TMP/opcenter.toml" > "$TMP/op.out" 2> "$TMP/op.err" &
-  OP=$!; PIDS+=("$OP")
-  OPADDR=$(wait_listen "$TMP/op.out")
-  node benches/node-ws-hub/hub.js 0 > "$TMP/node.out" 2> "$TMP/node.err" &
-  NODE=$!; PIDS+=("$NODE")
-  NODEADDR=$(wait_listen "$TMP/node.out")
-  common=(--fanout --consoles "$CONSOLES" --burst "$BURST" --duration 3 --settle 30 --encoding "$ENCODING" --json)
-  timeout 120 "${SIMCMD[@]}" --server "$OPADDR" --secret "$SECRET" --pid "$OP" "${common[@]}" > "$TMP/op.json" 2> "$LOGDIR/sim-opcenter-$run.err" || true
-  # The Node peer has no HTTP API (no LOST check) and speaks JSON only.
-  if [ "$ENCODING" = json ]; then
-    timeout 120 "${SIMCMD[@]}" --server "$NODEADDR" --pid "$NODE" --no-verify "${common[@]}" > "$TMP/node.json" 2> "$LOGDIR/sim-node-$run.err" || true
-  else
-    echo '{}' > "$TMP/node.json"
-  fi
-  kill "$OP" "$NODE" 2>/dev/null || true
-  wait "$OP" "$NODE" 2>/dev/null || true
-  cp "$TMP/op.json" "$LOGDIR/opcenter-$run.json"; cp "$TMP/node.json" "$LOGDIR/node-$run.json"
-  cp "$TMP/op.err" "$LOGDIR/server-opcenter-$run.err"; cp "$TMP/node.err" "$LOGDIR/server-node-$run.err"
-  node -e '
-    const [run, a, b] = process.argv.slice(1);
-    const f = (name, file) => {
-      let r; try { r = JSON.parse(require("fs").readFileSync(file, "utf8").trim().split("\n").pop()); } catch { r = {}; }
-      const t = r.throughput || {}, l = (r.latency || {}).fanout || {}, p = r.server_process || {};
-      console.log(`run ${run} ${name.padEnd(8)} deliveries/s ${Math.round(t.deliveries_per_s || 0).toString().padStart(9)}` +
-        `  delivered ${t.created_deliveries}/${t.created_deliveries_expected}` +
-        `  create→console p50 ${((l.p50_us||0)/1000).toFixed(1)}ms p99 ${((l.p99_us||0)/1000).toFixed(1)}ms` +
-        `  server ${(p.cpu_s||0).toFixed(2)} CPU-s = ${Math.round(p.deliveries_per_cpu_s||0)} deliveries/CPU-s  lost ${(r.incidents||{}).lost}`);
-    };
-    f("opcenter", a); f("node-ws", b);' "$run" "$TMP/op.json" "$TMP/node.json"
+  for side in $SIDES; do
+    case "$ENCODING:$side" in json:*|*:opcenter|*:baseline) ;; *) continue ;; esac # the peers speak JSON only
+    rm -rf "$TMP/data" "$TMP/srv.out"
+    extra=(--no-verify)
+    case $side in
+      opcenter|baseline)
+                b=$BIN; [ "$side" = baseline ] && b=${BASE_BIN:?set BASE_BIN for the baseline side}
+                RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
+                extra=(--secret "$SECRET") ;;
+      node)     node benches/node-ws-hub/hub.js 0 > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" & ;;
+      trivial)  "$TRIVIAL" 0 > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" & ;;
+      *) echo "unknown side $side" >&2; exit 2 ;;
+    esac
+    SRV=$!; PIDS+=("$SRV")
+    ADDR=$(wait_listen "$TMP/srv.out")
+    timeout 300 "${SIMCMD[@]}" --server "$ADDR" --pid "$SRV" "${extra[@]}" "${common[@]}" \
+      > "$LOGDIR/$side-$run.json" 2> "$LOGDIR/sim-$side-$run.err" || true
+    # opcenter counts its socket writes: deliveries per write.
+    case $side in opcenter|baseline) curl -s "http://$ADDR/metrics" > "$LOGDIR/metrics-$side-$run.txt" || true ;; esac
+    kill "$SRV" 2>/dev/null || true
+    wait "$SRV" 2>/dev/null || true
+  done
 done
+
+node -e '
+  const fs = require("fs"), dir = process.argv[1], sides = process.argv[2].split(" "), runs = +process.argv[3];
+  const read = (f) => { try { return JSON.parse(fs.readFileSync(f, "utf8").trim().split("\n").pop()); } catch { return null; } };
+  const med = (xs) => { const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b); return v.length ? v[(v.length - 1) >> 1] : NaN; };
+  const rows = {};
+  for (const side of sides) for (let run = 1; run <= runs; run++) {
+    const r = read(`${dir}/${side}-${run}.json`);
+    if (!r) { console.log(`run ${run} ${side.padEnd(8)} no report (see ${dir}/sim-${side}-${run}.err)`); continue; }
+    const t = r.throughput || {}, l = (r.latency || {}).fanout || {}, p = r.server_process || {};
+    let writes = NaN, deliveries = NaN;
+    try {
+      const m = fs.readFileSync(`${dir}/metrics-${side}-${run}.txt`, "utf8");
+      const v = (name) => +((m.match(new RegExp(`^${name} (\\S+)`, "m")) || [])[1]);
+      writes = v("opcenter_socket_writes_total"); deliveries = v("opcenter_event_deliveries_total");
+    } catch {}
+    const row = { per_write: deliveries / writes, rate: t.deliveries_per_s, cpu: p.cpu_us_per_delivery, p50: l.p50_us / 1000, p99: l.p99_us / 1000,
+      tool: r.tool_cpu_s, bytes: t.created_bytes_mean, ok: t.created_deliveries === t.created_deliveries_expected && t.created_deliveries > 0,
+      lost: (r.incidents || {}).lost };
+    (rows[side] = rows[side] || []).push(row);
+    console.log(`run ${run} ${side.padEnd(8)} deliveries/s ${Math.round(row.rate).toString().padStart(9)}` +
+      `  server ${(row.cpu || 0).toFixed(3)} µs CPU/delivery  p50 ${row.p50.toFixed(1)}ms p99 ${row.p99.toFixed(1)}ms` +
+      (Number.isFinite(row.per_write) ? `  ${row.per_write.toFixed(1)} deliveries/write` : "") +
+      `  tool ${(row.tool || 0).toFixed(2)} CPU-s  ${Math.round(row.bytes || 0)} B/event` +
+      `  delivered ${t.created_deliveries}/${t.created_deliveries_expected}${row.ok ? "" : " INCOMPLETE"}  lost ${row.lost}`);
+  }
+  console.log("medians:");
+  for (const [side, rs] of Object.entries(rows)) {
+    const m = (k) => med(rs.map((r) => r[k]));
+    console.log(`  ${side.padEnd(8)} deliveries/s ${Math.round(m("rate"))}  µs CPU/delivery ${m("cpu").toFixed(3)}` +
+      (Number.isFinite(m("per_write")) ? `  deliveries/write ${m("per_write").toFixed(1)}` : "") +
+      `  p50 ${m("p50").toFixed(1)}ms p99 ${m("p99").toFixed(1)}ms  tool CPU-s ${m("tool").toFixed(2)}  complete ${rs.filter((r) => r.ok).length}/${rs.length}`);
+  }
+  for (const side of ["opcenter", "baseline", "trivial"]) {
+    if (!rows[side] || !rows.node) continue;
+    const r = med(rows[side].map((r) => r.rate)) / med(rows.node.map((r) => r.rate));
+    const c = med(rows.node.map((r) => r.cpu)) / med(rows[side].map((r) => r.cpu));
+    console.log(`  ${side} / node: deliveries/s ${r.toFixed(2)}x, CPU per delivery ${c.toFixed(2)}x less`);
+  }' "$LOGDIR" "$SIDES" "$RUNS"

@@ -9,8 +9,9 @@
 //                      broadcast to every session subscribed to "incidents"
 //   ping            -> ok
 // It does none of opcenter's work: no JWT check, no dispatch, no journal or fsync,
-// no history, no MessagePack (JSON text frames only). Each event is serialised once
-// and the same string is sent to every subscriber.
+// no history, no MessagePack (JSON text frames only). Each event is serialised once,
+// to a Buffer (a string would be converted to bytes again on every send), and the
+// same Buffer is sent to every subscriber as a text frame.
 //
 // Batching: events are queued and flushed on setImmediate; a flush corks each
 // subscriber's socket, writes every queued event, and uncorks, so a burst costs one
@@ -36,6 +37,7 @@ let nextSession = 1;
 const subscribers = new Set();
 let queue = [];
 let flushScheduled = false;
+const TEXT = { binary: false };
 
 function flush() {
   flushScheduled = false;
@@ -44,7 +46,7 @@ function flush() {
   for (const ws of subscribers) {
     if (ws.readyState !== ws.OPEN) continue;
     ws._socket.cork();
-    for (const msg of batch) ws.send(msg);
+    for (const msg of batch) ws.send(msg, TEXT);
     ws._socket.uncork();
   }
 }
@@ -94,7 +96,7 @@ wss.on('connection', (ws) => {
         };
         if (id !== null) reply(ws, { type: 'ok', id, incident });
         seq += 1;
-        return broadcast(JSON.stringify({ type: 'event', seq, topic: 'incidents', change: 'created', incident }));
+        return broadcast(Buffer.from(JSON.stringify({ type: 'event', seq, topic: 'incidents', change: 'created', incident })));
       }
       case 'ping':
         return id === null ? undefined : reply(ws, { type: 'ok', id });

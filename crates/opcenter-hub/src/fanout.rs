@@ -17,13 +17,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
-
 use opcenter_core::{Event, EventBody, Topic};
 use opcenter_proto::Encoding;
 use opcenter_proto::client::{SubTopic, Subscribe};
 use opcenter_proto::server::EventFrame;
 
+use crate::frame::Prepared;
 use crate::outbox::Outbox;
 use crate::{metric, wire};
 
@@ -41,11 +40,11 @@ pub(crate) struct Fanout {
     deliveries: u64,
 }
 
-/// Encodes an event lazily, once per encoding.
+/// Encodes and frames an event lazily, once per encoding.
 struct Lazy<'a> {
     seq: u64,
     event: &'a Event,
-    frames: [Option<Message>; 2],
+    frames: [Option<Prepared>; 2],
 }
 
 impl<'a> Lazy<'a> {
@@ -57,10 +56,10 @@ impl<'a> Lazy<'a> {
         }
     }
 
-    fn get(&mut self, encoding: Encoding) -> Option<&Message> {
+    fn get(&mut self, encoding: Encoding) -> Option<&Prepared> {
         let slot = &mut self.frames[encoding.index()];
         if slot.is_none() {
-            *slot = wire::message(encoding, &EventFrame::new(self.seq, self.event));
+            *slot = wire::message(encoding, &EventFrame::new(self.seq, self.event)).map(|m| Prepared::of(&m));
         }
         slot.as_ref()
     }

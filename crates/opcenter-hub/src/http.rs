@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request as HttpRequest, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request as HttpRequest, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -124,7 +124,14 @@ impl Drop for ConnectionSlot {
 
 /// `GET /v1/ws`: upgrade with our frame and buffer limits, or 503 with
 /// `Retry-After` past `hub.max_connections` (sessions already open go on).
-pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
+pub(crate) async fn websocket(State(app): State<Arc<App>>, mut request: HttpRequest) -> Response {
+    let response = match crate::ws_io::accept(request.headers()) {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "connection is not upgradable").into_response();
+    };
     let limit = app.settings.hub.max_connections;
     if app.connections.fetch_add(1, Ordering::Relaxed) >= limit {
         app.connections.fetch_sub(1, Ordering::Relaxed);
@@ -141,21 +148,25 @@ pub(crate) async fn websocket(State(app): State<Arc<App>>, upgrade: WebSocketUpg
     }
     let slot = ConnectionSlot(app.clone());
     let max = app.settings.hub.max_frame_bytes;
-    upgrade
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         // A few KiB of read buffer per connection, not tungstenite's 128 KiB default.
         .read_buffer_size(4096)
-        // Frames fed in one drain coalesce up to 8 KiB per write(2); the buffer
-        // grows only on sessions that actually receive bursts.
-        .write_buffer_size(8 * 1024)
-        // Our outbox is the real bound. A subscribe snapshot is one message
-        // outside that bound (a large city's is megabytes): no cap here.
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            crate::session::run(socket, app).await;
-            drop(slot);
-        })
+        // tungstenite writes only pongs and the close echo here (ws_io::Control):
+        // the session's frames are written by the session's writer itself.
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let (sink, stream) = crate::ws_io::split(upgraded, config).await;
+                crate::session::run(sink, stream, app).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+        drop(slot);
+    });
+    response
 }
 
 /// `POST /v1/reports`.

@@ -35,6 +35,7 @@ mod audit_timeline;
 mod eido;
 mod engine_task;
 mod fanout;
+mod frame;
 mod http;
 mod limit;
 mod metric;
@@ -46,6 +47,7 @@ mod report;
 mod session;
 mod settings;
 mod wire;
+mod ws_io;
 
 use std::future::Future;
 use std::net::SocketAddr;

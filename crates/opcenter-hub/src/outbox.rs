@@ -1,8 +1,8 @@
 //! A session's outbound queue: what the engine thread and the position batcher
 //! hand to one client, drained by that session's writer task.
 //!
-//! Frames are shared `Message`s (the same `Bytes` for every subscriber of an
-//! event), bounded in bytes: a client that does not read is closed with 4008
+//! Frames are [`Prepared`] WebSocket frames (an event's is framed once and the
+//! same bytes go to every subscriber), bounded in payload bytes: a client that does not read is closed with 4008
 //! instead of slowing anyone else. Position batches never count against that
 //! bound; while one is still unsent, newer ones merge into it (latest per unit
 //! wins), which is how positions to a slow client are thinned first.
@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use opcenter_core::PositionItem;
 use opcenter_proto::{Encoding, ErrorCode};
 
+use crate::frame::Prepared;
 use crate::{metric, wire};
 
 /// Why and how a session ends from the server's side.
@@ -67,7 +68,7 @@ enum PendingPositions {
 /// One place in the queue.
 enum Slot {
     /// A frame, and whether its bytes count against the bound.
-    Frame(Message, bool),
+    Frame(Prepared, bool),
     /// Reserved by [`Outbox::reserve`] for a `subscribe` reply, not yet filled.
     Reserved(u64),
 }
@@ -88,9 +89,9 @@ struct State {
 /// What the writer takes in one go.
 pub(crate) struct Drained {
     /// Replies and events, in order.
-    pub(crate) frames: Vec<Message>,
+    pub(crate) frames: Vec<Prepared>,
     /// The latest positions, if any.
-    pub(crate) positions: Option<Message>,
+    pub(crate) positions: Option<Prepared>,
     /// Close after sending these.
     pub(crate) close: Option<CloseReason>,
 }
@@ -138,7 +139,7 @@ impl Outbox {
     /// Queues a frame and wakes the writer. Returns false if the session is
     /// closed or just overflowed.
     pub(crate) fn push(&self, frame: Message) -> bool {
-        let queued = self.enqueue(frame).is_some();
+        let queued = self.enqueue(Prepared::of(&frame)).is_some();
         self.notify.notify_one();
         queued
     }
@@ -153,7 +154,7 @@ impl Outbox {
     /// Queues a frame without waking the writer, so a publisher can queue a
     /// whole batch of events and wake each writer once (one drain, one flush).
     /// Returns true when the caller now owes this outbox a [`Outbox::wake`].
-    pub(crate) fn push_deferred(&self, frame: Message) -> bool {
+    pub(crate) fn push_deferred(&self, frame: Prepared) -> bool {
         self.enqueue(frame).unwrap_or(true)
     }
 
@@ -165,12 +166,12 @@ impl Outbox {
 
     /// Queues `frame`: `Some(first)` when queued (`first`: the first deferred push
     /// since the last wake or drain), `None` when closed or just overflowed.
-    fn enqueue(&self, frame: Message) -> Option<bool> {
+    fn enqueue(&self, frame: Prepared) -> Option<bool> {
         let mut st = self.lock();
         if st.close.is_some() {
             return None;
         }
-        let len = wire::frame_len(&frame);
+        let len = frame.payload_len();
         if st.bytes + len > self.max_bytes {
             st.frames.clear();
             st.bytes = 0;
@@ -217,8 +218,8 @@ impl Outbox {
             return;
         };
         st.frames.remove(at);
-        for (i, f) in frames.into_iter().enumerate() {
-            st.frames.insert(at + i, Slot::Frame(f, false));
+        for (i, f) in frames.iter().enumerate() {
+            st.frames.insert(at + i, Slot::Frame(Prepared::of(f), false));
         }
         drop(st);
         self.notify.notify_one();
@@ -314,7 +315,7 @@ impl Outbox {
         for slot in st.frames.drain(..ready) {
             if let Slot::Frame(f, counted) = slot {
                 if counted {
-                    st.bytes -= wire::frame_len(&f);
+                    st.bytes -= f.payload_len();
                 }
                 frames.push(f);
             }
@@ -336,13 +337,13 @@ impl Outbox {
 }
 
 /// The pending position batch, if any, as one frame.
-fn take_positions(st: &mut State, encoding: Encoding) -> Option<Message> {
+fn take_positions(st: &mut State, encoding: Encoding) -> Option<Prepared> {
     let positions = match std::mem::replace(&mut st.positions, PendingPositions::None) {
         PendingPositions::None => None,
-        PendingPositions::Shared(frame) => Some(frame),
+        PendingPositions::Shared(frame) => Some(Prepared::of(&frame)),
         PendingPositions::Merged(map) => {
             let items: Vec<&PositionItem> = map.values().map(|i| i.as_ref()).collect();
-            wire::positions_frame(encoding, &items)
+            wire::positions_frame(encoding, &items).map(|m| Prepared::of(&m))
         }
     };
     st.shared_items = None;
@@ -364,6 +365,10 @@ mod tests {
         })
     }
 
+    fn text(s: &str) -> Prepared {
+        Prepared::of(&Message::Text(s.into()))
+    }
+
     #[tokio::test]
     async fn overflow_closes_with_4008_and_drops_frames() {
         let ob = Outbox::new("s".into(), Encoding::Json, 100);
@@ -382,10 +387,8 @@ mod tests {
         ob.push_positions(&Message::Text("batch-a".into()), &a);
         ob.push_positions(&Message::Text("batch-b".into()), &b);
         let d = ob.drain().await;
-        let Some(Message::Text(text)) = d.positions else {
-            panic!()
-        };
-        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        let text = d.positions.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(text.payload()).unwrap();
         let mut items: Vec<(String, i64)> = v["items"]
             .as_array()
             .unwrap()
@@ -404,12 +407,12 @@ mod tests {
     #[tokio::test]
     async fn deferred_pushes_owe_one_wake_until_drained() {
         let ob = Outbox::new("s".into(), Encoding::Json, 1000);
-        assert!(ob.push_deferred(Message::Text("a".into())));
-        assert!(!ob.push_deferred(Message::Text("b".into())));
+        assert!(ob.push_deferred(text("a")));
+        assert!(!ob.push_deferred(text("b")));
         ob.wake();
         let d = ob.drain().await;
         assert_eq!(d.frames.len(), 2);
-        assert!(ob.push_deferred(Message::Text("c".into())));
+        assert!(ob.push_deferred(text("c")));
     }
 
     #[tokio::test]
@@ -420,15 +423,15 @@ mod tests {
         ob.push(Message::Text("live".into()));
         ob.push_positions(&Message::Text("pos".into()), &vec![item("P-1", 1)].into());
         let d = ob.drain().await;
-        assert_eq!(d.frames, vec![Message::Text("before".into())]);
+        assert_eq!(d.frames, vec![text("before")]);
         assert!(d.positions.is_none(), "positions wait behind the reply");
         // 500 bytes of reply into a 100-byte queue: not an overflow.
         ob.fill(slot, vec![Message::Text("r".repeat(500).into())]);
         let d = ob.drain().await;
         assert!(d.close.is_none());
         assert_eq!(d.frames.len(), 2);
-        assert_eq!(wire::frame_len(&d.frames[0]), 500);
-        assert_eq!(d.frames[1], Message::Text("live".into()));
+        assert_eq!(d.frames[0].payload_len(), 500);
+        assert_eq!(d.frames[1], text("live"));
         assert!(d.positions.is_some());
     }
 

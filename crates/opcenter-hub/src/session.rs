@@ -5,7 +5,8 @@
 //! with a table-driven test), and hands commands to the engine thread
 //! (awaiting channel capacity: that is the backpressure). Replies and events
 //! come back through the session's [`Outbox`], drained by the writer, which
-//! feeds everything queued and flushes once. When either side ends, the other
+//! writes everything queued (frames prepared once, [`crate::frame`]) in one
+//! buffer and one write ([`crate::ws_io`]). When either side ends, the other
 //! is stopped.
 //!
 //! Owns: session lifecycle, authentication, role checks, close codes. Must
@@ -15,9 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,24 +28,18 @@ use opcenter_proto::server::Empty;
 use opcenter_proto::{Encoding, ErrorCode, decode_frame};
 
 use crate::engine_task::{ReplyTo, Request};
+use crate::frame::Prepared;
 use crate::limit::TokenBucket;
 use crate::outbox::{CloseReason, Outbox, codes};
+use crate::ws_io::{Sink, Stream};
 use crate::{App, audit_log, metric, wire};
 
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
-
 /// Runs a session to its end.
-pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
+pub(crate) async fn run(sink: Sink, stream: Stream, app: Arc<App>) {
     let n = app.session_counter.fetch_add(1, Ordering::Relaxed);
     let session_id = format!("s-{n}");
     let span = tracing::info_span!("session", id = %session_id, role = tracing::field::Empty);
-    async move {
-        let (sink, stream) = socket.split();
-        run_inner(sink, stream, app, session_id).await;
-    }
-    .instrument(span)
-    .await
+    run_inner(sink, stream, app, session_id).instrument(span).await
 }
 
 /// A data frame read from the socket.
@@ -57,36 +51,21 @@ enum Incoming {
     TooBig,
 }
 
-fn classify(item: Option<Result<Message, axum::Error>>) -> Incoming {
+fn classify(item: Option<Result<WsMessage, WsError>>) -> Incoming {
     match item {
         None => Incoming::Closed,
-        Some(Ok(Message::Text(t))) => Incoming::Data(Encoding::Json, bytes::Bytes::from(t)),
-        Some(Ok(Message::Binary(b))) => Incoming::Data(Encoding::MsgPack, b),
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Control,
-        Some(Ok(Message::Close(_))) => Incoming::Closed,
-        Some(Err(e)) => {
-            let too_big = e
-                .into_inner()
-                .downcast::<tokio_tungstenite::tungstenite::Error>()
-                .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)));
-            if too_big {
-                Incoming::TooBig
-            } else {
-                Incoming::Closed
-            }
-        }
+        Some(Ok(WsMessage::Text(t))) => Incoming::Data(Encoding::Json, bytes::Bytes::from(t)),
+        Some(Ok(WsMessage::Binary(b))) => Incoming::Data(Encoding::MsgPack, b),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Incoming::Control,
+        Some(Ok(WsMessage::Close(_))) => Incoming::Closed,
+        Some(Err(WsError::Capacity(_))) => Incoming::TooBig,
+        Some(Err(_)) => Incoming::Closed,
     }
 }
 
 async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
     metrics::counter!(metric::CLOSES, "code" => code.to_string()).increment(1);
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-    let _ = sink.close().await;
+    sink.close(code, reason).await;
 }
 
 /// After we sent a Close: keep reading (and discarding) until the client's Close
@@ -97,7 +76,7 @@ async fn linger(stream: &mut Stream) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return,
+            Ok(Some(Ok(WsMessage::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return,
             Ok(Some(Ok(_))) => continue,
         }
     }
@@ -105,7 +84,7 @@ async fn linger(stream: &mut Stream) {
 
 async fn send_now(sink: &mut Sink, message: Option<Message>) {
     if let Some(m) = message {
-        let _ = sink.send(m).await;
+        let _ = sink.write([&Prepared::of(&m)]).await;
     }
 }
 
@@ -294,39 +273,40 @@ fn actor_of(claims: &Claims) -> Actor {
     }
 }
 
-/// Drains the outbox into the socket: feed everything, flush once; pings on a
-/// timer; ends (and stops the reader) on a close or a write error.
+/// Drains the outbox into the socket: everything queued in one write; pings on
+/// a timer; what tungstenite wrote (pongs, a close echo) as soon as it is there;
+/// ends (and stops the reader) on a close or a write error.
 async fn write_loop(
     mut sink: Sink,
     outbox: Arc<Outbox>,
     ping_every: std::time::Duration,
     stop: CancellationToken,
 ) {
+    let control = sink.control();
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     loop {
         tokio::select! {
             drained = outbox.drain() => {
-                let mut ok = true;
-                for frame in drained.frames.into_iter().chain(drained.positions) {
-                    if sink.feed(frame).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                }
+                let ok = sink.write(drained.frames.iter().chain(&drained.positions)).await.is_ok();
                 if let Some(close) = drained.close {
                     if ok {
                         close_now(&mut sink, close.code, close.reason).await;
                     }
                     break;
                 }
-                if !ok || sink.flush().await.is_err() {
+                if !ok {
+                    break;
+                }
+            }
+            _ = control.pending() => {
+                if sink.write([]).await.is_err() {
                     break;
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                if sink.write([&Prepared::ping()]).await.is_err() {
                     break;
                 }
             }

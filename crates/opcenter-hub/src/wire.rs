@@ -48,12 +48,3 @@ pub(crate) fn error(encoding: Encoding, id: Option<u64>, code: ErrorCode, text: 
 pub(crate) fn positions_frame(encoding: Encoding, items: &[&PositionItem]) -> Option<Message> {
     message(encoding, &PositionsFrame::new(items))
 }
-
-/// Payload bytes of a message (what the per-session bound counts).
-pub(crate) fn frame_len(message: &Message) -> usize {
-    match message {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 16,
-    }
-}

@@ -8,6 +8,9 @@
 //! - [`stats`]: HDR percentiles and `/proc` readings for reports.
 //! - [`city`]: the living demo city (patrols, posts, calls) driven against a server.
 //! - [`load`]: the load tool behind `opcenter sim`, including the fan-out comparison.
+//! - [`rawws`]: raw WebSocket framing for the fan-out benchmark's receiver and the
+//!   trivial sender (many frames per read, pre-encoded frames out).
+//! - [`trivial`]: the trivial sender, a ceiling for the fan-out receiver.
 //! - [`harness`]: what tests and benchmarks share: the real binary on port 0 and a
 //!   panicking JSON-value client on top of [`wire`].
 //!
@@ -20,5 +23,7 @@ pub mod geo;
 pub mod harness;
 pub mod http;
 pub mod load;
+pub mod rawws;
 pub mod stats;
+pub mod trivial;
 pub mod wire;

@@ -12,7 +12,10 @@
 //!
 //! `--fanout` runs only consoles and producers (no tablets, no positions), for the
 //! comparison with `benches/node-ws-hub`; `--no-verify` skips the HTTP LOST check for a
-//! peer that has no HTTP API.
+//! peer that has no HTTP API. In that mode the consoles are raw receivers
+//! ([`crate::rawws`]: a large socket buffer, many frames per read, no per-message
+//! allocation), so the tool can take far more than a hub sends, and `--window N`
+//! closes the loop: a burst stays at most N events ahead of the slowest console.
 //!
 //! Owns: load generation and its report. Must never: target anything but the
 //! `--server` it is given, run unbounded in time, or print anything but the report on
@@ -32,6 +35,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::geo::{self, City};
 use crate::http::HttpClient;
+use crate::rawws::{self, FrameReader};
 use crate::stats::{self, Latency, ProcSample, Summary};
 use crate::wire::{self, Encoding, Frame, Ws};
 
@@ -113,6 +118,10 @@ pub struct LoadArgs {
     /// How far back (events) the `since` resumes of `--resubscribers` reach.
     #[arg(long, default_value_t = 50_000)]
     pub resubscribe_depth: u64,
+    /// Closed loop for a `--burst`: never more than this many creates beyond what the
+    /// slowest console has received (fan-out mode).
+    #[arg(long)]
+    pub window: Option<u64>,
 }
 
 /// Shared counters, bumped by every connection task.
@@ -154,6 +163,12 @@ struct Shared {
     fanout: Latency,
     staleness: Latency,
     created_ids: Mutex<Vec<String>>,
+    /// `created` events received so far, per console (the `--window` closed loop).
+    delivered: Vec<AtomicU64>,
+    /// Notified when a console's `delivered` moved.
+    progress: tokio::sync::Notify,
+    /// Payload bytes of the `created` events received (raw consoles).
+    created_bytes: AtomicU64,
     error_codes: Mutex<BTreeMap<String, u64>>,
     error_samples: Mutex<BTreeMap<String, String>>,
 }
@@ -213,6 +228,9 @@ pub struct Report {
     pub error_samples: BTreeMap<String, String>,
     /// Server process readings (`--pid`).
     pub server_process: Option<ServerProc>,
+    /// The load tool's own CPU seconds from the window's start to the end of the settle
+    /// phase (it shares the machine with the server).
+    pub tool_cpu_s: Option<f64>,
 }
 
 /// Incident counts. Invariant checked: `created == assigned + pending + lost`.
@@ -268,6 +286,8 @@ pub struct Throughput {
     pub deliveries_per_s: f64,
     /// Subscribes completed per second by `--resubscribers` (reply read in full).
     pub resubscribes_per_s: f64,
+    /// Mean payload bytes of a `created` event as received (fan-out mode).
+    pub created_bytes_mean: Option<f64>,
 }
 
 /// CPU and memory of the server process.
@@ -282,6 +302,8 @@ pub struct ServerProc {
     /// `created` deliveries per server CPU second (the fan-out cost, whoever the
     /// bottleneck of the run was).
     pub deliveries_per_cpu_s: f64,
+    /// Server CPU microseconds per `created` delivery (the inverse of the above).
+    pub cpu_us_per_delivery: Option<f64>,
     /// RSS before connecting, KiB.
     pub rss_kib_before: u64,
     /// RSS with every connection set up, KiB.
@@ -324,6 +346,9 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         fanout: Latency::default(),
         staleness: Latency::default(),
         created_ids: Mutex::new(Vec::new()),
+        delivered: (0..args.consoles).map(|_| AtomicU64::new(0)).collect(),
+        progress: tokio::sync::Notify::new(),
+        created_bytes: AtomicU64::new(0),
         error_codes: Mutex::new(BTreeMap::new()),
         error_samples: Mutex::new(BTreeMap::new()),
         args,
@@ -339,7 +364,11 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         tasks.spawn(run_task(supervisor(sh.clone(), i)));
     }
     for i in 0..a.consoles {
-        tasks.spawn(run_task(console(sh.clone(), i)));
+        if a.fanout {
+            tasks.spawn(run_task(raw_console(sh.clone(), i)));
+        } else {
+            tasks.spawn(run_task(console(sh.clone(), i)));
+        }
     }
     for i in 0..a.resubscribers {
         tasks.spawn(run_task(resubscriber(sh.clone(), i)));
@@ -364,6 +393,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     // Let the server settle after the connection storm before sampling memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let proc_connected = a.pid.and_then(|p| stats::proc_sample(p).ok());
+    let tool_connected = stats::proc_sample(std::process::id()).ok();
 
     // The measured window.
     let t0 = Instant::now();
@@ -403,6 +433,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let proc_settled = a.pid.and_then(|p| stats::proc_sample(p).ok());
+    let tool_settled = stats::proc_sample(std::process::id()).ok();
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     if std::io::stderr().is_terminal() {
@@ -471,7 +502,12 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
                 0.0
             },
             resubscribes_per_s: c.resubscribes.load(Relaxed) as f64 / window_s,
+            created_bytes_mean: (created_deliveries > 0 && a.fanout)
+                .then(|| sh.created_bytes.load(Relaxed) as f64 / created_deliveries as f64),
         },
+        tool_cpu_s: tool_connected
+            .zip(tool_settled)
+            .map(|(t0, t1)| t1.cpu_ticks.saturating_sub(t0.cpu_ticks) as f64 / stats::USER_HZ),
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         server_process: match (a.pid, proc0, proc_connected, proc_window, proc_settled, proc_end) {
@@ -483,6 +519,9 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
                 } else {
                     0.0
                 };
+                if created_deliveries > 0 {
+                    sp.cpu_us_per_delivery = Some(sp.cpu_s * 1e6 / created_deliveries as f64);
+                }
                 Some(sp)
             }
             _ => None,
@@ -518,6 +557,7 @@ fn server_proc(
         cpu_percent: (pw.cpu_ticks.saturating_sub(p1.cpu_ticks)) as f64 / stats::USER_HZ / window_s * 100.0,
         cpu_s: 0.0,
         deliveries_per_cpu_s: 0.0,
+        cpu_us_per_delivery: None,
         rss_kib_before: p0.rss_kib,
         rss_kib_connected: p1.rss_kib,
         rss_kib_end: pe.rss_kib,
@@ -590,6 +630,12 @@ fn human_report(r: &Report) -> String {
             p.rss_kib_end,
             p.rss_bytes_per_connection
         );
+        if let Some(us) = p.cpu_us_per_delivery {
+            s += &format!("server CPU per created delivery: {us:.3} µs\n");
+        }
+    }
+    if let Some(t) = r.tool_cpu_s {
+        s += &format!("load tool CPU {t:.2} s (window start → settled)\n");
     }
     s
 }
@@ -721,21 +767,201 @@ impl Local {
 async fn console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     let name = format!("load-console-{i}");
     listen(sh, Role::Dispatcher, &name, "incidents", |sh, local, m| {
-        let Some(bytes) = wire::payload(m) else { return };
-        local.events += 1;
-        let created = wire::find(bytes, br#""change":"created""#).is_some()
-            || wire::find(bytes, b"\xa6change\xa7created").is_some();
-        if created && let Some(sent) = wire::number_after(bytes, b"load:") {
+        if let Some(bytes) = wire::payload(m) {
+            count_event(sh, local, bytes);
+        }
+    })
+    .await
+}
+
+/// Counts one event a console received; true when it was a timed `created` event.
+fn count_event(sh: &Shared, local: &mut Local, bytes: &[u8]) -> bool {
+    local.events += 1;
+    let created = wire::find(bytes, br#""change":"created""#).is_some()
+        || wire::find(bytes, b"\xa6change\xa7created").is_some();
+    let timed = created
+        && wire::number_after(bytes, b"load:").is_some_and(|sent| {
             let now = wire::now_us();
             local.created += 1;
             local.last_us = local.last_us.max(now);
             local.fan.push(now.saturating_sub(sent));
+            true
+        });
+    if local.events >= 512 {
+        local.flush(sh);
+    }
+    timed
+}
+
+/// Connects a raw console: handshake, `hello`, `subscribe incidents`, each answered.
+async fn raw_setup(sh: &Shared, token: &str) -> anyhow::Result<(tokio::net::TcpStream, FrameReader)> {
+    let addr = tokio::net::lookup_host(&sh.args.server)
+        .await?
+        .next()
+        .context("no address")?;
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Large kernel buffers: a console that falls behind by a whole burst still does
+    // not push back on the hub.
+    sock.set_recv_buffer_size(RAW_SOCKET_BUFFER)?;
+    let mut tcp = sock
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let left = rawws::client_handshake(&mut tcp, &sh.args.server).await?;
+    let mut reader = FrameReader::new(RAW_READ_BUFFER, &left);
+    let enc = sh.args.encoding;
+    for (id, cmd) in [
+        (
+            1,
+            json!({"type": "hello", "id": 1, "token": token, "protocol": 1}),
+        ),
+        (2, json!({"type": "subscribe", "id": 2, "topics": ["incidents"]})),
+    ] {
+        raw_send(&mut tcp, enc, &cmd).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(30), raw_reply(&mut tcp, &mut reader, id))
+            .await
+            .with_context(|| format!("no reply to command {id}"))??;
+        if reply.ty != "ok" {
+            bail!("command {id}: {} {:?}", reply.ty, reply.code);
         }
-        if local.events >= 512 {
-            local.flush(sh);
+    }
+    Ok((tcp, reader))
+}
+
+/// Kernel receive buffer of a raw console socket, bytes.
+const RAW_SOCKET_BUFFER: u32 = 4 << 20;
+/// User-space read buffer of a raw console, bytes (one `read` takes up to this much).
+const RAW_READ_BUFFER: usize = 256 * 1024;
+
+/// Sends one command as a masked frame.
+async fn raw_send(
+    tcp: &mut tokio::net::TcpStream,
+    enc: Encoding,
+    v: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let (op, bytes) = match enc.encode(v) {
+        Message::Text(t) => (rawws::OP_TEXT, t.as_bytes().to_vec()),
+        Message::Binary(b) => (rawws::OP_BINARY, b.to_vec()),
+        _ => unreachable!("encode makes data frames"),
+    };
+    let mut out = Vec::with_capacity(bytes.len() + 14);
+    rawws::encode(op, &bytes, Some(rand::random()), &mut out);
+    tcp.write_all(&out).await?;
+    Ok(())
+}
+
+/// Reads frames until the reply to `id`.
+async fn raw_reply(tcp: &mut tokio::net::TcpStream, r: &mut FrameReader, id: u64) -> anyhow::Result<Frame> {
+    loop {
+        while let Some((h, p)) = r.next_frame()? {
+            let f: Option<Frame> = match h.opcode {
+                rawws::OP_TEXT => serde_json::from_slice(p).ok(),
+                rawws::OP_BINARY => rmp_serde::from_slice(p).ok(),
+                rawws::OP_CLOSE => bail!("closed by server"),
+                _ => None,
+            };
+            if let Some(f) = f.filter(|f| f.id == Some(id)) {
+                return Ok(f);
+            }
         }
-    })
-    .await
+        if r.fill(tcp).await? == 0 {
+            bail!("connection closed");
+        }
+    }
+}
+
+/// A fan-out console on a raw socket: everything a read brings is counted before the
+/// next read; pings are answered; its `created` count feeds the `--window`.
+async fn raw_console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
+    let token = wire::token(&sh.secret, Role::Dispatcher, &format!("load-console-{i}"));
+    let setup = {
+        // The semaphore is never closed.
+        let _slot = sh.connect_slots.acquire().await.expect("semaphore open");
+        tokio::select! {
+            r = raw_setup(&sh, &token) => r,
+            _ = sh.cancel.cancelled() => Err(anyhow::anyhow!("cancelled")),
+        }
+    };
+    let (mut tcp, mut reader) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            sh.c.connect_failures.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+    };
+    sh.c.connected.fetch_add(1, Relaxed);
+    let mut local = Local::default();
+    let (mut delivered, mut bytes) = (0u64, 0u64);
+    let mut pongs = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let cancelled = sh.cancel.cancelled();
+    tokio::pin!(cancelled);
+    'run: loop {
+        while let Some((h, p)) = reader.next_frame()? {
+            match h.opcode {
+                rawws::OP_TEXT | rawws::OP_BINARY if count_event(&sh, &mut local, p) => {
+                    delivered += 1;
+                    bytes += p.len() as u64;
+                }
+                rawws::OP_PING => rawws::encode(rawws::OP_PONG, p, Some(rand::random()), &mut pongs),
+                rawws::OP_CLOSE => {
+                    if !sh.cancel.is_cancelled() {
+                        sh.c.disconnects.fetch_add(1, Relaxed);
+                    }
+                    break 'run;
+                }
+                _ => {}
+            }
+        }
+        if !pongs.is_empty() {
+            tcp.write_all(&pongs).await?;
+            pongs.clear();
+        }
+        if sh.delivered[i].swap(delivered, Relaxed) != delivered {
+            sh.progress.notify_one();
+        }
+        tokio::select! {
+            n = reader.fill(&mut tcp) => {
+                if !matches!(n, Ok(1..)) {
+                    if !sh.cancel.is_cancelled() { sh.c.disconnects.fetch_add(1, Relaxed); }
+                    break;
+                }
+            }
+            _ = tick.tick() => local.flush(&sh),
+            _ = &mut cancelled => break,
+        }
+    }
+    local.flush(&sh);
+    sh.created_bytes.fetch_add(bytes, Relaxed);
+    let mut close = Vec::new();
+    rawws::encode(
+        rawws::OP_CLOSE,
+        &1000u16.to_be_bytes(),
+        Some(rand::random()),
+        &mut close,
+    );
+    let _ = tcp.write_all(&close).await;
+    Ok(())
+}
+
+/// True while a `--window` closed loop holds the producers back: the creates not yet
+/// received by the slowest console reach the window.
+fn window_full(sh: &Shared) -> bool {
+    let Some(w) = sh.args.window else { return false };
+    let Some(slowest) = sh.delivered.iter().map(|d| d.load(Relaxed)).min() else {
+        return false;
+    };
+    // A refused create is never delivered: it does not count against the window.
+    let live =
+        sh.c.creates_sent
+            .load(Relaxed)
+            .saturating_sub(sh.c.create_errors.load(Relaxed));
+    live >= slowest + w
 }
 
 /// A supervisor's map: subscribes to `positions` and measures each item's staleness.
@@ -1028,7 +1254,8 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
             (&mut cancelled).await;
             break;
         }
-        let due = if !sending {
+        let held = sending && window_full(&sh);
+        let due = if !sending || held {
             None
         } else if burst_left.is_some() {
             Some(Instant::now())
@@ -1059,6 +1286,8 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
                     }
                 }
             },
+            // A console moved: look at the window again.
+            _ = sh.progress.notified(), if held => {}
             _ = &mut go, if !started => {
                 started = true;
                 next_due = Some(Instant::now() + period.unwrap_or_default().mul_f64(p as f64 / a.producers.max(1) as f64));
@@ -1069,7 +1298,7 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
                 let mut n = 0;
                 while n < 64 {
                     let is_due = match (&mut burst_left, period, next_due) {
-                        (Some(left), _, _) => *left > 0,
+                        (Some(left), _, _) => *left > 0 && !window_full(&sh),
                         (None, Some(_), Some(d)) => d <= now,
                         _ => false,
                     };
@@ -1281,10 +1510,12 @@ mod tests {
                 created_deliveries_expected: 0,
                 deliveries_per_s: 0.0,
                 resubscribes_per_s: 0.0,
+                created_bytes_mean: None,
             },
             errors: BTreeMap::new(),
             error_samples: BTreeMap::new(),
             server_process: None,
+            tool_cpu_s: None,
         };
         let out = format!("noise\n{}\n", serde_json::to_string(&r).unwrap());
         let v = parse_report(&out).unwrap();

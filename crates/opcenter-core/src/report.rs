@@ -198,7 +198,10 @@ impl Milestones {
             id: inc.id.clone(),
             priority: inc.priority,
             category: inc.category.clone(),
-            district: inc.district.clone().unwrap_or_else(|| UNKNOWN_DISTRICT.to_string()),
+            district: inc
+                .district
+                .clone()
+                .unwrap_or_else(|| UNKNOWN_DISTRICT.to_string()),
             received_ms: inc.received_ms.unwrap_or(inc.created_ms).min(inc.created_ms),
             created_ms: inc.created_ms,
             dispatched_ms: None,

@@ -29,9 +29,9 @@
 //! [`Server::serve`] with any future as the shutdown signal, and [`HubError`].
 #![deny(missing_docs)]
 
-mod bridge;
 mod audit_log;
 mod audit_timeline;
+mod bridge;
 mod eido;
 mod engine_task;
 mod fanout;
@@ -64,13 +64,13 @@ use tokio::net::TcpListener;
 use opcenter_core::Engine;
 use opcenter_store::{FileJournal, Journal, MemJournal, Options};
 
-pub use report::{ReportError, ReportQuery, report_offline};
 pub use audit_log::{
     AUDIT_LOG_FILE, AuditLogError, Kind as AuditKind, Line as AuditLine, LogVerified,
     read_lines as read_audit_log, verify as verify_audit_log,
 };
 pub use audit_timeline::{Step as TimelineStep, Timeline, TimelineError, timeline_in_dir};
 pub use record::Origin as RecordActor;
+pub use report::{ReportError, ReportQuery, report_offline};
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};

@@ -69,6 +69,12 @@ impl TestServer {
         tune: impl FnOnce(&mut opcenter_hub::Settings),
     ) -> TestServer {
         let mut settings = opcenter_hub::Settings::from_toml(&config_toml(dir.path(), extra)).unwrap();
+        // `hub.reads_nice` is niceness against the whole machine: on a shared CI box
+        // the read-model thread would wait behind unrelated processes (compilers, other
+        // tests), not behind this server, and its large snapshots would miss `WAIT`.
+        // Tests check what is served, not when; the unit test in read_model.rs checks
+        // the priority itself.
+        settings.hub.reads_nice = 0;
         tune(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = opcenter_hub::Server::start(listener, settings).await.unwrap();

@@ -392,10 +392,12 @@ impl Server {
             memory_history(&settings),
         );
         let guard_shared = shared.clone();
+        let reads_nice = settings.hub.reads_nice;
         std::thread::Builder::new()
             .name("opcenter-reads".into())
             .spawn(move || {
                 let _guard = StopGuard::new(guard_shared, "read model");
+                read_model::lower_priority(reads_nice);
                 model.run(reads_rx)
             })?;
         let engine_thread = match node {

@@ -142,6 +142,7 @@ struct RawHub {
     session_rate_per_s: f64,
     session_burst: u32,
     max_connections: usize,
+    reads_nice: i32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -372,6 +373,9 @@ pub struct HubSettings {
     pub session_burst: u32,
     /// `hub.max_connections`: open WebSocket sessions at most.
     pub max_connections: usize,
+    /// `hub.reads_nice`: how much lower (0..=19, 0 = unchanged) the read-model
+    /// thread's OS scheduling priority is than the rest of the process.
+    pub reads_nice: i32,
 }
 
 /// `console.*`, checked.
@@ -602,6 +606,10 @@ impl Settings {
         if h.max_connections == 0 {
             return Err(invalid("hub.max_connections", "must be > 0"));
         }
+        // Negative would raise the thread above the engine (and needs privileges).
+        if !(0..=19).contains(&h.reads_nice) {
+            return Err(invalid("hub.reads_nice", "must be between 0 (unchanged) and 19"));
+        }
         if raw.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be > 0"));
         }
@@ -719,6 +727,7 @@ impl Settings {
                 session_burst: h.session_burst.max(1),
                 engine_queue: h.engine_queue,
                 max_connections: h.max_connections,
+                reads_nice: h.reads_nice,
             },
             max_body_bytes: raw.http.max_body_bytes,
             reports_rate: (raw.http.reports_per_s, raw.http.reports_burst.max(1)),
@@ -881,6 +890,11 @@ mod tests {
         assert!(e.to_string().contains("hub.max_frame_bytes"), "{e}");
         let e = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
+        assert_eq!(Settings::from_toml("").unwrap().hub.reads_nice, 10);
+        for bad in ["-1", "20"] {
+            let e = Settings::from_toml(&format!("[hub]\nreads_nice = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("hub.reads_nice"), "{e}");
+        }
     }
 
     #[test]

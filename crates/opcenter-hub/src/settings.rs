@@ -890,7 +890,7 @@ mod tests {
         assert!(e.to_string().contains("hub.max_frame_bytes"), "{e}");
         let e = Settings::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");
-        assert_eq!(Settings::from_toml("").unwrap().hub.reads_nice, 10);
+        assert_eq!(Settings::from_toml("").unwrap().hub.reads_nice, 0);
         for bad in ["-1", "20"] {
             let e = Settings::from_toml(&format!("[hub]\nreads_nice = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("hub.reads_nice"), "{e}");

@@ -76,8 +76,21 @@ impl TestServer {
         // the priority itself.
         settings.hub.reads_nice = 0;
         tune(&mut settings);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = opcenter_hub::Server::start(listener, settings).await.unwrap();
+        // After an in-process stop the old server's last sessions may hold the data
+        // directory's lock for a moment longer (a process exit would release it at
+        // once): a restart waits for it rather than failing.
+        let started = std::time::Instant::now();
+        let server = loop {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            match opcenter_hub::Server::start(listener, settings.clone()).await {
+                Ok(server) => break server,
+                Err(opcenter_hub::HubError::Locked(e)) if started.elapsed() < Duration::from_secs(20) => {
+                    eprintln!("data dir still locked by the stopped server ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("server start: {e}"),
+            }
+        };
         let addr = server.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

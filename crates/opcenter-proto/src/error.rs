@@ -29,6 +29,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order PROTOCOL.md lists them.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::RateLimited,
+        ErrorCode::TooLarge,
+        ErrorCode::Internal,
+    ];
+
+    /// The code of a wire name, `None` for a name this build does not know.
+    pub fn from_wire(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod bad_input;
 mod bounds;
+mod citizen;
 mod cli;
 mod cluster;
 mod cluster_roles;

@@ -29,8 +29,12 @@ export async function launchChromium() {
   });
 }
 
-/** Starts the server; resolves to {url, token(role, sub, unit?), stop()}. */
-export async function startRealServer(OUT, logName = 'server.log') {
+/**
+ * Starts the server; resolves to {url, token(role, sub, unit?), stop()}.
+ * `more.dispatch`: extra lines of its [dispatch] table; `more.tail`: extra TOML
+ * after it (tables of their own, e.g. [console], [[zones]], [[roster]]).
+ */
+export async function startRealServer(OUT, logName = 'server.log', more = {}) {
   if (!fs.existsSync(BIN)) {
     throw new Error(`server binary not found at ${BIN}: run \`cargo build\` first or set OPCENTER_BIN`);
   }
@@ -49,6 +53,9 @@ export async function startRealServer(OUT, logName = 'server.log') {
     '[dispatch]',
     'ack_timeout_s = 300',
     'max_position_age_s = 3600',
+    ...(more.dispatch || []),
+    '',
+    ...(more.tail || []),
     '',
   ].join('\n'));
   const child = spawn(BIN, ['serve', '--config', cfg], {

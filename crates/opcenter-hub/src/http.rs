@@ -269,6 +269,45 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
     }
 }
 
+/// `GET /v1/reports/{key}` (intake): what the citizen's app may show about
+/// the report it sent with this key (`crate::citizen`); 404 once the key is
+/// unknown or older than `dispatch.key_ttl_h`.
+pub(crate) async fn get_report_status(
+    State(app): State<Arc<App>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Intake]) {
+        return r;
+    }
+    match ask_reads(&app, |reply| ReadRequest::ReportStatus { key, reply }).await {
+        Ok(Some(status)) => json_text(serde_json::to_string(&status).unwrap_or_default()),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no report with this key (unknown or expired)",
+        ),
+        Err(r) => r,
+    }
+}
+
+/// One question to the read model; 503 when it is gone (shutting down).
+async fn ask_reads<T>(
+    app: &App,
+    request: impl FnOnce(oneshot::Sender<Option<T>>) -> ReadRequest,
+) -> Result<Option<T>, Response> {
+    let gone = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "shutting down",
+        )
+    };
+    let (tx, rx) = oneshot::channel();
+    app.reads.send(request(tx)).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
 /// `GET /v1/incidents/{id}`.
 pub(crate) async fn get_incident(
     State(app): State<Arc<App>>,
@@ -278,23 +317,13 @@ pub(crate) async fn get_incident(
     if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
         return r;
     }
-    let (tx, rx) = oneshot::channel();
     // Answered by the read model, not the engine thread.
-    if app
-        .reads
-        .send(ReadRequest::GetIncident {
-            incident_id: id.clone(),
-            reply: tx,
-        })
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            "shutting down",
-        );
-    }
-    match rx.await {
+    let asked = ask_reads(&app, |reply| ReadRequest::GetIncident {
+        incident_id: id.clone(),
+        reply,
+    })
+    .await;
+    match asked {
         Ok(Some(incident)) => {
             let body = json!({ "incident": incident });
             (
@@ -309,11 +338,7 @@ pub(crate) async fn get_incident(
             ErrorCode::NotFound,
             format!("no incident {id}"),
         ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            "shutting down",
-        ),
+        Err(r) => r,
     }
 }
 
@@ -556,6 +581,64 @@ pub(crate) async fn console_config(State(app): State<Arc<App>>) -> Response {
         "districts": districts,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// A JSON body with no caching: the console asks once per sign-in.
+fn json_text(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /v1/zones` (dispatcher or supervisor): the configured districts and
+/// beats (`[[zones]]`) as one GeoJSON FeatureCollection, districts first; each
+/// feature's properties are `name`, `kind` (`district`/`beat`) and, for a
+/// beat, `district`. Empty when no zones are configured.
+pub(crate) async fn get_zones(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
+        return r;
+    }
+    use opcenter_core::zones::ZoneKind;
+    let zones = &app.settings.engine.zones;
+    let ordered = zones
+        .iter()
+        .filter(|z| z.kind == ZoneKind::District)
+        .chain(zones.iter().filter(|z| z.kind == ZoneKind::Beat));
+    let features: Vec<serde_json::Value> = ordered
+        .map(|z| {
+            let polygons: Vec<&Vec<Vec<[f64; 2]>>> = z.polygons.iter().map(|p| &p.rings).collect();
+            let geometry = match polygons.as_slice() {
+                [one] => json!({"type": "Polygon", "coordinates": one}),
+                many => json!({"type": "MultiPolygon", "coordinates": many}),
+            };
+            let mut properties = json!({"name": z.id, "kind": z.kind});
+            if let Some(d) = &z.district {
+                properties["district"] = json!(d);
+            }
+            json!({"type": "Feature", "properties": properties, "geometry": geometry})
+        })
+        .collect();
+    json_text(json!({"type": "FeatureCollection", "features": features}).to_string())
+}
+
+/// `GET /v1/streets` (dispatcher or supervisor): the streets layer
+/// (`console.streets_file`, read at start-up), or an empty FeatureCollection.
+pub(crate) async fn get_streets(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
+        return r;
+    }
+    let text = app
+        .settings
+        .console
+        .streets
+        .clone()
+        .unwrap_or_else(|| r#"{"type":"FeatureCollection","features":[]}"#.to_string());
+    json_text(text)
 }
 
 /// The console's files, compiled into the binary (no CDN, nothing fetched at run time).

@@ -32,6 +32,7 @@
 mod audit_log;
 mod audit_timeline;
 mod bridge;
+mod citizen;
 mod eido;
 mod engine_task;
 mod fanout;
@@ -500,9 +501,12 @@ impl Server {
             .route("/v1/reports", post(http::post_report))
             .route("/v1/incidents/{id}", get(http::get_incident))
             .route("/v1/reports/response-times", get(http::response_times))
+            .route("/v1/reports/{key}", get(http::get_report_status))
             .route("/v1/incidents/{id}/eido", get(http::get_incident_eido))
             .route("/v1/incidents/{id}/timeline", get(http::get_incident_timeline))
             .route("/v1/console/config", get(http::console_config))
+            .route("/v1/zones", get(http::get_zones))
+            .route("/v1/streets", get(http::get_streets))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))
             .route("/", get(http::console_index))

@@ -94,6 +94,11 @@ pub(crate) enum ReadRequest {
         incident_id: String,
         reply: oneshot::Sender<Option<Incident>>,
     },
+    /// `GET /v1/reports/{key}`: a citizen's report's progress.
+    ReportStatus {
+        key: String,
+        reply: oneshot::Sender<Option<crate::citizen::ReportStatus>>,
+    },
     /// `GET /v1/incidents/{id}/eido`: the incident and its assigned units, read
     /// together so the export is one consistent moment.
     GetIncidentWithUnits {
@@ -119,6 +124,8 @@ pub(crate) struct ReadModel {
     position_interval: Duration,
     last_flush: Instant,
     history_events: u64,
+    /// Gateway keys and their reports' progress (`GET /v1/reports/{key}`).
+    citizen: crate::citizen::CitizenBook,
 }
 
 /// Where the read model starts: the recovered state at `seq`.
@@ -137,7 +144,19 @@ impl ReadModel {
         settings: &crate::settings::Settings,
         memory_history: usize,
     ) -> Self {
+        let mut citizen = crate::citizen::CitizenBook::new(
+            settings.engine.key_ttl_ms,
+            &start.state.keys,
+            &start.state.incidents,
+        );
+        // The retained history gives the times of steps taken before the start.
+        for (_, e) in &start.history {
+            if let EventBody::Incident(inc) = &e.body {
+                citizen.fold(inc);
+            }
+        }
         ReadModel {
+            citizen,
             incidents: start
                 .state
                 .incidents
@@ -210,6 +229,11 @@ impl ReadModel {
                     .or_else(|| self.journal_incident(&incident_id));
                 let _ = reply.send(found);
             }
+            ReadRequest::ReportStatus { key, reply } => {
+                let now = crate::engine_task::now_ms();
+                self.citizen.tick(now);
+                let _ = reply.send(self.citizen.status(&key, now));
+            }
             ReadRequest::GetIncidentWithUnits { incident_id, reply } => {
                 let found = self
                     .incidents
@@ -234,6 +258,7 @@ impl ReadModel {
             let seq = batch.first_seq + i as u64;
             match &event.body {
                 EventBody::Incident(inc) => {
+                    self.citizen.fold(inc);
                     self.incidents.insert(inc.id.clone(), inc.clone());
                 }
                 EventBody::Unit(unit) => {

@@ -189,6 +189,8 @@ struct RawConsole {
     radius_m: f64,
     #[serde(default)]
     districts_file: Option<PathBuf>,
+    #[serde(default)]
+    streets_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,6 +389,35 @@ pub struct ConsoleSettings {
     pub radius_m: f64,
     /// District boundaries (GeoJSON text), read at start-up.
     pub districts: Option<String>,
+    /// `console.streets_file`: the streets layer (a GeoJSON FeatureCollection,
+    /// compact text), read and checked at start-up; served by `GET /v1/streets`.
+    pub streets: Option<String>,
+}
+
+/// Reads `console.streets_file`: a GeoJSON FeatureCollection whose features are
+/// LineStrings or MultiLineStrings (anything else would not draw as a street).
+fn load_streets(path: &Path) -> Result<String, SettingsError> {
+    let bad = |problem: String| SettingsError::Invalid {
+        key: "console.streets_file",
+        problem: format!("{}: {problem}", path.display()),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if doc["type"] != "FeatureCollection" {
+        return Err(bad("not a GeoJSON FeatureCollection".into()));
+    }
+    let features = doc["features"]
+        .as_array()
+        .ok_or_else(|| bad("no `features` array".into()))?;
+    for (i, f) in features.iter().enumerate() {
+        let kind = &f["geometry"]["type"];
+        if kind != "LineString" && kind != "MultiLineString" {
+            return Err(bad(format!(
+                "feature {i}: geometry {kind} is not a LineString or MultiLineString"
+            )));
+        }
+    }
+    Ok(doc.to_string())
 }
 
 /// Reads every `[[zones]]` file and checks the whole as the engine will use
@@ -484,6 +515,10 @@ impl Settings {
         if let Some(dir) = file.and_then(Path::parent) {
             for z in raw.zones.iter_mut().filter(|z| z.file.is_relative()) {
                 z.file = dir.join(&z.file);
+            }
+            // So is the streets layer.
+            if let Some(f) = raw.console.streets_file.as_mut().filter(|f| f.is_relative()) {
+                *f = dir.join(&*f);
             }
         }
         Self::check(raw)
@@ -631,6 +666,12 @@ impl Settings {
             ),
             None => None,
         };
+        let streets = raw
+            .console
+            .streets_file
+            .as_deref()
+            .map(load_streets)
+            .transpose()?;
         let cluster = match raw.cluster {
             None => None,
             Some(c) => Some(check_cluster(c)?),
@@ -736,6 +777,7 @@ impl Settings {
                 center,
                 radius_m: raw.console.radius_m,
                 districts,
+                streets,
             },
             cluster,
             reports,
@@ -977,6 +1019,29 @@ mod tests {
         assert!(e.to_string().contains("Nowhere"), "{e}");
         let e = Settings::from_toml(&entry(&dir.join("missing.geojson"), "beat")).unwrap_err();
         assert!(e.to_string().contains("zones.file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_streets_file_must_be_lines() {
+        let dir = std::env::temp_dir().join(format!("opcenter-streets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = |f: &Path| format!("[console]\nstreets_file = {:?}\n", f.display().to_string());
+        // The example region's file loads.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/uralsk-streets.geojson");
+        let s = Settings::from_toml(&config(&shipped)).unwrap();
+        assert!(s.console.streets.unwrap().contains("Chagan river"));
+        let polygon = dir.join("polygon.geojson");
+        std::fs::write(
+            &polygon,
+            r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},
+               "geometry":{"type":"Polygon","coordinates":[[[51.3,51.2],[51.4,51.2],[51.4,51.3],[51.3,51.2]]]}}]}"#,
+        )
+        .unwrap();
+        for bad in [polygon, dir.join("missing.geojson")] {
+            let e = Settings::from_toml(&config(&bad)).unwrap_err();
+            assert!(e.to_string().contains("console.streets_file"), "{e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -6,6 +6,8 @@
 //! - [`wire`]: WebSocket client side of the contract (hello, encodings, typed frames).
 //! - [`http`]: a minimal HTTP/1.1 client for `/v1/reports` and `/v1/incidents/{id}`.
 //! - [`stats`]: HDR percentiles and `/proc` readings for reports.
+//! - [`streets`]: the demo city's named street polylines, river and bridges (the
+//!   console's streets layer and the gazetteer's streets).
 //! - [`city`]: the living demo city (patrols, posts, calls) driven against a server.
 //! - [`load`]: the load tool behind `opcenter sim`, including the fan-out comparison.
 //! - [`rawws`]: raw WebSocket framing for the fan-out benchmark's receiver and the
@@ -25,5 +27,6 @@ pub mod http;
 pub mod load;
 pub mod rawws;
 pub mod stats;
+pub mod streets;
 pub mod trivial;
 pub mod wire;

@@ -107,6 +107,7 @@
     session = null;
     role = null;
     sessionStorage.removeItem("opcenter.token");
+    layers = { zones: null, streets: null };
     $("token-input").value = "";
     $("report-link").hidden = true;
     showView("signin");
@@ -126,6 +127,7 @@
       return false;
     }
     showView(role);
+    loadLayers(conn.token);
     $("report-link").hidden = role !== "supervisor";
     if (role === "supervisor" && !history && typeof ok.seq === "number" && ok.seq > 0 && ok.seq <= HISTORY_REPLAY_MAX) {
       startHistory(conn.token, ok.epoch);
@@ -223,6 +225,62 @@
     });
   }
 
+  // ---------------------------------------------------------------- map layers
+
+  /** The region's zones and streets (GET /v1/zones, /v1/streets), once per sign-in. */
+  var layers = { zones: null, streets: null };
+
+  function loadLayers(token) {
+    function get(path, slot) {
+      fetch(path, { cache: "no-store", headers: { Authorization: "Bearer " + token } }).then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      }).then(function (fc) {
+        layers[slot] = fc && Array.isArray(fc.features) ? fc : null;
+        scheduleRender();
+      }).catch(function () { layers[slot] = null; });
+    }
+    get("/v1/zones", "zones");
+    get("/v1/streets", "streets");
+  }
+
+  // ---------------------------------------------------------------- unit filters
+
+  /** Agency and kind filters of the board and the map ("" = all). */
+  var filter = { agency: "", kind: "" };
+  var filterOptions = "";
+
+  function unitPasses(u) {
+    return (!filter.agency || u.agency === filter.agency) && (!filter.kind || u.kind === filter.kind);
+  }
+
+  /** Offers the agencies and kinds the units have, keeping the current choice. */
+  function renderFilterOptions() {
+    var agencies = new Set(), kinds = new Set();
+    store.units.forEach(function (u) {
+      if (u.agency) agencies.add(u.agency);
+      if (u.kind) kinds.add(u.kind);
+    });
+    if (filter.agency) agencies.add(filter.agency);
+    if (filter.kind) kinds.add(filter.kind);
+    var a = Array.from(agencies).sort(), k = Array.from(kinds).sort();
+    var sig = JSON.stringify([a, k]);
+    if (sig === filterOptions) return;
+    filterOptions = sig;
+    function fill(select, values, current) {
+      select.replaceChildren(el("option", { value: "", text: "all" }));
+      values.forEach(function (v) { select.appendChild(el("option", { value: v, text: v.replace(/_/g, " ") })); });
+      select.value = current;
+    }
+    fill($("filter-agency"), a, filter.agency);
+    fill($("filter-kind"), k, filter.kind);
+  }
+
+  function initFilters() {
+    $("filter-agency").addEventListener("change", function (e) { filter.agency = e.target.value; scheduleRender(); });
+    $("filter-kind").addEventListener("change", function (e) { filter.kind = e.target.value; scheduleRender(); });
+  }
+
   function fitToData() {
     var box = null;
     function add(loc) {
@@ -260,6 +318,7 @@
   function render() {
     if (!role) return;
     renderQueue();
+    renderFilterOptions();
     renderBoard();
     renderFigures();
     renderBanner();
@@ -267,9 +326,12 @@
     if (renderDetailsSoon) { renderDetailsSoon = false; renderDetails(); }
     renderAssignAny();
     map.setModel({
-      units: Array.from(store.units.values()),
+      units: Array.from(store.units.values()).filter(unitPasses),
       incidents: Array.from(store.incidents.values()),
-      districts: lastConfig && lastConfig.districts,
+      // The zones served to this role; the older console.districts_file otherwise.
+      districts: layers.zones ? null : lastConfig && lastConfig.districts,
+      zones: layers.zones,
+      streets: layers.streets,
       selected: selectedId,
       crosshair: role === "dispatcher" ? crosshair : null,
     });
@@ -304,7 +366,7 @@
             el("span", { class: "status st-" + inc.status, "data-testid": "queue-row-status", text: inc.status.replace("_", " ") }),
           ]),
           el("div", { class: "qline small" }, [
-            el("span", { class: "muted", text: inc.id + (inc.address ? " · " + inc.address : "") }),
+            el("span", { class: "muted", text: inc.id + (inc.address ? " · " + inc.address : "") + zoneText(inc, " · ") }),
             el("span", {
               class: "units",
               "data-testid": "queue-row-units",
@@ -317,17 +379,26 @@
     }, "No open incidents.");
   }
 
+  /** "Central / Central-2" for an incident placed in zones, else "". */
+  function zoneText(inc, prefix) {
+    var z = [inc.district, inc.beat].filter(Boolean).join(" / ");
+    return z ? prefix + z : "";
+  }
+
   function renderBoard() {
-    var list = store.board();
+    var list = store.board().filter(unitPasses);
     $("board-count").textContent = String(list.length);
     reconcile($("unit-board"), list, function (u) { return u.id; }, function (u) {
-      return JSON.stringify([u.status, u.callsign, u.kind, u.incident_id, !!u.location_ms, u.id === selectedUnitId]);
+      return JSON.stringify([u.status, u.callsign, u.kind, u.agency, u.post, u.incident_id, !!u.location_ms, u.id === selectedUnitId]);
     }, function (u) {
+      var what = (u.kind || "").replace(/_/g, " ") + (u.post != null ? " №" + u.post : "");
       return el("div", {
         class: "urow" + (u.id === selectedUnitId ? " selected" : ""),
         "data-testid": "unit-row",
         "data-unit-id": u.id,
         "data-status": u.status,
+        "data-agency": u.agency || "",
+        "data-kind": u.kind || "",
         title: role === "dispatcher" ? "Centre on the map; set its status" : "Centre on the map",
         onclick: function () {
           if (u.location) map.center(u.location.lat, u.location.lon, Math.min(map.view.mpp, 8));
@@ -336,11 +407,15 @@
         },
       }, [
         el("i", { class: "dot st-" + u.status }),
-        el("b", { text: u.callsign || u.id }),
-        el("span", { class: "muted", text: u.callsign && u.callsign !== u.id ? u.id : (u.kind || "") }),
-        el("span", { class: "status st-" + u.status, "data-testid": "unit-row-status", text: String(u.status).replace("_", " ") }),
-        el("span", { class: "muted small", text: u.incident_id ? "→ " + u.incident_id : "" }),
-        el("span", { class: "muted small age", "data-at": String(u.location_ms || ""), text: u.location_ms ? fmtAge(Date.now() - u.location_ms) + " ago" : "no fix" }),
+        el("b", { class: "callsign", "data-testid": "unit-row-callsign", text: u.callsign || u.id }),
+        el("span", { class: "agency ag-" + (u.agency || "none"), "data-testid": "unit-row-agency", text: (u.agency || "").replace(/_/g, " ") }),
+        el("div", { class: "meta" }, [
+          el("span", { class: "muted", text: u.callsign && u.callsign !== u.id ? u.id : "" }),
+          el("span", { class: "muted", "data-testid": "unit-row-kind", text: what }),
+          el("span", { class: "status st-" + u.status, "data-testid": "unit-row-status", text: String(u.status).replace("_", " ") }),
+          el("span", { class: "muted small", text: u.incident_id ? "→ " + u.incident_id : "" }),
+          el("span", { class: "muted small age", "data-at": String(u.location_ms || ""), text: u.location_ms ? fmtAge(Date.now() - u.location_ms) + " ago" : "no fix" }),
+        ]),
       ]);
     }, "No units yet.", function (row, u) {
       // Positions move often: refresh the fix age in place instead of rebuilding the row.
@@ -514,6 +589,8 @@
       kv("Priority", inc.priority, "detail-priority"),
       kv("Location", inc.location ? inc.location.lat.toFixed(5) + ", " + inc.location.lon.toFixed(5) : ""),
       kv("Address", inc.address),
+      kv("District", inc.district, "detail-district"),
+      kv("Beat", inc.beat, "detail-beat"),
       kv("Description", inc.description),
       kv("Source", inc.source),
       kv("Units", (inc.units || []).length ? inc.units.map(unitLabel).join(", ") : "none", "detail-units"),
@@ -933,6 +1010,7 @@
   initDetails();
   initEdit();
   initUnitControl();
+  initFilters();
   initCreate();
   loadConfig();
   setInterval(tick, 1000);

@@ -2,9 +2,11 @@
  *
  * Owns: the view (centre, metres per pixel), the projection (equirectangular,
  * x scaled by cos(latitude of the view centre)), pan/zoom input, and drawing of
- * districts, incidents, units, assignment lines, the crosshair and the scale bar.
- * Exposes counts of what it drew as data attributes on the canvas (data-lines,
- * data-units, data-incidents) for the browser test.
+ * the streets layer, zones (districts labelled, beats dashed), incidents, units
+ * (shape by agency, a ring and number for posts, colour by status), assignment
+ * lines, the crosshair and the scale bar. Exposes counts of what it drew as data
+ * attributes on the canvas (data-lines, data-units, data-incidents, data-streets,
+ * data-zones, data-district-labels, data-agencies) for the browser test.
  *
  * Must never: fetch anything, or mutate the store (it only reads a model the app
  * hands it through `setModel`).
@@ -32,7 +34,7 @@
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d");
     this.view = { lat: 0, lon: 0, mpp: 20000 };
-    this.model = { units: [], incidents: [], districts: null, selected: null, crosshair: null };
+    this.model = { units: [], incidents: [], districts: null, zones: null, streets: null, selected: null, crosshair: null };
     this.onClick = null; // function({lat, lon})
     this.onPick = null; // function({kind, id}) when a marker is clicked
     this.dirty = true;
@@ -205,7 +207,11 @@
     ctx.fillStyle = "#0f1720";
     ctx.fillRect(0, 0, w, h);
     this._grid(ctx, w, h);
-    if (m.districts) this._districts(ctx, m.districts);
+    // Streets under the zones, zones under incidents and units.
+    var streets = m.streets ? this._streets(ctx, m.streets, w, h) : 0;
+    var zones = { drawn: 0, labels: 0 };
+    if (m.zones) zones = this._districts(ctx, m.zones);
+    else if (m.districts) zones = this._districts(ctx, m.districts);
 
     var unitsById = new Map();
     (m.units || []).forEach(function (u) { unitsById.set(u.id, u); });
@@ -274,11 +280,13 @@
     });
     var crowded = visible > 60;
     var drawnUnits = 0;
+    var agencies = {};
     (m.units || []).forEach(function (u) {
       if (!u.location) return;
       var p = self.project(u.location.lat, u.location.lon);
       if (p.x < -20 || p.y < -20 || p.x > w + 20 || p.y > h + 20) return;
       drawnUnits++;
+      if (u.agency) agencies[u.agency] = (agencies[u.agency] || 0) + 1;
       var color = UNIT_COLORS[u.status] || "#ccc";
       if (typeof u.heading === "number" && (u.speed == null || u.speed > 0.5)) {
         var a = u.heading * DEG;
@@ -289,17 +297,28 @@
         ctx.lineWidth = 2;
         ctx.stroke();
       }
-      ctx.beginPath();
-      ctx.arc(p.x, p.y, 6, 0, 2 * Math.PI);
+      unitShape(ctx, p, u.agency);
       ctx.fillStyle = color;
       ctx.fill();
-      ctx.lineWidth = 1.5;
-      ctx.strokeStyle = "#0b0f14";
+      ctx.lineWidth = u.agency === "national_guard" ? 2.5 : 1.5;
+      ctx.strokeStyle = u.agency === "national_guard" ? GUARD_OUTLINE : "#0b0f14";
       ctx.stroke();
-      if (crowded && (u.status === "available" || u.status === "off_duty")) return;
+      var post = u.post != null || /post$/.test(u.kind || "");
+      if (post) {
+        // A post: a white ring, and its number beside it even when crowded.
+        ctx.beginPath();
+        ctx.arc(p.x, p.y, 9.5, 0, 2 * Math.PI);
+        ctx.strokeStyle = "#e8eef3";
+        ctx.lineWidth = 1.5;
+        ctx.stroke();
+      }
       ctx.font = "11px sans-serif";
       ctx.fillStyle = "#d8e0e8";
-      ctx.fillText(u.callsign || u.id, p.x + 8, p.y + 12);
+      if (crowded && (u.status === "available" || u.status === "off_duty")) {
+        if (post && u.post != null) ctx.fillText("№" + u.post, p.x + 10, p.y + 12);
+        return;
+      }
+      ctx.fillText((u.post != null ? "№" + u.post + " " : "") + (u.callsign || u.id), p.x + 10, p.y + 12);
     });
 
     // The create form's location.
@@ -326,6 +345,10 @@
     ds.lines = String(lines);
     ds.units = String(drawnUnits);
     ds.incidents = String(drawnInc);
+    ds.streets = String(streets);
+    ds.zones = String(zones.drawn);
+    ds.districtLabels = String(zones.labels);
+    ds.agencies = Object.keys(agencies).sort().join(",");
     ds.centerLat = this.view.lat.toFixed(6);
     ds.centerLon = this.view.lon.toFixed(6);
     ds.mpp = this.view.mpp.toFixed(3);
@@ -352,14 +375,21 @@
     ctx.stroke();
   };
 
+  /**
+   * Zones: districts filled and labelled at their centre, beats (`kind: "beat"`)
+   * dashed, labelled only when zoomed in. Returns {drawn, labels}.
+   */
   OCMap.prototype._districts = function (ctx, fc) {
     var self = this;
     var feats = fc.type === "FeatureCollection" ? fc.features || [] : fc.type === "Feature" ? [fc] : [];
+    var drawn = 0, labels = 0;
+    var beatLabels = this.view.mpp < 12;
     ctx.save();
     ctx.lineWidth = 1.5;
     feats.forEach(function (f, i) {
       var g = f && f.geometry;
       if (!g) return;
+      var beat = f.properties && f.properties.kind === "beat";
       var polys = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
       var sx = 0, sy = 0, n = 0;
       ctx.beginPath();
@@ -373,20 +403,79 @@
           ctx.closePath();
         });
       });
-      ctx.fillStyle = i % 2 ? "rgba(74,163,255,0.05)" : "rgba(120,200,160,0.05)";
-      ctx.fill("evenodd");
-      ctx.strokeStyle = "#3d5a73";
-      ctx.stroke();
+      if (!n) return;
+      drawn++;
+      if (beat) {
+        ctx.setLineDash([4, 4]);
+        ctx.lineWidth = 1;
+        ctx.strokeStyle = "#4d6880";
+        ctx.stroke();
+        ctx.setLineDash([]);
+      } else {
+        ctx.fillStyle = i % 2 ? "rgba(74,163,255,0.05)" : "rgba(120,200,160,0.05)";
+        ctx.fill("evenodd");
+        ctx.lineWidth = 2;
+        ctx.strokeStyle = "#3d5a73";
+        ctx.stroke();
+      }
       var name = f.properties && (f.properties.name || f.properties.id);
-      if (name && n) {
-        ctx.font = "bold 12px sans-serif";
-        ctx.fillStyle = "#5f7d96";
+      if (name && (!beat || beatLabels)) {
+        ctx.font = beat ? "10px sans-serif" : "bold 13px sans-serif";
+        ctx.fillStyle = beat ? "#56718a" : "#7d9bb4";
         ctx.textAlign = "center";
-        ctx.fillText(String(name), sx / n, sy / n);
+        ctx.fillText(String(name), sx / n, sy / n + (beat ? 14 : 0));
         ctx.textAlign = "start";
+        if (!beat) labels++;
       }
     });
     ctx.restore();
+    return { drawn: drawn, labels: labels };
+  };
+
+  /**
+   * The streets layer: GeoJSON LineStrings styled by `kind` (river wide and
+   * blue, avenues and bridges brighter), names along the main roads when zoomed
+   * in. Returns how many features were drawn.
+   */
+  OCMap.prototype._streets = function (ctx, fc, w, h) {
+    var self = this;
+    var mpp = this.view.mpp;
+    var feats = fc.features || [];
+    var drawn = 0;
+    var named = [];
+    ctx.save();
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    feats.forEach(function (f) {
+      var g = f && f.geometry;
+      if (!g) return;
+      var lines = g.type === "LineString" ? [g.coordinates] : g.type === "MultiLineString" ? g.coordinates : [];
+      var kind = (f.properties && f.properties.kind) || "street";
+      var style = STREET_STYLES[kind] || STREET_STYLES.street;
+      ctx.beginPath();
+      var mid = null;
+      lines.forEach(function (line) {
+        (line || []).forEach(function (pt, j) {
+          var p = self.project(pt[1], pt[0]);
+          if (j === 0) ctx.moveTo(p.x, p.y); else ctx.lineTo(p.x, p.y);
+          if (!mid && j === Math.floor(line.length / 2)) mid = p;
+        });
+      });
+      // Width in metres, at least a hairline when zoomed out.
+      ctx.lineWidth = Math.max(style.minPx, style.widthM / mpp);
+      ctx.strokeStyle = style.color;
+      ctx.stroke();
+      drawn++;
+      var name = f.properties && f.properties.name;
+      if (name && mid && (kind === "river" || kind === "avenue" ? mpp < 12 : mpp < 3)) named.push([name, mid]);
+    });
+    ctx.font = "10px sans-serif";
+    ctx.fillStyle = "#6f8598";
+    named.forEach(function (x) {
+      if (x[1].x > 0 && x[1].y > 0 && x[1].x < w && x[1].y < h) ctx.fillText(String(x[0]), x[1].x + 3, x[1].y - 3);
+    });
+    ctx.restore();
+    return drawn;
   };
 
   OCMap.prototype._scaleBar = function (ctx, w, h) {
@@ -408,6 +497,31 @@
     ctx.fillText(label, x + px + 6, y);
     this.canvas.dataset.scale = label;
   };
+
+  var GUARD_OUTLINE = "#e8c547";
+  var STREET_STYLES = {
+    river: { color: "#1f4f7a", widthM: 60, minPx: 3 },
+    avenue: { color: "#3a4c5e", widthM: 24, minPx: 1.5 },
+    bridge: { color: "#8a9aa8", widthM: 24, minPx: 2 },
+    embankment: { color: "#35485a", widthM: 16, minPx: 1 },
+    street: { color: "#2c3b4a", widthM: 14, minPx: 1 },
+    lane: { color: "#27343f", widthM: 10, minPx: 0.75 },
+  };
+
+  /** The unit marker's path: a circle for the police, a square for the National Guard, a triangle for any other agency. */
+  function unitShape(ctx, p, agency) {
+    ctx.beginPath();
+    if (!agency || agency === "police") {
+      ctx.arc(p.x, p.y, 6, 0, 2 * Math.PI);
+    } else if (agency === "national_guard") {
+      ctx.rect(p.x - 5.5, p.y - 5.5, 11, 11);
+    } else {
+      ctx.moveTo(p.x, p.y - 7);
+      ctx.lineTo(p.x + 7, p.y + 5);
+      ctx.lineTo(p.x - 7, p.y + 5);
+      ctx.closePath();
+    }
+  }
 
   function niceStep(x) {
     if (!(x > 0)) return 1;

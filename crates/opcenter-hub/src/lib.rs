@@ -503,6 +503,7 @@ impl Server {
             .route("/v1/incidents/{id}/eido", get(http::get_incident_eido))
             .route("/v1/incidents/{id}/timeline", get(http::get_incident_timeline))
             .route("/v1/console/config", get(http::console_config))
+            .route("/v1/geocode", get(http::geocode))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))
             .route("/", get(http::console_index))

@@ -13,6 +13,7 @@
 //! - [`event`]: the durable changes it returns.
 //! - [`engine`]: the rules of `shared/PROTOCOL.md` section 5, with the state it
 //!   derives (pending queue, duplicate index) and its config and reply types.
+//! - [`gazetteer`]: addresses (street, house, building) and the ranked geocode.
 //! - [`zones`]: districts and beats, point-in-polygon over an R-tree of boxes.
 //! - [`error`]: why a command was refused.
 //! - [`report`]: the response-time report, folded from incident events.
@@ -23,6 +24,7 @@ pub mod command;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod gazetteer;
 pub mod geo;
 pub mod index;
 pub mod model;

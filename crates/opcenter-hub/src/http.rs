@@ -564,6 +564,65 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `GET /v1/geocode?q=…&limit=…` (dispatcher, supervisor): the gazetteer's
+/// best matches for an address, best first (`opcenter_core::gazetteer`). A
+/// lookup is microseconds, so it runs right here, off the engine thread.
+pub(crate) async fn geocode(
+    State(app): State<Arc<App>>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    use opcenter_core::gazetteer::MAX_LIMIT;
+    if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
+        return r;
+    }
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m);
+    let Some(q) = params.get("q").filter(|q| !q.trim().is_empty()) else {
+        return bad("q: the address to look up is missing".into());
+    };
+    if q.len() > opcenter_core::check::MAX_ADDRESS_BYTES {
+        return bad(format!(
+            "q: longer than {} bytes",
+            opcenter_core::check::MAX_ADDRESS_BYTES
+        ));
+    }
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => DEFAULT_GEOCODE_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => return bad(format!("limit: want 1..={MAX_LIMIT}")),
+    };
+    let Some(gazetteer) = &app.settings.gazetteer else {
+        return error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no gazetteer is configured ([gazetteer] file)",
+        );
+    };
+    let matches: Vec<serde_json::Value> = gazetteer
+        .lookup(q, limit)
+        .into_iter()
+        .map(|m| {
+            let a = m.address;
+            json!({
+                "label": a.label(),
+                "street": a.street,
+                "house": a.house,
+                "building": a.building,
+                "location": a.location,
+                "score": m.score,
+            })
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "matches": matches }).to_string(),
+    )
+        .into_response()
+}
+
+/// How many matches `GET /v1/geocode` returns without `limit`.
+const DEFAULT_GEOCODE_LIMIT: usize = 5;
+
 /// `GET /v1/console/config`: the console's initial map view and districts.
 pub(crate) async fn console_config(State(app): State<Arc<App>>) -> Response {
     let c = &app.settings.console;
@@ -652,6 +711,11 @@ const CONSOLE_FILES: &[(&str, &str, &str)] = &[
         "app.js",
         "text/javascript; charset=utf-8",
         include_str!("../assets/console/app.js"),
+    ),
+    (
+        "address.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/console/address.js"),
     ),
     (
         "conn.js",

@@ -507,6 +507,7 @@ impl Server {
             .route("/v1/console/config", get(http::console_config))
             .route("/v1/zones", get(http::get_zones))
             .route("/v1/streets", get(http::get_streets))
+            .route("/v1/geocode", get(http::geocode))
             .route("/healthz", get(http::healthz))
             .route("/metrics", get(http::metrics))
             .route("/", get(http::console_index))

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use opcenter_core::{Actor, ActorKind, Command, RecommendQuery, UnitProfile};
 use opcenter_proto::auth::{Claims, Role};
-use opcenter_proto::client::{ClientMessage, Frame, SubTopic, Subscribe};
+use opcenter_proto::client::{ClientMessage, Frame, SubTopic, Subscribe, Unplaced};
 use opcenter_proto::server::Empty;
 use opcenter_proto::{Encoding, ErrorCode, decode_frame};
 
@@ -476,6 +476,12 @@ impl Reader<'_> {
                 subscribe,
             },
             Allowed::Recommend(query) => Request::Recommend { outbox, id, query },
+            Allowed::Place(unplaced) => Request::Command {
+                actor: self.actor.clone(),
+                command: Command::CreateIncident(self.place(unplaced)?),
+                reply: ReplyTo::Session { outbox, id },
+                received: Instant::now(),
+            },
             Allowed::Command(command) => Request::Command {
                 actor: self.actor.clone(),
                 command,
@@ -483,6 +489,28 @@ impl Reader<'_> {
                 received: Instant::now(),
             },
         }))
+    }
+}
+
+impl Reader<'_> {
+    /// Places an address-only `incident.create` at the gazetteer's best match
+    /// (the engine stays pure: it only ever sees a location). The address the
+    /// dispatcher typed is kept as they typed it.
+    fn place(&self, unplaced: Unplaced) -> Result<opcenter_core::NewIncident, Refusal> {
+        let address = unplaced.address();
+        let Some(gazetteer) = &self.app.settings.gazetteer else {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("address {address:?}: no gazetteer is configured; give a `location`"),
+            ));
+        };
+        let Some(best) = gazetteer.lookup(address, 1).first().map(|m| m.address.location) else {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("address {address:?} matches nothing in the gazetteer; give a `location`"),
+            ));
+        };
+        Ok(unplaced.place(best))
     }
 }
 
@@ -530,6 +558,8 @@ enum Allowed {
     },
     /// `incident.recommend` (read-only, no event).
     Recommend(RecommendQuery),
+    /// `incident.create` by address: the session places it, then it is a command.
+    Place(Unplaced),
     /// A state-changing command for the engine. "Own incident" rules are the
     /// engine's: only it knows which incident a unit is on.
     Command(Command),
@@ -570,6 +600,7 @@ fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowe
             })
         }
         M::IncidentCreate(new) if is(Role::Dispatcher) => command(Command::CreateIncident(new)),
+        M::IncidentCreateAt(unplaced) if is(Role::Dispatcher) => Ok(Allowed::Place(unplaced)),
         M::IncidentUpdate { incident_id, patch } if is(Role::Dispatcher) => {
             command(Command::UpdateIncident { incident_id, patch })
         }

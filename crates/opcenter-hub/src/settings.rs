@@ -54,6 +54,41 @@ struct Raw {
     run_cards: Vec<opcenter_core::RunCard>,
     #[serde(default)]
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    gazetteer: RawGazetteer,
+}
+
+/// `[gazetteer]`: the address file behind `GET /v1/geocode` and address-only creates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGazetteer {
+    #[serde(default)]
+    file: Option<PathBuf>,
+}
+
+/// Reads the gazetteer file: `.csv`, or GeoJSON points (`.geojson`, `.json`).
+fn load_gazetteer(
+    file: Option<&Path>,
+) -> Result<Option<std::sync::Arc<opcenter_core::gazetteer::Gazetteer>>, SettingsError> {
+    use opcenter_core::gazetteer::Gazetteer;
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let at = |e: &dyn std::fmt::Display| SettingsError::Invalid {
+        key: "gazetteer.file",
+        problem: format!("{}: {e}", path.display()),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let g = match ext.to_ascii_lowercase().as_str() {
+        "csv" => Gazetteer::from_csv(&text).map_err(|e| at(&e))?,
+        "geojson" | "json" => {
+            let addresses = opcenter_proto::geojson::addresses_from_geojson(&text).map_err(|e| at(&e))?;
+            Gazetteer::new(addresses).map_err(|e| at(&e))?
+        }
+        _ => return Err(at(&"want a .csv, .geojson or .json file")),
+    };
+    Ok(Some(std::sync::Arc::new(g)))
 }
 
 /// One `[[zones]]` entry: a GeoJSON file of districts or of beats.
@@ -304,6 +339,8 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// `reports.*`: targets and shifts of the response-time report.
     pub reports: ReportConfig,
+    /// The addresses (`[gazetteer] file`), if configured.
+    pub gazetteer: Option<std::sync::Arc<opcenter_core::gazetteer::Gazetteer>>,
 }
 
 /// What a node does in a region on NATS (`cluster.role`).
@@ -520,6 +557,9 @@ impl Settings {
             if let Some(f) = raw.console.streets_file.as_mut().filter(|f| f.is_relative()) {
                 *f = dir.join(&*f);
             }
+            if let Some(g) = raw.gazetteer.file.as_mut().filter(|g| g.is_relative()) {
+                *g = dir.join(&*g);
+            }
         }
         Self::check(raw)
     }
@@ -704,6 +744,7 @@ impl Settings {
             }
         }
         let zones = load_zones(&raw.zones)?;
+        let gazetteer = load_gazetteer(raw.gazetteer.file.as_deref())?;
         if d.local_offset_min.abs() > 14 * 60 {
             return Err(invalid(
                 "dispatch.local_offset_min",
@@ -781,6 +822,7 @@ impl Settings {
             },
             cluster,
             reports,
+            gazetteer,
         })
     }
 

@@ -150,7 +150,8 @@ struct RawSubscribe {
 struct RawCreate {
     category: String,
     priority: i64,
-    location: Location,
+    #[serde(default)]
+    location: Option<Location>,
     #[serde(default)]
     address: Option<String>,
     #[serde(default)]
@@ -300,6 +301,9 @@ pub enum ClientMessage {
     Subscribe(Subscribe),
     /// `incident.create`.
     IncidentCreate(NewIncident),
+    /// `incident.create` with an `address` and no `location`: placed by the
+    /// hub's gazetteer before it reaches the engine.
+    IncidentCreateAt(Unplaced),
     /// `incident.update`.
     IncidentUpdate {
         /// Which incident.
@@ -335,7 +339,7 @@ impl ClientMessage {
         match self {
             ClientMessage::Hello(_) => "hello",
             ClientMessage::Subscribe(_) => "subscribe",
-            ClientMessage::IncidentCreate(_) => "incident.create",
+            ClientMessage::IncidentCreate(_) | ClientMessage::IncidentCreateAt(_) => "incident.create",
             ClientMessage::IncidentUpdate { .. } => "incident.update",
             ClientMessage::IncidentClose(_) => "incident.close",
             ClientMessage::IncidentAssign(_) => "incident.assign",
@@ -395,7 +399,13 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
         }
         "incident.create" => {
             let raw: RawCreate = codec::decode(encoding, bytes).map_err(body)?;
-            ClientMessage::IncidentCreate(check_create(raw).map_err(checked)?)
+            let placed = raw.location.is_some();
+            let new = check_create(raw).map_err(checked)?;
+            if placed {
+                ClientMessage::IncidentCreate(new)
+            } else {
+                ClientMessage::IncidentCreateAt(Unplaced { incident: new })
+            }
         }
         "incident.update" => {
             let raw: RawUpdate = codec::decode(encoding, bytes).map_err(body)?;
@@ -473,9 +483,42 @@ fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
     })
 }
 
+/// An `incident.create` that gave an `address` and no `location`; checked in
+/// every other way. Only [`Unplaced::place`] turns it into a command, so the
+/// stand-in location it carries meanwhile never reaches the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unplaced {
+    incident: NewIncident,
+}
+
+impl Unplaced {
+    /// The address to look up (never empty).
+    pub fn address(&self) -> &str {
+        self.incident.address.as_deref().unwrap_or_default()
+    }
+
+    /// The incident, at the location the gazetteer found for its address.
+    pub fn place(mut self, at: Location) -> NewIncident {
+        self.incident.location = at;
+        self.incident
+    }
+}
+
 fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
     let priority = check::priority(raw.priority)?;
-    raw.location.validate()?;
+    let location = match raw.location {
+        Some(l) => l,
+        // Checked and replaced by `Unplaced::place` before the engine sees it.
+        None if raw.address.as_deref().is_some_and(|a| !a.trim().is_empty()) => {
+            Location { lat: 0.0, lon: 0.0 }
+        }
+        None => {
+            return Err(CoreError::BadRequest(
+                "missing `location` (or an `address` for the gazetteer to place)".into(),
+            ));
+        }
+    };
+    location.validate()?;
     check::category(&raw.category)?;
     let units_needed = check::units_needed(raw.units_needed.unwrap_or(1))?;
     // What the dispatcher said wins over a run card's plan.
@@ -486,7 +529,7 @@ fn check_create(raw: RawCreate) -> Result<NewIncident, CoreError> {
     let new = NewIncident {
         category: raw.category,
         priority,
-        location: raw.location,
+        location,
         address: raw.address,
         description: raw.description,
         source: raw
@@ -594,7 +637,7 @@ impl Report {
         let raw = RawCreate {
             category: self.category,
             priority: self.priority.unwrap_or(3),
-            location: self.location,
+            location: Some(self.location),
             address: self.address,
             description: self.description,
             source: Some("app".into()),

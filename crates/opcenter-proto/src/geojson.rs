@@ -3,11 +3,16 @@
 //! geometry becomes one [`Zone`], named by a property. Coordinates stay in
 //! GeoJSON order (`[lon, lat]`); the engine checks the shapes.
 //!
-//! Owns: reading GeoJSON into zones. Must never: read files (the settings
+//! Gazetteer files in GeoJSON: each `Point` Feature is one address (see
+//! [`addresses_from_geojson`]).
+//!
+//! Owns: reading GeoJSON into zones and addresses. Must never: read files (the settings
 //! loader hands the text in) or decide containment (opcenter-core's `zones`).
 
 use serde_json::Value;
 
+use opcenter_core::gazetteer::Address;
+use opcenter_core::model::Location;
 use opcenter_core::zones::{Polygon, Zone, ZoneKind};
 
 /// How a `[[zones]]` file maps onto zones.
@@ -24,6 +29,12 @@ pub struct ZoneFile<'a> {
 /// Parses `text` into zones; the error names the feature (by position) and
 /// what is wrong with it.
 pub fn zones_from_geojson(text: &str, how: ZoneFile<'_>) -> Result<Vec<Zone>, String> {
+    each_feature(text, |f| feature(f, how))
+}
+
+/// Parses every Feature of a FeatureCollection (or a lone Feature) with `one`;
+/// the error names the feature by position.
+fn each_feature<T>(text: &str, one: impl Fn(&Value) -> Result<T, String>) -> Result<Vec<T>, String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let features: Vec<&Value> = match doc["type"].as_str() {
         Some("FeatureCollection") => doc["features"]
@@ -37,8 +48,40 @@ pub fn zones_from_geojson(text: &str, how: ZoneFile<'_>) -> Result<Vec<Zone>, St
     features
         .into_iter()
         .enumerate()
-        .map(|(i, f)| feature(f, how).map_err(|e| format!("feature {i}: {e}")))
+        .map(|(i, f)| one(f).map_err(|e| format!("feature {i}: {e}")))
         .collect()
+}
+
+/// A gazetteer in GeoJSON: one `Point` Feature per address, with the
+/// properties `street`, `house` and `building`? — or OpenStreetMap's
+/// `addr:street`, `addr:housenumber` and `name`, so an Overpass export loads
+/// as it is. A house number may be a JSON number.
+pub fn addresses_from_geojson(text: &str) -> Result<Vec<Address>, String> {
+    each_feature(text, |f| {
+        let props = &f["properties"];
+        let text = |keys: &[&str]| {
+            keys.iter().find_map(|k| match &props[*k] {
+                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        let street = text(&["street", "addr:street"]).ok_or("no `street` (or `addr:street`) property")?;
+        let g = &f["geometry"];
+        if g["type"].as_str() != Some("Point") {
+            return Err(format!("geometry must be a Point, not {}", g["type"]));
+        }
+        let c = &g["coordinates"];
+        let (Some(lon), Some(lat)) = (c[0].as_f64(), c[1].as_f64()) else {
+            return Err(format!("coordinates {c} are not [lon, lat]"));
+        };
+        Ok(Address {
+            street,
+            house: text(&["house", "addr:housenumber"]).unwrap_or_default(),
+            building: text(&["building", "name"]).filter(|b| b != "yes"),
+            location: Location::new(lat, lon).map_err(|e| e.to_string())?,
+        })
+    })
 }
 
 fn feature(f: &Value, how: ZoneFile<'_>) -> Result<Zone, String> {
@@ -119,6 +162,37 @@ mod tests {
         assert_eq!(z[0].polygons[0].rings.len(), 2);
         assert!(!z[0].contains(1.5, 1.2), "in the hole");
         assert_eq!((z[1].id.as_str(), z[1].polygons.len()), ("7", 2));
+    }
+
+    #[test]
+    fn addresses_load_from_points_in_either_property_naming() {
+        let text = r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"street":"ул. Абая","house":"12а","building":"ТЦ"},
+           "geometry":{"type":"Point","coordinates":[51.37,51.2]}},
+          {"type":"Feature","properties":{"addr:street":"Dostyk avenue","addr:housenumber":9,"building":"yes"},
+           "geometry":{"type":"Point","coordinates":[51.38,51.21]}}]}"#;
+        let a = addresses_from_geojson(text).unwrap();
+        assert_eq!((a[0].street.as_str(), a[0].house.as_str()), ("ул. Абая", "12а"));
+        assert_eq!(a[0].building.as_deref(), Some("ТЦ"));
+        assert_eq!((a[0].location.lat, a[0].location.lon), (51.2, 51.37));
+        assert_eq!((a[1].house.as_str(), a[1].building.as_deref()), ("9", None));
+        for (text, says) in [
+            (
+                r#"{"type":"Feature","properties":{},"geometry":null}"#,
+                "`street`",
+            ),
+            (
+                r#"{"type":"Feature","properties":{"street":"x"},"geometry":{"type":"Polygon","coordinates":[]}}"#,
+                "Point",
+            ),
+            (
+                r#"{"type":"Feature","properties":{"street":"x"},"geometry":{"type":"Point","coordinates":[0,95]}}"#,
+                "lat",
+            ),
+        ] {
+            let e = addresses_from_geojson(text).unwrap_err();
+            assert!(e.contains(says) && e.starts_with("feature 0"), "{text}: {e}");
+        }
     }
 
     #[test]

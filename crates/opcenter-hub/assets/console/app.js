@@ -909,6 +909,14 @@
       e.preventDefault();
       createIncident();
     });
+    // Address autocomplete (address.js): a pick sets the location too.
+    OCAddress.attach($("c-address"), {
+      token: function () { return conn && conn.token; },
+      onPick: function (m) {
+        setCrosshair(m.location.lat, m.location.lon);
+        map.center(m.location.lat, m.location.lon);
+      },
+    });
   }
 
   function setCrosshair(lat, lon) {
@@ -921,7 +929,10 @@
   function createIncident() {
     var lat = parseFloat($("c-lat").value);
     var lon = parseFloat($("c-lon").value);
-    if (!isFinite(lat) || !isFinite(lon)) { toast("Click the map to set the location", "warn"); return; }
+    var addr = $("c-address").value.trim();
+    // Without a location the server places the address with its gazetteer.
+    var placed = isFinite(lat) && isFinite(lon);
+    if (!placed && !addr) { toast("Click the map or type an address to set the location", "warn"); return; }
     var category = $("c-category").value.trim();
     if (!category) { toast("Category is required", "warn"); return; }
     var cmd = {
@@ -929,12 +940,11 @@
       key: "console-" + randomId(),
       category: category,
       priority: parseInt($("c-priority").value, 10),
-      location: { lat: lat, lon: lon },
       units_needed: Math.max(1, parseInt($("c-units").value, 10) || 1),
       dispatch: document.querySelector("input[name=c-dispatch]:checked").value,
       source: "call",
     };
-    var addr = $("c-address").value.trim();
+    if (placed) cmd.location = { lat: lat, lon: lon };
     if (addr) cmd.address = addr;
     var desc = $("c-description").value.trim();
     if (desc) cmd.description = desc;

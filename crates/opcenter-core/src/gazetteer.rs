@@ -1,0 +1,896 @@
+//! Addresses: the gazetteer of a region (street, house number, optional
+//! building name, point) and the ranked answer to "where is this address".
+//!
+//! **Normalisation.** Every name and every query goes through one fold, so a
+//! dispatcher may type what the caller said in either script: lower case,
+//! Cyrillic (Russian and Kazakh letters) transliterated to Latin, Latin
+//! diacritics dropped, a few spelling variants merged (`kh`/`h`, `ts`/`c`,
+//! `ya`/`ia`, `yu`/`iu`, `iy`/`ii`/`i`), so `ё`/`е`, `Абая`/`Abaya`,
+//! `Хан`/`Khan`/`Han` are the same word. Street-type words (`ул.`, `улица`,
+//! `street`, `st`, `пр.`, `проспект`, `avenue`, `пер.`, …) and house words
+//! (`д.`, `дом`, `house`, `№`) are not part of a street's name: a type in the
+//! query is a hint that ranks a street of that type first, never a filter.
+//!
+//! **Houses.** `12`, `12а` (a letter suffix, Cyrillic or Latin), `12/1`, and
+//! ranges `12-14` (one building spanning several numbers of one side of the
+//! street: 12, 14, not 13). A query for `13` finds no `12-14`; a query for
+//! `12` finds `12`, then `12-14`, then `12а`.
+//!
+//! **Ranking** (best first): how well the words matched (exact word, then a
+//! word's prefix, then one typo), how well the house matched (exact, inside a
+//! range, same number with a suffix, a prefix of the number typed so far),
+//! the street type hint, then the shorter street name, then the house number.
+//!
+//! Owns: the address list, its normalised index and the query. Must never:
+//! read files (the hub hands the text in), or panic on any input.
+
+use std::collections::HashMap;
+
+use crate::model::Location;
+
+/// One address of the gazetteer file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Address {
+    /// Street name as written in the file (e.g. `ул. Абая`).
+    pub street: String,
+    /// House number as written (`12`, `12а`, `12-14`, `12/1`); may be empty
+    /// for a named building without one.
+    pub house: String,
+    /// Building name (`ТРЦ Атриум`), if any.
+    pub building: Option<String>,
+    /// Where it is.
+    pub location: Location,
+}
+
+impl Address {
+    /// `street, house` (and `(building)`), for display.
+    pub fn label(&self) -> String {
+        let mut s = self.street.clone();
+        if !self.house.is_empty() {
+            s.push_str(", ");
+            s.push_str(&self.house);
+        }
+        if let Some(b) = &self.building {
+            s.push_str(" (");
+            s.push_str(b);
+            s.push(')');
+        }
+        s
+    }
+}
+
+/// A gazetteer that could not be built: the line (1-based, header counted)
+/// or feature and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {problem}")]
+pub struct GazetteerError {
+    /// `line 7`, `feature 3`, `header`.
+    pub at: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn err(at: impl Into<String>, problem: impl Into<String>) -> GazetteerError {
+    GazetteerError {
+        at: at.into(),
+        problem: problem.into(),
+    }
+}
+
+/// One ranked answer of [`Gazetteer::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Match<'a> {
+    /// The address.
+    pub address: &'a Address,
+    /// Higher is better; only the order is meaningful.
+    pub score: u32,
+}
+
+/// The kind of a street, from its type word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StreetKind {
+    Street,
+    Avenue,
+    Lane,
+    Boulevard,
+    Square,
+    Embankment,
+    Highway,
+    Passage,
+    Microdistrict,
+}
+
+/// A token that is a type word (a hint), a house word (dropped) or neither.
+enum Role {
+    Kind(StreetKind),
+    HouseWord,
+}
+
+/// Type words after [`fold`] (so Cyrillic abbreviations appear transliterated:
+/// `ул` → `ul`, `пр-т` → `pr-t`, `көшесі` → `koshesi`).
+fn role(token: &str) -> Option<Role> {
+    use StreetKind::*;
+    let kind = match token {
+        "ul" | "ulica" | "ulitsa" | "street" | "st" | "str" | "koshesi" | "kosh" => Street,
+        "pr" | "pr-t" | "pr-kt" | "prosp" | "prospekt" | "prospect" | "avenue" | "ave" | "av" | "dangyly"
+        | "dang" => Avenue,
+        "per" | "pereulok" | "lane" | "ln" | "tupik" => Lane,
+        "b-r" | "bul" | "bulvar" | "boulevard" | "blvd" => Boulevard,
+        "pl" | "ploshad" | "ploshchad" | "square" | "sq" | "alany" => Square,
+        "nab" | "naberezhnaia" | "naberezhnaya" | "embankment" | "emb" => Embankment,
+        "sh" | "shosse" | "highway" | "hwy" => Highway,
+        "proezd" | "pr-d" | "passage" | "drive" | "dr" => Passage,
+        "mkr" | "mkrn" | "mikroraion" | "mikrorayon" | "microdistrict" => Microdistrict,
+        "d" | "dom" | "house" | "no" | "nr" | "#" | "zd" | "zdanie" | "building" | "bldg" => {
+            return Some(Role::HouseWord);
+        }
+        _ => return None,
+    };
+    Some(Role::Kind(kind))
+}
+
+/// Latin for one lower-case Cyrillic (Russian, Kazakh) or accented Latin
+/// letter; `None` keeps the character.
+fn translit(c: char) -> Option<&'static str> {
+    Some(match c {
+        'а' | 'ә' => "a",
+        'б' => "b",
+        'в' => "v",
+        'г' | 'ғ' => "g",
+        'д' => "d",
+        'е' | 'ё' | 'э' => "e",
+        'ж' => "zh",
+        'з' => "z",
+        'и' | 'і' => "i",
+        'й' => "y",
+        'к' | 'қ' => "k",
+        'л' => "l",
+        'м' => "m",
+        'н' | 'ң' => "n",
+        'о' | 'ө' => "o",
+        'п' => "p",
+        'р' => "r",
+        'с' => "s",
+        'т' => "t",
+        'у' | 'ұ' | 'ү' => "u",
+        'ф' => "f",
+        'х' | 'һ' => "h",
+        'ц' => "c",
+        'ч' => "ch",
+        'ш' => "sh",
+        'щ' => "sh",
+        'ъ' | 'ь' => "",
+        'ы' => "y",
+        'ю' => "iu",
+        'я' => "ia",
+        // Latin with diacritics (Kazakh Latin, Turkish, European spellings).
+        'ä' | 'á' | 'à' | 'â' => "a",
+        'é' | 'è' | 'ê' | 'ë' => "e",
+        'í' | 'ì' | 'ı' | 'î' | 'ï' => "i",
+        'ó' | 'ò' | 'ö' | 'ô' => "o",
+        'ú' | 'ù' | 'ü' | 'û' | 'ū' => "u",
+        'ý' | 'ÿ' => "y",
+        'ş' | 'š' => "sh",
+        'ç' | 'č' => "ch",
+        'ž' => "zh",
+        'ğ' | 'ǵ' => "g",
+        'ñ' | 'ń' => "n",
+        'q' => "k",
+        'w' => "v",
+        'x' => "ks",
+        'j' => "y",
+        _ => return None,
+    })
+}
+
+/// The fold every name and query goes through (see the module doc): one
+/// lower-case Latin spelling per word. Keeps `-`, `/` and `#` inside a token;
+/// every other non-alphanumeric character separates tokens.
+pub fn fold(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let flush = |cur: &mut String, out: &mut Vec<String>| {
+        let t = merge_variants(cur.trim_matches(|c| c == '-' || c == '/'));
+        // `12-14`, `44/1` and `пр-т` stay whole; `Жангир-хана` is two words.
+        if t.starts_with(|c: char| c.is_ascii_digit()) || role(&t).is_some() {
+            out.push(t);
+        } else {
+            out.extend(t.split(['-', '/']).filter(|w| !w.is_empty()).map(str::to_owned));
+        }
+        cur.clear();
+    };
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if let Some(l) = translit(c) {
+            cur.push_str(l);
+        } else if c.is_alphanumeric() || c == '-' || c == '/' {
+            cur.push(c);
+        } else if c == '#' || c == '№' {
+            flush(&mut cur, &mut out);
+            out.push("#".into());
+        } else {
+            flush(&mut cur, &mut out);
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
+/// Merges the Latin spellings of one Cyrillic sound.
+fn merge_variants(t: &str) -> String {
+    const PAIRS: [(&str, &str); 10] = [
+        ("shch", "sh"),
+        ("kh", "h"),
+        ("ts", "c"),
+        ("ya", "ia"),
+        ("yu", "iu"),
+        ("yo", "e"),
+        ("iy", "i"),
+        ("ii", "i"),
+        ("yi", "i"),
+        ("ck", "k"),
+    ];
+    let mut s = t.to_owned();
+    for (from, to) in PAIRS {
+        if s.contains(from) {
+            s = s.replace(from, to);
+        }
+    }
+    s
+}
+
+/// A house number: `lo..=hi` (equal unless a range) and what follows the
+/// number (`a`, `/1`), folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct House {
+    lo: u32,
+    hi: u32,
+    suffix: String,
+    text: String,
+}
+
+impl House {
+    /// `None` when `text` does not start with a digit.
+    fn parse(text: &str) -> Option<House> {
+        let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+        let n = digits(text);
+        if n == 0 {
+            return None;
+        }
+        let lo: u32 = text[..n].parse().ok()?;
+        let rest = &text[n..];
+        if let Some(r) = rest.strip_prefix('-') {
+            let m = digits(r);
+            if m > 0 && m == r.len() {
+                let hi: u32 = r.parse().ok()?;
+                if hi >= lo {
+                    return Some(House {
+                        lo,
+                        hi,
+                        suffix: String::new(),
+                        text: text.into(),
+                    });
+                }
+            }
+        }
+        Some(House {
+            lo,
+            hi: lo,
+            suffix: rest.trim_start_matches('-').into(),
+            text: text.into(),
+        })
+    }
+
+    /// How well this (an address's house) answers `q` (the query's), if at all.
+    fn score(&self, q: &House) -> Option<u32> {
+        if self.text == q.text || (self.lo, self.hi, &self.suffix) == (q.lo, q.hi, &q.suffix) {
+            return Some(100);
+        }
+        let plain = q.suffix.is_empty() && q.lo == q.hi;
+        if plain && self.hi > self.lo && (self.lo..=self.hi).contains(&q.lo) && q.lo % 2 == self.lo % 2 {
+            return Some(80);
+        }
+        if q.hi > q.lo && self.lo == self.hi && (q.lo..=q.hi).contains(&self.lo) && self.lo % 2 == q.lo % 2 {
+            return Some(70);
+        }
+        if plain && self.lo == q.lo && self.hi == q.hi {
+            return Some(60);
+        }
+        // Typed so far: `1` on the way to `12`.
+        if plain && self.text.starts_with(&q.text) {
+            return Some(20);
+        }
+        None
+    }
+}
+
+/// A distinct street (by folded name and kind) and its addresses.
+#[derive(Debug)]
+struct Street {
+    kind: Option<StreetKind>,
+    /// The total length of its folded name words (the ranking's tie-break).
+    name_len: usize,
+    /// Indexes into `Gazetteer::addresses`, sorted by house number.
+    addresses: Vec<u32>,
+}
+
+/// Where a word points: a street, or a building (an address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Target {
+    Street(u32),
+    Building(u32),
+}
+
+/// The region's addresses and their index. Immutable once built; cheap to
+/// share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Gazetteer {
+    addresses: Vec<Address>,
+    houses: Vec<Option<House>>,
+    streets: Vec<Street>,
+    /// Every (folded word, target), sorted: exact and prefix lookups are a
+    /// binary search, one typo a scan of the (few thousand) distinct words.
+    words: Vec<(String, Target)>,
+    /// Folded building names' lengths, by address (the ranking's tie-break).
+    building_len: HashMap<u32, usize>,
+}
+
+/// The most matches [`Gazetteer::lookup`] returns.
+pub const MAX_LIMIT: usize = 50;
+
+/// How well one query word matched one indexed word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum WordMatch {
+    Typo = 1,
+    Prefix = 2,
+    Exact = 3,
+}
+
+impl Gazetteer {
+    /// Builds the index. Every address needs a non-empty street name (with at
+    /// least one word that is not a type word) and a valid location.
+    pub fn new(addresses: Vec<Address>) -> Result<Gazetteer, GazetteerError> {
+        let mut g = Gazetteer::default();
+        let mut by_name: HashMap<(Vec<String>, Option<StreetKind>), u32> = HashMap::new();
+        for (i, a) in addresses.iter().enumerate() {
+            let at = || format!("address {} ({})", i + 1, a.label());
+            a.location.validate().map_err(|e| err(at(), e.to_string()))?;
+            let (words, kind) = name_words(&a.street);
+            if words.is_empty() {
+                return Err(err(at(), "the street has no name"));
+            }
+            let i = u32::try_from(i).map_err(|_| err(at(), "too many addresses"))?;
+            let next = g.streets.len() as u32;
+            let s = *by_name.entry((words.clone(), kind)).or_insert(next);
+            if s == next {
+                for w in &words {
+                    g.words.push((w.clone(), Target::Street(s)));
+                }
+                g.streets.push(Street {
+                    kind,
+                    name_len: words.iter().map(String::len).sum(),
+                    addresses: Vec::new(),
+                });
+            }
+            g.streets[s as usize].addresses.push(i);
+            if let Some(b) = &a.building {
+                let (bw, _) = name_words(b);
+                g.building_len.insert(i, bw.iter().map(String::len).sum());
+                for w in bw {
+                    g.words.push((w, Target::Building(i)));
+                }
+            }
+            let house = fold(&a.house).concat();
+            g.houses.push(House::parse(&house));
+        }
+        g.addresses = addresses;
+        for s in &mut g.streets {
+            let houses = &g.houses;
+            s.addresses.sort_by_key(|&a| {
+                houses[a as usize]
+                    .as_ref()
+                    .map_or((u32::MAX, String::new()), |h| (h.lo, h.suffix.clone()))
+            });
+        }
+        g.words.sort();
+        g.words.dedup();
+        Ok(g)
+    }
+
+    /// Parses CSV text (a header row naming the columns `street`, `house`,
+    /// `building` (optional), `lat`, `lon`, in any order; RFC 4180 quoting).
+    pub fn from_csv(text: &str) -> Result<Gazetteer, GazetteerError> {
+        let mut rows = csv_rows(text);
+        let (_, header) = rows.next().ok_or_else(|| err("header", "the file is empty"))?;
+        let header = header.map_err(|e| err("header", e))?;
+        let col = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+        let need = |name: &str| col(name).ok_or_else(|| err("header", format!("no `{name}` column")));
+        let (street, house, lat, lon) = (need("street")?, need("house")?, need("lat")?, need("lon")?);
+        let building = col("building");
+        let mut out = Vec::new();
+        for (line, row) in rows {
+            let at = format!("line {line}");
+            let row = row.map_err(|e| err(&at, e))?;
+            if row.iter().all(|f| f.trim().is_empty()) {
+                continue;
+            }
+            let field = |i: usize| row.get(i).map(|f| f.trim()).unwrap_or_default();
+            let num = |i: usize, name: &str| {
+                field(i)
+                    .parse::<f64>()
+                    .map_err(|_| err(&at, format!("{name} {:?} is not a number", field(i))))
+            };
+            let location =
+                Location::new(num(lat, "lat")?, num(lon, "lon")?).map_err(|e| err(&at, e.to_string()))?;
+            out.push(Address {
+                street: field(street).into(),
+                house: field(house).into(),
+                building: building.map(field).filter(|b| !b.is_empty()).map(Into::into),
+                location,
+            });
+        }
+        Gazetteer::new(out)
+    }
+
+    /// How many addresses it holds.
+    pub fn len(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+    }
+
+    /// The best `limit` (at most [`MAX_LIMIT`]) matches for `query`, best
+    /// first. Every name word of the query must match (a prefix counts, so
+    /// this serves autocomplete); a house number in the query must match
+    /// too. Empty when nothing does.
+    pub fn lookup(&self, query: &str, limit: usize) -> Vec<Match<'_>> {
+        let limit = limit.min(MAX_LIMIT);
+        let Some(q) = Query::parse(query) else {
+            return Vec::new();
+        };
+        if limit == 0 {
+            return Vec::new();
+        }
+        // Every name word must hit the same target; score = sum of qualities.
+        let mut hits: Option<HashMap<Target, u32>> = None;
+        for w in &q.words {
+            let found = self.targets(w);
+            hits = Some(match hits {
+                None => found,
+                Some(prev) => prev
+                    .into_iter()
+                    .filter_map(|(t, s)| found.get(&t).map(|f| (t, s + f)))
+                    .collect(),
+            });
+            if hits.as_ref().is_some_and(HashMap::is_empty) {
+                return Vec::new();
+            }
+        }
+        let Some(hits) = hits else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u32, usize, u32, u32)> = Vec::new();
+        for (target, word_score) in hits {
+            match target {
+                Target::Street(s) => {
+                    let street = &self.streets[s as usize];
+                    let kind_bonus = match (q.kind, street.kind) {
+                        (Some(a), Some(b)) if a == b => 5,
+                        _ => 0,
+                    };
+                    // A shorter name: a closer match for the same words.
+                    let spare = street.name_len;
+                    let base = word_score * 1000 + kind_bonus;
+                    let mut taken = 0;
+                    for &a in &street.addresses {
+                        let Some(h) = self.house_score(a, q.house.as_ref()) else {
+                            continue;
+                        };
+                        out.push((base + h, spare, self.house_key(a), a));
+                        taken += 1;
+                        // Without a house the street's first houses stand for it.
+                        if q.house.is_none() && taken >= limit {
+                            break;
+                        }
+                    }
+                }
+                Target::Building(a) => {
+                    let Some(h) = self.house_score(a, q.house.as_ref()) else {
+                        continue;
+                    };
+                    let spare = self.building_len[&a];
+                    out.push((word_score * 1000 + h, spare, self.house_key(a), a));
+                }
+            }
+        }
+        out.sort_by(|x, y| {
+            y.0.cmp(&x.0)
+                .then(x.1.cmp(&y.1))
+                .then(x.2.cmp(&y.2))
+                .then(x.3.cmp(&y.3))
+        });
+        out.dedup_by_key(|x| x.3);
+        out.truncate(limit);
+        out.into_iter()
+            .map(|(score, _, _, a)| Match {
+                address: &self.addresses[a as usize],
+                score,
+            })
+            .collect()
+    }
+
+    fn house_key(&self, a: u32) -> u32 {
+        self.houses[a as usize].as_ref().map_or(u32::MAX, |h| h.lo)
+    }
+
+    fn house_score(&self, a: u32, q: Option<&House>) -> Option<u32> {
+        match (q, &self.houses[a as usize]) {
+            (None, _) => Some(0),
+            (Some(q), Some(h)) => h.score(q),
+            (Some(_), None) => None,
+        }
+    }
+
+    /// Every target one query word matches, with the best quality per target.
+    fn targets(&self, w: &str) -> HashMap<Target, u32> {
+        let mut found: HashMap<Target, u32> = HashMap::new();
+        let put = |found: &mut HashMap<Target, u32>, t: Target, m: WordMatch| {
+            let e = found.entry(t).or_insert(0);
+            *e = (*e).max(m as u32);
+        };
+        let start = self.words.partition_point(|(x, _)| x.as_str() < w);
+        for (x, t) in self.words[start..].iter().take_while(|(x, _)| x.starts_with(w)) {
+            put(
+                &mut found,
+                *t,
+                if x == w {
+                    WordMatch::Exact
+                } else {
+                    WordMatch::Prefix
+                },
+            );
+        }
+        // One typo, only when nothing matched and the word is long enough
+        // for a typo to be told from another word.
+        if found.is_empty() && w.chars().count() >= 4 {
+            for (x, t) in &self.words {
+                if within_one_edit(w, x) {
+                    put(&mut found, *t, WordMatch::Typo);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// A street or building name's folded words (type and house words out) and
+/// the kind its type word named.
+fn name_words(name: &str) -> (Vec<String>, Option<StreetKind>) {
+    let mut kind = None;
+    let mut words = Vec::new();
+    for t in fold(name) {
+        match role(&t) {
+            Some(Role::Kind(k)) => kind = kind.or(Some(k)),
+            Some(Role::HouseWord) => {}
+            None => words.push(t),
+        }
+    }
+    (words, kind)
+}
+
+/// A parsed query: name words, the street-type hint, the house.
+#[derive(Debug)]
+struct Query {
+    words: Vec<String>,
+    kind: Option<StreetKind>,
+    house: Option<House>,
+}
+
+impl Query {
+    /// `None` when it has no name word to look for.
+    fn parse(text: &str) -> Option<Query> {
+        let tokens = fold(text);
+        let mut q = Query {
+            words: Vec::new(),
+            kind: None,
+            house: None,
+        };
+        let mut numbers: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < tokens.len() {
+            let t = &tokens[i];
+            if t.starts_with(|c: char| c.is_ascii_digit()) {
+                // `12 а`: a lone letter after a number is its suffix.
+                let mut n = t.clone();
+                if let Some(next) = tokens.get(i + 1)
+                    && next.chars().count() == 1
+                    && next.chars().all(char::is_alphabetic)
+                {
+                    n.push_str(next);
+                    i += 1;
+                }
+                numbers.push(n);
+            } else {
+                match role(t) {
+                    Some(Role::Kind(k)) => q.kind = q.kind.or(Some(k)),
+                    Some(Role::HouseWord) => {}
+                    None => q.words.push(t.clone()),
+                }
+            }
+            i += 1;
+        }
+        // The last number is the house; a number before it (`8 Марта 12`)
+        // is part of the name.
+        if let Some(last) = numbers.pop() {
+            if q.words.is_empty() && numbers.is_empty() {
+                return None;
+            }
+            q.words.extend(numbers);
+            if q.words.is_empty() {
+                return None;
+            }
+            q.house = House::parse(&last);
+        }
+        (!q.words.is_empty()).then_some(q)
+    }
+}
+
+/// Levenshtein distance at most 1 (one substitution, insertion or deletion).
+fn within_one_edit(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let (short, long) = if a.len() <= b.len() { (&a, &b) } else { (&b, &a) };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let prefix = short.iter().zip(long.iter()).take_while(|(x, y)| x == y).count();
+    if short.len() == long.len() {
+        short[prefix + 1.min(short.len() - prefix)..] == long[prefix + 1.min(long.len() - prefix)..]
+    } else {
+        short[prefix..] == long[prefix + 1..]
+    }
+}
+
+/// CSV records with their 1-based line numbers (RFC 4180: `"` quotes a
+/// field, `""` is a quote inside one, a quoted field may hold newlines).
+fn csv_rows(text: &str) -> impl Iterator<Item = (usize, Result<Vec<String>, String>)> + '_ {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    std::iter::from_fn(move || {
+        chars.peek()?;
+        let start = line;
+        let mut row = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        loop {
+            let Some(c) = chars.next() else {
+                if quoted {
+                    return Some((start, Err("a quoted field is not closed".into())));
+                }
+                break;
+            };
+            match (quoted, c) {
+                (true, '"') if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                (true, '"') => quoted = false,
+                (false, '"') if field.trim().is_empty() => {
+                    field.clear();
+                    quoted = true;
+                }
+                (false, ',') => row.push(std::mem::take(&mut field)),
+                (false, '\n') => {
+                    line += 1;
+                    break;
+                }
+                (false, '\r') => {}
+                (_, c) => {
+                    if c == '\n' {
+                        line += 1;
+                    }
+                    field.push(c);
+                }
+            }
+        }
+        row.push(field);
+        Some((start, Ok(row)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(street: &str, house: &str, building: Option<&str>, lat: f64) -> Address {
+        Address {
+            street: street.into(),
+            house: house.into(),
+            building: building.map(Into::into),
+            location: Location { lat, lon: 51.37 },
+        }
+    }
+
+    fn city() -> Gazetteer {
+        Gazetteer::new(vec![
+            a("ул. Абая", "12", None, 51.20),
+            a("ул. Абая", "12-14", None, 51.201),
+            a("ул. Абая", "12а", None, 51.202),
+            a("ул. Абая", "7", None, 51.203),
+            a("ул. Абая", "120", None, 51.204),
+            a("проспект Абая", "12", None, 51.205),
+            a("улица Жангир хана", "3", None, 51.21),
+            a("ул. Чёрная речка", "5", None, 51.22),
+            a("проспект Назарбаева", "44/1", Some("ТРЦ Атриум"), 51.23),
+            a("Dostyk avenue", "9", None, 51.24),
+            a("ул. Курмангазы", "101", None, 51.25),
+            a("улица 8 Марта", "4", None, 51.26),
+        ])
+        .unwrap()
+    }
+
+    fn labels(g: &Gazetteer, q: &str) -> Vec<String> {
+        g.lookup(q, 10).iter().map(|m| m.address.label()).collect()
+    }
+
+    fn first(g: &Gazetteer, q: &str) -> String {
+        labels(g, q)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| format!("nothing for {q:?}"))
+    }
+
+    #[test]
+    fn cyrillic_and_latin_spellings_meet() {
+        let g = city();
+        for q in ["ул. Абая 7", "Abaya 7", "ABAYA st 7", "abaia 7", "абая, д. 7"] {
+            assert_eq!(first(&g, q), "ул. Абая, 7", "{q}");
+        }
+        for q in [
+            "Жангир хана 3",
+            "Zhangir Khana 3",
+            "zhangir han 3",
+            "жангир-хана 3",
+        ] {
+            assert_eq!(first(&g, q), "улица Жангир хана, 3", "{q}");
+        }
+        for q in ["Kurmangazy 101", "Курмангазы 101", "kurmangazi 101"] {
+            assert_eq!(first(&g, q), "ул. Курмангазы, 101", "{q}");
+        }
+        // A Latin name in the file, a Cyrillic query.
+        assert_eq!(first(&g, "пр. Достык 9"), "Dostyk avenue, 9");
+        // ё and е.
+        assert_eq!(first(&g, "черная речка 5"), "ул. Чёрная речка, 5");
+        assert_eq!(first(&g, "Chernaya rechka 5"), "ул. Чёрная речка, 5");
+    }
+
+    #[test]
+    fn abbreviations_rank_the_named_street_type_first() {
+        let g = city();
+        for q in [
+            "пр. Абая 12",
+            "проспект Абая 12",
+            "Abaya avenue 12",
+            "Abaya ave 12",
+            "пр-т Абая 12",
+        ] {
+            assert_eq!(first(&g, q), "проспект Абая, 12", "{q}");
+        }
+        for q in ["ул. Абая 12", "улица Абая 12", "Abaya street 12", "Abaya st. 12"] {
+            assert_eq!(first(&g, q), "ул. Абая, 12", "{q}");
+        }
+        // Without a type both exact 12s come before the range and the suffix.
+        let l = labels(&g, "Абая 12");
+        assert_eq!(l.len(), 5, "{l:?}");
+        assert!(
+            l[..2].contains(&"ул. Абая, 12".to_string()) && l[..2].contains(&"проспект Абая, 12".to_string())
+        );
+        assert_eq!(&l[2..4], ["ул. Абая, 12-14", "ул. Абая, 12а"]);
+        assert_eq!(l[4], "ул. Абая, 120", "a prefix of the number comes last");
+    }
+
+    #[test]
+    fn house_number_ranges_and_suffixes() {
+        let g = city();
+        assert_eq!(first(&g, "Абая 14"), "ул. Абая, 12-14", "inside the range");
+        assert_eq!(
+            labels(&g, "ул. Абая 13"),
+            Vec::<String>::new(),
+            "13 is across the street"
+        );
+        assert_eq!(first(&g, "Абая 12-14"), "ул. Абая, 12-14");
+        assert_eq!(first(&g, "ул. Абая 12а"), "ул. Абая, 12а");
+        assert_eq!(
+            first(&g, "ul. Abaya 12a"),
+            "ул. Абая, 12а",
+            "Latin a is Cyrillic а"
+        );
+        assert_eq!(first(&g, "Абая 12 а"), "ул. Абая, 12а");
+        assert_eq!(
+            first(&g, "Назарбаева 44/1"),
+            "проспект Назарбаева, 44/1 (ТРЦ Атриум)"
+        );
+        // A query range finds the single numbers inside it.
+        let l = labels(&g, "ул Абая 10-12");
+        assert!(l.contains(&"ул. Абая, 12".to_string()), "{l:?}");
+        assert_eq!(labels(&g, "Абая 99"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn ranking_exact_words_before_prefixes_before_typos() {
+        let g = Gazetteer::new(vec![
+            a("ул. Мира", "1", None, 51.1),
+            a("ул. Мирная", "1", None, 51.2),
+            a("ул. Миранда", "1", None, 51.3),
+        ])
+        .unwrap();
+        assert_eq!(labels(&g, "мира 1"), ["ул. Мира, 1", "ул. Миранда, 1"]);
+        assert_eq!(
+            labels(&g, "мир 1"),
+            ["ул. Мира, 1", "ул. Мирная, 1", "ул. Миранда, 1"]
+        );
+        // One typo still finds it, only when nothing matches better.
+        assert_eq!(labels(&g, "мирнья 1"), ["ул. Мирная, 1"]);
+        assert_eq!(labels(&g, "Mirnaya 1"), ["ул. Мирная, 1"]);
+        assert!(g.lookup("мира 1", 10)[0].score > g.lookup("мир 1", 10)[0].score);
+    }
+
+    #[test]
+    fn autocomplete_while_typing_and_limits() {
+        let g = city();
+        assert_eq!(
+            first(&g, "аб"),
+            "ул. Абая, 7",
+            "a street prefix lists its houses in order"
+        );
+        assert_eq!(g.lookup("абая", 2).len(), 2);
+        assert_eq!(g.lookup("абая", 0).len(), 0);
+        assert_eq!(first(&g, "Абая 1"), "ул. Абая, 12", "a house prefix");
+        assert_eq!(
+            first(&g, "атриум"),
+            "проспект Назарбаева, 44/1 (ТРЦ Атриум)",
+            "a building name"
+        );
+        assert_eq!(
+            first(&g, "8 марта 4"),
+            "улица 8 Марта, 4",
+            "a number inside a street name"
+        );
+        for q in ["", "   ", "12", "ул.", "!!!", "д. 5"] {
+            assert!(g.lookup(q, 10).is_empty(), "{q:?}");
+        }
+        assert!(labels(&g, "Лермонтова 5").is_empty());
+    }
+
+    #[test]
+    fn csv_loads_with_quotes_any_column_order_and_names_bad_lines() {
+        let text = "\u{feff}lat,lon,street,house,building\n\
+                    51.2,51.37,\"ул. Абая\",12,\n\
+                    51.3,51.38,\"пр. \"\"Ак Жайык\"\"\",\"3-5\",\"ТЦ, центр\"\r\n\
+                    \n";
+        let g = Gazetteer::from_csv(text).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(first(&g, "ак жайык 5"), "пр. \"Ак Жайык\", 3-5 (ТЦ, центр)");
+        let e = Gazetteer::from_csv("street,house,lat,lon\nАбая,1,91,0\n").unwrap_err();
+        assert_eq!(e.at, "line 2");
+        let e = Gazetteer::from_csv("street,house,lat\n").unwrap_err();
+        assert!(e.problem.contains("`lon`"), "{e}");
+        let e = Gazetteer::from_csv("street,house,lat,lon\nул.,1,51,51\n").unwrap_err();
+        assert!(e.problem.contains("no name"), "{e}");
+        let e = Gazetteer::from_csv("street,house,lat,lon\n\"Абая,1,51,51\n").unwrap_err();
+        assert!(e.problem.contains("not closed"), "{e}");
+    }
+
+    #[test]
+    fn one_edit() {
+        assert!(within_one_edit("mira", "mira"));
+        assert!(within_one_edit("mira", "mire"));
+        assert!(within_one_edit("mira", "miraa"));
+        assert!(within_one_edit("mira", "mra"));
+        assert!(!within_one_edit("mira", "mrea"));
+        assert!(!within_one_edit("mira", "miraaa"));
+        assert!(within_one_edit("", "a"));
+    }
+}

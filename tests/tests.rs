@@ -16,6 +16,7 @@ mod cluster;
 mod cluster_roles;
 mod durability;
 mod eido;
+mod failover;
 mod http;
 mod hub_e2e;
 mod journal_failure;

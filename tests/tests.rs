@@ -18,6 +18,7 @@ mod cluster_roles;
 mod durability;
 mod eido;
 mod geocode;
+mod failover;
 mod http;
 mod hub_e2e;
 mod journal_failure;

@@ -182,4 +182,4 @@ nats_cpu() {
 }
 
 # The sim's JSON report on stdin -> CPU seconds of every measured node process.
-NODES_CPU="(r['server_process']['cpu_s'] + sum(r['also_cpu_s'].values()))"
+NODES_CPU="(r['server_process']['cpu_s'] + sum(r.get('also_cpu_s', {}).values()))"

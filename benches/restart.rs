@@ -22,20 +22,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use opcenter_core::{
-    Actor, Command as Cmd, Engine, EngineConfig, Location, NewIncident, PositionFix, Reply, UnitProfile,
-    UnitStatus,
-};
 use opcenter_proto::auth::Role;
 use opcenter_sim::harness::{self, ServerProcess};
 use opcenter_sim::wire::{self, Encoding};
 use opcenter_store::{FileJournal, Journal, Options};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+
+#[path = "common/day.rs"]
+mod day;
 
 const SECRET: &str = "restart-bench-secret-of-at-least-32-bytes";
-const T0: i64 = 1_764_300_000_000;
-const UNITS: usize = 2_000;
 const SNAPSHOT_LAG: u64 = 25_000;
 const RUNS: usize = 5;
 const CONNS: usize = 8;
@@ -48,13 +43,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn loc(rng: &mut StdRng) -> Location {
-    Location {
-        lat: rng.random_range(51.15..51.31),
-        lon: rng.random_range(51.25..51.49),
-    }
-}
-
 /// Writes `target` events into `dir`; returns the seq and bytes of the engine
 /// snapshot taken `SNAPSHOT_LAG` events before the end.
 fn build_journal(dir: &Path, target: u64) -> (u64, Vec<u8>) {
@@ -63,131 +51,9 @@ fn build_journal(dir: &Path, target: u64) -> (u64, Vec<u8>) {
         ..Options::default()
     };
     let mut journal = FileJournal::open(dir, opts).unwrap();
-    let config = EngineConfig {
-        max_position_age_ms: i64::MAX / 4,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::new(config);
-    let mut rng = StdRng::seed_from_u64(4);
-    let disp = Actor::dispatcher("bench");
-    let mut now = T0;
-    let mut pending: Vec<opcenter_core::Event> = Vec::new();
-    let mut snapshot: Option<(u64, Vec<u8>)> = None;
-    let flush = |journal: &mut FileJournal, pending: &mut Vec<opcenter_core::Event>| {
-        let payloads: Vec<Vec<u8>> = pending
-            .iter()
-            .map(|e| rmp_serde::to_vec_named(e).unwrap())
-            .collect();
-        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        journal.append_batch(&refs).unwrap();
-        pending.clear();
-    };
-    for i in 0..UNITS {
-        let id = format!("P-{i:04}");
-        let profile = UnitProfile {
-            agency: None,
-            id: id.clone(),
-            callsign: Some(format!("Patrol {i}")),
-            kind: Some("car".into()),
-            capabilities: if i % 10 == 0 {
-                vec!["k9".into()]
-            } else {
-                Vec::new()
-            },
-        };
-        let actor = Actor::unit(id.clone(), id.clone());
-        pending.extend(
-            engine
-                .apply(&actor, Cmd::RegisterUnit(profile), now)
-                .unwrap()
-                .events,
-        );
-        let fix = PositionFix {
-            location: loc(&mut rng),
-            heading: None,
-            speed: None,
-            accuracy: None,
-            at_ms: None,
-        };
-        engine
-            .apply(
-                &actor,
-                Cmd::Position {
-                    unit_id: id.clone(),
-                    fix,
-                },
-                now,
-            )
-            .unwrap();
-        let st = Cmd::SetStatus {
-            unit_id: id,
-            status: UnitStatus::Available,
-        };
-        pending.extend(engine.apply(&actor, st, now).unwrap().events);
-    }
-    flush(&mut journal, &mut pending);
-    let mut open: std::collections::VecDeque<(String, String)> = Default::default();
-    while journal.last_seq() < target {
-        now += 1_000;
-        // A call comes in; the nearest unit takes it and acknowledges.
-        let mut n = NewIncident::call(
-            ["theft", "noise", "traffic", "assault"][rng.random_range(0..4)],
-            rng.random_range(1..=5),
-            loc(&mut rng),
-        );
-        n.address = Some(format!("{} Dostyk street", rng.random_range(1..300)));
-        n.description = Some("caller reports a disturbance near the entrance, two people involved".into());
-        let applied = engine.apply(&disp, Cmd::CreateIncident(n), now).unwrap();
-        let inc = match &applied.reply {
-            Reply::Created { incident, .. } => incident.clone(),
-            _ => unreachable!(),
-        };
-        pending.extend(applied.events);
-        if let Some(u) = inc.units.first() {
-            let ack = Cmd::Ack {
-                unit_id: u.clone(),
-                incident_id: inc.id.clone(),
-            };
-            pending.extend(
-                engine
-                    .apply(&Actor::unit(u.clone(), u.clone()), ack, now)
-                    .unwrap()
-                    .events,
-            );
-            let note = Cmd::Note {
-                incident_id: inc.id.clone(),
-                text: "on our way".into(),
-            };
-            if let Ok(a) = engine.apply(&Actor::unit(u.clone(), u.clone()), note, now) {
-                pending.extend(a.events);
-            }
-            open.push_back((inc.id.clone(), u.clone()));
-        }
-        // Keep ~30 % of the fleet busy: close the oldest open incident.
-        while open.len() > UNITS * 3 / 10 {
-            let (id, _) = open.pop_front().unwrap();
-            let close = Cmd::CloseIncident {
-                incident_id: id,
-                disposition: "resolved".into(),
-            };
-            pending.extend(engine.apply(&disp, close, now).unwrap().events);
-        }
-        if pending.len() >= 64 {
-            flush(&mut journal, &mut pending);
-        }
-        if snapshot.is_none() && journal.last_seq() >= target.saturating_sub(SNAPSHOT_LAG) {
-            flush(&mut journal, &mut pending);
-            let snap = rmp_serde::to_vec_named(&engine.snapshot()).unwrap();
-            snapshot = Some((journal.last_seq(), snap));
-        }
-    }
-    flush(&mut journal, &mut pending);
-    // A tiny target (fewer events than the fleet's registration): snapshot the end.
-    snapshot.unwrap_or_else(|| {
-        (
-            journal.last_seq(),
-            rmp_serde::to_vec_named(&engine.snapshot()).unwrap(),
-        )
+    day::build(target, SNAPSHOT_LAG, |batch| {
+        journal.append_batch(batch).unwrap();
+        journal.last_seq()
     })
 }
 

@@ -122,6 +122,25 @@ pub struct LoadArgs {
     /// slowest console has received (fan-out mode).
     #[arg(long)]
     pub window: Option<u64>,
+    /// Consoles connect to these addresses, round-robin, instead of `--server`
+    /// (repeat the option): one console population spread over several hub nodes
+    /// of a region. Everything else stays on `--server`.
+    #[arg(long = "console-server", value_name = "HOST:PORT")]
+    pub console_servers: Vec<String>,
+    /// More process ids (repeat the option; e.g. a region's engine and other hub
+    /// nodes): each one's CPU seconds over the same span as `server_process.cpu_s`.
+    #[arg(long = "also-pid", value_name = "PID")]
+    pub also_pids: Vec<u32>,
+}
+
+impl LoadArgs {
+    /// The address console `i` connects to.
+    fn console_server(&self, i: usize) -> &str {
+        match self.console_servers.len() {
+            0 => &self.server,
+            n => &self.console_servers[i % n],
+        }
+    }
 }
 
 /// Shared counters, bumped by every connection task.
@@ -231,6 +250,9 @@ pub struct Report {
     /// The load tool's own CPU seconds from the window's start to the end of the settle
     /// phase (it shares the machine with the server).
     pub tool_cpu_s: Option<f64>,
+    /// `--also-pid` processes: CPU seconds of each from the window's start to the end
+    /// of the settle phase, by pid (absent: the process was gone).
+    pub also_cpu_s: BTreeMap<u32, f64>,
 }
 
 /// Incident counts. Invariant checked: `created == assigned + pending + lost`.
@@ -393,6 +415,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     // Let the server settle after the connection storm before sampling memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let proc_connected = a.pid.and_then(|p| stats::proc_sample(p).ok());
+    let also_connected: Vec<_> = a.also_pids.iter().map(|&p| stats::proc_sample(p).ok()).collect();
     let tool_connected = stats::proc_sample(std::process::id()).ok();
 
     // The measured window.
@@ -433,6 +456,18 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let proc_settled = a.pid.and_then(|p| stats::proc_sample(p).ok());
+    let also_cpu_s = a
+        .also_pids
+        .iter()
+        .zip(&also_connected)
+        .filter_map(|(&pid, p1)| {
+            let (p1, ps) = (p1.as_ref()?, stats::proc_sample(pid).ok()?);
+            Some((
+                pid,
+                ps.cpu_ticks.saturating_sub(p1.cpu_ticks) as f64 / stats::USER_HZ,
+            ))
+        })
+        .collect();
     let tool_settled = stats::proc_sample(std::process::id()).ok();
     sh.cancel.cancel();
     while tasks.join_next().await.is_some() {}
@@ -508,6 +543,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         tool_cpu_s: tool_connected
             .zip(tool_settled)
             .map(|(t0, t1)| t1.cpu_ticks.saturating_sub(t0.cpu_ticks) as f64 / stats::USER_HZ),
+        also_cpu_s,
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         server_process: match (a.pid, proc0, proc_connected, proc_window, proc_settled, proc_end) {
@@ -671,11 +707,11 @@ async fn run_task(f: impl Future<Output = anyhow::Result<()>>) {
 
 /// Sets up a connection under the concurrency limit: connect, hello, then `setup`.
 /// Counts it as connected or failed.
-async fn open_session(sh: &Shared, token: &str) -> anyhow::Result<Ws> {
+async fn open_session(sh: &Shared, addr: &str, token: &str) -> anyhow::Result<Ws> {
     // The semaphore is never closed.
     let _slot = sh.connect_slots.acquire().await.expect("semaphore open");
     let r = tokio::select! {
-        r = wire::connect(&sh.args.server, token, sh.args.encoding) => r,
+        r = wire::connect(addr, token, sh.args.encoding) => r,
         _ = sh.cancel.cancelled() => Err(anyhow::anyhow!("cancelled")),
     };
     match r {
@@ -766,7 +802,8 @@ impl Local {
 /// against the send time carried in its description, without decoding the frame.
 async fn console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     let name = format!("load-console-{i}");
-    listen(sh, Role::Dispatcher, &name, "incidents", |sh, local, m| {
+    let addr = sh.args.console_server(i).to_owned();
+    listen(sh, &addr, Role::Dispatcher, &name, "incidents", |sh, local, m| {
         if let Some(bytes) = wire::payload(m) {
             count_event(sh, local, bytes);
         }
@@ -794,8 +831,12 @@ fn count_event(sh: &Shared, local: &mut Local, bytes: &[u8]) -> bool {
 }
 
 /// Connects a raw console: handshake, `hello`, `subscribe incidents`, each answered.
-async fn raw_setup(sh: &Shared, token: &str) -> anyhow::Result<(tokio::net::TcpStream, FrameReader)> {
-    let addr = tokio::net::lookup_host(&sh.args.server)
+async fn raw_setup(
+    sh: &Shared,
+    server: &str,
+    token: &str,
+) -> anyhow::Result<(tokio::net::TcpStream, FrameReader)> {
+    let addr = tokio::net::lookup_host(server)
         .await?
         .next()
         .context("no address")?;
@@ -812,7 +853,7 @@ async fn raw_setup(sh: &Shared, token: &str) -> anyhow::Result<(tokio::net::TcpS
         .await
         .with_context(|| format!("connect {addr}"))?;
     tcp.set_nodelay(true)?;
-    let left = rawws::client_handshake(&mut tcp, &sh.args.server).await?;
+    let left = rawws::client_handshake(&mut tcp, server).await?;
     let mut reader = FrameReader::new(RAW_READ_BUFFER, &left);
     let enc = sh.args.encoding;
     for (id, cmd) in [
@@ -883,7 +924,7 @@ async fn raw_console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
         // The semaphore is never closed.
         let _slot = sh.connect_slots.acquire().await.expect("semaphore open");
         tokio::select! {
-            r = raw_setup(&sh, &token) => r,
+            r = raw_setup(&sh, sh.args.console_server(i), &token) => r,
             _ = sh.cancel.cancelled() => Err(anyhow::anyhow!("cancelled")),
         }
     };
@@ -967,7 +1008,8 @@ fn window_full(sh: &Shared) -> bool {
 /// A supervisor's map: subscribes to `positions` and measures each item's staleness.
 async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     let name = format!("load-supervisor-{i}");
-    listen(sh, Role::Supervisor, &name, "positions", |sh, local, m| {
+    let addr = sh.args.server.clone();
+    listen(sh, &addr, Role::Supervisor, &name, "positions", |sh, local, m| {
         let Some(f) = wire::decode::<Frame>(m) else { return };
         if let Some(items) = f.items {
             let now = wire::now_us();
@@ -995,7 +1037,7 @@ async fn supervisor(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
 async fn resubscriber(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     let name = format!("load-resubscriber-{i}");
     let token = wire::token(&sh.secret, Role::Supervisor, &name);
-    let mut ws = open_session(&sh, &token).await?;
+    let mut ws = open_session(&sh, &sh.args.server, &token).await?;
     let topics = ["incidents", "units", "positions"];
     let first = setup_cmd(
         &sh,
@@ -1037,13 +1079,14 @@ async fn resubscriber(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
 /// counts are flushed to the shared totals in batches (every 200 ms at least).
 async fn listen(
     sh: Arc<Shared>,
+    addr: &str,
     role: Role,
     name: &str,
     topic: &str,
     mut on_frame: impl FnMut(&Shared, &mut Local, &Message),
 ) -> anyhow::Result<()> {
     let token = wire::token(&sh.secret, role, name);
-    let mut ws = open_session(&sh, &token).await?;
+    let mut ws = open_session(&sh, addr, &token).await?;
     setup_cmd(
         &sh,
         &mut ws,
@@ -1089,7 +1132,7 @@ async fn tablet(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
     let (kind, caps) = geo::fleet_profile(&mut rng);
     let token = wire::unit_token(&sh.secret, &unit, &format!("Load {i}"), kind, &caps);
     let enc = sh.args.encoding;
-    let mut ws = open_session(&sh, &token).await?;
+    let mut ws = open_session(&sh, &sh.args.server, &token).await?;
     let (mut x, mut y) = sh.city.random_xy(&mut rng);
     let mut heading: f64 = rng.random_range(0.0..360.0);
     let fix = |x: f64, y: f64, heading: f64| {
@@ -1227,7 +1270,7 @@ async fn producer(sh: Arc<Shared>, p: usize, seed: u64) -> anyhow::Result<()> {
     let a = &sh.args;
     let token = wire::token(&sh.secret, Role::Dispatcher, &format!("load-producer-{p}"));
     let enc = a.encoding;
-    let mut ws = open_session(&sh, &token).await?;
+    let mut ws = open_session(&sh, &sh.args.server, &token).await?;
     sh.c.connected.fetch_add(1, Relaxed);
     let share = |total: f64| total / a.producers.max(1) as f64;
     let mut burst_left = a.burst.map(|b| {
@@ -1516,6 +1559,7 @@ mod tests {
             error_samples: BTreeMap::new(),
             server_process: None,
             tool_cpu_s: None,
+            also_cpu_s: BTreeMap::new(),
         };
         let out = format!("noise\n{}\n", serde_json::to_string(&r).unwrap());
         let v = parse_report(&out).unwrap();

@@ -509,3 +509,46 @@ async fn a_silent_connection_is_closed_4010_and_a_live_one_is_kept() {
     assert_eq!(silent.closed().await, Some(4010));
     assert_eq!(live.request(json!({"type":"ping"})).await["type"], "ok");
 }
+
+/// The `_count` of histogram `name` in the server's `/metrics` (0 while never recorded).
+async fn histogram_count(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let (status, body) = http(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let line = format!("{name}_count ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_creates_assignment_written_to_the_tablet_is_counted_once() {
+    // Its own process: the metrics recorder is per process, so no other test's
+    // creates can count here.
+    const WRITTEN: &str = "opcenter_assignment_written_seconds";
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = BinServer::start(&tmp.path().join("data"), "");
+    let mut near = tablet(&srv.host(), Encoding::Msgpack, "P-NEAR", NEAR.0, NEAR.1).await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    // A create with no unit to assign (nobody within reach) writes no assignment.
+    let ok = console.request(create(-33.9, 18.4)).await;
+    assert_eq!(ok["incident"]["status"], "pending", "{ok}");
+    assert_eq!(histogram_count(srv.addr, WRITTEN).await, 0);
+
+    let ok = console.request(create(SCENE.0, SCENE.1)).await;
+    assert_eq!(ok["incident"]["units"], json!(["P-NEAR"]), "{ok}");
+    near.event("assignments", Some("assigned")).await;
+    // The writer records after its write returns, which may be a moment after the
+    // tablet read the frame.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut count = 0;
+    while count == 0 && std::time::Instant::now() < deadline {
+        count = histogram_count(srv.addr, WRITTEN).await;
+        if count == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(count, 1, "one create, one tablet: one sample");
+    // The queue-side histogram counts both creates' receipt; only the one
+    // that assigned a unit reached a tablet.
+    assert_eq!(histogram_count(srv.addr, "opcenter_assignment_seconds").await, 1);
+}

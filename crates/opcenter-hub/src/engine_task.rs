@@ -322,6 +322,8 @@ struct BatchEvents {
     events: Vec<Event>,
     /// `records[i]` is `events[i]` encoded, while `failed` is `None`.
     records: Vec<Vec<u8>>,
+    /// `read_at[i]`: when the `incident.create` that caused `events[i]` was read.
+    read_at: Vec<Option<Instant>>,
     /// An event that could not be encoded fails the whole commit, typed.
     failed: Option<DurabilityError>,
 }
@@ -329,10 +331,11 @@ struct BatchEvents {
 impl BatchEvents {
     fn push(&mut self, events: Vec<Event>, origin: &Origin) {
         let records = encode_all(&events, origin);
-        self.push_encoded(events, records);
+        self.push_encoded(events, records, None);
     }
 
-    fn push_encoded(&mut self, events: Vec<Event>, records: Encoded) {
+    fn push_encoded(&mut self, events: Vec<Event>, records: Encoded, read_at: Option<Instant>) {
+        self.read_at.extend(std::iter::repeat_n(read_at, events.len()));
         match records {
             Ok(r) => self.records.extend(r),
             Err(e) => {
@@ -521,7 +524,8 @@ impl EngineTask {
                         // The events move to the batch; the reply keeps what it needs.
                         let own = std::mem::take(&mut applied.events);
                         assigned = own.iter().any(|e| e.change == opcenter_core::Change::Assigned);
-                        events.push_encoded(own, records);
+                        let create = (name == "incident.create").then_some(received);
+                        events.push_encoded(own, records, create);
                         if let Some(p) = applied.position.take() {
                             positions.push(p);
                         }
@@ -616,9 +620,10 @@ impl EngineTask {
         let committed = self.commit(&mut events);
         match committed {
             Ok(first_seq) => {
+                let read_at = std::mem::take(&mut events.read_at);
                 let events: Vec<Arc<Event>> = events.events.into_iter().map(Arc::new).collect();
-                for (i, event) in events.iter().enumerate() {
-                    self.fanout.publish(first_seq + i as u64, event);
+                for (i, (event, read_at)) in events.iter().zip(read_at).enumerate() {
+                    self.fanout.publish(first_seq + i as u64, event, read_at);
                 }
                 self.fanout.wake();
                 // The engine's own state (retention, idempotency keys) is what a

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use opcenter_core::{Event, EventBody, Topic};
 use opcenter_proto::Encoding;
@@ -79,8 +80,10 @@ impl Fanout {
     }
 
     /// Queues a committed event for its subscribers. Writers are woken by
-    /// [`Fanout::wake`], once per batch.
-    pub(crate) fn publish(&mut self, seq: u64, event: &Event) {
+    /// [`Fanout::wake`], once per batch. `read_at`: when the `incident.create`
+    /// that caused it was read; an assignment carries it to the tablet's writer,
+    /// which records the time until it is on the socket.
+    pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) {
         let mut lazy = Lazy::new(seq, event);
         let urgent = event.topic() == Topic::Assignments;
         let filtered: Vec<Arc<Outbox>>;
@@ -104,14 +107,14 @@ impl Fanout {
                 None => &[],
             },
         };
-        let to_wake = if urgent {
-            &mut self.to_wake_first
+        let (to_wake, read_at) = if urgent {
+            (&mut self.to_wake_first, read_at)
         } else {
-            &mut self.to_wake
+            (&mut self.to_wake, None)
         };
         for outbox in list {
             if let Some(frame) = lazy.get(outbox.encoding)
-                && outbox.push_deferred(frame.clone())
+                && outbox.push_deferred(frame.clone(), read_at)
             {
                 to_wake.push(outbox.clone());
             }

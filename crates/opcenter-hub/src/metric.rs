@@ -12,6 +12,10 @@ pub(crate) const COMMANDS: &str = "opcenter_commands_total";
 pub(crate) const CREATE_SECONDS: &str = "opcenter_create_seconds";
 /// Histogram: receipt of an `incident.create` → its assignments queued to the tablets.
 pub(crate) const ASSIGNMENT_SECONDS: &str = "opcenter_assignment_seconds";
+/// Histogram: an `incident.create` frame read from the socket → the assignment
+/// it caused written to the tablet's socket, seconds (one per tablet session
+/// that received it; includes the commit, the queue and the write).
+pub(crate) const ASSIGNMENT_WRITTEN_SECONDS: &str = "opcenter_assignment_written_seconds";
 /// Histogram: one group commit (append + fsync), seconds.
 pub(crate) const JOURNAL_APPEND_SECONDS: &str = "opcenter_journal_append_seconds";
 /// Histogram: events per group commit (has its own buckets).

@@ -380,7 +380,7 @@ impl Mirror {
         }
         for (i, event) in events.iter().enumerate() {
             self.engine.restore(event);
-            self.fanout.publish(first_seq + i as u64, event);
+            self.fanout.publish(first_seq + i as u64, event, None);
         }
         self.fanout.wake();
         self.last_seq = first_seq + events.len() as u64 - 1;

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::extract::ws::Message;
 use tokio::sync::Notify;
@@ -67,8 +68,10 @@ enum PendingPositions {
 
 /// One place in the queue.
 enum Slot {
-    /// A frame, and whether its bytes count against the bound.
-    Frame(Prepared, bool),
+    /// A frame, whether its bytes count against the bound, and when the
+    /// command that caused it was read (only for a create's assignment: the
+    /// writer records the time to the socket, [`metric::ASSIGNMENT_WRITTEN_SECONDS`]).
+    Frame(Prepared, bool, Option<Instant>),
     /// Reserved by [`Outbox::reserve`] for a `subscribe` reply, not yet filled.
     Reserved(u64),
 }
@@ -90,6 +93,8 @@ struct State {
 pub(crate) struct Drained {
     /// Replies and events, in order.
     pub(crate) frames: Vec<Prepared>,
+    /// For each create's assignment among `frames`: when the create was read.
+    pub(crate) stamps: Vec<Instant>,
     /// The latest positions, if any.
     pub(crate) positions: Option<Prepared>,
     /// Close after sending these.
@@ -139,7 +144,7 @@ impl Outbox {
     /// Queues a frame and wakes the writer. Returns false if the session is
     /// closed or just overflowed.
     pub(crate) fn push(&self, frame: Message) -> bool {
-        let queued = self.enqueue(Prepared::of(&frame)).is_some();
+        let queued = self.enqueue(Prepared::of(&frame), None).is_some();
         self.notify.notify_one();
         queued
     }
@@ -154,8 +159,9 @@ impl Outbox {
     /// Queues a frame without waking the writer, so a publisher can queue a
     /// whole batch of events and wake each writer once (one drain, one flush).
     /// Returns true when the caller now owes this outbox a [`Outbox::wake`].
-    pub(crate) fn push_deferred(&self, frame: Prepared) -> bool {
-        self.enqueue(frame).unwrap_or(true)
+    /// `read_at`: when the create whose assignment this is was read (see [`Slot`]).
+    pub(crate) fn push_deferred(&self, frame: Prepared, read_at: Option<Instant>) -> bool {
+        self.enqueue(frame, read_at).unwrap_or(true)
     }
 
     /// Wakes the writer after [`Outbox::push_deferred`].
@@ -166,7 +172,7 @@ impl Outbox {
 
     /// Queues `frame`: `Some(first)` when queued (`first`: the first deferred push
     /// since the last wake or drain), `None` when closed or just overflowed.
-    fn enqueue(&self, frame: Prepared) -> Option<bool> {
+    fn enqueue(&self, frame: Prepared, read_at: Option<Instant>) -> Option<bool> {
         let mut st = self.lock();
         if st.close.is_some() {
             return None;
@@ -187,7 +193,7 @@ impl Outbox {
             return None;
         }
         st.bytes += len;
-        st.frames.push_back(Slot::Frame(frame, true));
+        st.frames.push_back(Slot::Frame(frame, true, read_at));
         let first = !st.wake_owed;
         st.wake_owed = true;
         Some(first)
@@ -219,7 +225,8 @@ impl Outbox {
         };
         st.frames.remove(at);
         for (i, f) in frames.iter().enumerate() {
-            st.frames.insert(at + i, Slot::Frame(Prepared::of(f), false));
+            st.frames
+                .insert(at + i, Slot::Frame(Prepared::of(f), false, None));
         }
         drop(st);
         self.notify.notify_one();
@@ -312,12 +319,14 @@ impl Outbox {
         }
         let st = &mut *st;
         let mut frames = Vec::with_capacity(ready);
+        let mut stamps = Vec::new();
         for slot in st.frames.drain(..ready) {
-            if let Slot::Frame(f, counted) = slot {
+            if let Slot::Frame(f, counted, read_at) = slot {
                 if counted {
                     st.bytes -= f.payload_len();
                 }
                 frames.push(f);
+                stamps.extend(read_at);
             }
         }
         st.wake_owed = false;
@@ -330,6 +339,7 @@ impl Outbox {
         let close = st.close;
         Some(Drained {
             frames,
+            stamps,
             positions,
             close,
         })
@@ -407,12 +417,18 @@ mod tests {
     #[tokio::test]
     async fn deferred_pushes_owe_one_wake_until_drained() {
         let ob = Outbox::new("s".into(), Encoding::Json, 1000);
-        assert!(ob.push_deferred(text("a")));
-        assert!(!ob.push_deferred(text("b")));
+        let read_at = Instant::now();
+        assert!(ob.push_deferred(text("a"), None));
+        assert!(!ob.push_deferred(text("b"), Some(read_at)));
         ob.wake();
         let d = ob.drain().await;
         assert_eq!(d.frames.len(), 2);
-        assert!(ob.push_deferred(text("c")));
+        assert_eq!(
+            d.stamps,
+            vec![read_at],
+            "the stamped frame's instant goes to the writer"
+        );
+        assert!(ob.push_deferred(text("c"), None));
     }
 
     #[tokio::test]

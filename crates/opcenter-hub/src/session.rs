@@ -290,6 +290,12 @@ async fn write_loop(
         tokio::select! {
             drained = outbox.drain() => {
                 let ok = sink.write(drained.frames.iter().chain(&drained.positions)).await.is_ok();
+                if ok {
+                    for read_at in &drained.stamps {
+                        metrics::histogram!(metric::ASSIGNMENT_WRITTEN_SECONDS)
+                            .record(read_at.elapsed().as_secs_f64());
+                    }
+                }
                 if let Some(close) = drained.close {
                     if ok {
                         close_now(&mut sink, close.code, close.reason).await;
@@ -353,9 +359,11 @@ impl Reader<'_> {
                 }
             };
             last_heard = tokio::time::Instant::now();
+            // The latency metrics start here, when the frame is off the socket.
+            let read_at = last_heard.into_std();
             match classify(item) {
                 Incoming::Data(enc, bytes) => {
-                    if !self.on_frame(enc, &bytes).await {
+                    if !self.on_frame(enc, &bytes, read_at).await {
                         return;
                     }
                 }
@@ -379,7 +387,7 @@ impl Reader<'_> {
     }
 
     /// Handles one data frame; false ends the session.
-    async fn on_frame(&mut self, enc: Encoding, bytes: &[u8]) -> bool {
+    async fn on_frame(&mut self, enc: Encoding, bytes: &[u8], read_at: Instant) -> bool {
         if enc != self.outbox.encoding {
             self.error(
                 None,
@@ -409,7 +417,7 @@ impl Reader<'_> {
             self.error(id, ErrorCode::RateLimited, "too many commands: slow down");
             return true;
         }
-        match self.to_request(frame) {
+        match self.to_request(frame, read_at) {
             Ok(Some(request)) => {
                 if self.app.engine_tx.send(request).await.is_err() {
                     self.error(id, ErrorCode::Internal, "server is shutting down");
@@ -456,7 +464,7 @@ impl Reader<'_> {
 
     /// Turns a frame into an engine request (through the role matrix), answers
     /// it here (`ping`), or refuses it.
-    fn to_request(&self, frame: Frame) -> Result<Option<Request>, Refusal> {
+    fn to_request(&self, frame: Frame, read_at: Instant) -> Result<Option<Request>, Refusal> {
         let id = frame.id;
         let outbox = self.outbox.clone();
         Ok(Some(match authorize(self.role, &self.actor, frame.message)? {
@@ -486,7 +494,7 @@ impl Reader<'_> {
                 actor: self.actor.clone(),
                 command,
                 reply: ReplyTo::Session { outbox, id },
-                received: Instant::now(),
+                received: read_at,
             },
         }))
     }

@@ -731,6 +731,8 @@ mod tests {
             Ok(Allowed::Recommend(_)) => "recommend",
             // Passed on; "own incident" is the engine's to check.
             Ok(Allowed::Command(_)) => "engine",
+            // Placed by the gazetteer first, then the engine's like any create.
+            Ok(Allowed::Place(_)) => "engine",
             Err((code, _)) => code.as_str(),
         }
     }

@@ -148,15 +148,15 @@ start_mode() {
             TARGET=${NODE_ADDR[ha]}
             PID=${NODE_PID[ha]}
             EXTRA=(--also-pid "${NODE_PID[e]}")
-            return
+            return 0
         fi
         node hb hub "$region"
         warm "${NODE_ADDR[hb]}"
         TARGET=${NODE_ADDR[hb]}
         PID=${NODE_PID[hb]}
         EXTRA=(--also-pid "${NODE_PID[e]}" --also-pid "${NODE_PID[ha]}" --console-server "${NODE_ADDR[ha]}")
-        [ "$mode" = hub2 ] && EXTRA+=(--console-server "${NODE_ADDR[hb]}")
-        return
+        if [ "$mode" = hub2 ]; then EXTRA+=(--console-server "${NODE_ADDR[hb]}"); fi
+        return 0
         ;;
     *)
         echo "unknown mode $mode" >&2

@@ -350,8 +350,24 @@ async fn main() -> anyhow::Result<()> {
                 tracing::warn!("--accept-broken-chain: a broken audit chain will not stop this start");
                 settings.accept_broken_chain = true;
             }
-            let server = start(settings).await?;
-            println!("listening on {}", server.local_addr()?);
+            // An engine node may wait as a standby for its region's lease, with its
+            // `/healthz` answering meanwhile: it says where it listens before that.
+            let engine_node = settings
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.role != opcenter_hub::ClusterRole::Hub);
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?;
+            if engine_node {
+                println!("listening on {}", listener.local_addr()?);
+            }
+            let server = Server::start(listener, settings)
+                .await
+                .context("starting the server")?;
+            if !engine_node {
+                println!("listening on {}", server.local_addr()?);
+            }
             server.serve(shutdown_signal()).await?;
         }
         Cmd::Demo { config, city } => {

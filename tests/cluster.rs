@@ -1,12 +1,12 @@
 //! A region on NATS JetStream, end to end: the real `opcenter` binary in the `both`
 //! role (`[cluster]` section) over real `nats-server` processes on loopback. The
 //! whole incident flow and a graceful restart (KV snapshot + replay); `kill -9` of
-//! the node during a burst of creates; two nodes for one region (fencing); an R3
+//! the node during a burst of creates; two nodes for one region (the second stands
+//! by and takes over, tests/failover.rs has the rest); an R3
 //! cluster losing its stream leader during creates. Each test prints `SKIPPED` and
 //! returns when nats-server is not installed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -16,7 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 use opcenter_cluster::testing::NatsCluster;
 use opcenter_cluster::{JetStreamJournal, JournalOptions};
 use opcenter_proto::auth::Role;
-use opcenter_sim::harness::ServerProcess;
 use opcenter_store::Journal;
 
 use crate::common::*;
@@ -215,6 +214,8 @@ async fn kill_9_of_the_node_during_creates_loses_nothing_acknowledged() {
     );
 
     let node = BinServer::start(&data, &extra);
+    // Its killed predecessor's lease lapses first (a clean stop releases it).
+    node.wait_active().await;
     let (mut d, hello2, snap) = incidents(&node.host(), None).await;
     assert_eq!(hello2["epoch"], epoch.as_str(), "epoch changed across kill -9");
     assert_eq!(
@@ -272,44 +273,42 @@ async fn kill_9_of_the_node_during_creates_loses_nothing_acknowledged() {
 }
 
 #[tokio::test]
-async fn a_second_node_for_the_region_is_fenced_and_exits() {
+async fn a_second_node_for_the_region_stands_by_and_takes_over_when_the_first_dies() {
     let Some(nats) = NatsCluster::start_or_skip(1) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let extra = cluster_toml(&nats.urls(), 1);
-    let a = BinServer::start(&tmp.path().join("a"), &extra);
+    let mut a = BinServer::start(&tmp.path().join("a"), &extra);
     let (mut on_a, hello_a, _) = incidents(&a.host(), None).await;
     assert_eq!(on_a.request(create(51.23, 51.37)).await["type"], "ok");
 
-    // B opens the same stream (its tail is A's last message), then A appends.
-    let b_data = tmp.path().join("b");
-    let b_config = tmp.path().join("b.toml");
-    std::fs::write(&b_config, config_toml(&b_data, &extra)).unwrap();
-    let b_log = tmp.path().join("b.log");
-    let mut b = ServerProcess::start_logged(Path::new(env!("CARGO_BIN_EXE_opcenter")), &b_config, &b_log)
-        .expect("B printed `listening on`");
-    let (mut on_b, hello_b, _) = incidents(&b.addr.to_string(), None).await;
-    assert_eq!(hello_b["epoch"], hello_a["epoch"], "one region, one stream");
+    // B finds the region's lease held: it stands by (healthy), serving nothing else.
+    let b = BinServer::start(&tmp.path().join("b"), &extra);
+    assert_eq!(
+        http(b.addr, "GET", "/healthz", None, None).await,
+        (200, "ok standby\n".to_owned())
+    );
+    assert_eq!(http(a.addr, "GET", "/healthz", None, None).await.1, "ok active\n");
     assert_eq!(on_a.request(create(51.24, 51.37)).await["type"], "ok");
 
-    // B's append expects a stream sequence A has moved past: refused, never ok'd.
-    let reply = on_b.request(create(51.25, 51.37)).await;
-    assert_eq!(reply["type"], "error", "a fenced node acknowledged: {reply}");
-    let status = b
-        .wait_exit(Duration::from_secs(20))
-        .expect("the fenced node exits");
-    assert!(!status.success(), "fenced node exited with {status}");
-    let log = std::fs::read_to_string(&b_log).unwrap();
-    assert!(log.contains("fenced"), "the log does not say why: {log}");
-
-    // The stream holds A's two creates only, and A goes on serving.
-    assert_eq!(on_a.request(create(51.26, 51.37)).await["type"], "ok");
+    // A dies: B takes the lease once it lapses, fences A's stream position, serves.
+    a.kill9();
+    let until = Instant::now() + Duration::from_secs(60);
+    while http(b.addr, "GET", "/healthz", None, None).await.1 != "ok active\n" {
+        assert!(Instant::now() < until, "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut on_b, hello_b, snap) = incidents(&b.host(), None).await;
+    assert_eq!(hello_b["epoch"], hello_a["epoch"], "one region, one stream");
+    assert_eq!(open_incidents(&snap).len(), 2, "{snap}");
+    assert_eq!(on_b.request(create(51.26, 51.37)).await["type"], "ok");
     let (_, seqs) = stream_seqs(&nats.urls()).await;
     assert_contiguous(&seqs);
-    let (_c, hello, snap) = incidents(&a.host(), None).await;
+    let (_c, hello, snap) = incidents(&b.host(), None).await;
     assert_eq!(hello["seq"].as_u64().unwrap(), seqs.len() as u64);
     assert_eq!(open_incidents(&snap).len(), 3, "{snap}");
+    drop(b);
 }
 
 #[tokio::test]
@@ -364,6 +363,7 @@ async fn r3_cluster_loses_its_stream_leader_during_creates_and_nothing_acknowled
     // Restart the node on the two surviving servers: state = the stream's.
     node.kill9();
     let node = BinServer::start(&data, &extra);
+    node.wait_active().await;
     let (_d, _, snap) = incidents(&node.host(), None).await;
     let open = open_incidents(&snap);
     for id in &acked {

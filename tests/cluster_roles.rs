@@ -370,6 +370,7 @@ async fn kill_9_of_the_engine_during_creates_loses_nothing_acknowledged() {
     }
     let _sink = writer.await.unwrap();
     assert!(killed_at.is_some(), "the engine was not killed mid-burst");
+    region.engine.wait_active().await;
 
     let (stream_epoch, seqs) = stream_seqs(&region.nats.urls()).await;
     assert_eq!(stream_epoch, epoch, "the restart kept the stream (and the epoch)");

@@ -17,6 +17,7 @@ mod cluster;
 mod cluster_roles;
 mod durability;
 mod eido;
+mod failover;
 mod geocode;
 mod http;
 mod hub_e2e;

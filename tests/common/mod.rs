@@ -179,6 +179,33 @@ impl BinServer {
         self.process.terminate().unwrap()
     }
 
+    /// Waits (up to 60 s) until `/healthz` says `ok active`: an engine node of a
+    /// region on NATS restarted after kill -9 stands by until its old lease lapses.
+    pub(crate) async fn wait_active(&self) {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = http(self.addr, "GET", "/healthz", None, None).await;
+            if status == 200 && body == "ok active\n" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "not active: /healthz {status} {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) with `kill(1)`.
+    pub(crate) fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.process.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} failed");
+    }
+
     /// Waits up to `within` for the server to exit by itself.
     pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         self.process.wait_exit(within)

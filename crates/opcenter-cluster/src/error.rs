@@ -71,6 +71,15 @@ pub enum ClusterError {
         /// The oldest seq still in the stream.
         first_seq: u64,
     },
+    /// This engine no longer holds the region's lease (another node took it, or it
+    /// could not renew it within the TTL): it must stop writing and serving.
+    #[error("lease of region {region} lost: {reason}")]
+    LeaseLost {
+        /// The region.
+        region: String,
+        /// Why.
+        reason: String,
+    },
     /// An earlier append failed; reopen the journal (which re-reads the stream's tail).
     #[error("journal is poisoned by an earlier failed append; reopen it to recover")]
     Poisoned,

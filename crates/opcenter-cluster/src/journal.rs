@@ -119,7 +119,14 @@ struct Pending {
     msg_id: String,
     payload: Bytes,
     ack: Option<PublishAckFuture>,
+    /// A takeover message's [`TAKEOVER_HEADER`] value (no records in it).
+    takeover: Option<String>,
 }
+
+/// Header of a takeover message: a message with no records that a new engine
+/// appends (with the expected last sequence of the end it read) before it writes,
+/// so that any older writer's next append is fenced. Value: `<node> <lease epoch>`.
+pub const TAKEOVER_HEADER: &str = "Opc-Takeover";
 
 /// The region's journal on JetStream. See the module docs.
 pub struct JetStreamJournal {
@@ -478,6 +485,7 @@ impl JetStreamJournal {
                 msg_id: format!("{}:{}", self.writer, self.submitted_last + 1),
                 payload: codec::encode(g),
                 ack: None,
+                takeover: None,
             };
             let sent = self.rt.block_on(publish(&self.js, &self.names.subject, &p));
             self.submitted_last += p.count;
@@ -486,6 +494,40 @@ impl JetStreamJournal {
             self.pending.push_back(Pending { ack: sent.ok(), ..p });
         }
         Ok(first..=self.submitted_last)
+    }
+
+    /// Appends a takeover message (no records, header [`TAKEOVER_HEADER`] =
+    /// `marker`) right after the stream's end as this journal last read it, and
+    /// returns its stream sequence. From then on every other writer's append is
+    /// fenced. `Err(Fenced)` when someone appended since: [`reopen`](Self::reopen)
+    /// (re-read the end) and try again, or step down. Record seqs do not move.
+    pub fn append_takeover(&mut self, marker: &str) -> Result<u64, ClusterError> {
+        self.wait_acked()?;
+        let p = Pending {
+            first: self.last_seq + 1,
+            count: 0,
+            expected_last: self.stream_last,
+            // Not `<writer>:<first>`: the next batch starts at the same seq and must
+            // not be taken for a duplicate of this message.
+            msg_id: format!("{}:takeover:{}", self.writer, self.stream_last),
+            payload: Bytes::new(),
+            ack: None,
+            takeover: Some(marker.to_owned()),
+        };
+        match self.rt.block_on(publish_retrying(
+            &self.js,
+            &self.stream,
+            &self.names,
+            &p,
+            &self.opts,
+        )) {
+            Ok(()) => {
+                self.stream_last = p.expected_last + 1;
+                self.submitted_stream_last = self.stream_last;
+                Ok(self.stream_last)
+            }
+            Err(e) => self.poison(e),
+        }
     }
 
     /// Waits until every submitted message is acknowledged; returns the newest
@@ -688,6 +730,9 @@ async fn publish(js: &jetstream::Context, subject: &str, p: &Pending) -> Result<
         p.expected_last.to_string().as_str(),
     );
     headers.insert(FIRST_SEQ_HEADER, p.first.to_string().as_str());
+    if let Some(t) = &p.takeover {
+        headers.insert(TAKEOVER_HEADER, t.as_str());
+    }
     js.publish_with_headers(subject.to_owned(), headers, p.payload.clone())
         .await
         .map_err(|e| e.to_string())

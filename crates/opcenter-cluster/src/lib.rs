@@ -14,6 +14,7 @@
 //!   workaround for nats-server 2.9, reused by the lease of the failover issue).
 //! - `codec.rs` — one message = one batch: record framing, `Opc-First-Seq` header.
 //! - `journal.rs` — [`JetStreamJournal`]: fenced, idempotent, pipelined appends; reads.
+//! - `lease.rs` — [`Lease`]: which engine of a region may write (failover).
 //! - `follow.rs` — [`Follower`]: records from an ordered consumer as the stream grows.
 //! - `snapshot.rs` — chunked snapshots in the KV bucket.
 //! - `testing.rs` — [`testing::NatsCluster`]: real nats-server processes for tests.
@@ -36,6 +37,7 @@ mod codec;
 mod error;
 mod follow;
 mod journal;
+mod lease;
 mod region;
 mod snapshot;
 pub mod testing;
@@ -43,7 +45,8 @@ pub mod testing;
 pub use codec::FIRST_SEQ_HEADER;
 pub use error::ClusterError;
 pub use follow::{Follower, stream_epoch};
-pub use journal::{JetStreamJournal, JournalOptions};
+pub use journal::{JetStreamJournal, JournalOptions, TAKEOVER_HEADER};
+pub use lease::{Lease, LeaseValue, lease_bucket, lease_holder};
 pub use region::{RegionNames, open_kv_bucket};
 
 /// Connects to a comma-separated list of `nats://host:port` URLs, retrying the first

@@ -20,6 +20,8 @@ pub struct RegionNames {
     pub subject: String,
     /// The snapshot KV bucket, `OPC_<region>_snap` (its stream is `KV_OPC_<region>_snap`).
     pub snapshot_bucket: String,
+    /// The engine lease KV bucket, `OPC_<region>_lease` (key = the region).
+    pub lease_bucket: String,
 }
 
 impl RegionNames {
@@ -38,6 +40,7 @@ impl RegionNames {
             stream: format!("OPC_{region}"),
             subject: format!("journal.{region}"),
             snapshot_bucket: format!("OPC_{region}_snap"),
+            lease_bucket: format!("OPC_{region}_lease"),
         })
     }
 }
@@ -131,6 +134,7 @@ mod tests {
         assert_eq!(n.stream, "OPC_zko");
         assert_eq!(n.subject, "journal.zko");
         assert_eq!(n.snapshot_bucket, "OPC_zko_snap");
+        assert_eq!(n.lease_bucket, "OPC_zko_lease");
         assert!(RegionNames::new("a.b").is_err());
         assert!(RegionNames::new("").is_err());
         assert!(RegionNames::new("x y").is_err());

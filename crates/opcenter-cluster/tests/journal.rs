@@ -127,6 +127,55 @@ fn a_second_writer_with_a_stale_sequence_is_fenced() {
 }
 
 #[test]
+fn a_takeover_message_fences_the_old_writer_and_moves_no_record_seq() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let rt = runtime();
+    let client = rt.block_on(opcenter_cluster::connect(&nats.urls())).unwrap();
+    let open =
+        || JetStreamJournal::open(rt.handle().clone(), client.clone(), JournalOptions::new("zko")).unwrap();
+    let mut old = open();
+    old.append_batch(&[b"one", b"two"]).unwrap();
+    let mut new = open();
+    let marker_at = new.append_takeover("b 7").unwrap();
+    assert_eq!(marker_at, 2);
+    // The old writer (paused meanwhile) can append nothing more.
+    let err = old.append_batch(&[b"stale"]).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    // The new one goes on at the next record seq, and every reader skips the marker.
+    assert_eq!(new.append_batch(&[b"three"]).unwrap(), 3..=3);
+    let want = vec![(1, b"one".to_vec()), (2, b"two".to_vec()), (3, b"three".to_vec())];
+    assert_eq!(payloads(&new, 0), want);
+    let reopened = open();
+    assert_eq!((reopened.first_seq(), reopened.last_seq()), (1, 3));
+    assert_eq!(payloads(&reopened, 2), vec![(3, b"three".to_vec())]);
+    let seen = rt.block_on(async {
+        let js = async_nats::jetstream::new(client.clone());
+        let mut f = Follower::start(&js, "zko", 1).await.unwrap();
+        let mut seen = f.next_batch().await.unwrap().unwrap();
+        seen.extend(f.next_batch().await.unwrap().unwrap());
+        seen
+    });
+    assert_eq!(seen.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+    // A takeover after a takeover (a third engine): the second one is fenced too.
+    let mut third = open();
+    assert_eq!(third.append_takeover("c 9").unwrap(), 4);
+    assert!(matches!(
+        new.append_batch(&[b"x"]),
+        Err(StoreError::Fenced { .. })
+    ));
+    // A takeover from a stale end is fenced; after reopen it goes through.
+    let mut late =
+        JetStreamJournal::open(rt.handle().clone(), client.clone(), JournalOptions::new("zko")).unwrap();
+    third.append_batch(&[b"four"]).unwrap();
+    assert!(late.append_takeover("d 10").unwrap_err().is_fenced());
+    late.reopen().unwrap();
+    assert_eq!(late.append_takeover("d 10").unwrap(), 6);
+    assert_eq!(late.last_seq(), 4);
+}
+
+#[test]
 fn a_retried_append_with_the_same_msg_id_is_not_stored_twice() {
     let Some(nats) = NatsCluster::start_or_skip(1) else {
         return;

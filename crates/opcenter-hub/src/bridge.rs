@@ -46,6 +46,11 @@ use crate::engine_task::{EngineQueue, RemoteOutcome, ReplyTo, Request};
 /// `cluster.command_timeout_s`, so far fewer than this are ever needed).
 const REMEMBERED_CALLS: usize = 100_000;
 
+/// Records scanned at an engine's start for the call ids of commands applied
+/// shortly before (a call is retried for at most 120 s; far fewer records than
+/// this are appended in that time on one region).
+const RECALL_RECORDS: u64 = 20_000;
+
 /// How long one attempt of a call waits before it is sent again (same id).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -196,6 +201,9 @@ pub(crate) struct Forwarder {
     deadline: Duration,
     /// The sessions' runtime: fixes are published from the feed thread.
     handle: tokio::runtime::Handle,
+    /// This hub's tablet sessions the engine registered (session key → actor,
+    /// profile): announced again to a new engine after a takeover.
+    tablets: Mutex<HashMap<String, (Actor, UnitProfile)>>,
 }
 
 impl Forwarder {
@@ -212,6 +220,69 @@ impl Forwarder {
             counter: AtomicU64::new(1),
             deadline,
             handle: tokio::runtime::Handle::current(),
+            tablets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Listens for a new active engine of the region (a takeover): then sends the
+    /// hello of every tablet connected here again, so the new engine learns which
+    /// units are online (it starts their offline grace at recovery). Ends when the
+    /// subscription does.
+    pub(crate) fn watch_takeovers(self: &Arc<Self>) {
+        let me = self.clone();
+        let region = self.subjects.cmd.trim_start_matches("cmd.").to_owned();
+        self.handle.spawn(async move {
+            let subject = crate::failover::active_subject(&region);
+            let mut sub = match me.client.subscribe(subject).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for engine takeovers: tablets are not re-announced");
+                    return;
+                }
+            };
+            while let Some(msg) = sub.next().await {
+                let tablets: Vec<(String, (Actor, UnitProfile))> = me
+                    .tablets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                tracing::info!(
+                    engine = %String::from_utf8_lossy(&msg.payload),
+                    tablets = tablets.len(),
+                    "a new engine took the region over: announcing this hub's tablets"
+                );
+                for (session, (actor, profile)) in tablets {
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        let unit = profile.id.clone();
+                        if let Answer::Refused { message, .. } =
+                            me.call(CallBody::Hello { session, actor, profile }).await
+                        {
+                            tracing::warn!(%unit, %message, "a tablet's re-announcement was refused");
+                        }
+                    });
+                }
+            }
+        });
+    }
+
+    /// Keeps the registry of [`Forwarder::watch_takeovers`] up to date.
+    fn track(&self, body: &CallBody) {
+        let mut t = self.tablets.lock().unwrap_or_else(|e| e.into_inner());
+        match body {
+            CallBody::Hello {
+                session,
+                actor,
+                profile,
+            } => {
+                t.insert(session.clone(), (actor.clone(), profile.clone()));
+            }
+            CallBody::Bye { session, .. } => {
+                t.remove(session);
+            }
+            _ => {}
         }
     }
 
@@ -228,6 +299,7 @@ impl Forwarder {
     /// same id through timeouts and engine restarts until the deadline; then
     /// `internal`: the change may or may not have been saved, so never `ok`.
     pub(crate) async fn call(&self, body: CallBody) -> Answer {
+        self.track(&body);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let call = Call {
             id: format!("{}-{n}", self.node_id),
@@ -312,6 +384,7 @@ pub(crate) async fn serve_engine(
     region: String,
     queue: EngineQueue,
     mut positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
+    recalled: Vec<(String, Bytes)>,
     stop: CancellationToken,
 ) {
     let subjects = Subjects::new(&region);
@@ -326,7 +399,18 @@ pub(crate) async fn serve_engine(
         }
     };
     tracing::info!(subject = %subjects.cmd, "engine serving hub nodes");
-    let memory = Arc::new(Mutex::new(Memory::default()));
+    let mut m = Memory::default();
+    if !recalled.is_empty() {
+        tracing::info!(
+            calls = recalled.len(),
+            "calls applied before this engine started are remembered"
+        );
+    }
+    for (id, answer) in recalled {
+        m.order.push_back(id.clone());
+        m.calls.insert(id, Seen::Done(answer));
+    }
+    let memory = Arc::new(Mutex::new(m));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -353,7 +437,7 @@ pub(crate) async fn serve_engine(
                     let _ = queue.try_send(Request::Command {
                         actor: p.actor,
                         command: Command::Position { unit_id: p.unit_id, fix: p.fix },
-                        reply: ReplyTo::Remote(tx),
+                        reply: ReplyTo::Remote(tx, None),
                         received: Instant::now(),
                     });
                 }
@@ -396,7 +480,9 @@ fn remember(
 /// Applies one call through the engine thread and answers every attempt of it.
 async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mutex<Memory>>, call: Call) {
     let answer = match call.body {
-        CallBody::Command { actor, command } => command_answer(&queue, actor, command).await,
+        CallBody::Command { actor, command } => {
+            command_answer(&queue, actor, command, Some(call.id.clone())).await
+        }
         CallBody::Hello {
             session,
             actor,
@@ -409,7 +495,7 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
                     .or_default()
                     .insert(session);
             }
-            command_answer(&queue, actor, Command::RegisterUnit(profile)).await
+            command_answer(&queue, actor, Command::RegisterUnit(profile), None).await
         }
         CallBody::Bye { session, unit } => {
             let last = {
@@ -424,7 +510,13 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
                 last
             };
             if last {
-                command_answer(&queue, Actor::system(), Command::UnitOffline { unit_id: unit }).await
+                command_answer(
+                    &queue,
+                    Actor::system(),
+                    Command::UnitOffline { unit_id: unit },
+                    None,
+                )
+                .await
             } else {
                 Answer::Done {
                     seq: 0,
@@ -462,12 +554,12 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
     }
 }
 
-async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command) -> Answer {
+async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command, call: Option<String>) -> Answer {
     let (tx, rx) = oneshot::channel();
     let req = Request::Command {
         actor,
         command,
-        reply: ReplyTo::Remote(tx),
+        reply: ReplyTo::Remote(tx, call),
         received: Instant::now(),
     };
     if queue.send(req).await.is_err() {
@@ -477,6 +569,70 @@ async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command) -> 
         Ok(o) => Answer::from_outcome(o),
         Err(_) => Answer::refused(ErrorCode::Internal, "the engine stopped before answering"),
     }
+}
+
+/// The answers of the calls whose commands are in the newest [`RECALL_RECORDS`]
+/// records of `journal` (each record of a forwarded command carries its call id):
+/// an engine that took the region over answers a call the old engine applied
+/// but could not answer from these, instead of applying it again. The answer is
+/// rebuilt from the command's events: `Created` when it created an incident (the
+/// incident as its last event left it), else the last incident or unit it touched.
+pub(crate) fn recall(journal: &crate::read_model::SharedJournal) -> Vec<(String, Bytes)> {
+    use crate::read_model::lock;
+    use opcenter_core::{Change, EventBody};
+    let (first, last) = {
+        let j = lock(journal);
+        (j.first_seq(), j.last_seq())
+    };
+    let mut after = last.saturating_sub(RECALL_RECORDS).max(first.saturating_sub(1));
+    // call id → (last seq, created an incident, last incident, last unit)
+    let mut found: HashMap<String, (u64, bool, Option<Incident>, Option<Unit>)> = HashMap::new();
+    let mut order = Vec::new();
+    loop {
+        let records = match crate::record::read_from(&**lock(journal), after, 4096) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read recent calls: a retried call may apply twice");
+                break;
+            }
+        };
+        if records.is_empty() {
+            break;
+        }
+        for rec in records {
+            after = rec.seq;
+            let Ok((event, Some(origin))) = crate::record::decode_with_origin(&rec) else {
+                continue;
+            };
+            let Some(call) = origin.call else { continue };
+            let entry = found.entry(call.clone()).or_insert_with(|| {
+                order.push(call);
+                (0, false, None, None)
+            });
+            entry.0 = rec.seq;
+            match event.body {
+                EventBody::Incident(i) => {
+                    entry.1 |= event.change == Change::Created;
+                    entry.2 = Some(i);
+                }
+                EventBody::Assignment { incident, .. } => entry.2 = Some(incident),
+                EventBody::Unit(u) => entry.3 = Some(u),
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|id| {
+            let (seq, created, incident, unit) = found.remove(&id)?;
+            let reply = match (incident, unit) {
+                (Some(incident), _) if created => WireReply::Created { incident, new: true },
+                (Some(incident), _) => WireReply::Incident(incident),
+                (None, Some(unit)) => WireReply::Unit(unit),
+                (None, None) => WireReply::None,
+            };
+            Some((id, encode(&Answer::Done { seq, reply })))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -62,7 +62,8 @@ pub(crate) enum ReplyTo {
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
     /// A hub node's command, forwarded over NATS ([`crate::bridge`]): the engine's
     /// reply and the seq the journal reached when it was acknowledged.
-    Remote(oneshot::Sender<RemoteOutcome>),
+    /// A hub's call over NATS, with the call's id (written into the records).
+    Remote(oneshot::Sender<RemoteOutcome>, Option<String>),
 }
 
 /// A command's outcome for a hub node: the reply, and the last seq of the commit
@@ -510,9 +511,12 @@ impl EngineTask {
                         ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
                         // A hub node's command names its actor but not the hub's
                         // session (not carried by the bridge yet).
-                        ReplyTo::Http(_) | ReplyTo::Remote(_) => None,
+                        ReplyTo::Http(_) | ReplyTo::Remote(..) => None,
                     };
-                    let origin = Origin::new(&actor, session, now);
+                    let mut origin = Origin::new(&actor, session, now);
+                    if let ReplyTo::Remote(_, call) = &reply {
+                        origin.call = call.clone();
+                    }
                     let result = self.engine.apply(&actor, command, now);
                     let result =
                         result.and_then(|applied| self.refuse_oversized(applied, &events.events, &origin));
@@ -676,6 +680,7 @@ impl EngineTask {
                 // Stop only now: the refusals above are in the sessions' outboxes,
                 // which the shutdown flushes before closing with 1001.
                 if let DurabilityError::Store(fenced @ opcenter_store::StoreError::Fenced { .. }) = &e {
+                    metrics::counter!(metric::FENCED_APPENDS).increment(1);
                     self.shared.fenced.send_replace(Some(fenced.to_string()));
                 }
             }
@@ -923,7 +928,7 @@ pub(crate) fn register_subscription(
 /// Answers a command; `seq` is the journal's last seq after its commit.
 pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u64) {
     match reply {
-        ReplyTo::Remote(tx) => {
+        ReplyTo::Remote(tx, _) => {
             let _ = tx.send(RemoteOutcome {
                 result: result.map(|a| a.reply).map_err(|e| ((&e).into(), e.to_string())),
                 seq,
@@ -964,7 +969,7 @@ pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u
 
 pub(crate) fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
     match reply {
-        ReplyTo::Remote(tx) => {
+        ReplyTo::Remote(tx, _) => {
             let _ = tx.send(RemoteOutcome {
                 result: Err((code, message.into())),
                 seq: 0,

@@ -522,7 +522,15 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "engine stopped: shutting down\n").into_response();
     }
     if app.shared.healthy.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n").into_response()
+        // An engine node says it is the active one (a standby answers
+        // `ok standby` from `failover` before it serves).
+        let engine = app
+            .settings
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.role != crate::ClusterRole::Hub);
+        let body = if engine { "ok active\n" } else { "ok\n" };
+        (StatusCode::OK, body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@
 //!   `hub`): a follower of the region's stream feeds the read model and fanout,
 //!   commands go to the engine node.
 //! - `bridge`: the NATS command bridge between hub nodes and the engine node.
+//! - `failover`: an engine node's lease: standby wait, takeover, fencing on loss.
 //! - `record`: the journal record codec and the durability path's errors.
 //! - `fanout`: live-event subscriber lists (on the engine thread).
 //! - `read_model`: the read copy fed by committed batches: subscribe snapshots,
@@ -35,6 +36,7 @@ mod bridge;
 mod citizen;
 mod eido;
 mod engine_task;
+mod failover;
 mod fanout;
 mod frame;
 mod http;
@@ -194,6 +196,8 @@ pub struct Server {
     engine_thread: std::thread::JoinHandle<()>,
     /// Role `engine`: the command bridge to start with serving.
     bridge: Option<EngineBridge>,
+    /// Roles `engine` and `both`: the region's lease this engine holds.
+    active: Option<failover::Active>,
 }
 
 /// Role `engine`: what the NATS command bridge needs once serving starts.
@@ -229,11 +233,34 @@ impl Server {
     /// start with [`HubError::Cluster`].
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
         if let Some(cluster) = settings.cluster.clone() {
-            let journal = Box::new(open_region_journal(&cluster).await?);
+            // An engine waits as a standby until it holds the region's lease, then
+            // fences the old writer with its takeover message before it replays.
+            let (listener, active) = match cluster.role {
+                ClusterRole::Hub => (listener, None),
+                ClusterRole::Engine | ClusterRole::Both => {
+                    let client = connect_nats(&cluster).await?;
+                    let (listener, lease, bucket, names) =
+                        failover::wait_for_lease(listener, &cluster, &client).await?;
+                    (
+                        listener,
+                        Some(failover::Active::keep(bucket, names, lease, client)),
+                    )
+                }
+            };
+            let mut journal = open_region_journal(&cluster).await?;
+            if let Some(a) = &active {
+                let (j, seq) = failover::take_over(journal, &cluster, a.epoch).await?;
+                a.takeover_seq.send_replace(seq);
+                journal = j;
+            }
+            let journal = Box::new(journal);
             let node = match cluster.role {
                 ClusterRole::Both => Node::Engine { positions_out: None },
                 ClusterRole::Engine => {
-                    let client = connect_nats(&cluster).await?;
+                    let client = match &active {
+                        Some(a) => a.client.clone(),
+                        None => connect_nats(&cluster).await?,
+                    };
                     let (tx, positions) = tokio::sync::mpsc::unbounded_channel();
                     let mut server = Self::start_node(
                         listener,
@@ -249,20 +276,27 @@ impl Server {
                         region: cluster.region.clone(),
                         positions,
                     });
+                    server.active = active;
                     return Ok(server);
                 }
                 ClusterRole::Hub => {
                     let client = connect_nats(&cluster).await?;
-                    let forward =
-                        bridge::Forwarder::new(client.clone(), &cluster.region, cluster.command_timeout);
+                    let forward = Arc::new(bridge::Forwarder::new(
+                        client.clone(),
+                        &cluster.region,
+                        cluster.command_timeout,
+                    ));
+                    forward.watch_takeovers();
                     Node::Hub {
-                        forward: Arc::new(forward),
+                        forward,
                         client,
                         region: cluster.region.clone(),
                     }
                 }
             };
-            return Self::start_node(listener, settings, journal, node).await;
+            let mut server = Self::start_node(listener, settings, journal, node).await?;
+            server.active = active;
+            return Ok(server);
         }
         let opened = {
             let dir = settings.data_dir.clone();
@@ -304,6 +338,7 @@ impl Server {
     ) -> Result<Server, HubError> {
         let memory_history = memory_history(&settings);
         let config = settings.engine.clone();
+        let started = std::time::Instant::now();
         let (journal, recovered) = tokio::task::spawn_blocking(move || {
             let r =
                 engine_task::recover(config, &*journal, memory_history).map(|(mut engine, snap, history)| {
@@ -314,6 +349,7 @@ impl Server {
             (journal, r)
         })
         .await?;
+        metrics::gauge!(metric::REPLAY_SECONDS).set(started.elapsed().as_secs_f64());
         match recovered {
             Ok((engine, snap, history)) => {
                 Self::launch(listener, settings, engine, journal, snap, history, true, node)
@@ -461,6 +497,7 @@ impl Server {
             app,
             engine_thread,
             bridge: None,
+            active: None,
         })
     }
 
@@ -479,16 +516,39 @@ impl Server {
             app,
             engine_thread,
             bridge,
+            active,
         } = self;
         let stop_ticks = tokio_util::sync::CancellationToken::new();
+        if let Some(a) = &active {
+            // A lost lease: refuse everything from now on (another engine may
+            // already append), then stop like a fenced append does.
+            let mut lost = a.lost.clone();
+            let shared = app.shared.clone();
+            tokio::spawn(async move {
+                if let Ok(why) = lost.wait_for(Option::is_some).await {
+                    shared.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+                    shared.fenced.send_replace(why.clone());
+                }
+            });
+        }
         if let Some(b) = bridge {
+            // Calls the previous engine applied (and maybe never answered) are
+            // answered from the stream, not applied again.
+            let journal = app.journal.clone();
+            let recalled = tokio::task::spawn_blocking(move || bridge::recall(&journal))
+                .await
+                .unwrap_or_default();
             tokio::spawn(bridge::serve_engine(
                 b.client,
                 b.region,
                 app.engine_tx.clone(),
                 b.positions,
+                recalled,
                 stop_ticks.clone(),
             ));
+        }
+        if let (Some(a), Some(cluster)) = (&active, &app.settings.cluster) {
+            failover::announce_active(&a.client, &cluster.region, &cluster.node, a.epoch).await;
         }
         tokio::spawn(tick_loop(
             app.engine_tx.clone(),
@@ -600,6 +660,9 @@ impl Server {
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), waited).await;
         if let Some(why) = fenced_why {
             return Err(HubError::Fenced(why));
+        }
+        if let Some(a) = active {
+            a.release().await;
         }
         if let Some(why) = replaced_why {
             return Err(HubError::StreamReplaced(why));

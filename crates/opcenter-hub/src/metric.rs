@@ -39,3 +39,12 @@ pub(crate) const FRAME_ERRORS: &str = "opcenter_frame_errors_total";
 /// `rate_limited`). `/metrics` refusals for a missing or wrong token are
 /// `metrics_auth`.
 pub(crate) const REFUSALS: &str = "opcenter_refusals_total";
+/// Counter: lease renewals of an active engine by `outcome` (`ok`, `error`:
+/// transient, retried; `lost`: the engine stops).
+pub(crate) const LEASE_RENEWALS: &str = "opcenter_lease_renewals_total";
+/// Counter: takeovers of the region by this engine process (0 or 1).
+pub(crate) const TAKEOVERS: &str = "opcenter_takeovers_total";
+/// Counter: appends refused because another engine wrote the stream (fenced).
+pub(crate) const FENCED_APPENDS: &str = "opcenter_fenced_appends_total";
+/// Gauge: seconds the last recovery (snapshot load + stream replay) took.
+pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";

@@ -63,6 +63,11 @@ pub struct Origin {
     pub session: Option<String>,
     /// When the engine applied it (unix ms, the batch's clock).
     pub at_ms: i64,
+    /// The hub's call id of a command forwarded over NATS (role `engine`): a new
+    /// engine rebuilds its call memory from these after a takeover, so a call
+    /// retried across the handover is answered, not applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
 }
 
 impl Origin {
@@ -80,6 +85,7 @@ impl Origin {
             role: role.to_string(),
             session: session.map(str::to_string),
             at_ms,
+            call: None,
         }
     }
 }

@@ -202,6 +202,14 @@ struct RawCluster {
     publish_deadline_s: u64,
     #[serde(default = "default_command_timeout_s")]
     command_timeout_s: u64,
+    #[serde(default = "default_lease_ttl_s")]
+    lease_ttl_s: u64,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+fn default_lease_ttl_s() -> u64 {
+    3
 }
 
 fn default_command_timeout_s() -> u64 {
@@ -382,6 +390,11 @@ pub struct ClusterSettings {
     /// `cluster.command_timeout_s` (role `hub`): how long a forwarded command is
     /// retried (same call id) while no engine answers, before `internal`.
     pub command_timeout: std::time::Duration,
+    /// `cluster.lease_ttl_s` (roles `engine`, `both`): the engine lease's time to
+    /// live; the holder renews it every third of it, a standby takes it once it lapses.
+    pub lease_ttl: std::time::Duration,
+    /// `cluster.node`: this process's name in the lease (default `<host>-<pid>`).
+    pub node: String,
 }
 
 /// `hub.*`, checked.
@@ -841,6 +854,16 @@ impl Settings {
     }
 }
 
+/// `<hostname>-<pid>`: unique per process on a machine, readable in the lease.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
 fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
     let invalid = |key: &'static str, problem: String| SettingsError::Invalid { key, problem };
     if c.nats.is_empty() {
@@ -901,7 +924,22 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
             format!("{}: want 1..=120", c.command_timeout_s),
         ));
     }
+    if !(1..=60).contains(&c.lease_ttl_s) {
+        return Err(invalid(
+            "cluster.lease_ttl_s",
+            format!("{}: want 1..=60", c.lease_ttl_s),
+        ));
+    }
+    let node = match c.node {
+        Some(n) if n.trim().is_empty() || n.len() > 128 => {
+            return Err(invalid("cluster.node", format!("{n:?}: want 1..=128 characters")));
+        }
+        Some(n) => n,
+        None => default_node_name(),
+    };
     Ok(ClusterSettings {
+        lease_ttl: std::time::Duration::from_secs(c.lease_ttl_s),
+        node,
         nats: c.nats,
         region: c.region,
         role,
@@ -1167,6 +1205,10 @@ mod tests {
         assert_eq!(c.command_timeout.as_secs(), 10);
         for (bad, key) in [
             ("nats = []\nregion = \"zko\"\nrole = \"both\"", "cluster.nats"),
+            (
+                "nats = [\"nats://a:1\"]\nregion = \"zko\"\nrole = \"engine\"\nlease_ttl_s = 0",
+                "cluster.lease_ttl_s",
+            ),
             (
                 "nats = [\"nats://a\"]\nregion = \"z.k\"\nrole = \"both\"",
                 "cluster.region",

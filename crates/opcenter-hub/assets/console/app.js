@@ -992,6 +992,12 @@
 
   function toastError(err) {
     if (!err) return;
+    // A hub with no active engine (a failover in progress) is not a failure of
+    // this command's content: say so briefly instead of showing an error.
+    if (err.code === "internal" && /^no engine answered/.test(err.message || "")) {
+      toast("Switching over: the region's engine is changing. Send it again in a moment.", "warn", "switching_over");
+      return;
+    }
     toast((err.code || "error") + ": " + (err.message || ""), "error", err.code);
   }
 

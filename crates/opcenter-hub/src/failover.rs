@@ -1,0 +1,276 @@
+//! Failover of an engine node (roles `engine` and `both`): waiting as a standby
+//! for the region's lease, taking the region over (the takeover message that
+//! fences the old writer), keeping the lease while active, and announcing a new
+//! active engine to the hubs. Owns the standby's `/healthz` and the lease's
+//! metrics; must never let this process append after it knows the lease is lost.
+//!
+//! Order of a takeover: take the lease (create-if-absent), open the journal (read
+//! the stream's end), append the takeover message expecting exactly that end (if
+//! someone appended since, re-read the end and try again while the lease is
+//! held), then recover state (snapshot + replay, in `Server::start`), then serve.
+//! Replaying after the takeover message means nothing can be appended under the
+//! replay: the old engine is fenced from the takeover message on.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use opcenter_cluster::{ClusterError, JetStreamJournal, Lease, RegionNames};
+
+use crate::{ClusterSettings, HubError, metric};
+
+/// How often a fenced takeover is retried (re-reading the stream's end) before
+/// this node steps down: the old engine's last in-flight batches land meanwhile.
+const TAKEOVER_ATTEMPTS: u32 = 20;
+
+/// Subject on which a new active engine announces itself (core NATS): hubs
+/// re-announce their connected tablets so the engine learns who is online.
+pub(crate) fn active_subject(region: &str) -> String {
+    format!("engine.{region}.active")
+}
+
+fn cluster_error(cluster: &ClusterSettings) -> impl Fn(ClusterError) -> HubError + '_ {
+    |source| HubError::Cluster {
+        region: cluster.region.clone(),
+        source,
+    }
+}
+
+/// Waits (as a standby) until this node holds the region's lease. Meanwhile the
+/// listener answers `/healthz` 200 `ok standby` and everything else 503.
+pub(crate) async fn wait_for_lease(
+    listener: TcpListener,
+    cluster: &ClusterSettings,
+    client: &async_nats::Client,
+) -> Result<(TcpListener, Lease, async_nats::jetstream::kv::Store, RegionNames), HubError> {
+    let names = RegionNames::new(&cluster.region).map_err(cluster_error(cluster))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = retry_transient(cluster.publish_deadline, || {
+        opcenter_cluster::lease_bucket(&js, &names, cluster.replicas, cluster.lease_ttl)
+    })
+    .await
+    .map_err(cluster_error(cluster))?;
+    if let Some(lease) = opcenter_cluster::Lease::try_take(&bucket, &names, &cluster.node, cluster.lease_ttl)
+        .await
+        .ok()
+        .flatten()
+    {
+        return Ok((listener, lease, bucket, names));
+    }
+    let holder = opcenter_cluster::lease_holder(&bucket, &names)
+        .await
+        .ok()
+        .flatten();
+    tracing::info!(
+        region = %cluster.region,
+        node = %cluster.node,
+        active = ?holder.as_ref().map(|h| h.node.as_str()),
+        "standby: another engine holds the region's lease; waiting for it to lapse"
+    );
+    // Serve the standby's health on a second handle of the same socket: the
+    // active server takes over the socket when this one stops.
+    let std_listener = listener.into_std()?;
+    let standby_listener = TcpListener::from_std(std_listener.try_clone()?)?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let stop = CancellationToken::new();
+    let router = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok standby\n") }))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "standby engine: another engine of the region is active\n",
+            )
+        });
+    let stopped = stop.clone();
+    let standby = tokio::spawn(async move {
+        axum::serve(standby_listener, router)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await
+    });
+    let taken = Lease::take(&bucket, &names, &cluster.node, cluster.lease_ttl).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), standby).await;
+    let lease = taken.map_err(cluster_error(cluster))?;
+    Ok((listener, lease, bucket, names))
+}
+
+/// Appends the takeover message (see the module docs); returns the journal and the
+/// message's stream sequence. Runs on a blocking thread (the journal blocks).
+pub(crate) async fn take_over(
+    mut journal: JetStreamJournal,
+    cluster: &ClusterSettings,
+    epoch: u64,
+) -> Result<(JetStreamJournal, u64), HubError> {
+    let marker = format!("{} {epoch}", cluster.node);
+    let (journal, result) = tokio::task::spawn_blocking(move || {
+        let mut last = None;
+        for _ in 0..TAKEOVER_ATTEMPTS {
+            match journal.append_takeover(&marker) {
+                Ok(seq) => return (journal, Ok(seq)),
+                Err(e) if e.is_fenced() => {
+                    tracing::info!(error = %e, "takeover: the old engine appended meanwhile; reading the end again");
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Err(e) = journal.reopen() {
+                        return (journal, Err(e));
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return (journal, Err(e)),
+            }
+        }
+        (journal, Err(last.unwrap_or(ClusterError::Poisoned)))
+    })
+    .await?;
+    let seq = result.map_err(cluster_error(cluster))?;
+    metrics::counter!(metric::TAKEOVERS).increment(1);
+    tracing::info!(region = %cluster.region, node = %cluster.node, epoch, stream_seq = seq, "took the region over");
+    Ok((journal, seq))
+}
+
+/// Keeps the lease while active: renews every TTL/3; when it is lost (another
+/// node holds it) sends the reason on `lost` and ends. On `stop` returns the lease (for a clean release).
+async fn keep_lease(
+    bucket: async_nats::jetstream::kv::Store,
+    names: RegionNames,
+    mut lease: Lease,
+    takeover_seq: watch::Receiver<u64>,
+    lost: watch::Sender<Option<String>>,
+    stop: CancellationToken,
+) -> Option<Lease> {
+    let every = lease.ttl() / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Some(lease),
+            _ = tokio::time::sleep(every) => {}
+        }
+        lease.set_stream_seq(*takeover_seq.borrow());
+        let wait = lease.remaining().max(lease.ttl() / 3);
+        let outcome = match tokio::time::timeout(wait, lease.renew()).await {
+            Ok(Ok(())) => {
+                metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "ok").increment(1);
+                continue;
+            }
+            Ok(Err(e @ ClusterError::LeaseLost { .. })) => {
+                // The key lapsed (e.g. a NATS leader election outlasted the TTL).
+                // If nobody took it meanwhile, take it again: no other engine has
+                // appended (our appends are still accepted), so we are still the writer.
+                match Lease::try_take(&bucket, &names, &lease.value().node, lease.ttl()).await {
+                    Ok(Some(mut again)) => {
+                        again.set_stream_seq(*takeover_seq.borrow());
+                        metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "retaken").increment(1);
+                        tracing::warn!(
+                            epoch = again.epoch(),
+                            "the lease had lapsed and nobody took it: taken again"
+                        );
+                        lease = again;
+                        continue;
+                    }
+                    _ => e.to_string(),
+                }
+            }
+            // A transient failure (a leader election of the bucket): keep trying.
+            // Past the TTL a standby may take the lease; its takeover message then
+            // fences our next append, which stops us (the stream, not the clock,
+            // is what keeps two writers apart).
+            Ok(Err(e)) => {
+                metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "error").increment(1);
+                tracing::warn!(error = %e, expired = lease.expired(), "lease renewal failed; retrying");
+                continue;
+            }
+            Err(_) => {
+                metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "error").increment(1);
+                tracing::warn!("lease renewal timed out; retrying");
+                continue;
+            }
+        };
+        metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "lost").increment(1);
+        tracing::error!(reason = %outcome, "lease lost: this engine stops appending and serving");
+        lost.send_replace(Some(format!("lease lost: {outcome}")));
+        return None;
+    }
+}
+
+/// Tells the hubs a new engine is active (they re-announce their tablets).
+pub(crate) async fn announce_active(client: &async_nats::Client, region: &str, node: &str, epoch: u64) {
+    let body = format!("{node} {epoch}");
+    if let Err(e) = client.publish(active_subject(region), body.into()).await {
+        tracing::warn!(error = %e, "could not announce the takeover to the hubs");
+    }
+    let _ = client.flush().await;
+}
+
+/// Runs `op` again on transient NATS errors until `deadline`.
+async fn retry_transient<T, F, Fut>(deadline: Duration, mut op: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match op().await {
+            Err(ClusterError::Nats { op: what, source }) if tokio::time::Instant::now() < until => {
+                tracing::debug!(op = what, error = %source, "lease bucket not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            res => return res,
+        }
+    }
+}
+
+/// An active engine's lease, kept by a task from the moment it was taken
+/// (replay may take longer than the TTL).
+pub(crate) struct Active {
+    /// The NATS connection of the bridge and the announcement.
+    pub(crate) client: async_nats::Client,
+    /// The lease's epoch.
+    pub(crate) epoch: u64,
+    /// Set to the reason when the lease is lost.
+    pub(crate) lost: watch::Receiver<Option<String>>,
+    /// The stream sequence of the takeover message, for the lease value.
+    pub(crate) takeover_seq: watch::Sender<u64>,
+    /// Stops the keeper, which then hands the lease back for release.
+    stop: CancellationToken,
+    keeper: tokio::task::JoinHandle<Option<Lease>>,
+}
+
+impl Active {
+    /// Starts keeping `lease`.
+    pub(crate) fn keep(
+        bucket: async_nats::jetstream::kv::Store,
+        names: RegionNames,
+        lease: Lease,
+        client: async_nats::Client,
+    ) -> Active {
+        let (lost_tx, lost) = watch::channel(None);
+        let (takeover_seq, seq_rx) = watch::channel(0);
+        let stop = CancellationToken::new();
+        let epoch = lease.epoch();
+        let keeper = tokio::spawn(keep_lease(bucket, names, lease, seq_rx, lost_tx, stop.clone()));
+        Active {
+            client,
+            epoch,
+            lost,
+            takeover_seq,
+            stop,
+            keeper,
+        }
+    }
+
+    /// A clean stop: deletes the lease key (if still ours) so a standby takes over
+    /// without waiting for the TTL.
+    pub(crate) async fn release(self) {
+        self.stop.cancel();
+        if let Ok(Some(lease)) = self.keeper.await {
+            match tokio::time::timeout(Duration::from_secs(2), lease.release()).await {
+                Ok(Ok(())) => tracing::info!("lease released"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease not released: it lapses after its TTL"),
+                Err(_) => tracing::warn!("lease release timed out: it lapses after its TTL"),
+            }
+        }
+    }
+}

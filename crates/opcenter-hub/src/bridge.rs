@@ -640,6 +640,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn calls_in_the_journal_are_recalled_with_their_answer_and_others_are_not() {
+        use opcenter_core::{Engine, EngineConfig, Location, NewIncident};
+        use opcenter_store::{Journal, MemJournal};
+        let mut engine = Engine::new(EngineConfig::default());
+        let actor = Actor::dispatcher("d1");
+        let mut journal = MemJournal::with_epoch("t");
+        let mut create = |call: Option<&str>, lat: f64| {
+            let n = NewIncident::call("theft", 2, Location { lat, lon: 51.3 });
+            let applied = engine.apply(&actor, Command::CreateIncident(n), 1_000).unwrap();
+            let mut origin = crate::record::Origin::new(&actor, None, 1_000);
+            origin.call = call.map(str::to_owned);
+            let records: Vec<Vec<u8>> = applied
+                .events
+                .iter()
+                .map(|e| crate::record::encode_event(e, &origin).unwrap())
+                .collect();
+            let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            let seqs = journal.append_batch(&refs).unwrap();
+            let Reply::Created { incident, .. } = applied.reply else {
+                panic!("not a create reply")
+            };
+            (*seqs.end(), incident.id)
+        };
+        let (seq_a, id_a) = create(Some("hub-1-7"), 51.2);
+        let _ = create(None, 51.21);
+        let journal: crate::read_model::SharedJournal = Arc::new(Mutex::new(Box::new(journal)));
+        let recalled = recall(&journal);
+        assert_eq!(recalled.len(), 1, "only the forwarded command has a call id");
+        assert_eq!(recalled[0].0, "hub-1-7");
+        match rmp_serde::from_slice::<Answer>(&recalled[0].1).unwrap() {
+            Answer::Done {
+                seq,
+                reply: WireReply::Created { incident, new: true },
+            } => {
+                assert_eq!(seq, seq_a, "answered at the command's last record");
+                assert_eq!(incident.id, id_a);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn error_codes_round_trip_by_name() {
         for c in ErrorCode::ALL {
             assert_eq!(error_code(c.as_str()), c);

@@ -39,9 +39,14 @@ pub(crate) fn node_toml(urls: &str, role: &str, replicas: usize) -> String {
 /// Every record seq in the region's stream, read straight from JetStream (a reader
 /// never appends, so it fences no one), and the stream's epoch.
 pub(crate) async fn stream_seqs(urls: &str) -> (String, Vec<u64>) {
-    let urls = urls.to_owned();
+    region_stream_seqs(urls, REGION).await
+}
+
+/// [`stream_seqs`] of any region's stream.
+pub(crate) async fn region_stream_seqs(urls: &str, region: &str) -> (String, Vec<u64>) {
+    let (urls, region) = (urls.to_owned(), region.to_owned());
     tokio::task::spawn_blocking(move || {
-        let j = JetStreamJournal::connect(&urls, JournalOptions::new(REGION)).expect("open the stream");
+        let j = JetStreamJournal::connect(&urls, JournalOptions::new(region)).expect("open the stream");
         let mut seqs = Vec::new();
         loop {
             let recs = j.read_from(seqs.last().copied().unwrap_or(0), 4096).unwrap();

@@ -14,6 +14,7 @@ mod bounds;
 mod citizen;
 mod cli;
 mod cluster;
+mod cluster_desk;
 mod cluster_roles;
 mod durability;
 mod eido;

@@ -100,6 +100,9 @@ pub(crate) enum Request {
         unit: Option<String>,
         subscribe: Subscribe,
     },
+    /// A national desk's session subscribed elsewhere: it leaves this region's
+    /// subscriber lists (events and positions).
+    Unsubscribe { outbox: Arc<Outbox> },
     /// `incident.recommend` (read-only).
     Recommend {
         outbox: Arc<Outbox>,
@@ -155,6 +158,9 @@ pub(crate) struct Shared {
     /// Set (with the reason) when a hub node finds the region's stream replaced
     /// or lost: every client is closed with 4008 and the node stops.
     pub(crate) replaced: tokio::sync::watch::Sender<Option<String>>,
+    /// The region's name on NATS (`None` in one process): what events and
+    /// position batches carry to a multi-region subscription.
+    pub(crate) region: Option<Arc<str>>,
 }
 
 impl Request {
@@ -435,7 +441,7 @@ impl EngineTask {
             engine,
             journal,
             last_seq,
-            fanout: Fanout::new(),
+            fanout: Fanout::new(shared.region.clone()),
             reads,
             shared,
             last_prune: Instant::now(),
@@ -724,6 +730,7 @@ impl EngineTask {
                     subscribe,
                 );
             }
+            Request::Unsubscribe { outbox } => unregister_subscription(&mut self.fanout, &self.reads, outbox),
             Request::Recommend { outbox, id, query } => match self.engine.recommend(&query, now) {
                 Ok(r) => {
                     metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "ok")
@@ -923,6 +930,17 @@ pub(crate) fn register_subscription(
             subscribe,
         });
     }
+}
+
+/// Takes a session off every subscriber list of this region (a desk's session
+/// that subscribed to other regions).
+pub(crate) fn unregister_subscription(
+    fanout: &mut Fanout,
+    reads: &std::sync::mpsc::Sender<ReadRequest>,
+    outbox: Arc<Outbox>,
+) {
+    fanout.remove(&outbox);
+    let _ = reads.send(ReadRequest::Unsubscribe { outbox });
 }
 
 /// Answers a command; `seq` is the journal's last seq after its commit.

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opcenter_core::{Event, EventBody, Topic};
-use opcenter_proto::Encoding;
 use opcenter_proto::client::{SubTopic, Subscribe};
 use opcenter_proto::server::EventFrame;
 
@@ -39,36 +38,45 @@ pub(crate) struct Fanout {
     to_wake: Vec<Arc<Outbox>>,
     /// Deliveries queued since the last wake (counted once per batch, not per event).
     deliveries: u64,
+    /// The region these events are of, for sessions subscribed to several
+    /// regions ([`Outbox::region_tags`]); `None` in one process.
+    region: Option<Arc<str>>,
 }
 
-/// Encodes and frames an event lazily, once per encoding.
+/// Encodes and frames an event lazily, once per encoding (and once more per
+/// encoding with its region, for multi-region subscriptions).
 struct Lazy<'a> {
     seq: u64,
     event: &'a Event,
-    frames: [Option<Prepared>; 2],
+    region: Option<&'a str>,
+    frames: [Option<Prepared>; 4],
 }
 
 impl<'a> Lazy<'a> {
-    fn new(seq: u64, event: &'a Event) -> Self {
+    fn new(seq: u64, event: &'a Event, region: Option<&'a str>) -> Self {
         Lazy {
             seq,
             event,
-            frames: [None, None],
+            region,
+            frames: [None, None, None, None],
         }
     }
 
-    fn get(&mut self, encoding: Encoding) -> Option<&Prepared> {
-        let slot = &mut self.frames[encoding.index()];
+    fn get(&mut self, outbox: &Outbox) -> Option<&Prepared> {
+        let encoding = outbox.encoding;
+        let region = self.region.filter(|_| outbox.region_tags());
+        let slot = &mut self.frames[encoding.index() + 2 * usize::from(region.is_some())];
         if slot.is_none() {
-            *slot = wire::message(encoding, &EventFrame::new(self.seq, self.event)).map(|m| Prepared::of(&m));
+            let frame = EventFrame::new(self.seq, self.event).in_region(region);
+            *slot = wire::message(encoding, &frame).map(|m| Prepared::of(&m));
         }
         slot.as_ref()
     }
 }
 
 impl Fanout {
-    /// Empty lists.
-    pub(crate) fn new() -> Self {
+    /// Empty lists, for the events of `region`.
+    pub(crate) fn new(region: Option<Arc<str>>) -> Self {
         Fanout {
             incidents: Vec::new(),
             units: Vec::new(),
@@ -76,6 +84,7 @@ impl Fanout {
             to_wake_first: Vec::new(),
             to_wake: Vec::new(),
             deliveries: 0,
+            region,
         }
     }
 
@@ -84,7 +93,7 @@ impl Fanout {
     /// that caused it was read; an assignment carries it to the tablet's writer,
     /// which records the time until it is on the socket.
     pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) {
-        let mut lazy = Lazy::new(seq, event);
+        let mut lazy = Lazy::new(seq, event, self.region.as_deref());
         let urgent = event.topic() == Topic::Assignments;
         let filtered: Vec<Arc<Outbox>>;
         let list: &[Arc<Outbox>] = match event.topic() {
@@ -113,7 +122,7 @@ impl Fanout {
             (&mut self.to_wake, None)
         };
         for outbox in list {
-            if let Some(frame) = lazy.get(outbox.encoding)
+            if let Some(frame) = lazy.get(outbox)
                 && outbox.push_deferred(frame.clone(), read_at)
             {
                 to_wake.push(outbox.clone());
@@ -142,7 +151,8 @@ impl Fanout {
         });
     }
 
-    fn remove(&mut self, outbox: &Arc<Outbox>) {
+    /// Takes `outbox` off every list.
+    pub(crate) fn remove(&mut self, outbox: &Arc<Outbox>) {
         self.incidents.retain(|o| !Arc::ptr_eq(o, outbox));
         self.units.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
         for list in self.assignments.values_mut() {

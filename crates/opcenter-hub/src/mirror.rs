@@ -114,7 +114,7 @@ impl Mirror {
         Mirror {
             engine,
             last_seq,
-            fanout: Fanout::new(),
+            fanout: Fanout::new(shared.region.clone()),
             reads,
             shared,
             forward,
@@ -264,6 +264,9 @@ impl Mirror {
                 unit,
                 subscribe,
             ),
+            Request::Unsubscribe { outbox } => {
+                engine_task::unregister_subscription(&mut self.fanout, &self.reads, outbox)
+            }
             Request::Recommend { outbox, id, query } => {
                 let forward = self.forward.clone();
                 self.handle.spawn(async move {

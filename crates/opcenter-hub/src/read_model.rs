@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 
 use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Topic, Unit};
 use opcenter_proto::client::{SubTopic, Subscribe};
-use opcenter_proto::server::{EventFrame, SubscribeOk};
+use opcenter_proto::server::{EventFrame, SubscribeOk, Subscribed};
 use opcenter_store::Journal;
 
 use crate::engine_task::Shared;
@@ -88,6 +88,10 @@ pub(crate) enum ReadRequest {
         id: Option<u64>,
         unit: Option<String>,
         subscribe: Subscribe,
+    },
+    /// The session left this region's subscriptions (a desk's session).
+    Unsubscribe {
+        outbox: Arc<Outbox>,
     },
     /// `GET /v1/incidents/{id}`.
     GetIncident {
@@ -220,6 +224,9 @@ impl ReadModel {
                 debug_assert_eq!(cut, self.seq, "the batch precedes its subscribers");
                 self.subscribe(cut, outbox, slot, id, unit, subscribe);
             }
+            ReadRequest::Unsubscribe { outbox } => {
+                self.positions.retain(|(o, _)| !Arc::ptr_eq(o, &outbox));
+            }
             ReadRequest::GetIncident { incident_id, reply } => {
                 // Retention took closed incidents out of memory; the journal has them.
                 let found = self
@@ -296,19 +303,21 @@ impl ReadModel {
             return;
         }
         let items: Arc<[Arc<PositionItem>]> = self.staged.drain().map(|(_, i)| Arc::new(i)).collect();
-        let mut shared: [Option<Message>; 2] = [None, None];
+        // One frame per encoding, and per encoding with the region.
+        let mut shared: [Option<Message>; 4] = [None, None, None, None];
         let units = &self.units;
         let agency_of = |i: &PositionItem| units.get(&i.unit_id).and_then(|u| u.agency.as_deref());
         for (outbox, sub) in &self.positions {
+            let region = self.shared.region.as_deref().filter(|_| outbox.region_tags());
             match (sub.area, &sub.agencies) {
                 (None, None) => {
-                    let slot = &mut shared[outbox.encoding.index()];
+                    let slot = &mut shared[outbox.encoding.index() + 2 * usize::from(region.is_some())];
                     if slot.is_none() {
                         let refs: Vec<&PositionItem> = items.iter().map(|i| i.as_ref()).collect();
-                        *slot = wire::positions_frame(outbox.encoding, &refs);
+                        *slot = wire::positions_frame(outbox.encoding, &refs, region);
                     }
                     if let Some(frame) = slot {
-                        outbox.push_positions(frame, &items);
+                        outbox.push_positions_of(region, frame, &items);
                     }
                 }
                 _ => {
@@ -322,8 +331,8 @@ impl ReadModel {
                         continue;
                     }
                     let refs: Vec<&PositionItem> = inside.iter().map(|i| i.as_ref()).collect();
-                    if let Some(frame) = wire::positions_frame(outbox.encoding, &refs) {
-                        outbox.push_positions(&frame, &inside);
+                    if let Some(frame) = wire::positions_frame(outbox.encoding, &refs, region) {
+                        outbox.push_positions_of(region, &frame, &inside);
                     }
                 }
             }
@@ -388,20 +397,23 @@ impl ReadModel {
             ),
         };
         let mut frames = Vec::new();
-        // Without an `id` the client asked for no reply (PROTOCOL.md §3).
-        frames.extend(wire::ok_if_asked(
-            outbox.encoding,
-            id,
-            SubscribeOk {
-                epoch,
-                seq: cut,
-                recovered,
-                incidents,
-                units,
-            },
-        ));
+        let body = SubscribeOk {
+            epoch,
+            seq: cut,
+            recovered,
+            incidents,
+            units,
+        };
+        // A multi-region subscription: each region answers `subscribed`, with it.
+        let region = self.shared.region.as_deref().filter(|_| outbox.region_tags());
+        match region {
+            Some(r) => frames.extend(wire::message(outbox.encoding, &Subscribed::new(id, r, body))),
+            // Without an `id` the client asked for no reply (PROTOCOL.md §3).
+            None => frames.extend(wire::ok_if_asked(outbox.encoding, id, body)),
+        }
         for (s, event) in replay.unwrap_or_default() {
-            frames.extend(wire::message(outbox.encoding, &EventFrame::new(s, &event)));
+            let frame = EventFrame::new(s, &event).in_region(region);
+            frames.extend(wire::message(outbox.encoding, &frame));
         }
         outbox.fill(slot, frames);
 

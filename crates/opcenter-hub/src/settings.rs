@@ -209,6 +209,12 @@ struct RawCluster {
     lease_ttl_s: u64,
     #[serde(default)]
     node: Option<String>,
+    #[serde(default = "default_pipeline_depth")]
+    pipeline_depth: usize,
+}
+
+fn default_pipeline_depth() -> usize {
+    8
 }
 
 fn default_lease_ttl_s() -> u64 {
@@ -402,6 +408,9 @@ pub struct ClusterSettings {
     pub lease_ttl: std::time::Duration,
     /// `cluster.node`: this process's name in the lease (default `<host>-<pid>`).
     pub node: String,
+    /// `cluster.pipeline_depth` (roles `engine`, `both`): batches appended to the
+    /// stream at once, each held (replies and events) until its publish ack.
+    pub pipeline_depth: usize,
 }
 
 /// `hub.*`, checked.
@@ -966,6 +975,12 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
             format!("{}: want 1..=60", c.lease_ttl_s),
         ));
     }
+    if !(1..=64).contains(&c.pipeline_depth) {
+        return Err(invalid(
+            "cluster.pipeline_depth",
+            format!("{}: want 1..=64", c.pipeline_depth),
+        ));
+    }
     let node = match c.node {
         Some(n) if n.trim().is_empty() || n.len() > 128 => {
             return Err(invalid("cluster.node", format!("{n:?}: want 1..=128 characters")));
@@ -976,6 +991,7 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
     Ok(ClusterSettings {
         lease_ttl: std::time::Duration::from_secs(c.lease_ttl_s),
         node,
+        pipeline_depth: c.pipeline_depth,
         nats: c.nats,
         region,
         regions,
@@ -1279,6 +1295,10 @@ mod tests {
                 "cluster.region",
             ),
             ("nats = [\"nats://a\"]\nrole = \"hub\"", "cluster.region"),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"both\"\npipeline_depth = 0",
+                "cluster.pipeline_depth",
+            ),
         ] {
             let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");

@@ -8,6 +8,9 @@
 //!   `hub`): a follower of the region's stream feeds the read model and fanout,
 //!   commands go to the engine node.
 //! - `bridge`: the NATS command bridge between hub nodes and the engine node.
+//! - this file: start-up by role, and the national desk (`cluster.regions`): one
+//!   `Region` (queue, read model, epoch, journal) per region served, which
+//!   sessions and HTTP handlers pick by the region a client names.
 //! - `failover`: an engine node's lease: standby wait, takeover, fencing on loss.
 //! - `record`: the journal record codec and the durability path's errors.
 //! - `fanout`: live-event subscriber lists (on the engine thread).
@@ -290,9 +293,10 @@ impl Server {
     /// does not stop the server: it serves with `/healthz` 503 and refuses every command with
     /// `internal`, and never starts empty over data it could not read.
     ///
-    /// With a `[cluster]` section (role `both`) the journal is the region's
-    /// JetStream stream instead, and a stream that cannot be opened stops the
-    /// start with [`HubError::Cluster`].
+    /// With a `[cluster]` section the journal is the region's JetStream stream
+    /// instead, and a stream that cannot be opened stops the start with
+    /// [`HubError::Cluster`]. With `cluster.regions` (a national desk) every
+    /// listed region is started as a hub node of its own in this process.
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
         if let Some(cluster) = settings.cluster.clone().filter(|c| !c.regions.is_empty()) {
             return Self::start_desk(listener, settings, cluster).await;

@@ -119,7 +119,8 @@ async fn desk_supervisor(
     since: &BTreeMap<String, (String, u64)>,
 ) -> (DeskClient, BTreeMap<String, Value>) {
     let (mut c, _) = Client::login(host, Encoding::Json, &token(Role::Supervisor, "s1")).await;
-    let mut sub = json!({"type":"subscribe","id":7,"topics":["incidents","units"],"regions":REGIONS});
+    let mut sub =
+        json!({"type":"subscribe","id":7,"topics":["incidents","units","positions"],"regions":REGIONS});
     for (region, (epoch, seq)) in since {
         sub["since_by_region"][region] = json!({"epoch":epoch,"seq":seq});
     }
@@ -261,6 +262,22 @@ async fn a_p1_incident_in_each_region_reaches_one_desk_supervisor() {
         })
         .await;
     assert_eq!(f["change"], "created", "{f}");
+
+    // A tablet of akt moves: its fix reaches the desk supervisor tagged with akt.
+    let mut t = tablet(&desk.engine(1), Encoding::Json, "AKT-1", 51.25, 51.35).await;
+    t.send(json!({"type":"unit.position","lat":51.2501,"lon":51.3501}))
+        .await;
+    let pos = sup
+        .c
+        .recv_until(|f| {
+            f["type"] == "positions"
+                && f["items"].as_array().is_some_and(|i| {
+                    i.iter()
+                        .any(|p| p["unit_id"] == "AKT-1" && p["lat"] == json!(51.2501))
+                })
+        })
+        .await;
+    assert_eq!(pos["region"], "akt", "{pos}");
 
     // HTTP reads on the desk name the region.
     let auth = token(Role::Dispatcher, "d1");

@@ -818,6 +818,13 @@ mod tests {
             cost_of(r#"{"type":"subscribe","topics":["incidents"],"since":{"epoch":"E0","seq":5}}"#),
             weight::SNAPSHOT
         );
+        // A desk's subscription pays per region: a resume or a snapshot each.
+        assert_eq!(
+            cost_of(
+                r#"{"type":"subscribe","topics":["incidents"],"regions":["a","b","c"],"since_by_region":{"b":{"epoch":"E1","seq":5}}}"#
+            ),
+            2 * weight::SNAPSHOT + weight::RESUME
+        );
     }
 
     fn message(json: &str) -> ClientMessage {

@@ -1036,6 +1036,11 @@ mod tests {
             Settings::from_toml(cards).unwrap().engine.run_cards[0].hours,
             Some([22, 6])
         );
+        let shift = "[[roster]]\nid = \"N\"\non_duty = \"20:00-08:00\"\n";
+        assert_eq!(
+            Settings::from_toml(shift).unwrap().engine.roster[0].on_duty,
+            opcenter_core::DutyWindow::parse("20:00-08:00")
+        );
         for (bad, key) in [
             ("[dispatch]\nagencies = []\n", "dispatch.agencies"),
             (
@@ -1044,6 +1049,8 @@ mod tests {
             ),
             ("[dispatch]\npost_radius_m = -1.0\n", "dispatch.post_radius_m"),
             ("[[roster]]\nid = \"X\"\nagency = \"army\"\n", "roster.agency"),
+            ("[[roster]]\nid = \"X\"\non_duty = \"8-20\"\n", "on_duty"),
+            ("[[roster]]\nid = \"X\"\non_duty = \"08:00-24:00\"\n", "on_duty"),
             (
                 "[[roster]]\nid = \"DP\"\nkind = \"district_post\"\n",
                 "roster.location",

@@ -170,6 +170,19 @@ async fn metric_value(srv: &TestServer, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A server keeping `memory` events in memory and replaying `step` per step,
+/// with `n` incidents created by the dispatcher it returns.
+async fn with_history(memory: usize, step: usize, n: usize) -> (TestServer, Client) {
+    let srv = TestServer::start(&format!(
+        "[hub]\nmemory_history_events = {memory}\nreplay_step_events = {step}\n"
+    ))
+    .await;
+    let (mut dispatcher, _) =
+        Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    create_many(&mut dispatcher, n, "before").await;
+    (srv, dispatcher)
+}
+
 /// Six `since` resumes at different depths, JSON and MessagePack, most of them
 /// deeper than the 100 events kept in memory (so read from the journal), each
 /// served 64 events per step while a dispatcher keeps creating: every session
@@ -178,10 +191,8 @@ async fn metric_value(srv: &TestServer, name: &str) -> f64 {
 /// served from the frame cache, with the same result.
 #[tokio::test]
 async fn resumes_interleaved_with_commits_deliver_every_seq_once_in_order() {
-    let srv = TestServer::start("[hub]\nmemory_history_events = 100\nreplay_step_events = 64\n").await;
+    let (srv, _dispatcher) = with_history(100, 64, 600).await;
     let host = srv.host();
-    let (mut dispatcher, _) = Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
-    create_many(&mut dispatcher, 600, "before").await;
     let (mut probe, _) = Client::login(&host, Encoding::Json, &token(Role::Supervisor, "p")).await;
     let ok = probe
         .request(json!({"type":"subscribe","topics":["incidents"]}))
@@ -246,6 +257,44 @@ async fn resumes_interleaved_with_commits_deliver_every_seq_once_in_order() {
     // all from the cache; the first round already shares some between sessions.
     let cached = metric_value(&srv, "opcenter_replay_frames_total{source=\"cache\"}").await - cached_before;
     assert!(cached >= 1_750.0, "frames served from the cache: {cached}");
+}
+
+/// A `subscribe` sent while a deep replay is still in progress replaces it:
+/// the second reply arrives, and after it only events past its cut, live.
+#[tokio::test]
+async fn a_subscribe_during_a_replay_replaces_it() {
+    let (srv, mut dispatcher) = with_history(10, 8, 300).await;
+    let host = srv.host();
+    let (mut c, _) = Client::login(&host, Encoding::Msgpack, &token(Role::Supervisor, "s1")).await;
+    let first = c
+        .request(json!({"type":"subscribe","topics":["incidents"]}))
+        .await;
+    let epoch = first["epoch"].clone();
+    // Both sent at once: the second arrives while the first is replaying.
+    c.send(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":epoch,"seq":1},"id":100}))
+        .await;
+    c.send(json!({"type":"subscribe","topics":["incidents"],"id":101}))
+        .await;
+    let mut cut = None;
+    let mut last = String::new();
+    loop {
+        let f = c.recv().await;
+        match cut {
+            None if f["id"] == 101 => {
+                assert_eq!(f["type"], "ok", "{f}");
+                cut = f["seq"].as_u64();
+                last = create_many(&mut dispatcher, 1, "after").await.remove(0);
+            }
+            None => {}
+            Some(cut) => {
+                assert_eq!(f["type"], "event", "{f}");
+                assert!(f["seq"].as_u64().unwrap() > cut, "after the second reply: {f}");
+                if f["incident"]["id"] == json!(last) {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Test-only switch read by the engine thread (see `engine_task::PANIC_ENV`).

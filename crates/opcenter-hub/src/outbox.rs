@@ -9,9 +9,10 @@
 //!
 //! A `subscribe` reserves its place in the queue on the engine thread (so live
 //! events registered after it queue behind it) and the read model fills that
-//! place later with the reply and any replayed events. The writer sends nothing
-//! past an unfilled place, and what fills it does not count against the bound:
-//! a snapshot of a large city is one answer to one request, not a backlog.
+//! place later with the reply and any replayed events (a long replay in parts,
+//! each put just before the place, which the last part ends). The writer sends
+//! nothing past an unfilled place, and what fills it does not count against the
+//! bound: a snapshot of a large city is one answer to one request, not a backlog.
 //!
 //! Owns: the queue and its limits. Must never: block (the lock is held for a
 //! push or a drain only, never across an `.await`).

@@ -390,6 +390,16 @@ impl ReadModel {
         unit: Option<String>,
         sub: Subscribe,
     ) {
+        // A new subscription replaces the session's previous one, and with it
+        // a replay still in progress: its reply is the new starting point.
+        if let Some(old) = self
+            .jobs
+            .iter()
+            .position(|j| j.is_for(&outbox))
+            .and_then(|at| self.jobs.remove(at))
+        {
+            old.abandon();
+        }
         let wants = |t: SubTopic| sub.topics.contains(&t);
         let epoch = self.shared.epoch.as_str();
         let after = sub

@@ -255,6 +255,17 @@ impl Job {
         }
     }
 
+    /// True when this job replays into `outbox`.
+    pub(crate) fn is_for(&self, outbox: &Arc<Outbox>) -> bool {
+        Arc::ptr_eq(&self.outbox, outbox)
+    }
+
+    /// Ends the replay where it is (the session subscribed again): the rest is
+    /// not sent, what queued behind the reserved place goes on.
+    pub(crate) fn abandon(self) {
+        self.outbox.fill_part(self.slot, Vec::new(), true);
+    }
+
     /// The oldest seq this job still needs from the journal (compaction must
     /// keep it).
     pub(crate) fn needs_from(&self) -> u64 {

@@ -178,6 +178,9 @@ struct RawHub {
     session_burst: u32,
     max_connections: usize,
     reads_nice: i32,
+    memory_history_events: usize,
+    replay_step_events: usize,
+    frame_cache_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +431,16 @@ pub struct HubSettings {
     /// `hub.reads_nice`: how much lower (0..=19, 0 = unchanged) the read-model
     /// thread's OS scheduling priority is than the rest of the process.
     pub reads_nice: i32,
+    /// `hub.memory_history_events`: the newest events kept decoded in memory
+    /// for `since` resumes (at most `history_events`); older ones are read from
+    /// the journal.
+    pub memory_history_events: usize,
+    /// `hub.replay_step_events`: events a `since` replay serves per step before
+    /// the read model serves commits, snapshots and positions again.
+    pub replay_step_events: usize,
+    /// `hub.frame_cache_bytes`: bytes (estimated) of event frames kept for
+    /// `since` replays, so N resumes of a range encode each event once.
+    pub frame_cache_bytes: usize,
 }
 
 /// `console.*`, checked.
@@ -694,6 +707,9 @@ impl Settings {
         if h.max_connections == 0 {
             return Err(invalid("hub.max_connections", "must be > 0"));
         }
+        if h.replay_step_events == 0 {
+            return Err(invalid("hub.replay_step_events", "must be > 0"));
+        }
         // Negative would raise the thread above the engine (and needs privileges).
         if !(0..=19).contains(&h.reads_nice) {
             return Err(invalid("hub.reads_nice", "must be between 0 (unchanged) and 19"));
@@ -823,6 +839,9 @@ impl Settings {
                 engine_queue: h.engine_queue,
                 max_connections: h.max_connections,
                 reads_nice: h.reads_nice,
+                memory_history_events: h.memory_history_events.min(h.history_events as usize),
+                replay_step_events: h.replay_step_events,
+                frame_cache_bytes: h.frame_cache_bytes,
             },
             max_body_bytes: raw.http.max_body_bytes,
             reports_rate: (raw.http.reports_per_s, raw.http.reports_burst.max(1)),

@@ -21,6 +21,16 @@ pub const NATS_SERVER_ENV: &str = "OPCENTER_NATS_SERVER";
 /// How long [`NatsCluster::wait_ready`] waits by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A multi-threaded runtime with one worker, for tests that drive async NATS calls
+/// from a plain `#[test]` (the journal's blocking calls run beside it).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("start a tokio runtime")
+}
+
 /// The `nats-server` binary, if installed.
 pub fn nats_server_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(NATS_SERVER_ENV) {

@@ -62,8 +62,18 @@ pub(crate) enum ReplyTo {
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
     /// A hub node's command, forwarded over NATS ([`crate::bridge`]): the engine's
     /// reply and the seq the journal reached when it was acknowledged.
-    /// A hub's call over NATS, with the call's id (written into the records).
-    Remote(oneshot::Sender<RemoteOutcome>, Option<String>),
+    /// A hub's call over NATS, with the call's id and the hub's session (written
+    /// into the records' actor).
+    Remote(oneshot::Sender<RemoteOutcome>, RemoteOrigin),
+}
+
+/// Where a hub's forwarded command came from, for its records' actor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RemoteOrigin {
+    /// The hub's call id.
+    pub(crate) call: Option<String>,
+    /// The hub's session (`<hub node id>/<session>`) that sent the command.
+    pub(crate) session: Option<String>,
 }
 
 /// A command's outcome for a hub node: the reply, and the last seq of the commit
@@ -509,13 +519,13 @@ impl EngineTask {
                     let mut assigned = false;
                     let session = match &reply {
                         ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
-                        // A hub node's command names its actor but not the hub's
-                        // session (not carried by the bridge yet).
-                        ReplyTo::Http(_) | ReplyTo::Remote(..) => None,
+                        // A hub node's command: the hub's session, as the bridge carried it.
+                        ReplyTo::Remote(_, o) => o.session.as_deref(),
+                        ReplyTo::Http(_) => None,
                     };
                     let mut origin = Origin::new(&actor, session, now);
-                    if let ReplyTo::Remote(_, call) = &reply {
-                        origin.call = call.clone();
+                    if let ReplyTo::Remote(_, o) = &reply {
+                        origin.call = o.call.clone();
                     }
                     let result = self.engine.apply(&actor, command, now);
                     let result =

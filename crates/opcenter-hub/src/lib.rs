@@ -74,7 +74,9 @@ pub use audit_log::{
     AUDIT_LOG_FILE, AuditLogError, Kind as AuditKind, Line as AuditLine, LogVerified,
     read_lines as read_audit_log, verify as verify_audit_log,
 };
-pub use audit_timeline::{Step as TimelineStep, Timeline, TimelineError, timeline_in_dir};
+pub use audit_timeline::{
+    Step as TimelineStep, Timeline, TimelineError, timeline_in_dir, timeline_in_region,
+};
 pub use record::Origin as RecordActor;
 pub use report::{ReportError, ReportQuery, report_offline};
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
@@ -250,7 +252,7 @@ impl Server {
                     )
                 }
             };
-            let mut journal = open_region_journal(&cluster).await?;
+            let mut journal = open_region_journal(&cluster, &settings).await?;
             if let Some(a) = &active {
                 let (j, seq) = failover::take_over(journal, &cluster, a.epoch).await?;
                 a.takeover_seq.send_replace(seq);
@@ -547,6 +549,7 @@ impl Server {
                 app.engine_tx.clone(),
                 b.positions,
                 recalled,
+                app.audit.clone(),
                 stop_ticks.clone(),
             ));
         }
@@ -683,9 +686,15 @@ impl Server {
 /// own one-thread runtime, so NATS I/O never waits behind the sessions' tasks.
 async fn open_region_journal(
     cluster: &ClusterSettings,
+    settings: &Settings,
 ) -> Result<opcenter_cluster::JetStreamJournal, HubError> {
     let mut opts = opcenter_cluster::JournalOptions::new(cluster.region.clone()).replicas(cluster.replicas);
     opts.publish_deadline = cluster.publish_deadline;
+    // An engine walks the audit chain before it writes; a hub never appends.
+    opts.verify_chain = cluster.role != ClusterRole::Hub;
+    opts.accept_broken_chain = settings.accept_broken_chain;
+    opts.checkpoint_records = settings.audit_checkpoint_records;
+    opts.checkpoint_interval = settings.audit_checkpoint_interval;
     let urls = cluster.nats.join(",");
     tracing::info!(region = %cluster.region, nats = %urls, replicas = cluster.replicas, "opening the region's JetStream journal");
     tokio::task::spawn_blocking(move || opcenter_cluster::JetStreamJournal::connect(&urls, opts))

@@ -192,8 +192,19 @@ impl Mirror {
                 }
                 let forward = self.forward.clone();
                 let tx = self.feed_tx.clone();
+                // The engine writes the hub's session into the records' actor.
+                let session = match &reply {
+                    ReplyTo::Session { outbox, .. } => Some(forward.session_key(&outbox.session)),
+                    _ => None,
+                };
                 self.handle.spawn(async move {
-                    let answer = forward.call(CallBody::Command { actor, command }).await;
+                    let answer = forward
+                        .call(CallBody::Command {
+                            actor,
+                            command,
+                            session,
+                        })
+                        .await;
                     let _ = tx.send(Feed::Answer {
                         reply,
                         name,

@@ -25,7 +25,15 @@ async fn healthz(e: &BinServer) -> String {
 }
 
 /// Engines `a` (active) and `b` (standby) and one hub of the region on `nats`.
-fn region(nats: &NatsCluster, tmp: &tempfile::TempDir, replicas: usize) -> (BinServer, BinServer, BinServer) {
+///
+/// An engine says `listening on` before it contends for the lease (its `/healthz`
+/// answers `ok standby` meanwhile), so `b` starts only once `a` is active: two
+/// engines started together may elect either one.
+async fn region(
+    nats: &NatsCluster,
+    tmp: &tempfile::TempDir,
+    replicas: usize,
+) -> (BinServer, BinServer, BinServer) {
     let engine = |name: &str| {
         let extra = format!(
             "{}node = \"{name}\"\n",
@@ -34,6 +42,7 @@ fn region(nats: &NatsCluster, tmp: &tempfile::TempDir, replicas: usize) -> (BinS
         BinServer::start(&tmp.path().join(name), &extra)
     };
     let a = engine("a");
+    a.wait_active().await;
     let b = engine("b");
     let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&nats.urls(), "hub", replicas));
     (a, b, hub)
@@ -45,7 +54,7 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (mut a, b, hub) = region(&nats, &tmp, 3);
+    let (mut a, b, hub) = region(&nats, &tmp, 3).await;
     let h = hub.host();
     assert_eq!(healthz(&a).await, "ok active\n");
     assert_eq!(healthz(&b).await, "ok standby\n");
@@ -181,10 +190,12 @@ async fn sigstop_of_the_active_engine_the_standby_takes_over_and_the_old_one_app
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (mut a, b, hub) = region(&nats, &tmp, 1);
+    let (mut a, b, hub) = region(&nats, &tmp, 1).await;
     let h = hub.host();
     let (mut d, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     assert_eq!(d.request(create(51.23, 51.37)).await["type"], "ok");
+    assert_eq!(healthz(&a).await, "ok active\n");
+    assert_eq!(healthz(&b).await, "ok standby\n");
 
     a.signal("STOP");
     b.wait_active().await;

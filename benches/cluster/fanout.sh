@@ -22,35 +22,30 @@ N=${3:-1000}
 MODES=${4:-both hub1 hub2}
 ulimit -n 65536 2>/dev/null || true
 
+# One measured run of MODE: the burst to every console, one line printed and kept.
+measure() {
+    local mode=$1 run=$2 line
+    sim_run "$mode run $run" --fanout --consoles "$C" --burst "$N" --window 64 \
+        --duration 1 --settle 180 || return 0
+    line=$(echo "$OUT" | json "' '.join(str(x) for x in [
+        round(r['throughput']['deliveries_per_s']), r['throughput']['created_deliveries'],
+        r['throughput']['created_deliveries_expected'],
+        round(1e6*$NODES_CPU/max(1, r['throughput']['created_deliveries']), 3),
+        r['latency']['fanout']['p50_us']/1000, r['latency']['fanout']['p99_us']/1000,
+        r['tool_cpu_s'], r['incidents']['lost']])")
+    set -- $line
+    printf '%-4s run %s: deliveries/s %s | delivered %s of %s | nodes CPU %s us/delivery | create->console p50 %s p99 %s ms | tool CPU %s s | lost %s\n' \
+        "$mode" "$run" "$@"
+    echo "$line" >>"$T/res-$TOPO-$mode"
+}
+
 load_note
 echo "# runs $RUNS, $C consoles, burst $N creates (window 64), one nats-server"
-nats_up single
-for mode in $MODES; do : >"$T/res-$mode"; done
-for run in $(seq "$RUNS"); do
-    for mode in $MODES; do
-        start_mode "$mode" "f${run}${mode}"
-        out=$("$BIN" sim --server "$TARGET" --fanout --consoles "$C" --burst "$N" --window 64 \
-            --duration 1 --settle 180 --pid "$PID" "${EXTRA[@]}" --json 2>"$T/sim.err") || true
-        if [ -z "$out" ]; then
-            echo "$mode run $run: sim failed"
-            tail -5 "$T/sim.err"
-        else
-            line=$(echo "$out" | json "' '.join(str(x) for x in [
-                round(r['throughput']['deliveries_per_s']), r['throughput']['created_deliveries'],
-                r['throughput']['created_deliveries_expected'],
-                round(1e6*$NODES_CPU/max(1, r['throughput']['created_deliveries']), 3),
-                r['latency']['fanout']['p50_us']/1000, r['latency']['fanout']['p99_us']/1000,
-                r['tool_cpu_s'], r['incidents']['lost']])")
-            set -- $line
-            printf '%-4s run %s: deliveries/s %s | delivered %s of %s | nodes CPU %s us/delivery | create->console p50 %s p99 %s ms | tool CPU %s s | lost %s\n' \
-                "$mode" "$run" "$@"
-            echo "$line" >>"$T/res-$mode"
-        fi
-        stop_mode
-    done
-done
+TOPO=single
+nats_up "$TOPO"
+rounds "$RUNS" "$MODES" f measure
 for mode in $MODES; do
-    f="$T/res-$mode"
+    f="$T/res-$TOPO-$mode"
     [ -s "$f" ] || continue
     printf 'MEDIAN %-4s: deliveries/s %.0f | nodes CPU %.3f us/delivery | create->console p50 %.1f p99 %.1f ms | tool CPU %.1f s\n' \
         "$mode" "$(median "$f" 1)" "$(median "$f" 4)" "$(median "$f" 5)" "$(median "$f" 6)" "$(median "$f" 7)"

@@ -24,44 +24,36 @@ MODES=${5:-file both hubs}
 TABLETS=${TABLETS:-100}
 DUR=${DUR:-10}
 
+# One measured run of MODE: the load, one line of figures printed and kept.
+measure() {
+    local mode=$1 run=$2 nats0 nats line
+    nats0=$(nats_cpu)
+    sim_run "$TOPO $mode run $run" --tablets "$TABLETS" --consoles 4 --supervisors 1 \
+        --incident-rate "$RATE" --position-rate "$POS" --duration "$DUR" --settle 5 || return 0
+    nats=$(echo "$(nats_cpu) - $nats0" | bc)
+    line=$(echo "$OUT" | json "' '.join(str(x) for x in [
+        r['latency']['create_ok']['p50_us']/1000, r['latency']['create_ok']['p99_us']/1000,
+        r['latency']['create_assignment']['p50_us']/1000, r['latency']['create_assignment']['p99_us']/1000,
+        r['incidents']['created'], r['incidents']['create_errors'], r['incidents']['lost'],
+        round(1000*$NODES_CPU/max(1, r['incidents']['created']), 3),
+        r['tool_cpu_s'], round(r['throughput']['positions_sent_per_s']),
+        r['latency']['position_staleness']['p50_us']/1000])")
+    set -- $line
+    printf '%s %-5s run %s: create->ok p50 %.2f p99 %.2f ms | ->assignment p50 %.2f p99 %.2f ms | created %s errors %s lost %s | nodes CPU %s ms/create | nats CPU %.1f s | tool CPU %s s | fixes %s/s, staleness p50 %s ms\n' \
+        "$TOPO" "$mode" "$run" "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" "$nats" "$9" "${10}" "${11}"
+    echo "$line $nats" >>"$T/res-$TOPO-$mode"
+}
+
 load_note
 echo "# runs $RUNS, $RATE creates/s, $POS fixes/s over $TABLETS tablets, ${DUR} s window"
-for topo in $TOPOS; do
-    nats_up "$topo"
-    for mode in $MODES; do : >"$T/res-$topo-$mode"; done
-    for run in $(seq "$RUNS"); do
-        for mode in $MODES; do
-            start_mode "$mode" "l${run}${mode}"
-            nats0=$(nats_cpu)
-            out=$("$BIN" sim --server "$TARGET" --tablets "$TABLETS" --consoles 4 --supervisors 1 \
-                --incident-rate "$RATE" --position-rate "$POS" --duration "$DUR" --settle 5 \
-                --pid "$PID" "${EXTRA[@]}" --json 2>"$T/sim.err") || true
-            nats=$(echo "$(nats_cpu) - $nats0" | bc)
-            if [ -z "$out" ]; then
-                echo "$topo $mode run $run: sim failed"
-                tail -5 "$T/sim.err"
-                stop_mode
-                continue
-            fi
-            line=$(echo "$out" | json "' '.join(str(x) for x in [
-                r['latency']['create_ok']['p50_us']/1000, r['latency']['create_ok']['p99_us']/1000,
-                r['latency']['create_assignment']['p50_us']/1000, r['latency']['create_assignment']['p99_us']/1000,
-                r['incidents']['created'], r['incidents']['create_errors'], r['incidents']['lost'],
-                round(1000*$NODES_CPU/max(1, r['incidents']['created']), 3),
-                r['tool_cpu_s'], round(r['throughput']['positions_sent_per_s']),
-                r['latency']['position_staleness']['p50_us']/1000])")
-            set -- $line
-            printf '%s %-5s run %s: create->ok p50 %.2f p99 %.2f ms | ->assignment p50 %.2f p99 %.2f ms | created %s errors %s lost %s | nodes CPU %s ms/create | nats CPU %.1f s | tool CPU %s s | fixes %s/s, staleness p50 %s ms\n' \
-                "$topo" "$mode" "$run" "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" "$nats" "$9" "${10}" "${11}"
-            echo "$line $nats" >>"$T/res-$topo-$mode"
-            stop_mode
-        done
-    done
+for TOPO in $TOPOS; do
+    nats_up "$TOPO"
+    rounds "$RUNS" "$MODES" l measure
     for mode in $MODES; do
-        f="$T/res-$topo-$mode"
+        f="$T/res-$TOPO-$mode"
         [ -s "$f" ] || continue
         printf 'MEDIAN %s %-5s: create->ok p50 %.2f p99 %.2f ms | ->assignment p50 %.2f p99 %.2f ms | nodes CPU %.3f ms/create | nats CPU %.1f s | tool CPU %.1f s\n' \
-            "$topo" "$mode" "$(median "$f" 1)" "$(median "$f" 2)" "$(median "$f" 3)" "$(median "$f" 4)" \
+            "$TOPO" "$mode" "$(median "$f" 1)" "$(median "$f" 2)" "$(median "$f" 3)" "$(median "$f" 4)" \
             "$(median "$f" 8)" "$(median "$f" 12)" "$(median "$f" 9)"
     done
     nats_down

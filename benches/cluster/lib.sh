@@ -183,3 +183,33 @@ nats_cpu() {
 
 # The sim's JSON report on stdin -> CPU seconds of every measured node process.
 NODES_CPU="(r['server_process']['cpu_s'] + sum(r.get('also_cpu_s', {}).values()))"
+
+# rounds RUNS MODES PREFIX FN: RUNS rounds; in each, every mode of MODES is started
+# afresh (start_mode, region PREFIX<run><mode>), measured by `FN MODE RUN`, and
+# stopped. The per-mode result files $T/res-$TOPO-<mode> (TOPO: the topology of the
+# caller's loop) are emptied first; FN appends one line of numbers per run.
+rounds() {
+    local runs=$1 modes=$2 prefix=$3 fn=$4 run mode
+    for mode in $modes; do : >"$T/res-$TOPO-$mode"; done
+    for run in $(seq "$runs"); do
+        for mode in $modes; do
+            start_mode "$mode" "$prefix$run$mode"
+            "$fn" "$mode" "$run"
+            stop_mode
+        done
+    done
+}
+
+# sim_run LABEL SIM_ARGS...: one `opcenter sim` against the mode start_mode started
+# (--server TARGET --pid PID and EXTRA are added), its JSON report in OUT. When the
+# sim fails, prints LABEL and the tail of its stderr and returns 1.
+sim_run() {
+    local label=$1
+    shift
+    OUT=$("$BIN" sim --server "$TARGET" "$@" --pid "$PID" "${EXTRA[@]}" --json 2>"$T/sim.err") || true
+    if [ -z "$OUT" ]; then
+        echo "$label: sim failed"
+        tail -5 "$T/sim.err"
+        return 1
+    fi
+}

@@ -25,41 +25,34 @@ MODES=${4:-trivial file both hubs}
 PRODUCERS=${PRODUCERS:-4}
 W=${W:-2000}
 
+# One measured run of MODE: the burst, one line of figures printed and kept.
+measure() {
+    local mode=$1 run=$2 nats0 nats line
+    nats0=$(nats_cpu)
+    sim_run "$TOPO $mode run $run" --fanout --consoles 1 --producers "$PRODUCERS" \
+        --burst "$N" --window "$W" --duration 1 --settle 120 || return 0
+    nats=$(echo "$(nats_cpu) - $nats0" | bc)
+    line=$(echo "$OUT" | json "' '.join(str(x) for x in [
+        round(r['throughput']['deliveries_per_s']), r['incidents']['created'],
+        r['incidents']['create_errors'], r['incidents']['lost'],
+        round(1e6*$NODES_CPU/max(1, r['incidents']['created']), 1),
+        r['tool_cpu_s'], r['latency']['create_ok']['p50_us']/1000, r['latency']['create_ok']['p99_us']/1000])")
+    set -- $line
+    printf '%s %-7s run %s: durable creates/s %s | created %s errors %s lost %s | nodes CPU %s us/create | nats CPU %s s | tool CPU %s s | create->ok p50 %s p99 %s ms\n' \
+        "$TOPO" "$mode" "$run" "$1" "$2" "$3" "$4" "$5" "$nats" "$6" "$7" "$8"
+    echo "$line $nats" >>"$T/res-$TOPO-$mode"
+}
+
 load_note
 echo "# runs $RUNS, burst $N creates from $PRODUCERS producers, window $W, 1 console"
-for topo in $TOPOS; do
-    nats_up "$topo"
-    for mode in $MODES; do : >"$T/res-$topo-$mode"; done
-    for run in $(seq "$RUNS"); do
-        for mode in $MODES; do
-            start_mode "$mode" "t${run}${mode}"
-            nats0=$(nats_cpu)
-            out=$("$BIN" sim --server "$TARGET" --fanout --consoles 1 --producers "$PRODUCERS" \
-                --burst "$N" --window "$W" --duration 1 --settle 120 --pid "$PID" "${EXTRA[@]}" \
-                --json 2>"$T/sim.err") || true
-            nats=$(echo "$(nats_cpu) - $nats0" | bc)
-            if [ -z "$out" ]; then
-                echo "$topo $mode run $run: sim failed"
-                tail -5 "$T/sim.err"
-            else
-                line=$(echo "$out" | json "' '.join(str(x) for x in [
-                    round(r['throughput']['deliveries_per_s']), r['incidents']['created'],
-                    r['incidents']['create_errors'], r['incidents']['lost'],
-                    round(1e6*$NODES_CPU/max(1, r['incidents']['created']), 1),
-                    r['tool_cpu_s'], r['latency']['create_ok']['p50_us']/1000, r['latency']['create_ok']['p99_us']/1000])")
-                set -- $line
-                printf '%s %-7s run %s: durable creates/s %s | created %s errors %s lost %s | nodes CPU %s us/create | nats CPU %s s | tool CPU %s s | create->ok p50 %s p99 %s ms\n' \
-                    "$topo" "$mode" "$run" "$1" "$2" "$3" "$4" "$5" "$nats" "$6" "$7" "$8"
-                echo "$line $nats" >>"$T/res-$topo-$mode"
-            fi
-            stop_mode
-        done
-    done
+for TOPO in $TOPOS; do
+    nats_up "$TOPO"
+    rounds "$RUNS" "$MODES" t measure
     for mode in $MODES; do
-        f="$T/res-$topo-$mode"
+        f="$T/res-$TOPO-$mode"
         [ -s "$f" ] || continue
         printf 'MEDIAN %s %-7s: durable creates/s %.0f | nodes CPU %.1f us/create | nats CPU %.1f s | tool CPU %.1f s\n' \
-            "$topo" "$mode" "$(median "$f" 1)" "$(median "$f" 5)" "$(median "$f" 9)" "$(median "$f" 6)"
+            "$TOPO" "$mode" "$(median "$f" 1)" "$(median "$f" 5)" "$(median "$f" 9)" "$(median "$f" 6)"
     done
     nats_down
 done

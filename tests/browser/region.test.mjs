@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-import { startRealServer, launchChromium } from './hub.mjs';
+import { startRealServer, launchChromium, waitFor } from './hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const OUT = path.join(here, 'out');
@@ -82,16 +82,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-async function waitFor(fn, what, timeoutMs = 20000) {
-  const t0 = Date.now();
-  let last;
-  for (;;) {
-    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what} (last: ${last})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** A dispatcher's incident.create over a WebSocket of its own; resolves to the incident. */
 async function createIncident(body) {

@@ -632,9 +632,12 @@ impl EngineTask {
             Ok(first_seq) => {
                 let read_at = std::mem::take(&mut events.read_at);
                 let events: Vec<Arc<Event>> = events.events.into_iter().map(Arc::new).collect();
-                for (i, (event, read_at)) in events.iter().zip(read_at).enumerate() {
-                    self.fanout.publish(first_seq + i as u64, event, read_at);
-                }
+                let frames: Vec<_> = events
+                    .iter()
+                    .zip(read_at)
+                    .enumerate()
+                    .map(|(i, (event, read_at))| self.fanout.publish(first_seq + i as u64, event, read_at))
+                    .collect();
                 self.fanout.wake();
                 // The engine's own state (retention, idempotency keys) is what a
                 // restart needs; copying it is the only snapshot work done here.
@@ -652,6 +655,7 @@ impl EngineTask {
                     let _ = self.reads.send(ReadRequest::Committed(Committed {
                         first_seq,
                         events,
+                        frames,
                         positions,
                         next_incident_no: self.engine.next_incident_no(),
                         state,

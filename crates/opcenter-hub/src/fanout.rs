@@ -41,11 +41,14 @@ pub(crate) struct Fanout {
     deliveries: u64,
 }
 
+/// An event's frame per encoding ([`Encoding::index`]), where made.
+pub(crate) type EventFrames = [Option<Prepared>; 2];
+
 /// Encodes and frames an event lazily, once per encoding.
 struct Lazy<'a> {
     seq: u64,
     event: &'a Event,
-    frames: [Option<Prepared>; 2],
+    frames: EventFrames,
 }
 
 impl<'a> Lazy<'a> {
@@ -58,12 +61,23 @@ impl<'a> Lazy<'a> {
     }
 
     fn get(&mut self, encoding: Encoding) -> Option<&Prepared> {
-        let slot = &mut self.frames[encoding.index()];
-        if slot.is_none() {
-            *slot = wire::message(encoding, &EventFrame::new(self.seq, self.event)).map(|m| Prepared::of(&m));
-        }
-        slot.as_ref()
+        frame_of(&mut self.frames, self.seq, self.event, encoding)
     }
+}
+
+/// The event's frame in `encoding` from `frames`, encoded and kept there first
+/// if missing (`None` only if it cannot be encoded).
+pub(crate) fn frame_of<'f>(
+    frames: &'f mut EventFrames,
+    seq: u64,
+    event: &Event,
+    encoding: Encoding,
+) -> Option<&'f Prepared> {
+    let slot = &mut frames[encoding.index()];
+    if slot.is_none() {
+        *slot = wire::message(encoding, &EventFrame::new(seq, event)).map(|m| Prepared::of(&m));
+    }
+    slot.as_ref()
 }
 
 impl Fanout {
@@ -83,7 +97,11 @@ impl Fanout {
     /// [`Fanout::wake`], once per batch. `read_at`: when the `incident.create`
     /// that caused it was read; an assignment carries it to the tablet's writer,
     /// which records the time until it is on the socket.
-    pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) {
+    ///
+    /// Returns the frames it made (one per encoding some recipient uses): the
+    /// read model keeps them for `since` replays ([`crate::read_model`]), so an
+    /// event is encoded once per encoding for live delivery and replays alike.
+    pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) -> EventFrames {
         let mut lazy = Lazy::new(seq, event);
         let urgent = event.topic() == Topic::Assignments;
         let filtered: Vec<Arc<Outbox>>;
@@ -120,6 +138,7 @@ impl Fanout {
             }
         }
         self.deliveries += list.len() as u64;
+        lazy.frames
     }
 
     /// Wakes every writer with queued events: tablets with a new assignment

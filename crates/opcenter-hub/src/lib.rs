@@ -13,6 +13,8 @@
 //! - `fanout`: live-event subscriber lists (on the engine thread).
 //! - `read_model`: the read copy fed by committed batches: subscribe snapshots,
 //!   `since` resumes, position batches, incident lookups, periodic snapshots.
+//! - `replay`: `since` replays served a bounded step at a time, and the frame
+//!   cache they share.
 //! - `outbox`: one session's bounded outbound queue.
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
@@ -46,6 +48,7 @@ mod mirror;
 mod outbox;
 mod read_model;
 mod record;
+mod replay;
 mod report;
 mod session;
 mod settings;
@@ -188,7 +191,7 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// Events kept in memory for fast resumes (older ones are read from the journal).
 fn memory_history(settings: &Settings) -> usize {
-    settings.hub.history_events.min(20_000) as usize
+    settings.hub.memory_history_events
 }
 
 /// A started server: state recovered, engine thread running, not yet serving.

@@ -314,6 +314,7 @@ impl Mirror {
                 let _ = self.reads.send(ReadRequest::Committed(Committed {
                     first_seq: self.last_seq + 1,
                     events: Vec::new(),
+                    frames: Vec::new(),
                     positions,
                     next_incident_no: self.engine.next_incident_no(),
                     state: None,
@@ -389,15 +390,17 @@ impl Mirror {
                 }
             }
         }
+        let mut frames = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
             self.engine.restore(event);
-            self.fanout.publish(first_seq + i as u64, event, None);
+            frames.push(self.fanout.publish(first_seq + i as u64, event, None));
         }
         self.fanout.wake();
         self.last_seq = first_seq + events.len() as u64 - 1;
         let _ = self.reads.send(ReadRequest::Committed(Committed {
             first_seq,
             events,
+            frames,
             positions: Vec::new(),
             next_incident_no: self.engine.next_incident_no(),
             state: None,

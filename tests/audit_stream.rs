@@ -2,7 +2,8 @@
 //! processes over a real nats-server: an engine and a hub chain every record (the
 //! engine's takeover marker included), `opcenter audit verify|head|show --nats
 //! --region` read it, the actor of a command sent through the hub names the hub's
-//! session; a forged stream (one record's bytes changed, every hash left as
+//! session, and so does the engine's refused-action log line for a command it
+//! refused; a forged stream (one record's bytes changed, every hash left as
 //! written) is named by `audit verify`, stops an engine from starting, and
 //! `--accept-broken-chain` starts it anyway, logging the break loudly.
 //! Each test prints `SKIPPED` and returns when nats-server is not installed.
@@ -104,7 +105,7 @@ async fn a_hubs_session_is_on_the_record_and_the_region_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_opcenter"));
     let engine_cfg = config(&tmp.path().join("engine"), &urls, "engine");
-    let engine = ServerProcess::start(bin, &engine_cfg).unwrap();
+    let mut engine = ServerProcess::start(bin, &engine_cfg).unwrap();
     wait_active(engine.addr).await;
     let hub = ServerProcess::start(bin, &config(&tmp.path().join("hub"), &urls, "hub")).unwrap();
 
@@ -147,6 +148,32 @@ async fn a_hubs_session_is_on_the_record_and_the_region_verifies() {
         "the hub's session {session} is not on the record: {recorded}"
     );
     assert!(actor["call"].is_string(), "the hub's call id: {t}");
+
+    // A tablet on the hub writing on an incident not assigned to it: the hub's role
+    // check passes it, the engine refuses it and logs it with the hub's session.
+    let (mut tablet, hello) = Client::login(
+        &hub.addr.to_string(),
+        Encoding::Json,
+        &crate::common::unit_token("P-X"),
+    )
+    .await;
+    let tablet_session = hello["session"].as_str().unwrap().to_owned();
+    let refused = tablet
+        .request(json!({"type":"incident.note","incident_id":ids[0],"text":"not mine"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert!(engine.terminate().unwrap().success());
+    let lines = opcenter_hub::read_audit_log(&tmp.path().join("engine")).unwrap();
+    assert!(
+        lines.iter().any(|l| l.kind == opcenter_hub::AuditKind::Forbidden
+            && l.component == "engine"
+            && l.subject == "P-X"
+            && l.reason == "incident.note"
+            && l.session
+                .as_deref()
+                .is_some_and(|s| s.ends_with(&format!("/{tablet_session}")))),
+        "{lines:#?}"
+    );
 }
 
 /// Replaces the region's stream with a copy of itself in which `from` is replaced

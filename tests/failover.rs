@@ -131,6 +131,8 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
     for (i, s) in seqs.iter().enumerate() {
         assert_eq!(*s, i as u64 + 1, "stream record seqs not contiguous at index {i}");
     }
+    // One audit chain through both engines' takeover markers.
+    crate::audit_stream::assert_chain_holds(&nats.urls(), 2).await;
     // The console on the hub stayed; a new one resumes with `since` from before the
     // burst: both see one `created` per acknowledged incident, nothing repeated.
     let (mut d, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d2")).await;
@@ -214,4 +216,5 @@ async fn sigstop_of_the_active_engine_the_standby_takes_over_and_the_old_one_app
     let ok = d.request(create(51.25, 51.37)).await;
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(healthz(&b).await, "ok active\n");
+    crate::audit_stream::assert_chain_holds(&nats.urls(), 2).await;
 }

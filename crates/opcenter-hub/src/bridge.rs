@@ -445,7 +445,7 @@ pub(crate) async fn serve_engine(
                     let _ = client.publish(done.0, done.1).await;
                     continue;
                 }
-                tokio::spawn(answer(client.clone(), queue.clone(), memory.clone(), audit.clone(), call));
+                tokio::spawn(answer(client.clone(), queue.clone(), memory.clone(), call));
             }
             Some(msg) = fixes.next() => {
                 if let Ok(p) = rmp_serde::from_slice::<PositionCall>(&msg.payload) {
@@ -495,42 +495,19 @@ fn remember(
 }
 
 /// Applies one call through the engine thread and answers every attempt of it.
-async fn answer(
-    client: async_nats::Client,
-    queue: EngineQueue,
-    memory: Arc<Mutex<Memory>>,
-    audit: AuditLog,
-    call: Call,
-) {
+async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mutex<Memory>>, call: Call) {
     let answer = match call.body {
         CallBody::Command {
             actor,
             command,
             session,
         } => {
-            let name = command.name();
+            // The engine thread logs its own `forbidden` answers, with this session.
             let origin = RemoteOrigin {
                 call: Some(call.id.clone()),
-                session: session.clone(),
+                session,
             };
-            let a = command_answer(&queue, actor.clone(), command, origin).await;
-            // The engine's own refusals (a unit acting on another's incident): the
-            // hub's role check passed, so only the engine can log them.
-            if let Answer::Refused { code, message } = &a
-                && code == ErrorCode::Forbidden.as_str()
-            {
-                let o = crate::record::Origin::new(&actor, session.as_deref(), 0);
-                audit.record(audit_log::Entry {
-                    kind: audit_log::Kind::Forbidden,
-                    reason: name.to_string(),
-                    subject: o.sub,
-                    role: Some(o.role),
-                    session,
-                    component: "engine",
-                    detail: message.clone(),
-                });
-            }
-            a
+            command_answer(&queue, actor, command, origin).await
         }
         CallBody::Hello {
             session,

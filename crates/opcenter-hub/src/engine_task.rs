@@ -381,6 +381,8 @@ pub(crate) struct EngineTask {
     /// Role `engine`: every batch's accepted position fixes also go to the hub
     /// nodes (published on `pos.<region>.out` by [`crate::bridge`]).
     positions_out: Option<mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
+    /// The refused-action log: the engine's own `forbidden` answers go there.
+    audit: Option<crate::audit_log::AuditLog>,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -455,10 +457,18 @@ impl EngineTask {
             last_state_seq: snapshot_seq,
             panic_on: std::env::var(PANIC_ENV).ok().filter(|v| !v.is_empty()),
             positions_out: None,
+            audit: None,
         }
     }
 
     /// Also hands each batch's accepted position fixes to `out` (role `engine`).
+    /// Logs the engine's `forbidden` answers into `audit` (a unit acting on an
+    /// incident that is not its own: the session's role check allowed the type).
+    pub(crate) fn with_audit(mut self, audit: crate::audit_log::AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
     pub(crate) fn with_positions_out(
         mut self,
         out: Option<mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
@@ -528,6 +538,19 @@ impl EngineTask {
                         origin.call = o.call.clone();
                     }
                     let result = self.engine.apply(&actor, command, now);
+                    if let (Err(e), Some(audit)) = (&result, &self.audit)
+                        && ErrorCode::from(e) == ErrorCode::Forbidden
+                    {
+                        audit.record(crate::audit_log::Entry {
+                            kind: crate::audit_log::Kind::Forbidden,
+                            reason: name.to_string(),
+                            subject: origin.sub.clone(),
+                            role: Some(origin.role.clone()),
+                            session: origin.session.clone(),
+                            component: "engine",
+                            detail: e.to_string(),
+                        });
+                    }
                     let result =
                         result.and_then(|applied| self.refuse_oversized(applied, &events.events, &origin));
                     let result = result.map(|(mut applied, records)| {

@@ -452,7 +452,8 @@ impl Server {
                     &settings,
                     snapshot_seq,
                 )
-                .with_positions_out(positions_out);
+                .with_positions_out(positions_out)
+                .with_audit(audit.clone());
                 std::thread::Builder::new()
                     .name("opcenter-engine".into())
                     .spawn(move || task.run(engine_rx))?

@@ -4,6 +4,8 @@
 //! creates on a 3-node R3 cluster (every acknowledged create in the stream exactly
 //! once, the standby serves, the hub's console resumes with `since`); SIGSTOP of
 //! the active engine until the standby took over, then SIGCONT (the old engine
+//! appends nothing and exits non-zero); a partition (the active engine's only NATS
+//! server stops until the standby took over, then comes back: the old engine
 //! appends nothing and exits non-zero). Each test prints `SKIPPED` and returns when
 //! nats-server is not installed.
 
@@ -24,6 +26,61 @@ async fn healthz(e: &BinServer) -> String {
     http(e.addr, "GET", "/healthz", None, None).await.1
 }
 
+/// Sends a create with `key` (id `id`) and waits up to 60 s for its reply; an
+/// `internal` refusal ("no engine answered", the change may or may not be saved)
+/// is retried with the same key. Returns the `ok` and how many refusals came first.
+async fn create_retrying(c: &mut Client, id: u64, key: &str, lat: f64) -> (Value, u32) {
+    let mut body = create(lat, 51.37);
+    body["key"] = json!(key);
+    body["id"] = json!(id);
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    loop {
+        c.send(body.clone()).await;
+        let reply = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match c.next_within(left).await {
+                Some(Got::Frame(f)) if f["id"] == id && (f["type"] == "ok" || f["type"] == "error") => {
+                    break f;
+                }
+                Some(Got::Frame(_)) => {}
+                other => panic!("no reply to create {key} within 60 s: {other:?}"),
+            }
+        };
+        if reply["type"] == "ok" {
+            return (reply, refused);
+        }
+        assert_eq!(reply["code"], "internal", "{reply}");
+        refused += 1;
+    }
+}
+
+/// The end of a stale-engine test: `a` exits non-zero by itself, the stream's
+/// records are still `before` (nothing of `a` after the takeover), and `b` serves.
+async fn old_engine_exits_having_appended_nothing(
+    a: &mut BinServer,
+    b: &BinServer,
+    urls: &str,
+    before: Vec<u64>,
+    d: &mut Client,
+) {
+    let status = a
+        .wait_exit(Duration::from_secs(60))
+        .expect("the old engine exits");
+    assert!(!status.success(), "old engine exited with {status}");
+    let (_, after) = stream_seqs(urls).await;
+    assert_eq!(before, after, "the old engine appended after the takeover");
+    let ok = d.request(create(51.25, 51.37)).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(healthz(b).await, "ok active\n");
+}
+
+/// An engine node `name` of the region on the NATS servers `urls` (comma-separated).
+fn engine(tmp: &tempfile::TempDir, name: &str, urls: &str, replicas: usize) -> BinServer {
+    let extra = format!("{}node = \"{name}\"\n", node_toml(urls, "engine", replicas));
+    BinServer::start(&tmp.path().join(name), &extra)
+}
+
 /// Engines `a` (active) and `b` (standby) and one hub of the region on `nats`.
 ///
 /// An engine says `listening on` before it contends for the lease (its `/healthz`
@@ -34,16 +91,9 @@ async fn region(
     tmp: &tempfile::TempDir,
     replicas: usize,
 ) -> (BinServer, BinServer, BinServer) {
-    let engine = |name: &str| {
-        let extra = format!(
-            "{}node = \"{name}\"\n",
-            node_toml(&nats.urls(), "engine", replicas)
-        );
-        BinServer::start(&tmp.path().join(name), &extra)
-    };
-    let a = engine("a");
+    let a = engine(tmp, "a", &nats.urls(), replicas);
     a.wait_active().await;
-    let b = engine("b");
+    let b = engine(tmp, "b", &nats.urls(), replicas);
     let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&nats.urls(), "hub", replicas));
     (a, b, hub)
 }
@@ -205,13 +255,45 @@ async fn sigstop_of_the_active_engine_the_standby_takes_over_and_the_old_one_app
     // A wakes up: its renewal is refused (or its next append fenced): it stops,
     // non-zero, and the stream holds no record of it after the takeover.
     a.signal("CONT");
-    let status = a
-        .wait_exit(Duration::from_secs(60))
-        .expect("the old engine exits");
-    assert!(!status.success(), "old engine exited with {status}");
-    let (_, after) = stream_seqs(&nats.urls()).await;
-    assert_eq!(before, after, "the old engine appended after the takeover");
-    let ok = d.request(create(51.25, 51.37)).await;
-    assert_eq!(ok["type"], "ok", "{ok}");
-    assert_eq!(healthz(&b).await, "ok active\n");
+    old_engine_exits_having_appended_nothing(&mut a, &b, &nats.urls(), before, &mut d).await;
+}
+
+#[tokio::test]
+async fn partition_of_the_active_engine_the_standby_takes_over_and_the_old_one_appends_nothing_and_exits() {
+    let Some(mut nats) = NatsCluster::start_or_skip(3) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let node = |i: usize| nats.nodes()[i].url();
+    let (n0, others) = (node(0), format!("{},{}", node(1), node(2)));
+    // a knows only n0 (the test servers advertise no other URL); b and the hub
+    // know only n1 and n2.
+    let mut a = engine(&tmp, "a", &n0, 3);
+    a.wait_active().await;
+    let b = engine(&tmp, "b", &others, 3);
+    let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&others, "hub", 3));
+    let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    assert_eq!(d.request(create(51.23, 51.37)).await["type"], "ok");
+    assert_eq!(healthz(&a).await, "ok active\n");
+    assert_eq!(healthz(&b).await, "ok standby\n");
+
+    // Cut a off: its only server stops. b takes over once the lease lapsed (and,
+    // if n0 led the lease bucket or the stream, once n1/n2 elected a new leader).
+    nats.kill(0).unwrap();
+    b.wait_active().await;
+    // The hub may still be re-creating its consumer of the stream (its server may
+    // have been n0): the create is retried like any client would.
+    let started = Instant::now();
+    let (ok, refused) = create_retrying(&mut d, 100, "after-takeover", 51.24).await;
+    eprintln!(
+        "partition: first create after the takeover took {:?} ({refused} refusals first)",
+        started.elapsed()
+    );
+    assert_eq!(ok["type"], "ok", "the new engine serves: {ok}");
+    let (_, before) = stream_seqs(&others).await;
+
+    // n0 comes back: a reconnects, learns it lost the lease, appends nothing and
+    // exits non-zero.
+    nats.restart(0).unwrap();
+    old_engine_exits_having_appended_nothing(&mut a, &b, &nats.urls(), before, &mut d).await;
 }

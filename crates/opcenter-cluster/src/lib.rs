@@ -44,7 +44,7 @@ pub mod testing;
 
 pub use codec::FIRST_SEQ_HEADER;
 pub use error::ClusterError;
-pub use follow::{Follower, stream_epoch};
+pub use follow::{Follower, stream_epoch, stream_head};
 pub use journal::{JetStreamJournal, JournalOptions, TAKEOVER_HEADER};
 pub use lease::{Lease, LeaseValue, lease_bucket, lease_holder};
 pub use region::{RegionNames, open_kv_bucket};

@@ -501,9 +501,15 @@ async fn run() -> anyhow::Result<()> {
             if engine_node {
                 println!("listening on {}", listener.local_addr()?);
             }
-            let server = Server::start(listener, settings)
-                .await
-                .context("starting the server")?;
+            // A standby engine waits in `start` for its region's lease: SIGTERM or
+            // Ctrl-C then stops it cleanly (it holds nothing yet).
+            let server = tokio::select! {
+                server = Server::start(listener, settings) => server.context("starting the server")?,
+                () = shutdown_signal() => {
+                    tracing::info!("stopped before serving (a standby, or still starting)");
+                    return Ok(());
+                }
+            };
             if !engine_node {
                 println!("listening on {}", server.local_addr()?);
             }

@@ -49,7 +49,7 @@ pub mod testing;
 pub use chain::{ChainWalk, RegionVerified, StreamBreak, region_head, verify_region};
 pub use codec::{CHAIN_HEADER, CHAIN_PREV_HEADER, FIRST_SEQ_HEADER};
 pub use error::ClusterError;
-pub use follow::{Follower, stream_epoch};
+pub use follow::{Follower, stream_epoch, stream_head};
 pub use journal::{JetStreamJournal, JournalOptions, TAKEOVER_HEADER};
 pub use lease::{Lease, LeaseValue, lease_bucket, lease_holder};
 pub use region::{RegionNames, open_kv_bucket};

@@ -127,8 +127,10 @@ impl NatsCluster {
                     .filter(|&(j, _)| j != i)
                     .map(|(_, r)| r.as_str())
                     .collect();
+                // `no_advertise`: a client knows only the URLs it was given (no
+                // discovered servers), so one URL and a stopped server is a partition.
                 conf.push_str(&format!(
-                    "cluster {{ name: \"opc\"\n listen: \"127.0.0.1:{route_port}\"\n routes: [{}] }}\n",
+                    "cluster {{ name: \"opc\"\n listen: \"127.0.0.1:{route_port}\"\n no_advertise: true\n routes: [{}] }}\n",
                     others.join(", ")
                 ));
             }

@@ -662,7 +662,10 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         // The engine thread ends when the last sender is gone; sessions that
         // outlived the deadline may still hold one, so do not wait past it.
-        drop(app);
+        // The last reference may hold the journal, whose own runtime must not be
+        // dropped on a runtime thread (tokio panics): drop it on a blocking one.
+        let dropped = tokio::task::spawn_blocking(move || drop(app));
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), dropped).await;
         let waited = tokio::task::spawn_blocking(move || engine_thread.join());
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), waited).await;
         if let Some(why) = fenced_why {

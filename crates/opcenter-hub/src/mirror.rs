@@ -44,6 +44,9 @@ use crate::{metric, record, wire};
 
 /// How often the stream's identity is checked (a replaced stream).
 const EPOCH_CHECK: Duration = Duration::from_secs(2);
+/// How long the hub's follower may read nothing while the stream holds more before
+/// its consumer is created again (its NATS server went away).
+const STALLED: Duration = Duration::from_secs(3);
 
 /// What reaches the feed thread besides the sessions' requests.
 #[allow(clippy::large_enum_variant)] // moved once through a channel
@@ -504,6 +507,8 @@ pub(crate) async fn follow(
                 continue 'restart;
             }
         };
+        // Since when the follower has stood at this stream seq behind the stream's end.
+        let mut behind: Option<(u64, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
                 b = follower.next_batch() => match b {
@@ -531,8 +536,8 @@ pub(crate) async fn follow(
                     }
                 }
                 _ = check.tick() => {
-                    match opcenter_cluster::stream_epoch(&js, &region).await {
-                        Ok(Some(now)) if now != epoch => {
+                    match opcenter_cluster::stream_head(&js, &region).await {
+                        Ok(Some((now, _))) if now != epoch => {
                             let _ = feed.send(Feed::Lost(format!("stream epoch is now {now}, was {epoch}")));
                             return;
                         }
@@ -540,6 +545,27 @@ pub(crate) async fn follow(
                             let _ = feed.send(Feed::Lost("the region's stream was deleted".into()));
                             return;
                         }
+                        // The stream holds messages this follower has not read, and it
+                        // has read nothing for `STALLED`: its consumer's server is gone
+                        // (a NATS node restarted), which the ordered consumer notices
+                        // only after two missed 15 s heartbeats. Follow again from
+                        // where it stands.
+                        Ok(Some((_, last))) if last > follower.stream_seq() => {
+                            let read = follower.stream_seq();
+                            match behind {
+                                Some((at, since)) if at == read && since.elapsed() >= STALLED => {
+                                    tracing::warn!(
+                                        read,
+                                        stream_end = last,
+                                        "stream consumer stalled behind the stream's end; following again"
+                                    );
+                                    continue 'restart;
+                                }
+                                Some((at, _)) if at == read => {}
+                                _ => behind = Some((read, tokio::time::Instant::now())),
+                            }
+                        }
+                        Ok(Some(_)) => behind = None,
                         // Same stream, or NATS busy: the next check tells.
                         _ => {}
                     }

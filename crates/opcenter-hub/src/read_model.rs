@@ -114,6 +114,53 @@ pub(crate) enum ReadRequest {
     },
 }
 
+impl ReadRequest {
+    /// Snapshots, replays and lookups: the work [`Budget`] paces (a committed
+    /// batch is folded at once, whatever the budget).
+    fn is_heavy(&self) -> bool {
+        !matches!(self, ReadRequest::Committed(_))
+    }
+}
+
+/// The share of the time the read thread may spend on heavy reads (`hub.reads_share`
+/// of wall time, with up to [`Budget::BURST`] saved up): on a small machine a
+/// loop of re-subscribing consoles would otherwise keep a core busy that the
+/// engine thread and the network workers need to dispatch.
+struct Budget {
+    /// 1.0: no pacing.
+    share: f64,
+    /// Seconds of heavy work that may run now (negative: owed).
+    credit: f64,
+    last: Instant,
+}
+
+impl Budget {
+    const BURST: f64 = 0.25;
+
+    fn new(share: f64) -> Self {
+        Budget {
+            share,
+            credit: Self::BURST,
+            last: Instant::now(),
+        }
+    }
+
+    fn spend(&mut self, took: Duration) {
+        if self.share < 1.0 {
+            self.credit -= took.as_secs_f64();
+        }
+    }
+
+    /// How long to wait before more heavy work, if over the share.
+    fn over(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.share;
+        self.last = now;
+        self.credit = (self.credit + earned).min(Self::BURST);
+        (self.credit < 0.0).then(|| Duration::from_secs_f64(-self.credit / self.share))
+    }
+}
+
 /// The read copy and what it serves.
 pub(crate) struct ReadModel {
     incidents: HashMap<String, Incident>,
@@ -135,6 +182,7 @@ pub(crate) struct ReadModel {
     jobs: VecDeque<Job>,
     replay_step: usize,
     cache: FrameCache,
+    budget: Budget,
     /// Gateway keys and their reports' progress (`GET /v1/reports/{key}`).
     citizen: crate::citizen::CitizenBook,
 }
@@ -189,6 +237,7 @@ impl ReadModel {
             jobs: VecDeque::new(),
             replay_step: settings.hub.replay_step_events.max(1),
             cache: FrameCache::new(settings.hub.frame_cache_bytes),
+            budget: Budget::new(settings.hub.reads_share),
         }
     }
 
@@ -210,9 +259,20 @@ impl ReadModel {
                 rx.try_recv().map_err(|e| e == TryRecvError::Disconnected)
             };
             match next {
+                Ok(req) if req.is_heavy() => {
+                    self.pace();
+                    let started = Instant::now();
+                    self.serve(req);
+                    self.budget.spend(started.elapsed());
+                }
                 Ok(req) => self.serve(req),
                 Err(true) => break,
-                Err(false) => self.step_a_job(),
+                Err(false) => {
+                    self.pace();
+                    let started = Instant::now();
+                    self.step_a_job();
+                    self.budget.spend(started.elapsed());
+                }
             }
             if self.last_flush.elapsed() >= self.position_interval {
                 self.last_flush = Instant::now();
@@ -220,6 +280,19 @@ impl ReadModel {
             }
         }
         tracing::info!("read model stopped");
+    }
+
+    /// Waits while heavy reads are over their share (`hub.reads_share`),
+    /// sending the due position batches meanwhile.
+    fn pace(&mut self) {
+        while let Some(wait) = self.budget.over() {
+            let to_flush = self.position_interval.saturating_sub(self.last_flush.elapsed());
+            std::thread::sleep(wait.min(to_flush).max(Duration::from_millis(1)));
+            if self.last_flush.elapsed() >= self.position_interval {
+                self.last_flush = Instant::now();
+                self.flush_positions();
+            }
+        }
     }
 
     /// One step of the replay job whose turn it is; it goes to the back of the
@@ -578,6 +651,19 @@ mod tests {
         })
         .join()
         .unwrap()
+    }
+
+    #[test]
+    fn heavy_reads_past_their_share_wait_in_proportion() {
+        let mut b = super::Budget::new(0.5);
+        assert_eq!(b.over(), None, "a burst is saved up at start");
+        b.spend(std::time::Duration::from_secs(10));
+        // 9.75 s owed at half a core: 19.5 s to wait, less the time since.
+        let wait = b.over().expect("over the share");
+        assert!(wait <= std::time::Duration::from_millis(19_500), "{wait:?}");
+        let mut free = super::Budget::new(1.0);
+        free.spend(std::time::Duration::from_secs(10));
+        assert_eq!(free.over(), None, "1.0: no pacing");
     }
 
     #[test]

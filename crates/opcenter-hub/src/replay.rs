@@ -102,6 +102,8 @@ pub(crate) struct FrameCache {
     cap: usize,
     bytes: usize,
     entries: BTreeMap<u64, Cached>,
+    /// Frames handed out since the last [`FrameCache::trim`]: (from the cache, encoded).
+    counts: (u64, u64),
 }
 
 impl FrameCache {
@@ -111,6 +113,7 @@ impl FrameCache {
             cap,
             bytes: 0,
             entries: BTreeMap::new(),
+            counts: (0, 0),
         }
     }
 
@@ -153,9 +156,9 @@ impl FrameCache {
         let had = c.frames[encoding.index()].is_some();
         let frame = frame_of(&mut c.frames, seq, &c.event, encoding).cloned();
         if had {
-            metrics::counter!(metric::REPLAY_FRAMES, "source" => "cache").increment(1);
+            self.counts.0 += 1;
         } else {
-            metrics::counter!(metric::REPLAY_FRAMES, "source" => "encoded").increment(1);
+            self.counts.1 += 1;
             let weight = c.weigh();
             self.bytes = self.bytes + weight - c.weight;
             c.weight = weight;
@@ -173,6 +176,9 @@ impl FrameCache {
             self.bytes -= c.weight;
         }
         metrics::gauge!(metric::REPLAY_CACHE_BYTES).set(self.bytes as f64);
+        let (cached, encoded) = std::mem::take(&mut self.counts);
+        metrics::counter!(metric::REPLAY_FRAMES, "source" => "cache").increment(cached);
+        metrics::counter!(metric::REPLAY_FRAMES, "source" => "encoded").increment(encoded);
     }
 }
 

@@ -181,6 +181,7 @@ struct RawHub {
     memory_history_events: usize,
     replay_step_events: usize,
     frame_cache_bytes: usize,
+    reads_share: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,6 +442,9 @@ pub struct HubSettings {
     /// `hub.frame_cache_bytes`: bytes (estimated) of event frames kept for
     /// `since` replays, so N resumes of a range encode each event once.
     pub frame_cache_bytes: usize,
+    /// `hub.reads_share`: the share (0 < x ≤ 1) of one core's time the read
+    /// thread may spend on snapshots, replays and lookups; 1 = no pacing.
+    pub reads_share: f64,
 }
 
 /// `console.*`, checked.
@@ -707,6 +711,9 @@ impl Settings {
         if h.max_connections == 0 {
             return Err(invalid("hub.max_connections", "must be > 0"));
         }
+        if !(h.reads_share > 0.0 && h.reads_share <= 1.0) {
+            return Err(invalid("hub.reads_share", "must be > 0 and ≤ 1 (1 = no pacing)"));
+        }
         if h.replay_step_events == 0 {
             return Err(invalid("hub.replay_step_events", "must be > 0"));
         }
@@ -842,6 +849,7 @@ impl Settings {
                 memory_history_events: h.memory_history_events.min(h.history_events as usize),
                 replay_step_events: h.replay_step_events,
                 frame_cache_bytes: h.frame_cache_bytes,
+                reads_share: h.reads_share,
             },
             max_body_bytes: raw.http.max_body_bytes,
             reports_rate: (raw.http.reports_per_s, raw.http.reports_burst.max(1)),
@@ -1036,6 +1044,24 @@ mod tests {
             let e = Settings::from_toml(&format!("[hub]\nreads_nice = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("hub.reads_nice"), "{e}");
         }
+        let hub = Settings::from_toml("").unwrap().hub;
+        assert_eq!(
+            (hub.reads_share, hub.replay_step_events, hub.frame_cache_bytes),
+            (0.5, 2048, 64 << 20)
+        );
+        for (key, bad) in [
+            ("reads_share", "0.0"),
+            ("reads_share", "1.5"),
+            ("replay_step_events", "0"),
+        ] {
+            let e = Settings::from_toml(&format!("[hub]\n{key} = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("hub.{key}")), "{e}");
+        }
+        let s = Settings::from_toml("[hub]\nhistory_events = 500\nmemory_history_events = 20000\n").unwrap();
+        assert_eq!(
+            s.hub.memory_history_events, 500,
+            "never more in memory than kept at all"
+        );
     }
 
     #[test]

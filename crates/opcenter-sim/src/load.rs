@@ -1094,7 +1094,15 @@ async fn until_replayed(ws: &mut Ws, cut: u64, within: Duration) -> anyhow::Resu
         if let Message::Close(c) = &msg {
             bail!("closed by server: {c:?}");
         }
-        let Some(f) = wire::decode::<Frame>(&msg) else {
+        // Only the type and seq: a replay is tens of thousands of frames, and
+        // this tool's tablets share its threads.
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            ty: String,
+            seq: Option<u64>,
+        }
+        let Some(f) = wire::decode::<Head>(&msg) else {
             continue;
         };
         if f.ty == "positions" || (f.ty == "event" && f.seq.is_some_and(|s| s > cut)) {

@@ -15,7 +15,7 @@
 //! the file still matches this code.
 
 use crate::geo::{City, LatLon, POSTS, distance_m};
-use crate::streets::{Street, streets};
+use crate::streets::{Street, round6, streets};
 
 /// Distance between houses along one side of a street, metres.
 pub const HOUSE_SPACING_M: f64 = 100.0;
@@ -51,10 +51,6 @@ pub struct Address {
     pub building: Option<String>,
     /// Where it stands (6 decimals).
     pub location: LatLon,
-}
-
-fn round6(v: f64) -> f64 {
-    (v * 1e6).round() / 1e6
 }
 
 /// The point `along` metres down the polyline `xy`, and the unit normal to its

@@ -337,9 +337,14 @@ pub struct Gazetteer {
     /// entry. Two words within one edit share a key (symmetric deletion), so a
     /// typo is a handful of hash lookups, not a scan of the words.
     deletions: HashMap<String, Vec<u32>>,
-    /// Folded building names' words, by address.
-    building_words: HashMap<u32, Vec<String>>,
+    /// Folded building names' words, by address (empty: no building).
+    building_words: Vec<Vec<String>>,
+    /// Their total length, by address (the ranking's tie-break).
+    building_len: Vec<usize>,
 }
+
+/// Above this many proposals a query dedups them in a table by target.
+const DENSE_FROM: usize = 256;
 
 /// The most matches [`Gazetteer::lookup`] returns.
 pub const MAX_LIMIT: usize = 50;
@@ -385,7 +390,10 @@ impl Gazetteer {
                 for w in &bw {
                     g.words.push((w.clone(), Target::Building(i)));
                 }
-                g.building_words.insert(i, bw);
+                g.building_words.resize(i as usize, Vec::new());
+                g.building_len.resize(i as usize, 0);
+                g.building_len.push(bw.iter().map(String::len).sum());
+                g.building_words.push(bw);
             }
             let house = fold(&a.house).concat();
             g.houses.push(House::parse(&house));
@@ -501,7 +509,7 @@ impl Gazetteer {
                     let Some(h) = self.house_score(a, q.house.as_ref()) else {
                         continue;
                     };
-                    let spare = self.building_words[&a].iter().map(String::len).sum();
+                    let spare = self.building_len.get(a as usize).copied().unwrap_or_default();
                     out.push((word_score * 1000 + h, spare, self.house_key(a), a));
                 }
             }
@@ -545,17 +553,38 @@ impl Gazetteer {
     /// Every target all of `words` match, with the sum of their match
     /// qualities. The word with the fewest targets proposes them; the others
     /// are checked against each proposed target's own words.
-    fn hits(&self, words: &[String]) -> HashMap<Target, u32> {
+    fn hits(&self, words: &[String]) -> Vec<(Target, u32)> {
         let plans: Vec<WordPlan> = words.iter().map(|w| self.plan(w)).collect();
         let Some(lead) = (0..plans.len()).min_by_key(|&i| plans[i].size()) else {
-            return HashMap::new();
+            return Vec::new();
         };
-        let mut hits: HashMap<Target, u32> = HashMap::new();
-        for (t, m) in self.proposals(&words[lead], &plans[lead]) {
-            let e = hits.entry(t).or_insert(0);
-            *e = (*e).max(m as u32);
+        // One entry per target, its best quality. A first keystroke proposes
+        // thousands: a table by target then beats sorting them.
+        let proposals = self.proposals(&words[lead], &plans[lead]);
+        let mut hits: Vec<(Target, u32)> = Vec::new();
+        if plans[lead].size() > DENSE_FROM {
+            let streets = self.streets.len();
+            let slot = |t: Target| match t {
+                Target::Street(s) => s as usize,
+                Target::Building(a) => streets + a as usize,
+            };
+            let mut best = vec![0u8; streets + self.addresses.len()];
+            for (t, m) in proposals {
+                let b = &mut best[slot(t)];
+                if *b == 0 {
+                    hits.push((t, 0));
+                }
+                *b = (*b).max(m as u8);
+            }
+            for (t, score) in &mut hits {
+                *score = u32::from(best[slot(*t)]);
+            }
+        } else {
+            hits.extend(proposals.map(|(t, m)| (t, m as u32)));
+            hits.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
+            hits.dedup_by_key(|x| x.0);
         }
-        hits.retain(|t, score| {
+        hits.retain_mut(|(t, score)| {
             for (i, w) in words.iter().enumerate() {
                 if i == lead {
                     continue;
@@ -627,7 +656,7 @@ impl Gazetteer {
     fn word_match(&self, t: Target, w: &str, typo: bool) -> Option<WordMatch> {
         let words = match t {
             Target::Street(s) => &self.streets[s as usize].words,
-            Target::Building(a) => self.building_words.get(&a)?,
+            Target::Building(a) => self.building_words.get(a as usize)?,
         };
         words
             .iter()
@@ -1097,11 +1126,45 @@ mod tests {
                 singles[(i * 13 + 1) % singles.len()].clone(),
             ];
             for q in [&pair[..1], &pair[..], &triple[..]] {
-                assert_eq!(g.hits(q), hits_by_scan(&g, q), "{q:?}");
+                let got: HashMap<Target, u32> = g.hits(q).into_iter().collect();
+                assert_eq!(got.len(), g.hits(q).len(), "one entry per target: {q:?}");
+                assert_eq!(got, hits_by_scan(&g, q), "{q:?}");
                 checked += 1;
             }
         }
         assert!(checked > 1_000, "{checked}");
+
+        // A first keystroke with hundreds of matches (the table path), some
+        // targets matching it with two words.
+        let wide = Gazetteer::new(
+            (0..400)
+                .map(|i| {
+                    let b = format!("Бизнес центр Б{i}");
+                    a(
+                        &format!("ул. Бай{i}"),
+                        "1",
+                        (i % 3 == 0).then_some(b.as_str()),
+                        51.0,
+                    )
+                })
+                .collect(),
+        )
+        .unwrap();
+        for q in [
+            &["b".to_string()][..],
+            &["bai1".into()],
+            &["biznes".into(), "b".into()],
+            &["bai".into(), "bai3".into()],
+        ] {
+            let plan = wide.plan(&q[0]);
+            let got: HashMap<Target, u32> = wide.hits(q).into_iter().collect();
+            assert_eq!(got.len(), wide.hits(q).len(), "one entry per target: {q:?}");
+            assert_eq!(got, hits_by_scan(&wide, q), "{q:?}");
+            if q[0] == "b" {
+                assert!(plan.size() > DENSE_FROM, "the table path");
+                assert!(got.len() > 500, "{}", got.len());
+            }
+        }
     }
 
     #[test]

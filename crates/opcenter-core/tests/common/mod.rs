@@ -126,6 +126,11 @@ pub(crate) fn check_invariants(e: &Engine) {
             "{}",
             u.id
         );
+        assert!(
+            !u.shift_ended || u.incident_id.is_some(),
+            "{}: shift_ended without an incident",
+            u.id
+        );
     }
     for inc in snap.incidents.iter().filter(|i| i.is_open()) {
         for uid in &inc.units {

@@ -157,20 +157,69 @@ fn print_table(r: &opcenter_core::report::Report) {
     }
 }
 
+/// Where the audit commands read: a data directory (file journal) or a region's
+/// stream on NATS.
+#[derive(clap::Args)]
+struct AuditSource {
+    /// The server's `storage.data_dir` (the file journal).
+    #[arg(long, conflicts_with_all = ["nats", "region"])]
+    data_dir: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated (the region's stream; with --region).
+    #[arg(long, requires = "region")]
+    nats: Option<String>,
+    /// The region whose stream `OPC_<region>` to read (with --nats, or the
+    /// `[cluster]` of --config).
+    #[arg(long)]
+    region: Option<String>,
+    /// A config: with a `[cluster]` section, its NATS servers and region; without
+    /// one, its `storage.data_dir`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// An [`AuditSource`] resolved.
+enum Source {
+    Dir(PathBuf),
+    Region { urls: String, region: String },
+}
+
+impl AuditSource {
+    fn resolve(self) -> anyhow::Result<Source> {
+        if let Some(dir) = self.data_dir {
+            return Ok(Source::Dir(dir));
+        }
+        if let (Some(urls), Some(region)) = (&self.nats, &self.region) {
+            return Ok(Source::Region {
+                urls: urls.clone(),
+                region: region.clone(),
+            });
+        }
+        let Some(config) = self.config else {
+            anyhow::bail!("say where to read: --data-dir D, --nats URL --region R, or --config FILE");
+        };
+        let settings = load_settings(Some(&config))?;
+        Ok(match settings.cluster {
+            Some(c) => Source::Region {
+                urls: c.nats.join(","),
+                region: self.region.unwrap_or(c.region),
+            },
+            None => Source::Dir(settings.data_dir),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Walk the chain (read-only; a server may be running) and name the first
     /// broken record. Exit status 1 if the chain does not hold.
     Verify {
-        /// The server's `storage.data_dir`.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
     },
     /// Print the newest checkpoint (seq, hash) for publishing outside the server.
     Head {
-        /// The server's `storage.data_dir`.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
     },
     /// The timeline of one incident from the journal: every change, who made
     /// it (sub, role, session) and when. Read-only; a server may be running.
@@ -181,17 +230,63 @@ enum AuditCmd {
         /// JSON (the body of `GET /v1/incidents/{id}/timeline`) instead of text.
         #[arg(long)]
         json: bool,
-        /// The server's `storage.data_dir`.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
     },
 }
 
+/// `opcenter audit verify` on a region's stream; `Ok(false)` when broken.
+async fn verify_region(urls: &str, region: &str) -> anyhow::Result<bool> {
+    use opcenter_store::hex;
+    let started = std::time::Instant::now();
+    let client = opcenter_cluster::connect(urls)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {urls}: {e}"))?;
+    let v = opcenter_cluster::verify_region(client, region)
+        .await
+        .with_context(|| format!("verifying region {region}'s stream"))?;
+    let w = &v.walk;
+    let records = w.last_seq.saturating_sub(w.first_seq.saturating_sub(1));
+    println!(
+        "stream {}: records {}..={} ({records}) in {} message(s), {} takeover(s), {} checkpoint(s) \
+         ({} compared), walked in {:.3} s",
+        v.stream,
+        w.first_seq,
+        w.last_seq,
+        w.messages,
+        w.takeovers,
+        v.checkpoints,
+        w.checkpoints_checked,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(base) = &w.base {
+        println!("base {} (hash before seq {})", hex(base), w.first_seq);
+    }
+    println!("head {} (seq {})", hex(&w.head), w.last_seq);
+    match w.breaks.first() {
+        None => {
+            println!("OK: every link holds");
+            Ok(true)
+        }
+        Some(first) => {
+            println!("BROKEN: first broken record: {first}");
+            for b in &w.breaks[1..] {
+                println!("BROKEN: also {b}");
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// `opcenter audit ...`; `Ok(false)` when the chain is broken.
-fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
+async fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
     use opcenter_store::hex;
     match cmd {
-        AuditCmd::Verify { data_dir } => {
+        AuditCmd::Verify { source } => {
+            let data_dir = match source.resolve()? {
+                Source::Dir(d) => d,
+                Source::Region { urls, region } => return verify_region(&urls, &region).await,
+            };
             let started = std::time::Instant::now();
             let v = opcenter_store::verify(&data_dir)
                 .with_context(|| format!("verifying the journal in {}", data_dir.display()))?;
@@ -245,7 +340,23 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
                 }
             }
         }
-        AuditCmd::Head { data_dir } => {
+        AuditCmd::Head { source } => {
+            let data_dir = match source.resolve()? {
+                Source::Dir(d) => d,
+                Source::Region { urls, region } => {
+                    let client = opcenter_cluster::connect(&urls)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("connecting to {urls}: {e}"))?;
+                    let Some(cp) = opcenter_cluster::region_head(client, &region).await? else {
+                        anyhow::bail!(
+                            "no checkpoint yet for region {region} (one is put every \
+                             storage.audit_checkpoint_records records or audit_checkpoint_s seconds)"
+                        );
+                    };
+                    println!("seq {} hash {} unix_ms {}", cp.seq, hex(&cp.hash), cp.unix_ms);
+                    return Ok(true);
+                }
+            };
             let cps = opcenter_store::read_checkpoints(&data_dir)
                 .with_context(|| format!("reading checkpoints in {}", data_dir.display()))?;
             let Some(cp) = cps.last() else {
@@ -261,14 +372,27 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
         AuditCmd::Show {
             incident,
             json,
-            data_dir,
+            source,
         } => {
-            let t = opcenter_hub::timeline_in_dir(&data_dir, &incident)
-                .with_context(|| format!("reading the journal in {}", data_dir.display()))?;
+            let (t, place) = match source.resolve()? {
+                Source::Dir(data_dir) => (
+                    opcenter_hub::timeline_in_dir(&data_dir, &incident)
+                        .with_context(|| format!("reading the journal in {}", data_dir.display()))?,
+                    format!("the journal in {}", data_dir.display()),
+                ),
+                Source::Region { urls, region } => {
+                    let id = incident.clone();
+                    let r = region.clone();
+                    let t =
+                        tokio::task::spawn_blocking(move || opcenter_hub::timeline_in_region(&urls, &r, &id))
+                            .await?
+                            .with_context(|| format!("reading region {region}'s stream"))?;
+                    (t, format!("region {region}'s stream"))
+                }
+            };
             if t.steps.is_empty() {
                 anyhow::bail!(
-                    "no incident {incident} in the journal in {} (records {}..={})",
-                    data_dir.display(),
+                    "no incident {incident} in {place} (records {}..={})",
                     t.first_seq,
                     t.last_seq
                 );
@@ -336,8 +460,23 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long the runtime waits, once the command returned, for blocking tasks
+/// still running (a journal call blocked in NATS, a join of the engine thread).
+/// `serve` already spent up to `server.shutdown_timeout_s` closing down; what is
+/// left after this is abandoned, so a fenced engine always exits (non-zero).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let outcome = runtime.block_on(run());
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    outcome
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Serve {
@@ -362,9 +501,15 @@ async fn main() -> anyhow::Result<()> {
             if engine_node {
                 println!("listening on {}", listener.local_addr()?);
             }
-            let server = Server::start(listener, settings)
-                .await
-                .context("starting the server")?;
+            // A standby engine waits in `start` for its region's lease: SIGTERM or
+            // Ctrl-C then stops it cleanly (it holds nothing yet).
+            let server = tokio::select! {
+                server = Server::start(listener, settings) => server.context("starting the server")?,
+                () = shutdown_signal() => {
+                    tracing::info!("stopped before serving (a standby, or still starting)");
+                    return Ok(());
+                }
+            };
             if !engine_node {
                 println!("listening on {}", server.local_addr()?);
             }
@@ -454,7 +599,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Audit(cmd) => {
-            if !audit(cmd)? {
+            if !audit(cmd).await? {
                 std::process::exit(1);
             }
         }

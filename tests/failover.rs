@@ -4,7 +4,11 @@
 //! creates on a 3-node R3 cluster (every acknowledged create in the stream exactly
 //! once, the standby serves, the hub's console resumes with `since`); SIGSTOP of
 //! the active engine until the standby took over, then SIGCONT (the old engine
-//! appends nothing and exits non-zero). Each test prints `SKIPPED` and returns when
+//! appends nothing and exits non-zero); a partition (the active engine's only NATS
+//! server stops until the standby took over, then comes back: the old engine
+//! appends nothing and exits non-zero); a rolling restart of every process (3
+//! nats-servers, 2 engines, 2 hubs) under steady keyed creates: nothing lost or
+//! doubled, no error but retried commands. Each test prints `SKIPPED` and returns when
 //! nats-server is not installed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,17 +28,74 @@ async fn healthz(e: &BinServer) -> String {
     http(e.addr, "GET", "/healthz", None, None).await.1
 }
 
+/// Sends a create with `key` (id `id`) and waits up to 60 s for its reply; an
+/// `internal` refusal ("no engine answered", the change may or may not be saved)
+/// is retried with the same key. Returns the `ok` and how many refusals came first.
+async fn create_retrying(c: &mut Client, id: u64, key: &str, lat: f64) -> (Value, u32) {
+    let mut body = create(lat, 51.37);
+    body["key"] = json!(key);
+    body["id"] = json!(id);
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    loop {
+        c.send(body.clone()).await;
+        let reply = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match c.next_within(left).await {
+                Some(Got::Frame(f)) if f["id"] == id && (f["type"] == "ok" || f["type"] == "error") => {
+                    break f;
+                }
+                Some(Got::Frame(_)) => {}
+                other => panic!("no reply to create {key} within 60 s: {other:?}"),
+            }
+        };
+        if reply["type"] == "ok" {
+            return (reply, refused);
+        }
+        assert_eq!(reply["code"], "internal", "{reply}");
+        refused += 1;
+    }
+}
+
+/// The end of a stale-engine test: `a` exits non-zero by itself, the stream's
+/// records are still `before` (nothing of `a` after the takeover), and `b` serves.
+async fn old_engine_exits_having_appended_nothing(
+    a: &mut BinServer,
+    b: &BinServer,
+    urls: &str,
+    before: Vec<u64>,
+    d: &mut Client,
+) {
+    let status = a
+        .wait_exit(Duration::from_secs(60))
+        .expect("the old engine exits");
+    assert!(!status.success(), "old engine exited with {status}");
+    let (_, after) = stream_seqs(urls).await;
+    assert_eq!(before, after, "the old engine appended after the takeover");
+    let ok = d.request(create(51.25, 51.37)).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(healthz(b).await, "ok active\n");
+}
+
+/// An engine node `name` of the region on the NATS servers `urls` (comma-separated).
+fn engine(tmp: &tempfile::TempDir, name: &str, urls: &str, replicas: usize) -> BinServer {
+    let extra = format!("{}node = \"{name}\"\n", node_toml(urls, "engine", replicas));
+    BinServer::start(&tmp.path().join(name), &extra)
+}
+
 /// Engines `a` (active) and `b` (standby) and one hub of the region on `nats`.
-fn region(nats: &NatsCluster, tmp: &tempfile::TempDir, replicas: usize) -> (BinServer, BinServer, BinServer) {
-    let engine = |name: &str| {
-        let extra = format!(
-            "{}node = \"{name}\"\n",
-            node_toml(&nats.urls(), "engine", replicas)
-        );
-        BinServer::start(&tmp.path().join(name), &extra)
-    };
-    let a = engine("a");
-    let b = engine("b");
+///
+/// An engine says `listening on` before it contends for the lease (its `/healthz`
+/// answers `ok standby` meanwhile), so `b` starts only once `a` is active: two
+/// engines started together may elect either one.
+async fn region(
+    nats: &NatsCluster,
+    tmp: &tempfile::TempDir,
+    replicas: usize,
+) -> (BinServer, BinServer, BinServer) {
+    let a = engine(tmp, "a", &nats.urls(), replicas);
+    a.wait_active().await;
+    let b = engine(tmp, "b", &nats.urls(), replicas);
     let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&nats.urls(), "hub", replicas));
     (a, b, hub)
 }
@@ -45,7 +106,7 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (mut a, b, hub) = region(&nats, &tmp, 3);
+    let (mut a, b, hub) = region(&nats, &tmp, 3).await;
     let h = hub.host();
     assert_eq!(healthz(&a).await, "ok active\n");
     assert_eq!(healthz(&b).await, "ok standby\n");
@@ -122,6 +183,8 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
     for (i, s) in seqs.iter().enumerate() {
         assert_eq!(*s, i as u64 + 1, "stream record seqs not contiguous at index {i}");
     }
+    // One audit chain through both engines' takeover markers.
+    crate::audit_stream::assert_chain_holds(&nats.urls(), 2).await;
     // The console on the hub stayed; a new one resumes with `since` from before the
     // burst: both see one `created` per acknowledged incident, nothing repeated.
     let (mut d, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d2")).await;
@@ -179,10 +242,12 @@ async fn sigstop_of_the_active_engine_the_standby_takes_over_and_the_old_one_app
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (mut a, b, hub) = region(&nats, &tmp, 1);
+    let (mut a, b, hub) = region(&nats, &tmp, 1).await;
     let h = hub.host();
     let (mut d, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     assert_eq!(d.request(create(51.23, 51.37)).await["type"], "ok");
+    assert_eq!(healthz(&a).await, "ok active\n");
+    assert_eq!(healthz(&b).await, "ok standby\n");
 
     a.signal("STOP");
     b.wait_active().await;
@@ -194,13 +259,290 @@ async fn sigstop_of_the_active_engine_the_standby_takes_over_and_the_old_one_app
     // A wakes up: its renewal is refused (or its next append fenced): it stops,
     // non-zero, and the stream holds no record of it after the takeover.
     a.signal("CONT");
-    let status = a
-        .wait_exit(Duration::from_secs(60))
-        .expect("the old engine exits");
-    assert!(!status.success(), "old engine exited with {status}");
-    let (_, after) = stream_seqs(&nats.urls()).await;
-    assert_eq!(before, after, "the old engine appended after the takeover");
-    let ok = d.request(create(51.25, 51.37)).await;
-    assert_eq!(ok["type"], "ok", "{ok}");
-    assert_eq!(healthz(&b).await, "ok active\n");
+    old_engine_exits_having_appended_nothing(&mut a, &b, &nats.urls(), before, &mut d).await;
+    crate::audit_stream::assert_chain_holds(&nats.urls(), 2).await;
+}
+
+#[tokio::test]
+async fn partition_of_the_active_engine_the_standby_takes_over_and_the_old_one_appends_nothing_and_exits() {
+    let Some(mut nats) = NatsCluster::start_or_skip(3) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let node = |i: usize| nats.nodes()[i].url();
+    let (n0, others) = (node(0), format!("{},{}", node(1), node(2)));
+    // a knows only n0 (the test servers advertise no other URL); b and the hub
+    // know only n1 and n2.
+    let mut a = engine(&tmp, "a", &n0, 3);
+    a.wait_active().await;
+    let b = engine(&tmp, "b", &others, 3);
+    let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&others, "hub", 3));
+    let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    assert_eq!(d.request(create(51.23, 51.37)).await["type"], "ok");
+    assert_eq!(healthz(&a).await, "ok active\n");
+    assert_eq!(healthz(&b).await, "ok standby\n");
+
+    // Cut a off: its only server stops. b takes over once the lease lapsed (and,
+    // if n0 led the lease bucket or the stream, once n1/n2 elected a new leader).
+    nats.kill(0).unwrap();
+    b.wait_active().await;
+    // The hub may still be re-creating its consumer of the stream (its server may
+    // have been n0): the create is retried like any client would.
+    let started = Instant::now();
+    let (ok, refused) = create_retrying(&mut d, 100, "after-takeover", 51.24).await;
+    eprintln!(
+        "partition: first create after the takeover took {:?} ({refused} refusals first)",
+        started.elapsed()
+    );
+    assert_eq!(ok["type"], "ok", "the new engine serves: {ok}");
+    let (_, before) = stream_seqs(&others).await;
+
+    // n0 comes back: a reconnects, learns it lost the lease, appends nothing and
+    // exits non-zero.
+    nats.restart(0).unwrap();
+    old_engine_exits_having_appended_nothing(&mut a, &b, &nats.urls(), before, &mut d).await;
+    crate::audit_stream::assert_chain_holds(&nats.urls(), 2).await;
+}
+
+/// What a writer of the rolling-restart test saw.
+#[derive(Default)]
+struct Written {
+    /// Create key → incident id, for every acknowledged create.
+    acked: BTreeMap<String, String>,
+    /// Creates sent again with their key: after an `internal` refusal or a
+    /// connection its hub closed.
+    retried: u32,
+    /// Any other error reply (none may come).
+    errors: Vec<Value>,
+}
+
+/// One dispatcher creating keyed incidents one at a time (about 40/s) through
+/// whichever hub of `hubs` answers, until `stop`; a create without an answer (its
+/// hub went away) or refused `internal` is sent again with the same key.
+async fn rolling_writer(
+    w: usize,
+    hubs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Written {
+    use std::sync::atomic::Ordering;
+    let mut out = Written::default();
+    let mut conn: Option<opcenter_sim::wire::Ws> = None;
+    let mut pick = w;
+    let mut pending: Option<Value> = None;
+    let (mut n, mut req) = (0u64, 0u64);
+    let tok = token(Role::Dispatcher, &format!("w{w}"));
+    loop {
+        if pending.is_none() {
+            if stop.load(Ordering::SeqCst) {
+                return out;
+            }
+            n += 1;
+            let mut body = create(51.2 + n as f64 * 0.0001, 51.3 + w as f64 * 0.01);
+            body["key"] = json!(format!("w{w}-{n}"));
+            pending = Some(body);
+        }
+        let Some(ws) = conn.as_mut() else {
+            let host = {
+                let hubs = hubs.lock().unwrap();
+                hubs[pick % hubs.len()].clone()
+            };
+            pick += 1;
+            if let Ok(mut ws) = opcenter_sim::wire::open(&host).await {
+                let hello = json!({"type":"hello","token":tok,"protocol":1,"id":0});
+                if ws.send(Message::Text(hello.to_string().into())).await.is_ok()
+                    && matches!(reply_to(&mut ws, 0).await, Some(r) if r["type"] == "ok")
+                {
+                    conn = Some(ws);
+                    continue;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        req += 1;
+        let mut body = pending.clone().unwrap();
+        body["id"] = json!(req);
+        let reply = match ws.send(Message::Text(body.to_string().into())).await {
+            Ok(()) => reply_to(ws, req).await,
+            Err(_) => None,
+        };
+        match reply {
+            Some(r) if r["type"] == "ok" => {
+                let key = body["key"].as_str().unwrap().to_owned();
+                out.acked
+                    .insert(key, r["incident"]["id"].as_str().unwrap().to_owned());
+                progress.fetch_add(1, Ordering::SeqCst);
+                pending = None;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Some(r) if r["code"] == "internal" => out.retried += 1,
+            Some(r) => {
+                out.errors.push(r);
+                pending = None;
+            }
+            // The hub closed the connection (a restart): the same key through the other.
+            None => {
+                out.retried += 1;
+                conn = None;
+            }
+        }
+    }
+}
+
+/// The reply with `id` (skipping other frames), or `None` when the connection
+/// ends; panics when nothing came for 60 s.
+async fn reply_to(ws: &mut opcenter_sim::wire::Ws, id: u64) -> Option<Value> {
+    loop {
+        let m = match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(_) => return None,
+            Err(_) => panic!("no reply to command {id} within 60 s"),
+        };
+        let Message::Text(t) = m else {
+            if matches!(m, Message::Close(_)) {
+                return None;
+            }
+            continue;
+        };
+        let f: Value = serde_json::from_str(t.as_str()).unwrap();
+        if f["id"] == id && (f["type"] == "ok" || f["type"] == "error") {
+            return Some(f);
+        }
+    }
+}
+
+#[tokio::test]
+async fn rolling_restart_of_every_process_under_steady_load_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(mut nats) = NatsCluster::start_or_skip(3) else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = nats.urls();
+    let a = engine(&tmp, "a", &urls, 3);
+    a.wait_active().await;
+    let mut engines = vec![("a", a), ("b", engine(&tmp, "b", &urls, 3))];
+    let hub = |name: &str| BinServer::start(&tmp.path().join(name), &node_toml(&urls, "hub", 3));
+    let mut hub_procs = [hub("h1"), hub("h2")];
+    let hubs = Arc::new(std::sync::Mutex::new(
+        hub_procs.iter().map(BinServer::host).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(rolling_writer(w, hubs.clone(), stop.clone(), progress.clone())))
+        .collect();
+    // After each restart the load goes on: 20 more acknowledged creates.
+    let goes_on = |what: String| {
+        let progress = progress.clone();
+        async move {
+            let from = progress.load(Ordering::SeqCst);
+            let until = Instant::now() + Duration::from_secs(60);
+            while progress.load(Ordering::SeqCst) < from + 20 {
+                assert!(Instant::now() < until, "no progress after {what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            eprintln!("rolling restart: {what} done at {:?}", started.elapsed());
+        }
+    };
+    // What a supervisor does: an engine that exited is started again. One exits
+    // when a NATS restart held up its lease renewals past the TTL and the standby
+    // took the lease (a failover, not a loss).
+    let mut failovers = 0;
+    let mut supervise = |engines: &mut Vec<(&str, BinServer)>| {
+        for (name, e) in engines.iter_mut() {
+            if let Some(status) = e.wait_exit(Duration::ZERO) {
+                eprintln!("rolling restart: engine {name} exited ({status}); starting it again");
+                assert!(!status.success());
+                *e = engine(&tmp, name, &urls, 3);
+                failovers += 1;
+            }
+        }
+    };
+    goes_on("the start".into()).await;
+
+    for i in 0..3 {
+        nats.restart(i).unwrap();
+        goes_on(format!("nats-server n{i}")).await;
+        supervise(&mut engines);
+    }
+    // The standby, then the active engine (a clean stop hands the lease over).
+    for role in ["ok standby\n", "ok active\n"] {
+        let mut which = None;
+        let until = Instant::now() + Duration::from_secs(60);
+        while which.is_none() {
+            assert!(Instant::now() < until, "no engine says {role:?}");
+            supervise(&mut engines);
+            for (i, (_, e)) in engines.iter().enumerate() {
+                // An engine exiting right now does not answer: the next round tells.
+                let said = opcenter_sim::http::HttpClient::new(&e.host())
+                    .request("GET", "/healthz", None, None)
+                    .await
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned());
+                if said.is_ok_and(|s| s == role) {
+                    which = Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (name, e) = &mut engines[which.unwrap()];
+        assert!(e.terminate().success(), "engine {name} stopped cleanly");
+        *e = engine(&tmp, name, &urls, 3);
+        goes_on(format!("engine {name} ({})", role.trim())).await;
+        supervise(&mut engines);
+    }
+    for (i, name) in ["h1", "h2"].into_iter().enumerate() {
+        assert!(hub_procs[i].terminate().success());
+        hub_procs[i] = hub(name);
+        hubs.lock().unwrap()[i] = hub_procs[i].host();
+        goes_on(format!("hub {name}")).await;
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut retried = 0;
+    for w in writers {
+        let out = w.await.unwrap();
+        assert!(
+            out.errors.is_empty(),
+            "errors other than a retried command: {:?}",
+            out.errors
+        );
+        retried += out.retried;
+        acked.extend(out.acked);
+    }
+    // Every acknowledged create is in the state exactly once, and nothing else is:
+    // a create retried after its hub went away was not applied twice.
+    let ids: HashSet<&str> = acked.values().map(String::as_str).collect();
+    assert_eq!(ids.len(), acked.len(), "two keys acknowledged with one incident");
+    let hosts = hubs.lock().unwrap().clone();
+    for host in hosts {
+        let (mut c, _) = Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "check")).await;
+        let ok = c
+            .request(json!({"type":"subscribe","topics":["incidents"]}))
+            .await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let open: HashSet<&str> = ok["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            open, ids,
+            "the incidents on {host} are not exactly the acknowledged creates"
+        );
+    }
+    let (_, seqs) = stream_seqs(&urls).await;
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(*s, i as u64 + 1, "stream record seqs not contiguous at index {i}");
+    }
+    eprintln!(
+        "rolling restart: {} creates acknowledged, {retried} retried, {failovers} engine(s) restarted after a lost lease, {:?}",
+        acked.len(),
+        started.elapsed()
+    );
 }

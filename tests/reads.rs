@@ -1,7 +1,8 @@
 //! Reads off the engine thread, over real sockets: a subscribe snapshot far
 //! larger than a session's queue bound reaches a console that reads normally,
-//! the cut stays exact while writes go on, and a dead engine thread is visible
-//! (`/healthz` 503, the process exits non-zero).
+//! the cut stays exact while writes go on, deep `since` resumes served step by
+//! step between commits still deliver every seq once and in order, and a dead
+//! engine thread is visible (`/healthz` 503, the process exits non-zero).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -156,6 +157,142 @@ async fn the_cut_is_exact_while_writes_go_on() {
                 "{id} seen {:?} times (cut {cut})",
                 seen.get(id)
             );
+        }
+    }
+}
+
+/// The value of the counter or gauge line `name` (with its labels) on `/metrics`.
+async fn metric_value(srv: &TestServer, name: &str) -> f64 {
+    let (status, body) = http(srv.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A server keeping `memory` events in memory and replaying `step` per step,
+/// with `n` incidents created by the dispatcher it returns.
+async fn with_history(memory: usize, step: usize, n: usize) -> (TestServer, Client) {
+    let srv = TestServer::start(&format!(
+        "[hub]\nmemory_history_events = {memory}\nreplay_step_events = {step}\n"
+    ))
+    .await;
+    let (mut dispatcher, _) =
+        Client::login(&srv.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    create_many(&mut dispatcher, n, "before").await;
+    (srv, dispatcher)
+}
+
+/// Six `since` resumes at different depths, JSON and MessagePack, most of them
+/// deeper than the 100 events kept in memory (so read from the journal), each
+/// served 64 events per step while a dispatcher keeps creating: every session
+/// receives every seq after its `since` exactly once, in order, through the
+/// replay and on into the live events. A second round of the same resumes is
+/// served from the frame cache, with the same result.
+#[tokio::test]
+async fn resumes_interleaved_with_commits_deliver_every_seq_once_in_order() {
+    let (srv, _dispatcher) = with_history(100, 64, 600).await;
+    let host = srv.host();
+    let (mut probe, _) = Client::login(&host, Encoding::Json, &token(Role::Supervisor, "p")).await;
+    let ok = probe
+        .request(json!({"type":"subscribe","topics":["incidents"]}))
+        .await;
+    let epoch = ok["epoch"].as_str().unwrap().to_string();
+    let head = ok["seq"].as_u64().unwrap();
+    assert!(head >= 600, "{head}");
+    let cached_before = metric_value(&srv, "opcenter_replay_frames_total{source=\"cache\"}").await;
+
+    for round in 0..2 {
+        let writer = tokio::spawn({
+            let host = host.clone();
+            async move {
+                let (mut d, _) = Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "d2")).await;
+                create_many(&mut d, 200, &format!("during-{round}")).await
+            }
+        });
+        let mut sessions = Vec::new();
+        for (i, depth) in [head, 500, 350, 200, 90, 10].into_iter().enumerate() {
+            let enc = if i % 2 == 0 {
+                Encoding::Json
+            } else {
+                Encoding::Msgpack
+            };
+            let (mut c, _) = Client::login(&host, enc, &token(Role::Supervisor, "s1")).await;
+            let since = head - depth;
+            let ok = c
+                .request(json!({"type":"subscribe","topics":["incidents","units"],
+                    "since":{"epoch":epoch,"seq":since}}))
+                .await;
+            assert_eq!(ok["type"], "ok", "{ok}");
+            assert_eq!(ok["recovered"], true, "since {since}: {ok}");
+            assert!(ok["seq"].as_u64().unwrap() >= head, "{ok}");
+            sessions.push((c, since));
+        }
+        writer.await.unwrap();
+        // The newest seq once the writer is done: a fresh snapshot's cut.
+        let (mut last_probe, _) = Client::login(&host, Encoding::Json, &token(Role::Supervisor, "p")).await;
+        let last = last_probe
+            .request(json!({"type":"subscribe","topics":["incidents"]}))
+            .await["seq"]
+            .as_u64()
+            .unwrap();
+        for (mut c, since) in sessions {
+            let mut expect = since + 1;
+            while expect <= last {
+                let f = c.recv().await;
+                if f["type"] != "event" {
+                    continue;
+                }
+                let seq = f["seq"].as_u64().unwrap();
+                assert_eq!(seq, expect, "round {round}, since {since}, {:?}: {f}", c.enc);
+                expect += 1;
+            }
+            // Anything more would be a repeat.
+            while let Some(Got::Frame(f)) = c.next_within(Duration::from_millis(200)).await {
+                assert_ne!(f["type"], "event", "round {round}, since {since}: {f}");
+            }
+        }
+    }
+    // The second round replays 1 750 events (plus what came in before each cut),
+    // all from the cache; the first round already shares some between sessions.
+    let cached = metric_value(&srv, "opcenter_replay_frames_total{source=\"cache\"}").await - cached_before;
+    assert!(cached >= 1_750.0, "frames served from the cache: {cached}");
+}
+
+/// A `subscribe` sent while a deep replay is still in progress replaces it:
+/// the second reply arrives, and after it only events past its cut, live.
+#[tokio::test]
+async fn a_subscribe_during_a_replay_replaces_it() {
+    let (srv, mut dispatcher) = with_history(10, 8, 300).await;
+    let host = srv.host();
+    let (mut c, _) = Client::login(&host, Encoding::Msgpack, &token(Role::Supervisor, "s1")).await;
+    let first = c
+        .request(json!({"type":"subscribe","topics":["incidents"]}))
+        .await;
+    let epoch = first["epoch"].clone();
+    // Both sent at once: the second arrives while the first is replaying.
+    c.send(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":epoch,"seq":1},"id":100}))
+        .await;
+    c.send(json!({"type":"subscribe","topics":["incidents"],"id":101}))
+        .await;
+    let mut cut = None;
+    let mut last = String::new();
+    loop {
+        let f = c.recv().await;
+        match cut {
+            None if f["id"] == 101 => {
+                assert_eq!(f["type"], "ok", "{f}");
+                cut = f["seq"].as_u64();
+                last = create_many(&mut dispatcher, 1, "after").await.remove(0);
+            }
+            None => {}
+            Some(cut) => {
+                assert_eq!(f["type"], "event", "{f}");
+                assert!(f["seq"].as_u64().unwrap() > cut, "after the second reply: {f}");
+                if f["incident"]["id"] == json!(last) {
+                    break;
+                }
+            }
         }
     }
 }

@@ -99,6 +99,18 @@ async fn a_scripted_incident_has_every_step_with_its_actor_and_refusals_are_logg
         .request(json!({"type":"incident.note","incident_id":id,"text":"x"}))
         .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
+    // A tablet writing on an incident that is no longer its own: the role allows
+    // notes, the engine refuses.
+    let not_mine = a
+        .request(json!({"type":"incident.note","incident_id":id,"text":"not mine"}))
+        .await;
+    assert_eq!(not_mine["code"], "forbidden", "{not_mine}");
+    // A frame the server cannot use (an unknown message type).
+    let bad_frame = s
+        .request(json!({"type":"incident.teleport","incident_id":id}))
+        .await;
+    assert_eq!(bad_frame["type"], "error", "{bad_frame}");
+    let bad_code = bad_frame["code"].as_str().unwrap().to_owned();
     // A failed sign-in over the WebSocket and one over HTTP.
     let mut bad = Client::connect(&host, Encoding::Json).await;
     bad.send(json!({"type":"hello","id":1,"token":"not-a-jwt"})).await;
@@ -232,6 +244,21 @@ async fn a_scripted_incident_has_every_step_with_its_actor_and_refusals_are_logg
     );
     assert!(
         has(K::AuditRead, &|l| l.detail.ends_with("not_found")),
+        "{lines:#?}"
+    );
+    assert!(
+        has(K::Forbidden, &|l| l.subject == "P-A"
+            && l.reason == "incident.note"
+            && l.component == "engine"
+            && l.role.as_deref() == Some("unit")
+            && l.session.is_some()),
+        "{lines:#?}"
+    );
+    assert!(
+        has(K::BadFrame, &|l| l.subject == "s1"
+            && l.reason == bad_code
+            && l.component == "ws"
+            && l.session.is_some()),
         "{lines:#?}"
     );
 

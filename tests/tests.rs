@@ -8,6 +8,7 @@
 mod common;
 
 mod audit;
+mod audit_stream;
 mod auth;
 mod bad_input;
 mod bounds;

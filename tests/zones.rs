@@ -284,6 +284,22 @@ fn the_uralsk_example_region_loads_and_places_incidents() {
             assert!(cfg.zones.iter().any(|x| &x.id == z), "{}: unknown zone {z}", r.id);
         }
     }
+    // The generated gazetteer (config/uralsk-addresses.csv): every street has
+    // houses, in Cyrillic or Latin, and the market's building is beside its post.
+    let g = settings.gazetteer.as_ref().expect("[gazetteer] file");
+    assert!(g.len() > 10_000, "{}", g.len());
+    let first = |q: &str| {
+        g.lookup(q, 1)
+            .first()
+            .map(|m| m.address.clone())
+            .unwrap_or_else(|| panic!("{q}"))
+    };
+    assert_eq!(first("пр. Абая 7").label(), "проспект Абая, 7");
+    assert_eq!(first("abaia 7").label(), "проспект Абая, 7");
+    assert_eq!(first("Заводская 14").label(), "улица Заводская, 14-16");
+    assert_eq!(first("Курмангазы 12").label(), "проспект Курмангазы, 12");
+    let market = first("центральный рынок");
+    assert_eq!(market.building.as_deref(), Some("Центральный рынок"));
     let mut e = Engine::new(settings.engine.clone());
     // The central market's post comes on duty; a robbery 1.5 km away is not its.
     let me = Actor::unit("post", "POST-MARKET");
@@ -298,6 +314,7 @@ fn the_uralsk_example_region_loads_and_places_incidents() {
     };
     e.apply(&me, st, 1_764_300_000_000).unwrap();
     let post = e.unit("POST-MARKET").unwrap().location.unwrap();
+    assert!(post.distance_m(&market.location) < 300.0, "{market:?}");
     let far = opcenter_core::Location {
         lat: post.lat - 0.0135,
         lon: post.lon,

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { chromium } from 'playwright-core';
-import { startRealServer } from './hub.mjs';
+import { startRealServer, waitFor } from './hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const OUT = path.join(here, 'out');
@@ -81,16 +81,6 @@ class Tablet {
 }
 
 // ------------------------------------------------------------------ helpers
-
-async function waitFor(fn, what, timeoutMs = 15000) {
-  const t0 = Date.now();
-  let last;
-  for (;;) {
-    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what} (last: ${last})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** Records every CSP violation of the page in window.__cspViolations, from before its first script. */
 function watchCsp(page) {

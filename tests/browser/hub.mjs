@@ -113,3 +113,14 @@ function mintHs256(claims) {
   const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
   return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
+
+/** Resolves to `fn()`'s first truthy value, polled every 200 ms; throws after `timeoutMs`. */
+export async function waitFor(fn, what, timeoutMs = 30000) {
+  const t0 = Date.now();
+  let last;
+  for (;;) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what} (last: ${last})`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

@@ -4,7 +4,9 @@
 // dispatcher. Checks that the map draws the streets and zones (GET /v1/streets,
 // GET /v1/zones), that units of each agency are told apart and filtered on the
 // board and the map alike, that the board shows full callsigns and post numbers,
-// and that an incident shows the district and beat it lies in.
+// that an incident shows the district and beat it lies in, and that the new-incident
+// form's address field autocompletes from the example gazetteer
+// (config/uralsk-addresses.csv) and sets the incident's location.
 //
 // Run: cargo build && (cd tests/browser && npm ci) && node --test tests/browser/
 // Screenshot: tests/browser/out/region.png.
@@ -14,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-import { startRealServer, launchChromium } from './hub.mjs';
+import { startRealServer, launchChromium, waitFor } from './hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const OUT = path.join(here, 'out');
@@ -38,6 +40,9 @@ before(async () => {
     tail: [
       '[console]',
       `streets_file = ${q(path.join(CONFIG, 'uralsk-streets.geojson'))}`,
+      '',
+      '[gazetteer]',
+      `file = ${q(path.join(CONFIG, 'uralsk-addresses.csv'))}`,
       '',
       '[[zones]]',
       `file = ${q(path.join(CONFIG, 'uralsk-districts.geojson'))}`,
@@ -82,16 +87,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-async function waitFor(fn, what, timeoutMs = 20000) {
-  const t0 = Date.now();
-  let last;
-  for (;;) {
-    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what} (last: ${last})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** A dispatcher's incident.create over a WebSocket of its own; resolves to the incident. */
 async function createIncident(body) {
@@ -186,6 +181,71 @@ test('the region console: streets, zones, agencies, full callsigns, filters', as
   const refused = await fetch(`${server.url}/v1/zones`, { headers: { Authorization: `Bearer ${server.token('intake', 'app')}` } });
   assert.equal(refused.status, 403);
   assert.equal((await fetch(`${server.url}/v1/streets`)).status, 401);
+
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+/** The example gazetteer's row for a building name: {label, lat, lon}. */
+function addressOf(building) {
+  const rows = fs.readFileSync(path.join(CONFIG, 'uralsk-addresses.csv'), 'utf8').split('\n');
+  const cols = rows[0].split(',');
+  const col = (r, name) => r[cols.indexOf(name)];
+  const r = rows.slice(1).map((l) => l.split(',')).find((r) => col(r, 'building') === building);
+  assert.ok(r, `${building} in uralsk-addresses.csv`);
+  return { label: `${col(r, 'street')}, ${col(r, 'house')} (${building})`, lat: Number(col(r, 'lat')), lon: Number(col(r, 'lon')) };
+}
+
+test('the address field autocompletes from the gazetteer and sets the location', async () => {
+  const market = addressOf('Центральный рынок');
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(m.text()); });
+  await page.goto(`${server.url}/?token=${encodeURIComponent(server.token('dispatcher', 'region-addr'))}`);
+  await page.waitForSelector('[data-testid=conn-state][data-state=live]', { timeout: 30000 });
+
+  const field = page.locator('[data-testid=create-address]');
+  const suggestions = page.locator('[data-testid=address-suggestion]');
+  // Typed key by key, as a dispatcher would: the list follows the newest text.
+  await field.click();
+  await field.pressSequentially('рын');
+  await field.pressSequentially('ок');
+  const pick = suggestions.filter({ hasText: market.label });
+  await pick.first().waitFor({ timeout: 30000 });
+  assert.equal(await suggestions.first().textContent(), market.label, 'the building ranks first');
+  await pick.first().dispatchEvent('mousedown');
+  await waitFor(async () => (await field.inputValue()) === market.label, 'the picked label in the field');
+  await waitFor(async () => (await page.locator('[data-testid=create-lat]').inputValue()) !== '', 'the location set');
+  assert.equal(Number(await page.locator('[data-testid=create-lat]').inputValue()), market.lat);
+  assert.equal(Number(await page.locator('[data-testid=create-lon]').inputValue()), market.lon);
+  assert.equal(await page.locator('[data-testid=address-suggestions]').isVisible(), false, 'the list closes on a pick');
+
+  // Created from the form: the incident is where the address is, in its district.
+  await page.selectOption('[data-testid=create-priority]', '2');
+  await page.locator('[data-testid=create-dispatch-manual]').check();
+  await page.click('[data-testid=create-submit]');
+  // The queue shows it with its address; the server has it at the address's point.
+  const row = page.locator('[data-testid=queue-row]').filter({ hasText: market.label });
+  await row.first().waitFor({ timeout: 30000 });
+  const id = await row.first().getAttribute('data-incident-id');
+  const res = await fetch(`${server.url}/v1/incidents/${encodeURIComponent(id)}`, {
+    headers: { Authorization: `Bearer ${server.token('dispatcher', 'region-check')}` },
+  });
+  assert.equal(res.status, 200);
+  const { incident } = await res.json();
+  assert.equal(incident.address, market.label);
+  assert.deepEqual(incident.location, { lat: market.lat, lon: market.lon });
+  assert.equal(incident.district, 'Central');
+
+  // Keyboard: a Latin spelling, arrow down to the second match, Enter picks it.
+  await field.fill('');
+  await field.pressSequentially('abaia 7');
+  await waitFor(async () => (await suggestions.count()) >= 2 && (await suggestions.first().textContent()) === 'проспект Абая, 7'
+    && (await page.locator('[data-testid=address-suggestions]').isVisible()), 'Abaya 7 suggested');
+  const second = await suggestions.nth(1).textContent();
+  await field.press('ArrowDown');
+  await field.press('Enter');
+  await waitFor(async () => (await field.inputValue()) === second, 'the second match picked with the keyboard');
 
   assert.deepEqual(pageErrors, []);
   await page.close();

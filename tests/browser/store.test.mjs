@@ -83,3 +83,28 @@ test('an officer emergency is raised once, from the incident or the event', () =
   assert.equal(s.emergencies.length, 1);
   assert.equal(s.emergencies[0].incident_id, 'E');
 });
+
+test('shifts: who is on duty now, whose shift comes next, who is past it on a call', () => {
+  const s = new Store();
+  // 2025-11-28 02:30 UTC = 07:30 in Uralsk (UTC+5).
+  const now = Date.UTC(2025, 10, 28, 2, 30);
+  s.applySubscribed({
+    epoch: 'e1', seq: 1, recovered: false, incidents: [], units: [
+      unit('NIGHT', { on_duty: '20:00-08:00', status: 'en_route', shift_ended: false }),
+      unit('DAY-1', { on_duty: '08:00-20:00', status: 'off_duty' }),
+      unit('DAY-2', { on_duty: '08:00-20:00', status: 'off_duty' }),
+      unit('NOON', { on_duty: '12:00-00:00', status: 'off_duty' }),
+      unit('LATE', { on_duty: '20:00-08:00', status: 'on_scene', shift_ended: true, incident_id: 'I-1' }),
+      unit('SICK', { status: 'off_duty' }),
+    ],
+  });
+  const sh = s.shifts(now, 300);
+  assert.deepEqual(sh.onDuty.map((u) => u.id).sort(), ['LATE', 'NIGHT']);
+  assert.equal(sh.next.at, '08:00');
+  assert.deepEqual(sh.next.units.map((u) => u.id), ['DAY-1', 'DAY-2']);
+  assert.deepEqual(sh.ended.map((u) => u.id), ['LATE']);
+  // At 08:30 local the next start is noon (08:00 has passed: tomorrow).
+  assert.equal(s.shifts(now + 60 * 60000, 300).next.at, '12:00');
+  // Without the offset it is 02:30 local: 08:00 is next.
+  assert.equal(s.shifts(now, 0).next.at, '08:00');
+});

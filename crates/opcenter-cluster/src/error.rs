@@ -80,6 +80,22 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// The region's audit hash chain does not hold (`chain.rs`): a record, a header
+    /// or a checkpoint was changed, or records are missing. The engine does not
+    /// start on it unless `accept_broken_chain`.
+    #[error(
+        "audit chain broken in stream {stream}: first broken record: {first} ({breaks} break(s) in all); \
+         the engine does not start on it: check the stream (`opcenter audit verify --region`), \
+         or start with --accept-broken-chain to serve anyway"
+    )]
+    ChainBroken {
+        /// The region's stream.
+        stream: String,
+        /// The first break, as `seq S in stream message M: reason`.
+        first: String,
+        /// Breaks found in all.
+        breaks: usize,
+    },
     /// An earlier append failed; reopen the journal (which re-reads the stream's tail).
     #[error("journal is poisoned by an earlier failed append; reopen it to recover")]
     Poisoned,

@@ -15,9 +15,22 @@ use crate::{ClusterError, codec};
 /// The epoch of region `region`'s stream as it is now (`None`: there is no such
 /// stream): a hub compares it with the epoch it serves to notice a replaced stream.
 pub async fn stream_epoch(js: &jetstream::Context, region: &str) -> Result<Option<String>, ClusterError> {
+    Ok(stream_head(js, region).await?.map(|(epoch, _)| epoch))
+}
+
+/// The epoch of region `region`'s stream and its last stream sequence, as they
+/// are now (`None`: there is no such stream). A follower whose
+/// [`Follower::stream_seq`] stays behind that sequence is not being fed.
+pub async fn stream_head(
+    js: &jetstream::Context,
+    region: &str,
+) -> Result<Option<(String, u64)>, ClusterError> {
     let names = RegionNames::new(region)?;
     match js.get_stream(&names.stream).await {
-        Ok(mut stream) => Ok(Some(epoch_of(&fresh_info(&mut stream).await?))),
+        Ok(mut stream) => {
+            let info = fresh_info(&mut stream).await?;
+            Ok(Some((epoch_of(&info), info.state.last_sequence)))
+        }
         Err(e)
             if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(je)
                 if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
@@ -35,6 +48,8 @@ pub struct Follower {
     messages: consumer::pull::Ordered,
     /// The record seq the next record must have.
     next_seq: u64,
+    /// The stream sequence of the last message read (or skipped as known).
+    stream_seq: u64,
 }
 
 impl Follower {
@@ -83,6 +98,7 @@ impl Follower {
             names,
             messages,
             next_seq: after_seq + 1,
+            stream_seq: start - 1,
         })
     }
 
@@ -96,6 +112,12 @@ impl Follower {
         self.next_seq
     }
 
+    /// The stream sequence of the last message read: what the stream holds past it
+    /// has not reached this follower yet.
+    pub fn stream_seq(&self) -> u64 {
+        self.stream_seq
+    }
+
     /// The next records (one stored batch, less any already seen), waiting for
     /// them; `None` when the consumer ends. A batch that does not continue the seq
     /// is [`ClusterError::Corrupt`]: the stream was replaced or damaged.
@@ -106,6 +128,7 @@ impl Follower {
                 Err(e) => return Some(Err(ClusterError::nats("consume")(e.into()))),
             };
             let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            self.stream_seq = self.stream_seq.max(stream_seq);
             let (first, count) = match batch_bounds(&self.names, stream_seq, m.headers.as_ref(), &m.payload) {
                 Ok(b) => b,
                 Err(e) => return Some(Err(e)),

@@ -32,9 +32,25 @@
 //! alone could match the other writer's message, and this one would land after it;
 //! with the id it is refused too (error 10070, taken as fenced like 10071). The
 //! first message in flight carries no id: its expected sequence is exact, and the
-//! server forgets message ids after the 2-minute duplicate window. When any ack in the window fails, every unacknowledged
-//! message is sent again one by one, in order, with the same ids and expected
-//! sequences: the ones already stored come back as duplicates.
+//! server forgets message ids after the 2-minute duplicate window. When any ack in
+//! the window fails, every unacknowledged message is sent again one by one, in
+//! order, with the same ids and expected sequences: the ones already stored come
+//! back as duplicates.
+//!
+//! # The audit chain
+//!
+//! Every record carries its chain hash and every message the hashes before and
+//! after it (`codec.rs`, `chain.rs`). The writer continues from the stored hash of
+//! the last record it read at open (or the takeover marker's), so the chain runs
+//! unbroken across a failover. With `verify_chain` an open (and a `reopen`) walks
+//! every message it has not walked yet and refuses a broken chain with
+//! [`ClusterError::ChainBroken`] unless `accept_broken_chain`. Checkpoints go to the
+//! region's chain bucket after the batch they name was acknowledged.
+//!
+//! Batches in flight are chained at submit, in submit order, each from the hash
+//! after the one submitted before it. When one is refused every batch behind it is
+//! refused too (the `Nats-Expected-Last-Msg-Id` above), the journal is poisoned and
+//! the submitted chain head falls back to the acknowledged one with the record seqs.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -43,13 +59,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use opcenter_store::{Journal, Record, StoreError};
+use opcenter_store::{Checkpoint, GENESIS, Hash, Journal, Record, StoreError, hex, link, unhex};
 
 use crate::ClusterError;
-use crate::codec::{self, FIRST_SEQ_HEADER};
+use crate::chain::{self, ChainWalk};
+use crate::codec::{self, CHAIN_HEADER, CHAIN_PREV_HEADER, FIRST_SEQ_HEADER};
 use crate::region::{self, RegionNames};
 use crate::snapshot::{self, SnapshotStore};
 
@@ -70,10 +87,24 @@ pub struct JournalOptions {
     pub writer_id: Option<String>,
     /// Most messages in flight in [`JetStreamJournal::submit`] before it waits.
     pub max_in_flight: usize,
+    /// A chain checkpoint is put into the chain bucket once this many records were
+    /// acknowledged since the last one (0 = never by count).
+    pub checkpoint_records: u64,
+    /// ...or at the first acknowledged batch this long after the last one (zero =
+    /// never by time).
+    pub checkpoint_interval: Duration,
+    /// Walk the chain of every message at open and `reopen` (an engine). A hub,
+    /// which never appends, turns it off and takes the tail hash from the last
+    /// message's header.
+    pub verify_chain: bool,
+    /// Open even if the walk finds breaks, logging each at `error` ("AUDIT CHAIN
+    /// BROKEN"); appends then continue from the stored hashes.
+    pub accept_broken_chain: bool,
 }
 
 impl JournalOptions {
-    /// Defaults for a region: R1, 30 s publish deadline, 2 s ack timeout, 256 in flight.
+    /// Defaults for a region: R1, 30 s publish deadline, 2 s ack timeout, 256 in
+    /// flight, a checkpoint every 10 000 records or 5 minutes, the chain verified.
     pub fn new(region: impl Into<String>) -> JournalOptions {
         JournalOptions {
             region: region.into(),
@@ -82,6 +113,10 @@ impl JournalOptions {
             ack_timeout: Duration::from_secs(2),
             writer_id: None,
             max_in_flight: 256,
+            checkpoint_records: 10_000,
+            checkpoint_interval: Duration::from_secs(300),
+            verify_chain: true,
+            accept_broken_chain: false,
         }
     }
 
@@ -131,6 +166,9 @@ struct Pending {
     ack: Option<PublishAckFuture>,
     /// A takeover message's [`TAKEOVER_HEADER`] value (no records in it).
     takeover: Option<String>,
+    /// Chain hash before the first record, and after the last.
+    prev: Hash,
+    chain: Hash,
 }
 
 /// Header of a takeover message: a message with no records that a new engine
@@ -164,6 +202,17 @@ pub struct JetStreamJournal {
     /// the last read stopped, so a replay loop needs no search per call.
     cursor: Mutex<Option<(u64, u64)>>,
     snapshots: SnapshotStore,
+    /// The chain's stored hash after `last_seq` (acknowledged) and after
+    /// `submitted_last`.
+    chain_head: Hash,
+    submitted_head: Hash,
+    /// The verification walk so far (with `verify_chain`) and the last stream
+    /// sequence it has walked.
+    walk: ChainWalk,
+    walked_stream: u64,
+    chain_kv: kv::Store,
+    /// Record seq and time of the last checkpoint.
+    checkpoint_at: (u64, Instant),
 }
 
 /// Room left in a message for headers (ids, sequences) under the server's max payload.
@@ -267,6 +316,45 @@ pub(crate) async fn ordered_from(
         .map_err(|e| ClusterError::nats("consume")(e.into()))
 }
 
+/// Calls `f` with every message of stream sequences `from..=to` in order (direct
+/// gets for a few, an ordered consumer for more), until it returns `Ok(true)`
+/// (enough) or an error.
+pub(crate) async fn walk_messages(
+    stream: &stream::Stream,
+    names: &RegionNames,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, Option<&HeaderMap>, &[u8]) -> Result<bool, ClusterError>,
+) -> Result<(), ClusterError> {
+    if from > to {
+        return Ok(());
+    }
+    if to + 1 - from <= DIRECT_READ_MAX {
+        for s in from..=to {
+            let m = stream
+                .get_raw_message(s)
+                .await
+                .map_err(|e| ClusterError::nats("get message")(e.into()))?;
+            if f(s, Some(&m.headers), &m.payload)? {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let mut msgs = ordered_from(stream, names, from).await?;
+    while let Some(m) = msgs.next().await {
+        let m = m.map_err(|e| ClusterError::nats("consume")(e.into()))?;
+        let s = m
+            .info()
+            .map_err(|e| ClusterError::nats("message info")(e))?
+            .stream_sequence;
+        if f(s, m.headers.as_ref(), &m.payload)? || s >= to {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The journal's epoch for a stream: its name and creation time. A stream deleted and
 /// created again under the same name gets another one.
 pub(crate) fn epoch_of(info: &stream::Info) -> String {
@@ -323,14 +411,18 @@ impl JetStreamJournal {
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         // A cluster that has just started (or is electing a meta leader) answers
         // these with timeouts: retried until the publish deadline, like appends.
-        let (stream, kv) = rt.block_on(retry_nats(opts.publish_deadline, "open journal", || async {
-            let stream =
-                region::open_or_create_stream(&js, region::journal_stream_config(&names, opts.replicas))
-                    .await?;
-            let kv =
-                region::open_kv_bucket(&js, &names.snapshot_bucket, opts.replicas, 1, Duration::ZERO).await?;
-            Ok::<_, ClusterError>((stream, kv))
-        }))?;
+        let (stream, kv, chain_kv, checkpoints) =
+            rt.block_on(retry_nats(opts.publish_deadline, "open journal", || async {
+                let stream =
+                    region::open_or_create_stream(&js, region::journal_stream_config(&names, opts.replicas))
+                        .await?;
+                let kv =
+                    region::open_kv_bucket(&js, &names.snapshot_bucket, opts.replicas, 1, Duration::ZERO)
+                        .await?;
+                let chain_kv = chain::open_bucket(&js, &names, opts.replicas).await?;
+                let checkpoints = chain::read_checkpoints(&chain_kv).await?;
+                Ok::<_, ClusterError>((stream, kv, chain_kv, checkpoints))
+            }))?;
         let snapshots = SnapshotStore::new(kv, names.snapshot_bucket.clone(), max_message_bytes);
         let mut j = JetStreamJournal {
             rt,
@@ -351,6 +443,12 @@ impl JetStreamJournal {
             poisoned: false,
             cursor: Mutex::new(None),
             snapshots,
+            chain_head: GENESIS,
+            submitted_head: GENESIS,
+            walk: ChainWalk::new(&checkpoints),
+            walked_stream: 0,
+            chain_kv,
+            checkpoint_at: (checkpoints.last().map_or(0, |c| c.seq), Instant::now()),
         };
         j.load_tail()?;
         Ok(j)
@@ -396,7 +494,128 @@ impl JetStreamJournal {
         }
         self.submitted_last = self.last_seq;
         self.submitted_stream_last = self.stream_last;
+        self.load_chain_head()?;
+        self.submitted_head = self.chain_head;
         Ok(())
+    }
+
+    /// The chain's hash at the stream's end: walked and checked with `verify_chain`
+    /// (see the module docs), else read from the last message's `Opc-Chain`.
+    fn load_chain_head(&mut self) -> Result<(), ClusterError> {
+        if self.stream_last == 0 || self.stream_last < self.stream_first {
+            // Nothing retained: a new stream.
+            self.chain_head = GENESIS;
+            return Ok(());
+        }
+        if !self.opts.verify_chain {
+            let last = self.stream_last;
+            let stream = &self.stream;
+            let m = self.rt.block_on(retry_nats(
+                self.opts.publish_deadline,
+                "read the chain head",
+                || async {
+                    stream
+                        .get_raw_message(last)
+                        .await
+                        .map_err(|e| ClusterError::nats("get message")(e.into()))
+                },
+            ))?;
+            self.chain_head = m
+                .headers
+                .get(CHAIN_HEADER)
+                .and_then(|v| unhex(v.as_str()))
+                .ok_or_else(|| stream_corrupt(&self.names, last, "no Opc-Chain header"))?;
+            return Ok(());
+        }
+        if self.walked_stream + 1 < self.stream_first {
+            // Compacted past what we walked (by another writer): start again.
+            self.walk = ChainWalk::new(&[]);
+        }
+        let from = (self.walked_stream + 1).max(self.stream_first);
+        let before = self.walk.breaks.len();
+        let started = Instant::now();
+        if from <= self.stream_last {
+            let (stream, names, to) = (&self.stream, &self.names, self.stream_last);
+            let walk = &mut self.walk;
+            let snapshot = walk.clone();
+            *walk = self
+                .rt
+                .block_on(retry_nats(self.opts.publish_deadline, "verify the chain", || {
+                    let mut w = snapshot.clone();
+                    async move {
+                        walk_messages(stream, names, from, to, |s, h, p| {
+                            w.message(s, h, p);
+                            Ok(false)
+                        })
+                        .await?;
+                        Ok(w)
+                    }
+                }))?;
+        }
+        self.walked_stream = self.stream_last;
+        let mut walk = self.walk.clone();
+        walk.finish();
+        let new_breaks = &walk.breaks[before.min(walk.breaks.len())..];
+        tracing::info!(
+            stream = %self.names.stream,
+            records = walk.last_seq.saturating_sub(walk.first_seq.saturating_sub(1)),
+            messages = walk.messages,
+            takeovers = walk.takeovers,
+            checkpoints = walk.checkpoints_checked,
+            head = %hex(&walk.head),
+            took_ms = started.elapsed().as_millis() as u64,
+            "audit chain walked"
+        );
+        if let Some(first) = new_breaks.first() {
+            if !self.opts.accept_broken_chain {
+                return Err(ClusterError::ChainBroken {
+                    stream: self.names.stream.clone(),
+                    first: first.to_string(),
+                    breaks: new_breaks.len(),
+                });
+            }
+            for b in new_breaks {
+                tracing::error!(stream = %self.names.stream, r#break = %b, "AUDIT CHAIN BROKEN (accepted by --accept-broken-chain)");
+            }
+            // Reported once: later reopens report only new ones.
+            self.walk.breaks = walk.breaks.clone();
+        }
+        self.chain_head = walk.head;
+        Ok(())
+    }
+
+    /// Puts a checkpoint for `last_seq` when one is due (see [`JournalOptions`]).
+    /// A failed put is logged and tried again at the next acknowledged batch.
+    fn maybe_checkpoint(&mut self) {
+        let (at_seq, at) = self.checkpoint_at;
+        if self.last_seq <= at_seq {
+            return;
+        }
+        let by_count =
+            self.opts.checkpoint_records > 0 && self.last_seq - at_seq >= self.opts.checkpoint_records;
+        let by_time =
+            !self.opts.checkpoint_interval.is_zero() && at.elapsed() >= self.opts.checkpoint_interval;
+        if !(by_count || by_time) {
+            return;
+        }
+        let cp = Checkpoint {
+            seq: self.last_seq,
+            hash: self.chain_head,
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        match self.rt.block_on(chain::put_checkpoint(&self.chain_kv, &cp)) {
+            Ok(()) => self.checkpoint_at = (cp.seq, Instant::now()),
+            Err(e) => {
+                tracing::warn!(error = %e, seq = cp.seq, "could not put a chain checkpoint; retrying later")
+            }
+        }
+    }
+
+    /// The chain's hash after the newest acknowledged record (or takeover).
+    pub fn chain_head(&self) -> Hash {
+        self.chain_head
     }
 
     /// Forgets what is in flight and the poisoned state, and reads the stream's tail
@@ -451,6 +670,7 @@ impl JetStreamJournal {
         self.pending.clear();
         self.submitted_last = self.last_seq;
         self.submitted_stream_last = self.stream_last;
+        self.submitted_head = self.chain_head;
         Err(err)
     }
 
@@ -488,16 +708,30 @@ impl JetStreamJournal {
             while self.pending.len() >= self.opts.max_in_flight.max(1) {
                 self.ack_front()?;
             }
+            let first = self.submitted_last + 1;
+            let prev = self.submitted_head;
+            let mut h = prev;
+            let chained: Vec<(Hash, &[u8])> = g
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    h = link(&h, first + i as u64, p);
+                    (h, *p)
+                })
+                .collect();
             let p = Pending {
-                first: self.submitted_last + 1,
+                first,
                 count: g.len() as u64,
                 expected_last: self.submitted_stream_last,
-                msg_id: format!("{}:{}", self.writer, self.submitted_last + 1),
+                msg_id: format!("{}:{}", self.writer, first),
                 expected_last_id: self.pending.back().map(|q| q.msg_id.clone()),
-                payload: codec::encode(g),
+                payload: codec::encode(&chained),
                 ack: None,
                 takeover: None,
+                prev,
+                chain: h,
             };
+            self.submitted_head = h;
             let sent = self.rt.block_on(publish(&self.js, &self.names.subject, &p));
             self.submitted_last += p.count;
             self.submitted_stream_last += 1;
@@ -525,6 +759,9 @@ impl JetStreamJournal {
             payload: Bytes::new(),
             ack: None,
             takeover: Some(marker.to_owned()),
+            // The hash this writer replayed: the chain runs on through the marker.
+            prev: self.chain_head,
+            chain: self.chain_head,
         };
         match self.rt.block_on(publish_retrying(
             &self.js,
@@ -603,6 +840,8 @@ impl JetStreamJournal {
         if let Some(p) = self.pending.pop_front() {
             self.last_seq = p.first + p.count - 1;
             self.stream_last = p.expected_last + 1;
+            self.chain_head = p.chain;
+            self.maybe_checkpoint();
         }
     }
 
@@ -654,34 +893,12 @@ impl JetStreamJournal {
             Ok::<_, ClusterError>((out.len() >= max, next))
         };
         let mut last_pos = None;
-        if end + 1 - from <= DIRECT_READ_MAX {
-            for s in from..=end {
-                let m = self
-                    .stream
-                    .get_raw_message(s)
-                    .await
-                    .map_err(|e| ClusterError::nats("get message")(e.into()))?;
-                let (full, next) = take(s, Some(&m.headers), &m.payload)?;
-                last_pos = Some((next, s + 1));
-                if full {
-                    break;
-                }
-            }
-        } else {
-            let mut msgs = ordered_from(&self.stream, &self.names, from).await?;
-            while let Some(m) = msgs.next().await {
-                let m = m.map_err(|e| ClusterError::nats("consume")(e.into()))?;
-                let s = m
-                    .info()
-                    .map_err(|e| ClusterError::nats("message info")(e))?
-                    .stream_sequence;
-                let (full, next) = take(s, m.headers.as_ref(), &m.payload)?;
-                last_pos = Some((next, s + 1));
-                if full || s >= end {
-                    break;
-                }
-            }
-        }
+        walk_messages(&self.stream, &self.names, from, end, |s, headers, payload| {
+            let (full, next) = take(s, headers, payload)?;
+            last_pos = Some((next, s + 1));
+            Ok(full)
+        })
+        .await?;
         if let Some(pos) = last_pos {
             *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(pos);
         }
@@ -745,6 +962,8 @@ async fn publish(js: &jetstream::Context, subject: &str, p: &Pending) -> Result<
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, id.as_str());
     }
     headers.insert(FIRST_SEQ_HEADER, p.first.to_string().as_str());
+    headers.insert(CHAIN_PREV_HEADER, hex(&p.prev).as_str());
+    headers.insert(CHAIN_HEADER, hex(&p.chain).as_str());
     if let Some(t) = &p.takeover {
         headers.insert(TAKEOVER_HEADER, t.as_str());
     }

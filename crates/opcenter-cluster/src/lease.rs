@@ -133,24 +133,55 @@ impl Lease {
     /// Writes the value again at the revision we hold. `Err(LeaseLost)` when the key
     /// moved on (it expired and another node took it); other errors are transient
     /// (the caller keeps trying until [`Lease::expired`]).
+    ///
+    /// A renewal whose answer we gave up on (a timeout during a leader election of
+    /// the bucket) may still have been stored: the key then holds *our* value at a
+    /// newer revision. A refused renewal therefore reads the key, and if it holds
+    /// this node and epoch, carries on from that revision instead of losing the lease.
     pub async fn renew(&mut self) -> Result<(), ClusterError> {
-        let sent = Instant::now();
-        match self
-            .kv
-            .update(self.key.as_str(), encode(&self.value), self.revision)
-            .await
-        {
-            Ok(r) => {
-                self.revision = r;
-                self.written_at = sent;
-                Ok(())
+        let mut adopted = false;
+        loop {
+            let sent = Instant::now();
+            match self
+                .kv
+                .update(self.key.as_str(), encode(&self.value), self.revision)
+                .await
+            {
+                Ok(r) => {
+                    self.revision = r;
+                    self.written_at = sent;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if !adopted && let Some(revision) = self.our_newer_revision().await {
+                        tracing::info!(
+                            from = self.revision,
+                            to = revision,
+                            "an earlier renewal of ours was stored after all: renewing at its revision"
+                        );
+                        self.revision = revision;
+                        adopted = true;
+                        continue;
+                    }
+                    return Err(ClusterError::LeaseLost {
+                        region: self.key.clone(),
+                        reason: format!("the lease key moved past revision {}: {e}", self.revision),
+                    });
+                }
+                Err(e) => return Err(ClusterError::nats("renew lease")(e.into())),
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(ClusterError::LeaseLost {
-                region: self.key.clone(),
-                reason: format!("the lease key moved past revision {}: {e}", self.revision),
-            }),
-            Err(e) => Err(ClusterError::nats("renew lease")(e.into())),
         }
+    }
+
+    /// The key's revision if it is newer than ours and holds our node and epoch.
+    async fn our_newer_revision(&self) -> Option<u64> {
+        let entry = self.kv.entry(self.key.as_str()).await.ok()??;
+        let value: LeaseValue = serde_json::from_slice(&entry.value).ok()?;
+        (entry.operation == kv::Operation::Put
+            && entry.revision > self.revision
+            && value.node == self.value.node
+            && value.epoch == self.value.epoch)
+            .then_some(entry.revision)
     }
 
     /// Sets the stream sequence of our takeover message in the lease value
@@ -271,6 +302,45 @@ mod tests {
             .expect("released lease is free");
         assert_eq!(lease_holder(&b, &names).await.unwrap().unwrap().node, "c");
         drop(c);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_stored_after_we_gave_up_on_it_is_adopted_not_taken_for_a_lost_lease() {
+        let Some(nats) = NatsCluster::start_or_skip(1) else {
+            return;
+        };
+        let ttl = Duration::from_secs(30);
+        let (b, names) = bucket(&nats.urls(), ttl).await;
+        let mut a = Lease::try_take(&b, &names, "a", ttl)
+            .await
+            .unwrap()
+            .expect("free lease");
+        // A renewal of ours the server stored but whose answer never reached us.
+        let mut stale = Lease {
+            kv: a.kv.clone(),
+            key: a.key.clone(),
+            value: a.value.clone(),
+            revision: a.revision,
+            ttl,
+            written_at: a.written_at,
+        };
+        stale.renew().await.unwrap();
+        a.renew().await.expect("our own newer revision is adopted");
+        assert!(a.revision > stale.revision);
+        // Another node's value at a newer revision is a lost lease.
+        b.update(
+            names.region.as_str(),
+            encode(&LeaseValue {
+                node: "b".into(),
+                epoch: 99,
+                stream_seq: 0,
+            }),
+            a.revision,
+        )
+        .await
+        .unwrap();
+        let err = a.renew().await.unwrap_err();
+        assert!(matches!(err, ClusterError::LeaseLost { .. }), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

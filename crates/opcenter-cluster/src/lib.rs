@@ -12,7 +12,10 @@
 //! - `error.rs` — [`ClusterError`] and its mapping into `StoreError`.
 //! - `region.rs` — [`RegionNames`], stream creation, [`open_kv_bucket`] (the KV
 //!   workaround for nats-server 2.9, reused by the lease of the failover issue).
-//! - `codec.rs` — one message = one batch: record framing, `Opc-First-Seq` header.
+//! - `codec.rs` — one message = one batch: record framing with each record's chain
+//!   hash, `Opc-First-Seq` and chain headers.
+//! - `chain.rs` — the audit chain on the stream: [`ChainWalk`], checkpoints in
+//!   `OPC_<region>_chain`, [`verify_region`].
 //! - `journal.rs` — [`JetStreamJournal`]: fenced, idempotent, pipelined appends; reads.
 //! - `lease.rs` — [`Lease`]: which engine of a region may write (failover).
 //! - `follow.rs` — [`Follower`]: records from an ordered consumer as the stream grows.
@@ -33,6 +36,7 @@
 //! creation time: a recreated stream has another epoch.
 #![deny(missing_docs)]
 
+mod chain;
 mod codec;
 mod error;
 mod follow;
@@ -42,9 +46,10 @@ mod region;
 mod snapshot;
 pub mod testing;
 
-pub use codec::FIRST_SEQ_HEADER;
+pub use chain::{ChainWalk, RegionVerified, StreamBreak, region_head, verify_region};
+pub use codec::{CHAIN_HEADER, CHAIN_PREV_HEADER, FIRST_SEQ_HEADER};
 pub use error::ClusterError;
-pub use follow::{Follower, stream_epoch};
+pub use follow::{Follower, stream_epoch, stream_head};
 pub use journal::{JetStreamJournal, JournalOptions, TAKEOVER_HEADER};
 pub use lease::{Lease, LeaseValue, lease_bucket, lease_holder};
 pub use region::{RegionNames, open_kv_bucket};

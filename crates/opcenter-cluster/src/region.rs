@@ -1,6 +1,6 @@
 //! A region's names on NATS and the creation of its JetStream streams. Owns the
-//! naming scheme (`OPC_<region>` stream, `journal.<region>` subject, `OPC_<region>_snap`
-//! KV bucket) and the "create the KV stream by hand" workaround for nats-server 2.9;
+//! naming scheme (`OPC_<region>` stream, `journal.<region>` subject, `OPC_<region>_snap`,
+//! `OPC_<region>_lease` and `OPC_<region>_chain` KV buckets) and the "create the KV stream by hand" workaround for nats-server 2.9;
 //! must never publish journal records.
 
 use std::time::Duration;
@@ -22,6 +22,8 @@ pub struct RegionNames {
     pub snapshot_bucket: String,
     /// The engine lease KV bucket, `OPC_<region>_lease` (key = the region).
     pub lease_bucket: String,
+    /// The audit chain's checkpoint KV bucket, `OPC_<region>_chain` (key `head`).
+    pub chain_bucket: String,
 }
 
 impl RegionNames {
@@ -41,6 +43,7 @@ impl RegionNames {
             subject: format!("journal.{region}"),
             snapshot_bucket: format!("OPC_{region}_snap"),
             lease_bucket: format!("OPC_{region}_lease"),
+            chain_bucket: format!("OPC_{region}_chain"),
         })
     }
 }
@@ -135,6 +138,7 @@ mod tests {
         assert_eq!(n.subject, "journal.zko");
         assert_eq!(n.snapshot_bucket, "OPC_zko_snap");
         assert_eq!(n.lease_bucket, "OPC_zko_lease");
+        assert_eq!(n.chain_bucket, "OPC_zko_chain");
         assert!(RegionNames::new("a.b").is_err());
         assert!(RegionNames::new("").is_err());
         assert!(RegionNames::new("x y").is_err());

@@ -21,6 +21,16 @@ pub const NATS_SERVER_ENV: &str = "OPCENTER_NATS_SERVER";
 /// How long [`NatsCluster::wait_ready`] waits by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A multi-threaded runtime with one worker, for tests that drive async NATS calls
+/// from a plain `#[test]` (the journal's blocking calls run beside it).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("start a tokio runtime")
+}
+
 /// The `nats-server` binary, if installed.
 pub fn nats_server_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(NATS_SERVER_ENV) {
@@ -117,8 +127,10 @@ impl NatsCluster {
                     .filter(|&(j, _)| j != i)
                     .map(|(_, r)| r.as_str())
                     .collect();
+                // `no_advertise`: a client knows only the URLs it was given (no
+                // discovered servers), so one URL and a stopped server is a partition.
                 conf.push_str(&format!(
-                    "cluster {{ name: \"opc\"\n listen: \"127.0.0.1:{route_port}\"\n routes: [{}] }}\n",
+                    "cluster {{ name: \"opc\"\n listen: \"127.0.0.1:{route_port}\"\n no_advertise: true\n routes: [{}] }}\n",
                     others.join(", ")
                 ));
             }

@@ -5,17 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opcenter_cluster::testing::NatsCluster;
+use opcenter_cluster::testing::{NatsCluster, runtime};
 use opcenter_cluster::{Follower, JetStreamJournal, JournalOptions};
 use opcenter_store::{Journal, StoreError};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn payloads(journal: &dyn Journal, from: u64) -> Vec<(u64, Vec<u8>)> {
     journal

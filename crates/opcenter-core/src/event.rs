@@ -47,6 +47,8 @@ pub enum Change {
     Offline,
     /// A unit's profile (callsign, kind, capabilities) changed at a hello.
     Profile,
+    /// A unit's roster shift (`on_duty`) began or ended.
+    Shift,
 }
 
 impl Change {
@@ -69,6 +71,7 @@ impl Change {
             Change::Online => "online",
             Change::Offline => "offline",
             Change::Profile => "profile",
+            Change::Shift => "shift",
         }
     }
 }

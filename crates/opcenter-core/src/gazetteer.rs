@@ -307,6 +307,8 @@ impl House {
 #[derive(Debug)]
 struct Street {
     kind: Option<StreetKind>,
+    /// Its folded name words (a candidate is checked against them).
+    words: Vec<String>,
     /// The total length of its folded name words (the ranking's tie-break).
     name_len: usize,
     /// Indexes into `Gazetteer::addresses`, sorted by house number.
@@ -328,11 +330,21 @@ pub struct Gazetteer {
     houses: Vec<Option<House>>,
     streets: Vec<Street>,
     /// Every (folded word, target), sorted: exact and prefix lookups are a
-    /// binary search, one typo a scan of the (few thousand) distinct words.
+    /// binary search.
     words: Vec<(String, Target)>,
-    /// Folded building names' lengths, by address (the ranking's tie-break).
-    building_len: HashMap<u32, usize>,
+    /// One typo: every distinct word of 3+ letters under itself and under each
+    /// spelling with one letter left out, as the index in `words` of its first
+    /// entry. Two words within one edit share a key (symmetric deletion), so a
+    /// typo is a handful of hash lookups, not a scan of the words.
+    deletions: HashMap<String, Vec<u32>>,
+    /// Folded building names' words, by address (empty: no building).
+    building_words: Vec<Vec<String>>,
+    /// Their total length, by address (the ranking's tie-break).
+    building_len: Vec<usize>,
 }
+
+/// Above this many proposals a query dedups them in a table by target.
+const DENSE_FROM: usize = 256;
 
 /// The most matches [`Gazetteer::lookup`] returns.
 pub const MAX_LIMIT: usize = 50;
@@ -368,16 +380,20 @@ impl Gazetteer {
                 g.streets.push(Street {
                     kind,
                     name_len: words.iter().map(String::len).sum(),
+                    words,
                     addresses: Vec::new(),
                 });
             }
             g.streets[s as usize].addresses.push(i);
             if let Some(b) = &a.building {
                 let (bw, _) = name_words(b);
-                g.building_len.insert(i, bw.iter().map(String::len).sum());
-                for w in bw {
-                    g.words.push((w, Target::Building(i)));
+                for w in &bw {
+                    g.words.push((w.clone(), Target::Building(i)));
                 }
+                g.building_words.resize(i as usize, Vec::new());
+                g.building_len.resize(i as usize, 0);
+                g.building_len.push(bw.iter().map(String::len).sum());
+                g.building_words.push(bw);
             }
             let house = fold(&a.house).concat();
             g.houses.push(House::parse(&house));
@@ -393,6 +409,16 @@ impl Gazetteer {
         }
         g.words.sort();
         g.words.dedup();
+        let mut first = 0;
+        while first < g.words.len() {
+            let w = &g.words[first].0;
+            if w.chars().count() >= 3 {
+                for key in deletions(w) {
+                    g.deletions.entry(key).or_default().push(first as u32);
+                }
+            }
+            first += g.words[first..].partition_point(|(x, _)| x == w);
+        }
         Ok(g)
     }
 
@@ -453,24 +479,7 @@ impl Gazetteer {
         if limit == 0 {
             return Vec::new();
         }
-        // Every name word must hit the same target; score = sum of qualities.
-        let mut hits: Option<HashMap<Target, u32>> = None;
-        for w in &q.words {
-            let found = self.targets(w);
-            hits = Some(match hits {
-                None => found,
-                Some(prev) => prev
-                    .into_iter()
-                    .filter_map(|(t, s)| found.get(&t).map(|f| (t, s + f)))
-                    .collect(),
-            });
-            if hits.as_ref().is_some_and(HashMap::is_empty) {
-                return Vec::new();
-            }
-        }
-        let Some(hits) = hits else {
-            return Vec::new();
-        };
+        let hits = self.hits(&q.words);
         let mut out: Vec<(u32, usize, u32, u32)> = Vec::new();
         for (target, word_score) in hits {
             match target {
@@ -500,17 +509,25 @@ impl Gazetteer {
                     let Some(h) = self.house_score(a, q.house.as_ref()) else {
                         continue;
                     };
-                    let spare = self.building_len[&a];
+                    let spare = self.building_len.get(a as usize).copied().unwrap_or_default();
                     out.push((word_score * 1000 + h, spare, self.house_key(a), a));
                 }
             }
         }
-        out.sort_by(|x, y| {
+        let order = |x: &(u32, usize, u32, u32), y: &(u32, usize, u32, u32)| {
             y.0.cmp(&x.0)
                 .then(x.1.cmp(&y.1))
                 .then(x.2.cmp(&y.2))
                 .then(x.3.cmp(&y.3))
-        });
+        };
+        // An address is proposed at most twice (by its street and by its
+        // building), so the best `2 * limit` entries hold the best `limit`
+        // addresses: only those are sorted.
+        if out.len() > 2 * limit {
+            out.select_nth_unstable_by(2 * limit, order);
+            out.truncate(2 * limit);
+        }
+        out.sort_unstable_by(order);
         out.dedup_by_key(|x| x.3);
         out.truncate(limit);
         out.into_iter()
@@ -533,36 +550,166 @@ impl Gazetteer {
         }
     }
 
-    /// Every target one query word matches, with the best quality per target.
-    fn targets(&self, w: &str) -> HashMap<Target, u32> {
-        let mut found: HashMap<Target, u32> = HashMap::new();
-        let put = |found: &mut HashMap<Target, u32>, t: Target, m: WordMatch| {
-            let e = found.entry(t).or_insert(0);
-            *e = (*e).max(m as u32);
+    /// Every target all of `words` match, with the sum of their match
+    /// qualities. The word with the fewest targets proposes them; the others
+    /// are checked against each proposed target's own words.
+    fn hits(&self, words: &[String]) -> Vec<(Target, u32)> {
+        let plans: Vec<WordPlan> = words.iter().map(|w| self.plan(w)).collect();
+        let Some(lead) = (0..plans.len()).min_by_key(|&i| plans[i].size()) else {
+            return Vec::new();
         };
+        // One entry per target, its best quality. A first keystroke proposes
+        // thousands: a table by target then beats sorting them.
+        let proposals = self.proposals(&words[lead], &plans[lead]);
+        let mut hits: Vec<(Target, u32)> = Vec::new();
+        if plans[lead].size() > DENSE_FROM {
+            let streets = self.streets.len();
+            let slot = |t: Target| match t {
+                Target::Street(s) => s as usize,
+                Target::Building(a) => streets + a as usize,
+            };
+            let mut best = vec![0u8; streets + self.addresses.len()];
+            for (t, m) in proposals {
+                let b = &mut best[slot(t)];
+                if *b == 0 {
+                    hits.push((t, 0));
+                }
+                *b = (*b).max(m as u8);
+            }
+            for (t, score) in &mut hits {
+                *score = u32::from(best[slot(*t)]);
+            }
+        } else {
+            hits.extend(proposals.map(|(t, m)| (t, m as u32)));
+            hits.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
+            hits.dedup_by_key(|x| x.0);
+        }
+        hits.retain_mut(|(t, score)| {
+            for (i, w) in words.iter().enumerate() {
+                if i == lead {
+                    continue;
+                }
+                match self.word_match(*t, w, plans[i].typo()) {
+                    Some(m) => *score += m as u32,
+                    None => return false,
+                }
+            }
+            true
+        });
+        hits
+    }
+
+    /// Where one query word's matches are: the `words` entries it is a prefix
+    /// of, or (none, and 4+ letters) the entries within one typo.
+    fn plan(&self, w: &str) -> WordPlan {
         let start = self.words.partition_point(|(x, _)| x.as_str() < w);
-        for (x, t) in self.words[start..].iter().take_while(|(x, _)| x.starts_with(w)) {
-            put(
-                &mut found,
-                *t,
-                if x == w {
+        let len = self.words[start..].partition_point(|(x, _)| x.starts_with(w));
+        if len > 0 || w.chars().count() < 4 {
+            return WordPlan::Prefix(start..start + len);
+        }
+        let mut firsts: Vec<u32> = deletions(w)
+            .iter()
+            .filter_map(|k| self.deletions.get(k))
+            .flatten()
+            .copied()
+            .filter(|&f| within_one_edit(w, &self.words[f as usize].0))
+            .collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        let ranges = firsts
+            .into_iter()
+            .map(|f| {
+                let f = f as usize;
+                let x = &self.words[f].0;
+                f..f + self.words[f..].partition_point(|(y, _)| y == x)
+            })
+            .collect();
+        WordPlan::Typo(ranges)
+    }
+
+    /// The targets a word's plan reaches, each with how well it matched.
+    fn proposals<'s>(
+        &'s self,
+        w: &'s str,
+        plan: &'s WordPlan,
+    ) -> impl Iterator<Item = (Target, WordMatch)> + 's {
+        let (ranges, typo) = match plan {
+            WordPlan::Prefix(r) => (std::slice::from_ref(r), false),
+            WordPlan::Typo(rs) => (rs.as_slice(), true),
+        };
+        ranges.iter().flat_map(move |r| {
+            self.words[r.clone()].iter().map(move |(x, t)| {
+                let m = if typo {
+                    WordMatch::Typo
+                } else if x == w {
                     WordMatch::Exact
                 } else {
                     WordMatch::Prefix
-                },
-            );
-        }
-        // One typo, only when nothing matched and the word is long enough
-        // for a typo to be told from another word.
-        if found.is_empty() && w.chars().count() >= 4 {
-            for (x, t) in &self.words {
-                if within_one_edit(w, x) {
-                    put(&mut found, *t, WordMatch::Typo);
-                }
-            }
-        }
-        found
+                };
+                (*t, m)
+            })
+        })
     }
+
+    /// How well `w` matches one of a target's own words, if at all (a typo
+    /// counts only when `typo`: the word matched nothing better anywhere).
+    fn word_match(&self, t: Target, w: &str, typo: bool) -> Option<WordMatch> {
+        let words = match t {
+            Target::Street(s) => &self.streets[s as usize].words,
+            Target::Building(a) => self.building_words.get(a as usize)?,
+        };
+        words
+            .iter()
+            .filter_map(|x| {
+                if x == w {
+                    Some(WordMatch::Exact)
+                } else if x.starts_with(w) {
+                    Some(WordMatch::Prefix)
+                } else if typo && within_one_edit(w, x) {
+                    Some(WordMatch::Typo)
+                } else {
+                    None
+                }
+            })
+            .max()
+    }
+}
+
+/// Where a query word's matches lie in `Gazetteer::words`.
+#[derive(Debug)]
+enum WordPlan {
+    /// The entries the word is a prefix of (exact matches first).
+    Prefix(std::ops::Range<usize>),
+    /// No entry starts with it: the entries of the words one typo away.
+    Typo(Vec<std::ops::Range<usize>>),
+}
+
+impl WordPlan {
+    /// How many (word, target) entries it reaches.
+    fn size(&self) -> usize {
+        match self {
+            WordPlan::Prefix(r) => r.len(),
+            WordPlan::Typo(rs) => rs.iter().map(ExactSizeIterator::len).sum(),
+        }
+    }
+
+    /// True when only typos matched.
+    fn typo(&self) -> bool {
+        matches!(self, WordPlan::Typo(_))
+    }
+}
+
+/// A word and every spelling of it with one letter left out: the keys of the
+/// one-typo index.
+fn deletions(w: &str) -> Vec<String> {
+    let mut out = vec![w.to_string()];
+    for (i, c) in w.char_indices() {
+        let mut d = String::with_capacity(w.len());
+        d.push_str(&w[..i]);
+        d.push_str(&w[i + c.len_utf8()..]);
+        out.push(d);
+    }
+    out
 }
 
 /// A street or building name's folded words (type and house words out) and
@@ -881,6 +1028,143 @@ mod tests {
         assert!(e.problem.contains("no name"), "{e}");
         let e = Gazetteer::from_csv("street,house,lat,lon\n\"Абая,1,51,51\n").unwrap_err();
         assert!(e.problem.contains("not closed"), "{e}");
+    }
+
+    /// What `hits` must find, by a scan of every (word, target): each query
+    /// word's best match per target (exact, prefix, or — when no word anywhere
+    /// starts with it and it has 4+ letters — one typo), summed over targets
+    /// every word matched.
+    fn hits_by_scan(g: &Gazetteer, words: &[String]) -> HashMap<Target, u32> {
+        let mut all: Option<HashMap<Target, u32>> = None;
+        for w in words {
+            let prefixed = g.words.iter().any(|(x, _)| x.starts_with(w.as_str()));
+            let typo = !prefixed && w.chars().count() >= 4;
+            let mut found: HashMap<Target, u32> = HashMap::new();
+            for (x, t) in &g.words {
+                let m = if x == w {
+                    WordMatch::Exact
+                } else if x.starts_with(w.as_str()) {
+                    WordMatch::Prefix
+                } else if typo && within_one_edit(w, x) {
+                    WordMatch::Typo
+                } else {
+                    continue;
+                };
+                let e = found.entry(*t).or_insert(0);
+                *e = (*e).max(m as u32);
+            }
+            all = Some(match all {
+                None => found,
+                Some(prev) => prev
+                    .into_iter()
+                    .filter_map(|(t, s)| found.get(&t).map(|f| (t, s + f)))
+                    .collect(),
+            });
+        }
+        all.unwrap_or_default()
+    }
+
+    /// The index answers exactly what a scan of every word would, for queries
+    /// of one to three words: whole words, prefixes, typos (a letter changed,
+    /// dropped or added) and words that match nothing.
+    #[test]
+    fn the_index_finds_what_a_scan_finds() {
+        let names = [
+            "Абая",
+            "Абаева",
+            "Мира",
+            "Мирная",
+            "Сырым Датова",
+            "Курмангазы",
+            "Ихсанова",
+            "Ескалиева",
+            "Жангир хана",
+            "Досмухамедова",
+            "Чапаева",
+            "Каблукова",
+            "Мира Абая",
+            "8 Марта",
+        ];
+        let buildings = ["ТЦ Сауле", "БЦ Мир", "ТРЦ Атриум", "Дом Мира"];
+        let mut list = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            for h in 1..=3 {
+                let b = buildings.get((i + h) % 7).filter(|_| h == 2).copied();
+                list.push(a(n, &h.to_string(), b, 51.0 + i as f64 * 0.01));
+            }
+        }
+        let g = Gazetteer::new(list).unwrap();
+        let vocab: Vec<String> = g.words.iter().map(|(w, _)| w.clone()).collect();
+        // Every word, each prefix of it, and each one-letter change of it.
+        let mut singles: Vec<String> = Vec::new();
+        for w in &vocab {
+            let chars: Vec<char> = w.chars().collect();
+            for end in 1..=chars.len() {
+                singles.push(chars[..end].iter().collect());
+            }
+            for i in 0..chars.len() {
+                let mut dropped = chars.clone();
+                dropped.remove(i);
+                singles.push(dropped.iter().collect());
+                let mut changed = chars.clone();
+                changed[i] = 'y';
+                singles.push(changed.iter().collect());
+                let mut added = chars.clone();
+                added.insert(i, 'o');
+                singles.push(added.iter().collect());
+            }
+        }
+        singles.extend(["zzzz", "q", "mirx"].map(String::from));
+        singles.sort();
+        singles.dedup();
+        let mut checked = 0;
+        for (i, w) in singles.iter().enumerate() {
+            let pair = [w.clone(), singles[(i * 7 + 3) % singles.len()].clone()];
+            let triple = [
+                w.clone(),
+                vocab[i % vocab.len()].clone(),
+                singles[(i * 13 + 1) % singles.len()].clone(),
+            ];
+            for q in [&pair[..1], &pair[..], &triple[..]] {
+                let got: HashMap<Target, u32> = g.hits(q).into_iter().collect();
+                assert_eq!(got.len(), g.hits(q).len(), "one entry per target: {q:?}");
+                assert_eq!(got, hits_by_scan(&g, q), "{q:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 1_000, "{checked}");
+
+        // A first keystroke with hundreds of matches (the table path), some
+        // targets matching it with two words.
+        let wide = Gazetteer::new(
+            (0..400)
+                .map(|i| {
+                    let b = format!("Бизнес центр Б{i}");
+                    a(
+                        &format!("ул. Бай{i}"),
+                        "1",
+                        (i % 3 == 0).then_some(b.as_str()),
+                        51.0,
+                    )
+                })
+                .collect(),
+        )
+        .unwrap();
+        for q in [
+            &["b".to_string()][..],
+            &["bai1".into()],
+            &["biznes".into(), "b".into()],
+            &["bai".into(), "bai3".into()],
+        ] {
+            let plan = wide.plan(&q[0]);
+            let got: HashMap<Target, u32> = wide.hits(q).into_iter().collect();
+            assert_eq!(got.len(), wide.hits(q).len(), "one entry per target: {q:?}");
+            assert_eq!(got, hits_by_scan(&wide, q), "{q:?}");
+            if q[0] == "b" {
+                assert!(plan.size() > DENSE_FROM, "the table path");
+                assert!(got.len() > 500, "{}", got.len());
+            }
+        }
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub use command::{
     RecommendTarget, UnitProfile,
 };
 pub use engine::{
-    Applied, Candidate, Engine, EngineConfig, EngineSnapshot, KeyRecord, PositionItem, Recommendation, Reply,
-    RosterUnit, RunCard, Shortfall,
+    Applied, Candidate, DutyWindow, Engine, EngineConfig, EngineSnapshot, KeyRecord, PositionItem,
+    Recommendation, Reply, RosterUnit, RunCard, Shortfall,
 };
 pub use error::CoreError;
 pub use event::{Change, Event, EventBody, Topic};

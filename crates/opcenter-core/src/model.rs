@@ -354,6 +354,19 @@ pub struct Unit {
     /// a dispatcher assigns it (shown only when false).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub tablet: bool,
+    /// Its shift from the roster (`"08:00-20:00"`, local time = UTC +
+    /// `dispatch.local_offset_min`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_duty: Option<String>,
+    /// Whether its shift was on at the last shift change the engine applied
+    /// (set for units with `on_duty`; our addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_shift: Option<bool>,
+    /// Its shift ended while it held an incident: it keeps the incident and
+    /// goes off duty when it is closed or the unit is taken off (our addition;
+    /// dispatchers are warned).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shift_ended: bool,
 }
 
 fn yes() -> bool {
@@ -364,6 +377,12 @@ fn yes() -> bool {
 #[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+// serde's skip_serializing_if hands a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Unit {
@@ -388,6 +407,9 @@ impl Unit {
             online: false,
             offline_since_ms: None,
             tablet: true,
+            on_duty: None,
+            on_shift: None,
+            shift_ended: false,
         }
     }
 

@@ -654,6 +654,30 @@ mod tests {
         assert_eq!(r.response_histogram[0].counts[6], 1);
     }
 
+    /// Reports group by the district an incident was created in; one outside
+    /// every zone counts as `unknown` (issue 15: reports by district).
+    #[test]
+    fn reports_group_by_the_district_at_creation() {
+        let mut f = Fold::new();
+        for (id, district) in [
+            ("I-1", Some("Central")),
+            ("I-2", Some("Zachagansky")),
+            ("I-3", Some("Central")),
+            ("I-4", None),
+        ] {
+            let mut i = inc(id, 2, IncidentStatus::Pending, &[], 1_000_000);
+            i.district = district.map(str::to_string);
+            f.add(&ev(Change::Created, i.clone()));
+            // Moved later (incident.update): the report keeps where it was created.
+            i.district = Some("Northern".into());
+            i.updated_ms = 1_100_000;
+            f.add(&ev(Change::Updated, i));
+        }
+        let r = f.report(0, i64::MAX, Grouping::District, &ReportConfig::default());
+        let got: Vec<(&str, u64)> = r.groups.iter().map(|g| (g.key.as_str(), g.incidents)).collect();
+        assert_eq!(got, [("Central", 2), ("Zachagansky", 1), (UNKNOWN_DISTRICT, 1)]);
+    }
+
     #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<i64> = (1..=10).collect();

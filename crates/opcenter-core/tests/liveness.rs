@@ -150,6 +150,7 @@ fn an_offered_unit_back_within_the_grace_keeps_its_offer() {
 fn a_radio_post_is_never_auto_dispatched_or_recommended_but_can_be_assigned() {
     let mut c = EngineConfig::default();
     c.roster.push(RosterUnit {
+        on_duty: None,
         agency: None,
         post: None,
         district: None,
@@ -207,6 +208,7 @@ fn a_restart_counts_the_grace_from_the_restart() {
 #[test]
 fn roster_values_win_over_snapshot_and_journal() {
     let roster = |callsign: &str, tablet: bool| RosterUnit {
+        on_duty: None,
         agency: None,
         post: None,
         district: None,

@@ -410,7 +410,18 @@ proptest! {
         steps in prop::collection::vec((step(), 0i64..15_000), 1..70),
         split in 0usize..70,
     ) {
-        let config = EngineConfig { max_speed_mps: 1e9, ..EngineConfig::default() };
+        // U0 and U1 work short shifts that open and close during the run
+        // (steps are up to 15 s apart, a run up to ~17 min).
+        let minute = u16::try_from((T0 / 60_000).rem_euclid(1440)).unwrap();
+        let shift = |id: &str, from: u16, to: u16| RosterUnit {
+            on_duty: Some(DutyWindow { from_min: (minute + from) % 1440, to_min: (minute + to) % 1440 }),
+            ..roster(id)
+        };
+        let config = EngineConfig {
+            max_speed_mps: 1e9,
+            roster: vec![shift("U0", 2, 6), shift("U1", 1439, 4)],
+            ..EngineConfig::default()
+        };
         let mut e = Engine::new(config.clone());
         let start = e.snapshot();
         let mut now = T0;

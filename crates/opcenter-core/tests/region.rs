@@ -204,6 +204,7 @@ fn an_officer_emergency_calls_every_agency() {
 fn post_and_car(post_kind: &str, car_lon: f64) -> Engine {
     let mut c = cfg();
     c.roster.push(RosterUnit {
+        on_duty: None,
         id: "MP-1".into(),
         callsign: Some("Modular post 1".into()),
         kind: Some(post_kind.into()),
@@ -278,6 +279,7 @@ fn a_pending_incident_beyond_the_radius_is_not_served_by_a_post() {
     let mut c = cfg();
     c.post_radius_m = 300.0;
     c.roster.push(RosterUnit {
+        on_duty: None,
         id: "DP-7".into(),
         callsign: None,
         kind: Some("district_post".into()),
@@ -350,17 +352,10 @@ fn beat_region_with(run_cards: Vec<RunCard>, offset_min: i64) -> Engine {
         },
     ];
     c.roster.push(RosterUnit {
-        id: "BEAT-1".into(),
-        callsign: None,
         kind: Some("car".into()),
-        capabilities: Vec::new(),
-        status: None,
-        location: None,
-        tablet: true,
-        agency: None,
-        post: None,
         district: Some("Central".into()),
         beat: Some("B-1".into()),
+        ..roster("BEAT-1")
     });
     Engine::new(c)
 }

@@ -153,6 +153,7 @@ fn eligibility_skips_busy_stale_incapable_far_and_off_duty() {
 fn roster_posts_never_go_stale_and_roster_details_win() {
     let mut c = cfg();
     c.roster.push(RosterUnit {
+        on_duty: None,
         agency: None,
         post: None,
         district: None,

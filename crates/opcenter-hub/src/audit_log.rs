@@ -55,6 +55,9 @@ pub enum Kind {
     RateLimited,
     /// A read of the audit trail (an incident's timeline).
     AuditRead,
+    /// A frame the server could not use (`bad_request` and the like on a
+    /// WebSocket; a hub's call the engine could not decode).
+    BadFrame,
     /// Entries lost because the writer's queue was full.
     Dropped,
 }

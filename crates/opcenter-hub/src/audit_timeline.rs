@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use opcenter_core::{Event, EventBody, Incident, Unit};
-use opcenter_store::{JournalReader, Record, StoreError};
+use opcenter_store::{Journal, JournalReader, Record, StoreError};
 use serde::Serialize;
 
 use crate::record::{self, DurabilityError, Origin};
@@ -276,6 +276,25 @@ pub fn timeline_in_dir(dir: &Path, id: &str) -> Result<Timeline, TimelineError> 
         first,
         |after, max| {
             reader
+                .read_from(after, max)
+                .map_err(|source| DurabilityError::Read { after, source })
+        },
+        id,
+    )?)
+}
+
+/// The timeline of `id` from a region's stream on NATS (`urls`: comma-separated),
+/// read-only: `opcenter audit show --region`. Blocks (a runtime of its own): call it
+/// off any async runtime. The chain is not walked here (`audit verify` does that).
+pub fn timeline_in_region(urls: &str, region: &str, id: &str) -> Result<Timeline, TimelineError> {
+    let mut opts = opcenter_cluster::JournalOptions::new(region);
+    opts.verify_chain = false;
+    let journal = opcenter_cluster::JetStreamJournal::connect(urls, opts)
+        .map_err(|e| TimelineError::Record(format!("opening region {region}'s stream: {e}")))?;
+    Ok(collect(
+        journal.first_seq(),
+        |after, max| {
+            journal
                 .read_from(after, max)
                 .map_err(|source| DurabilityError::Read { after, source })
         },

@@ -40,7 +40,8 @@ use opcenter_core::{
 };
 use opcenter_proto::ErrorCode;
 
-use crate::engine_task::{EngineQueue, RemoteOutcome, ReplyTo, Request};
+use crate::audit_log::{self, AuditLog};
+use crate::engine_task::{EngineQueue, RemoteOrigin, RemoteOutcome, ReplyTo, Request};
 
 /// Calls remembered by the engine for deduplication (a retry comes within
 /// `cluster.command_timeout_s`, so far fewer than this are ever needed).
@@ -89,8 +90,14 @@ pub(crate) struct Call {
 /// What a hub asks of the engine.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum CallBody {
-    /// A state-changing command of a client of the hub.
-    Command { actor: Actor, command: Command },
+    /// A state-changing command of a client of the hub, with the hub's session
+    /// that sent it (`<hub node id>/<session>`; none for the reports gateway).
+    Command {
+        actor: Actor,
+        command: Command,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+    },
     /// A tablet's hello on a hub: register the unit, count the session.
     Hello {
         session: String,
@@ -385,6 +392,7 @@ pub(crate) async fn serve_engine(
     queue: EngineQueue,
     mut positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
     recalled: Vec<(String, Bytes)>,
+    audit: AuditLog,
     stop: CancellationToken,
 ) {
     let subjects = Subjects::new(&region);
@@ -419,6 +427,15 @@ pub(crate) async fn serve_engine(
                 let call: Call = match rmp_serde::from_slice(&msg.payload) {
                     Ok(c) => c,
                     Err(e) => {
+                        audit.record(audit_log::Entry {
+                            kind: audit_log::Kind::BadFrame,
+                            reason: "bad_call".into(),
+                            subject: "-".into(),
+                            role: None,
+                            session: None,
+                            component: "engine",
+                            detail: e.to_string(),
+                        });
                         let a = encode(&Answer::refused(ErrorCode::BadRequest, format!("bad call: {e}")));
                         let _ = client.publish(reply_to, a).await;
                         continue;
@@ -437,7 +454,7 @@ pub(crate) async fn serve_engine(
                     let _ = queue.try_send(Request::Command {
                         actor: p.actor,
                         command: Command::Position { unit_id: p.unit_id, fix: p.fix },
-                        reply: ReplyTo::Remote(tx, None),
+                        reply: ReplyTo::Remote(tx, RemoteOrigin::default()),
                         received: Instant::now(),
                     });
                 }
@@ -480,8 +497,17 @@ fn remember(
 /// Applies one call through the engine thread and answers every attempt of it.
 async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mutex<Memory>>, call: Call) {
     let answer = match call.body {
-        CallBody::Command { actor, command } => {
-            command_answer(&queue, actor, command, Some(call.id.clone())).await
+        CallBody::Command {
+            actor,
+            command,
+            session,
+        } => {
+            // The engine thread logs its own `forbidden` answers, with this session.
+            let origin = RemoteOrigin {
+                call: Some(call.id.clone()),
+                session,
+            };
+            command_answer(&queue, actor, command, origin).await
         }
         CallBody::Hello {
             session,
@@ -495,7 +521,13 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
                     .or_default()
                     .insert(session);
             }
-            command_answer(&queue, actor, Command::RegisterUnit(profile), None).await
+            command_answer(
+                &queue,
+                actor,
+                Command::RegisterUnit(profile),
+                RemoteOrigin::default(),
+            )
+            .await
         }
         CallBody::Bye { session, unit } => {
             let last = {
@@ -514,7 +546,11 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
                     &queue,
                     Actor::system(),
                     Command::UnitOffline { unit_id: unit },
-                    None,
+                    // The hub session whose end it was, as on a single node.
+                    RemoteOrigin {
+                        call: None,
+                        session: Some(session),
+                    },
                 )
                 .await
             } else {
@@ -554,12 +590,12 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
     }
 }
 
-async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command, call: Option<String>) -> Answer {
+async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command, origin: RemoteOrigin) -> Answer {
     let (tx, rx) = oneshot::channel();
     let req = Request::Command {
         actor,
         command,
-        reply: ReplyTo::Remote(tx, call),
+        reply: ReplyTo::Remote(tx, origin),
         received: Instant::now(),
     };
     if queue.send(req).await.is_err() {

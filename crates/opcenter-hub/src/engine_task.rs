@@ -62,8 +62,18 @@ pub(crate) enum ReplyTo {
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
     /// A hub node's command, forwarded over NATS ([`crate::bridge`]): the engine's
     /// reply and the seq the journal reached when it was acknowledged.
-    /// A hub's call over NATS, with the call's id (written into the records).
-    Remote(oneshot::Sender<RemoteOutcome>, Option<String>),
+    /// A hub's call over NATS, with the call's id and the hub's session (written
+    /// into the records' actor).
+    Remote(oneshot::Sender<RemoteOutcome>, RemoteOrigin),
+}
+
+/// Where a hub's forwarded command came from, for its records' actor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RemoteOrigin {
+    /// The hub's call id.
+    pub(crate) call: Option<String>,
+    /// The hub's session (`<hub node id>/<session>`) that sent the command.
+    pub(crate) session: Option<String>,
 }
 
 /// A command's outcome for a hub node: the reply, and the last seq of the commit
@@ -424,6 +434,8 @@ pub(crate) struct EngineTask {
     /// Role `engine`: every batch's accepted position fixes also go to the hub
     /// nodes (published on `pos.<region>.out` by [`crate::bridge`]).
     positions_out: Option<mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
+    /// The refused-action log: the engine's own `forbidden` answers go there.
+    audit: Option<crate::audit_log::AuditLog>,
 }
 
 /// What recovery yields: the engine, the seq of the snapshot it started from,
@@ -506,10 +518,18 @@ impl EngineTask {
             last_state_seq: snapshot_seq,
             panic_on: std::env::var(PANIC_ENV).ok().filter(|v| !v.is_empty()),
             positions_out: None,
+            audit: None,
         }
     }
 
     /// Also hands each batch's accepted position fixes to `out` (role `engine`).
+    /// Logs the engine's `forbidden` answers into `audit` (a unit acting on an
+    /// incident that is not its own: the session's role check allowed the type).
+    pub(crate) fn with_audit(mut self, audit: crate::audit_log::AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
     pub(crate) fn with_positions_out(
         mut self,
         out: Option<mpsc::UnboundedSender<Vec<opcenter_core::PositionItem>>>,
@@ -600,15 +620,28 @@ impl EngineTask {
                     let mut assigned = false;
                     let session = match &reply {
                         ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
-                        // A hub node's command names its actor but not the hub's
-                        // session (not carried by the bridge yet).
-                        ReplyTo::Http(_) | ReplyTo::Remote(..) => None,
+                        // A hub node's command: the hub's session, as the bridge carried it.
+                        ReplyTo::Remote(_, o) => o.session.as_deref(),
+                        ReplyTo::Http(_) => None,
                     };
                     let mut origin = Origin::new(&actor, session, now);
-                    if let ReplyTo::Remote(_, call) = &reply {
-                        origin.call = call.clone();
+                    if let ReplyTo::Remote(_, o) = &reply {
+                        origin.call = o.call.clone();
                     }
                     let result = self.engine.apply(&actor, command, now);
+                    if let (Err(e), Some(audit)) = (&result, &self.audit)
+                        && ErrorCode::from(e) == ErrorCode::Forbidden
+                    {
+                        audit.record(crate::audit_log::Entry {
+                            kind: crate::audit_log::Kind::Forbidden,
+                            reason: name.to_string(),
+                            subject: origin.sub.clone(),
+                            role: Some(origin.role.clone()),
+                            session: origin.session.clone(),
+                            component: "engine",
+                            detail: e.to_string(),
+                        });
+                    }
                     let result =
                         result.and_then(|applied| self.refuse_oversized(applied, &events.events, &origin));
                     let result = result.map(|(mut applied, records)| {
@@ -754,9 +787,12 @@ impl EngineTask {
             Ok(first_seq) => {
                 let read_at = std::mem::take(&mut events.read_at);
                 let events: Vec<Arc<Event>> = events.events.into_iter().map(Arc::new).collect();
-                for (i, (event, read_at)) in events.iter().zip(read_at).enumerate() {
-                    self.fanout.publish(first_seq + i as u64, event, read_at);
-                }
+                let frames: Vec<_> = events
+                    .iter()
+                    .zip(read_at)
+                    .enumerate()
+                    .map(|(i, (event, read_at))| self.fanout.publish(first_seq + i as u64, event, read_at))
+                    .collect();
                 self.fanout.wake();
                 if let Some(out) = self.positions_out.as_ref().filter(|_| !positions.is_empty()) {
                     let _ = out.send(positions.clone());
@@ -766,6 +802,7 @@ impl EngineTask {
                     let _ = self.reads.send(ReadRequest::Committed(Committed {
                         first_seq,
                         events,
+                        frames,
                         positions,
                         next_incident_no,
                         state,

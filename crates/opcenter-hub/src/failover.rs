@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -134,23 +135,49 @@ pub(crate) async fn take_over(
 
 /// Keeps the lease while active: renews every TTL/3; when it is lost (another
 /// node holds it) sends the reason on `lost` and ends. On `stop` returns the lease (for a clean release).
+///
+/// A renewal that fails or times out is not simply retried: the key is read back,
+/// and if another node or epoch holds it the lease is lost now (an engine with
+/// nothing to append would otherwise never be fenced). An announcement of a
+/// higher epoch on `engine.<region>.active` also means lost, whatever the lease
+/// bucket answers.
 async fn keep_lease(
     bucket: async_nats::jetstream::kv::Store,
     names: RegionNames,
     mut lease: Lease,
+    mut takeovers: Option<async_nats::Subscriber>,
     takeover_seq: watch::Receiver<u64>,
     lost: watch::Sender<Option<String>>,
     stop: CancellationToken,
 ) -> Option<Lease> {
     let every = lease.ttl() / 3;
-    loop {
+    let outcome = loop {
+        let announced = async {
+            match takeovers.as_mut() {
+                Some(sub) => sub.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return Some(lease),
+            msg = announced => {
+                match msg {
+                    Some(msg) => match newer_engine(&msg.payload, lease.epoch()) {
+                        Some(why) => break why,
+                        None => continue,
+                    },
+                    // The subscription ended (the client closed): renewals still tell.
+                    None => {
+                        takeovers = None;
+                        continue;
+                    }
+                }
+            }
             _ = tokio::time::sleep(every) => {}
         }
         lease.set_stream_seq(*takeover_seq.borrow());
         let wait = lease.remaining().max(lease.ttl() / 3);
-        let outcome = match tokio::time::timeout(wait, lease.renew()).await {
+        let failed = match tokio::time::timeout(wait, lease.renew()).await {
             Ok(Ok(())) => {
                 metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "ok").increment(1);
                 continue;
@@ -170,29 +197,52 @@ async fn keep_lease(
                         lease = again;
                         continue;
                     }
-                    _ => e.to_string(),
+                    _ => break e.to_string(),
                 }
             }
-            // A transient failure (a leader election of the bucket): keep trying.
-            // Past the TTL a standby may take the lease; its takeover message then
-            // fences our next append, which stops us (the stream, not the clock,
-            // is what keeps two writers apart).
-            Ok(Err(e)) => {
-                metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "error").increment(1);
-                tracing::warn!(error = %e, expired = lease.expired(), "lease renewal failed; retrying");
-                continue;
-            }
-            Err(_) => {
-                metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "error").increment(1);
-                tracing::warn!("lease renewal timed out; retrying");
-                continue;
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {wait:?}"),
         };
-        metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "lost").increment(1);
-        tracing::error!(reason = %outcome, "lease lost: this engine stops appending and serving");
-        lost.send_replace(Some(format!("lease lost: {outcome}")));
-        return None;
-    }
+        // A transient failure (a leader election of the bucket, a reconnect after
+        // this process was paused): who holds the key now? Another node or epoch
+        // means lost; ours, absent or unreadable means keep trying (past the TTL a
+        // standby may take it, and its takeover message fences our next append).
+        metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "error").increment(1);
+        match tokio::time::timeout(wait, lease_taken_by_another(&bucket, &names, &lease)).await {
+            Ok(Some(why)) => break why,
+            _ => tracing::warn!(error = %failed, expired = lease.expired(), "lease renewal failed; retrying"),
+        }
+    };
+    metrics::counter!(metric::LEASE_RENEWALS, "outcome" => "lost").increment(1);
+    tracing::error!(reason = %outcome, "lease lost: this engine stops appending and serving");
+    lost.send_replace(Some(format!("lease lost: {outcome}")));
+    None
+}
+
+/// `Some(why)` when the lease key names another holder than `lease` (another
+/// node, or another epoch of ours: a restarted process of this node).
+async fn lease_taken_by_another(
+    bucket: &async_nats::jetstream::kv::Store,
+    names: &RegionNames,
+    lease: &Lease,
+) -> Option<String> {
+    let holder = opcenter_cluster::lease_holder(bucket, names).await.ok()??;
+    let ours = lease.value();
+    (holder.node != ours.node || holder.epoch != ours.epoch).then(|| {
+        format!(
+            "the lease key is held by {} (epoch {}), not by us (epoch {})",
+            holder.node, holder.epoch, ours.epoch
+        )
+    })
+}
+
+/// `Some(why)` when an announcement (`"<node> <epoch>"`) names an epoch above
+/// `ours`: another engine took the region over.
+fn newer_engine(announcement: &[u8], ours: u64) -> Option<String> {
+    let text = String::from_utf8_lossy(announcement);
+    let (node, epoch) = text.trim().rsplit_once(' ')?;
+    let epoch: u64 = epoch.parse().ok()?;
+    (epoch > ours).then(|| format!("{node} announced itself active with epoch {epoch} (ours {ours})"))
 }
 
 /// Tells the hubs a new engine is active (they re-announce their tablets).
@@ -250,7 +300,19 @@ impl Active {
         let (takeover_seq, seq_rx) = watch::channel(0);
         let stop = CancellationToken::new();
         let epoch = lease.epoch();
-        let keeper = tokio::spawn(keep_lease(bucket, names, lease, seq_rx, lost_tx, stop.clone()));
+        let (watcher, keeper_stop) = (client.clone(), stop.clone());
+        let keeper = tokio::spawn(async move {
+            // Subscribed before the first renewal, so a takeover announced while
+            // this engine replays is not missed.
+            let takeovers = match watcher.subscribe(active_subject(&names.region)).await {
+                Ok(sub) => Some(sub),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for takeovers: only the lease tells");
+                    None
+                }
+            };
+            keep_lease(bucket, names, lease, takeovers, seq_rx, lost_tx, keeper_stop).await
+        });
         Active {
             client,
             epoch,
@@ -272,5 +334,94 @@ impl Active {
                 Err(_) => tracing::warn!("lease release timed out: it lapses after its TTL"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opcenter_cluster::testing::NatsCluster;
+
+    #[test]
+    fn only_an_announcement_of_a_higher_epoch_means_lost() {
+        assert!(newer_engine(b"b 12", 11).is_some());
+        assert!(newer_engine(b"b 11", 11).is_none(), "our own announcement");
+        assert!(newer_engine(b"old 3", 11).is_none());
+        assert!(newer_engine(b"garbage", 11).is_none());
+    }
+
+    /// A bucket of `ttl` on a fresh one-node cluster, and a lease of node `a` in it.
+    async fn held(
+        nats: &NatsCluster,
+        ttl: Duration,
+    ) -> (
+        async_nats::Client,
+        async_nats::jetstream::kv::Store,
+        RegionNames,
+        Lease,
+    ) {
+        let client = opcenter_cluster::connect(&nats.urls()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let names = RegionNames::new("fo").unwrap();
+        // A freshly started server may still elect its meta leader.
+        let bucket = retry_transient(Duration::from_secs(30), || {
+            opcenter_cluster::lease_bucket(&js, &names, 1, ttl)
+        })
+        .await
+        .unwrap();
+        let lease = Lease::take(&bucket, &names, "a", ttl).await.unwrap();
+        (client, bucket, names, lease)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_key_read_back_tells_whether_another_node_holds_the_lease() {
+        let Some(nats) = NatsCluster::start_or_skip(1) else {
+            return;
+        };
+        let ttl = Duration::from_secs(1);
+        let (_client, bucket, names, a) = held(&nats, ttl).await;
+        assert_eq!(lease_taken_by_another(&bucket, &names, &a).await, None);
+        // a stops renewing; b takes the lapsed lease: a's read-back says lost.
+        let b = tokio::time::timeout(Duration::from_secs(30), Lease::take(&bucket, &names, "b", ttl))
+            .await
+            .expect("b takes the lapsed lease")
+            .unwrap();
+        let why = lease_taken_by_another(&bucket, &names, &a)
+            .await
+            .expect("held by b");
+        assert!(why.contains("held by b"), "{why}");
+        assert_eq!(lease_taken_by_another(&bucket, &names, &b).await, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_active_engine_that_hears_a_higher_epoch_announced_knows_its_lease_is_lost() {
+        let Some(nats) = NatsCluster::start_or_skip(1) else {
+            return;
+        };
+        // A long TTL: the renewals keep succeeding, only the announcement tells.
+        let ttl = Duration::from_secs(30);
+        let (client, bucket, names, lease) = held(&nats, ttl).await;
+        let epoch = lease.epoch();
+        let mut active = Active::keep(bucket, names, lease, client.clone());
+        // The keeper subscribes in its task: announce until it has heard.
+        let heard = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                announce_active(&client, "fo", "b", epoch + 1).await;
+                if tokio::time::timeout(Duration::from_millis(200), active.lost.changed())
+                    .await
+                    .is_ok()
+                {
+                    return active.lost.borrow().clone();
+                }
+            }
+        })
+        .await
+        .expect("the keeper heard the takeover");
+        let why = heard.expect("lost");
+        assert!(why.contains("b announced itself active"), "{why}");
+        assert!(
+            active.keeper.await.unwrap().is_none(),
+            "a lost lease is not handed back for release"
+        );
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opcenter_core::{Event, EventBody, Topic};
+use opcenter_proto::Encoding;
 use opcenter_proto::client::{SubTopic, Subscribe};
 use opcenter_proto::server::EventFrame;
 
@@ -43,13 +44,18 @@ pub(crate) struct Fanout {
     region: Option<Arc<str>>,
 }
 
+/// An event's frame per encoding ([`Encoding::index`]), where made.
+pub(crate) type EventFrames = [Option<Prepared>; 2];
+
 /// Encodes and frames an event lazily, once per encoding (and once more per
-/// encoding with its region, for multi-region subscriptions).
+/// encoding with its region, for multi-region subscriptions). Only the
+/// untagged frames are handed to the read model's shared frame cache.
 struct Lazy<'a> {
     seq: u64,
     event: &'a Event,
     region: Option<&'a str>,
-    frames: [Option<Prepared>; 4],
+    frames: EventFrames,
+    tagged: EventFrames,
 }
 
 impl<'a> Lazy<'a> {
@@ -58,20 +64,49 @@ impl<'a> Lazy<'a> {
             seq,
             event,
             region,
-            frames: [None, None, None, None],
+            frames: [None, None],
+            tagged: [None, None],
         }
     }
 
     fn get(&mut self, outbox: &Outbox) -> Option<&Prepared> {
-        let encoding = outbox.encoding;
-        let region = self.region.filter(|_| outbox.region_tags());
-        let slot = &mut self.frames[encoding.index() + 2 * usize::from(region.is_some())];
-        if slot.is_none() {
-            let frame = EventFrame::new(self.seq, self.event).in_region(region);
-            *slot = wire::message(encoding, &frame).map(|m| Prepared::of(&m));
+        match self.region.filter(|_| outbox.region_tags()) {
+            Some(region) => {
+                let slot = &mut self.tagged[outbox.encoding.index()];
+                if slot.is_none() {
+                    *slot = encode_frame(self.seq, self.event, outbox.encoding, Some(region));
+                }
+                slot.as_ref()
+            }
+            None => frame_of(&mut self.frames, self.seq, self.event, outbox.encoding),
         }
-        slot.as_ref()
     }
+}
+
+/// The event's frame in `encoding` from `frames`, encoded and kept there first
+/// if missing (`None` only if it cannot be encoded).
+pub(crate) fn frame_of<'f>(
+    frames: &'f mut EventFrames,
+    seq: u64,
+    event: &Event,
+    encoding: Encoding,
+) -> Option<&'f Prepared> {
+    let slot = &mut frames[encoding.index()];
+    if slot.is_none() {
+        *slot = encode_frame(seq, event, encoding, None);
+    }
+    slot.as_ref()
+}
+
+/// The event's frame in `encoding`, tagged with `region` when given (a
+/// multi-region subscription's); `None` only if it cannot be encoded.
+pub(crate) fn encode_frame(
+    seq: u64,
+    event: &Event,
+    encoding: Encoding,
+    region: Option<&str>,
+) -> Option<Prepared> {
+    wire::message(encoding, &EventFrame::new(seq, event).in_region(region)).map(|m| Prepared::of(&m))
 }
 
 impl Fanout {
@@ -92,7 +127,12 @@ impl Fanout {
     /// [`Fanout::wake`], once per batch. `read_at`: when the `incident.create`
     /// that caused it was read; an assignment carries it to the tablet's writer,
     /// which records the time until it is on the socket.
-    pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) {
+    ///
+    /// Returns the untagged frames it made (one per encoding some recipient
+    /// uses): the read model keeps them for `since` replays
+    /// ([`crate::read_model`]), so an event is encoded once per encoding for
+    /// live delivery and replays alike. Region-tagged frames are not returned.
+    pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) -> EventFrames {
         let mut lazy = Lazy::new(seq, event, self.region.as_deref());
         let urgent = event.topic() == Topic::Assignments;
         let filtered: Vec<Arc<Outbox>>;
@@ -129,6 +169,7 @@ impl Fanout {
             }
         }
         self.deliveries += list.len() as u64;
+        lazy.frames
     }
 
     /// Wakes every writer with queued events: tablets with a new assignment

@@ -670,7 +670,8 @@ pub(crate) async fn geocode(
 /// How many matches `GET /v1/geocode` returns without `limit`.
 const DEFAULT_GEOCODE_LIMIT: usize = 5;
 
-/// `GET /v1/console/config`: the console's initial map view and districts.
+/// `GET /v1/console/config`: the console's initial map view and districts, and
+/// the region's local time offset (`dispatch.local_offset_min`: shifts).
 pub(crate) async fn console_config(State(app): State<Arc<App>>) -> Response {
     let c = &app.settings.console;
     let dlat = c.radius_m / 111_195.0;
@@ -685,6 +686,7 @@ pub(crate) async fn console_config(State(app): State<Arc<App>>) -> Response {
         "extent": {"south": c.center.lat - dlat, "west": c.center.lon - dlon,
                    "north": c.center.lat + dlat, "east": c.center.lon + dlon},
         "districts": districts,
+        "local_offset_min": app.settings.engine.local_offset_min,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

@@ -16,6 +16,8 @@
 //! - `fanout`: live-event subscriber lists (on the engine thread).
 //! - `read_model`: the read copy fed by committed batches: subscribe snapshots,
 //!   `since` resumes, position batches, incident lookups, periodic snapshots.
+//! - `replay`: `since` replays served a bounded step at a time, and the frame
+//!   cache they share.
 //! - `outbox`: one session's bounded outbound queue.
 //! - `session`: one WebSocket session: hello, role matrix, reader and writer.
 //! - `http`: reports gateway, incident lookup, health, metrics, console files.
@@ -49,6 +51,7 @@ mod mirror;
 mod outbox;
 mod read_model;
 mod record;
+mod replay;
 mod report;
 mod session;
 mod settings;
@@ -74,7 +77,9 @@ pub use audit_log::{
     AUDIT_LOG_FILE, AuditLogError, Kind as AuditKind, Line as AuditLine, LogVerified,
     read_lines as read_audit_log, verify as verify_audit_log,
 };
-pub use audit_timeline::{Step as TimelineStep, Timeline, TimelineError, timeline_in_dir};
+pub use audit_timeline::{
+    Step as TimelineStep, Timeline, TimelineError, timeline_in_dir, timeline_in_region,
+};
 pub use record::Origin as RecordActor;
 pub use report::{ReportError, ReportQuery, report_offline};
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
@@ -250,7 +255,7 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// Events kept in memory for fast resumes (older ones are read from the journal).
 fn memory_history(settings: &Settings) -> usize {
-    settings.hub.history_events.min(20_000) as usize
+    settings.hub.memory_history_events
 }
 
 /// A started server: state recovered, engine thread running, not yet serving.
@@ -316,7 +321,7 @@ impl Server {
                     )
                 }
             };
-            let mut journal = open_region_journal(&cluster).await?;
+            let mut journal = open_region_journal(&cluster, &settings).await?;
             if let Some(a) = &active {
                 let (j, seq) = failover::take_over(journal, &cluster, a.epoch).await?;
                 a.takeover_seq.send_replace(seq);
@@ -421,13 +426,14 @@ impl Server {
         cluster: ClusterSettings,
     ) -> Result<Server, HubError> {
         let client = connect_nats(&cluster).await?;
+        let audit = audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?;
         let mut regions = Vec::new();
         for name in &cluster.regions {
             let one = ClusterSettings {
                 region: name.clone(),
                 ..cluster.clone()
             };
-            let journal = Box::new(open_region_journal(&one).await?);
+            let journal = Box::new(open_region_journal(&one, &settings).await?);
             let recovered = recover_region(&settings, journal)
                 .await?
                 .map_err(|e| HubError::DeskRegion {
@@ -446,10 +452,10 @@ impl Server {
                 region: name.clone(),
             };
             let named = Some(Arc::from(name.as_str()));
-            regions.push(start_region(&settings, named, recovered, true, node)?);
+            regions.push(start_region(&settings, named, recovered, true, node, &audit)?);
         }
         tracing::info!(regions = ?cluster.regions, "national desk serving");
-        Self::assemble(listener, settings, regions, true)
+        Self::assemble(listener, settings, regions, audit)
     }
 
     /// Whatever keeps us from the data (it cannot be opened, or the engine cannot
@@ -472,8 +478,10 @@ impl Server {
             history: Vec::new(),
         };
         let node = Node::Engine { positions_out: None };
-        let region = start_region(&settings, None, recovered, false, node)?;
-        Self::assemble(listener, settings, vec![region], false)
+        // Over data that could not be read, nothing is written to the data dir.
+        let audit = audit_log::AuditLog::disabled();
+        let region = start_region(&settings, None, recovered, false, node, &audit)?;
+        Self::assemble(listener, settings, vec![region], audit)
     }
 
     /// One region (`cluster.region`, or none in one process) over its recovered state.
@@ -484,8 +492,9 @@ impl Server {
         node: Node,
     ) -> Result<Server, HubError> {
         let name = settings.cluster.as_ref().map(|c| Arc::from(c.region.as_str()));
-        let region = start_region(&settings, name, recovered, true, node)?;
-        Self::assemble(listener, settings, vec![region], true)
+        let audit = audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?;
+        let region = start_region(&settings, name, recovered, true, node, &audit)?;
+        Self::assemble(listener, settings, vec![region], audit)
     }
 
     /// The server around its started regions (the first is its own).
@@ -493,14 +502,8 @@ impl Server {
         listener: TcpListener,
         settings: Settings,
         regions: Vec<(Region, std::thread::JoinHandle<()>)>,
-        healthy: bool,
+        audit: audit_log::AuditLog,
     ) -> Result<Server, HubError> {
-        // Over data that could not be read, nothing is written to the data dir.
-        let audit = if healthy {
-            audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?
-        } else {
-            audit_log::AuditLog::disabled()
-        };
         if settings.uses_dev_secret() {
             tracing::warn!("running with the development JWT secret: set auth.jwt_secret for real use");
         }
@@ -568,6 +571,7 @@ impl Server {
                 app.home().engine_tx.clone(),
                 b.positions,
                 recalled,
+                app.audit.clone(),
                 stop_ticks.clone(),
             ));
         }
@@ -685,7 +689,10 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         // The engine thread ends when the last sender is gone; sessions that
         // outlived the deadline may still hold one, so do not wait past it.
-        drop(app);
+        // The last reference may hold a journal, whose own runtime must not be
+        // dropped on a runtime thread (tokio panics): drop it on a blocking one.
+        let dropped = tokio::task::spawn_blocking(move || drop(app));
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), dropped).await;
         let waited = tokio::task::spawn_blocking(move || {
             for thread in engine_threads {
                 let _ = thread.join();
@@ -760,6 +767,7 @@ fn start_region(
     recovered: Recovered,
     healthy: bool,
     node: Node,
+    audit: &audit_log::AuditLog,
 ) -> Result<(Region, std::thread::JoinHandle<()>), HubError> {
     let Recovered {
         engine,
@@ -815,7 +823,8 @@ fn start_region(
                 settings,
                 snapshot_seq,
             )
-            .with_positions_out(positions_out);
+            .with_positions_out(positions_out)
+            .with_audit(audit.clone());
             std::thread::Builder::new()
                 .name("opcenter-engine".into())
                 .spawn(move || task.run(engine_rx))?
@@ -858,9 +867,15 @@ fn start_region(
 /// own one-thread runtime, so NATS I/O never waits behind the sessions' tasks.
 async fn open_region_journal(
     cluster: &ClusterSettings,
+    settings: &Settings,
 ) -> Result<opcenter_cluster::JetStreamJournal, HubError> {
     let mut opts = opcenter_cluster::JournalOptions::new(cluster.region.clone()).replicas(cluster.replicas);
     opts.publish_deadline = cluster.publish_deadline;
+    // An engine walks the audit chain before it writes; a hub never appends.
+    opts.verify_chain = cluster.role != ClusterRole::Hub;
+    opts.accept_broken_chain = settings.accept_broken_chain;
+    opts.checkpoint_records = settings.audit_checkpoint_records;
+    opts.checkpoint_interval = settings.audit_checkpoint_interval;
     let urls = cluster.nats.join(",");
     tracing::info!(region = %cluster.region, nats = %urls, replicas = cluster.replicas, "opening the region's JetStream journal");
     tokio::task::spawn_blocking(move || opcenter_cluster::JetStreamJournal::connect(&urls, opts))

@@ -25,6 +25,11 @@ pub(crate) const EVENT_DELIVERIES: &str = "opcenter_event_deliveries_total";
 /// Counter: writes to session sockets (one per drained batch: compare with
 /// `opcenter_event_deliveries_total` for deliveries per write).
 pub(crate) const SOCKET_WRITES: &str = "opcenter_socket_writes_total";
+/// Counter: event frames of `since` replays, by `source`: `cache` (made
+/// before, by the live fan-out or an earlier replay) or `encoded` (made now).
+pub(crate) const REPLAY_FRAMES: &str = "opcenter_replay_frames_total";
+/// Gauge: estimated bytes held by the replay frame cache (`hub.frame_cache_bytes`).
+pub(crate) const REPLAY_CACHE_BYTES: &str = "opcenter_replay_cache_bytes";
 /// Counter: sessions closed because their queue overflowed (4008).
 pub(crate) const QUEUE_OVERFLOWS: &str = "opcenter_queue_overflows_total";
 /// Gauge: open sessions by `role`.

@@ -44,6 +44,9 @@ use crate::{metric, record, wire};
 
 /// How often the stream's identity is checked (a replaced stream).
 const EPOCH_CHECK: Duration = Duration::from_secs(2);
+/// How long the hub's follower may read nothing while the stream holds more before
+/// its consumer is created again (its NATS server went away).
+const STALLED: Duration = Duration::from_secs(3);
 
 /// What reaches the feed thread besides the sessions' requests.
 #[allow(clippy::large_enum_variant)] // moved once through a channel
@@ -192,8 +195,19 @@ impl Mirror {
                 }
                 let forward = self.forward.clone();
                 let tx = self.feed_tx.clone();
+                // The engine writes the hub's session into the records' actor.
+                let session = match &reply {
+                    ReplyTo::Session { outbox, .. } => Some(forward.session_key(&outbox.session)),
+                    _ => None,
+                };
                 self.handle.spawn(async move {
-                    let answer = forward.call(CallBody::Command { actor, command }).await;
+                    let answer = forward
+                        .call(CallBody::Command {
+                            actor,
+                            command,
+                            session,
+                        })
+                        .await;
                     let _ = tx.send(Feed::Answer {
                         reply,
                         name,
@@ -306,6 +320,7 @@ impl Mirror {
                 let _ = self.reads.send(ReadRequest::Committed(Committed {
                     first_seq: self.last_seq + 1,
                     events: Vec::new(),
+                    frames: Vec::new(),
                     positions,
                     next_incident_no: self.engine.next_incident_no(),
                     state: None,
@@ -381,15 +396,17 @@ impl Mirror {
                 }
             }
         }
+        let mut frames = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
             self.engine.restore(event);
-            self.fanout.publish(first_seq + i as u64, event, None);
+            frames.push(self.fanout.publish(first_seq + i as u64, event, None));
         }
         self.fanout.wake();
         self.last_seq = first_seq + events.len() as u64 - 1;
         let _ = self.reads.send(ReadRequest::Committed(Committed {
             first_seq,
             events,
+            frames,
             positions: Vec::new(),
             next_incident_no: self.engine.next_incident_no(),
             state: None,
@@ -493,6 +510,8 @@ pub(crate) async fn follow(
                 continue 'restart;
             }
         };
+        // Since when the follower has stood at this stream seq behind the stream's end.
+        let mut behind: Option<(u64, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
                 b = follower.next_batch() => match b {
@@ -520,8 +539,8 @@ pub(crate) async fn follow(
                     }
                 }
                 _ = check.tick() => {
-                    match opcenter_cluster::stream_epoch(&js, &region).await {
-                        Ok(Some(now)) if now != epoch => {
+                    match opcenter_cluster::stream_head(&js, &region).await {
+                        Ok(Some((now, _))) if now != epoch => {
                             let _ = feed.send(Feed::Lost(format!("stream epoch is now {now}, was {epoch}")));
                             return;
                         }
@@ -529,6 +548,27 @@ pub(crate) async fn follow(
                             let _ = feed.send(Feed::Lost("the region's stream was deleted".into()));
                             return;
                         }
+                        // The stream holds messages this follower has not read, and it
+                        // has read nothing for `STALLED`: its consumer's server is gone
+                        // (a NATS node restarted), which the ordered consumer notices
+                        // only after two missed 15 s heartbeats. Follow again from
+                        // where it stands.
+                        Ok(Some((_, last))) if last > follower.stream_seq() => {
+                            let read = follower.stream_seq();
+                            match behind {
+                                Some((at, since)) if at == read && since.elapsed() >= STALLED => {
+                                    tracing::warn!(
+                                        read,
+                                        stream_end = last,
+                                        "stream consumer stalled behind the stream's end; following again"
+                                    );
+                                    continue 'restart;
+                                }
+                                Some((at, _)) if at == read => {}
+                                _ => behind = Some((read, tokio::time::Instant::now())),
+                            }
+                        }
+                        Ok(Some(_)) => behind = None,
                         // Same stream, or NATS busy: the next check tells.
                         _ => {}
                     }

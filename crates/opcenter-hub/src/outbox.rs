@@ -9,9 +9,10 @@
 //!
 //! A `subscribe` reserves its place in the queue on the engine thread (so live
 //! events registered after it queue behind it) and the read model fills that
-//! place later with the reply and any replayed events. The writer sends nothing
-//! past an unfilled place, and what fills it does not count against the bound:
-//! a snapshot of a large city is one answer to one request, not a backlog.
+//! place later with the reply and any replayed events (a long replay in parts,
+//! each put just before the place, which the last part ends). The writer sends
+//! nothing past an unfilled place, and what fills it does not count against the
+//! bound: a snapshot of a large city is one answer to one request, not a backlog.
 //!
 //! Owns: the queue and its limits. Must never: block (the lock is held for a
 //! push or a drain only, never across an `.await`).
@@ -227,24 +228,40 @@ impl Outbox {
         Some(token)
     }
 
-    /// Puts `frames` in the place `token` reserved and wakes the writer. They
-    /// do not count against the bound. A no-op once the session closed.
-    pub(crate) fn fill(&self, token: u64, frames: Vec<Message>) {
+    /// Puts `frames` in the place `token` reserved, ends the reservation and
+    /// wakes the writer. They do not count against the bound. A no-op once the
+    /// session closed.
+    pub(crate) fn fill(&self, token: u64, frames: Vec<Prepared>) {
+        self.fill_part(token, frames, true);
+    }
+
+    /// Puts `frames` just before the place `token` reserved (so the writer may
+    /// send them already) and wakes the writer; `last`: the reservation ends
+    /// here. A long `since` replay arrives this way, one step at a time, in
+    /// order. The frames do not count against the bound. Returns false once
+    /// the session closed (or the reservation is gone): the caller may stop.
+    pub(crate) fn fill_part(&self, token: u64, frames: Vec<Prepared>, last: bool) -> bool {
         let mut st = self.lock();
         let Some(at) = st
             .frames
             .iter()
             .position(|s| matches!(s, Slot::Reserved(t) if *t == token))
         else {
-            return;
+            return false;
         };
-        st.frames.remove(at);
-        for (i, f) in frames.iter().enumerate() {
-            st.frames
-                .insert(at + i, Slot::Frame(Prepared::of(f), false, None));
+        // The place is near the front (the writer drains everything before
+        // it), so each insert shifts only the few slots ahead of it.
+        let mut at = at;
+        for f in frames {
+            st.frames.insert(at, Slot::Frame(f, false, None));
+            at += 1;
+        }
+        if last {
+            st.frames.remove(at);
         }
         drop(st);
         self.notify.notify_one();
+        true
     }
 
     /// Queues a position batch encoded once for many sessions (`frame`), whose
@@ -474,13 +491,31 @@ mod tests {
         assert_eq!(d.frames, vec![text("before")]);
         assert!(d.positions.is_none(), "positions wait behind the reply");
         // 500 bytes of reply into a 100-byte queue: not an overflow.
-        ob.fill(slot, vec![Message::Text("r".repeat(500).into())]);
+        ob.fill(slot, vec![text(&"r".repeat(500))]);
         let d = ob.drain().await;
         assert!(d.close.is_none());
         assert_eq!(d.frames.len(), 2);
         assert_eq!(d.frames[0].payload_len(), 500);
         assert_eq!(d.frames[1], text("live"));
         assert!(d.positions.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_reply_filled_in_parts_goes_out_in_order_before_what_queued_behind_it() {
+        let ob = Outbox::new("s".into(), Encoding::Json, 100);
+        let slot = ob.reserve().unwrap();
+        ob.push(Message::Text("live".into()));
+        ob.push_positions(&Message::Text("pos".into()), &vec![item("P-1", 1)].into());
+        assert!(ob.fill_part(slot, vec![text("ok"), text("e1")], false));
+        let d = ob.drain().await;
+        assert_eq!(d.frames, vec![text("ok"), text("e1")], "parts go as they come");
+        assert!(d.positions.is_none(), "positions wait for the whole reply");
+        assert!(ob.fill_part(slot, vec![text("e2")], false));
+        assert!(ob.fill_part(slot, vec![text("e3")], true));
+        let d = ob.drain().await;
+        assert_eq!(d.frames, vec![text("e2"), text("e3"), text("live")]);
+        assert!(d.positions.is_some());
+        assert!(!ob.fill_part(slot, vec![text("late")], true), "the place is gone");
     }
 
     #[tokio::test]

@@ -10,7 +10,10 @@
 //!   from memory or (deep resumes) from the journal on disk, into the place the
 //!   engine thread reserved in the session's queue when it registered the
 //!   subscription (see [`crate::fanout`]). Because the engine thread sends the
-//!   batch before the subscribe, the state here is exactly at the cut;
+//!   batch before the subscribe, the state here is exactly at the cut. A
+//!   replay is a [`Job`] served `hub.replay_step_events` at a time
+//!   ([`crate::replay`]): everything waiting in the channel and a due position
+//!   batch go before each next step;
 //! - position batches to `positions` subscribers, per area, every
 //!   `hub.position_interval_ms`;
 //! - `GET /v1/incidents/{id}` and `GET /v1/incidents/{id}/eido`;
@@ -26,7 +29,8 @@
 //!
 //! Owns: the read copy, the in-memory history, the positions subscribers.
 //! Must never: block the engine thread (the channel is unbounded and the
-//! journal lock is taken one bounded chunk at a time).
+//! journal lock is taken one bounded chunk at a time), or hold commits and
+//! positions behind more than one replay step.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -36,14 +40,17 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::Message;
 use tokio::sync::oneshot;
 
-use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Topic, Unit};
+use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Unit};
 use opcenter_proto::client::{SubTopic, Subscribe};
-use opcenter_proto::server::{EventFrame, SubscribeOk, Subscribed};
+use opcenter_proto::server::{SubscribeOk, Subscribed};
 use opcenter_store::Journal;
 
 use crate::engine_task::Shared;
+use crate::fanout::EventFrames;
+use crate::frame::Prepared;
 use crate::outbox::Outbox;
 use crate::record::{self, DurabilityError};
+use crate::replay::{Filter, FrameCache, JOURNAL_CHUNK, Job, Progress, Sources};
 use crate::wire;
 
 /// The journal, shared by the engine thread (appends) and the read model
@@ -56,14 +63,14 @@ pub(crate) fn lock(journal: &SharedJournal) -> MutexGuard<'_, Box<dyn Journal>> 
     journal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Records read from the journal per lock hold during a deep resume.
-const JOURNAL_CHUNK: usize = 1024;
-
 /// One group commit, as the read model needs it.
 pub(crate) struct Committed {
     /// Seq of `events[0]` (or the next seq, when `events` is empty).
     pub(crate) first_seq: u64,
     pub(crate) events: Vec<Arc<Event>>,
+    /// The frames the live fan-out made for each of `events` (may be empty):
+    /// kept for replays so they do not encode the same event again.
+    pub(crate) frames: Vec<EventFrames>,
     /// Position fixes accepted in this batch (not journaled).
     pub(crate) positions: Vec<PositionItem>,
     /// The engine's next incident number after this batch (for snapshots).
@@ -111,6 +118,53 @@ pub(crate) enum ReadRequest {
     },
 }
 
+impl ReadRequest {
+    /// Snapshots, replays and lookups: the work [`Budget`] paces (a committed
+    /// batch is folded at once, whatever the budget).
+    fn is_heavy(&self) -> bool {
+        !matches!(self, ReadRequest::Committed(_))
+    }
+}
+
+/// The share of the time the read thread may spend on heavy reads (`hub.reads_share`
+/// of wall time, with up to [`Budget::BURST`] saved up): on a small machine a
+/// loop of re-subscribing consoles would otherwise keep a core busy that the
+/// engine thread and the network workers need to dispatch.
+struct Budget {
+    /// 1.0: no pacing.
+    share: f64,
+    /// Seconds of heavy work that may run now (negative: owed).
+    credit: f64,
+    last: Instant,
+}
+
+impl Budget {
+    const BURST: f64 = 0.25;
+
+    fn new(share: f64) -> Self {
+        Budget {
+            share,
+            credit: Self::BURST,
+            last: Instant::now(),
+        }
+    }
+
+    fn spend(&mut self, took: Duration) {
+        if self.share < 1.0 {
+            self.credit -= took.as_secs_f64();
+        }
+    }
+
+    /// How long to wait before more heavy work, if over the share.
+    fn over(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.share;
+        self.last = now;
+        self.credit = (self.credit + earned).min(Self::BURST);
+        (self.credit < 0.0).then(|| Duration::from_secs_f64(-self.credit / self.share))
+    }
+}
+
 /// The read copy and what it serves.
 pub(crate) struct ReadModel {
     incidents: HashMap<String, Incident>,
@@ -128,6 +182,11 @@ pub(crate) struct ReadModel {
     position_interval: Duration,
     last_flush: Instant,
     history_events: u64,
+    /// `since` replays in progress, served round robin one step at a time.
+    jobs: VecDeque<Job>,
+    replay_step: usize,
+    cache: FrameCache,
+    budget: Budget,
     /// Gateway keys and their reports' progress (`GET /v1/reports/{key}`).
     citizen: crate::citizen::CitizenBook,
 }
@@ -179,19 +238,45 @@ impl ReadModel {
             position_interval: settings.hub.position_interval,
             last_flush: Instant::now(),
             history_events: settings.hub.history_events,
+            jobs: VecDeque::new(),
+            replay_step: settings.hub.replay_step_events.max(1),
+            cache: FrameCache::new(settings.hub.frame_cache_bytes),
+            budget: Budget::new(settings.hub.reads_share),
         }
     }
 
     /// Serves until the engine thread and every other sender are gone.
     /// Call from the read model's own thread: it lowers that thread's priority.
+    ///
+    /// Each turn serves one request from the channel; only when the channel is
+    /// empty does it run one step of the next replay job (and it waits for the
+    /// channel only when there are no jobs). So a committed batch, a snapshot or
+    /// a due position batch waits for at most one replay step.
     pub(crate) fn run(mut self, rx: std::sync::mpsc::Receiver<ReadRequest>) {
-        use std::sync::mpsc::RecvTimeoutError;
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
         loop {
             let wait = self.position_interval.saturating_sub(self.last_flush.elapsed());
-            match rx.recv_timeout(wait) {
+            let next = if self.jobs.is_empty() {
+                rx.recv_timeout(wait)
+                    .map_err(|e| e == RecvTimeoutError::Disconnected)
+            } else {
+                rx.try_recv().map_err(|e| e == TryRecvError::Disconnected)
+            };
+            match next {
+                Ok(req) if req.is_heavy() => {
+                    self.pace();
+                    let started = Instant::now();
+                    self.serve(req);
+                    self.budget.spend(started.elapsed());
+                }
                 Ok(req) => self.serve(req),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(true) => break,
+                Err(false) => {
+                    self.pace();
+                    let started = Instant::now();
+                    self.step_a_job();
+                    self.budget.spend(started.elapsed());
+                }
             }
             if self.last_flush.elapsed() >= self.position_interval {
                 self.last_flush = Instant::now();
@@ -199,6 +284,36 @@ impl ReadModel {
             }
         }
         tracing::info!("read model stopped");
+    }
+
+    /// Waits while heavy reads are over their share (`hub.reads_share`),
+    /// sending the due position batches meanwhile.
+    fn pace(&mut self) {
+        while let Some(wait) = self.budget.over() {
+            let to_flush = self.position_interval.saturating_sub(self.last_flush.elapsed());
+            std::thread::sleep(wait.min(to_flush).max(Duration::from_millis(1)));
+            if self.last_flush.elapsed() >= self.position_interval {
+                self.last_flush = Instant::now();
+                self.flush_positions();
+            }
+        }
+    }
+
+    /// One step of the replay job whose turn it is; it goes to the back of the
+    /// line unless it is done.
+    fn step_a_job(&mut self) {
+        let Some(mut job) = self.jobs.pop_front() else {
+            return;
+        };
+        let mut sources = Sources {
+            cache: &mut self.cache,
+            history: &self.history,
+            journal: &self.journal,
+        };
+        if job.step(&mut sources, self.replay_step) == Progress::More {
+            self.jobs.push_back(job);
+        }
+        self.cache.trim();
     }
 
     fn serve(&mut self, req: ReadRequest) {
@@ -226,6 +341,8 @@ impl ReadModel {
             }
             ReadRequest::Unsubscribe { outbox } => {
                 self.positions.retain(|(o, _)| !Arc::ptr_eq(o, &outbox));
+                // A replay into it from this region stops where it is.
+                self.abandon_replay(&outbox);
             }
             ReadRequest::GetIncident { incident_id, reply } => {
                 // Retention took closed incidents out of memory; the journal has them.
@@ -261,8 +378,13 @@ impl ReadModel {
     }
 
     fn fold(&mut self, batch: Committed) {
+        let mut frames = batch.frames.into_iter();
         for (i, event) in batch.events.into_iter().enumerate() {
             let seq = batch.first_seq + i as u64;
+            if self.cache.keeps_any() {
+                self.cache
+                    .insert(seq, event.clone(), frames.next().unwrap_or_default());
+            }
             match &event.body {
                 EventBody::Incident(inc) => {
                     self.citizen.fold(inc);
@@ -280,6 +402,7 @@ impl ReadModel {
         while self.history.len() > self.memory_history {
             self.history.pop_front();
         }
+        self.cache.trim();
         for p in batch.positions {
             if let Some(u) = self.units.get_mut(&p.unit_id) {
                 u.location = Some(opcenter_core::Location {
@@ -339,8 +462,21 @@ impl ReadModel {
         }
     }
 
-    /// Fills the reserved place with the reply (snapshot inside it, or followed
-    /// by the replayed events), then registers for positions.
+    /// Ends the replay into `outbox` in progress, if any, where it is.
+    fn abandon_replay(&mut self, outbox: &Arc<Outbox>) {
+        if let Some(job) = self
+            .jobs
+            .iter()
+            .position(|j| j.is_for(outbox))
+            .and_then(|at| self.jobs.remove(at))
+        {
+            job.abandon();
+        }
+    }
+
+    /// Fills the reserved place with the reply: the snapshot inside it, or the
+    /// `ok` of a `since` resume followed by a replay [`Job`] for the events
+    /// after `since` up to the cut. Then registers for positions.
     fn subscribe(
         &mut self,
         cut: u64,
@@ -350,31 +486,17 @@ impl ReadModel {
         unit: Option<String>,
         sub: Subscribe,
     ) {
+        // A new subscription replaces the session's previous one, and with it
+        // a replay still in progress: its reply is the new starting point.
+        self.abandon_replay(&outbox);
         let wants = |t: SubTopic| sub.topics.contains(&t);
-        let event_topics: Vec<Topic> = [
-            (SubTopic::Incidents, Topic::Incidents),
-            (SubTopic::Units, Topic::Units),
-            (SubTopic::Assignments, Topic::Assignments),
-        ]
-        .into_iter()
-        .filter(|(s, _)| wants(*s))
-        .map(|(_, t)| t)
-        .collect();
-        let matches = |e: &Event| {
-            event_topics.contains(&e.topic())
-                && (e.topic() != Topic::Assignments || e.assignment_unit() == unit.as_deref())
-                && match &e.body {
-                    EventBody::Unit(u) => sub.wants_agency(u.agency.as_deref()),
-                    _ => true,
-                }
-        };
         let epoch = self.shared.epoch.as_str();
-        let replay = sub
+        let after = sub
             .since
             .as_ref()
-            .filter(|s| s.epoch == epoch && s.seq <= cut)
-            .and_then(|s| self.replay_after(s.seq, cut, &matches));
-        let recovered = replay.is_some();
+            .filter(|s| s.epoch == epoch && s.seq <= cut && self.reaches_back(s.seq))
+            .map(|s| s.seq);
+        let recovered = after.is_some();
         // Not recovered: the snapshot goes in the reply. A tablet's snapshot is its
         // own unit and its own open incident.
         let (incidents, units): (Option<Vec<&Incident>>, Option<Vec<&Unit>>) = match (&unit, recovered) {
@@ -396,7 +518,6 @@ impl ReadModel {
                 ),
             ),
         };
-        let mut frames = Vec::new();
         let body = SubscribeOk {
             epoch,
             seq: cut,
@@ -404,18 +525,26 @@ impl ReadModel {
             incidents,
             units,
         };
-        // A multi-region subscription: each region answers `subscribed`, with it.
-        let region = self.shared.region.as_deref().filter(|_| outbox.region_tags());
-        match region {
-            Some(r) => frames.extend(wire::message(outbox.encoding, &Subscribed::new(id, r, body))),
+        // A multi-region subscription: each region answers `subscribed`, with
+        // it, and its replayed events carry it too.
+        let region = self.shared.region.clone().filter(|_| outbox.region_tags());
+        let reply: Vec<Prepared> = match region.as_deref() {
+            Some(r) => wire::message(outbox.encoding, &Subscribed::new(id, r, body)),
             // Without an `id` the client asked for no reply (PROTOCOL.md §3).
-            None => frames.extend(wire::ok_if_asked(outbox.encoding, id, body)),
+            None => wire::ok_if_asked(outbox.encoding, id, body),
         }
-        for (s, event) in replay.unwrap_or_default() {
-            let frame = EventFrame::new(s, &event).in_region(region);
-            frames.extend(wire::message(outbox.encoding, &frame));
+        .map(|m| Prepared::of(&m))
+        .into_iter()
+        .collect();
+        match after {
+            Some(after) if after < cut => {
+                outbox.fill_part(slot, reply, false);
+                let filter = Filter::new(&sub, unit);
+                self.jobs
+                    .push_back(Job::new(outbox.clone(), slot, filter, region, after, cut));
+            }
+            _ => outbox.fill(slot, reply),
         }
-        outbox.fill(slot, frames);
 
         self.positions.retain(|(o, _)| !Arc::ptr_eq(o, &outbox));
         if wants(SubTopic::Positions) {
@@ -423,51 +552,12 @@ impl ReadModel {
         }
     }
 
-    /// Events after `after` up to `cut` that match, from memory or the journal;
-    /// `None` when the history no longer reaches back that far.
-    fn replay_after(
-        &self,
-        after: u64,
-        cut: u64,
-        matches: &dyn Fn(&Event) -> bool,
-    ) -> Option<Vec<(u64, Arc<Event>)>> {
-        if after == cut {
-            return Some(Vec::new());
-        }
-        let in_memory = self.history.front().is_some_and(|(first, _)| *first <= after + 1);
-        if in_memory {
-            return Some(
-                self.history
-                    .iter()
-                    .filter(|(s, e)| *s > after && *s <= cut && matches(e))
-                    .cloned()
-                    .collect(),
-            );
-        }
-        if !lock(&self.journal).reaches_back(after) {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut from = after;
-        while from < cut {
-            // One chunk per lock hold: the engine thread's next commit waits for
-            // at most one chunk, never for a whole deep resume.
-            let records = lock(&self.journal).read_from(from, JOURNAL_CHUNK).ok()?;
-            if records.is_empty() {
-                break;
-            }
-            for rec in records {
-                if rec.seq > cut {
-                    return Some(out);
-                }
-                from = rec.seq;
-                let event = record::decode_event(&rec).ok()?;
-                if matches(&event) {
-                    out.push((rec.seq, Arc::new(event)));
-                }
-            }
-        }
-        Some(out)
+    /// Whether every event after `after` is still here (in memory or in the
+    /// journal) to replay.
+    fn reaches_back(&self, after: u64) -> bool {
+        after == self.seq
+            || self.history.front().is_some_and(|(first, _)| *first <= after + 1)
+            || lock(&self.journal).reaches_back(after)
     }
 
     /// A retired incident from the journal (retention took it out of memory),
@@ -487,7 +577,12 @@ impl ReadModel {
             tracing::warn!(error = %e, "snapshot failed; the next one retries");
             return;
         }
-        match lock(&self.journal).compact(self.history_events) {
+        // Replays in progress keep what they still need to read.
+        let needed = self.jobs.iter().map(Job::needs_from).min();
+        let keep = needed.map_or(self.history_events, |from| {
+            self.history_events.max(self.seq.saturating_sub(from) + 1)
+        });
+        match lock(&self.journal).compact(keep) {
             Ok(first) => tracing::debug!(first_seq = first, "journal compacted"),
             Err(e) => tracing::warn!(error = %e, "compaction failed"),
         }
@@ -575,6 +670,19 @@ mod tests {
         })
         .join()
         .unwrap()
+    }
+
+    #[test]
+    fn heavy_reads_past_their_share_wait_in_proportion() {
+        let mut b = super::Budget::new(0.5);
+        assert_eq!(b.over(), None, "a burst is saved up at start");
+        b.spend(std::time::Duration::from_secs(10));
+        // 9.75 s owed at half a core: 19.5 s to wait, less the time since.
+        let wait = b.over().expect("over the share");
+        assert!(wait <= std::time::Duration::from_millis(19_500), "{wait:?}");
+        let mut free = super::Budget::new(1.0);
+        free.spend(std::time::Duration::from_secs(10));
+        assert_eq!(free.over(), None, "1.0: no pacing");
     }
 
     #[test]

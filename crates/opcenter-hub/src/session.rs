@@ -400,6 +400,7 @@ impl<'a> Reader<'a> {
         let frame = match decode_frame(enc, bytes) {
             Ok(f) => f,
             Err(fe) => {
+                self.on_record(audit_log::Kind::BadFrame, fe.code.as_str(), &fe.message);
                 self.error(fe.id, fe.code, &fe.message);
                 return self.count_bad();
             }

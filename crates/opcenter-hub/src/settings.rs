@@ -178,6 +178,10 @@ struct RawHub {
     session_burst: u32,
     max_connections: usize,
     reads_nice: i32,
+    memory_history_events: usize,
+    replay_step_events: usize,
+    frame_cache_bytes: usize,
+    reads_share: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +448,19 @@ pub struct HubSettings {
     /// `hub.reads_nice`: how much lower (0..=19, 0 = unchanged) the read-model
     /// thread's OS scheduling priority is than the rest of the process.
     pub reads_nice: i32,
+    /// `hub.memory_history_events`: the newest events kept decoded in memory
+    /// for `since` resumes (at most `history_events`); older ones are read from
+    /// the journal.
+    pub memory_history_events: usize,
+    /// `hub.replay_step_events`: events a `since` replay serves per step before
+    /// the read model serves commits, snapshots and positions again.
+    pub replay_step_events: usize,
+    /// `hub.frame_cache_bytes`: bytes (estimated) of event frames kept for
+    /// `since` replays, so N resumes of a range encode each event once.
+    pub frame_cache_bytes: usize,
+    /// `hub.reads_share`: the share (0 < x ≤ 1) of one core's time the read
+    /// thread may spend on snapshots, replays and lookups; 1 = no pacing.
+    pub reads_share: f64,
 }
 
 /// `console.*`, checked.
@@ -710,6 +727,12 @@ impl Settings {
         if h.max_connections == 0 {
             return Err(invalid("hub.max_connections", "must be > 0"));
         }
+        if !(h.reads_share > 0.0 && h.reads_share <= 1.0) {
+            return Err(invalid("hub.reads_share", "must be > 0 and ≤ 1 (1 = no pacing)"));
+        }
+        if h.replay_step_events == 0 {
+            return Err(invalid("hub.replay_step_events", "must be > 0"));
+        }
         // Negative would raise the thread above the engine (and needs privileges).
         if !(0..=19).contains(&h.reads_nice) {
             return Err(invalid("hub.reads_nice", "must be between 0 (unchanged) and 19"));
@@ -839,6 +862,10 @@ impl Settings {
                 engine_queue: h.engine_queue,
                 max_connections: h.max_connections,
                 reads_nice: h.reads_nice,
+                memory_history_events: h.memory_history_events.min(h.history_events as usize),
+                replay_step_events: h.replay_step_events,
+                frame_cache_bytes: h.frame_cache_bytes,
+                reads_share: h.reads_share,
             },
             max_body_bytes: raw.http.max_body_bytes,
             reports_rate: (raw.http.reports_per_s, raw.http.reports_burst.max(1)),
@@ -1070,6 +1097,24 @@ mod tests {
             let e = Settings::from_toml(&format!("[hub]\nreads_nice = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("hub.reads_nice"), "{e}");
         }
+        let hub = Settings::from_toml("").unwrap().hub;
+        assert_eq!(
+            (hub.reads_share, hub.replay_step_events, hub.frame_cache_bytes),
+            (0.5, 2048, 64 << 20)
+        );
+        for (key, bad) in [
+            ("reads_share", "0.0"),
+            ("reads_share", "1.5"),
+            ("replay_step_events", "0"),
+        ] {
+            let e = Settings::from_toml(&format!("[hub]\n{key} = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("hub.{key}")), "{e}");
+        }
+        let s = Settings::from_toml("[hub]\nhistory_events = 500\nmemory_history_events = 20000\n").unwrap();
+        assert_eq!(
+            s.hub.memory_history_events, 500,
+            "never more in memory than kept at all"
+        );
     }
 
     #[test]
@@ -1089,6 +1134,11 @@ mod tests {
             Settings::from_toml(cards).unwrap().engine.run_cards[0].hours,
             Some([22, 6])
         );
+        let shift = "[[roster]]\nid = \"N\"\non_duty = \"20:00-08:00\"\n";
+        assert_eq!(
+            Settings::from_toml(shift).unwrap().engine.roster[0].on_duty,
+            opcenter_core::DutyWindow::parse("20:00-08:00")
+        );
         for (bad, key) in [
             ("[dispatch]\nagencies = []\n", "dispatch.agencies"),
             (
@@ -1097,6 +1147,8 @@ mod tests {
             ),
             ("[dispatch]\npost_radius_m = -1.0\n", "dispatch.post_radius_m"),
             ("[[roster]]\nid = \"X\"\nagency = \"army\"\n", "roster.agency"),
+            ("[[roster]]\nid = \"X\"\non_duty = \"8-20\"\n", "on_duty"),
+            ("[[roster]]\nid = \"X\"\non_duty = \"08:00-24:00\"\n", "on_duty"),
             (
                 "[[roster]]\nid = \"DP\"\nkind = \"district_post\"\n",
                 "roster.location",

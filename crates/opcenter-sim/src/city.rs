@@ -79,6 +79,7 @@ pub async fn run_city(
         errors: AtomicU64::new(0),
         calls: AtomicU64::new(0),
         app_reports: AtomicU64::new(0),
+        followed: Mutex::new(None),
         reported: Mutex::new(HashMap::new()),
     });
     let mut rng = StdRng::seed_from_u64(args.seed);
@@ -157,6 +158,9 @@ struct CityShared {
     errors: AtomicU64,
     calls: AtomicU64,
     app_reports: AtomicU64,
+    /// The app report a citizen follows (`GET /v1/reports/{key}`) until it is
+    /// closed, and the status the app last showed for it, for the status line.
+    followed: Mutex<Option<(String, String)>>,
     /// When each call or report (by its idempotency key) was made.
     reported: Mutex<HashMap<String, Instant>>,
 }
@@ -173,6 +177,27 @@ impl CityShared {
     /// Human time scaled by `--time-scale`.
     fn human(&self, secs: f64) -> Duration {
         Duration::from_secs_f64((secs / self.scale).max(0.05))
+    }
+}
+
+/// The citizen's app asks what became of the followed report (`GET
+/// /v1/reports/{key}`, the intake token) and keeps the answer's `status`.
+async fn follow_report(sh: &CityShared, http: &mut HttpClient, intake: &str) {
+    let Some((key, _)) = sh.followed.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return;
+    };
+    let path = format!("/v1/reports/{key}");
+    let status = match http.request("GET", &path, Some(intake), None).await {
+        Ok(r) if r.status == 200 => serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["status"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into()),
+        Ok(r) => format!("HTTP {}", r.status),
+        Err(_) => return,
+    };
+    let mut f = sh.followed.lock().unwrap_or_else(|e| e.into_inner());
+    if f.as_ref().is_some_and(|(k, _)| *k == key) {
+        *f = Some((key, status));
     }
 }
 
@@ -196,6 +221,7 @@ async fn callers(sh: Arc<CityShared>, calls: mpsc::Sender<Call>, args: CityArgs,
             _ = tokio::time::sleep(wait) => {}
         }
         n += 1;
+        follow_report(&sh, &mut http, &intake).await;
         let spec = geo::random_call(&mut rng);
         let (x, y) = sh.city.random_incident_xy(&mut rng);
         let at = sh.city.to_latlon(x, y);
@@ -219,6 +245,13 @@ async fn callers(sh: Arc<CityShared>, calls: mpsc::Sender<Call>, args: CityArgs,
             {
                 Ok(r) if r.status == 200 || r.status == 201 => {
                     sh.app_reports.fetch_add(1, Relaxed);
+                    // The citizen follows one report to its end, then the next.
+                    let mut f = sh.followed.lock().unwrap_or_else(|e| e.into_inner());
+                    if f.as_ref()
+                        .is_none_or(|(_, st)| st == "closed" || st.starts_with("HTTP"))
+                    {
+                        *f = Some((key.clone(), "sent".into()));
+                    }
                 }
                 Ok(r) => {
                     sh.errors.fetch_add(1, Relaxed);
@@ -366,7 +399,7 @@ fn status_line(sh: &CityShared, b: &Board, events_per_s: f64) -> String {
     let med = |w: &Window| w.median().map_or("-".to_string(), fmt_us);
     format!(
         "city: open {} (pending {}) | units available {}/{} | report→dispatch p50 {} | report→arrival p50 {} \
-         | events {:.0}/s | calls {} app {} | errors {}",
+         | events {:.0}/s | calls {} app {}{} | errors {}",
         b.open.len(),
         pending,
         available,
@@ -376,6 +409,11 @@ fn status_line(sh: &CityShared, b: &Board, events_per_s: f64) -> String {
         events_per_s,
         sh.calls.load(Relaxed),
         sh.app_reports.load(Relaxed),
+        sh.followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(String::new(), |(k, st)| format!(" (citizen's app, {k}: {st})")),
         sh.errors.load(Relaxed),
     )
 }

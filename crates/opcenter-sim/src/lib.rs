@@ -20,6 +20,7 @@
 //! the wire.
 #![deny(missing_docs)]
 
+pub mod addresses;
 pub mod city;
 pub mod geo;
 pub mod harness;

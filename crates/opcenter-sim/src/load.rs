@@ -1064,8 +1064,14 @@ async fn resubscriber(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
             _ = sh.cancel.cancelled() => break,
         };
         if reply.ty == "ok" {
-            sh.c.resubscribes.fetch_add(1, Relaxed);
             cut = (reply.epoch.unwrap_or(cut.0), reply.seq.unwrap_or(cut.1));
+            // A `since` reply comes before its replay: read the replay in full
+            // before asking again, as a console catching up does.
+            tokio::select! {
+                r = until_replayed(&mut ws, cut.1, Duration::from_secs(60)) => r?,
+                _ = sh.cancel.cancelled() => break,
+            };
+            sh.c.resubscribes.fetch_add(1, Relaxed);
         } else {
             book_error(&sh, &reply);
         }
@@ -1073,6 +1079,36 @@ async fn resubscriber(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
     }
     close(&mut ws).await;
     Ok(())
+}
+
+/// Reads until the replay after a `subscribe` reply at `cut` is over: the server
+/// sends no position batch and no live event (seq > `cut`) before the last
+/// replayed event, so the first of either marks the end.
+async fn until_replayed(ws: &mut Ws, cut: u64, within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("replay not over in time")?
+            .context("connection closed")??;
+        if let Message::Close(c) = &msg {
+            bail!("closed by server: {c:?}");
+        }
+        // Only the type and seq: a replay is tens of thousands of frames, and
+        // this tool's tablets share its threads.
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            ty: String,
+            seq: Option<u64>,
+        }
+        let Some(f) = wire::decode::<Head>(&msg) else {
+            continue;
+        };
+        if f.ty == "positions" || (f.ty == "event" && f.seq.is_some_and(|s| s > cut)) {
+            return Ok(());
+        }
+    }
 }
 
 /// A read-only session on one topic: every frame goes to `on_frame`, whose

@@ -156,7 +156,8 @@ fn named(stem: (&str, &str), kind: StreetKind) -> (String, String) {
     }
 }
 
-fn round6(v: f64) -> f64 {
+/// `v` to 6 decimals (~0.1 m in degrees).
+pub(crate) fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
 

@@ -122,12 +122,16 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    fn line(&self) -> String {
+    /// The checkpoint as one line (with its trailing newline):
+    /// `<seq> <hash hex> <unix ms> <crc32 hex>`. The NATS journal stores the same
+    /// line (without the newline) in its checkpoint bucket.
+    pub fn line(&self) -> String {
         let text = format!("{} {} {}", self.seq, hex(&self.hash), self.unix_ms);
         format!("{text} {:08x}\n", crc32fast::hash(text.as_bytes()))
     }
 
-    fn parse(line: &str) -> Option<Checkpoint> {
+    /// A checkpoint from one line without its newline; `None` when damaged.
+    pub fn parse(line: &str) -> Option<Checkpoint> {
         let (text, crc) = line.rsplit_once(' ')?;
         if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(text.as_bytes()) {
             return None;

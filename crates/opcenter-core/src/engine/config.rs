@@ -132,6 +132,89 @@ pub struct RosterUnit {
     /// The beat it patrols.
     #[serde(default)]
     pub beat: Option<String>,
+    /// Its shift (`"08:00-20:00"`, local time = UTC + `dispatch.local_offset_min`;
+    /// `"20:00-08:00"` runs over midnight): the engine puts it on duty when the
+    /// window opens and off duty when it closes (see [`DutyWindow`]).
+    #[serde(default)]
+    pub on_duty: Option<DutyWindow>,
+}
+
+/// A daily shift window `[from, to)` in local minutes of the day; `from > to`
+/// wraps midnight; `from == to` is round the clock. Written `"HH:MM-HH:MM"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DutyWindow {
+    /// First minute of the shift (0..1440).
+    pub from_min: u16,
+    /// First minute after it (0..1440).
+    pub to_min: u16,
+}
+
+/// Minutes in a day.
+const DAY_MIN: i64 = 24 * 60;
+
+impl DutyWindow {
+    /// Parses `"HH:MM-HH:MM"`.
+    pub fn parse(text: &str) -> Option<DutyWindow> {
+        let (a, b) = text.trim().split_once('-')?;
+        Some(DutyWindow {
+            from_min: hhmm(a)?,
+            to_min: hhmm(b)?,
+        })
+    }
+
+    /// True when local minute of the day `minute` lies in the window.
+    pub fn contains(self, minute: u16) -> bool {
+        let (from, to) = (self.from_min, self.to_min);
+        if from == to {
+            true
+        } else if from < to {
+            (from..to).contains(&minute)
+        } else {
+            minute >= from || minute < to
+        }
+    }
+
+    /// The local minute of the day at `now_ms` (UTC ms) with local = UTC +
+    /// `offset_min`.
+    pub fn local_minute(now_ms: i64, offset_min: i64) -> u16 {
+        let m = now_ms
+            .div_euclid(60_000)
+            .saturating_add(offset_min)
+            .rem_euclid(DAY_MIN);
+        u16::try_from(m).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for DutyWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(f, "{}-{}", t(self.from_min), t(self.to_min))
+    }
+}
+
+/// `HH:MM` as minutes of the day.
+fn hhmm(text: &str) -> Option<u16> {
+    let (h, m) = text.trim().split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+impl Serialize for DutyWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DutyWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        DutyWindow::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("on_duty {text:?} is not a window \"HH:MM-HH:MM\""))
+        })
+    }
 }
 
 /// A response plan: when an incident matches the trigger (every condition set),

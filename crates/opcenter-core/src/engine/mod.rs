@@ -19,7 +19,7 @@ mod pending;
 mod reply;
 mod retention;
 
-pub use config::{DEFAULT_AGENCY, EngineConfig, RosterUnit, RunCard};
+pub use config::{DEFAULT_AGENCY, DutyWindow, EngineConfig, RosterUnit, RunCard};
 pub use duplicates::MAX_POSSIBLE_DUPLICATES;
 pub use keys::KeyRecord;
 pub use reply::{Applied, Candidate, PositionItem, Recommendation, Reply, Shortfall};
@@ -102,6 +102,10 @@ pub struct Engine {
     last_prune_ms: i64,
     /// Last retention pass (see `retention.rs`).
     last_retire_ms: i64,
+    /// The minute (ms / 60 000) of the last shift pass (see `shifts`).
+    last_shift_minute: i64,
+    /// Roster units with an `on_duty` window, sorted by id (events in a fixed order).
+    shift_units: Vec<(UnitId, DutyWindow)>,
     /// Incidents retired since the last [`Engine::take_retired`] (readers that
     /// keep their own copy drop them too; retiring makes no event).
     retired: Vec<IncidentId>,
@@ -137,6 +141,8 @@ impl Engine {
             next_no: 1,
             last_prune_ms: i64::MIN,
             last_retire_ms: i64::MIN,
+            last_shift_minute: i64::MIN,
+            shift_units: Vec::new(),
             retired: Vec::new(),
             config,
         };
@@ -153,11 +159,15 @@ impl Engine {
             if let Some(b) = &r.beat {
                 engine.beat_units.entry(b.clone()).or_default().push(r.id.clone());
             }
+            if let Some(w) = r.on_duty {
+                engine.shift_units.push((r.id.clone(), w));
+            }
             engine.roster.insert(r.id.clone(), r.clone());
             let mut unit = Unit::new(r.id.clone());
             unit.status = status;
             engine.upsert_unit(unit);
         }
+        engine.shift_units.sort_by(|a, b| a.0.cmp(&b.0));
         engine
     }
 
@@ -177,6 +187,7 @@ impl Engine {
         unit.post = r.post;
         unit.district.clone_from(&r.district);
         unit.beat.clone_from(&r.beat);
+        unit.on_duty = r.on_duty.map(|w| w.to_string());
         if let Some(l) = r.location.filter(|l| l.validate().is_ok()) {
             unit.location = Some(l);
         }
@@ -701,8 +712,10 @@ impl Engine {
         defer_index: bool,
     ) -> Option<IncidentId> {
         self.set_deadline(unit_id, None);
+        // `shift_ended` holds only while the unit holds an incident.
         let held = self.units.get_mut(unit_id).and_then(|u| {
             u.status = status;
+            u.shift_ended = false;
             u.incident_id.take()
         });
         if let Some(iid) = &held {
@@ -1249,8 +1262,10 @@ impl Engine {
         // Units stay listed on the closed incident (who handled it) but are free.
         for u in &units {
             self.set_deadline(u, None);
+            let free = self.free_status(u);
             if let Some(unit) = self.units.get_mut(u) {
-                unit.status = UnitStatus::Available;
+                unit.status = free;
+                unit.shift_ended = false;
                 unit.incident_id = None;
             }
             self.sync_index(u);
@@ -1294,10 +1309,15 @@ impl Engine {
                     "unit {unit_id} holds incident {other} (use force)"
                 )));
             }
+            let ended = unit.shift_ended;
             self.detach(unit_id, UnitStatus::Busy, now_ms, true);
             self.emit_incident(&other, Change::Unassigned, ev);
             self.emit_assignment(unit_id, &other, Change::Unassigned, ev);
             self.attach(id, unit_id, Selection::Manual, now_ms);
+            // Its shift is still over: the new incident is its last.
+            if let Some(u) = self.units.get_mut(unit_id) {
+                u.shift_ended = ended;
+            }
             self.finish_assign(id, unit_id, now_ms, ev);
             // The unit is busy with the new incident: the old one goes on.
             self.dispatch(&other, now_ms, ev);
@@ -1434,6 +1454,7 @@ impl Engine {
         if current == status {
             return Ok(Reply::Unit(unit.clone()));
         }
+
         match (status, held) {
             (UnitStatus::EnRoute | UnitStatus::OnScene, None) => {
                 return Err(CoreError::Conflict(format!(
@@ -1550,7 +1571,8 @@ impl Engine {
                 now_ms,
             );
         }
-        self.detach(unit_id, UnitStatus::Available, now_ms, false);
+        let free = self.free_status(unit_id);
+        self.detach(unit_id, free, now_ms, false);
         self.emit_unit(unit_id, Change::Declined, ev);
         self.emit_incident(incident_id, Change::Declined, ev);
         self.emit_assignment(unit_id, incident_id, Change::Unassigned, ev);
@@ -1621,7 +1643,8 @@ impl Engine {
             }
             // The deadline is already out of the set; forget it on the unit too.
             u.ack_deadline_ms = None;
-            let Some(iid) = self.detach(&unit_id, UnitStatus::Unresponsive, now_ms, false) else {
+            let missed = self.missed_status(&unit_id);
+            let Some(iid) = self.detach(&unit_id, missed, now_ms, false) else {
                 continue;
             };
             self.emit_unit(&unit_id, Change::AckTimeout, ev);
@@ -1638,7 +1661,8 @@ impl Engine {
             if u.status != UnitStatus::Dispatched || self.lapse_of(u) != Some(lapse) {
                 continue;
             }
-            let Some(iid) = self.detach(&unit_id, UnitStatus::Unresponsive, now_ms, false) else {
+            let missed = self.missed_status(&unit_id);
+            let Some(iid) = self.detach(&unit_id, missed, now_ms, false) else {
                 continue;
             };
             self.emit_unit(&unit_id, Change::Offline, ev);
@@ -1651,6 +1675,72 @@ impl Engine {
             self.last_prune_ms = now_ms;
             self.index.prune_stale(now_ms, self.config.max_position_age_ms);
         }
+        self.shifts(now_ms, ev);
         self.retire(now_ms);
+    }
+
+    // ----- shifts ---------------------------------------------------------------
+
+    /// The status a unit goes to when its incident lets it go: off duty if its
+    /// shift ended while it held the incident, else available.
+    fn free_status(&self, unit_id: &str) -> UnitStatus {
+        if self.units.get(unit_id).is_some_and(|u| u.shift_ended) {
+            UnitStatus::OffDuty
+        } else {
+            UnitStatus::Available
+        }
+    }
+
+    /// The status a unit that missed its offer goes to: off duty if its shift
+    /// is over, else unresponsive.
+    fn missed_status(&self, unit_id: &str) -> UnitStatus {
+        if self.free_status(unit_id) == UnitStatus::OffDuty {
+            UnitStatus::OffDuty
+        } else {
+            UnitStatus::Unresponsive
+        }
+    }
+
+    /// Roster shifts (`on_duty`), once per minute: a unit whose window opened
+    /// since the last change the engine applied goes from off duty to
+    /// available; one whose window closed goes off duty, unless it holds an
+    /// incident: it keeps it (`shift_ended`) and goes off duty when it is let
+    /// go. A unit's `on_shift` records the last change applied, so a restart
+    /// neither repeats one nor misses one, and a status set by hand in between
+    /// (an officer staying on, or leaving early) stands until the next change.
+    fn shifts(&mut self, now_ms: i64, ev: &mut Vec<Event>) {
+        let minute = now_ms.div_euclid(60_000);
+        if minute == self.last_shift_minute || self.shift_units.is_empty() {
+            return;
+        }
+        self.last_shift_minute = minute;
+        let local = DutyWindow::local_minute(now_ms, self.config.local_offset_min);
+        for (id, window) in self.shift_units.clone() {
+            let on = window.contains(local);
+            let Some(u) = self.units.get_mut(&id) else {
+                continue;
+            };
+            if u.on_shift == Some(on) {
+                continue;
+            }
+            u.on_shift = Some(on);
+            let mut freed = false;
+            if on {
+                u.shift_ended = false;
+                if u.status == UnitStatus::OffDuty {
+                    u.status = UnitStatus::Available;
+                    freed = true;
+                }
+            } else if u.incident_id.is_some() {
+                u.shift_ended = true;
+            } else {
+                u.status = UnitStatus::OffDuty;
+            }
+            let entered = self.sync_index(&id);
+            self.emit_unit(&id, Change::Shift, ev);
+            if freed && entered {
+                self.serve_pending(&id, now_ms, ev);
+            }
+        }
     }
 }

@@ -14,6 +14,24 @@ pub(crate) fn tab(id: &str) -> Actor {
     Actor::unit(format!("sub-{id}"), id)
 }
 
+/// A roster entry with only an id (everything else unset or default).
+pub(crate) fn roster(id: &str) -> RosterUnit {
+    RosterUnit {
+        id: id.into(),
+        callsign: None,
+        kind: None,
+        capabilities: Vec::new(),
+        status: None,
+        location: None,
+        tablet: true,
+        agency: None,
+        post: None,
+        district: None,
+        beat: None,
+        on_duty: None,
+    }
+}
+
 /// A location.
 pub(crate) fn at(lat: f64, lon: f64) -> Location {
     Location { lat, lon }
@@ -106,6 +124,11 @@ pub(crate) fn check_invariants(e: &Engine) {
             u.ack_deadline_ms.is_some(),
             u.status == UnitStatus::Dispatched,
             "{}",
+            u.id
+        );
+        assert!(
+            !u.shift_ended || u.incident_id.is_some(),
+            "{}: shift_ended without an incident",
             u.id
         );
     }

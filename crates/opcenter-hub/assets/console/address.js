@@ -74,6 +74,10 @@
     function pick(i) {
       var m = matches[i];
       if (!m) return;
+      // A question still on its way (typed just before the pick) must not
+      // reopen the list over the picked address.
+      clearTimeout(timer);
+      asked++;
       input.value = m.label;
       close();
       if (opts.onPick) opts.onPick(m);

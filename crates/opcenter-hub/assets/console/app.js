@@ -320,6 +320,7 @@
     renderQueue();
     renderFilterOptions();
     renderBoard();
+    renderShifts();
     renderFigures();
     renderBanner();
     renderUnitControl();
@@ -389,7 +390,7 @@
     var list = store.board().filter(unitPasses);
     $("board-count").textContent = String(list.length);
     reconcile($("unit-board"), list, function (u) { return u.id; }, function (u) {
-      return JSON.stringify([u.status, u.callsign, u.kind, u.agency, u.post, u.incident_id, !!u.location_ms, u.id === selectedUnitId]);
+      return JSON.stringify([u.status, u.callsign, u.kind, u.agency, u.post, u.incident_id, !!u.location_ms, u.id === selectedUnitId, u.on_duty, !!u.shift_ended]);
     }, function (u) {
       var what = (u.kind || "").replace(/_/g, " ") + (u.post != null ? " №" + u.post : "");
       return el("div", {
@@ -408,12 +409,14 @@
       }, [
         el("i", { class: "dot st-" + u.status }),
         el("b", { class: "callsign", "data-testid": "unit-row-callsign", text: u.callsign || u.id }),
+        u.shift_ended ? el("span", { class: "shift-over", "data-testid": "unit-row-shift-over", title: "Its shift ended while it held this incident", text: "shift over" }) : null,
         el("span", { class: "agency ag-" + (u.agency || "none"), "data-testid": "unit-row-agency", text: (u.agency || "").replace(/_/g, " ") }),
         el("div", { class: "meta" }, [
           el("span", { class: "muted", text: u.callsign && u.callsign !== u.id ? u.id : "" }),
           el("span", { class: "muted", "data-testid": "unit-row-kind", text: what }),
           el("span", { class: "status st-" + u.status, "data-testid": "unit-row-status", text: String(u.status).replace("_", " ") }),
           el("span", { class: "muted small", text: u.incident_id ? "→ " + u.incident_id : "" }),
+          el("span", { class: "muted small", "data-testid": "unit-row-shift", text: u.on_duty ? "shift " + u.on_duty : "" }),
           el("span", { class: "muted small age", "data-at": String(u.location_ms || ""), text: u.location_ms ? fmtAge(Date.now() - u.location_ms) + " ago" : "no fix" }),
         ]),
       ]);
@@ -421,6 +424,28 @@
       // Positions move often: refresh the fix age in place instead of rebuilding the row.
       var age = row.querySelector(".age");
       if (age && u.location_ms) age.dataset.at = String(u.location_ms);
+    });
+  }
+
+  /** Who is on duty now, whose shift comes next, and a warning per unit past its shift on a call. */
+  function renderShifts() {
+    var sh = store.shifts(Date.now(), lastConfig && lastConfig.local_offset_min);
+    var names = function (list) { return list.map(function (u) { return u.callsign || u.id; }).join(", "); };
+    var now = "On duty now: " + sh.onDuty.length;
+    if ($("shift-now").textContent !== now) $("shift-now").textContent = now;
+    var next = sh.next ? "Next shift " + sh.next.at + ": " + names(sh.next.units) : "";
+    if ($("shift-next").textContent !== next) $("shift-next").textContent = next;
+    var box = $("shift-warnings");
+    var sig = JSON.stringify(sh.ended.map(function (u) { return [u.id, u.callsign, u.incident_id]; }));
+    if (box.dataset.sig === sig) return;
+    box.dataset.sig = sig;
+    box.textContent = "";
+    sh.ended.forEach(function (u) {
+      box.appendChild(el("div", { class: "shift-warning", "data-testid": "shift-warning", "data-unit-id": u.id }, [
+        el("b", { text: "Shift over: " }),
+        document.createTextNode((u.callsign || u.id) + (u.incident_id ? " still holds " + u.incident_id + " (goes off duty when it is closed or reassigned)" : "")),
+        u.incident_id ? el("button", { type: "button", class: "link", text: "Show", onclick: function () { select(u.incident_id, true); } }) : null,
+      ]));
     });
   }
 

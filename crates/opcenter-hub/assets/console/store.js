@@ -250,6 +250,38 @@
     };
   };
 
+  /** Minutes of the day of "HH:MM", or null. */
+  function hhmm(t) {
+    var m = /^(\d{1,2}):(\d{2})$/.exec(String(t || "").trim());
+    return m && +m[1] < 24 && +m[2] < 60 ? +m[1] * 60 + +m[2] : null;
+  }
+
+  /**
+   * Who is on duty now and whose shift comes next, at `now` (ms) in the region's
+   * local time (UTC + `offsetMin`, `dispatch.local_offset_min`). `onDuty`: units not
+   * off duty; `next`: the earliest start (`at`, "HH:MM") of a roster shift
+   * (`on_duty`, "HH:MM-HH:MM") of units now off duty, and those units; `ended`:
+   * units whose shift ended while they held an incident (`shift_ended`).
+   */
+  Store.prototype.shifts = function (now, offsetMin) {
+    var local = Math.floor(now / 60000) + (offsetMin || 0);
+    var minute = ((local % 1440) + 1440) % 1440;
+    var onDuty = [];
+    var ended = [];
+    var next = null;
+    this.board().forEach(function (u) {
+      if (u.status !== "off_duty") onDuty.push(u);
+      if (u.shift_ended) ended.push(u);
+      if (u.status !== "off_duty" || !u.on_duty) return;
+      var from = hhmm(String(u.on_duty).split("-")[0]);
+      if (from == null) return;
+      var wait = (from - minute + 1440) % 1440;
+      if (!next || wait < next.wait) next = { wait: wait, at: String(u.on_duty).split("-")[0], units: [u] };
+      else if (wait === next.wait) next.units.push(u);
+    });
+    return { onDuty: onDuty, next: next, ended: ended };
+  };
+
   /** Open incidents, most urgent first: priority 1 before 5, older before newer. */
   Store.prototype.queue = function () {
     var list = Array.from(this.incidents.values());

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Failover under load (issue 12, "Benchmark"): TRIALS times, kill -9 of the
+# active engine of a region (2 engines, 1 hub, 3-node nats-server cluster, R3)
+# while the hub takes RATE keyed creates/s (open loop, benches/failover-load.mjs,
+# 4 dispatcher sessions). Per trial:
+#   - no-engine ms: from the kill to the first `ok` of a create *sent after* the
+#     kill (only the new engine can have served it);
+#   - acked/s: `ok`s per second over the 15 s from 5 s before the kill;
+#   - errors: `error` replies (the hub's `internal` after command_timeout_s), and
+#     creates never answered.
+# The killed engine is started again (it stands by) before the next trial; the
+# trials alternate which engine is active. p50/max at the end.
+#
+#   cargo build --release --bin opcenter
+#   benches/failover.sh [TRIALS=20] [RATE=2000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benches/cluster/lib.sh
+TRIALS=${1:-20}
+RATE=${2:-2000}
+SECONDS_LOAD=${SECONDS_LOAD:-16}
+KILL_AT=${KILL_AT:-6}
+
+healthz() { curl -s --max-time 2 "http://$1/healthz" || true; }
+wait_healthz() { # NAME WANT
+    for _ in $(seq 600); do
+        [ "$(healthz "${NODE_ADDR[$1]}")" = "$2" ] && return 0
+        sleep 0.1
+    done
+    echo "engine $1 never said '$2'" >&2
+    exit 1
+}
+
+load_note
+echo "# trials $TRIALS, $RATE creates/s for ${SECONDS_LOAD}s, kill -9 at ${KILL_AT}s"
+nats_up r3
+node a engine fo 'node = "a"'
+wait_healthz a "ok active"
+node b engine fo 'node = "b"'
+wait_healthz b "ok standby"
+node h hub fo
+warm "${NODE_ADDR[h]}"
+TOKEN=$("$BIN" token --role dispatcher --sub bench --config "$T/h.toml")
+: >"$T/res"
+active=a
+standby=b
+for trial in $(seq "$TRIALS"); do
+    csv="$T/trial-$trial.csv"
+    command node --experimental-websocket benches/failover-load.mjs "${NODE_ADDR[h]}" "$TOKEN" \
+        "$RATE" "$SECONDS_LOAD" "$csv" 2>"$T/load.err" &
+    load=$!
+    sleep "$KILL_AT"
+    kill_ms=$(date +%s%3N)
+    kill -9 "${NODE_PID[$active]}"
+    wait "${NODE_PID[$active]}" 2>/dev/null || true
+    wait "$load" || { echo "trial $trial: load failed"; cat "$T/load.err"; exit 1; }
+    line=$(python3 - "$csv" "$kill_ms" <<'PY'
+import sys
+rows = [l.rstrip("\n").split(",") for l in open(sys.argv[1]) if l.strip()]
+kill = int(sys.argv[2])
+oks = sorted(int(r[3]) for r in rows if r[4] == "ok")
+after = [int(r[3]) for r in rows if r[4] == "ok" and int(r[2]) > kill]
+gap = (min(after) - kill) if after else -1
+window = [t for t in oks if kill - 5000 <= t < kill + 10000]
+errors = sum(1 for r in rows if r[4] == "error")
+none = sum(1 for r in rows if r[4] == "none")
+print(gap, round(len(window) / 15), len(rows), errors, none)
+PY
+)
+    set -- $line
+    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | creates %s, errors %s, unanswered %s\n' \
+        "$trial" "$active" "$1" "$2" "$3" "$4" "$5"
+    echo "$line" >>"$T/res"
+    # The new active one; the killed one comes back as the standby.
+    wait_healthz "$standby" "ok active"
+    node "$active" engine fo "node = \"$active\""
+    wait_healthz "$active" "ok standby"
+    tmp=$active
+    active=$standby
+    standby=$tmp
+done
+python3 - "$T/res" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+gaps = [r[0] for r in rows if r[0] >= 0]
+acked = [r[1] for r in rows]
+print(f"TRIALS {len(rows)}: no-engine ms p50 {statistics.median(gaps):.0f} max {max(gaps):.0f} | "
+      f"acked/s across the handover p50 {statistics.median(acked):.0f} min {min(acked):.0f} | "
+      f"errors {sum(r[3] for r in rows):.0f} unanswered {sum(r[4] for r in rows):.0f}")
+PY

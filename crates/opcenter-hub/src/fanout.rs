@@ -228,3 +228,62 @@ impl Fanout {
         Some(token)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opcenter_core::{Actor, Command, Engine, EngineConfig, Location, NewIncident};
+
+    fn incidents() -> Subscribe {
+        Subscribe {
+            topics: vec![SubTopic::Incidents],
+            area: None,
+            agencies: None,
+            since: None,
+            regions: None,
+            since_by_region: Default::default(),
+        }
+    }
+
+    /// A desk session (region tags on) gets the event with its region, a
+    /// single-region one without; only the untagged frame is handed back for
+    /// the shared frame cache.
+    #[tokio::test]
+    async fn tagged_frames_are_made_apart_and_not_returned_for_the_cache() {
+        let mut engine = Engine::new(EngineConfig::default());
+        let at = Location { lat: 51.0, lon: 51.0 };
+        let cmd = Command::CreateIncident(NewIncident::call("c".to_string(), 3, at));
+        let event = engine
+            .apply(&Actor::system(), cmd, 1_700_000_000_000)
+            .unwrap()
+            .events
+            .into_iter()
+            .find(|e| e.topic() == Topic::Incidents)
+            .unwrap();
+        let mut fanout = Fanout::new(Some(Arc::from("west")));
+        let desk = Outbox::new("desk".into(), Encoding::Json, 1 << 20);
+        desk.set_region_tags(true);
+        let single = Outbox::new("single".into(), Encoding::Json, 1 << 20);
+        for o in [&desk, &single] {
+            let token = fanout.register(o, None, &incidents()).unwrap();
+            o.fill(token, Vec::new());
+        }
+        let frames = fanout.publish(7, &event, None);
+        fanout.wake();
+        async fn text(o: &Outbox) -> String {
+            let d = o.drain().await;
+            assert_eq!(d.frames.len(), 1);
+            String::from_utf8(d.frames[0].payload().to_vec()).unwrap()
+        }
+        assert!(text(&desk).await.contains("\"region\":\"west\""));
+        let untagged = text(&single).await;
+        assert!(!untagged.contains("region"), "{untagged}");
+        let returned = frames[Encoding::Json.index()].as_ref().unwrap();
+        assert_eq!(std::str::from_utf8(returned.payload()).unwrap(), untagged);
+        assert!(frames[Encoding::MsgPack.index()].is_none());
+
+        // With the desk session alone, no frame is returned at all.
+        fanout.remove(&single);
+        assert_eq!(fanout.publish(8, &event, None), [None, None]);
+    }
+}

@@ -100,8 +100,6 @@ enum ReportCmd {
         /// The JSON of `GET /v1/reports/response-times` instead of a table.
         #[arg(long)]
         json: bool,
-        /// The journal to read (default: the `storage.data_dir` of --config, or of
-        /// the embedded defaults); --config also gives the `[reports]` targets and shifts.
         #[command(flatten)]
         source: JournalSource,
     },
@@ -171,7 +169,8 @@ struct JournalSource {
     #[arg(long)]
     region: Option<String>,
     /// A config: with a `[cluster]` section, its NATS servers and region; without
-    /// one, its `storage.data_dir`.
+    /// one, its `storage.data_dir`. `report` also takes its `[reports]` targets and
+    /// shifts, and without any of these reads the default `storage.data_dir`.
     #[arg(long)]
     config: Option<PathBuf>,
 }

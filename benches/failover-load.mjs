@@ -11,7 +11,7 @@ const rate = Number(rateArg);
 const seconds = Number(secondsArg);
 const conns = Number(connsArg || 4);
 const TICK_MS = 10;
-const perTick = rate / conns / (1000 / TICK_MS);
+const perConn = rate / conns;
 const rows = [];
 const run = `${process.pid}-${Date.now()}`;
 
@@ -20,7 +20,7 @@ function session(c) {
         const ws = new WebSocket(`ws://${addr}/v1/ws`);
         const sent = new Map();
         let nextId = 1;
-        let owed = 0;
+        let due0 = 0;
         let timer = null;
         let draining = false;
         let closed = false;
@@ -39,7 +39,9 @@ function session(c) {
             const f = JSON.parse(m.data);
             if (f.id === 0) {
                 if (f.type !== "ok") return reject(new Error(`hello: ${m.data}`));
-                const until = Date.now() + seconds * 1000;
+                const start = Date.now();
+                const until = start + seconds * 1000;
+                // Open loop: what is due by the clock, however late a tick comes.
                 timer = setInterval(() => {
                     if (Date.now() >= until) {
                         clearInterval(timer);
@@ -48,8 +50,8 @@ function session(c) {
                         setTimeout(finish, 30000);
                         return;
                     }
-                    owed += perTick;
-                    for (; owed >= 1; owed -= 1) {
+                    const due = Math.floor(((Date.now() - start) / 1000) * perConn);
+                    for (; due0 < due; due0 += 1) {
                         const id = nextId++;
                         const i = c * 1_000_000 + id;
                         sent.set(id, Date.now());

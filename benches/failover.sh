@@ -54,7 +54,7 @@ for trial in $(seq "$TRIALS"); do
     kill -9 "${NODE_PID[$active]}"
     wait "${NODE_PID[$active]}" 2>/dev/null || true
     wait "$load" || { echo "trial $trial: load failed"; cat "$T/load.err"; exit 1; }
-    line=$(python3 - "$csv" "$kill_ms" <<'PY'
+    line=$(python3 - "$csv" "$kill_ms" "$SECONDS_LOAD" <<'PY'
 import sys
 rows = [l.rstrip("\n").split(",") for l in open(sys.argv[1]) if l.strip()]
 kill = int(sys.argv[2])
@@ -64,12 +64,12 @@ gap = (min(after) - kill) if after else -1
 window = [t for t in oks if kill - 5000 <= t < kill + 10000]
 errors = sum(1 for r in rows if r[4] == "error")
 none = sum(1 for r in rows if r[4] == "none")
-print(gap, round(len(window) / 15), len(rows), errors, none)
+print(gap, round(len(window) / 15), len(rows), errors, none, round(len(rows) / float(sys.argv[3])))
 PY
 )
     set -- $line
-    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | creates %s, errors %s, unanswered %s\n' \
-        "$trial" "$active" "$1" "$2" "$3" "$4" "$5"
+    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | sent %s/s, %s creates, errors %s, unanswered %s\n' \
+        "$trial" "$active" "$1" "$2" "$6" "$3" "$4" "$5"
     echo "$line" >>"$T/res"
     # The new active one; the killed one comes back as the standby.
     wait_healthz "$standby" "ok active"

@@ -72,7 +72,8 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Reports computed offline from a stopped server's journal.
+    /// Reports computed from a journal: a stopped server's data directory, or a
+    /// region's stream on NATS (read-only; the region's engine may be running).
     #[command(subcommand)]
     Report(ReportCmd),
     /// The audit trail: hash chains, checkpoints, incident timelines (docs/records.md).
@@ -84,9 +85,6 @@ enum Cmd {
 enum ReportCmd {
     /// Response times (docs/records.md): count, p50, p90, share within target.
     ResponseTimes {
-        /// The server's data directory (default: the config's `storage.data_dir`).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// Period start: ms since the epoch or RFC 3339 (default: 24 h before --to).
         #[arg(long)]
         from: Option<String>,
@@ -102,9 +100,8 @@ enum ReportCmd {
         /// The JSON of `GET /v1/reports/response-times` instead of a table.
         #[arg(long)]
         json: bool,
-        /// Config with the `[reports]` targets and shifts.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        source: JournalSource,
     },
 }
 
@@ -157,10 +154,10 @@ fn print_table(r: &opcenter_core::report::Report) {
     }
 }
 
-/// Where the audit commands read: a data directory (file journal) or a region's
-/// stream on NATS.
+/// Where `audit` and `report` read: a data directory (file journal) or a
+/// region's stream on NATS.
 #[derive(clap::Args)]
-struct AuditSource {
+struct JournalSource {
     /// The server's `storage.data_dir` (the file journal).
     #[arg(long, conflicts_with_all = ["nats", "region"])]
     data_dir: Option<PathBuf>,
@@ -172,38 +169,49 @@ struct AuditSource {
     #[arg(long)]
     region: Option<String>,
     /// A config: with a `[cluster]` section, its NATS servers and region; without
-    /// one, its `storage.data_dir`.
+    /// one, its `storage.data_dir`. `report` also takes its `[reports]` targets and
+    /// shifts, and without any of these reads the default `storage.data_dir`.
     #[arg(long)]
     config: Option<PathBuf>,
 }
 
-/// An [`AuditSource`] resolved.
+/// A [`JournalSource`] resolved.
 enum Source {
     Dir(PathBuf),
     Region { urls: String, region: String },
 }
 
-impl AuditSource {
+impl JournalSource {
+    /// Resolves with the config loaded only when it is what says where to read.
     fn resolve(self) -> anyhow::Result<Source> {
+        let settings = match (&self.data_dir, &self.nats, &self.config) {
+            (None, None, Some(config)) => Some(load_settings(Some(config))?),
+            _ => None,
+        };
+        self.resolve_in(settings.as_ref())
+    }
+
+    /// Resolves against `settings` (the loaded --config, or the defaults) when
+    /// neither --data-dir nor --nats is given.
+    fn resolve_in(self, settings: Option<&Settings>) -> anyhow::Result<Source> {
         if let Some(dir) = self.data_dir {
             return Ok(Source::Dir(dir));
         }
-        if let (Some(urls), Some(region)) = (&self.nats, &self.region) {
+        if let (Some(urls), Some(region)) = (self.nats, &self.region) {
             return Ok(Source::Region {
-                urls: urls.clone(),
+                urls,
                 region: region.clone(),
             });
         }
-        let Some(config) = self.config else {
+        let Some(settings) = settings else {
             anyhow::bail!("say where to read: --data-dir D, --nats URL --region R, or --config FILE");
         };
-        let settings = load_settings(Some(&config))?;
-        Ok(match settings.cluster {
+        Ok(match &settings.cluster {
             Some(c) => Source::Region {
                 urls: c.nats.join(","),
-                region: self.region.unwrap_or(c.region),
+                region: self.region.unwrap_or_else(|| c.region.clone()),
             },
-            None => Source::Dir(settings.data_dir),
+            None => Source::Dir(settings.data_dir.clone()),
         })
     }
 }
@@ -214,12 +222,12 @@ enum AuditCmd {
     /// broken record. Exit status 1 if the chain does not hold.
     Verify {
         #[command(flatten)]
-        source: AuditSource,
+        source: JournalSource,
     },
     /// Print the newest checkpoint (seq, hash) for publishing outside the server.
     Head {
         #[command(flatten)]
-        source: AuditSource,
+        source: JournalSource,
     },
     /// The timeline of one incident from the journal: every change, who made
     /// it (sub, role, session) and when. Read-only; a server may be running.
@@ -231,17 +239,33 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        source: AuditSource,
+        source: JournalSource,
     },
+}
+
+/// A client of the NATS servers `urls` (comma-separated).
+async fn connect_nats(urls: &str) -> anyhow::Result<async_nats::Client> {
+    opcenter_cluster::connect(urls)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {urls}: {e}"))
+}
+
+/// Refuses a region whose stream does not exist: opening the journal of one
+/// (`audit show`, `report`) would create it empty.
+async fn require_stream(urls: &str, region: &str) -> anyhow::Result<()> {
+    let names = opcenter_cluster::RegionNames::new(region)?;
+    async_nats::jetstream::new(connect_nats(urls).await?)
+        .get_stream(&names.stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("region {region}: no stream {} on {urls}: {e}", names.stream))?;
+    Ok(())
 }
 
 /// `opcenter audit verify` on a region's stream; `Ok(false)` when broken.
 async fn verify_region(urls: &str, region: &str) -> anyhow::Result<bool> {
     use opcenter_store::hex;
     let started = std::time::Instant::now();
-    let client = opcenter_cluster::connect(urls)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to {urls}: {e}"))?;
+    let client = connect_nats(urls).await?;
     let v = opcenter_cluster::verify_region(client, region)
         .await
         .with_context(|| format!("verifying region {region}'s stream"))?;
@@ -344,9 +368,7 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
             let data_dir = match source.resolve()? {
                 Source::Dir(d) => d,
                 Source::Region { urls, region } => {
-                    let client = opcenter_cluster::connect(&urls)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("connecting to {urls}: {e}"))?;
+                    let client = connect_nats(&urls).await?;
                     let Some(cp) = opcenter_cluster::region_head(client, &region).await? else {
                         anyhow::bail!(
                             "no checkpoint yet for region {region} (one is put every \
@@ -381,6 +403,7 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<bool> {
                     format!("the journal in {}", data_dir.display()),
                 ),
                 Source::Region { urls, region } => {
+                    require_stream(&urls, &region).await?;
                     let id = incident.clone();
                     let r = region.clone();
                     let t =
@@ -575,21 +598,31 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", mint_token(settings.jwt_secret.as_bytes(), &claims));
         }
         Cmd::Report(ReportCmd::ResponseTimes {
-            data_dir,
             from,
             to,
             group,
             csv,
             json,
-            config,
+            source,
         }) => {
-            let settings = load_settings(config.as_ref())?;
+            let settings = load_settings(source.config.as_ref())?;
             let now_ms = i64::try_from(now_s()).unwrap_or(i64::MAX).saturating_mul(1000);
             let query =
                 opcenter_hub::ReportQuery::parse(from.as_deref(), to.as_deref(), Some(&group), now_ms)?;
-            let dir = data_dir.unwrap_or(settings.data_dir);
-            let report = opcenter_hub::report_offline(&dir, query, &settings.reports)
-                .with_context(|| format!("report over {}", dir.display()))?;
+            let report = match source.resolve_in(Some(&settings))? {
+                Source::Dir(dir) => opcenter_hub::report_offline(&dir, query, &settings.reports)
+                    .with_context(|| format!("report over {}", dir.display()))?,
+                Source::Region { urls, region } => {
+                    require_stream(&urls, &region).await?;
+                    let r = region.clone();
+                    let cfg = settings.reports.clone();
+                    tokio::task::spawn_blocking(move || {
+                        opcenter_hub::report_in_region(&urls, &r, query, &cfg)
+                    })
+                    .await?
+                    .with_context(|| format!("report over region {region}'s stream"))?
+                }
+            };
             if csv {
                 print!("{}", report.to_csv());
             } else if json {

@@ -5,7 +5,9 @@
 //! session, and so does the engine's refused-action log line for a command it
 //! refused; a forged stream (one record's bytes changed, every hash left as
 //! written) is named by `audit verify`, stops an engine from starting, and
-//! `--accept-broken-chain` starts it anyway, logging the break loudly.
+//! `--accept-broken-chain` starts it anyway, logging the break loudly. `opcenter
+//! report --nats/--region` and `--config` read the running region's stream and
+//! give the engine's own report.
 //! Each test prints `SKIPPED` and returns when nats-server is not installed.
 
 use std::io::{BufRead, BufReader};
@@ -41,12 +43,26 @@ fn config(data: &Path, urls: &str, role: &str) -> PathBuf {
     path
 }
 
+/// `opcenter <args>`: (success, stdout, stderr).
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = opcenter().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), stdout, stderr)
+}
+
 /// `opcenter audit <args>`: (success, stdout + stderr).
 fn audit(args: &[&str]) -> (bool, String) {
-    let out = opcenter().arg("audit").args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), format!("{stdout}{stderr}"))
+    let (ok, stdout, stderr) = run(&[&["audit"], args].concat());
+    (ok, format!("{stdout}{stderr}"))
+}
+
+/// A node in `role` over `<tmp>/<name>`, active: its config and process.
+async fn start_active(tmp: &Path, urls: &str, name: &str, role: &str) -> (PathBuf, ServerProcess) {
+    let cfg = config(&tmp.join(name), urls, role);
+    let node = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_opcenter")), &cfg).unwrap();
+    wait_active(node.addr).await;
+    (cfg, node)
 }
 
 /// The region's audit chain holds from its first record to its last, through at
@@ -104,9 +120,7 @@ async fn a_hubs_session_is_on_the_record_and_the_region_verifies() {
     let urls = nats.urls();
     let tmp = tempfile::tempdir().unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_opcenter"));
-    let engine_cfg = config(&tmp.path().join("engine"), &urls, "engine");
-    let mut engine = ServerProcess::start(bin, &engine_cfg).unwrap();
-    wait_active(engine.addr).await;
+    let (engine_cfg, mut engine) = start_active(tmp.path(), &urls, "engine", "engine").await;
     let hub = ServerProcess::start(bin, &config(&tmp.path().join("hub"), &urls, "hub")).unwrap();
 
     let (ids, session) = create(&hub.addr.to_string(), &["first", "second", "third"]).await;
@@ -254,9 +268,7 @@ async fn a_forged_record_is_named_and_stops_the_engine_unless_accepted() {
     let urls = nats.urls();
     let tmp = tempfile::tempdir().unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_opcenter"));
-    let cfg = config(&tmp.path().join("node"), &urls, "both");
-    let mut node = ServerProcess::start(bin, &cfg).unwrap();
-    wait_active(node.addr).await;
+    let (cfg, mut node) = start_active(tmp.path(), &urls, "node", "both").await;
     create(&node.addr.to_string(), &["one", "chain-marker-AAAA", "three"]).await;
     assert!(node.terminate().unwrap().success());
     let (ok, out) = audit(&["verify", "--nats", &urls, "--region", REGION]);
@@ -311,4 +323,75 @@ async fn a_forged_record_is_named_and_stops_the_engine_unless_accepted() {
     let client = opcenter_cluster::connect(&urls).await.unwrap();
     let v = opcenter_cluster::verify_region(client, REGION).await.unwrap();
     assert!(v.walk.last_seq > seq, "{:?}", v.walk);
+}
+
+/// `opcenter report response-times <args>` with `--from`/`--to`: its stdout.
+fn report_cli(args: &[&str], from: i64, to: i64) -> String {
+    let (from, to) = (from.to_string(), to.to_string());
+    let head = ["report", "response-times", "--from", &from, "--to", &to];
+    let (ok, stdout, stderr) = run(&[&head[..], args].concat());
+    assert!(ok, "{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn the_report_reads_a_regions_stream_while_its_engine_runs() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let urls = nats.urls();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, node) = start_active(tmp.path(), &urls, "node", "both").await;
+    let from = opcenter_sim::wire::now_ms() as i64 - 60_000;
+    create(&node.addr.to_string(), &["one", "two", "three"]).await;
+    let to = opcenter_sim::wire::now_ms() as i64 + 60_000;
+
+    // The running engine's own report over HTTP, JSON and CSV.
+    let path = format!("/v1/reports/response-times?from={from}&to={to}&group=priority");
+    let sup = token(Role::Supervisor, "sup");
+    let (status, body) = http(node.addr, "GET", &path, Some(&sup), None).await;
+    assert_eq!(status, 200, "{body}");
+    let live: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(live["report"]["incidents"], 3, "{live}");
+    let (status, csv) = http(node.addr, "GET", &format!("{path}&format=csv"), Some(&sup), None).await;
+    assert_eq!(status, 200, "{csv}");
+
+    // The CLI on the stream, by --nats/--region and by the node's --config: the same.
+    let by_nats = ["--nats", &urls, "--region", REGION];
+    let by_config = ["--config", cfg.to_str().unwrap()];
+    for source in [&by_nats[..], &by_config[..]] {
+        let json_out = report_cli(&[&["--json"], source].concat(), from, to);
+        let got: Value = serde_json::from_str(&json_out).unwrap_or_else(|e| panic!("{e}: {json_out}"));
+        assert_eq!(got, live, "{source:?}");
+        assert_eq!(
+            report_cli(&[&["--csv"], source].concat(), from, to),
+            csv,
+            "{source:?}"
+        );
+    }
+
+    // A region without a stream: refused, and not created by the asking.
+    let (ok, _, stderr) = run(&["report", "response-times", "--nats", &urls, "--region", "nowhere"]);
+    assert!(
+        !ok && stderr.contains("region nowhere: no stream OPC_nowhere"),
+        "{stderr}"
+    );
+    let client = opcenter_cluster::connect(&urls).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    assert!(
+        js.get_stream("OPC_nowhere").await.is_err(),
+        "the report created a stream"
+    );
+
+    // No NATS server to ask: refused, naming the servers.
+    let (ok, _, stderr) = run(&[
+        "report",
+        "response-times",
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--region",
+        REGION,
+    ]);
+    assert!(!ok && stderr.contains("nats://127.0.0.1:1"), "{stderr}");
+    drop(node);
 }

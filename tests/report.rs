@@ -3,7 +3,8 @@
 //! ack, arrival, note, close, an app report, refused commands), then
 //! `GET /v1/reports/response-times` in JSON and CSV, `opcenter report
 //! response-times` offline on the stopped server's data directory, and the
-//! endpoint again after a restart. Expected figures are computed here by hand
+//! endpoint again after a restart; every incident of the shift exported as EIDO
+//! and validated against NENA's schema. Expected figures are computed here by hand
 //! from the event times the server reported to a supervisor's console.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 
 use opcenter_proto::auth::Role;
 
+use crate::common::eido::{assert_valid, get_eido, validator};
 use crate::common::{BinServer, Client, Encoding, console, http, tablet, token};
 
 /// Unit positions: A and B near X, C near W, D near Y.
@@ -390,6 +392,57 @@ async fn a_scripted_shift_reports_the_hand_computed_figures_live_offline_and_aft
             "{body}"
         );
     }
+
+    // The shift's incidents as EIDO documents, each valid against NENA's schema:
+    // X (declined, reassigned, noted, closed), W (closed by its unit), Y (its
+    // unit taken by force, reassigned, closed), V (took Y's unit), Z (the app's).
+    let v = validator();
+    let sup = token(Role::Supervisor, "sup");
+    let mut docs = BTreeMap::new();
+    for id in [&x_id, &w_id, &y_id, &v_id, &z_id] {
+        let (status, doc) = get_eido(server.addr, id, Some(&sup)).await;
+        assert_eq!(status, 200, "{id}: {doc}");
+        assert_valid(&v, &doc);
+        assert_eq!(doc["incidentComponent"]["internalIncidentId"], json!(id));
+        docs.insert(id.clone(), doc);
+    }
+    for (id, disposition) in [(&x_id, "arrest"), (&w_id, "report taken"), (&y_id, "no offence")] {
+        let inc = &docs[id]["incidentComponent"];
+        assert_eq!(inc["incidentStatusCommonRegistryText"], json!(["Closed"]), "{id}");
+        assert_eq!(
+            inc["dispositionComponent"][0]["dispositionCommonRegistryCode"], disposition,
+            "{id}"
+        );
+    }
+    let x_notes: Vec<&Value> = docs[&x_id]["notesComponent"].as_array().unwrap().iter().collect();
+    assert!(
+        x_notes
+            .iter()
+            .any(|n| n["notesActionComments"] == "two suspects" && n["agentReference"]["$ref"].is_string()),
+        "X's note with its author: {x_notes:#?}"
+    );
+    for (id, unit) in [(&v_id, "R-D"), (&z_id, "R-B")] {
+        let doc = &docs[id];
+        assert_ne!(
+            doc["incidentComponent"]["incidentStatusCommonRegistryText"],
+            json!(["Closed"])
+        );
+        let units: Vec<&str> = doc["emergencyResourceComponent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["$id"].as_str().unwrap())
+            .collect();
+        assert_eq!(units.len(), 1, "{id}: {units:?}");
+        assert!(
+            units[0].starts_with(&format!("urn:emergency:uid:unitid:{unit}:")),
+            "{id}: {units:?}"
+        );
+    }
+    assert_eq!(
+        docs[&z_id]["callComponent"][0]["localCallType"], z["incident"]["source"],
+        "Z's source: {z}"
+    );
 
     // Offline, from the journal of the stopped server: the same report.
     drop((watch, desk, a, b, c, d));

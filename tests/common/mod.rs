@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 use opcenter_proto::auth::{Claims, Role, mint_token};
 use opcenter_sim::harness::{self, ServerProcess};
+pub(crate) mod eido;
+
 pub(crate) use opcenter_sim::harness::{Client, Got, WAIT};
 use opcenter_sim::http::HttpClient;
 pub(crate) use opcenter_sim::wire::Encoding;

@@ -283,14 +283,21 @@ pub fn timeline_in_dir(dir: &Path, id: &str) -> Result<Timeline, TimelineError> 
     )?)
 }
 
+/// A region's stream on NATS opened for reading by a tool (`audit show`,
+/// `report`): its own runtime, the chain not walked (`audit verify` does that).
+/// Blocks: call it off any async runtime.
+pub(crate) fn open_region(urls: &str, region: &str) -> Result<opcenter_cluster::JetStreamJournal, String> {
+    let mut opts = opcenter_cluster::JournalOptions::new(region);
+    opts.verify_chain = false;
+    opcenter_cluster::JetStreamJournal::connect(urls, opts)
+        .map_err(|e| format!("opening region {region}'s stream: {e}"))
+}
+
 /// The timeline of `id` from a region's stream on NATS (`urls`: comma-separated),
 /// read-only: `opcenter audit show --region`. Blocks (a runtime of its own): call it
 /// off any async runtime. The chain is not walked here (`audit verify` does that).
 pub fn timeline_in_region(urls: &str, region: &str, id: &str) -> Result<Timeline, TimelineError> {
-    let mut opts = opcenter_cluster::JournalOptions::new(region);
-    opts.verify_chain = false;
-    let journal = opcenter_cluster::JetStreamJournal::connect(urls, opts)
-        .map_err(|e| TimelineError::Record(format!("opening region {region}'s stream: {e}")))?;
+    let journal = open_region(urls, region).map_err(TimelineError::Record)?;
     Ok(collect(
         journal.first_seq(),
         |after, max| {

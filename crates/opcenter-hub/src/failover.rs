@@ -325,14 +325,21 @@ impl Active {
 
     /// A clean stop: deletes the lease key (if still ours) so a standby takes over
     /// without waiting for the TTL.
+    ///
+    /// Bounded: the keeper may be inside a NATS call that waits for its own
+    /// timeout (every server gone); after 2 s the lease is left to lapse.
     pub(crate) async fn release(self) {
         self.stop.cancel();
-        if let Ok(Some(lease)) = self.keeper.await {
-            match tokio::time::timeout(Duration::from_secs(2), lease.release()).await {
-                Ok(Ok(())) => tracing::info!("lease released"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "lease not released: it lapses after its TTL"),
-                Err(_) => tracing::warn!("lease release timed out: it lapses after its TTL"),
+        match tokio::time::timeout(Duration::from_secs(2), self.keeper).await {
+            Ok(Ok(Some(lease))) => {
+                match tokio::time::timeout(Duration::from_secs(2), lease.release()).await {
+                    Ok(Ok(())) => tracing::info!("lease released"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "lease not released: it lapses after its TTL"),
+                    Err(_) => tracing::warn!("lease release timed out: it lapses after its TTL"),
+                }
             }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("the lease keeper did not stop in time: the lease lapses after its TTL"),
         }
     }
 }

@@ -81,7 +81,7 @@ pub use audit_timeline::{
     Step as TimelineStep, Timeline, TimelineError, timeline_in_dir, timeline_in_region,
 };
 pub use record::Origin as RecordActor;
-pub use report::{ReportError, ReportQuery, report_offline};
+pub use report::{ReportError, ReportQuery, report_in_region, report_offline};
 pub use settings::{ClusterRole, ClusterSettings, ConsoleSettings, HubSettings, Settings, SettingsError};
 
 use engine_task::{EngineQueue, EngineTask, Request, Shared, StopGuard};

@@ -2,7 +2,8 @@
 //! bounded chunks, feeds the incident events to `opcenter_core::report::Fold`,
 //! and answers the period's report. The server runs it over its live journal
 //! (`GET /v1/reports/response-times`, one lock hold per chunk so commits are not
-//! held up); `opcenter report` runs it over a stopped server's data directory.
+//! held up); `opcenter report` runs it over a stopped server's data directory
+//! or, read-only, over a region's stream on NATS.
 //!
 //! Owns: reading the journal for the report, the query's parameters and their
 //! errors. Must never: write to the journal or keep state between reports.
@@ -174,6 +175,22 @@ pub fn report_offline(
         },
     )
     .map_err(ReportError::Open)?;
+    let first = journal.first_seq();
+    let fold = fold_journal(first, |after| journal.read_from(after, CHUNK))
+        .map_err(|e| ReportError::Read(e.to_string()))?;
+    Ok(finish(&fold, first, query, cfg))
+}
+
+/// The report over a region's stream on NATS (`urls`: comma-separated),
+/// read-only: `opcenter report --nats/--region`; the region's engine may be
+/// running. Blocks (a runtime of its own): call it off any async runtime.
+pub fn report_in_region(
+    urls: &str,
+    region: &str,
+    query: ReportQuery,
+    cfg: &ReportConfig,
+) -> Result<Report, ReportError> {
+    let journal = crate::audit_timeline::open_region(urls, region).map_err(ReportError::Read)?;
     let first = journal.first_seq();
     let fold = fold_journal(first, |after| journal.read_from(after, CHUNK))
         .map_err(|e| ReportError::Read(e.to_string()))?;

@@ -132,6 +132,23 @@ async fn incident_flow_and_graceful_restart_on_a_single_nats_server() {
     let data = tmp.path().join("data");
     let mut node = BinServer::start(&data, &extra);
     crate::hub_e2e::full_flow_on(&node.host(), Encoding::Json, Encoding::Msgpack).await;
+    // The flow's tablets closed as it returned; each one's `offline` event commits
+    // once the server has seen its session end. Wait for both, so that no event
+    // of the flow lands after the seq read below.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mut c, _) = Client::login(&node.host(), Encoding::Json, &dispatcher()).await;
+        let snap = c.request(json!({"type":"subscribe","topics":["units"]})).await;
+        let units = snap["units"].as_array().cloned().unwrap_or_default();
+        if units.len() >= 2 && units.iter().all(|u| u["online"] == json!(false)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow's tablets still online: {snap}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let (_c, hello, sub) = incidents(&node.host(), None).await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();

@@ -30,6 +30,9 @@ pub(crate) const SOCKET_WRITES: &str = "opcenter_socket_writes_total";
 pub(crate) const REPLAY_FRAMES: &str = "opcenter_replay_frames_total";
 /// Gauge: estimated bytes held by the replay frame cache (`hub.frame_cache_bytes`).
 pub(crate) const REPLAY_CACHE_BYTES: &str = "opcenter_replay_cache_bytes";
+/// Counter: milliseconds the read-model thread paused because snapshots, replays
+/// and lookups were over `hub.reads_share`.
+pub(crate) const READS_PACED_MS: &str = "opcenter_reads_paced_milliseconds_total";
 /// Counter: sessions closed because their queue overflowed (4008).
 pub(crate) const QUEUE_OVERFLOWS: &str = "opcenter_queue_overflows_total";
 /// Gauge: open sessions by `role`.

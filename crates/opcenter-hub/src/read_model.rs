@@ -291,7 +291,9 @@ impl ReadModel {
     fn pace(&mut self) {
         while let Some(wait) = self.budget.over() {
             let to_flush = self.position_interval.saturating_sub(self.last_flush.elapsed());
-            std::thread::sleep(wait.min(to_flush).max(Duration::from_millis(1)));
+            let pause = wait.min(to_flush).max(Duration::from_millis(1));
+            std::thread::sleep(pause);
+            metrics::counter!(crate::metric::READS_PACED_MS).increment(pause.as_millis() as u64);
             if self.last_flush.elapsed() >= self.position_interval {
                 self.last_flush = Instant::now();
                 self.flush_positions();

@@ -1100,7 +1100,7 @@ mod tests {
         let hub = Settings::from_toml("").unwrap().hub;
         assert_eq!(
             (hub.reads_share, hub.replay_step_events, hub.frame_cache_bytes),
-            (0.5, 2048, 64 << 20)
+            (0.2, 2048, 64 << 20)
         );
         for (key, bad) in [
             ("reads_share", "0.0"),

@@ -39,9 +39,14 @@ pub(crate) fn node_toml(urls: &str, role: &str, replicas: usize) -> String {
 /// Every record seq in the region's stream, read straight from JetStream (a reader
 /// never appends, so it fences no one), and the stream's epoch.
 pub(crate) async fn stream_seqs(urls: &str) -> (String, Vec<u64>) {
-    let urls = urls.to_owned();
+    region_stream_seqs(urls, REGION).await
+}
+
+/// [`stream_seqs`] of any region's stream.
+pub(crate) async fn region_stream_seqs(urls: &str, region: &str) -> (String, Vec<u64>) {
+    let (urls, region) = (urls.to_owned(), region.to_owned());
     tokio::task::spawn_blocking(move || {
-        let j = JetStreamJournal::connect(&urls, JournalOptions::new(REGION)).expect("open the stream");
+        let j = JetStreamJournal::connect(&urls, JournalOptions::new(region)).expect("open the stream");
         let mut seqs = Vec::new();
         loop {
             let recs = j.read_from(seqs.last().copied().unwrap_or(0), 4096).unwrap();
@@ -127,6 +132,23 @@ async fn incident_flow_and_graceful_restart_on_a_single_nats_server() {
     let data = tmp.path().join("data");
     let mut node = BinServer::start(&data, &extra);
     crate::hub_e2e::full_flow_on(&node.host(), Encoding::Json, Encoding::Msgpack).await;
+    // The flow's tablets closed as it returned; each one's `offline` event commits
+    // once the server has seen its session end. Wait for both, so that no event
+    // of the flow lands after the seq read below.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mut c, _) = Client::login(&node.host(), Encoding::Json, &dispatcher()).await;
+        let snap = c.request(json!({"type":"subscribe","topics":["units"]})).await;
+        let units = snap["units"].as_array().cloned().unwrap_or_default();
+        if units.len() >= 2 && units.iter().all(|u| u["online"] == json!(false)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow's tablets still online: {snap}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let (_c, hello, sub) = incidents(&node.host(), None).await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();

@@ -15,6 +15,7 @@ mod bounds;
 mod citizen;
 mod cli;
 mod cluster;
+mod cluster_desk;
 mod cluster_roles;
 mod durability;
 mod eido;

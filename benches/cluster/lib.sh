@@ -124,6 +124,7 @@ load_note() { echo "# $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/l
 # (more sim options: the other processes' --also-pid, --console-server).
 #   trivial - the trivial sender (the load tool's ceiling; stores nothing);
 #   file    - single process on the file journal; both - engine and hub in one;
+#   both1   - `both` appending one batch at a time (cluster.pipeline_depth = 1);
 #   hubs    - engine + hubs A and B: TARGET is B, the consoles go to A;
 #   hub1    - engine + hub A holding every console;
 #   hub2    - engine + hubs A and B, consoles split over both.
@@ -140,6 +141,7 @@ start_mode() {
         EXTRA=(--no-verify)
         ;;
     file | both) node n "$mode" "$region" ;;
+    both1) node n both "$region" "pipeline_depth = 1" ;;
     hubs | hub1 | hub2)
         node e engine "$region"
         node ha hub "$region"

@@ -2,8 +2,9 @@
 # Durable creates/s through the region's stream (issue 11, "Benchmarks": target
 # >= 20 000/s with pipelined appends), in one script run: the trivial sender (the
 # load tool's own ceiling: it answers and echoes creates and stores nothing), the
-# single process on its file journal (fsync on), the `both` node, and one engine +
-# two hubs, on one nats-server and on an R3 cluster.
+# single process on its file journal (fsync on), the `both` node (pipelined group
+# commit, `cluster.pipeline_depth` 8) and `both1` (the same, one batch at a time),
+# and one engine + two hubs, on one nats-server and on an R3 cluster.
 #
 # The load: PRODUCERS dispatchers send a burst of N creates, closed loop (`--window
 # W`: never more than W creates beyond what the console has received), and one
@@ -14,14 +15,14 @@
 #
 #   cargo build --release --bin opcenter
 #   cargo build --release -p opcenter-sim --example trivial_sender
-#   benches/cluster/throughput.sh [RUNS=3] [N=20000] [TOPOS="single r3"] [MODES="trivial file both hubs"]
+#   benches/cluster/throughput.sh [RUNS=3] [N=20000] [TOPOS="single r3"] [MODES="trivial file both1 both hubs"]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benches/cluster/lib.sh
 RUNS=${1:-3}
 N=${2:-20000}
 TOPOS=${3:-single r3}
-MODES=${4:-trivial file both hubs}
+MODES=${4:-trivial file both1 both hubs}
 PRODUCERS=${PRODUCERS:-4}
 W=${W:-2000}
 

@@ -26,9 +26,16 @@
 //!
 //! `submit` publishes without waiting and `wait_acked` collects the acks in order, so
 //! several batches can be in flight (the expected sequences are predicted: each
-//! message adds exactly one). When any ack in the window fails, every unacknowledged
-//! message is sent again one by one, in order, with the same ids and expected
-//! sequences: the ones already stored come back as duplicates.
+//! message adds exactly one). A message sent while its predecessor is still in
+//! flight also carries `Nats-Expected-Last-Msg-Id` = the predecessor's id: if the
+//! predecessor was refused (another writer got in first), a predicted sequence
+//! alone could match the other writer's message, and this one would land after it;
+//! with the id it is refused too (error 10070, taken as fenced like 10071). The
+//! first message in flight carries no id: its expected sequence is exact, and the
+//! server forgets message ids after the 2-minute duplicate window. When any ack in
+//! the window fails, every unacknowledged message is sent again one by one, in
+//! order, with the same ids and expected sequences: the ones already stored come
+//! back as duplicates.
 //!
 //! # The audit chain
 //!
@@ -39,6 +46,11 @@
 //! every message it has not walked yet and refuses a broken chain with
 //! [`ClusterError::ChainBroken`] unless `accept_broken_chain`. Checkpoints go to the
 //! region's chain bucket after the batch they name was acknowledged.
+//!
+//! Batches in flight are chained at submit, in submit order, each from the hash
+//! after the one submitted before it. When one is refused every batch behind it is
+//! refused too (the `Nats-Expected-Last-Msg-Id` above), the journal is poisoned and
+//! the submitted chain head falls back to the acknowledged one with the record seqs.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -146,6 +158,10 @@ struct Pending {
     /// Stream sequence this message must follow.
     expected_last: u64,
     msg_id: String,
+    /// `Nats-Msg-Id` of the message this one must follow, when that one was still
+    /// in flight at submit time: a predicted `expected_last` alone would let this
+    /// message land after another writer's one if its predecessor was refused.
+    expected_last_id: Option<String>,
     payload: Bytes,
     ack: Option<PublishAckFuture>,
     /// A takeover message's [`TAKEOVER_HEADER`] value (no records in it).
@@ -708,6 +724,7 @@ impl JetStreamJournal {
                 count: g.len() as u64,
                 expected_last: self.submitted_stream_last,
                 msg_id: format!("{}:{}", self.writer, first),
+                expected_last_id: self.pending.back().map(|q| q.msg_id.clone()),
                 payload: codec::encode(&chained),
                 ack: None,
                 takeover: None,
@@ -738,6 +755,7 @@ impl JetStreamJournal {
             // Not `<writer>:<first>`: the next batch starts at the same seq and must
             // not be taken for a duplicate of this message.
             msg_id: format!("{}:takeover:{}", self.writer, self.stream_last),
+            expected_last_id: None,
             payload: Bytes::new(),
             ack: None,
             takeover: Some(marker.to_owned()),
@@ -940,6 +958,9 @@ async fn publish(js: &jetstream::Context, subject: &str, p: &Pending) -> Result<
         async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
         p.expected_last.to_string().as_str(),
     );
+    if let Some(id) = &p.expected_last_id {
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, id.as_str());
+    }
     headers.insert(FIRST_SEQ_HEADER, p.first.to_string().as_str());
     headers.insert(CHAIN_PREV_HEADER, hex(&p.prev).as_str());
     headers.insert(CHAIN_HEADER, hex(&p.chain).as_str());
@@ -984,7 +1005,12 @@ async fn publish_retrying(
                         ),
                     ));
                 }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                    ) =>
+                {
                     // Ours, stored by an earlier attempt whose ack we lost?
                     if stored_by_us(stream, p).await {
                         return Ok(());
@@ -994,12 +1020,7 @@ async fn publish_retrying(
                         expected_last: p.expected_last,
                     });
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::WrongLastMessageId
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) => {
                     return Err(ClusterError::nats("publish")(e.into()));
                 }
                 Err(e) => e.to_string(),
@@ -1072,6 +1093,31 @@ impl Journal for JetStreamJournal {
         let range = self.submit(payloads)?;
         self.wait_acked()?;
         Ok(range)
+    }
+
+    fn submit_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        Ok(self.submit(payloads)?)
+    }
+
+    fn wait_durable(&mut self, seq: u64) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        while self.last_seq < seq && !self.pending.is_empty() {
+            self.ack_front()?;
+        }
+        if self.last_seq < seq {
+            // Never submitted: nothing can make it durable.
+            return Err(StoreError::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn pipelined(&self) -> bool {
+        true
     }
 
     fn read_from(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, StoreError> {

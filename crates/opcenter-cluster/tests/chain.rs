@@ -2,7 +2,8 @@
 //! walk with checkpoints, a second writer continuing the chain through its takeover
 //! marker, and forged copies of a stream (a flipped record byte, a changed header, a
 //! removed message, a re-chained tail) named by `verify_region` and refused by an
-//! engine's open unless `accept_broken_chain`.
+//! engine's open unless `accept_broken_chain`; pipelined batches chained in submit
+//! order, and refused ones rolled back with the chain.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -308,4 +309,67 @@ fn a_rechained_tail_disagrees_with_the_checkpoint() {
     assert_eq!(seqs, vec![(4, 0), (8, 0), (99, 0)], "{:?}", v.walk.breaks);
     assert!(v.walk.breaks[0].reason.contains("re-chained"));
     assert!(v.walk.breaks[2].reason.contains("cut off"));
+}
+
+/// Batches in flight are chained in submit order: eight submitted back to back
+/// (none waited for) walk clean and end at the hash computed over the records.
+/// When batches in flight are refused (another writer appended first), the
+/// chain head falls back with them to the last acknowledged record, and after
+/// `reopen` the writer continues from the other writer's hash: one unbroken
+/// chain, nothing of the refused batches in it.
+#[test]
+fn pipelined_batches_chain_in_submit_order_and_a_refused_one_rolls_the_chain_back() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let urls = nats.urls();
+    let rt = runtime();
+    let mut a = JetStreamJournal::connect(&urls, JournalOptions::new("zko")).unwrap();
+    for i in 0..8u8 {
+        a.submit(&[&[i], &[i, i]]).unwrap();
+    }
+    assert_eq!(a.wait_acked().unwrap(), 16);
+    let acked = a.chain_head();
+    assert_eq!(acked, recompute(&a), "chained in submit order");
+    let v = verify(&rt, &urls, "zko");
+    assert!(v.walk.breaks.is_empty(), "{:?}", v.walk.breaks);
+    assert_eq!((v.walk.last_seq, v.walk.head), (16, acked));
+
+    // Another writer appends behind a's back; three batches of a's go in flight
+    // after it and are all refused.
+    let mut b = JetStreamJournal::connect(&urls, JournalOptions::new("zko")).unwrap();
+    assert_eq!(b.chain_head(), acked);
+    b.append_batch(&[b"theirs"]).unwrap();
+    for p in [&b"x"[..], b"y", b"z"] {
+        a.submit(&[p]).unwrap();
+    }
+    assert!(matches!(a.wait_acked(), Err(ClusterError::Fenced { .. })));
+    assert_eq!(a.last_seq(), 16);
+    assert_eq!(
+        a.chain_head(),
+        acked,
+        "the refused batches' hashes are not the chain's"
+    );
+
+    // Re-read: a continues from b's record, in flight again, and the chain holds.
+    a.reopen().unwrap();
+    assert_eq!(a.chain_head(), b.chain_head());
+    a.submit(&[b"mine 1"]).unwrap();
+    a.submit(&[b"mine 2", b"mine 3"]).unwrap();
+    assert_eq!(a.wait_acked().unwrap(), 20);
+    let v = verify(&rt, &urls, "zko");
+    assert!(v.walk.breaks.is_empty(), "{:?}", v.walk.breaks);
+    assert_eq!(v.walk.last_seq, 20);
+    assert_eq!(v.walk.head, a.chain_head());
+    assert_eq!(v.walk.head, recompute(&a), "one chain, without x, y, z");
+    let tail: Vec<Vec<u8>> = a
+        .read_from(16, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(
+        tail,
+        [&b"theirs"[..], b"mine 1", b"mine 2", b"mine 3"].map(|p| p.to_vec())
+    );
 }

@@ -232,6 +232,58 @@ fn pipelined_appends_keep_order_and_large_batches_are_split() {
     assert_eq!(j.append_batch(&[b"after"]).unwrap(), 2049..=2049);
 }
 
+/// The `Journal` trait's pipelining, as the engine thread uses it: batches
+/// submitted back to back, each waited for in turn (`wait_durable` up to its last
+/// seq, later ones still in flight); after a second writer's append every batch
+/// in flight is fenced, none of them counts as saved.
+#[test]
+fn submitted_batches_are_durable_in_order_and_a_fence_fails_all_in_flight() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let rt = runtime();
+    let client = rt.block_on(opcenter_cluster::connect(&nats.urls())).unwrap();
+    let open = || {
+        let j =
+            JetStreamJournal::open(rt.handle().clone(), client.clone(), JournalOptions::new("zko")).unwrap();
+        Box::new(j) as Box<dyn Journal>
+    };
+    let mut j = open();
+    assert!(j.pipelined());
+    let ranges: Vec<_> = (0..8u8)
+        .map(|i| j.submit_batch(&[&[i], &[i, i]]).unwrap())
+        .collect();
+    assert_eq!(ranges[0], 1..=2);
+    assert_eq!(ranges[7], 15..=16);
+    // Durable one batch at a time, in order; later ones may still be in flight.
+    for r in &ranges {
+        j.wait_durable(*r.end()).unwrap();
+        assert!(j.last_seq() >= *r.end());
+    }
+    assert_eq!(j.last_seq(), 16);
+    assert_eq!(payloads(&*j, 14), vec![(15, vec![7]), (16, vec![7, 7])]);
+
+    // Another writer appends behind our back; three batches of ours go in flight
+    // after it, each expecting the stream where this writer left it.
+    let mut other = open();
+    other.append_batch(&[b"theirs"]).unwrap();
+    let a = j.submit_batch(&[b"a"]).unwrap();
+    let b = j.submit_batch(&[b"b"]).unwrap();
+    let c = j.submit_batch(&[b"c"]).unwrap();
+    let err = j.wait_durable(*a.end()).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(matches!(j.wait_durable(*b.end()), Err(StoreError::Poisoned)));
+    assert!(matches!(j.wait_durable(*c.end()), Err(StoreError::Poisoned)));
+    assert_eq!(
+        j.last_seq(),
+        16,
+        "nothing of ours after the fence counts as saved"
+    );
+    // The stream holds the other writer's record after ours, nothing of the fenced batches.
+    let reader = open();
+    assert_eq!(payloads(&*reader, 16), vec![(17, b"theirs".to_vec())]);
+}
+
 #[test]
 fn large_snapshots_round_trip_the_newest_two_are_kept_and_compaction_follows() {
     let Some(nats) = NatsCluster::start_or_skip(1) else {

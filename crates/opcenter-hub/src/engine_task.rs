@@ -110,6 +110,9 @@ pub(crate) enum Request {
         unit: Option<String>,
         subscribe: Subscribe,
     },
+    /// A national desk's session subscribed elsewhere: it leaves this region's
+    /// subscriber lists (events and positions).
+    Unsubscribe { outbox: Arc<Outbox> },
     /// `incident.recommend` (read-only).
     Recommend {
         outbox: Arc<Outbox>,
@@ -165,6 +168,9 @@ pub(crate) struct Shared {
     /// Set (with the reason) when a hub node finds the region's stream replaced
     /// or lost: every client is closed with 4008 and the node stops.
     pub(crate) replaced: tokio::sync::watch::Sender<Option<String>>,
+    /// The region's name on NATS (`None` in one process): what events and
+    /// position batches carry to a multi-region subscription.
+    pub(crate) region: Option<Arc<str>>,
 }
 
 impl Request {
@@ -213,6 +219,27 @@ impl EngineRx {
             }
         });
         let Some(first) = first else { return false };
+        self.fill(first, batch);
+        true
+    }
+
+    /// [`EngineRx::next_batch`] without waiting: false when nothing is queued now
+    /// (or both lanes are closed).
+    fn try_next_batch(&mut self, batch: &mut Vec<Request>) -> bool {
+        let first = match self.urgent.try_recv() {
+            Ok(r) => r,
+            Err(_) => match self.normal.try_recv() {
+                Ok(r) => r,
+                Err(_) => return false,
+            },
+        };
+        self.fill(first, batch);
+        true
+    }
+
+    /// `batch` = `first`, every queued urgent request, then normal ones up to
+    /// [`MAX_BATCH`], urgent ones first.
+    fn fill(&mut self, first: Request, batch: &mut Vec<Request>) {
         batch.push(first);
         while let Ok(r) = self.urgent.try_recv() {
             batch.push(r);
@@ -225,8 +252,26 @@ impl EngineRx {
                 Err(_) => break,
             }
         }
-        true
     }
+}
+
+/// A batch applied to the engine and submitted to the journal; its events,
+/// replies and read-model copy wait until the journal says it is durable
+/// ([`EngineTask::finish`]).
+struct InFlight {
+    now: i64,
+    outcomes: Vec<Outcome>,
+    /// Served after the batch is finished (hellos, subscribes, recommends, ticks).
+    later: Vec<Request>,
+    /// Seqs of the submitted events (`first..=last`, empty when there are none),
+    /// or why nothing of the batch can be saved.
+    submitted: Result<(u64, u64), DurabilityError>,
+    events: BatchEvents,
+    positions: Vec<opcenter_core::PositionItem>,
+    /// The engine's state right after this batch (every `snapshot_every` events).
+    state: Option<Box<opcenter_core::EngineSnapshot>>,
+    retired: Vec<String>,
+    next_incident_no: u64,
 }
 
 /// Two queues of `capacity` each.
@@ -360,8 +405,16 @@ impl BatchEvents {
 pub(crate) struct EngineTask {
     engine: Engine,
     journal: SharedJournal,
-    /// The journal's last seq: only this thread appends, so the copy is exact.
+    /// The journal's last durable seq: only this thread appends, so the copy is exact.
     last_seq: u64,
+    /// The last seq submitted (durable or still in flight); `last_seq` when
+    /// nothing is in flight.
+    submitted_seq: u64,
+    /// Batches in flight at once on a pipelined journal ([`Journal::pipelined`]):
+    /// applied and submitted, their replies held until the journal says they are
+    /// durable (`cluster.pipeline_depth`). 1 on a journal that is durable on
+    /// return (the file journal).
+    depth: usize,
     fanout: Fanout,
     reads: std::sync::mpsc::Sender<ReadRequest>,
     shared: Arc<Shared>,
@@ -442,12 +495,20 @@ impl EngineTask {
         settings: &crate::settings::Settings,
         snapshot_seq: u64,
     ) -> Self {
-        let last_seq = read_model::lock(&journal).last_seq();
+        let (last_seq, pipelined) = {
+            let j = read_model::lock(&journal);
+            (j.last_seq(), j.pipelined())
+        };
         EngineTask {
             engine,
             journal,
             last_seq,
-            fanout: Fanout::new(),
+            submitted_seq: last_seq,
+            depth: match (&settings.cluster, pipelined) {
+                (Some(c), true) => c.pipeline_depth,
+                _ => 1,
+            },
+            fanout: Fanout::new(shared.region.clone()),
             reads,
             shared,
             last_prune: Instant::now(),
@@ -490,8 +551,36 @@ impl EngineTask {
             }
         };
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while rx.next_batch(&waiter, &mut batch) {
-            self.process(&mut batch);
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        loop {
+            // Wait for work only when nothing is in flight; else take what is
+            // queued now, and finish the oldest batch when nothing is or the
+            // pipeline is full.
+            let got = match in_flight.is_empty() {
+                true => rx.next_batch(&waiter, &mut batch),
+                false => rx.try_next_batch(&mut batch),
+            };
+            if got {
+                let f = self.apply_batch(&mut batch);
+                // A batch that cannot be saved ends the pipeline: everything before
+                // it is finished first, then it is refused and the engine rolled back.
+                let failed = f.submitted.is_err();
+                in_flight.push_back(f);
+                if in_flight.len() < self.depth && !failed {
+                    continue;
+                }
+                if failed {
+                    while let Some(f) = in_flight.pop_front() {
+                        self.finish(f);
+                    }
+                    continue;
+                }
+            } else if in_flight.is_empty() {
+                break;
+            }
+            if let Some(f) = in_flight.pop_front() {
+                self.finish(f);
+            }
         }
         if let Err(e) = self.write_snapshot() {
             tracing::warn!(error = %e, "final snapshot failed");
@@ -499,7 +588,9 @@ impl EngineTask {
         tracing::info!("engine thread stopped");
     }
 
-    fn process(&mut self, batch: &mut Vec<Request>) {
+    /// Applies a batch and submits its events to the journal (the group commit);
+    /// nothing of it leaves the engine thread until [`EngineTask::finish`].
+    fn apply_batch(&mut self, batch: &mut Vec<Request>) -> InFlight {
         let now = now_ms();
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut later: Vec<Request> = Vec::new();
@@ -650,8 +741,49 @@ impl EngineTask {
         }
 
         // Group commit: everything this batch changed, in one append.
-        let committed = self.commit(&mut events);
-        match committed {
+        let submitted = self.submit(&mut events);
+        // The engine's own state (retention, idempotency keys) right after this
+        // batch is what a restart needs; copying it is the only snapshot work
+        // done here, and it reaches the read model only once the batch is durable.
+        let state = (submitted.is_ok()
+            && self.submitted_seq.saturating_sub(self.last_state_seq) >= self.snapshot_every)
+            .then(|| {
+                self.last_state_seq = self.submitted_seq;
+                Box::new(self.engine.snapshot())
+            });
+        InFlight {
+            now,
+            outcomes,
+            later,
+            submitted,
+            events,
+            positions,
+            state,
+            retired: self.engine.take_retired(),
+            next_incident_no: self.engine.next_incident_no(),
+        }
+    }
+
+    /// Once the journal says a batch is durable: its events to the subscribers
+    /// and the read model, then its replies, then the requests served after it.
+    /// If it cannot be made durable: every command of it is refused.
+    fn finish(&mut self, f: InFlight) {
+        let InFlight {
+            now,
+            outcomes,
+            later,
+            submitted,
+            mut events,
+            positions,
+            state,
+            retired,
+            next_incident_no,
+        } = f;
+        let durable = match submitted {
+            Ok((first, last)) => self.durable(first, last, events.events.len()),
+            Err(e) => Err(self.failed(e)),
+        };
+        match durable {
             Ok(first_seq) => {
                 let read_at = std::mem::take(&mut events.read_at);
                 let events: Vec<Arc<Event>> = events.events.into_iter().map(Arc::new).collect();
@@ -662,14 +794,6 @@ impl EngineTask {
                     .map(|(i, (event, read_at))| self.fanout.publish(first_seq + i as u64, event, read_at))
                     .collect();
                 self.fanout.wake();
-                // The engine's own state (retention, idempotency keys) is what a
-                // restart needs; copying it is the only snapshot work done here.
-                let state =
-                    (self.last_seq.saturating_sub(self.last_state_seq) >= self.snapshot_every).then(|| {
-                        self.last_state_seq = self.last_seq;
-                        Box::new(self.engine.snapshot())
-                    });
-                let retired = self.engine.take_retired();
                 if let Some(out) = self.positions_out.as_ref().filter(|_| !positions.is_empty()) {
                     let _ = out.send(positions.clone());
                 }
@@ -680,7 +804,7 @@ impl EngineTask {
                         events,
                         frames,
                         positions,
-                        next_incident_no: self.engine.next_incident_no(),
+                        next_incident_no,
                         state,
                         retired,
                     }));
@@ -761,6 +885,7 @@ impl EngineTask {
                     subscribe,
                 );
             }
+            Request::Unsubscribe { outbox } => unregister_subscription(&mut self.fanout, &self.reads, outbox),
             Request::Recommend { outbox, id, query } => match self.engine.recommend(&query, now) {
                 Ok(r) => {
                     metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "ok")
@@ -826,6 +951,11 @@ impl EngineTask {
         if largest <= self.max_record {
             return Ok((applied, records));
         }
+        // The journal must hold the batches in flight before it is read back
+        // (a failure here fails them at their finish, the journal poisoned).
+        if self.submitted_seq > self.last_seq {
+            let _ = read_model::lock(&self.journal).wait_durable(self.submitted_seq);
+        }
         let recovered = recover(
             self.engine.config().clone(),
             &**read_model::lock(&self.journal),
@@ -850,38 +980,68 @@ impl EngineTask {
         )))
     }
 
-    /// Appends the batch's events; returns the seq of the first one.
-    fn commit(&mut self, batch: &mut BatchEvents) -> Result<u64, DurabilityError> {
-        let next = self.last_seq + 1;
+    /// Submits the batch's events to the journal; returns their seqs
+    /// (`first..=last`, empty when there are none). On `Err` nothing of the batch
+    /// is saved: the engine is rolled back at [`EngineTask::finish`], after the
+    /// batches before it.
+    fn submit(&mut self, batch: &mut BatchEvents) -> Result<(u64, u64), DurabilityError> {
+        let next = self.submitted_seq + 1;
         if let Some(e) = batch.failed.take() {
-            // Nothing of the batch is saved: roll the engine back, as after a failed append.
-            self.roll_back();
             return Err(e);
         }
-        let events = &batch.events;
-        if events.is_empty() {
-            return Ok(next);
+        if batch.events.is_empty() {
+            return Ok((next, next - 1));
         }
         let refs: Vec<&[u8]> = batch.records.iter().map(Vec::as_slice).collect();
-        let started = Instant::now();
-        let mut journal = read_model::lock(&self.journal);
-        match journal.append_batch(&refs) {
-            Ok(range) => {
-                self.last_seq = *range.end();
-                metrics::histogram!(metric::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-                metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(events.len() as f64);
-                Ok(*range.start())
-            }
-            // Another engine writes this region: nothing of ours may be
-            // acknowledged or snapshotted again. The caller refuses the batch's
-            // commands first, then stops the server (see `process`).
-            Err(e @ opcenter_store::StoreError::Fenced { .. }) => Err(e.into()),
-            Err(e) => {
-                drop(journal);
-                self.roll_back();
-                Err(e.into())
-            }
+        let range = read_model::lock(&self.journal).submit_batch(&refs)?;
+        self.submitted_seq = *range.end();
+        Ok((*range.start(), *range.end()))
+    }
+
+    /// Waits until the batch `first..=last` (`count` events) is durable; returns
+    /// `first`. On `Err` nothing of it is saved: the engine is rolled back to the
+    /// journal (unless fenced: then it stops).
+    fn durable(&mut self, first: u64, last: u64, count: usize) -> Result<u64, DurabilityError> {
+        if count == 0 {
+            return Ok(first);
         }
+        // An earlier batch failed: this one was applied on top of it.
+        if !self.shared.healthy.load(Ordering::SeqCst) {
+            return Err(self.failed(DurabilityError::Unhealthy));
+        }
+        let started = Instant::now();
+        let waited = read_model::lock(&self.journal).wait_durable(last);
+        match waited {
+            Ok(()) => {
+                self.last_seq = last;
+                metrics::histogram!(metric::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(metric::JOURNAL_BATCH_EVENTS).record(count as f64);
+                Ok(first)
+            }
+            Err(e) => Err(self.failed(e.into())),
+        }
+    }
+
+    /// A batch could not be saved: everything submitted after the last durable
+    /// seq is lost with it. Another engine writes this region (fenced): nothing
+    /// of ours may be acknowledged or snapshotted again, the caller refuses the
+    /// batch's commands first, then stops the server. Otherwise the engine is
+    /// rolled back to what the journal holds.
+    fn failed(&mut self, e: DurabilityError) -> DurabilityError {
+        self.submitted_seq = self.last_seq;
+        // The first failure rolls back; the batches in flight behind it find the
+        // journal poisoned (or the server unhealthy) and need no second one.
+        let rolled_back_already = matches!(
+            &e,
+            DurabilityError::Unhealthy
+                | DurabilityError::Store(
+                    opcenter_store::StoreError::Fenced { .. } | opcenter_store::StoreError::Poisoned
+                )
+        );
+        if !rolled_back_already {
+            self.roll_back();
+        }
+        e
     }
 
     /// The engine already applied this batch, but none of it is durable:
@@ -960,6 +1120,17 @@ pub(crate) fn register_subscription(
             subscribe,
         });
     }
+}
+
+/// Takes a session off every subscriber list of this region (a desk's session
+/// that subscribed to other regions).
+pub(crate) fn unregister_subscription(
+    fanout: &mut Fanout,
+    reads: &std::sync::mpsc::Sender<ReadRequest>,
+    outbox: Arc<Outbox>,
+) {
+    fanout.remove(&outbox);
+    let _ = reads.send(ReadRequest::Unsubscribe { outbox });
 }
 
 /// Answers a command; `seq` is the journal's last seq after its commit.

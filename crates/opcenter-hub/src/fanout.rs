@@ -39,29 +39,47 @@ pub(crate) struct Fanout {
     to_wake: Vec<Arc<Outbox>>,
     /// Deliveries queued since the last wake (counted once per batch, not per event).
     deliveries: u64,
+    /// The region these events are of, for sessions subscribed to several
+    /// regions ([`Outbox::region_tags`]); `None` in one process.
+    region: Option<Arc<str>>,
 }
 
 /// An event's frame per encoding ([`Encoding::index`]), where made.
 pub(crate) type EventFrames = [Option<Prepared>; 2];
 
-/// Encodes and frames an event lazily, once per encoding.
+/// Encodes and frames an event lazily, once per encoding (and once more per
+/// encoding with its region, for multi-region subscriptions). Only the
+/// untagged frames are handed to the read model's shared frame cache.
 struct Lazy<'a> {
     seq: u64,
     event: &'a Event,
+    region: Option<&'a str>,
     frames: EventFrames,
+    tagged: EventFrames,
 }
 
 impl<'a> Lazy<'a> {
-    fn new(seq: u64, event: &'a Event) -> Self {
+    fn new(seq: u64, event: &'a Event, region: Option<&'a str>) -> Self {
         Lazy {
             seq,
             event,
+            region,
             frames: [None, None],
+            tagged: [None, None],
         }
     }
 
-    fn get(&mut self, encoding: Encoding) -> Option<&Prepared> {
-        frame_of(&mut self.frames, self.seq, self.event, encoding)
+    fn get(&mut self, outbox: &Outbox) -> Option<&Prepared> {
+        match self.region.filter(|_| outbox.region_tags()) {
+            Some(region) => {
+                let slot = &mut self.tagged[outbox.encoding.index()];
+                if slot.is_none() {
+                    *slot = encode_frame(self.seq, self.event, outbox.encoding, Some(region));
+                }
+                slot.as_ref()
+            }
+            None => frame_of(&mut self.frames, self.seq, self.event, outbox.encoding),
+        }
     }
 }
 
@@ -75,14 +93,25 @@ pub(crate) fn frame_of<'f>(
 ) -> Option<&'f Prepared> {
     let slot = &mut frames[encoding.index()];
     if slot.is_none() {
-        *slot = wire::message(encoding, &EventFrame::new(seq, event)).map(|m| Prepared::of(&m));
+        *slot = encode_frame(seq, event, encoding, None);
     }
     slot.as_ref()
 }
 
+/// The event's frame in `encoding`, tagged with `region` when given (a
+/// multi-region subscription's); `None` only if it cannot be encoded.
+pub(crate) fn encode_frame(
+    seq: u64,
+    event: &Event,
+    encoding: Encoding,
+    region: Option<&str>,
+) -> Option<Prepared> {
+    wire::message(encoding, &EventFrame::new(seq, event).in_region(region)).map(|m| Prepared::of(&m))
+}
+
 impl Fanout {
-    /// Empty lists.
-    pub(crate) fn new() -> Self {
+    /// Empty lists, for the events of `region`.
+    pub(crate) fn new(region: Option<Arc<str>>) -> Self {
         Fanout {
             incidents: Vec::new(),
             units: Vec::new(),
@@ -90,6 +119,7 @@ impl Fanout {
             to_wake_first: Vec::new(),
             to_wake: Vec::new(),
             deliveries: 0,
+            region,
         }
     }
 
@@ -98,11 +128,12 @@ impl Fanout {
     /// that caused it was read; an assignment carries it to the tablet's writer,
     /// which records the time until it is on the socket.
     ///
-    /// Returns the frames it made (one per encoding some recipient uses): the
-    /// read model keeps them for `since` replays ([`crate::read_model`]), so an
-    /// event is encoded once per encoding for live delivery and replays alike.
+    /// Returns the untagged frames it made (one per encoding some recipient
+    /// uses): the read model keeps them for `since` replays
+    /// ([`crate::read_model`]), so an event is encoded once per encoding for
+    /// live delivery and replays alike. Region-tagged frames are not returned.
     pub(crate) fn publish(&mut self, seq: u64, event: &Event, read_at: Option<Instant>) -> EventFrames {
-        let mut lazy = Lazy::new(seq, event);
+        let mut lazy = Lazy::new(seq, event, self.region.as_deref());
         let urgent = event.topic() == Topic::Assignments;
         let filtered: Vec<Arc<Outbox>>;
         let list: &[Arc<Outbox>] = match event.topic() {
@@ -131,7 +162,7 @@ impl Fanout {
             (&mut self.to_wake, None)
         };
         for outbox in list {
-            if let Some(frame) = lazy.get(outbox.encoding)
+            if let Some(frame) = lazy.get(outbox)
                 && outbox.push_deferred(frame.clone(), read_at)
             {
                 to_wake.push(outbox.clone());
@@ -161,7 +192,8 @@ impl Fanout {
         });
     }
 
-    fn remove(&mut self, outbox: &Arc<Outbox>) {
+    /// Takes `outbox` off every list.
+    pub(crate) fn remove(&mut self, outbox: &Arc<Outbox>) {
         self.incidents.retain(|o| !Arc::ptr_eq(o, outbox));
         self.units.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
         for list in self.assignments.values_mut() {
@@ -194,5 +226,64 @@ impl Fanout {
                 .push(outbox.clone());
         }
         Some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opcenter_core::{Actor, Command, Engine, EngineConfig, Location, NewIncident};
+
+    fn incidents() -> Subscribe {
+        Subscribe {
+            topics: vec![SubTopic::Incidents],
+            area: None,
+            agencies: None,
+            since: None,
+            regions: None,
+            since_by_region: Default::default(),
+        }
+    }
+
+    /// A desk session (region tags on) gets the event with its region, a
+    /// single-region one without; only the untagged frame is handed back for
+    /// the shared frame cache.
+    #[tokio::test]
+    async fn tagged_frames_are_made_apart_and_not_returned_for_the_cache() {
+        let mut engine = Engine::new(EngineConfig::default());
+        let at = Location { lat: 51.0, lon: 51.0 };
+        let cmd = Command::CreateIncident(NewIncident::call("c".to_string(), 3, at));
+        let event = engine
+            .apply(&Actor::system(), cmd, 1_700_000_000_000)
+            .unwrap()
+            .events
+            .into_iter()
+            .find(|e| e.topic() == Topic::Incidents)
+            .unwrap();
+        let mut fanout = Fanout::new(Some(Arc::from("west")));
+        let desk = Outbox::new("desk".into(), Encoding::Json, 1 << 20);
+        desk.set_region_tags(true);
+        let single = Outbox::new("single".into(), Encoding::Json, 1 << 20);
+        for o in [&desk, &single] {
+            let token = fanout.register(o, None, &incidents()).unwrap();
+            o.fill(token, Vec::new());
+        }
+        let frames = fanout.publish(7, &event, None);
+        fanout.wake();
+        async fn text(o: &Outbox) -> String {
+            let d = o.drain().await;
+            assert_eq!(d.frames.len(), 1);
+            String::from_utf8(d.frames[0].payload().to_vec()).unwrap()
+        }
+        assert!(text(&desk).await.contains("\"region\":\"west\""));
+        let untagged = text(&single).await;
+        assert!(!untagged.contains("region"), "{untagged}");
+        let returned = frames[Encoding::Json.index()].as_ref().unwrap();
+        assert_eq!(std::str::from_utf8(returned.payload()).unwrap(), untagged);
+        assert!(frames[Encoding::MsgPack.index()].is_none());
+
+        // With the desk session alone, no frame is returned at all.
+        fanout.remove(&single);
+        assert_eq!(fanout.publish(8, &event, None), [None, None]);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request as HttpRequest, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -26,7 +26,7 @@ use crate::audit_log::{self, Kind};
 use crate::engine_task::{ReplyTo, Request};
 use crate::read_model::{self, ReadRequest};
 use crate::report::ReportQuery;
-use crate::{App, audit_timeline, limit, metric, record};
+use crate::{App, Region, audit_timeline, limit, metric, record};
 
 fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = json!({"error": {"code": code.as_str(), "message": message.into()}});
@@ -36,6 +36,17 @@ fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Res
         body.to_string(),
     )
         .into_response()
+}
+
+/// The region a request's `?region=` names (`crate::App::region`): a national
+/// desk serves several and must be told which; a 400 otherwise.
+#[allow(clippy::result_large_err)] // like `bearer`: the refusal is the response
+fn region_of<'a>(app: &'a App, uri: &Uri) -> Result<&'a Region, Response> {
+    let named = Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
+        .map(|Query(q)| q.get("region").cloned())
+        .unwrap_or_default();
+    app.region(named.as_deref())
+        .map_err(|(code, message)| error(StatusCode::BAD_REQUEST, code, message))
 }
 
 fn status_of(code: ErrorCode) -> StatusCode {
@@ -177,6 +188,10 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
         Ok(c) => c,
         Err(r) => return r,
     };
+    let region = match region_of(&app, request.uri()) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let refused_for = app
         .reports_bucket
         .lock()
@@ -242,7 +257,7 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
         reply: ReplyTo::Http(tx),
         received: started,
     };
-    if app.engine_tx.send(request).await.is_err() {
+    if region.engine_tx.send(request).await.is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal,
@@ -275,12 +290,17 @@ pub(crate) async fn post_report(State(app): State<Arc<App>>, request: HttpReques
 pub(crate) async fn get_report_status(
     State(app): State<Arc<App>>,
     Path(key): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = bearer(&app, &headers, &[Role::Intake]) {
         return r;
     }
-    match ask_reads(&app, |reply| ReadRequest::ReportStatus { key, reply }).await {
+    let region = match region_of(&app, &uri) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match ask_reads(region, |reply| ReadRequest::ReportStatus { key, reply }).await {
         Ok(Some(status)) => json_text(serde_json::to_string(&status).unwrap_or_default()),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -293,7 +313,7 @@ pub(crate) async fn get_report_status(
 
 /// One question to the read model; 503 when it is gone (shutting down).
 async fn ask_reads<T>(
-    app: &App,
+    region: &Region,
     request: impl FnOnce(oneshot::Sender<Option<T>>) -> ReadRequest,
 ) -> Result<Option<T>, Response> {
     let gone = || {
@@ -304,7 +324,7 @@ async fn ask_reads<T>(
         )
     };
     let (tx, rx) = oneshot::channel();
-    app.reads.send(request(tx)).map_err(|_| gone())?;
+    region.reads.send(request(tx)).map_err(|_| gone())?;
     rx.await.map_err(|_| gone())
 }
 
@@ -312,13 +332,18 @@ async fn ask_reads<T>(
 pub(crate) async fn get_incident(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
         return r;
     }
+    let region = match region_of(&app, &uri) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     // Answered by the read model, not the engine thread.
-    let asked = ask_reads(&app, |reply| ReadRequest::GetIncident {
+    let asked = ask_reads(region, |reply| ReadRequest::GetIncident {
         incident_id: id.clone(),
         reply,
     })
@@ -348,11 +373,16 @@ pub(crate) async fn get_incident(
 pub(crate) async fn response_times(
     State(app): State<Arc<App>>,
     Query(params): Query<std::collections::HashMap<String, String>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = bearer(&app, &headers, &[Role::Supervisor]) {
         return r;
     }
+    let journal = match region_of(&app, &uri) {
+        Ok(r) => r.journal.clone(),
+        Err(r) => return r,
+    };
     let p = |k: &str| params.get(k).map(String::as_str);
     let query = match ReportQuery::parse(p("from"), p("to"), p("group"), crate::engine_task::now_ms()) {
         Ok(q) => q,
@@ -371,7 +401,7 @@ pub(crate) async fn response_times(
     };
     let scan = app.clone();
     let report = tokio::task::spawn_blocking(move || {
-        crate::report::report_shared(&scan.journal, query, &scan.settings.reports)
+        crate::report::report_shared(&journal, query, &scan.settings.reports)
     })
     .await;
     match report {
@@ -402,11 +432,16 @@ pub(crate) async fn response_times(
 pub(crate) async fn get_incident_eido(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = bearer(&app, &headers, &[Role::Dispatcher, Role::Supervisor]) {
         return r;
     }
+    let region = match region_of(&app, &uri) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let (tx, rx) = oneshot::channel();
     let asked = ReadRequest::GetIncidentWithUnits {
         incident_id: id.clone(),
@@ -420,7 +455,7 @@ pub(crate) async fn get_incident_eido(
         )
     };
     // Answered by the read model, like `GET /v1/incidents/{id}`.
-    if app.reads.send(asked).is_err() {
+    if region.reads.send(asked).is_err() {
         return unavailable();
     }
     match rx.await {
@@ -446,13 +481,17 @@ pub(crate) async fn get_incident_eido(
 pub(crate) async fn get_incident_timeline(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let claims = match bearer(&app, &headers, &[Role::Supervisor]) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let journal = app.journal.clone();
+    let journal = match region_of(&app, &uri) {
+        Ok(r) => r.journal.clone(),
+        Err(r) => return r,
+    };
     let wanted = id.clone();
     // A scan of the retained journal: on a blocking thread, one chunk per lock
     // hold, so neither the engine's commits nor the read model wait for it.
@@ -518,10 +557,10 @@ pub(crate) async fn get_incident_timeline(
 
 /// the engine thread stopped.
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
-    if app.shared.stopped.is_cancelled() {
+    if app.home().shared.stopped.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "engine stopped: shutting down\n").into_response();
     }
-    if app.shared.healthy.load(Ordering::Relaxed) {
+    if app.home().shared.healthy.load(Ordering::Relaxed) {
         // An engine node says it is the active one (a standby answers
         // `ok standby` from `failover` before it serves).
         let engine = app

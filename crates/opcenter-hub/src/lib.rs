@@ -8,6 +8,9 @@
 //!   `hub`): a follower of the region's stream feeds the read model and fanout,
 //!   commands go to the engine node.
 //! - `bridge`: the NATS command bridge between hub nodes and the engine node.
+//! - this file: start-up by role, and the national desk (`cluster.regions`): one
+//!   `Region` (queue, read model, epoch, journal) per region served, which
+//!   sessions and HTTP handlers pick by the region a client names.
 //! - `failover`: an engine node's lease: standby wait, takeover, fencing on loss.
 //! - `record`: the journal record codec and the durability path's errors.
 //! - `fanout`: live-event subscriber lists (on the engine thread).
@@ -129,21 +132,40 @@ pub enum HubError {
     /// so that it never acknowledges a command that is not in the stream.
     #[error("fenced: another engine writes this region; stopped serving ({0})")]
     Fenced(String),
+    /// A national desk could not recover one of its regions from its stream.
+    #[error("national desk: region {region} cannot be read: {reason}")]
+    DeskRegion {
+        /// The region (one of `cluster.regions`).
+        region: String,
+        /// Why.
+        reason: String,
+    },
     /// A hub node found the region's stream replaced or lost: it closed its
     /// clients with 4008 (they reload) and stopped; a restart follows the new stream.
     #[error("the region's stream was replaced or lost: clients closed with 4008 ({0})")]
     StreamReplaced(String),
 }
 
-/// What every request handler and session shares.
-pub(crate) struct App {
-    pub(crate) settings: Settings,
-    /// The engine thread's queues (an urgent lane and the rest).
+/// One region's half of a server: the queue of the thread that changes its
+/// state, its read model, its epoch and health, its journal. A server has one;
+/// a national desk (`cluster.regions`) has one per region.
+pub(crate) struct Region {
+    /// The engine thread's (or a hub's feed thread's) queues: an urgent lane and the rest.
     pub(crate) engine_tx: EngineQueue,
     /// The read model's queue (incident lookups).
     pub(crate) reads: std::sync::mpsc::Sender<ReadRequest>,
-    /// Epoch and health.
+    /// Epoch, health, the region's name.
     pub(crate) shared: Arc<Shared>,
+    /// The journal, for reports and timeline scans that read its history
+    /// (one chunk per lock hold, off the engine and read-model threads).
+    pub(crate) journal: read_model::SharedJournal,
+}
+
+/// What every request handler and session shares.
+pub(crate) struct App {
+    pub(crate) settings: Settings,
+    /// The regions served: one, or a national desk's, its own (`cluster.region`) first.
+    pub(crate) regions: Vec<Region>,
     /// Live sessions by id (shutdown closes them all).
     pub(crate) sessions: DashMap<String, Arc<Outbox>>,
     pub(crate) session_counter: AtomicU64,
@@ -157,9 +179,51 @@ pub(crate) struct App {
     pub(crate) metrics: PrometheusHandle,
     /// The refused-action log.
     pub(crate) audit: audit_log::AuditLog,
-    /// The journal, for reports and timeline scans that read its history
-    /// (one chunk per lock hold, off the engine and read-model threads).
-    pub(crate) journal: read_model::SharedJournal,
+}
+
+impl App {
+    /// This server's own region (a desk's first): hellos, byes, health.
+    pub(crate) fn home(&self) -> &Region {
+        &self.regions[0]
+    }
+
+    /// True on a national desk (several regions).
+    pub(crate) fn is_desk(&self) -> bool {
+        self.regions.len() > 1
+    }
+
+    /// The region a client named for a command or a read: `None` is the
+    /// server's own, except on a desk, which must be told; a name must be one
+    /// this server serves (a single process serves no named region).
+    pub(crate) fn region(&self, name: Option<&str>) -> Result<&Region, (opcenter_proto::ErrorCode, String)> {
+        let bad = |m: String| Err((opcenter_proto::ErrorCode::BadRequest, m));
+        match name {
+            None if self.is_desk() => bad(format!(
+                "this national desk serves regions {:?}: name one with `region`",
+                self.region_names()
+            )),
+            None => Ok(self.home()),
+            Some(n) => match self
+                .regions
+                .iter()
+                .find(|r| r.shared.region.as_deref() == Some(n))
+            {
+                Some(r) => Ok(r),
+                None => bad(format!(
+                    "region {n:?} is not served here (regions: {:?})",
+                    self.region_names()
+                )),
+            },
+        }
+    }
+
+    /// The names of the regions served (none in one process).
+    pub(crate) fn region_names(&self) -> Vec<&str> {
+        self.regions
+            .iter()
+            .filter_map(|r| r.shared.region.as_deref())
+            .collect()
+    }
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -198,7 +262,8 @@ fn memory_history(settings: &Settings) -> usize {
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
-    engine_thread: std::thread::JoinHandle<()>,
+    /// Each region's engine (or feed) thread.
+    engine_threads: Vec<std::thread::JoinHandle<()>>,
     /// Role `engine`: the command bridge to start with serving.
     bridge: Option<EngineBridge>,
     /// Roles `engine` and `both`: the region's lease this engine holds.
@@ -233,10 +298,14 @@ impl Server {
     /// does not stop the server: it serves with `/healthz` 503 and refuses every command with
     /// `internal`, and never starts empty over data it could not read.
     ///
-    /// With a `[cluster]` section (role `both`) the journal is the region's
-    /// JetStream stream instead, and a stream that cannot be opened stops the
-    /// start with [`HubError::Cluster`].
+    /// With a `[cluster]` section the journal is the region's JetStream stream
+    /// instead, and a stream that cannot be opened stops the start with
+    /// [`HubError::Cluster`]. With `cluster.regions` (a national desk) every
+    /// listed region is started as a hub node of its own in this process.
     pub async fn start(listener: TcpListener, settings: Settings) -> Result<Server, HubError> {
+        if let Some(cluster) = settings.cluster.clone().filter(|c| !c.regions.is_empty()) {
+            return Self::start_desk(listener, settings, cluster).await;
+        }
         if let Some(cluster) = settings.cluster.clone() {
             // An engine waits as a standby until it holds the region's lease, then
             // fences the old writer with its takeover message before it replays.
@@ -341,31 +410,52 @@ impl Server {
         journal: Box<dyn Journal>,
         node: Node,
     ) -> Result<Server, HubError> {
-        let memory_history = memory_history(&settings);
-        let config = settings.engine.clone();
-        let started = std::time::Instant::now();
-        let (journal, recovered) = tokio::task::spawn_blocking(move || {
-            let r =
-                engine_task::recover(config, &*journal, memory_history).map(|(mut engine, snap, history)| {
-                    // No session survived the restart: the grace runs from now.
-                    engine.sessions_lost(engine_task::now_ms());
-                    (engine, snap, history)
-                });
-            (journal, r)
-        })
-        .await?;
-        metrics::gauge!(metric::REPLAY_SECONDS).set(started.elapsed().as_secs_f64());
-        match recovered {
-            Ok((engine, snap, history)) => {
-                Self::launch(listener, settings, engine, journal, snap, history, true, node)
-            }
-            Err(e) => {
-                // A journal may own a runtime (JetStream's), which must not be
-                // dropped on a runtime thread.
-                tokio::task::spawn_blocking(move || drop(journal)).await?;
-                Self::launch_unavailable(listener, settings, e)
-            }
+        match recover_region(&settings, journal).await? {
+            Ok(recovered) => Self::launch(listener, settings, recovered, node),
+            Err(e) => Self::launch_unavailable(listener, settings, e),
         }
+    }
+
+    /// A national desk (`cluster.regions`, role `hub`): each region as a hub node
+    /// of its own (its stream read-only, its recovery, a feed thread over a
+    /// follower, commands forwarded to its engine), one NATS connection for all.
+    /// A region that cannot be opened or read stops the start.
+    async fn start_desk(
+        listener: TcpListener,
+        settings: Settings,
+        cluster: ClusterSettings,
+    ) -> Result<Server, HubError> {
+        let client = connect_nats(&cluster).await?;
+        let audit = audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?;
+        let mut regions = Vec::new();
+        for name in &cluster.regions {
+            let one = ClusterSettings {
+                region: name.clone(),
+                ..cluster.clone()
+            };
+            let journal = Box::new(open_region_journal(&one, &settings).await?);
+            let recovered = recover_region(&settings, journal)
+                .await?
+                .map_err(|e| HubError::DeskRegion {
+                    region: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let forward = Arc::new(bridge::Forwarder::new(
+                client.clone(),
+                name,
+                cluster.command_timeout,
+            ));
+            forward.watch_takeovers();
+            let node = Node::Hub {
+                forward,
+                client: client.clone(),
+                region: name.clone(),
+            };
+            let named = Some(Arc::from(name.as_str()));
+            regions.push(start_region(&settings, named, recovered, true, node, &audit)?);
+        }
+        tracing::info!(regions = ?cluster.regions, "national desk serving");
+        Self::assemble(listener, settings, regions, audit)
     }
 
     /// Whatever keeps us from the data (it cannot be opened, or the engine cannot
@@ -381,127 +471,58 @@ impl Server {
             dir = %settings.data_dir.display(),
             "journal unavailable: serving read-only, refusing to acknowledge anything"
         );
-        let engine = Engine::new(settings.engine.clone());
-        let journal = Box::new(MemJournal::with_epoch("unavailable"));
+        let recovered = Recovered {
+            engine: Engine::new(settings.engine.clone()),
+            journal: Box::new(MemJournal::with_epoch("unavailable")),
+            snapshot_seq: 0,
+            history: Vec::new(),
+        };
         let node = Node::Engine { positions_out: None };
-        Self::launch(listener, settings, engine, journal, 0, Vec::new(), false, node)
+        // Over data that could not be read, nothing is written to the data dir.
+        let audit = audit_log::AuditLog::disabled();
+        let region = start_region(&settings, None, recovered, false, node, &audit)?;
+        Self::assemble(listener, settings, vec![region], audit)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One region (`cluster.region`, or none in one process) over its recovered state.
     fn launch(
         listener: TcpListener,
         settings: Settings,
-        engine: Engine,
-        journal: Box<dyn Journal>,
-        snapshot_seq: u64,
-        history: Vec<(u64, Arc<opcenter_core::Event>)>,
-        healthy: bool,
+        recovered: Recovered,
         node: Node,
     ) -> Result<Server, HubError> {
-        let shared = Arc::new(Shared {
-            epoch: journal.epoch().to_string(),
-            healthy: AtomicBool::new(healthy),
-            stopped: tokio_util::sync::CancellationToken::new(),
-            fenced: tokio::sync::watch::channel(None).0,
-            replaced: tokio::sync::watch::channel(None).0,
-        });
-        // A hub's recovery read the stream while the engine kept appending: it
-        // starts where its replay ended, not where the stream ended at opening.
-        let seq = match &node {
-            Node::Hub { .. } => history.last().map_or(snapshot_seq, |(s, _)| *s),
-            Node::Engine { .. } => journal.last_seq(),
-        };
-        let start = read_model::Start {
-            state: engine.snapshot(),
-            seq,
-            history,
-        };
-        // Over data that could not be read, nothing is written to the data dir.
-        let audit = if healthy {
-            audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?
-        } else {
-            audit_log::AuditLog::disabled()
-        };
-        let journal = Arc::new(std::sync::Mutex::new(journal));
-        let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
-        let (reads, reads_rx) = std::sync::mpsc::channel();
-        let report_journal = journal.clone();
-        let model = ReadModel::new(
-            start,
-            journal.clone(),
-            shared.clone(),
-            &settings,
-            memory_history(&settings),
-        );
-        let guard_shared = shared.clone();
-        let reads_nice = settings.hub.reads_nice;
-        std::thread::Builder::new()
-            .name("opcenter-reads".into())
-            .spawn(move || {
-                let _guard = StopGuard::new(guard_shared, "read model");
-                read_model::lower_priority(reads_nice);
-                model.run(reads_rx)
-            })?;
-        let engine_thread = match node {
-            Node::Engine { positions_out } => {
-                let task = EngineTask::new(
-                    engine,
-                    journal,
-                    reads.clone(),
-                    shared.clone(),
-                    &settings,
-                    snapshot_seq,
-                )
-                .with_positions_out(positions_out)
-                .with_audit(audit.clone());
-                std::thread::Builder::new()
-                    .name("opcenter-engine".into())
-                    .spawn(move || task.run(engine_rx))?
-            }
-            Node::Hub {
-                forward,
-                client,
-                region,
-            } => {
-                let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
-                let pos_out = forward.subjects().pos_out.clone();
-                let js = async_nats::jetstream::new(client.clone());
-                tokio::spawn(mirror::follow(
-                    js,
-                    client,
-                    region,
-                    shared.epoch.clone(),
-                    seq,
-                    pos_out,
-                    feed_tx.clone(),
-                ));
-                let feed = mirror::Mirror::new(engine, seq, reads.clone(), shared.clone(), forward, feed_tx);
-                std::thread::Builder::new()
-                    .name("opcenter-hub-feed".into())
-                    .spawn(move || feed.run(engine_rx, feed_rx))?
-            }
-        };
+        let name = settings.cluster.as_ref().map(|c| Arc::from(c.region.as_str()));
+        let audit = audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?;
+        let region = start_region(&settings, name, recovered, true, node, &audit)?;
+        Self::assemble(listener, settings, vec![region], audit)
+    }
+
+    /// The server around its started regions (the first is its own).
+    fn assemble(
+        listener: TcpListener,
+        settings: Settings,
+        regions: Vec<(Region, std::thread::JoinHandle<()>)>,
+        audit: audit_log::AuditLog,
+    ) -> Result<Server, HubError> {
         if settings.uses_dev_secret() {
             tracing::warn!("running with the development JWT secret: set auth.jwt_secret for real use");
         }
+        let (regions, engine_threads) = regions.into_iter().unzip();
         let reports_bucket = limit::TokenBucket::new(settings.reports_rate.0, settings.reports_rate.1);
         let app = Arc::new(App {
             settings,
-            engine_tx,
-            reads,
-            shared,
+            regions,
             sessions: DashMap::new(),
             session_counter: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             reports_bucket: Mutex::new(reports_bucket),
             metrics: metrics_handle(),
             audit,
-            journal: report_journal,
         });
         Ok(Server {
             listener,
             app,
-            engine_thread,
+            engine_threads,
             bridge: None,
             active: None,
         })
@@ -520,7 +541,7 @@ impl Server {
         let Server {
             listener,
             app,
-            engine_thread,
+            engine_threads,
             bridge,
             active,
         } = self;
@@ -529,7 +550,7 @@ impl Server {
             // A lost lease: refuse everything from now on (another engine may
             // already append), then stop like a fenced append does.
             let mut lost = a.lost.clone();
-            let shared = app.shared.clone();
+            let shared = app.home().shared.clone();
             tokio::spawn(async move {
                 if let Ok(why) = lost.wait_for(Option::is_some).await {
                     shared.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -540,14 +561,14 @@ impl Server {
         if let Some(b) = bridge {
             // Calls the previous engine applied (and maybe never answered) are
             // answered from the stream, not applied again.
-            let journal = app.journal.clone();
+            let journal = app.home().journal.clone();
             let recalled = tokio::task::spawn_blocking(move || bridge::recall(&journal))
                 .await
                 .unwrap_or_default();
             tokio::spawn(bridge::serve_engine(
                 b.client,
                 b.region,
-                app.engine_tx.clone(),
+                app.home().engine_tx.clone(),
                 b.positions,
                 recalled,
                 app.audit.clone(),
@@ -557,11 +578,17 @@ impl Server {
         if let (Some(a), Some(cluster)) = (&active, &app.settings.cluster) {
             failover::announce_active(&a.client, &cluster.region, &cluster.node, a.epoch).await;
         }
-        tokio::spawn(tick_loop(
-            app.engine_tx.clone(),
-            app.settings.tick,
-            stop_ticks.clone(),
-        ));
+        for region in &app.regions {
+            tokio::spawn(tick_loop(
+                region.engine_tx.clone(),
+                app.settings.tick,
+                stop_ticks.clone(),
+            ));
+        }
+        // A desk stops as a whole when any of its regions does.
+        for region in app.regions.iter().skip(1) {
+            tokio::spawn(stop_with(region.shared.clone(), app.home().shared.clone()));
+        }
 
         let router = Router::new()
             .route("/v1/ws", get(http::websocket))
@@ -586,9 +613,9 @@ impl Server {
         // thread ends under us (serving without it would answer 200 while
         // refusing every command), or when another engine fenced this one.
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<bool>();
-        let stopped = app.shared.stopped.clone();
-        let mut fenced_rx = app.shared.fenced.subscribe();
-        let mut replaced_rx = app.shared.replaced.subscribe();
+        let stopped = app.home().shared.stopped.clone();
+        let mut fenced_rx = app.home().shared.fenced.subscribe();
+        let mut replaced_rx = app.home().shared.replaced.subscribe();
         // After an engine death keep answering `/healthz` 503 for a moment
         // before the listener closes, so a health check sees why we go.
         let show_503 = (app.settings.shutdown_timeout / 2).min(Duration::from_secs(2));
@@ -614,8 +641,8 @@ impl Server {
                 .await
         });
         let engine_died = signalled_rx.await.unwrap_or(false);
-        let fenced_why = app.shared.fenced.subscribe().borrow().clone();
-        let replaced_why = app.shared.replaced.subscribe().borrow().clone();
+        let fenced_why = app.home().shared.fenced.subscribe().borrow().clone();
+        let replaced_why = app.home().shared.replaced.subscribe().borrow().clone();
         if let Some(why) = fenced_why.as_deref() {
             tracing::error!(
                 reason = why,
@@ -662,11 +689,15 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         // The engine thread ends when the last sender is gone; sessions that
         // outlived the deadline may still hold one, so do not wait past it.
-        // The last reference may hold the journal, whose own runtime must not be
+        // The last reference may hold a journal, whose own runtime must not be
         // dropped on a runtime thread (tokio panics): drop it on a blocking one.
         let dropped = tokio::task::spawn_blocking(move || drop(app));
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), dropped).await;
-        let waited = tokio::task::spawn_blocking(move || engine_thread.join());
+        let waited = tokio::task::spawn_blocking(move || {
+            for thread in engine_threads {
+                let _ = thread.join();
+            }
+        });
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), waited).await;
         if let Some(why) = fenced_why {
             return Err(HubError::Fenced(why));
@@ -682,6 +713,152 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Rebuilds a region's state from its journal (latest snapshot + replay), off
+/// the runtime. The inner error: the journal could not be read (it is dropped).
+async fn recover_region(
+    settings: &Settings,
+    journal: Box<dyn Journal>,
+) -> Result<Result<Recovered, DurabilityError>, HubError> {
+    let memory_history = memory_history(settings);
+    let config = settings.engine.clone();
+    let started = std::time::Instant::now();
+    let (journal, recovered) = tokio::task::spawn_blocking(move || {
+        let r = engine_task::recover(config, &*journal, memory_history).map(|(mut engine, snap, history)| {
+            // No session survived the restart: the grace runs from now.
+            engine.sessions_lost(engine_task::now_ms());
+            (engine, snap, history)
+        });
+        (journal, r)
+    })
+    .await?;
+    metrics::gauge!(metric::REPLAY_SECONDS).set(started.elapsed().as_secs_f64());
+    match recovered {
+        Ok((engine, snapshot_seq, history)) => Ok(Ok(Recovered {
+            engine,
+            journal,
+            snapshot_seq,
+            history,
+        })),
+        Err(e) => {
+            // A journal may own a runtime (JetStream's), which must not be
+            // dropped on a runtime thread.
+            tokio::task::spawn_blocking(move || drop(journal)).await?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// A region's state as recovered from its journal.
+struct Recovered {
+    engine: Engine,
+    journal: Box<dyn Journal>,
+    snapshot_seq: u64,
+    history: Vec<(u64, Arc<opcenter_core::Event>)>,
+}
+
+/// Starts one region's threads over its recovered state: the read model, and
+/// the thread that changes the state (`node`: the engine thread, or a hub's
+/// feed thread over a follower of the region's stream).
+fn start_region(
+    settings: &Settings,
+    name: Option<Arc<str>>,
+    recovered: Recovered,
+    healthy: bool,
+    node: Node,
+    audit: &audit_log::AuditLog,
+) -> Result<(Region, std::thread::JoinHandle<()>), HubError> {
+    let Recovered {
+        engine,
+        journal,
+        snapshot_seq,
+        history,
+    } = recovered;
+    let shared = Arc::new(Shared {
+        epoch: journal.epoch().to_string(),
+        healthy: AtomicBool::new(healthy),
+        stopped: tokio_util::sync::CancellationToken::new(),
+        fenced: tokio::sync::watch::channel(None).0,
+        replaced: tokio::sync::watch::channel(None).0,
+        region: name,
+    });
+    // A hub's recovery read the stream while the engine kept appending: it
+    // starts where its replay ended, not where the stream ended at opening.
+    let seq = match &node {
+        Node::Hub { .. } => history.last().map_or(snapshot_seq, |(s, _)| *s),
+        Node::Engine { .. } => journal.last_seq(),
+    };
+    let start = read_model::Start {
+        state: engine.snapshot(),
+        seq,
+        history,
+    };
+    let journal = Arc::new(std::sync::Mutex::new(journal));
+    let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
+    let (reads, reads_rx) = std::sync::mpsc::channel();
+    let model = ReadModel::new(
+        start,
+        journal.clone(),
+        shared.clone(),
+        settings,
+        memory_history(settings),
+    );
+    let guard_shared = shared.clone();
+    let reads_nice = settings.hub.reads_nice;
+    std::thread::Builder::new()
+        .name("opcenter-reads".into())
+        .spawn(move || {
+            let _guard = StopGuard::new(guard_shared, "read model");
+            read_model::lower_priority(reads_nice);
+            model.run(reads_rx)
+        })?;
+    let thread = match node {
+        Node::Engine { positions_out } => {
+            let task = EngineTask::new(
+                engine,
+                journal.clone(),
+                reads.clone(),
+                shared.clone(),
+                settings,
+                snapshot_seq,
+            )
+            .with_positions_out(positions_out)
+            .with_audit(audit.clone());
+            std::thread::Builder::new()
+                .name("opcenter-engine".into())
+                .spawn(move || task.run(engine_rx))?
+        }
+        Node::Hub {
+            forward,
+            client,
+            region,
+        } => {
+            let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
+            let pos_out = forward.subjects().pos_out.clone();
+            let js = async_nats::jetstream::new(client.clone());
+            tokio::spawn(mirror::follow(
+                js,
+                client,
+                region,
+                shared.epoch.clone(),
+                seq,
+                pos_out,
+                feed_tx.clone(),
+            ));
+            let feed = mirror::Mirror::new(engine, seq, reads.clone(), shared.clone(), forward, feed_tx);
+            std::thread::Builder::new()
+                .name("opcenter-hub-feed".into())
+                .spawn(move || feed.run(engine_rx, feed_rx))?
+        }
+    };
+    let region = Region {
+        engine_tx,
+        reads,
+        shared,
+        journal,
+    };
+    Ok((region, thread))
 }
 
 /// Opens the region's stream as this node's journal: the engine's (roles
@@ -721,6 +898,20 @@ async fn connect_nats(cluster: &ClusterSettings) -> Result<async_nats::Client, H
                 source: e,
             },
         })
+}
+
+/// A desk's other region `from` stopping (its thread ended, its stream was
+/// replaced) stops the desk: `to` is the desk's own region, which `serve` watches.
+async fn stop_with(from: Arc<Shared>, to: Arc<Shared>) {
+    let mut replaced = from.replaced.subscribe();
+    tokio::select! {
+        _ = from.stopped.cancelled() => to.stopped.cancel(),
+        Ok(why) = replaced.wait_for(Option::is_some) => {
+            let why = why.clone();
+            to.replaced.send_replace(why);
+        }
+        _ = to.stopped.cancelled() => {}
+    }
 }
 
 /// Drives timers: one `Tick` per `every` (skipped when the engine is busy).

@@ -117,7 +117,7 @@ impl Mirror {
         Mirror {
             engine,
             last_seq,
-            fanout: Fanout::new(),
+            fanout: Fanout::new(shared.region.clone()),
             reads,
             shared,
             forward,
@@ -278,6 +278,9 @@ impl Mirror {
                 unit,
                 subscribe,
             ),
+            Request::Unsubscribe { outbox } => {
+                engine_task::unregister_subscription(&mut self.fanout, &self.reads, outbox)
+            }
             Request::Recommend { outbox, id, query } => {
                 let forward = self.forward.clone();
                 self.handle.spawn(async move {

@@ -112,6 +112,9 @@ pub(crate) struct Outbox {
     notify: Notify,
     /// Mirrors `State::close.is_some()` so the fan-out can prune without locking.
     closed: AtomicBool,
+    /// The session's subscription names `regions` (a national desk): its events,
+    /// position batches and subscribe replies carry their region.
+    region_tags: AtomicBool,
 }
 
 impl Outbox {
@@ -132,7 +135,19 @@ impl Outbox {
             }),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
+            region_tags: AtomicBool::new(false),
         })
+    }
+
+    /// Whether what is queued from now on carries its region (set by each
+    /// `subscribe`: true when it names `regions`).
+    pub(crate) fn set_region_tags(&self, on: bool) {
+        self.region_tags.store(on, Ordering::Release);
+    }
+
+    /// True when this session's frames carry their region (see [`Outbox::set_region_tags`]).
+    pub(crate) fn region_tags(&self) -> bool {
+        self.region_tags.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -284,6 +299,23 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Queues a position batch; one tagged with its region (`Some`: a session
+    /// subscribed to several regions) queues like an event instead, in order and
+    /// counted against the bound, so batches of two regions are never merged.
+    pub(crate) fn push_positions_of(
+        &self,
+        region: Option<&str>,
+        frame: &Message,
+        items: &Arc<[Arc<PositionItem>]>,
+    ) {
+        match region {
+            None => self.push_positions(frame, items),
+            Some(_) => {
+                self.push(frame.clone());
+            }
+        }
+    }
+
     /// Asks the writer to close the session.
     pub(crate) fn close(&self, reason: CloseReason) {
         let mut st = self.lock();
@@ -370,7 +402,7 @@ fn take_positions(st: &mut State, encoding: Encoding) -> Option<Prepared> {
         PendingPositions::Shared(frame) => Some(Prepared::of(&frame)),
         PendingPositions::Merged(map) => {
             let items: Vec<&PositionItem> = map.values().map(|i| i.as_ref()).collect();
-            wire::positions_frame(encoding, &items).map(|m| Prepared::of(&m))
+            wire::positions_frame(encoding, &items, None).map(|m| Prepared::of(&m))
         }
     };
     st.shared_items = None;

@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Unit};
 use opcenter_proto::client::{SubTopic, Subscribe};
-use opcenter_proto::server::SubscribeOk;
+use opcenter_proto::server::{SubscribeOk, Subscribed};
 use opcenter_store::Journal;
 
 use crate::engine_task::Shared;
@@ -95,6 +95,10 @@ pub(crate) enum ReadRequest {
         id: Option<u64>,
         unit: Option<String>,
         subscribe: Subscribe,
+    },
+    /// The session left this region's subscriptions (a desk's session).
+    Unsubscribe {
+        outbox: Arc<Outbox>,
     },
     /// `GET /v1/incidents/{id}`.
     GetIncident {
@@ -337,6 +341,11 @@ impl ReadModel {
                 debug_assert_eq!(cut, self.seq, "the batch precedes its subscribers");
                 self.subscribe(cut, outbox, slot, id, unit, subscribe);
             }
+            ReadRequest::Unsubscribe { outbox } => {
+                self.positions.retain(|(o, _)| !Arc::ptr_eq(o, &outbox));
+                // A replay into it from this region stops where it is.
+                self.abandon_replay(&outbox);
+            }
             ReadRequest::GetIncident { incident_id, reply } => {
                 // Retention took closed incidents out of memory; the journal has them.
                 let found = self
@@ -419,19 +428,21 @@ impl ReadModel {
             return;
         }
         let items: Arc<[Arc<PositionItem>]> = self.staged.drain().map(|(_, i)| Arc::new(i)).collect();
-        let mut shared: [Option<Message>; 2] = [None, None];
+        // One frame per encoding, and per encoding with the region.
+        let mut shared: [Option<Message>; 4] = [None, None, None, None];
         let units = &self.units;
         let agency_of = |i: &PositionItem| units.get(&i.unit_id).and_then(|u| u.agency.as_deref());
         for (outbox, sub) in &self.positions {
+            let region = self.shared.region.as_deref().filter(|_| outbox.region_tags());
             match (sub.area, &sub.agencies) {
                 (None, None) => {
-                    let slot = &mut shared[outbox.encoding.index()];
+                    let slot = &mut shared[outbox.encoding.index() + 2 * usize::from(region.is_some())];
                     if slot.is_none() {
                         let refs: Vec<&PositionItem> = items.iter().map(|i| i.as_ref()).collect();
-                        *slot = wire::positions_frame(outbox.encoding, &refs);
+                        *slot = wire::positions_frame(outbox.encoding, &refs, region);
                     }
                     if let Some(frame) = slot {
-                        outbox.push_positions(frame, &items);
+                        outbox.push_positions_of(region, frame, &items);
                     }
                 }
                 _ => {
@@ -445,11 +456,23 @@ impl ReadModel {
                         continue;
                     }
                     let refs: Vec<&PositionItem> = inside.iter().map(|i| i.as_ref()).collect();
-                    if let Some(frame) = wire::positions_frame(outbox.encoding, &refs) {
-                        outbox.push_positions(&frame, &inside);
+                    if let Some(frame) = wire::positions_frame(outbox.encoding, &refs, region) {
+                        outbox.push_positions_of(region, &frame, &inside);
                     }
                 }
             }
+        }
+    }
+
+    /// Ends the replay into `outbox` in progress, if any, where it is.
+    fn abandon_replay(&mut self, outbox: &Arc<Outbox>) {
+        if let Some(job) = self
+            .jobs
+            .iter()
+            .position(|j| j.is_for(outbox))
+            .and_then(|at| self.jobs.remove(at))
+        {
+            job.abandon();
         }
     }
 
@@ -467,14 +490,7 @@ impl ReadModel {
     ) {
         // A new subscription replaces the session's previous one, and with it
         // a replay still in progress: its reply is the new starting point.
-        if let Some(old) = self
-            .jobs
-            .iter()
-            .position(|j| j.is_for(&outbox))
-            .and_then(|at| self.jobs.remove(at))
-        {
-            old.abandon();
-        }
+        self.abandon_replay(&outbox);
         let wants = |t: SubTopic| sub.topics.contains(&t);
         let epoch = self.shared.epoch.as_str();
         let after = sub
@@ -504,18 +520,21 @@ impl ReadModel {
                 ),
             ),
         };
-        // Without an `id` the client asked for no reply (PROTOCOL.md §3).
-        let reply: Vec<Prepared> = wire::ok_if_asked(
-            outbox.encoding,
-            id,
-            SubscribeOk {
-                epoch,
-                seq: cut,
-                recovered,
-                incidents,
-                units,
-            },
-        )
+        let body = SubscribeOk {
+            epoch,
+            seq: cut,
+            recovered,
+            incidents,
+            units,
+        };
+        // A multi-region subscription: each region answers `subscribed`, with
+        // it, and its replayed events carry it too.
+        let region = self.shared.region.clone().filter(|_| outbox.region_tags());
+        let reply: Vec<Prepared> = match region.as_deref() {
+            Some(r) => wire::message(outbox.encoding, &Subscribed::new(id, r, body)),
+            // Without an `id` the client asked for no reply (PROTOCOL.md §3).
+            None => wire::ok_if_asked(outbox.encoding, id, body),
+        }
         .map(|m| Prepared::of(&m))
         .into_iter()
         .collect();
@@ -524,7 +543,7 @@ impl ReadModel {
                 outbox.fill_part(slot, reply, false);
                 let filter = Filter::new(&sub, unit);
                 self.jobs
-                    .push_back(Job::new(outbox.clone(), slot, filter, after, cut));
+                    .push_back(Job::new(outbox.clone(), slot, filter, region, after, cut));
             }
             _ => outbox.fill(slot, reply),
         }

@@ -16,7 +16,10 @@
 //! The [`FrameCache`] keeps each event's frame per encoding (the live fan-out's
 //! own frames, handed over with the committed batch, or the ones a replay made),
 //! up to `hub.frame_cache_bytes`, evicting the lowest seqs first: N resumes of
-//! the same range decode and encode each event once, not N times.
+//! the same range decode and encode each event once, not N times. The cache
+//! holds untagged frames only: a national desk's multi-region subscription
+//! replays with frames tagged with the region ([`Job::new`]'s `region`), made
+//! per job and not kept.
 //!
 //! Owns: replay jobs and the frame cache. Must never: hold the journal lock for
 //! more than one chunk of a step, or send a frame twice or out of order.
@@ -27,7 +30,7 @@ use std::sync::Arc;
 use opcenter_core::{Event, EventBody, Topic};
 use opcenter_proto::client::{SubTopic, Subscribe};
 
-use crate::fanout::{EventFrames, frame_of};
+use crate::fanout::{EventFrames, encode_frame, frame_of};
 use crate::frame::Prepared;
 use crate::metric;
 use crate::outbox::{CloseReason, Outbox, codes};
@@ -143,15 +146,22 @@ impl FrameCache {
 
     /// The event at `seq`, if kept, and its frame in `encoding` when `wanted`
     /// by the subscription (encoded and kept now if missing). `None`: not kept.
+    /// With a `region` the frame is tagged with it: encoded for this call and
+    /// not kept (the cache holds the frames every session shares).
     fn frame(
         &mut self,
         seq: u64,
         encoding: opcenter_proto::Encoding,
+        region: Option<&str>,
         wanted: impl Fn(&Event) -> bool,
     ) -> Option<Option<Prepared>> {
         let c = self.entries.get_mut(&seq)?;
         if !wanted(&c.event) {
             return Some(None);
+        }
+        if region.is_some() {
+            self.counts.1 += 1;
+            return Some(encode_frame(seq, &c.event, encoding, region));
         }
         let had = c.frames[encoding.index()].is_some();
         let frame = frame_of(&mut c.frames, seq, &c.event, encoding).cloned();
@@ -234,6 +244,8 @@ pub(crate) struct Job {
     outbox: Arc<Outbox>,
     slot: u64,
     filter: Filter,
+    /// The region its frames are tagged with (a multi-region subscription).
+    region: Option<Arc<str>>,
     /// Last seq sent (or skipped by the filter).
     at: u64,
     cut: u64,
@@ -250,12 +262,21 @@ pub(crate) enum Progress {
 
 impl Job {
     /// A resume of the events after `after` up to `cut` (`after < cut`) into
-    /// `slot`, whose `ok` reply was already put there.
-    pub(crate) fn new(outbox: Arc<Outbox>, slot: u64, filter: Filter, after: u64, cut: u64) -> Self {
+    /// `slot`, whose `ok` reply was already put there; its event frames are
+    /// tagged with `region` when given.
+    pub(crate) fn new(
+        outbox: Arc<Outbox>,
+        slot: u64,
+        filter: Filter,
+        region: Option<Arc<str>>,
+        after: u64,
+        cut: u64,
+    ) -> Self {
         Job {
             outbox,
             slot,
             filter,
+            region,
             at: after,
             cut,
         }
@@ -291,7 +312,11 @@ impl Job {
         let encoding = self.outbox.encoding;
         while self.at < end {
             let seq = self.at + 1;
-            let found = match sources.cache.frame(seq, encoding, |e| self.filter.matches(e)) {
+            let region = self.region.as_deref();
+            let found = match sources
+                .cache
+                .frame(seq, encoding, region, |e| self.filter.matches(e))
+            {
                 Some(found) => found,
                 None => {
                     if let Err(e) = sources.load(seq, end) {
@@ -343,21 +368,42 @@ mod tests {
         for (i, e) in evs.iter().enumerate() {
             cache.insert(i as u64 + 1, e.clone(), [None, None]);
         }
-        let a = cache.frame(1, Encoding::Json, |_| true).unwrap().unwrap();
-        let b = cache.frame(1, Encoding::Json, |_| true).unwrap().unwrap();
+        let a = cache.frame(1, Encoding::Json, None, |_| true).unwrap().unwrap();
+        let b = cache.frame(1, Encoding::Json, None, |_| true).unwrap().unwrap();
         assert_eq!(
             a.as_bytes().as_ptr(),
             b.as_bytes().as_ptr(),
             "the same buffer, not re-encoded"
         );
-        let m = cache.frame(1, Encoding::MsgPack, |_| true).unwrap().unwrap();
+        let m = cache
+            .frame(1, Encoding::MsgPack, None, |_| true)
+            .unwrap()
+            .unwrap();
         assert_ne!(a, m);
         assert_eq!(
-            cache.frame(2, Encoding::Json, |_| false),
+            cache.frame(2, Encoding::Json, None, |_| false),
             Some(None),
             "filtered out"
         );
-        assert_eq!(cache.frame(9, Encoding::Json, |_| true), None, "not kept");
+        assert_eq!(cache.frame(9, Encoding::Json, None, |_| true), None, "not kept");
+
+        // A region-tagged frame (a desk's multi-region replay) carries the
+        // region and is not kept: the cached frame stays the untagged one.
+        let before = (cache.bytes, cache.entries[&1].weight);
+        let tagged = cache
+            .frame(1, Encoding::Json, Some("west"), |_| true)
+            .unwrap()
+            .unwrap();
+        let text = std::str::from_utf8(tagged.payload()).unwrap();
+        assert!(text.contains("\"region\":\"west\""), "{text}");
+        assert!(!std::str::from_utf8(a.payload()).unwrap().contains("region"));
+        let again = cache.frame(1, Encoding::Json, None, |_| true).unwrap().unwrap();
+        assert_eq!(
+            again.as_bytes().as_ptr(),
+            a.as_bytes().as_ptr(),
+            "the untagged one is kept"
+        );
+        assert_eq!((cache.bytes, cache.entries[&1].weight), before);
 
         // Bound to one entry's weight: the lowest seqs go first.
         let one = cache.entries[&3].weight;

@@ -32,7 +32,7 @@ use crate::frame::Prepared;
 use crate::limit::TokenBucket;
 use crate::outbox::{CloseReason, Outbox, codes};
 use crate::ws_io::{Sink, Stream};
-use crate::{App, audit_log, metric, wire};
+use crate::{App, Region, audit_log, metric, wire};
 
 /// Runs a session to its end.
 pub(crate) async fn run(sink: Sink, stream: Stream, app: Arc<App>) {
@@ -133,6 +133,7 @@ async fn authenticate(
             Ok(Frame {
                 id,
                 message: ClientMessage::Hello(hello),
+                ..
             }) => {
                 if hello.protocol.is_some_and(|p| p != 1) {
                     send_now(
@@ -222,7 +223,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
         profile,
     };
     let unit = actor.unit_id().map(str::to_owned);
-    if app.engine_tx.send(hello).await.is_ok() {
+    if app.home().engine_tx.send(hello).await.is_ok() {
         let mut reader = Reader {
             app: &app,
             outbox: &outbox,
@@ -244,7 +245,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
                 session: session_id.clone(),
                 unit,
             };
-            let _ = app.engine_tx.send(bye).await;
+            let _ = app.home().engine_tx.send(bye).await;
         }
     }
     outbox.close(CloseReason {
@@ -330,7 +331,7 @@ struct Reader<'a> {
     bucket: TokenBucket,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
         let idle = self.app.settings.hub.idle_timeout;
         // One timer and one cancellation future for the whole session, not one per
@@ -409,7 +410,7 @@ impl Reader<'_> {
         let kind = frame.message.type_name();
         if self
             .bucket
-            .take(cost(&frame.message, &self.app.shared.epoch))
+            .take(cost(&frame.message, &self.app.home().shared.epoch))
             .is_err()
         {
             metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "rate_limited").increment(1);
@@ -418,14 +419,15 @@ impl Reader<'_> {
             self.error(id, ErrorCode::RateLimited, "too many commands: slow down");
             return true;
         }
-        match self.to_request(frame, read_at) {
-            Ok(Some(request)) => {
-                if self.app.engine_tx.send(request).await.is_err() {
-                    self.error(id, ErrorCode::Internal, "server is shutting down");
-                    return false;
+        match self.to_requests(frame, read_at) {
+            Ok(requests) => {
+                for (region, request) in requests {
+                    if region.engine_tx.send(request).await.is_err() {
+                        self.error(id, ErrorCode::Internal, "server is shutting down");
+                        return false;
+                    }
                 }
             }
-            Ok(None) => {}
             Err((code, message)) => {
                 metrics::counter!(metric::COMMANDS, "type" => kind, "outcome" => "refused").increment(1);
                 if code == ErrorCode::Forbidden {
@@ -463,12 +465,100 @@ impl Reader<'_> {
         true
     }
 
-    /// Turns a frame into an engine request (through the role matrix), answers
-    /// it here (`ping`), or refuses it.
-    fn to_request(&self, frame: Frame, read_at: Instant) -> Result<Option<Request>, Refusal> {
+    /// Turns a frame into requests for the regions it is for (through the role
+    /// matrix), answers it here (`ping`: none), or refuses it. A command goes to
+    /// the region its `region` names (`None`: the server's own; a national desk
+    /// must be told); a multi-region `subscribe` to each region it names.
+    fn to_requests(&self, frame: Frame, read_at: Instant) -> Result<Vec<(&'a Region, Request)>, Refusal> {
         let id = frame.id;
+        let app: &'a App = self.app;
+        let allowed = authorize(self.role, &self.actor, frame.message)?;
+        if let Allowed::Subscribe {
+            unit,
+            subscribe: sub @ Subscribe { regions: Some(_), .. },
+        } = allowed
+        {
+            return self.subscribe_regions(id, unit, sub);
+        }
+        // A ping is the session's own, whatever region it names.
+        if let Allowed::Ping = allowed {
+            self.to_request(id, allowed, read_at)?;
+            return Ok(Vec::new());
+        }
+        let region = app.region(frame.region.as_deref())?;
+        let subscribes = matches!(allowed, Allowed::Subscribe { .. });
+        let mut requests: Vec<_> = self
+            .to_request(id, allowed, read_at)?
+            .map(|r| (region, r))
+            .into_iter()
+            .collect();
+        if subscribes {
+            self.outbox.set_region_tags(false);
+            requests.extend(self.unsubscribe_others(&[region]));
+        }
+        Ok(requests)
+    }
+
+    /// A multi-region `subscribe`: one subscription per region named, each with
+    /// its own `since`; each region answers with its own `subscribed`, and the
+    /// session's events and position batches carry their region from now on.
+    fn subscribe_regions(
+        &self,
+        id: Option<u64>,
+        unit: Option<String>,
+        sub: Subscribe,
+    ) -> Result<Vec<(&'a Region, Request)>, Refusal> {
+        let app: &'a App = self.app;
+        let names = sub.regions.clone().unwrap_or_default();
+        let regions = names
+            .iter()
+            .map(|n| app.region(Some(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.outbox.set_region_tags(true);
+        let others = self.unsubscribe_others(&regions);
+        Ok(names
+            .iter()
+            .zip(regions)
+            .map(|(name, region)| {
+                let subscribe = Subscribe {
+                    since: sub.since_by_region.get(name).cloned(),
+                    ..sub.clone()
+                };
+                let request = Request::Subscribe {
+                    outbox: self.outbox.clone(),
+                    id,
+                    unit: unit.clone(),
+                    subscribe,
+                };
+                (region, request)
+            })
+            .chain(others)
+            .collect())
+    }
+
+    /// A desk: a `subscribe` replaces the session's subscription in every region,
+    /// so the regions it does not name drop the session.
+    fn unsubscribe_others(&self, named: &[&Region]) -> Vec<(&'a Region, Request)> {
+        let app: &'a App = self.app;
+        app.regions
+            .iter()
+            .filter(|r| !named.iter().any(|n| std::ptr::eq(*n, *r)))
+            .map(|r| {
+                let outbox = self.outbox.clone();
+                (r, Request::Unsubscribe { outbox })
+            })
+            .collect()
+    }
+
+    /// The request an allowed frame becomes (`None`: answered here, `ping`).
+    fn to_request(
+        &self,
+        id: Option<u64>,
+        allowed: Allowed,
+        read_at: Instant,
+    ) -> Result<Option<Request>, Refusal> {
         let outbox = self.outbox.clone();
-        Ok(Some(match authorize(self.role, &self.actor, frame.message)? {
+        Ok(Some(match allowed {
             // Answered here, not by the engine: a ping says the session is alive.
             Allowed::Ping => {
                 if id.is_some()
@@ -531,6 +621,19 @@ impl Reader<'_> {
 /// record or less.
 fn cost(message: &ClientMessage, epoch: &str) -> u32 {
     match message {
+        // A multi-region subscription: a resume or a snapshot per region (each
+        // region's epoch is checked by its read model, not here).
+        ClientMessage::Subscribe(Subscribe {
+            regions: Some(regions),
+            since_by_region,
+            ..
+        }) => regions
+            .iter()
+            .map(|r| match since_by_region.contains_key(r) {
+                true => weight::RESUME,
+                false => weight::SNAPSHOT,
+            })
+            .sum(),
         ClientMessage::Subscribe(Subscribe {
             since: Some(since), ..
         }) if since.epoch == epoch => weight::RESUME,
@@ -715,6 +818,13 @@ mod tests {
         assert_eq!(
             cost_of(r#"{"type":"subscribe","topics":["incidents"],"since":{"epoch":"E0","seq":5}}"#),
             weight::SNAPSHOT
+        );
+        // A desk's subscription pays per region: a resume or a snapshot each.
+        assert_eq!(
+            cost_of(
+                r#"{"type":"subscribe","topics":["incidents"],"regions":["a","b","c"],"since_by_region":{"b":{"epoch":"E1","seq":5}}}"#
+            ),
+            2 * weight::SNAPSHOT + weight::RESUME
         );
     }
 

@@ -198,7 +198,10 @@ struct RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     nats: Vec<String>,
-    region: String,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    regions: Option<Vec<String>>,
     role: String,
     #[serde(default = "default_replicas")]
     replicas: usize,
@@ -210,6 +213,12 @@ struct RawCluster {
     lease_ttl_s: u64,
     #[serde(default)]
     node: Option<String>,
+    #[serde(default = "default_pipeline_depth")]
+    pipeline_depth: usize,
+}
+
+fn default_pipeline_depth() -> usize {
+    8
 }
 
 fn default_lease_ttl_s() -> u64 {
@@ -382,8 +391,12 @@ impl ClusterRole {
 pub struct ClusterSettings {
     /// `cluster.nats`: the NATS servers' URLs (`nats://host:port`).
     pub nats: Vec<String>,
-    /// `cluster.region`: names the stream `OPC_<region>` and its subjects.
+    /// `cluster.region`: names the stream `OPC_<region>` and its subjects. On a
+    /// national desk: the first of `regions` (hello replies come from it).
     pub region: String,
+    /// `cluster.regions` (role `hub` only): a national desk serves every region
+    /// named here, each from its own follower and read model. Empty: one region.
+    pub regions: Vec<String>,
     /// `cluster.role`.
     pub role: ClusterRole,
     /// `cluster.replicas`: copies of the stream when this node creates it (1 or 3).
@@ -399,6 +412,9 @@ pub struct ClusterSettings {
     pub lease_ttl: std::time::Duration,
     /// `cluster.node`: this process's name in the lease (default `<host>-<pid>`).
     pub node: String,
+    /// `cluster.pipeline_depth` (roles `engine`, `both`): batches appended to the
+    /// stream at once, each held (replies and events) until its publish ack.
+    pub pipeline_depth: usize,
 }
 
 /// `hub.*`, checked.
@@ -904,19 +920,42 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
             return Err(invalid("cluster.nats", format!("{url:?}: one URL per list item")));
         }
     }
-    let region_ok = !c.region.is_empty()
-        && c.region
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
-    if !region_ok {
-        return Err(invalid(
-            "cluster.region",
-            format!(
-                "{:?}: letters, digits, '_' or '-' only (it names a stream)",
-                c.region
-            ),
-        ));
+    let region_ok = |r: &str| {
+        !r.is_empty()
+            && r.len() <= 64
+            && r.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+    };
+    let bad_region = |key, r: &str| {
+        invalid(
+            key,
+            format!("{r:?}: 1..=64 letters, digits, '_' or '-' (it names a stream)"),
+        )
+    };
+    let regions = c.regions.unwrap_or_default();
+    if let Some(r) = regions.iter().find(|r| !region_ok(r)) {
+        return Err(bad_region("cluster.regions", r));
     }
+    if regions.iter().enumerate().any(|(i, r)| regions[..i].contains(r)) {
+        return Err(invalid("cluster.regions", "a region is named twice".into()));
+    }
+    let region = match (c.region, regions.first()) {
+        (Some(r), _) if !region_ok(&r) => return Err(bad_region("cluster.region", &r)),
+        (Some(r), Some(first)) if &r != first => {
+            return Err(invalid(
+                "cluster.region",
+                format!("{r:?}: on a desk, omit it or name the first of cluster.regions ({first:?})"),
+            ));
+        }
+        (Some(r), _) => r,
+        (None, Some(first)) => first.clone(),
+        (None, None) => {
+            return Err(invalid(
+                "cluster.region",
+                "missing: name the region (or, on a national desk, list cluster.regions)".into(),
+            ));
+        }
+    };
     let role = match c.role.as_str() {
         "engine" => ClusterRole::Engine,
         "hub" => ClusterRole::Hub,
@@ -928,6 +967,12 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
             ));
         }
     };
+    if !regions.is_empty() && role != ClusterRole::Hub {
+        return Err(invalid(
+            "cluster.regions",
+            "a national desk is a hub: give role = \"hub\" (an engine writes one region)".into(),
+        ));
+    }
     if c.replicas != 1 && c.replicas != 3 {
         return Err(invalid(
             "cluster.replicas",
@@ -957,6 +1002,12 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
             format!("{}: want 1..=60", c.lease_ttl_s),
         ));
     }
+    if !(1..=64).contains(&c.pipeline_depth) {
+        return Err(invalid(
+            "cluster.pipeline_depth",
+            format!("{}: want 1..=64", c.pipeline_depth),
+        ));
+    }
     let node = match c.node {
         Some(n) if n.trim().is_empty() || n.len() > 128 => {
             return Err(invalid("cluster.node", format!("{n:?}: want 1..=128 characters")));
@@ -967,8 +1018,10 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
     Ok(ClusterSettings {
         lease_ttl: std::time::Duration::from_secs(c.lease_ttl_s),
         node,
+        pipeline_depth: c.pipeline_depth,
         nats: c.nats,
-        region: c.region,
+        region,
+        regions,
         role,
         replicas: c.replicas,
         publish_deadline: std::time::Duration::from_secs(c.publish_deadline_s),
@@ -1277,9 +1330,38 @@ mod tests {
                 "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\ncommand_timeout_s = 0",
                 "cluster.command_timeout_s",
             ),
+            (
+                "nats = [\"nats://a\"]\nregions = [\"zko\", \"akt\"]\nrole = \"engine\"",
+                "cluster.regions",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregions = [\"zko\", \"zko\"]\nrole = \"hub\"",
+                "cluster.regions",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregions = [\"zko\", \"a.b\"]\nrole = \"hub\"",
+                "cluster.regions",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"akt\"\nregions = [\"zko\", \"akt\"]\nrole = \"hub\"",
+                "cluster.region",
+            ),
+            ("nats = [\"nats://a\"]\nrole = \"hub\"", "cluster.region"),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"both\"\npipeline_depth = 0",
+                "cluster.pipeline_depth",
+            ),
         ] {
             let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
+        let desk = Settings::from_toml(
+            "[cluster]\nnats = [\"nats://a\"]\nregions = [\"zko\", \"akt\", \"ura\"]\nrole = \"hub\"\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(desk.region, "zko", "the first region is the desk's own");
+        assert_eq!(desk.regions, ["zko", "akt", "ura"]);
     }
 }

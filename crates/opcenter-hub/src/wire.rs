@@ -44,7 +44,11 @@ pub(crate) fn error(encoding: Encoding, id: Option<u64>, code: ErrorCode, text: 
     message(encoding, &ErrorReply::new(id, code, text))
 }
 
-/// A `positions` batch.
-pub(crate) fn positions_frame(encoding: Encoding, items: &[&PositionItem]) -> Option<Message> {
-    message(encoding, &PositionsFrame::new(items))
+/// A `positions` batch; with `region` for a multi-region subscription.
+pub(crate) fn positions_frame(
+    encoding: Encoding,
+    items: &[&PositionItem],
+    region: Option<&str>,
+) -> Option<Message> {
+    message(encoding, &PositionsFrame::new(items).in_region(region))
 }

@@ -121,6 +121,13 @@ pub struct Subscribe {
     pub agencies: Option<Vec<String>>,
     /// Resume point.
     pub since: Option<Since>,
+    /// A national desk's multi-region subscription (our addition): the regions,
+    /// deduplicated, in the client's order. `None`: the server's own region,
+    /// unchanged on the wire.
+    pub regions: Option<Vec<String>>,
+    /// Resume points of a multi-region subscription, by region (only regions
+    /// named in `regions`).
+    pub since_by_region: std::collections::BTreeMap<String, Since>,
 }
 
 impl Subscribe {
@@ -144,6 +151,10 @@ struct RawSubscribe {
     agencies: Option<Vec<String>>,
     #[serde(default)]
     since: Option<Since>,
+    #[serde(default)]
+    regions: Option<Vec<String>>,
+    #[serde(default)]
+    since_by_region: Option<std::collections::BTreeMap<String, Since>>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +373,9 @@ pub struct Frame {
     pub id: Option<u64>,
     /// The command.
     pub message: ClientMessage,
+    /// The region a command is for (our addition, a national desk's routing);
+    /// `None`: the server's own region.
+    pub region: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -370,6 +384,8 @@ struct Envelope {
     kind: Option<String>,
     #[serde(default)]
     id: Option<u64>,
+    #[serde(default)]
+    region: Option<String>,
 }
 
 /// Decodes and checks one frame in the session's encoding.
@@ -455,7 +471,11 @@ pub fn decode_frame(encoding: Encoding, bytes: &[u8]) -> Result<Frame, FrameErro
             ));
         }
     };
-    Ok(Frame { id, message })
+    Ok(Frame {
+        id,
+        message,
+        region: envelope.region,
+    })
 }
 
 fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
@@ -475,11 +495,46 @@ fn check_subscribe(raw: RawSubscribe) -> Result<Subscribe, String> {
     if let Some(a) = &raw.agencies {
         check::agencies(a).map_err(|e| e.to_string())?;
     }
+    let regions = match raw.regions {
+        None => None,
+        Some(list) => {
+            let mut regions: Vec<String> = Vec::new();
+            for r in list {
+                if r.is_empty() || r.len() > 64 {
+                    return Err(format!("regions: {r:?} is not a region name"));
+                }
+                if !regions.contains(&r) {
+                    regions.push(r);
+                }
+            }
+            if regions.is_empty() {
+                return Err("regions must name at least one region".into());
+            }
+            Some(regions)
+        }
+    };
+    let since_by_region = raw.since_by_region.unwrap_or_default();
+    match &regions {
+        None if !since_by_region.is_empty() => {
+            return Err("since_by_region needs regions".into());
+        }
+        Some(_) if raw.since.is_some() => {
+            return Err("a subscription with regions resumes with since_by_region, not since".into());
+        }
+        Some(list) => {
+            if let Some(r) = since_by_region.keys().find(|r| !list.contains(r)) {
+                return Err(format!("since_by_region names {r:?}, which regions does not"));
+            }
+        }
+        None => {}
+    }
     Ok(Subscribe {
         topics,
         area: raw.area,
         agencies: raw.agencies,
         since: raw.since,
+        regions,
+        since_by_region,
     })
 }
 

@@ -127,6 +127,8 @@ pub struct EventFrame<'a> {
     unit: Option<&'a Unit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unit_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
 }
 
 impl<'a> EventFrame<'a> {
@@ -145,7 +147,13 @@ impl<'a> EventFrame<'a> {
             incident,
             unit,
             unit_id,
+            region: None,
         }
+    }
+
+    /// The same event tagged with its region (a multi-region subscription).
+    pub fn in_region(self, region: Option<&'a str>) -> Self {
+        EventFrame { region, ..self }
     }
 }
 
@@ -155,6 +163,8 @@ pub struct PositionsFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     items: &'a [&'a PositionItem],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
 }
 
 impl<'a> PositionsFrame<'a> {
@@ -163,6 +173,37 @@ impl<'a> PositionsFrame<'a> {
         PositionsFrame {
             kind: "positions",
             items,
+            region: None,
+        }
+    }
+
+    /// The same batch tagged with its region (a multi-region subscription).
+    pub fn in_region(self, region: Option<&'a str>) -> Self {
+        PositionsFrame { region, ..self }
+    }
+}
+
+/// `{"type":"subscribed","id":…,"region":…,"epoch":…,"seq":…,…}`: one region's
+/// answer to a multi-region `subscribe` (a national desk): the fields of the
+/// single-region `ok` reply, plus the region.
+#[derive(Debug, Serialize)]
+pub struct Subscribed<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: Option<u64>,
+    region: &'a str,
+    #[serde(flatten)]
+    body: SubscribeOk<'a>,
+}
+
+impl<'a> Subscribed<'a> {
+    /// Region `region`'s part of the reply to `subscribe` `id`.
+    pub fn new(id: Option<u64>, region: &'a str, body: SubscribeOk<'a>) -> Self {
+        Subscribed {
+            kind: "subscribed",
+            id,
+            region,
+            body,
         }
     }
 }

@@ -147,6 +147,48 @@ fn subscribe_checks_topics_and_area() {
 }
 
 #[test]
+fn a_desk_subscribe_names_regions_and_resumes_each() {
+    let decode = |v: serde_json::Value| decode_frame(Encoding::MsgPack, &msgpack_frame(&v));
+    let f = decode(
+        json!({"type":"subscribe","id":3,"region":"akt","topics":["incidents"],
+        "regions":["zko","akt","zko"],"since_by_region":{"akt":{"epoch":"E","seq":9}}}),
+    )
+    .unwrap();
+    assert_eq!(
+        f.region.as_deref(),
+        Some("akt"),
+        "a top-level region is the frame's"
+    );
+    let ClientMessage::Subscribe(sub) = f.message else {
+        panic!("not a subscribe")
+    };
+    assert_eq!(sub.regions.unwrap(), ["zko", "akt"], "deduplicated, in order");
+    assert_eq!(sub.since_by_region["akt"].seq, 9);
+    assert!(sub.since.is_none());
+    // Without regions nothing changes: no region, no per-region resume.
+    let plain =
+        decode(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":"E","seq":1}})).unwrap();
+    assert_eq!(plain.region, None);
+    let ClientMessage::Subscribe(sub) = plain.message else {
+        panic!("not a subscribe")
+    };
+    assert!(sub.regions.is_none() && sub.since_by_region.is_empty());
+    for bad in [
+        json!({"type":"subscribe","id":1,"topics":["incidents"],"regions":[]}),
+        json!({"type":"subscribe","id":1,"topics":["incidents"],"regions":[""]}),
+        json!({"type":"subscribe","id":1,"topics":["incidents"],"since_by_region":{"zko":{"epoch":"E","seq":1}}}),
+        json!({"type":"subscribe","id":1,"topics":["incidents"],"regions":["zko"],"since":{"epoch":"E","seq":1}}),
+        json!({"type":"subscribe","id":1,"topics":["incidents"],"regions":["zko"],"since_by_region":{"akt":{"epoch":"E","seq":1}}}),
+    ] {
+        assert_eq!(
+            err_code(Encoding::Json, &json_frame(bad.clone())),
+            (Some(1), ErrorCode::BadRequest),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn id_must_be_unsigned_integer() {
     let f = json!({"type":"ping","id":-1});
     assert_eq!(

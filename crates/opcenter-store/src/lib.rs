@@ -254,6 +254,31 @@ pub trait Journal: Send {
     /// [`StoreError::RecordTooLarge`], which is checked before any I/O).
     fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError>;
 
+    /// Starts appending the payloads as one batch and returns the seqs they get.
+    /// A [`pipelined`](Journal::pipelined) journal returns before the batch is
+    /// durable: nothing of it may be acknowledged to anyone until
+    /// [`wait_durable`](Journal::wait_durable) covers its last seq, and later
+    /// batches may be submitted meanwhile (they follow it in order). The default
+    /// is [`append_batch`](Journal::append_batch): durable on return. Errors as
+    /// for `append_batch`.
+    fn submit_batch(&mut self, payloads: &[&[u8]]) -> Result<RangeInclusive<u64>, StoreError> {
+        self.append_batch(payloads)
+    }
+
+    /// Waits until every submitted record up to `seq` is durable. On `Err` no
+    /// record not yet durable counts as saved, and the journal is poisoned. The
+    /// default has nothing in flight.
+    fn wait_durable(&mut self, seq: u64) -> Result<(), StoreError> {
+        let _ = seq;
+        Ok(())
+    }
+
+    /// True when [`submit_batch`](Journal::submit_batch) returns before the batch
+    /// is durable, so a writer gains by keeping several batches in flight.
+    fn pipelined(&self) -> bool {
+        false
+    }
+
     /// Up to `max` records with seq > `after_seq`, in order (empty if there are none
     /// yet). [`StoreError::Compacted`] if some of them are no longer retained, i.e.
     /// `after_seq + 1 < first_seq()`.

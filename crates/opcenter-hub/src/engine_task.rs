@@ -62,8 +62,9 @@ pub(crate) enum ReplyTo {
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
     /// A hub node's command, forwarded over NATS ([`crate::bridge`]): the engine's
     /// reply and the seq the journal reached when it was acknowledged.
-    /// A hub's call over NATS, with the call's id (written into the records).
-    Remote(oneshot::Sender<RemoteOutcome>, Option<String>),
+    /// A hub's call over NATS, with the call's id (written into the records) and
+    /// the hub's deadline as this engine sees it (see [`crate::bridge::SHED_MARGIN`]).
+    Remote(oneshot::Sender<RemoteOutcome>, Option<String>, Option<Instant>),
 }
 
 /// A command's outcome for a hub node: the reply, and the last seq of the commit
@@ -183,6 +184,11 @@ pub(crate) struct EngineRx {
     pub(crate) normal: mpsc::Receiver<Request>,
     pub(crate) urgent: mpsc::Receiver<Request>,
 }
+
+/// The refusal of a hub's call shed at its deadline. It starts like the hub's own
+/// timeout (`no engine answered within`), which the console shows as "switching
+/// over"; unlike that one it is sure the change was not saved.
+pub(crate) const SHED_MESSAGE: &str = "no engine answered within the hub's deadline: the engine was busy and did not apply it (not saved); retry it";
 
 /// Requests taken from the normal lane into one batch (one group commit), at most.
 const MAX_BATCH: usize = 1024;
@@ -506,6 +512,13 @@ impl EngineTask {
                         );
                         continue;
                     }
+                    if let ReplyTo::Remote(_, _, Some(expires)) = &reply
+                        && Instant::now() + crate::bridge::SHED_MARGIN >= *expires
+                    {
+                        metrics::counter!(metric::CALLS_SHED).increment(1);
+                        fail(reply, ErrorCode::Internal, SHED_MESSAGE);
+                        continue;
+                    }
                     let mut assigned = false;
                     let session = match &reply {
                         ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
@@ -514,7 +527,7 @@ impl EngineTask {
                         ReplyTo::Http(_) | ReplyTo::Remote(..) => None,
                     };
                     let mut origin = Origin::new(&actor, session, now);
-                    if let ReplyTo::Remote(_, call) = &reply {
+                    if let ReplyTo::Remote(_, call, _) = &reply {
                         origin.call = call.clone();
                     }
                     let result = self.engine.apply(&actor, command, now);
@@ -928,7 +941,7 @@ pub(crate) fn register_subscription(
 /// Answers a command; `seq` is the journal's last seq after its commit.
 pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u64) {
     match reply {
-        ReplyTo::Remote(tx, _) => {
+        ReplyTo::Remote(tx, ..) => {
             let _ = tx.send(RemoteOutcome {
                 result: result.map(|a| a.reply).map_err(|e| ((&e).into(), e.to_string())),
                 seq,
@@ -969,7 +982,7 @@ pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u
 
 pub(crate) fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
     match reply {
-        ReplyTo::Remote(tx, _) => {
+        ReplyTo::Remote(tx, ..) => {
             let _ = tx.send(RemoteOutcome {
                 result: Err((code, message.into())),
                 seq: 0,
@@ -1087,5 +1100,72 @@ mod tests {
         assert_eq!(batch.len(), 1);
         batch.clear();
         assert!(!rx.next_batch(&waiter, &mut batch), "both lanes closed and empty");
+    }
+
+    /// A remote create whose hub deadline is `expires`, and the receiver of its outcome.
+    fn remote_create(key: &str, expires: Instant) -> (Request, oneshot::Receiver<RemoteOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let mut new = NewIncident::call("theft", 2, Location { lat: 51.2, lon: 51.4 });
+        new.key = Some(key.into());
+        let req = Request::Command {
+            actor: Actor {
+                sub: "d".into(),
+                kind: ActorKind::Dispatcher,
+            },
+            command: Command::CreateIncident(new),
+            reply: ReplyTo::Remote(tx, Some(format!("hub-1-{key}")), Some(expires)),
+            received: Instant::now(),
+        };
+        (req, rx)
+    }
+
+    #[test]
+    fn a_remote_command_past_its_hub_deadline_is_answered_internal_and_not_applied() {
+        let settings = crate::settings::Settings::from_toml("").unwrap();
+        let journal: SharedJournal = Arc::new(std::sync::Mutex::new(Box::new(
+            opcenter_store::MemJournal::with_epoch("t"),
+        )));
+        let shared = Arc::new(Shared {
+            epoch: "t".into(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            stopped: CancellationToken::new(),
+            fenced: tokio::sync::watch::channel(None).0,
+            replaced: tokio::sync::watch::channel(None).0,
+        });
+        let (reads, _reads_rx) = std::sync::mpsc::channel();
+        let engine = Engine::new(settings.engine.clone());
+        let mut task = EngineTask::new(engine, journal.clone(), reads, shared, &settings, 0);
+        let now = Instant::now();
+        // The hub gives up at `now`; one still 10 s away is applied.
+        let (late, late_rx) = remote_create("late", now);
+        let (soon, soon_rx) = remote_create("soon", now + crate::bridge::SHED_MARGIN / 2);
+        let (fresh, fresh_rx) = remote_create("fresh", now + std::time::Duration::from_secs(10));
+        task.process(&mut vec![late, soon, fresh]);
+        for mut rx in [late_rx, soon_rx] {
+            let out = rx.try_recv().expect("answered");
+            assert!(
+                matches!(&out.result, Err((ErrorCode::Internal, m)) if m == SHED_MESSAGE),
+                "shed: {:?}",
+                out.result.err()
+            );
+        }
+        let mut fresh_rx = fresh_rx;
+        let out = fresh_rx.try_recv().expect("answered");
+        assert!(matches!(out.result, Ok(Reply::Created { new: true, .. })));
+        // Only the fresh create is in the journal, and only one incident exists.
+        assert_eq!(task.engine.open_incidents().count(), 1);
+        let seq = read_model::lock(&journal).last_seq();
+        assert!(
+            seq >= 1 && out.seq == seq,
+            "journal at {seq}, answered at {}",
+            out.seq
+        );
+        let records = record::read_from(&**read_model::lock(&journal), 0, 100).unwrap();
+        let calls: Vec<_> = records
+            .iter()
+            .filter_map(|r| record::decode_with_origin(r).ok())
+            .filter_map(|(_, origin)| origin.and_then(|o| o.call))
+            .collect();
+        assert_eq!(calls, vec!["hub-1-fresh".to_string()]);
     }
 }

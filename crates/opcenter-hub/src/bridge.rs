@@ -55,6 +55,12 @@ const RECALL_RECORDS: u64 = 20_000;
 /// How long one attempt of a call waits before it is sent again (same id).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A forwarded command whose hub deadline is less than this away when the engine
+/// thread gets to it is not applied (answered `internal`): its answer would come
+/// after the hub gave up. Under overload (the backlog after a takeover) this keeps
+/// the engine on calls that can still be answered instead of on abandoned ones.
+pub(crate) const SHED_MARGIN: Duration = Duration::from_millis(500);
+
 /// Pause before retrying a call that found no engine subscribed.
 const NO_ENGINE_PAUSE: Duration = Duration::from_millis(250);
 
@@ -85,6 +91,11 @@ pub(crate) struct Call {
     /// Unique per hub process and call; the same on every retry.
     pub(crate) id: String,
     pub(crate) body: CallBody,
+    /// What was left of the hub's `cluster.command_timeout_s` when this attempt
+    /// was sent, in ms (0: not given, an older hub). Past it the hub has answered
+    /// `internal`, so the engine sheds a command still queued then ([`SHED_MARGIN`]).
+    #[serde(default)]
+    pub(crate) budget_ms: u64,
 }
 
 /// What a hub asks of the engine.
@@ -308,11 +319,11 @@ impl Forwarder {
     pub(crate) async fn call(&self, body: CallBody) -> Answer {
         self.track(&body);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let call = Call {
+        let mut call = Call {
             id: format!("{}-{n}", self.node_id),
             body,
+            budget_ms: 0,
         };
-        let payload = encode(&call);
         let until = Instant::now() + self.deadline;
         let mut attempts = 0u32;
         loop {
@@ -328,8 +339,9 @@ impl Forwarder {
                     ),
                 );
             }
+            call.budget_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
             let request = async_nats::Request::new()
-                .payload(payload.clone())
+                .payload(encode(&call))
                 .timeout(Some(ATTEMPT_TIMEOUT.min(left)));
             match self.client.send_request(self.subjects.cmd.clone(), request).await {
                 Ok(msg) => match rmp_serde::from_slice::<Answer>(&msg.payload) {
@@ -445,7 +457,9 @@ pub(crate) async fn serve_engine(
                     let _ = client.publish(done.0, done.1).await;
                     continue;
                 }
-                tokio::spawn(answer(client.clone(), queue.clone(), memory.clone(), call));
+                let expires = (call.budget_ms > 0)
+                    .then(|| Instant::now() + Duration::from_millis(call.budget_ms));
+                tokio::spawn(answer(client.clone(), queue.clone(), memory.clone(), call, expires));
             }
             Some(msg) = fixes.next() => {
                 if let Ok(p) = rmp_serde::from_slice::<PositionCall>(&msg.payload) {
@@ -495,7 +509,14 @@ fn remember(
 }
 
 /// Applies one call through the engine thread and answers every attempt of it.
-async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mutex<Memory>>, call: Call) {
+/// `expires`: the hub's deadline as this engine sees it (commands only).
+async fn answer(
+    client: async_nats::Client,
+    queue: EngineQueue,
+    memory: Arc<Mutex<Memory>>,
+    call: Call,
+    expires: Option<Instant>,
+) {
     let answer = match call.body {
         CallBody::Command {
             actor,
@@ -506,6 +527,7 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
             let origin = RemoteOrigin {
                 call: Some(call.id.clone()),
                 session,
+                expires,
             };
             command_answer(&queue, actor, command, origin).await
         }
@@ -550,6 +572,7 @@ async fn answer(client: async_nats::Client, queue: EngineQueue, memory: Arc<Mute
                     RemoteOrigin {
                         call: None,
                         session: Some(session),
+                        expires: None,
                     },
                 )
                 .await
@@ -733,9 +756,11 @@ mod tests {
                 session: "s".into(),
                 unit: "P-1".into(),
             },
+            budget_ms: 9_500,
         };
         let back: Call = rmp_serde::from_slice(&encode(&call)).unwrap();
         assert_eq!(back.id, "hub-1-7");
+        assert_eq!(back.budget_ms, 9_500);
         assert!(matches!(back.body, CallBody::Bye { ref unit, .. } if unit == "P-1"));
         let a: Answer = rmp_serde::from_slice(&encode(&Answer::refused(ErrorCode::Conflict, "no"))).unwrap();
         assert!(matches!(a, Answer::Refused { ref code, .. } if code == "conflict"));

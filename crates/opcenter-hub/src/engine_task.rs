@@ -61,9 +61,8 @@ pub(crate) enum ReplyTo {
     /// An HTTP handler waiting for the created incident (and whether it is new).
     Http(oneshot::Sender<Result<(Incident, bool), (ErrorCode, String)>>),
     /// A hub node's command, forwarded over NATS ([`crate::bridge`]): the engine's
-    /// reply and the seq the journal reached when it was acknowledged.
-    /// A hub's call over NATS, with the call's id and the hub's session (written
-    /// into the records' actor).
+    /// reply and the seq the journal reached when it was acknowledged, with where
+    /// the call came from and its deadline ([`RemoteOrigin`]).
     Remote(oneshot::Sender<RemoteOutcome>, RemoteOrigin),
 }
 
@@ -74,6 +73,9 @@ pub(crate) struct RemoteOrigin {
     pub(crate) call: Option<String>,
     /// The hub's session (`<hub node id>/<session>`) that sent the command.
     pub(crate) session: Option<String>,
+    /// The hub's deadline as this engine sees it: a command reached after it
+    /// (less [`crate::bridge::SHED_MARGIN`]) is shed, not applied.
+    pub(crate) expires: Option<Instant>,
 }
 
 /// A command's outcome for a hub node: the reply, and the last seq of the commit
@@ -199,6 +201,11 @@ pub(crate) struct EngineRx {
     pub(crate) normal: mpsc::Receiver<Request>,
     pub(crate) urgent: mpsc::Receiver<Request>,
 }
+
+/// The refusal of a hub's call shed at its deadline. It starts like the hub's own
+/// timeout (`no engine answered within`), which the console shows as "switching
+/// over"; unlike that one it is sure the change was not saved.
+pub(crate) const SHED_MESSAGE: &str = "no engine answered within the hub's deadline: the engine was busy and did not apply it (not saved); retry it";
 
 /// Requests taken from the normal lane into one batch (one group commit), at most.
 const MAX_BATCH: usize = 1024;
@@ -615,6 +622,19 @@ impl EngineTask {
                             ErrorCode::Internal,
                             "the journal failed: nothing can be saved",
                         );
+                        continue;
+                    }
+                    if let ReplyTo::Remote(
+                        _,
+                        RemoteOrigin {
+                            expires: Some(expires),
+                            ..
+                        },
+                    ) = &reply
+                        && Instant::now() + crate::bridge::SHED_MARGIN >= *expires
+                    {
+                        metrics::counter!(metric::CALLS_SHED).increment(1);
+                        fail(reply, ErrorCode::Internal, SHED_MESSAGE);
                         continue;
                     }
                     let mut assigned = false;
@@ -1136,7 +1156,7 @@ pub(crate) fn unregister_subscription(
 /// Answers a command; `seq` is the journal's last seq after its commit.
 pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u64) {
     match reply {
-        ReplyTo::Remote(tx, _) => {
+        ReplyTo::Remote(tx, ..) => {
             let _ = tx.send(RemoteOutcome {
                 result: result.map(|a| a.reply).map_err(|e| ((&e).into(), e.to_string())),
                 seq,
@@ -1177,7 +1197,7 @@ pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u
 
 pub(crate) fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
     match reply {
-        ReplyTo::Remote(tx, _) => {
+        ReplyTo::Remote(tx, ..) => {
             let _ = tx.send(RemoteOutcome {
                 result: Err((code, message.into())),
                 seq: 0,
@@ -1295,5 +1315,81 @@ mod tests {
         assert_eq!(batch.len(), 1);
         batch.clear();
         assert!(!rx.next_batch(&waiter, &mut batch), "both lanes closed and empty");
+    }
+
+    /// A remote create whose hub deadline is `expires`, and the receiver of its outcome.
+    fn remote_create(key: &str, expires: Instant) -> (Request, oneshot::Receiver<RemoteOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let mut new = NewIncident::call("theft", 2, Location { lat: 51.2, lon: 51.4 });
+        new.key = Some(key.into());
+        let req = Request::Command {
+            actor: Actor {
+                sub: "d".into(),
+                kind: ActorKind::Dispatcher,
+            },
+            command: Command::CreateIncident(new),
+            reply: ReplyTo::Remote(
+                tx,
+                RemoteOrigin {
+                    call: Some(format!("hub-1-{key}")),
+                    session: None,
+                    expires: Some(expires),
+                },
+            ),
+            received: Instant::now(),
+        };
+        (req, rx)
+    }
+
+    #[test]
+    fn a_remote_command_past_its_hub_deadline_is_answered_internal_and_not_applied() {
+        let settings = crate::settings::Settings::from_toml("").unwrap();
+        let journal: SharedJournal = Arc::new(std::sync::Mutex::new(Box::new(
+            opcenter_store::MemJournal::with_epoch("t"),
+        )));
+        let shared = Arc::new(Shared {
+            epoch: "t".into(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            stopped: CancellationToken::new(),
+            fenced: tokio::sync::watch::channel(None).0,
+            replaced: tokio::sync::watch::channel(None).0,
+            region: None,
+        });
+        let (reads, _reads_rx) = std::sync::mpsc::channel();
+        let engine = Engine::new(settings.engine.clone());
+        let mut task = EngineTask::new(engine, journal.clone(), reads, shared, &settings, 0);
+        let now = Instant::now();
+        // The hub gives up at `now`; one still 10 s away is applied.
+        let (late, late_rx) = remote_create("late", now);
+        let (soon, soon_rx) = remote_create("soon", now + crate::bridge::SHED_MARGIN / 2);
+        let (fresh, fresh_rx) = remote_create("fresh", now + std::time::Duration::from_secs(10));
+        let applied = task.apply_batch(&mut vec![late, soon, fresh]);
+        task.finish(applied);
+        for mut rx in [late_rx, soon_rx] {
+            let out = rx.try_recv().expect("answered");
+            assert!(
+                matches!(&out.result, Err((ErrorCode::Internal, m)) if m == SHED_MESSAGE),
+                "shed: {:?}",
+                out.result.err()
+            );
+        }
+        let mut fresh_rx = fresh_rx;
+        let out = fresh_rx.try_recv().expect("answered");
+        assert!(matches!(out.result, Ok(Reply::Created { new: true, .. })));
+        // Only the fresh create is in the journal, and only one incident exists.
+        assert_eq!(task.engine.open_incidents().count(), 1);
+        let seq = read_model::lock(&journal).last_seq();
+        assert!(
+            seq >= 1 && out.seq == seq,
+            "journal at {seq}, answered at {}",
+            out.seq
+        );
+        let records = record::read_from(&**read_model::lock(&journal), 0, 100).unwrap();
+        let calls: Vec<_> = records
+            .iter()
+            .filter_map(|r| record::decode_with_origin(r).ok())
+            .filter_map(|(_, origin)| origin.and_then(|o| o.call))
+            .collect();
+        assert_eq!(calls, vec!["hub-1-fresh".to_string()]);
     }
 }

@@ -54,5 +54,8 @@ pub(crate) const LEASE_RENEWALS: &str = "opcenter_lease_renewals_total";
 pub(crate) const TAKEOVERS: &str = "opcenter_takeovers_total";
 /// Counter: appends refused because another engine wrote the stream (fenced).
 pub(crate) const FENCED_APPENDS: &str = "opcenter_fenced_appends_total";
+/// Counter: hub calls an engine did not apply because the hub's deadline had
+/// (nearly) passed while they were queued (the hub answered `internal` already).
+pub(crate) const CALLS_SHED: &str = "opcenter_calls_shed_total";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";

@@ -64,7 +64,8 @@ nats_down() {
 }
 
 # node NAME KIND REGION [EXTRA_TOML] -> NODE_PID[NAME], NODE_ADDR[NAME], NODE_MS[NAME]
-# (spawn -> `listening on`, ms, polled every 5 ms). KIND: file (single process,
+# (spawn -> serving, ms, polled every 5 ms: `listening on`, and for an engine or
+# `both` node /healthz `ok active`). KIND: file (single process,
 # file journal, fsync on), both, engine, hub.
 declare -A NODE_PID NODE_ADDR NODE_MS
 node() {
@@ -89,6 +90,15 @@ node() {
         echo "node $name ($kind) did not start:" >&2
         tail -20 "$T/$name.err" >&2
         exit 1
+    fi
+    # An engine node listens (answering `ok standby`) before it holds the region's
+    # lease and has recovered its state: it serves once /healthz says `ok active`.
+    if [ "$kind" = engine ] || [ "$kind" = both ]; then
+        for _ in $(seq 24000); do
+            [ "$(curl -s "http://$addr/healthz")" = "ok active" ] && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.005
+        done
     fi
     NODE_MS[$name]=$((($(date +%s%N) - t0) / 1000000))
     NODE_PID[$name]=$pid

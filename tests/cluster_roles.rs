@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -315,25 +315,11 @@ async fn kill_9_of_the_engine_during_creates_loses_nothing_acknowledged() {
     let (c, hello, sub) = subscribed(&a, Role::Dispatcher, &["incidents"], None).await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
     let cut_before = sub["seq"].as_u64().unwrap();
-    let (mut sink, mut stream) = c.ws.split();
+    let (sink, mut stream) = c.ws.split();
 
     // Pipelined creates with ids 1..=N.
     const N: u64 = 600;
-    let writer = tokio::spawn(async move {
-        for i in 1..=N {
-            let mut body = create(51.2 + (i % 100) as f64 * 0.001, 51.3 + (i / 100) as f64 * 0.001);
-            body["id"] = json!(i);
-            if sink.feed(Message::Text(body.to_string().into())).await.is_err() {
-                return sink;
-            }
-            if i % 8 == 0 {
-                let _ = sink.flush().await;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-        let _ = sink.flush().await;
-        sink
-    });
+    let writer = spawn_pipelined_creates(sink, N, Duration::from_millis(2));
 
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut refused: BTreeSet<u64> = BTreeSet::new();

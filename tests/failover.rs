@@ -124,22 +124,8 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
     // call ids in the stream instead of applying it again.
     const N: u64 = 400;
     let (w, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "w")).await;
-    let (mut sink, mut stream) = w.ws.split();
-    let writer = tokio::spawn(async move {
-        for i in 1..=N {
-            let mut body = create(51.2 + (i % 100) as f64 * 0.001, 51.3 + (i / 100) as f64 * 0.001);
-            body["id"] = json!(i);
-            if sink.feed(Message::Text(body.to_string().into())).await.is_err() {
-                return sink;
-            }
-            if i % 8 == 0 {
-                let _ = sink.flush().await;
-                tokio::time::sleep(Duration::from_millis(4)).await;
-            }
-        }
-        let _ = sink.flush().await;
-        sink
-    });
+    let (sink, mut stream) = w.ws.split();
+    let writer = spawn_pipelined_creates(sink, N, Duration::from_millis(4));
 
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut refused = HashSet::new();

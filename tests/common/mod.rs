@@ -275,6 +275,31 @@ where
     })
 }
 
+/// Sends `n` pipelined creates with ids 1..=n (a flush and a `pause` every 8),
+/// stopping early if the socket breaks; hands the sink back at the end.
+pub(crate) fn spawn_pipelined_creates<S>(mut sink: S, n: u64, pause: Duration) -> tokio::task::JoinHandle<S>
+where
+    S: futures_util::Sink<tokio_tungstenite::tungstenite::Message> + Unpin + Send + 'static,
+{
+    use futures_util::SinkExt;
+    tokio::spawn(async move {
+        for i in 1..=n {
+            let mut body = create(51.2 + (i % 100) as f64 * 0.001, 51.3 + (i / 100) as f64 * 0.001);
+            body["id"] = json!(i);
+            let frame = tokio_tungstenite::tungstenite::Message::Text(body.to_string().into());
+            if sink.feed(frame).await.is_err() {
+                return sink;
+            }
+            if i % 8 == 0 {
+                let _ = sink.flush().await;
+                tokio::time::sleep(pause).await;
+            }
+        }
+        let _ = sink.flush().await;
+        sink
+    })
+}
+
 /// An incident.create body at `(lat, lon)`.
 pub(crate) fn create(lat: f64, lon: f64) -> Value {
     json!({"type":"incident.create","category":"theft","priority":2,"location":{"lat":lat,"lon":lon}})

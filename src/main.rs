@@ -555,18 +555,24 @@ async fn run() -> anyhow::Result<()> {
             );
             println!("console (dispatcher): http://{addr}/?token={token}");
             println!("console (supervisor): http://{addr}/?token={supervisor}");
-            let stop = tokio_util::sync::CancellationToken::new();
-            let city_stop = stop.clone();
-            let city_task = tokio::spawn(async move {
-                opcenter_sim::city::run_city(city, addr, secret, city_stop.cancelled_owned()).await
+            // The city stops first and the server only after it, so a call or report
+            // the city is sending at Ctrl-C is answered, not refused by a closed port.
+            let city_stop = tokio_util::sync::CancellationToken::new();
+            let server_stop = tokio_util::sync::CancellationToken::new();
+            let city_task = tokio::spawn({
+                let city_stop = city_stop.clone();
+                async move { opcenter_sim::city::run_city(city, addr, secret, city_stop.cancelled_owned()).await }
             });
-            let server_stop = stop.clone();
-            let serving = tokio::spawn(server.serve(async move { server_stop.cancelled().await }));
+            let serving = tokio::spawn({
+                let server_stop = server_stop.clone();
+                server.serve(async move { server_stop.cancelled().await })
+            });
             shutdown_signal().await;
-            stop.cancel();
+            city_stop.cancel();
             if let Ok(Err(e)) = city_task.await {
                 tracing::warn!(error = %e, "city ended with an error");
             }
+            server_stop.cancel();
             serving.await.context("server task")??;
         }
         Cmd::Sim(args) => {

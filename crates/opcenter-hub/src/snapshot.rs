@@ -99,7 +99,15 @@ impl SnapshotCache {
             .as_ref()
             .is_some_and(|a| a.generation == self.generation && a.agencies == *agencies);
         if !fresh {
-            let tail = assemble(encoding, &mut self.incidents, &mut self.units, incidents, units)?;
+            let capacity = slot.as_ref().map_or(4096, |a| a.tail.len() + a.tail.len() / 8);
+            let tail = assemble(
+                encoding,
+                capacity,
+                &mut self.incidents,
+                &mut self.units,
+                incidents,
+                units,
+            )?;
             *slot = Some(Assembled {
                 generation: self.generation,
                 agencies: agencies.clone(),
@@ -111,73 +119,77 @@ impl SnapshotCache {
     }
 }
 
-/// The encoding of `value`, from `cache` or made and kept there.
-fn encoded<'c, T: Serialize>(
-    cache: &'c mut HashMap<String, Encoded>,
+/// Appends the encoding of `value` to `out`, from `cache` or made and kept
+/// there (an owned key is made only on a miss).
+fn put_encoded<T: Serialize>(
+    out: &mut BytesMut,
+    cache: &mut HashMap<String, Encoded>,
     id: &str,
     encoding: Encoding,
     value: &T,
-) -> Option<&'c Bytes> {
-    let entry = cache.entry(id.to_owned()).or_default();
-    let slot = &mut entry[encoding.index()];
-    if slot.is_none() {
-        match codec::encode(encoding, value) {
-            Ok(b) => *slot = Some(b),
-            Err(e) => {
-                tracing::error!(error = %e, "could not encode a snapshot object");
-                return None;
-            }
+) -> Option<()> {
+    let at = encoding.index();
+    if let Some(bytes) = cache.get(id).and_then(|e| e[at].as_ref()) {
+        out.put_slice(bytes);
+        return Some(());
+    }
+    let bytes = codec::encode(encoding, value)
+        .inspect_err(|e| tracing::error!(error = %e, "could not encode a snapshot object"))
+        .ok()?;
+    out.put_slice(&bytes);
+    match cache.get_mut(id) {
+        Some(e) => e[at] = Some(bytes),
+        None => {
+            let mut e = Encoded::default();
+            e[at] = Some(bytes);
+            cache.insert(id.to_owned(), e);
         }
     }
-    slot.as_ref()
+    Some(())
 }
 
-/// `"incidents":[…],"units":[…]}` (JSON) or the MessagePack keys and arrays.
+/// `"incidents":[…],"units":[…]}` (JSON) or the MessagePack keys and arrays;
+/// `capacity` is a guess of its length (the last one's).
 fn assemble<'a>(
     encoding: Encoding,
+    capacity: usize,
     incident_cache: &mut HashMap<String, Encoded>,
     unit_cache: &mut HashMap<String, Encoded>,
     incidents: impl Iterator<Item = &'a Incident>,
     units: impl Iterator<Item = &'a Unit>,
 ) -> Option<Bytes> {
-    let mut parts: Vec<Bytes> = Vec::new();
-    for i in incidents {
-        parts.push(encoded(incident_cache, &i.id, encoding, i)?.clone());
+    let incidents: Vec<&Incident> = incidents.collect();
+    let units: Vec<&Unit> = units.collect();
+    let mut out = BytesMut::with_capacity(capacity);
+    let json = encoding == Encoding::Json;
+    if json {
+        out.put_slice(br#""incidents":["#);
+    } else {
+        out.put_slice(b"\xa9incidents");
+        msgpack_array_len(&mut out, incidents.len());
     }
-    let n_incidents = parts.len();
-    for u in units {
-        parts.push(encoded(unit_cache, &u.id, encoding, u)?.clone());
-    }
-    let (inc, uni) = parts.split_at(n_incidents);
-    let len: usize = parts.iter().map(Bytes::len).sum::<usize>() + parts.len() + 32;
-    let mut out = BytesMut::with_capacity(len);
-    match encoding {
-        Encoding::Json => {
-            out.put_slice(br#""incidents":["#);
-            join_json(&mut out, inc);
-            out.put_slice(br#"],"units":["#);
-            join_json(&mut out, uni);
-            out.put_slice(b"]}");
-        }
-        Encoding::MsgPack => {
-            out.put_slice(b"\xa9incidents");
-            msgpack_array_len(&mut out, inc.len());
-            inc.iter().for_each(|p| out.put_slice(p));
-            out.put_slice(b"\xa5units");
-            msgpack_array_len(&mut out, uni.len());
-            uni.iter().for_each(|p| out.put_slice(p));
-        }
-    }
-    Some(out.freeze())
-}
-
-fn join_json(out: &mut BytesMut, parts: &[Bytes]) {
-    for (n, p) in parts.iter().enumerate() {
-        if n > 0 {
+    for (n, i) in incidents.iter().enumerate() {
+        if json && n > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(p);
+        put_encoded(&mut out, incident_cache, &i.id, encoding, i)?;
     }
+    if json {
+        out.put_slice(br#"],"units":["#);
+    } else {
+        out.put_slice(b"\xa5units");
+        msgpack_array_len(&mut out, units.len());
+    }
+    for (n, u) in units.iter().enumerate() {
+        if json && n > 0 {
+            out.put_u8(b',');
+        }
+        put_encoded(&mut out, unit_cache, &u.id, encoding, u)?;
+    }
+    if json {
+        out.put_slice(b"]}");
+    }
+    Some(out.freeze())
 }
 
 /// A MessagePack array header (fixarray, array 16, array 32), as rmp writes it.

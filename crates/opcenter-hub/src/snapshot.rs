@@ -161,35 +161,54 @@ fn assemble<'a>(
     let incidents: Vec<&Incident> = incidents.collect();
     let units: Vec<&Unit> = units.collect();
     let mut out = BytesMut::with_capacity(capacity);
-    let json = encoding == Encoding::Json;
-    if json {
-        out.put_slice(br#""incidents":["#);
-    } else {
-        out.put_slice(b"\xa9incidents");
-        msgpack_array_len(&mut out, incidents.len());
+    put_array(
+        &mut out,
+        encoding,
+        "incidents",
+        &incidents,
+        |i| &i.id,
+        incident_cache,
+    )?;
+    if encoding == Encoding::Json {
+        out.put_u8(b',');
     }
-    for (n, i) in incidents.iter().enumerate() {
-        if json && n > 0 {
-            out.put_u8(b',');
-        }
-        put_encoded(&mut out, incident_cache, &i.id, encoding, i)?;
-    }
-    if json {
-        out.put_slice(br#"],"units":["#);
-    } else {
-        out.put_slice(b"\xa5units");
-        msgpack_array_len(&mut out, units.len());
-    }
-    for (n, u) in units.iter().enumerate() {
-        if json && n > 0 {
-            out.put_u8(b',');
-        }
-        put_encoded(&mut out, unit_cache, &u.id, encoding, u)?;
-    }
-    if json {
-        out.put_slice(b"]}");
+    put_array(&mut out, encoding, "units", &units, |u| &u.id, unit_cache)?;
+    if encoding == Encoding::Json {
+        out.put_u8(b'}');
     }
     Some(out.freeze())
+}
+
+/// `"key":[…]` (JSON) or the MessagePack key (a fixstr: `key` is under 32
+/// bytes) and array of `items`.
+fn put_array<T: Serialize>(
+    out: &mut BytesMut,
+    encoding: Encoding,
+    key: &str,
+    items: &[&T],
+    id: impl Fn(&T) -> &str,
+    cache: &mut HashMap<String, Encoded>,
+) -> Option<()> {
+    let json = encoding == Encoding::Json;
+    if json {
+        out.put_u8(b'"');
+        out.put_slice(key.as_bytes());
+        out.put_slice(b"\":[");
+    } else {
+        out.put_u8(0xa0 | key.len() as u8);
+        out.put_slice(key.as_bytes());
+        msgpack_array_len(out, items.len());
+    }
+    for (n, item) in items.iter().enumerate() {
+        if json && n > 0 {
+            out.put_u8(b',');
+        }
+        put_encoded(out, cache, id(item), encoding, item)?;
+    }
+    if json {
+        out.put_u8(b']');
+    }
+    Some(())
 }
 
 /// A MessagePack array header (fixarray, array 16, array 32), as rmp writes it.

@@ -9,6 +9,9 @@
 # Printed per run and as medians: create → assignment p50/p99, creates, the server's
 # CPU-seconds per create (/proc/<pid>/stat via --pid) and the load tool's own CPU
 # (user+sys over its wall time, in cores: at ~1.0+ the tool, not the server, limits).
+# Per run also, from /proc/<pid>/task/*/schedstat, each server thread's CPU and
+# its run-queue wait (runnable, waiting for a core): whether the engine thread's
+# tail is time spent waiting for a CPU.
 # Last, a baseline of the tool: the same quiet load against the same server with the
 # positions off, to show how much of the quiet p99 is the tool's own 2 000 positions/s.
 #
@@ -48,11 +51,19 @@ done
 [ -n "$ADDR" ] || { echo "server did not start" >&2; exit 1; }
 events() { curl -s "http://$ADDR/metrics" | awk '/^opcenter_journal_batch_events_sum/ {print int($2)}'; }
 
+threads() { # per server thread name: CPU ns, run-queue wait ns (schedstat)
+  for t in /proc/"$SERVER"/task/*; do
+    echo "$(cat "$t/comm" 2>/dev/null) $(cat "$t/schedstat" 2>/dev/null)"
+  done | awk 'NF == 4 {r[$1] += $2; w[$1] += $3} END {for (n in r) printf "%s %.0f %.0f\n", n, r[n], w[n]}'
+}
+
 sim() { # NAME ARGS... : one run of the tool, its JSON report and its own CPU kept
   local name=$1; shift
+  threads > "$LOGDIR/$name.threads0"
   /usr/bin/time -f '%e %U %S' -o "$LOGDIR/$name.time" \
     timeout 300 "$BIN" sim --server "$ADDR" --secret "$SECRET" --json "$@" \
     > "$LOGDIR/$name.json" 2> "$LOGDIR/$name.err" || echo "run $name exited non-zero" >&2
+  threads > "$LOGDIR/$name.threads1"
   # The server's own histograms (cumulative) after each run: the engine-side
   # create → assignment-queued time, the group commit time.
   curl -s "http://$ADDR/metrics" > "$LOGDIR/$name.metrics" || true
@@ -111,6 +122,27 @@ for s in rows:
     m = med[s]
     print(f"median {s}: assign p50 {m['p50']:.2f} ms, p99 {m['p99']:.2f} ms, "
           f"server {m['cpu_ms_per_create']:.2f} CPU-ms/create, tool {m['tool_cores']:.2f} cores")
+def threads(name):
+    """Per thread name: (CPU s, run-queue wait s) over the run, and its wall s."""
+    def load(suffix):
+        out = {}
+        for line in open(f"{logdir}/{name}.{suffix}"):
+            n, run, wait = line.split()
+            out[n] = (float(run), float(wait))
+        return out
+    a, b = load("threads0"), load("threads1")
+    wall = float(open(f"{logdir}/{name}.time").read().split()[-3])
+    return {n: ((b[n][0] - a.get(n, (0, 0))[0]) / 1e9, (b[n][1] - a.get(n, (0, 0))[1]) / 1e9) for n in b}, wall
+print()
+print("| run | engine CPU % | engine run-queue wait % | reads CPU % | reads wait % | workers CPU % | workers wait % |")
+print("|---|---|---|---|---|---|---|")
+for side in ("quiet", "readers"):
+    for i in range(1, runs + 1):
+        t, wall = threads(f"{side}-{i}")
+        pct = lambda n, k: 100 * t.get(n, (0, 0))[k] / wall
+        print(f"| {side}-{i} | {pct('opcenter-engine', 0):5.1f} | {pct('opcenter-engine', 1):5.2f} | "
+              f"{pct('opcenter-reads', 0):5.1f} | {pct('opcenter-reads', 1):5.2f} | "
+              f"{pct('tokio-rt-worker', 0):5.1f} | {pct('tokio-rt-worker', 1):5.2f} |")
 ratio = med["readers"]["p99"] / med["quiet"]["p99"] if med["quiet"]["p99"] else float("nan")
 print(f"loaded p99 / quiet p99 = {ratio:.2f} (target <= 2)")
 EOF

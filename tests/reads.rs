@@ -161,6 +161,99 @@ async fn the_cut_is_exact_while_writes_go_on() {
     }
 }
 
+/// A supervisor's `incidents` + `units` subscribe reply in `enc`.
+async fn snapshot(host: &str, enc: Encoding) -> serde_json::Value {
+    let (mut c, _) = Client::login(host, enc, &token(Role::Supervisor, "s1")).await;
+    let ok = c
+        .request(json!({"type":"subscribe","topics":["incidents","units"]}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    ok
+}
+
+/// The consoles' snapshot is kept between subscribes (`opcenter-hub`'s
+/// `snapshot.rs`): subscribes at the same cut get the same snapshot in both
+/// encodings, and every change after it is in the next one: a new incident, a
+/// note on an incident already in the kept snapshot, and a unit's position fix
+/// (which moves no seq).
+#[tokio::test]
+async fn subscribes_at_the_same_cut_share_a_snapshot_and_see_every_change_after_it() {
+    let srv = TestServer::start("").await;
+    let host = srv.host();
+    // Off duty (no `unit.status`): no auto-dispatch moves the state under the test.
+    let (mut t1, _) = Client::login(&host, Encoding::Json, &unit_token("T-1")).await;
+    // The first fix a minute back, so the second (111 m on) is within the speed limit.
+    let now_ms = now_s() * 1000;
+    let ok = t1
+        .request(json!({"type":"unit.position","lat":51.0,"lon":51.0,"at_ms":now_ms - 60_000}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let (mut d, _) = Client::login(&host, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    let ids = create_many(&mut d, 5, "same-cut").await;
+
+    let first = snapshot(&host, Encoding::Json).await;
+    let again = snapshot(&host, Encoding::Json).await;
+    let packed = snapshot(&host, Encoding::Msgpack).await;
+    assert_eq!(first["seq"], again["seq"], "nothing was written in between");
+    assert_eq!(first["seq"], packed["seq"]);
+    for key in ["incidents", "units"] {
+        assert_eq!(first[key], again[key], "{key}");
+        assert_eq!(first[key], packed[key], "{key}");
+    }
+    assert_eq!(first["incidents"].as_array().unwrap().len(), 5);
+
+    let ok = d
+        .request(json!({"type":"incident.note","incident_id":ids[0],"text":"second look"}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let noted_seq = first["seq"].as_u64().unwrap() + 1;
+    let moved = snapshot(&host, Encoding::Json).await;
+    let ok = t1
+        .request(json!({"type":"unit.position","lat":51.001,"lon":51.0,"at_ms":now_ms}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let after_fix = snapshot(&host, Encoding::Json).await;
+    let later = create_many(&mut d, 1, "after").await;
+    let last = snapshot(&host, Encoding::Json).await;
+    let last_packed = snapshot(&host, Encoding::Msgpack).await;
+
+    let incident = |snap: &serde_json::Value, id: &str| {
+        snap["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == json!(id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in the snapshot at {}", snap["seq"]))
+    };
+    let unit = |snap: &serde_json::Value| {
+        snap["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == "T-1")
+            .cloned()
+            .expect("T-1 in the snapshot")
+    };
+    assert_eq!(moved["seq"].as_u64().unwrap(), noted_seq, "{}", moved["seq"]);
+    let notes = &incident(&moved, &ids[0])["notes"];
+    assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
+    assert_eq!(notes[0]["text"], "second look");
+    assert_eq!(incident(&moved, &ids[1]), incident(&first, &ids[1]));
+    assert_eq!(unit(&moved)["location"], json!({"lat":51.0,"lon":51.0}));
+    // The fix moved the unit, not the seq.
+    assert_eq!(after_fix["seq"], moved["seq"]);
+    assert_eq!(unit(&after_fix)["location"], json!({"lat":51.001,"lon":51.0}));
+    assert!(last["seq"].as_u64().unwrap() > noted_seq);
+    assert_eq!(last["incidents"].as_array().unwrap().len(), 6);
+    incident(&last, &later[0]);
+    assert_eq!(incident(&last, &ids[0])["notes"][0]["text"], "second look");
+    assert_eq!(unit(&last)["location"], json!({"lat":51.001,"lon":51.0}));
+    for key in ["incidents", "units"] {
+        assert_eq!(last[key], last_packed[key], "{key}");
+    }
+}
+
 /// The value of the counter or gauge line `name` (with its labels) on `/metrics`.
 async fn metric_value(srv: &TestServer, name: &str) -> f64 {
     let (status, body) = http(srv.addr, "GET", "/metrics", None, None).await;

@@ -194,11 +194,16 @@ impl Fanout {
 
     /// Takes `outbox` off every list.
     pub(crate) fn remove(&mut self, outbox: &Arc<Outbox>) {
-        self.incidents.retain(|o| !Arc::ptr_eq(o, outbox));
-        self.units.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
+        self.remove_from_topics(outbox);
         for list in self.assignments.values_mut() {
             list.retain(|o| !Arc::ptr_eq(o, outbox));
         }
+    }
+
+    /// Takes `outbox` off the `incidents` and `units` lists.
+    fn remove_from_topics(&mut self, outbox: &Arc<Outbox>) {
+        self.incidents.retain(|o| !Arc::ptr_eq(o, outbox));
+        self.units.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
     }
 
     /// Registers a `subscribe` for live events after the current cut, replacing
@@ -210,7 +215,13 @@ impl Fanout {
         unit: Option<&str>,
         sub: &Subscribe,
     ) -> Option<u64> {
-        self.remove(outbox);
+        // Off its own lists only: a session is only ever on the assignments
+        // list of its own unit, so the other units' lists (one per tablet) need
+        // no scan on this thread for each re-subscribe.
+        self.remove_from_topics(outbox);
+        if let Some(list) = unit.and_then(|u| self.assignments.get_mut(u)) {
+            list.retain(|o| !Arc::ptr_eq(o, outbox));
+        }
         let token = outbox.reserve()?;
         let wants = |t: SubTopic| sub.topics.contains(&t);
         if wants(SubTopic::Incidents) {
@@ -243,6 +254,38 @@ mod tests {
             regions: None,
             since_by_region: Default::default(),
         }
+    }
+
+    /// A re-subscribe replaces the session's place on every list it was on,
+    /// its unit's assignments list included, and leaves the others alone.
+    #[test]
+    fn a_resubscribe_replaces_the_sessions_places_only() {
+        let all = Subscribe {
+            topics: vec![SubTopic::Incidents, SubTopic::Units, SubTopic::Assignments],
+            ..incidents()
+        };
+        let mut fanout = Fanout::new(None);
+        let tablet = Outbox::new("t".into(), Encoding::Json, 1 << 20);
+        let other = Outbox::new("o".into(), Encoding::Json, 1 << 20);
+        let console = Outbox::new("c".into(), Encoding::Json, 1 << 20);
+        for _ in 0..3 {
+            for (o, unit) in [(&tablet, Some("U1")), (&other, Some("U2")), (&console, None)] {
+                let token = fanout.register(o, unit, &all).unwrap();
+                o.fill(token, Vec::new());
+            }
+        }
+        assert_eq!(fanout.incidents.len(), 3);
+        assert_eq!(fanout.units.len(), 3);
+        assert_eq!(fanout.assignments["U1"].len(), 1);
+        assert!(Arc::ptr_eq(&fanout.assignments["U1"][0], &tablet));
+        assert_eq!(fanout.assignments["U2"].len(), 1);
+        assert_eq!(fanout.assignments.len(), 2, "a console is on no assignments list");
+        // A narrower re-subscribe takes the session off the topics it dropped.
+        let token = fanout.register(&tablet, Some("U1"), &incidents()).unwrap();
+        tablet.fill(token, Vec::new());
+        assert!(fanout.assignments["U1"].is_empty());
+        assert_eq!(fanout.units.len(), 2);
+        assert_eq!(fanout.incidents.len(), 3);
     }
 
     /// A desk session (region tags on) gets the event with its region, a

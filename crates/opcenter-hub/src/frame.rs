@@ -8,6 +8,7 @@
 
 use axum::extract::ws::Message;
 use bytes::{BufMut, Bytes, BytesMut};
+use opcenter_proto::Encoding;
 
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
@@ -26,13 +27,24 @@ pub(crate) struct Prepared {
 impl Prepared {
     /// A final frame of `opcode` around `payload`.
     fn new(opcode: u8, payload: &[u8]) -> Self {
-        let len = payload.len();
-        let header: u8 = match len {
+        let mut b = Self::head(opcode, payload.len());
+        let header = b.len() as u8;
+        b.put_slice(payload);
+        Prepared {
+            bytes: b.freeze(),
+            header,
+        }
+    }
+
+    /// A buffer holding the header of a final frame of `opcode` with a payload
+    /// of `len` bytes, with room for the payload.
+    fn head(opcode: u8, len: usize) -> BytesMut {
+        let header = match len {
             0..=125 => 2,
             126..=0xFFFF => 4,
             _ => 10,
         };
-        let mut b = BytesMut::with_capacity(header as usize + len);
+        let mut b = BytesMut::with_capacity(header + len);
         b.put_u8(0x80 | opcode);
         match header {
             2 => b.put_u8(len as u8),
@@ -45,11 +57,7 @@ impl Prepared {
                 b.put_u64(len as u64);
             }
         }
-        b.put_slice(payload);
-        Prepared {
-            bytes: b.freeze(),
-            header,
-        }
+        b
     }
 
     /// The frame of `message` (a text, binary, ping, pong or close message).
@@ -63,6 +71,23 @@ impl Prepared {
                 Some(c) => Prepared::close(c.code, c.reason.as_str()),
                 None => Prepared::new(OP_CLOSE, &[]),
             },
+        }
+    }
+
+    /// A data frame of `encoding` (text for JSON, binary for MessagePack)
+    /// whose payload is `parts` one after the other. JSON parts must together
+    /// be UTF-8 (they are serde_json's output and ASCII punctuation).
+    pub(crate) fn data(encoding: Encoding, parts: &[&[u8]]) -> Self {
+        let opcode = match encoding {
+            Encoding::Json => OP_TEXT,
+            Encoding::MsgPack => OP_BINARY,
+        };
+        let len = parts.iter().map(|p| p.len()).sum();
+        let mut b = Self::head(opcode, len);
+        parts.iter().for_each(|p| b.put_slice(p));
+        Prepared {
+            header: (b.len() - len) as u8,
+            bytes: b.freeze(),
         }
     }
 
@@ -207,6 +232,21 @@ mod tests {
             let p = Prepared::of(&Message::Binary(vec![7u8; len].into()));
             assert_eq!(p.payload_len(), len);
             assert_eq!(p.payload(), &vec![7u8; len][..]);
+        }
+    }
+
+    #[test]
+    fn a_frame_from_parts_is_the_frame_of_the_whole() {
+        for len in [0usize, 60, 125, 126, 65_535, 65_536] {
+            let whole = vec![b'x'; len];
+            let (a, b) = whole.split_at(len / 3);
+            let text = Prepared::data(Encoding::Json, &[a, b]);
+            assert_eq!(
+                text,
+                Prepared::of(&Message::Text(String::from_utf8(whole.clone()).unwrap().into()))
+            );
+            let binary = Prepared::data(Encoding::MsgPack, &[a, b]);
+            assert_eq!(binary, Prepared::of(&Message::Binary(whole.into())));
         }
     }
 

@@ -16,6 +16,8 @@
 //! - `fanout`: live-event subscriber lists (on the engine thread).
 //! - `read_model`: the read copy fed by committed batches: subscribe snapshots,
 //!   `since` resumes, position batches, incident lookups, periodic snapshots.
+//! - `snapshot`: the subscribe snapshot's bytes, kept per object and per
+//!   committed batch.
 //! - `replay`: `since` replays served a bounded step at a time, and the frame
 //!   cache they share.
 //! - `outbox`: one session's bounded outbound queue.
@@ -55,6 +57,7 @@ mod replay;
 mod report;
 mod session;
 mod settings;
+mod snapshot;
 mod wire;
 mod ws_io;
 

@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 use opcenter_core::{EngineSnapshot, Event, EventBody, Incident, PositionItem, Unit};
 use opcenter_proto::client::{SubTopic, Subscribe};
-use opcenter_proto::server::{SubscribeOk, Subscribed};
+use opcenter_proto::server::{OkReply, SubscribeOk, Subscribed};
 use opcenter_store::Journal;
 
 use crate::engine_task::Shared;
@@ -51,6 +51,7 @@ use crate::frame::Prepared;
 use crate::outbox::Outbox;
 use crate::record::{self, DurabilityError};
 use crate::replay::{Filter, FrameCache, JOURNAL_CHUNK, Job, Progress, Sources};
+use crate::snapshot::SnapshotCache;
 use crate::wire;
 
 /// The journal, shared by the engine thread (appends) and the read model
@@ -186,6 +187,8 @@ pub(crate) struct ReadModel {
     jobs: VecDeque<Job>,
     replay_step: usize,
     cache: FrameCache,
+    /// The consoles' subscribe snapshot, encoded per object and per batch.
+    snapshots: SnapshotCache,
     budget: Budget,
     /// Gateway keys and their reports' progress (`GET /v1/reports/{key}`).
     citizen: crate::citizen::CitizenBook,
@@ -241,6 +244,7 @@ impl ReadModel {
             jobs: VecDeque::new(),
             replay_step: settings.hub.replay_step_events.max(1),
             cache: FrameCache::new(settings.hub.frame_cache_bytes),
+            snapshots: SnapshotCache::default(),
             budget: Budget::new(settings.hub.reads_share),
         }
     }
@@ -324,6 +328,7 @@ impl ReadModel {
                 let state = batch.state.take();
                 for id in std::mem::take(&mut batch.retired) {
                     self.incidents.remove(&id);
+                    self.snapshots.changed_incident(&id);
                 }
                 self.fold(batch);
                 if let Some(state) = state {
@@ -390,9 +395,11 @@ impl ReadModel {
             match &event.body {
                 EventBody::Incident(inc) => {
                     self.citizen.fold(inc);
+                    self.snapshots.changed_incident(&inc.id);
                     self.incidents.insert(inc.id.clone(), inc.clone());
                 }
                 EventBody::Unit(unit) => {
+                    self.snapshots.changed_unit(&unit.id);
                     self.units.insert(unit.id.clone(), unit.clone());
                 }
                 // A per-tablet view of an incident whose own event is on `incidents`.
@@ -407,6 +414,7 @@ impl ReadModel {
         self.cache.trim();
         for p in batch.positions {
             if let Some(u) = self.units.get_mut(&p.unit_id) {
+                self.snapshots.changed_unit(&p.unit_id);
                 u.location = Some(opcenter_core::Location {
                     lat: p.lat,
                     lon: p.lon,
@@ -499,45 +507,70 @@ impl ReadModel {
             .filter(|s| s.epoch == epoch && s.seq <= cut && self.reaches_back(s.seq))
             .map(|s| s.seq);
         let recovered = after.is_some();
-        // Not recovered: the snapshot goes in the reply. A tablet's snapshot is its
-        // own unit and its own open incident.
-        let (incidents, units): (Option<Vec<&Incident>>, Option<Vec<&Unit>>) = match (&unit, recovered) {
-            (_, true) => (None, None),
-            (Some(u), false) => {
-                let me = self.units.get(u);
-                let inc = me
-                    .and_then(|m| m.incident_id.as_deref())
-                    .and_then(|i| self.incidents.get(i));
-                (Some(inc.into_iter().collect()), Some(me.into_iter().collect()))
-            }
-            (None, false) => (
-                Some(self.incidents.values().filter(|i| i.is_open()).collect()),
-                Some(
-                    self.units
-                        .values()
-                        .filter(|u| sub.wants_agency(u.agency.as_deref()))
-                        .collect(),
-                ),
-            ),
-        };
-        let body = SubscribeOk {
-            epoch,
-            seq: cut,
-            recovered,
-            incidents,
-            units,
-        };
         // A multi-region subscription: each region answers `subscribed`, with
         // it, and its replayed events carry it too.
         let region = self.shared.region.clone().filter(|_| outbox.region_tags());
-        let reply: Vec<Prepared> = match region.as_deref() {
-            Some(r) => wire::message(outbox.encoding, &Subscribed::new(id, r, body)),
-            // Without an `id` the client asked for no reply (PROTOCOL.md §3).
-            None => wire::ok_if_asked(outbox.encoding, id, body),
-        }
-        .map(|m| Prepared::of(&m))
-        .into_iter()
-        .collect();
+        let reply: Vec<Prepared> = match (&unit, recovered) {
+            // A console's snapshot: every open incident and every unit (of its
+            // agencies), the same bytes for every console until the next batch.
+            (None, false) => {
+                let body = SubscribeOk {
+                    epoch,
+                    seq: cut,
+                    recovered,
+                    incidents: Some(Vec::new()),
+                    units: Some(Vec::new()),
+                };
+                let incidents = self.incidents.values().filter(|i| i.is_open());
+                let units = self
+                    .units
+                    .values()
+                    .filter(|u| sub.wants_agency(u.agency.as_deref()));
+                let (enc, agencies) = (outbox.encoding, &sub.agencies);
+                match region.as_deref() {
+                    Some(r) => {
+                        let envelope = Subscribed::new(id, r, body);
+                        self.snapshots.reply(enc, &envelope, agencies, incidents, units)
+                    }
+                    // Without an `id` the client asked for no reply (PROTOCOL.md §3).
+                    None => id.and_then(|id| {
+                        let envelope = OkReply::new(Some(id), body);
+                        self.snapshots.reply(enc, &envelope, agencies, incidents, units)
+                    }),
+                }
+                .into_iter()
+                .collect()
+            }
+            // A tablet's snapshot is its own unit and its own open incident;
+            // a recovered resume has none.
+            (unit, recovered) => {
+                let (incidents, units) = match (unit, recovered) {
+                    (Some(u), false) => {
+                        let me = self.units.get(u);
+                        let inc = me
+                            .and_then(|m| m.incident_id.as_deref())
+                            .and_then(|i| self.incidents.get(i));
+                        (Some(inc.into_iter().collect()), Some(me.into_iter().collect()))
+                    }
+                    _ => (None, None),
+                };
+                let body = SubscribeOk {
+                    epoch,
+                    seq: cut,
+                    recovered,
+                    incidents,
+                    units,
+                };
+                match region.as_deref() {
+                    Some(r) => wire::message(outbox.encoding, &Subscribed::new(id, r, body)),
+                    // Without an `id` the client asked for no reply (PROTOCOL.md §3).
+                    None => wire::ok_if_asked(outbox.encoding, id, body),
+                }
+                .map(|m| Prepared::of(&m))
+                .into_iter()
+                .collect()
+            }
+        };
         match after {
             Some(after) if after < cut => {
                 outbox.fill_part(slot, reply, false);

@@ -7,7 +7,12 @@
 #     kill (only the new engine can have served it);
 #   - acked/s: `ok`s per second over the 15 s from 5 s before the kill;
 #   - errors: `error` replies (the hub's `internal` after command_timeout_s), and
-#     creates never answered.
+#     creates never answered;
+#   - new engine acked/s: `ok`s per second over the 3 s from the first `ok` of a
+#     create sent after the kill (what the new engine answers, backlog included);
+#   - from the new engine's /metrics: replay ms (`opcenter_replay_seconds`: a warm
+#     standby's tail replay, or a cold snapshot load + replay), records replayed
+#     and the seq it replayed from; the standby's lag (records) just before the kill.
 # The killed engine is started again (it stands by) before the next trial; the
 # trials alternate which engine is active. p50/max at the end.
 #
@@ -22,6 +27,9 @@ SECONDS_LOAD=${SECONDS_LOAD:-16}
 KILL_AT=${KILL_AT:-6}
 
 healthz() { curl -s --max-time 2 "http://$1/healthz" || true; }
+metric() { # NODE NAME: the value of NAME in NODE's /metrics (empty: none)
+    curl -s --max-time 2 "http://${NODE_ADDR[$1]}/metrics" | awk -v n="$2" '$1 == n {print $2}'
+}
 wait_healthz() { # NAME WANT
     for _ in $(seq 600); do
         [ "$(healthz "${NODE_ADDR[$1]}")" = "$2" ] && return 0
@@ -50,6 +58,7 @@ for trial in $(seq "$TRIALS"); do
         "$RATE" "$SECONDS_LOAD" "$csv" 2>"$T/load.err" &
     load=$!
     sleep "$KILL_AT"
+    lag=$(metric "$standby" opcenter_standby_lag_records)
     kill_ms=$(date +%s%3N)
     kill -9 "${NODE_PID[$active]}"
     wait "${NODE_PID[$active]}" 2>/dev/null || true
@@ -64,15 +73,20 @@ gap = (min(after) - kill) if after else -1
 window = [t for t in oks if kill - 5000 <= t < kill + 10000]
 errors = sum(1 for r in rows if r[4] == "error")
 none = sum(1 for r in rows if r[4] == "none")
-print(gap, round(len(window) / 15), len(rows), errors, none, round(len(rows) / float(sys.argv[3])))
+first = min(after) if after else 0
+new_rate = round(sum(1 for t in oks if first <= t < first + 3000) / 3) if after else 0
+print(gap, round(len(window) / 15), len(rows), errors, none, round(len(rows) / float(sys.argv[3])), new_rate)
 PY
 )
-    set -- $line
-    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | sent %s/s, %s creates, errors %s, unanswered %s\n' \
-        "$trial" "$active" "$1" "$2" "$6" "$3" "$4" "$5"
-    echo "$line" >>"$T/res"
     # The new active one; the killed one comes back as the standby.
     wait_healthz "$standby" "ok active"
+    replay_ms=$(metric "$standby" opcenter_replay_seconds | awk '{printf "%d", $1 * 1000}')
+    replayed=$(metric "$standby" opcenter_replayed_records)
+    from=$(metric "$standby" opcenter_replay_from_seq)
+    set -- $line
+    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s\n' \
+        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag"
+    echo "$line ${replay_ms:-0} ${replayed:-0}" >>"$T/res"
     node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"
     tmp=$active
@@ -86,5 +100,8 @@ gaps = [r[0] for r in rows if r[0] >= 0]
 acked = [r[1] for r in rows]
 print(f"TRIALS {len(rows)}: no-engine ms p50 {statistics.median(gaps):.0f} max {max(gaps):.0f} | "
       f"acked/s across the handover p50 {statistics.median(acked):.0f} min {min(acked):.0f} | "
-      f"errors {sum(r[3] for r in rows):.0f} unanswered {sum(r[4] for r in rows):.0f}")
+      f"errors {sum(r[3] for r in rows):.0f} unanswered {sum(r[4] for r in rows):.0f} | "
+      f"new engine acked/s p50 {statistics.median(r[6] for r in rows):.0f} | "
+      f"replay ms p50 {statistics.median(r[7] for r in rows):.0f} max {max(r[7] for r in rows):.0f} | "
+      f"records replayed p50 {statistics.median(r[8] for r in rows):.0f} max {max(r[8] for r in rows):.0f}")
 PY

@@ -100,38 +100,23 @@ async fn region(
     (a, b, hub)
 }
 
-#[tokio::test]
-async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_nothing_lost_or_doubled() {
-    let Some(nats) = NatsCluster::start_or_skip(3) else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let (mut a, b, hub) = region(&nats, &tmp, 3).await;
-    let h = hub.host();
-    assert_eq!(healthz(&a).await, "ok active\n");
-    assert_eq!(healthz(&b).await, "ok standby\n");
-
-    let (mut console, hello) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
-    let ok = console
-        .request(json!({"type":"subscribe","topics":["incidents"]}))
-        .await;
-    assert_eq!(ok["type"], "ok", "{ok}");
-    let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    let cut = ok["seq"].as_u64().unwrap();
-
-    // Pipelined creates without keys: a create the old engine applied but could not
-    // answer is retried by the hub against the new one, which answers it from the
-    // call ids in the stream instead of applying it again.
-    const N: u64 = 400;
-    let (w, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "w")).await;
-    let (sink, mut stream) = w.ws.split();
-    let writer = spawn_pipelined_creates(sink, N, Duration::from_millis(4));
-
+/// The replies to `n` pipelined creates read from `stream`, `victim` killed -9
+/// once `kill_after` are acknowledged: acknowledged id → incident id, and the ids
+/// refused `internal` (never any other error, never two replies to one create).
+async fn replies_killing<S>(
+    stream: &mut S,
+    n: u64,
+    victim: &mut BinServer,
+    kill_after: usize,
+) -> (BTreeMap<u64, String>, HashSet<u64>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut refused = HashSet::new();
     let mut killed = false;
     let deadline = Instant::now() + Duration::from_secs(240);
-    while acked.len() + refused.len() < N as usize {
+    while acked.len() + refused.len() < n as usize {
         assert!(Instant::now() < deadline, "not every create was answered");
         let m = match tokio::time::timeout(Duration::from_secs(90), stream.next()).await {
             Ok(Some(Ok(m))) => m,
@@ -154,21 +139,146 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
             }
             _ => {}
         }
-        if !killed && acked.len() >= 100 {
-            a.kill9();
+        if !killed && acked.len() >= kill_after {
+            victim.kill9();
             killed = true;
         }
     }
-    let _sink = writer.await.unwrap();
     assert!(killed, "the active engine was not killed mid-burst");
-    b.wait_active().await;
+    (acked, refused)
+}
 
-    // The stream: record seqs contiguous, each acknowledged create exactly once.
-    let (stream_epoch, seqs) = stream_seqs(&nats.urls()).await;
+/// Reads `c`'s incident events after `cut` up to the creation of `last_id`: seqs
+/// strictly increasing (nothing repeated), no two incidents created at one place
+/// (a create applied twice), every id of `acked` created exactly once, and at most
+/// `most` incidents created.
+async fn assert_created_once<'a>(
+    c: &mut Client,
+    cut: u64,
+    last_id: &str,
+    acked: impl IntoIterator<Item = &'a String>,
+    most: usize,
+) {
+    let mut created: HashMap<String, u64> = HashMap::new();
+    let mut places = HashSet::new();
+    let mut last_seq = cut;
+    loop {
+        let f = c.recv().await;
+        if f["type"] != "event" {
+            continue;
+        }
+        let seq = f["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq {seq} repeated or out of order");
+        last_seq = seq;
+        if f["change"] == "created" {
+            let at = f["incident"]["location"].to_string();
+            assert!(
+                places.insert(at.clone()),
+                "two incidents created at {at}: a create applied twice"
+            );
+            *created
+                .entry(f["incident"]["id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+            if f["incident"]["id"] == last_id {
+                break;
+            }
+        }
+    }
+    for id in acked {
+        assert_eq!(created.get(id), Some(&1), "acknowledged {id} not exactly once");
+    }
+    assert!(created.len() <= most, "{} incidents", created.len());
+}
+
+/// A dispatcher console on hub `h` subscribed to incidents: it, the epoch and
+/// the seq of its subscription.
+async fn incidents_console(h: &str) -> (Client, String, u64) {
+    let (mut console, hello) = Client::login(h, Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    let ok = console
+        .request(json!({"type":"subscribe","topics":["incidents"]}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    (console, epoch, ok["seq"].as_u64().unwrap())
+}
+
+/// A dispatcher console on hub `h` resuming incidents `since` `(epoch, cut)`.
+async fn resumed_console(h: &str, epoch: &str, cut: u64) -> Client {
+    let (mut resumed, _) = Client::login(h, Encoding::Json, &token(Role::Dispatcher, "d3")).await;
+    let ok = resumed
+        .request(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":epoch,"seq":cut}}))
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    resumed
+}
+
+/// The stream's record seqs are `1..=n`; returns n.
+async fn assert_stream_contiguous(urls: &str, epoch: &str) -> usize {
+    let (stream_epoch, seqs) = stream_seqs(urls).await;
     assert_eq!(stream_epoch, epoch);
     for (i, s) in seqs.iter().enumerate() {
         assert_eq!(*s, i as u64 + 1, "stream record seqs not contiguous at index {i}");
     }
+    seqs.len()
+}
+
+/// The value of gauge or counter `name` in `e`'s `/metrics` (`None`: not there).
+async fn metric(e: &BinServer, name: &str) -> Option<f64> {
+    let (status, body) = http(e.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits (up to 60 s) until standby `e` says it is `ok standby` and has followed
+/// the stream to its end (`opcenter_standby_lag_records` 0) with at least
+/// `followed` records applied while following; returns how many it followed.
+async fn wait_standby_caught_up(e: &BinServer, followed: f64) -> f64 {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if healthz(e).await == "ok standby\n" {
+            let lag = metric(e, "opcenter_standby_lag_records").await;
+            let done = metric(e, "opcenter_standby_followed_records").await;
+            if let (Some(0.0), Some(done)) = (lag, done)
+                && done >= followed
+            {
+                return done;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the standby never caught up with the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_nothing_lost_or_doubled() {
+    let Some(nats) = NatsCluster::start_or_skip(3) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, b, hub) = region(&nats, &tmp, 3).await;
+    let h = hub.host();
+    assert_eq!(healthz(&a).await, "ok active\n");
+    assert_eq!(healthz(&b).await, "ok standby\n");
+
+    let (mut console, epoch, cut) = incidents_console(&h).await;
+
+    // Pipelined creates without keys: a create the old engine applied but could not
+    // answer is retried by the hub against the new one, which answers it from the
+    // call ids in the stream instead of applying it again.
+    const N: u64 = 400;
+    let (w, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "w")).await;
+    let (sink, mut stream) = w.ws.split();
+    let writer = spawn_pipelined_creates(sink, N, Duration::from_millis(4));
+    let (acked, refused) = replies_killing(&mut stream, N, &mut a, 100).await;
+    let _sink = writer.await.unwrap();
+    b.wait_active().await;
+
+    // The stream: record seqs contiguous, each acknowledged create exactly once.
+    let records = assert_stream_contiguous(&nats.urls(), &epoch).await;
     // One audit chain through both engines' takeover markers.
     crate::audit_stream::assert_chain_holds(&nats.urls(), 2).await;
     // The console on the hub stayed; a new one resumes with `since` from before the
@@ -177,49 +287,150 @@ async fn kill_9_of_the_active_engine_under_pipelined_creates_the_standby_serves_
     let last = d.request(create(51.25, 51.35)).await;
     assert_eq!(last["type"], "ok", "the standby serves: {last}");
     let last_id = last["incident"]["id"].as_str().unwrap().to_owned();
-    let (mut resumed, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d3")).await;
-    let ok = resumed
-        .request(json!({"type":"subscribe","topics":["incidents"],"since":{"epoch":epoch,"seq":cut}}))
-        .await;
-    assert_eq!(ok["recovered"], true, "{ok}");
+    let mut resumed = resumed_console(&h, &epoch, cut).await;
     for c in [&mut console, &mut resumed] {
-        let mut created: HashMap<String, u64> = HashMap::new();
-        let mut places = HashSet::new();
-        let mut last_seq = cut;
-        loop {
-            let f = c.recv().await;
-            if f["type"] != "event" {
-                continue;
-            }
-            let seq = f["seq"].as_u64().unwrap();
-            assert!(seq > last_seq, "seq {seq} repeated or out of order");
-            last_seq = seq;
-            if f["change"] == "created" {
-                let at = f["incident"]["location"].to_string();
-                assert!(
-                    places.insert(at.clone()),
-                    "two incidents created at {at}: a create applied twice"
-                );
-                *created
-                    .entry(f["incident"]["id"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-                if f["incident"]["id"] == last_id.as_str() {
-                    break;
-                }
-            }
-        }
-        for id in acked.values() {
-            assert_eq!(created.get(id), Some(&1), "acknowledged {id} not exactly once");
-        }
         // No request made two incidents (N creates + the last one at most).
-        assert!(created.len() <= N as usize + 1, "{} incidents", created.len());
+        assert_created_once(c, cut, &last_id, acked.values(), N as usize + 1).await;
     }
     eprintln!(
-        "engine a killed after 100 acks: {} acknowledged, {} refused (internal), stream end {}",
+        "engine a killed after 100 acks: {} acknowledged, {} refused (internal), stream end {records}",
         acked.len(),
         refused.len(),
+    );
+}
+
+/// Three handovers in one region under pipelined creates (kill a → b serves,
+/// restart a as the standby; kill b → a serves, restart b; kill a → b serves):
+/// after each, every acknowledged create is in the stream exactly once, the console
+/// that stayed on the hub and one resuming with `since` see each once, nothing
+/// repeated, and the new engine replayed only the tail its warm standby had not
+/// followed (a cold recovery replays every record: there is no snapshot yet).
+#[tokio::test]
+async fn three_kill_9_handovers_in_one_region_each_lose_nothing_and_double_nothing() {
+    let Some(nats) = NatsCluster::start_or_skip(3) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = nats.urls();
+    let (a, b, hub) = region(&nats, &tmp, 3).await;
+    let h = hub.host();
+    let (mut console, epoch, cut) = incidents_console(&h).await;
+
+    const N: u64 = 300;
+    let names = ["a", "b"];
+    let mut engines = [a, b];
+    let mut active = 0;
+    let mut acked_all: Vec<String> = Vec::new();
+    let mut d = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, "d2"))
+        .await
+        .0;
+    for round in 0..3u64 {
+        let standby = 1 - active;
+        // A few creates the standby follows before the burst: with it caught up,
+        // the tail it replays at takeover is at most the burst.
+        let mut this_round = Vec::new();
+        for i in 0..20 {
+            let ok = d
+                .request(create(51.1 + round as f64 * 0.01, 51.1 + i as f64 * 0.001))
+                .await;
+            assert_eq!(ok["type"], "ok", "{ok}");
+            this_round.push(ok["incident"]["id"].as_str().unwrap().to_owned());
+        }
+        wait_standby_caught_up(&engines[standby], 0.0).await;
+        let before_burst = assert_stream_contiguous(&urls, &epoch).await;
+
+        let (w, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, &format!("w{round}"))).await;
+        let (sink, mut stream) = w.ws.split();
+        let writer = spawn_pipelined_creates_from(sink, round * N + 1, N, Duration::from_millis(4));
+        let (acked, refused) = replies_killing(&mut stream, N, &mut engines[active], 100).await;
+        let _sink = writer.await.unwrap();
+        engines[standby].wait_active().await;
+        this_round.extend(acked.into_values());
+
+        let records = assert_stream_contiguous(&urls, &epoch).await;
+        let from = metric(&engines[standby], "opcenter_replay_from_seq").await;
+        let replayed = metric(&engines[standby], "opcenter_replayed_records").await;
+        eprintln!(
+            "handover {}: {} killed, {} refused (internal), stream end {records}, \
+             the new engine replayed {replayed:?} records after seq {from:?}",
+            round + 1,
+            names[active],
+            refused.len()
+        );
+        // Warm: it replayed from where it had followed to (at least the stream's end
+        // before the burst); cold it would replay from 0 (there is no snapshot).
+        let from = from.expect("the new engine says where it replayed from");
+        assert!(
+            from >= before_burst as f64,
+            "handover {}: replayed from seq {from}, the standby had followed {before_burst}",
+            round + 1
+        );
+
+        // The new engine serves; a console resuming from before the first burst
+        // and the one that stayed see every acknowledged create exactly once.
+        let last = d.request(create(51.25, 51.35 + round as f64 * 0.001)).await;
+        assert_eq!(last["type"], "ok", "the new engine serves: {last}");
+        let last_id = last["incident"]["id"].as_str().unwrap().to_owned();
+        this_round.push(last_id.clone());
+        acked_all.extend(this_round.iter().cloned());
+        let mut resumed = resumed_console(&h, &epoch, cut).await;
+        let most = (round as usize + 1) * (N as usize + 21);
+        assert_created_once(&mut resumed, cut, &last_id, &acked_all, most).await;
+        // The console that stayed reads on from the previous round.
+        assert_created_once(&mut console, cut, &last_id, &this_round, N as usize + 21).await;
+
+        // The killed engine comes back as the standby.
+        let name = names[active];
+        engines[active] = engine(&tmp, name, &urls, 3);
+        active = standby;
+    }
+    crate::audit_stream::assert_chain_holds(&urls, 4).await;
+}
+
+/// A warm standby that followed the stream replays only the tail at takeover: it
+/// loads the snapshot once and applies every record while standing by, so after it
+/// caught up nothing is left to replay (a cold recovery would replay every record).
+#[tokio::test]
+async fn a_warm_standby_that_followed_the_stream_replays_only_the_tail_at_takeover() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, b, hub) = region(&nats, &tmp, 1).await;
+    let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    wait_standby_caught_up(&b, 0.0).await;
+    const N: u64 = 200;
+    for i in 0..N {
+        let ok = d
+            .request(create(
+                51.2 + (i % 20) as f64 * 0.001,
+                51.3 + (i / 20) as f64 * 0.001,
+            ))
+            .await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+    }
+    let followed = wait_standby_caught_up(&b, N as f64).await;
+    a.kill9();
+    b.wait_active().await;
+    let (_, seqs) = stream_seqs(&nats.urls()).await;
+    let replayed = metric(&b, "opcenter_replayed_records").await.expect("replayed");
+    let from = metric(&b, "opcenter_replay_from_seq")
+        .await
+        .expect("replayed from");
+    eprintln!(
+        "the standby followed {followed} records; {} in the stream; replayed {replayed} after seq {from} at takeover",
         seqs.len()
     );
+    assert!(seqs.len() as u64 >= N);
+    assert!(
+        from >= N as f64,
+        "replayed from seq {from}, not from where it had followed to"
+    );
+    // Only what the active engine appended after the standby's last read (its own
+    // timers, if any) is left: never the records it followed.
+    assert!(replayed < 10.0, "replayed {replayed} records at takeover");
+    let ok = d.request(create(51.25, 51.35)).await;
+    assert_eq!(ok["type"], "ok", "the new engine serves: {ok}");
 }
 
 #[tokio::test]

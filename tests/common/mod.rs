@@ -277,13 +277,26 @@ where
 
 /// Sends `n` pipelined creates with ids 1..=n (a flush and a `pause` every 8),
 /// stopping early if the socket breaks; hands the sink back at the end.
-pub(crate) fn spawn_pipelined_creates<S>(mut sink: S, n: u64, pause: Duration) -> tokio::task::JoinHandle<S>
+pub(crate) fn spawn_pipelined_creates<S>(sink: S, n: u64, pause: Duration) -> tokio::task::JoinHandle<S>
+where
+    S: futures_util::Sink<tokio_tungstenite::tungstenite::Message> + Unpin + Send + 'static,
+{
+    spawn_pipelined_creates_from(sink, 1, n, pause)
+}
+
+/// [`spawn_pipelined_creates`] with ids (and places) `first..first + n`.
+pub(crate) fn spawn_pipelined_creates_from<S>(
+    mut sink: S,
+    first: u64,
+    n: u64,
+    pause: Duration,
+) -> tokio::task::JoinHandle<S>
 where
     S: futures_util::Sink<tokio_tungstenite::tungstenite::Message> + Unpin + Send + 'static,
 {
     use futures_util::SinkExt;
     tokio::spawn(async move {
-        for i in 1..=n {
+        for i in first..first + n {
             let mut body = create(51.2 + (i % 100) as f64 * 0.001, 51.3 + (i / 100) as f64 * 0.001);
             body["id"] = json!(i);
             let frame = tokio_tungstenite::tungstenite::Message::Text(body.to_string().into());

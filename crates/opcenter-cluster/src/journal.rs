@@ -532,6 +532,8 @@ impl JetStreamJournal {
             self.walk = ChainWalk::new(&[]);
         }
         let from = (self.walked_stream + 1).max(self.stream_first);
+        // A warm standby re-reads every second: only the first walk is news.
+        let first_walk = self.walked_stream == 0;
         let before = self.walk.breaks.len();
         let started = Instant::now();
         if from <= self.stream_last {
@@ -556,16 +558,26 @@ impl JetStreamJournal {
         let mut walk = self.walk.clone();
         walk.finish();
         let new_breaks = &walk.breaks[before.min(walk.breaks.len())..];
-        tracing::info!(
-            stream = %self.names.stream,
-            records = walk.last_seq.saturating_sub(walk.first_seq.saturating_sub(1)),
-            messages = walk.messages,
-            takeovers = walk.takeovers,
-            checkpoints = walk.checkpoints_checked,
-            head = %hex(&walk.head),
-            took_ms = started.elapsed().as_millis() as u64,
-            "audit chain walked"
-        );
+        if !first_walk && new_breaks.is_empty() {
+            tracing::debug!(
+                stream = %self.names.stream,
+                from,
+                to = self.stream_last,
+                took_ms = started.elapsed().as_millis() as u64,
+                "audit chain walked on"
+            );
+        } else {
+            tracing::info!(
+                stream = %self.names.stream,
+                records = walk.last_seq.saturating_sub(walk.first_seq.saturating_sub(1)),
+                messages = walk.messages,
+                takeovers = walk.takeovers,
+                checkpoints = walk.checkpoints_checked,
+                head = %hex(&walk.head),
+                took_ms = started.elapsed().as_millis() as u64,
+                "audit chain walked"
+            );
+        }
         if let Some(first) = new_breaks.first() {
             if !self.opts.accept_broken_chain {
                 return Err(ClusterError::ChainBroken {

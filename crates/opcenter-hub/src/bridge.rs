@@ -50,7 +50,7 @@ const REMEMBERED_CALLS: usize = 100_000;
 /// Records scanned at an engine's start for the call ids of commands applied
 /// shortly before (a call is retried for at most 120 s; far fewer records than
 /// this are appended in that time on one region).
-const RECALL_RECORDS: u64 = 20_000;
+pub(crate) const RECALL_RECORDS: u64 = 20_000;
 
 /// How long one attempt of a call waits before it is sent again (same id).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -630,68 +630,129 @@ async fn command_answer(queue: &EngineQueue, actor: Actor, command: Command, ori
     }
 }
 
+/// The call ids of forwarded commands found in the stream, with the answer each
+/// one got: built from the records an engine replays (or a warm standby
+/// applies while following), so that a call the previous engine applied and a hub
+/// retries is answered from here, not applied again. Keeps the calls of the
+/// newest [`RECALL_RECORDS`] records.
+#[derive(Default)]
+pub(crate) struct Recall {
+    /// call id → (last seq, created an incident, last incident, last unit)
+    found: HashMap<String, (u64, bool, Option<Incident>, Option<Unit>)>,
+    /// Call ids by the seq they were first seen at, oldest first.
+    order: VecDeque<(u64, String)>,
+    /// The seq of the last record observed.
+    last: u64,
+}
+
+impl Recall {
+    /// Notes the record `seq` (`event`) written for call `call`.
+    pub(crate) fn observe(&mut self, seq: u64, event: &opcenter_core::Event, call: String) {
+        use opcenter_core::{Change, EventBody};
+        self.last = self.last.max(seq);
+        let entry = match self.found.get_mut(&call) {
+            Some(e) => e,
+            None => {
+                self.order.push_back((seq, call.clone()));
+                self.found.entry(call).or_insert((0, false, None, None))
+            }
+        };
+        entry.0 = seq;
+        match &event.body {
+            EventBody::Incident(i) => {
+                entry.1 |= event.change == Change::Created;
+                entry.2 = Some(i.clone());
+            }
+            EventBody::Assignment { incident, .. } => entry.2 = Some(incident.clone()),
+            EventBody::Unit(u) => entry.3 = Some(u.clone()),
+        }
+        self.prune();
+    }
+
+    /// Forgets the calls first seen more than [`RECALL_RECORDS`] records ago.
+    fn prune(&mut self) {
+        let keep_after = self.last.saturating_sub(RECALL_RECORDS);
+        while let Some((seq, _)) = self.order.front() {
+            if *seq > keep_after {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.found.remove(&id);
+            }
+        }
+    }
+
+    /// Every call remembered with its answer, in the order they were first seen.
+    pub(crate) fn answers(mut self) -> Vec<(String, Bytes)> {
+        self.order
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let (seq, created, incident, unit) = self.found.remove(&id)?;
+                let reply = match (incident, unit) {
+                    (Some(incident), _) if created => WireReply::Created { incident, new: true },
+                    (Some(incident), _) => WireReply::Incident(incident),
+                    (None, Some(unit)) => WireReply::Unit(unit),
+                    (None, None) => WireReply::None,
+                };
+                Some((id, encode(&Answer::Done { seq, reply })))
+            })
+            .collect()
+    }
+
+    /// Observes the records `after + 1 ..= upto` of `journal`; `false` when they
+    /// could not be read (logged: a retried call may then apply twice).
+    pub(crate) fn scan(&mut self, journal: &dyn opcenter_store::Journal, mut after: u64, upto: u64) -> bool {
+        while after < upto {
+            let records = match crate::record::read_from(journal, after, 4096) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read recent calls: a retried call may apply twice");
+                    return false;
+                }
+            };
+            if records.is_empty() {
+                return true;
+            }
+            for rec in records {
+                if rec.seq > upto {
+                    return true;
+                }
+                after = rec.seq;
+                if let Ok((event, Some(origin))) = crate::record::decode_with_origin(&rec)
+                    && let Some(call) = origin.call
+                {
+                    self.observe(rec.seq, &event, call);
+                }
+            }
+        }
+        true
+    }
+}
+
 /// The answers of the calls whose commands are in the newest [`RECALL_RECORDS`]
 /// records of `journal` (each record of a forwarded command carries its call id):
-/// an engine that took the region over answers a call the old engine applied
-/// but could not answer from these, instead of applying it again. The answer is
-/// rebuilt from the command's events: `Created` when it created an incident (the
-/// incident as its last event left it), else the last incident or unit it touched.
+/// an engine that took the region over cold answers a call the old engine applied
+/// but could not answer from these, instead of applying it again (a warm standby
+/// has its [`Recall`] from following). The answer is rebuilt from the command's
+/// events: `Created` when it created an incident (the incident as its last event
+/// left it), else the last incident or unit it touched.
 pub(crate) fn recall(journal: &crate::read_model::SharedJournal) -> Vec<(String, Bytes)> {
     use crate::read_model::lock;
-    use opcenter_core::{Change, EventBody};
     let (first, last) = {
         let j = lock(journal);
         (j.first_seq(), j.last_seq())
     };
-    let mut after = last.saturating_sub(RECALL_RECORDS).max(first.saturating_sub(1));
-    // call id → (last seq, created an incident, last incident, last unit)
-    let mut found: HashMap<String, (u64, bool, Option<Incident>, Option<Unit>)> = HashMap::new();
-    let mut order = Vec::new();
-    loop {
-        let records = match crate::record::read_from(&**lock(journal), after, 4096) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read recent calls: a retried call may apply twice");
-                break;
-            }
-        };
-        if records.is_empty() {
+    let mut calls = Recall::default();
+    // Locked per chunk, like the read model's scans.
+    let mut at = last.saturating_sub(RECALL_RECORDS).max(first.saturating_sub(1));
+    while at < last {
+        let upto = (at + 4096).min(last);
+        if !calls.scan(&**lock(journal), at, upto) {
             break;
         }
-        for rec in records {
-            after = rec.seq;
-            let Ok((event, Some(origin))) = crate::record::decode_with_origin(&rec) else {
-                continue;
-            };
-            let Some(call) = origin.call else { continue };
-            let entry = found.entry(call.clone()).or_insert_with(|| {
-                order.push(call);
-                (0, false, None, None)
-            });
-            entry.0 = rec.seq;
-            match event.body {
-                EventBody::Incident(i) => {
-                    entry.1 |= event.change == Change::Created;
-                    entry.2 = Some(i);
-                }
-                EventBody::Assignment { incident, .. } => entry.2 = Some(incident),
-                EventBody::Unit(u) => entry.3 = Some(u),
-            }
-        }
+        at = upto;
     }
-    order
-        .into_iter()
-        .filter_map(|id| {
-            let (seq, created, incident, unit) = found.remove(&id)?;
-            let reply = match (incident, unit) {
-                (Some(incident), _) if created => WireReply::Created { incident, new: true },
-                (Some(incident), _) => WireReply::Incident(incident),
-                (None, Some(unit)) => WireReply::Unit(unit),
-                (None, None) => WireReply::None,
-            };
-            Some((id, encode(&Answer::Done { seq, reply })))
-        })
-        .collect()
+    calls.answers()
 }
 
 #[cfg(test)]

@@ -455,41 +455,114 @@ pub(crate) fn recover(
     journal: &dyn Journal,
     memory_history: usize,
 ) -> Result<Recovered, DurabilityError> {
+    recover_counted(config, journal, memory_history).map(|(r, _)| r)
+}
+
+/// [`recover`], and how many records it replayed after the snapshot.
+pub(crate) fn recover_counted(
+    config: EngineConfig,
+    journal: &dyn Journal,
+    memory_history: usize,
+) -> Result<(Recovered, u64), DurabilityError> {
     let started = Instant::now();
-    let (mut engine, snap_seq) = match journal.latest_snapshot()? {
-        Some((seq, bytes)) => (
-            Engine::from_snapshot(config, record::decode_snapshot(seq, &bytes)?),
-            seq,
-        ),
-        None => (Engine::new(config), 0),
-    };
-    let mut history = std::collections::VecDeque::new();
-    let mut after = snap_seq;
-    let mut replayed = 0u64;
-    loop {
-        let records = record::read_from(journal, after, 4096)?;
-        if records.is_empty() {
-            break;
-        }
-        for rec in records {
-            let event = record::decode_event(&rec)?;
-            engine.restore(&event);
-            history.push_back((rec.seq, Arc::new(event)));
-            if history.len() > memory_history {
-                history.pop_front();
-            }
-            after = rec.seq;
-            replayed += 1;
-        }
-    }
+    let mut replay = Replay::load(config, journal, memory_history, None)?;
+    let replayed = replay.catch_up(journal)?;
     tracing::info!(
-        snapshot_seq = snap_seq,
+        snapshot_seq = replay.snapshot_seq,
         replayed,
         last_seq = journal.last_seq(),
         ms = started.elapsed().as_millis() as u64,
         "state recovered"
     );
-    Ok((engine, snap_seq, history.into()))
+    Ok((replay.into_recovered(), replayed))
+}
+
+/// A region's state rebuilt from a journal (its latest snapshot, then the events
+/// after it), kept current by applying further records in order: a recovery, a
+/// warm standby following the stream ([`crate::standby`]), the tail a standby
+/// replays at takeover. Every record goes through [`Replay::apply`], the one
+/// replay path; it never appends.
+pub(crate) struct Replay {
+    pub(crate) engine: Engine,
+    /// The seq of the snapshot the state started from.
+    pub(crate) snapshot_seq: u64,
+    /// The seq of the last record applied.
+    pub(crate) seq: u64,
+    /// The newest events (oldest first), at most `memory_history`.
+    history: std::collections::VecDeque<(u64, Arc<Event>)>,
+    memory_history: usize,
+    /// The call ids of forwarded commands among the records applied (a standby's).
+    pub(crate) calls: Option<crate::bridge::Recall>,
+}
+
+impl Replay {
+    /// The journal's latest snapshot (or an empty engine); `calls`: also collect
+    /// the call ids of the records applied from then on.
+    pub(crate) fn load(
+        config: EngineConfig,
+        journal: &dyn Journal,
+        memory_history: usize,
+        calls: Option<crate::bridge::Recall>,
+    ) -> Result<Replay, DurabilityError> {
+        let (engine, snapshot_seq) = match journal.latest_snapshot()? {
+            Some((seq, bytes)) => (
+                Engine::from_snapshot(config, record::decode_snapshot(seq, &bytes)?),
+                seq,
+            ),
+            None => (Engine::new(config), 0),
+        };
+        Ok(Replay {
+            engine,
+            snapshot_seq,
+            seq: snapshot_seq,
+            history: std::collections::VecDeque::new(),
+            memory_history,
+            calls,
+        })
+    }
+
+    /// Applies one record (the next one: `seq` must follow [`Replay::seq`]).
+    pub(crate) fn apply(&mut self, rec: &opcenter_store::Record) -> Result<(), DurabilityError> {
+        let event = match &mut self.calls {
+            Some(calls) => {
+                let (event, origin) = record::decode_with_origin(rec)?;
+                if let Some(call) = origin.and_then(|o| o.call) {
+                    calls.observe(rec.seq, &event, call);
+                }
+                event
+            }
+            None => record::decode_event(rec)?,
+        };
+        self.engine.restore(&event);
+        if self.memory_history > 0 {
+            self.history.push_back((rec.seq, Arc::new(event)));
+            if self.history.len() > self.memory_history {
+                self.history.pop_front();
+            }
+        }
+        self.seq = rec.seq;
+        Ok(())
+    }
+
+    /// Applies every record of `journal` after [`Replay::seq`]; returns how many.
+    pub(crate) fn catch_up(&mut self, journal: &dyn Journal) -> Result<u64, DurabilityError> {
+        let mut replayed = 0u64;
+        loop {
+            let records = record::read_from(journal, self.seq, 4096)?;
+            if records.is_empty() {
+                return Ok(replayed);
+            }
+            for rec in &records {
+                self.apply(rec)?;
+                replayed += 1;
+            }
+        }
+    }
+
+    /// The engine, the snapshot's seq and the newest events.
+    pub(crate) fn into_recovered(self) -> Recovered {
+        (self.engine, self.snapshot_seq, self.history.into())
+    }
 }
 
 impl EngineTask {

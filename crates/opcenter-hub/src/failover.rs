@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use opcenter_cluster::{ClusterError, JetStreamJournal, Lease, RegionNames};
 
-use crate::{ClusterSettings, HubError, metric};
+use crate::standby::Standby;
+use crate::{ClusterSettings, HubError, Settings, metric};
 
 /// How often a fenced takeover is retried (re-reading the stream's end) before
 /// this node steps down: the old engine's last in-flight batches land meanwhile.
@@ -42,13 +43,26 @@ fn cluster_error(cluster: &ClusterSettings) -> impl Fn(ClusterError) -> HubError
     }
 }
 
+/// A node that holds the region's lease: its listener, the lease and its bucket,
+/// and the warm standby's following (`None`: the lease was free at start).
+pub(crate) type Held = (
+    TcpListener,
+    Lease,
+    async_nats::jetstream::kv::Store,
+    RegionNames,
+    Option<Standby>,
+);
+
 /// Waits (as a standby) until this node holds the region's lease. Meanwhile the
-/// listener answers `/healthz` 200 `ok standby` and everything else 503.
+/// listener answers `/healthz` 200 `ok standby`, `/metrics`, and everything else
+/// 503, and the standby keeps a warm copy of the state ([`crate::standby`]),
+/// handed back for the takeover to finish.
 pub(crate) async fn wait_for_lease(
     listener: TcpListener,
+    settings: &Settings,
     cluster: &ClusterSettings,
     client: &async_nats::Client,
-) -> Result<(TcpListener, Lease, async_nats::jetstream::kv::Store, RegionNames), HubError> {
+) -> Result<Held, HubError> {
     let names = RegionNames::new(&cluster.region).map_err(cluster_error(cluster))?;
     let js = async_nats::jetstream::new(client.clone());
     let bucket = retry_transient(cluster.publish_deadline, || {
@@ -61,7 +75,7 @@ pub(crate) async fn wait_for_lease(
         .ok()
         .flatten()
     {
-        return Ok((listener, lease, bucket, names));
+        return Ok((listener, lease, bucket, names, None));
     }
     let holder = opcenter_cluster::lease_holder(&bucket, &names)
         .await
@@ -79,8 +93,16 @@ pub(crate) async fn wait_for_lease(
     let standby_listener = TcpListener::from_std(std_listener.try_clone()?)?;
     let listener = TcpListener::from_std(std_listener)?;
     let stop = CancellationToken::new();
+    let token = settings.metrics_token.clone();
+    let handle = crate::metrics_handle();
     let router = Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok standby\n") }))
+        .route(
+            "/metrics",
+            get(move |headers: axum::http::HeaderMap| async move {
+                crate::http::metrics_text(token.as_deref(), &headers, &handle)
+            }),
+        )
         .fallback(|| async {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -93,22 +115,29 @@ pub(crate) async fn wait_for_lease(
             .with_graceful_shutdown(async move { stopped.cancelled().await })
             .await
     });
+    let warm = Standby::start(settings, cluster, client);
     let taken = Lease::take(&bucket, &names, &cluster.node, cluster.lease_ttl).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), standby).await;
     let lease = taken.map_err(cluster_error(cluster))?;
-    Ok((listener, lease, bucket, names))
+    Ok((listener, lease, bucket, names, Some(warm)))
 }
 
 /// Appends the takeover message (see the module docs); returns the journal and the
 /// message's stream sequence. Runs on a blocking thread (the journal blocks).
+/// `reread`: read the stream's end first (a warm standby's journal was opened
+/// long ago).
 pub(crate) async fn take_over(
     mut journal: JetStreamJournal,
     cluster: &ClusterSettings,
     epoch: u64,
+    reread: bool,
 ) -> Result<(JetStreamJournal, u64), HubError> {
     let marker = format!("{} {epoch}", cluster.node);
     let (journal, result) = tokio::task::spawn_blocking(move || {
+        if reread && let Err(e) = journal.reopen() {
+            return (journal, Err(e));
+        }
         let mut last = None;
         for _ in 0..TAKEOVER_ATTEMPTS {
             match journal.append_takeover(&marker) {

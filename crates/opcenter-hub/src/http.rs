@@ -583,7 +583,17 @@ pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
 /// <http.metrics_token>` when that key is set (the counters tell an outsider
 /// how busy the center is and which limits it is hitting).
 pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(want) = &app.settings.metrics_token {
+    metrics_text(app.settings.metrics_token.as_deref(), &headers, &app.metrics)
+}
+
+/// The Prometheus text of `handle`, behind `token` when one is set (also a
+/// standby engine's `/metrics`).
+pub(crate) fn metrics_text(
+    token: Option<&str>,
+    headers: &HeaderMap,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) -> Response {
+    if let Some(want) = token {
         let got = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -600,7 +610,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        handle.render(),
     )
         .into_response()
 }

@@ -58,6 +58,7 @@ mod report;
 mod session;
 mod settings;
 mod snapshot;
+mod standby;
 mod wire;
 mod ws_io;
 
@@ -257,7 +258,7 @@ fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Events kept in memory for fast resumes (older ones are read from the journal).
-fn memory_history(settings: &Settings) -> usize {
+pub(crate) fn memory_history(settings: &Settings) -> usize {
     settings.hub.memory_history_events
 }
 
@@ -271,6 +272,9 @@ pub struct Server {
     bridge: Option<EngineBridge>,
     /// Roles `engine` and `both`: the region's lease this engine holds.
     active: Option<failover::Active>,
+    /// Role `engine` after a warm standby's takeover: the calls it noted while
+    /// following (else they are read from the stream at serving).
+    recalled: Option<Recalled>,
 }
 
 /// Role `engine`: what the NATS command bridge needs once serving starts.
@@ -312,21 +316,31 @@ impl Server {
         if let Some(cluster) = settings.cluster.clone() {
             // An engine waits as a standby until it holds the region's lease, then
             // fences the old writer with its takeover message before it replays.
-            let (listener, active) = match cluster.role {
-                ClusterRole::Hub => (listener, None),
+            let (listener, active, standby) = match cluster.role {
+                ClusterRole::Hub => (listener, None, None),
                 ClusterRole::Engine | ClusterRole::Both => {
                     let client = connect_nats(&cluster).await?;
-                    let (listener, lease, bucket, names) =
-                        failover::wait_for_lease(listener, &cluster, &client).await?;
+                    let (listener, lease, bucket, names, standby) =
+                        failover::wait_for_lease(listener, &settings, &cluster, &client).await?;
                     (
                         listener,
                         Some(failover::Active::keep(bucket, names, lease, client)),
+                        standby,
                     )
                 }
             };
-            let mut journal = open_region_journal(&cluster, &settings).await?;
+            // A warm standby hands over the engine's journal (re-read before the
+            // takeover message) and the state it followed.
+            let warm = match standby {
+                Some(s) => s.finish().await,
+                None => None,
+            };
+            let (mut journal, warm) = match warm {
+                Some(w) => (w.journal.take(), Some((w.replay, w.epoch, w.followed))),
+                None => (open_region_journal(&cluster, &settings).await?, None),
+            };
             if let Some(a) = &active {
-                let (j, seq) = failover::take_over(journal, &cluster, a.epoch).await?;
+                let (j, seq) = failover::take_over(journal, &cluster, a.epoch, warm.is_some()).await?;
                 a.takeover_seq.send_replace(seq);
                 journal = j;
             }
@@ -339,15 +353,16 @@ impl Server {
                         None => connect_nats(&cluster).await?,
                     };
                     let (tx, positions) = tokio::sync::mpsc::unbounded_channel();
-                    let mut server = Self::start_node(
+                    let (recovered, recalled) = recover_taken_over(&settings, journal, warm).await?;
+                    let mut server = Self::start_recovered(
                         listener,
                         settings,
-                        journal,
+                        recovered,
                         Node::Engine {
                             positions_out: Some(tx),
                         },
-                    )
-                    .await?;
+                    )?;
+                    server.recalled = recalled;
                     server.bridge = Some(EngineBridge {
                         client,
                         region: cluster.region.clone(),
@@ -371,7 +386,8 @@ impl Server {
                     }
                 }
             };
-            let mut server = Self::start_node(listener, settings, journal, node).await?;
+            let (recovered, _) = recover_taken_over(&settings, journal, warm).await?;
+            let mut server = Self::start_recovered(listener, settings, recovered, node)?;
             server.active = active;
             return Ok(server);
         }
@@ -413,7 +429,17 @@ impl Server {
         journal: Box<dyn Journal>,
         node: Node,
     ) -> Result<Server, HubError> {
-        match recover_region(&settings, journal).await? {
+        let recovered = recover_region(&settings, journal).await?;
+        Self::start_recovered(listener, settings, recovered, node)
+    }
+
+    fn start_recovered(
+        listener: TcpListener,
+        settings: Settings,
+        recovered: Result<Recovered, DurabilityError>,
+        node: Node,
+    ) -> Result<Server, HubError> {
+        match recovered {
             Ok(recovered) => Self::launch(listener, settings, recovered, node),
             Err(e) => Self::launch_unavailable(listener, settings, e),
         }
@@ -528,6 +554,7 @@ impl Server {
             engine_threads,
             bridge: None,
             active: None,
+            recalled: None,
         })
     }
 
@@ -547,6 +574,7 @@ impl Server {
             engine_threads,
             bridge,
             active,
+            recalled,
         } = self;
         let stop_ticks = tokio_util::sync::CancellationToken::new();
         if let Some(a) = &active {
@@ -564,10 +592,15 @@ impl Server {
         if let Some(b) = bridge {
             // Calls the previous engine applied (and maybe never answered) are
             // answered from the stream, not applied again.
-            let journal = app.home().journal.clone();
-            let recalled = tokio::task::spawn_blocking(move || bridge::recall(&journal))
-                .await
-                .unwrap_or_default();
+            let recalled = match recalled {
+                Some(r) => r,
+                None => {
+                    let journal = app.home().journal.clone();
+                    tokio::task::spawn_blocking(move || bridge::recall(&journal))
+                        .await
+                        .unwrap_or_default()
+                }
+            };
             tokio::spawn(bridge::serve_engine(
                 b.client,
                 b.region,
@@ -728,11 +761,15 @@ async fn recover_region(
     let config = settings.engine.clone();
     let started = std::time::Instant::now();
     let (journal, recovered) = tokio::task::spawn_blocking(move || {
-        let r = engine_task::recover(config, &*journal, memory_history).map(|(mut engine, snap, history)| {
-            // No session survived the restart: the grace runs from now.
-            engine.sessions_lost(engine_task::now_ms());
-            (engine, snap, history)
-        });
+        let r = engine_task::recover_counted(config, &*journal, memory_history).map(
+            |((mut engine, snap, history), replayed)| {
+                // No session survived the restart: the grace runs from now.
+                engine.sessions_lost(engine_task::now_ms());
+                metrics::gauge!(metric::REPLAYED_RECORDS).set(replayed as f64);
+                metrics::gauge!(metric::REPLAY_FROM_SEQ).set(snap as f64);
+                (engine, snap, history)
+            },
+        );
         (journal, r)
     })
     .await?;
@@ -749,6 +786,68 @@ async fn recover_region(
             // dropped on a runtime thread.
             tokio::task::spawn_blocking(move || drop(journal)).await?;
             Ok(Err(e))
+        }
+    }
+}
+
+/// The answers of the calls found in the stream (see [`bridge::Recall`]).
+type Recalled = Vec<(String, bytes::Bytes)>;
+
+/// A takeover's recovery: a warm standby's state plus the stream's tail after it,
+/// with the call ids it noted while following; or, without a warm state (or with
+/// one that does not continue the stream), the cold recovery of
+/// [`recover_region`] (the calls are then read from the stream at serving).
+async fn recover_taken_over(
+    settings: &Settings,
+    journal: Box<dyn Journal>,
+    warm: Option<(engine_task::Replay, String, u64)>,
+) -> Result<(Result<Recovered, DurabilityError>, Option<Recalled>), HubError> {
+    let Some((replay, epoch, followed)) = warm else {
+        return Ok((recover_region(settings, journal).await?, None));
+    };
+    let started = std::time::Instant::now();
+    let (journal, tail) = tokio::task::spawn_blocking(move || {
+        let tail = standby::replay_tail(&*journal, replay, &epoch).map(|r| {
+            r.map(|(mut replay, tail)| {
+                let calls = replay.calls.take().map(bridge::Recall::answers);
+                (replay, tail, calls)
+            })
+        });
+        (journal, tail)
+    })
+    .await?;
+    match tail {
+        Some(Ok((replay, tail, calls))) => {
+            let ms = started.elapsed();
+            metrics::gauge!(metric::REPLAY_SECONDS).set(ms.as_secs_f64());
+            metrics::gauge!(metric::REPLAYED_RECORDS).set(tail as f64);
+            metrics::gauge!(metric::REPLAY_FROM_SEQ).set((replay.seq - tail) as f64);
+            tracing::info!(
+                snapshot_seq = replay.snapshot_seq,
+                followed,
+                replayed = tail,
+                last_seq = replay.seq,
+                calls = calls.as_ref().map_or(0, Vec::len),
+                ms = ms.as_millis() as u64,
+                "state recovered: the warm standby's state and the stream's tail"
+            );
+            let snapshot_seq = replay.snapshot_seq;
+            let (mut engine, _, history) = replay.into_recovered();
+            // No session survived the takeover: the grace runs from now.
+            engine.sessions_lost(engine_task::now_ms());
+            let recovered = Recovered {
+                engine,
+                journal,
+                snapshot_seq,
+                history,
+            };
+            Ok((Ok(recovered), calls))
+        }
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::warn!(error = %e, "the warm standby's state does not continue the stream: recovering cold");
+            }
+            Ok((recover_region(settings, journal).await?, None))
         }
     }
 }
@@ -868,7 +967,7 @@ fn start_region(
 /// `both` and `engine`), or a read-only one for a hub's recovery, deep resumes
 /// and lookups (a hub never appends, so it fences no one). The journal runs its
 /// own one-thread runtime, so NATS I/O never waits behind the sessions' tasks.
-async fn open_region_journal(
+pub(crate) async fn open_region_journal(
     cluster: &ClusterSettings,
     settings: &Settings,
 ) -> Result<opcenter_cluster::JetStreamJournal, HubError> {

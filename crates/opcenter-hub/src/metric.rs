@@ -59,3 +59,15 @@ pub(crate) const FENCED_APPENDS: &str = "opcenter_fenced_appends_total";
 pub(crate) const CALLS_SHED: &str = "opcenter_calls_shed_total";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";
+/// Gauge (a standby engine): records of the region's stream its followed state
+/// is behind the stream's end, as of its last re-read (every second).
+pub(crate) const STANDBY_LAG_RECORDS: &str = "opcenter_standby_lag_records";
+/// Gauge: records replayed by the last recovery: everything after the snapshot
+/// (a cold start), or only the tail a warm standby had not followed yet (a takeover).
+pub(crate) const REPLAYED_RECORDS: &str = "opcenter_replayed_records";
+/// Gauge (a standby engine): records its state has applied while following the
+/// stream since it loaded (what a takeover does not replay).
+pub(crate) const STANDBY_FOLLOWED_RECORDS: &str = "opcenter_standby_followed_records";
+/// Gauge: the record seq the last recovery replayed from: its snapshot's (a cold
+/// start; 0 without one), or where the warm standby's state stood (a takeover).
+pub(crate) const REPLAY_FROM_SEQ: &str = "opcenter_replay_from_seq";

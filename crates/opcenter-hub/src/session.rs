@@ -4,10 +4,11 @@
 //! role matrix of `shared/PROTOCOL.md` section 3 (`authorize`, a pure function
 //! with a table-driven test), and hands commands to the engine thread
 //! (awaiting channel capacity: that is the backpressure). Replies and events
-//! come back through the session's [`Outbox`], drained by the writer, which
-//! writes everything queued (frames prepared once, [`crate::frame`]) in one
-//! buffer and one write ([`crate::ws_io`]). When either side ends, the other
-//! is stopped.
+//! come back through the session's [`Outbox`]: events are written by the
+//! engine thread itself when the socket takes them at once, everything else
+//! by the writer, which writes everything queued (frames prepared once,
+//! [`crate::frame`]) in one vectored write ([`crate::ws_io`]). When either
+//! side ends, the other is stopped.
 //!
 //! Owns: session lifecycle, authentication, role checks, close codes. Must
 //! never: touch engine state directly or panic on anything a client sends.

@@ -183,14 +183,20 @@ impl Fanout {
     /// written once per batch however many events it got, here when its socket
     /// takes it now, else by its writer, woken once ([`Outbox::wake`]).
     pub(crate) fn wake(&mut self) {
+        self.wake_first();
         if self.deliveries > 0 {
             self.deliveries_total
                 .increment(std::mem::take(&mut self.deliveries));
         }
-        let mut writes = 0;
-        for outbox in self.to_wake_first.drain(..).chain(self.to_wake.drain(..)) {
-            writes += u64::from(outbox.wake());
+        let writes: u64 = self.to_wake.drain(..).map(|o| u64::from(o.wake())).sum();
+        if writes > 0 {
+            self.writes.increment(writes);
         }
+    }
+
+    /// Sends the tablets' new assignments only ([`Fanout::wake`] sends the rest).
+    pub(crate) fn wake_first(&mut self) {
+        let writes: u64 = self.to_wake_first.drain(..).map(|o| u64::from(o.wake())).sum();
         if writes > 0 {
             self.writes.increment(writes);
         }

@@ -886,7 +886,11 @@ impl EngineTask {
                     .enumerate()
                     .map(|(i, (event, read_at))| self.fanout.publish(first_seq + i as u64, event, read_at))
                     .collect();
-                self.fanout.wake();
+                // Tablets' assignments now; everyone else's events after the
+                // replies are queued, so a batch written to many consoles by
+                // this thread does not hold its own `ok`s back (they queue
+                // behind the events in each session, so the order is kept).
+                self.fanout.wake_first();
                 if let Some(out) = self.positions_out.as_ref().filter(|_| !positions.is_empty()) {
                     let _ = out.send(positions.clone());
                 }
@@ -923,6 +927,7 @@ impl EngineTask {
                     }
                     deliver(reply, result, self.last_seq);
                 }
+                self.fanout.wake();
             }
             Err(e) => {
                 tracing::error!(error = %e, "journal append failed: refusing to acknowledge from now on");

@@ -39,6 +39,10 @@ pub(crate) struct Fanout {
     to_wake: Vec<Arc<Outbox>>,
     /// Deliveries queued since the last wake (counted once per batch, not per event).
     deliveries: u64,
+    /// [`metric::EVENT_DELIVERIES`], looked up once.
+    deliveries_total: metrics::Counter,
+    /// [`metric::SOCKET_WRITES`]: the writes [`Fanout::wake`] makes itself.
+    writes: metrics::Counter,
     /// The region these events are of, for sessions subscribed to several
     /// regions ([`Outbox::region_tags`]); `None` in one process.
     region: Option<Arc<str>>,
@@ -119,6 +123,8 @@ impl Fanout {
             to_wake_first: Vec::new(),
             to_wake: Vec::new(),
             deliveries: 0,
+            deliveries_total: metrics::counter!(metric::EVENT_DELIVERIES),
+            writes: metrics::counter!(metric::SOCKET_WRITES),
             region,
         }
     }
@@ -172,13 +178,27 @@ impl Fanout {
         lazy.frames
     }
 
-    /// Wakes every writer with queued events: tablets with a new assignment
-    /// first (the latency that matters most), then everyone else. Each wakes
-    /// once per batch however many events it got, so it drains and flushes once.
+    /// Sends every session's queued events: tablets with a new assignment
+    /// first (the latency that matters most), then everyone else. Each is
+    /// written once per batch however many events it got, here when its socket
+    /// takes it now, else by its writer, woken once ([`Outbox::wake`]).
     pub(crate) fn wake(&mut self) {
-        metrics::counter!(metric::EVENT_DELIVERIES).increment(std::mem::take(&mut self.deliveries));
-        for outbox in self.to_wake_first.drain(..).chain(self.to_wake.drain(..)) {
-            outbox.wake();
+        self.wake_first();
+        if self.deliveries > 0 {
+            self.deliveries_total
+                .increment(std::mem::take(&mut self.deliveries));
+        }
+        let writes: u64 = self.to_wake.drain(..).map(|o| u64::from(o.wake())).sum();
+        if writes > 0 {
+            self.writes.increment(writes);
+        }
+    }
+
+    /// Sends the tablets' new assignments only ([`Fanout::wake`] sends the rest).
+    pub(crate) fn wake_first(&mut self) {
+        let writes: u64 = self.to_wake_first.drain(..).map(|o| u64::from(o.wake())).sum();
+        if writes > 0 {
+            self.writes.increment(writes);
         }
     }
 

@@ -169,10 +169,10 @@ pub(crate) async fn websocket(State(app): State<Arc<App>>, mut request: HttpRequ
         .max_frame_size(Some(max));
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let (sink, stream) = crate::ws_io::split(upgraded, config).await;
-                crate::session::run(sink, stream, app).await;
-            }
+            Ok(upgraded) => match crate::ws_io::split(upgraded, config).await {
+                Some((sink, stream)) => crate::session::run(sink, stream, app).await,
+                None => tracing::error!("websocket upgrade of a connection that is not TCP: dropped"),
+            },
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
         drop(slot);

@@ -871,6 +871,8 @@ fn start_region(
     node: Node,
     audit: &audit_log::AuditLog,
 ) -> Result<(Region, std::thread::JoinHandle<()>), HubError> {
+    // The recorder first: the fan-out looks its counters up once, when made.
+    let _ = metrics_handle();
     let Recovered {
         engine,
         journal,

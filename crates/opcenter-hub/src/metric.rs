@@ -22,7 +22,7 @@ pub(crate) const JOURNAL_APPEND_SECONDS: &str = "opcenter_journal_append_seconds
 pub(crate) const JOURNAL_BATCH_EVENTS: &str = "opcenter_journal_batch_events";
 /// Counter: events queued to sessions.
 pub(crate) const EVENT_DELIVERIES: &str = "opcenter_event_deliveries_total";
-/// Counter: writes to session sockets (one per drained batch: compare with
+/// Counter: writes to session sockets (one per batch written: compare with
 /// `opcenter_event_deliveries_total` for deliveries per write).
 pub(crate) const SOCKET_WRITES: &str = "opcenter_socket_writes_total";
 /// Counter: event frames of `since` replays, by `source`: `cache` (made

@@ -14,10 +14,20 @@
 //! nothing past an unfilled place, and what fills it does not count against the
 //! bound: a snapshot of a large city is one answer to one request, not a backlog.
 //!
-//! Owns: the queue and its limits. Must never: block (the lock is held for a
-//! push or a drain only, never across an `.await`).
+//! Events are written where they are queued when they can be: [`Outbox::wake`]
+//! (the engine thread, once per committed batch) writes what is ready straight
+//! to the socket with one `writev` that does not wait ([`Socket::try_write`]),
+//! unless the writer task has its turn. Only what the socket does not take now
+//! (or a queue the writer is busy with) wakes the writer task, which takes over
+//! from the byte the direct write stopped at. The write turn is decided under
+//! the queue's lock, so frames are never interleaved.
+//!
+//! Owns: the queue, its limits and the write turn. Must never: block (the lock
+//! is held for a push, a drain or one write that does not wait, never across
+//! an `.await`).
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -29,7 +39,12 @@ use opcenter_core::PositionItem;
 use opcenter_proto::{Encoding, ErrorCode};
 
 use crate::frame::Prepared;
+use crate::ws_io::Socket;
 use crate::{metric, wire};
+
+/// At most this many frames in one write that does not wait (the rest goes
+/// with the writer).
+const DIRECT_FRAMES: usize = 64;
 
 /// Why and how a session ends from the server's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +103,38 @@ struct State {
     close: Option<CloseReason>,
     /// A deferred push is waiting for [`Outbox::wake`] (see [`Outbox::push_deferred`]).
     wake_owed: bool,
+    /// Bytes of the first queued frame already on the socket: a write that did
+    /// not wait stopped inside it (the writer sends the rest first).
+    head_written: usize,
+    /// The writer task has the write turn (it took frames and writes them).
+    writing: bool,
+    /// The socket, for writes without the writer (`None`: not attached, closed,
+    /// or a write failed: the writer meets the error itself).
+    socket: Option<Arc<Socket>>,
+}
+
+impl State {
+    /// Empties the queue, except the rest of a frame already begun on the
+    /// socket (it must end before anything else is sent).
+    fn clear(&mut self) {
+        let begun = match self.head_written {
+            0 => None,
+            _ => self.frames.pop_front(),
+        };
+        self.frames.clear();
+        self.bytes = 0;
+        if let Some(Slot::Frame(f, _, _)) = begun {
+            self.frames.push_back(Slot::Frame(f, false, None));
+        }
+    }
 }
 
 /// What the writer takes in one go.
 pub(crate) struct Drained {
     /// Replies and events, in order.
     pub(crate) frames: Vec<Prepared>,
+    /// Bytes of the first frame already on the socket (send from there).
+    pub(crate) skip: usize,
     /// For each create's assignment among `frames`: when the create was read.
     pub(crate) stamps: Vec<Instant>,
     /// The latest positions, if any.
@@ -132,6 +173,9 @@ impl Outbox {
                 shared_items: None,
                 close: None,
                 wake_owed: false,
+                head_written: 0,
+                writing: false,
+                socket: None,
             }),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
@@ -180,10 +224,85 @@ impl Outbox {
         self.enqueue(frame, read_at).unwrap_or(true)
     }
 
-    /// Wakes the writer after [`Outbox::push_deferred`].
-    pub(crate) fn wake(&self) {
-        self.lock().wake_owed = false;
-        self.notify.notify_one();
+    /// Lets [`Outbox::wake`] write to `socket` itself.
+    pub(crate) fn attach(&self, socket: Arc<Socket>) {
+        let mut st = self.lock();
+        if st.close.is_none() {
+            st.socket = Some(socket);
+        }
+    }
+
+    /// Sends what [`Outbox::push_deferred`] queued: straight to the socket when
+    /// the writer does not have the turn and the socket takes all of it now,
+    /// else (or for the rest) by the writer, woken. Returns true when it wrote
+    /// to the socket here (for the count of writes).
+    pub(crate) fn wake(&self) -> bool {
+        let mut st = self.lock();
+        st.wake_owed = false;
+        let (wrote, done) = self.write_now(&mut st);
+        drop(st);
+        if !done {
+            self.notify.notify_one();
+        }
+        wrote
+    }
+
+    /// One write of the ready frames that does not wait. Returns (wrote
+    /// anything, nothing is left for the writer).
+    fn write_now(&self, st: &mut State) -> (bool, bool) {
+        if st.writing || st.close.is_some() || !matches!(st.positions, PendingPositions::None) {
+            return (false, false);
+        }
+        let Some(socket) = st.socket.as_ref() else {
+            return (false, false);
+        };
+        let mut parts = [IoSlice::new(&[]); DIRECT_FRAMES];
+        let mut n = 0;
+        for slot in st.frames.iter().take(DIRECT_FRAMES) {
+            let Slot::Frame(f, ..) = slot else { break };
+            let skip = if n == 0 { st.head_written } else { 0 };
+            parts[n] = IoSlice::new(&f.as_bytes()[skip..]);
+            n += 1;
+        }
+        if n == 0 {
+            return (false, false);
+        }
+        let mut left = match socket.try_write(&parts[..n]) {
+            Some(Ok(written)) => written,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return (false, false),
+            None => return (false, false),
+            Some(Err(_)) => {
+                st.socket = None;
+                return (false, false);
+            }
+        };
+        while left > 0 {
+            let Some(Slot::Frame(f, ..)) = st.frames.front() else {
+                break;
+            };
+            let rest = f.as_bytes().len() - st.head_written;
+            if left < rest {
+                st.head_written += left;
+                break;
+            }
+            left -= rest;
+            st.head_written = 0;
+            if let Some(Slot::Frame(f, counted, read_at)) = st.frames.pop_front() {
+                if counted {
+                    st.bytes -= f.payload_len();
+                }
+                if let Some(read_at) = read_at {
+                    metrics::histogram!(metric::ASSIGNMENT_WRITTEN_SECONDS)
+                        .record(read_at.elapsed().as_secs_f64());
+                }
+            }
+        }
+        (true, !matches!(st.frames.front(), Some(Slot::Frame(..))))
+    }
+
+    /// Ends the writer's turn (taken by [`Outbox::drain`] or [`Outbox::take`]).
+    pub(crate) fn written(&self) {
+        self.lock().writing = false;
     }
 
     /// Queues `frame`: `Some(first)` when queued (`first`: the first deferred push
@@ -195,8 +314,8 @@ impl Outbox {
         }
         let len = frame.payload_len();
         if st.bytes + len > self.max_bytes {
-            st.frames.clear();
-            st.bytes = 0;
+            st.clear();
+            st.socket = None;
             st.close = Some(CloseReason {
                 code: codes::OVERFLOW,
                 reason: "event queue overflow: resume with since",
@@ -321,9 +440,10 @@ impl Outbox {
         let mut st = self.lock();
         if st.close.is_none() {
             if !reason.flush_first {
-                st.frames.clear();
-                st.bytes = 0;
+                st.clear();
             }
+            // The writer sends the rest; the socket is shut when it lets go too.
+            st.socket = None;
             st.close = Some(reason);
             self.closed.store(true, Ordering::Release);
         }
@@ -341,18 +461,31 @@ impl Outbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Waits until there is something to send, then takes all of it.
+    /// Waits until there is something to send, then takes all of it, and
+    /// with it the write turn (until [`Outbox::written`]).
     pub(crate) async fn drain(&self) -> Drained {
         loop {
             let notified = self.notify.notified();
-            if let Some(d) = self.try_drain() {
+            if let Some(d) = self.try_drain(false) {
                 return d;
             }
             notified.await;
         }
     }
 
-    fn try_drain(&self) -> Option<Drained> {
+    /// Takes whatever there is to send now (maybe nothing) and the write turn
+    /// (until [`Outbox::written`]): the writer's turn for a ping or a pong.
+    pub(crate) fn take(&self) -> Drained {
+        self.try_drain(true).unwrap_or_else(|| Drained {
+            frames: Vec::new(),
+            skip: 0,
+            stamps: Vec::new(),
+            positions: None,
+            close: None,
+        })
+    }
+
+    fn try_drain(&self, always: bool) -> Option<Drained> {
         let mut st = self.lock();
         // Frames up to the first unfilled reservation may go; nothing after it,
         // and no positions either (they would overtake the `subscribe` reply).
@@ -363,10 +496,12 @@ impl Outbox {
             .unwrap_or(st.frames.len());
         let held = ready < st.frames.len();
         let has_positions = !held && !matches!(st.positions, PendingPositions::None);
-        if ready == 0 && !has_positions && st.close.is_none() {
+        if ready == 0 && !has_positions && st.close.is_none() && !always {
             return None;
         }
         let st = &mut *st;
+        st.writing = true;
+        let skip = std::mem::take(&mut st.head_written);
         let mut frames = Vec::with_capacity(ready);
         let mut stamps = Vec::new();
         for slot in st.frames.drain(..ready) {
@@ -388,6 +523,7 @@ impl Outbox {
         let close = st.close;
         Some(Drained {
             frames,
+            skip,
             stamps,
             positions,
             close,
@@ -412,6 +548,7 @@ fn take_positions(st: &mut State, encoding: Encoding) -> Option<Prepared> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn item(unit: &str, at_ms: i64) -> Arc<PositionItem> {
         Arc::new(PositionItem {
@@ -516,6 +653,124 @@ mod tests {
         assert_eq!(d.frames, vec![text("e2"), text("e3"), text("live")]);
         assert!(d.positions.is_some());
         assert!(!ob.fill_part(slot, vec![text("late")], true), "the place is gone");
+    }
+
+    /// A session's two ends over loopback TCP with small kernel buffers (so a
+    /// large frame does not fit at once): the server's queue with its socket
+    /// attached, its sink and reader, and a tungstenite client.
+    async fn connected(
+        max_bytes: usize,
+    ) -> (
+        Arc<Outbox>,
+        crate::ws_io::Sink,
+        crate::ws_io::Stream,
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    ) {
+        use tokio::net::TcpSocket;
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+        let listen = TcpSocket::new_v4().unwrap();
+        listen.set_recv_buffer_size(4096).unwrap();
+        listen.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listen.local_addr().unwrap();
+        let listener = listen.listen(1).unwrap();
+        let server = TcpSocket::new_v4().unwrap();
+        server.set_send_buffer_size(4096).unwrap();
+        let (server, accepted) = tokio::join!(server.connect(addr), listener.accept());
+        let (sink, stream) =
+            crate::ws_io::split_tcp(server.unwrap(), Vec::new(), WebSocketConfig::default()).await;
+        let client =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(accepted.unwrap().0, Role::Client, None)
+                .await;
+        let ob = Outbox::new("s".into(), Encoding::Json, max_bytes);
+        ob.attach(sink.socket().unwrap());
+        (ob, sink, stream, client)
+    }
+
+    async fn next_text(client: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> String {
+        use futures_util::StreamExt;
+        match client.next().await.unwrap().unwrap() {
+            tokio_tungstenite::tungstenite::Message::Text(t) => t.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_socket_takes_is_written_where_it_is_queued() {
+        let (ob, _sink, _stream, mut client) = connected(1 << 20).await;
+        assert!(ob.push_deferred(text("a"), None));
+        assert!(!ob.push_deferred(text("b"), None));
+        assert!(ob.wake(), "written by wake itself");
+        assert!(ob.try_drain(false).is_none(), "nothing left for the writer");
+        assert_eq!(next_text(&mut client).await, "a");
+        assert_eq!(next_text(&mut client).await, "b");
+    }
+
+    /// A write that did not wait stopped inside a large frame: the writer sends
+    /// the frame's rest first, then the pong tungstenite queued meanwhile, then
+    /// what was queued after; the client reads whole messages in that order.
+    #[tokio::test]
+    async fn the_writer_finishes_a_frame_begun_before_a_pong_and_later_frames() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message as TMessage;
+        let (ob, mut sink, mut stream, mut client) = connected(4 << 20).await;
+        let big = "x".repeat(1 << 20);
+        ob.push_deferred(text(&big), None);
+        assert!(ob.wake(), "the socket took part of it");
+        let begun = ob.lock().head_written;
+        assert!(
+            begun > 0 && begun < big.len(),
+            "stopped inside the frame: {begun}"
+        );
+        ob.push_deferred(text("after"), None);
+        // The client pings; the server's reader answers into the control buffer.
+        client
+            .send(TMessage::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        let control = sink.control();
+        let reader = tokio::spawn(async move { while stream.next().await.is_some() {} });
+        while control.clear() {
+            tokio::task::yield_now().await;
+        }
+        let writer = tokio::spawn(async move {
+            let d = ob.drain().await;
+            assert_eq!((d.skip, d.frames.len()), (begun, 2));
+            sink.write_from(d.skip, &d.frames).await.unwrap();
+            ob.written();
+            sink
+        });
+        assert_eq!(next_text(&mut client).await, big);
+        assert!(matches!(client.next().await.unwrap().unwrap(), TMessage::Pong(p) if &p[..] == b"p"));
+        assert_eq!(next_text(&mut client).await, "after");
+        writer.await.unwrap();
+        reader.abort();
+    }
+
+    /// An overflow drops what is queued but not the rest of a frame already
+    /// begun on the socket: the client reads it whole, then the 4008 close.
+    #[tokio::test]
+    async fn an_overflow_keeps_the_rest_of_a_frame_begun() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message as TMessage;
+        let (ob, mut sink, _stream, mut client) = connected(1 << 20).await;
+        let big = "y".repeat(900_000);
+        ob.push_deferred(text(&big), None);
+        assert!(ob.wake());
+        assert!(ob.lock().head_written > 0);
+        assert!(ob.push_deferred(text(&"z".repeat(200_000)), None), "overflow");
+        let d = ob.drain().await;
+        let close = d.close.unwrap();
+        assert_eq!((close.code, d.frames.len()), (codes::OVERFLOW, 1));
+        let writer = tokio::spawn(async move {
+            sink.write_from(d.skip, &d.frames).await.unwrap();
+            sink.close(close.code, close.reason).await;
+        });
+        assert_eq!(next_text(&mut client).await, big);
+        match client.next().await.unwrap().unwrap() {
+            TMessage::Close(Some(c)) => assert_eq!(u16::from(c.code), codes::OVERFLOW),
+            other => panic!("{other:?}"),
+        }
+        writer.await.unwrap();
     }
 
     #[tokio::test]

@@ -4,10 +4,11 @@
 //! role matrix of `shared/PROTOCOL.md` section 3 (`authorize`, a pure function
 //! with a table-driven test), and hands commands to the engine thread
 //! (awaiting channel capacity: that is the backpressure). Replies and events
-//! come back through the session's [`Outbox`], drained by the writer, which
-//! writes everything queued (frames prepared once, [`crate::frame`]) in one
-//! buffer and one write ([`crate::ws_io`]). When either side ends, the other
-//! is stopped.
+//! come back through the session's [`Outbox`]: events are written by the
+//! engine thread itself when the socket takes them at once, everything else
+//! by the writer, which writes everything queued (frames prepared once,
+//! [`crate::frame`]) in one vectored write ([`crate::ws_io`]). When either
+//! side ends, the other is stopped.
 //!
 //! Owns: session lifecycle, authentication, role checks, close codes. Must
 //! never: touch engine state directly or panic on anything a client sends.
@@ -204,6 +205,9 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
         capabilities: claims.caps.clone().unwrap_or_default(),
         agency: claims.agency.clone(),
     });
+    if let Some(socket) = sink.socket() {
+        outbox.attach(socket);
+    }
     app.sessions.insert(session_id.clone(), outbox.clone());
     metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).increment(1.0);
     tracing::debug!(sub = %claims.sub, "session authenticated");
@@ -276,7 +280,9 @@ fn actor_of(claims: &Claims) -> Actor {
 
 /// Drains the outbox into the socket: everything queued in one write; pings on
 /// a timer; what tungstenite wrote (pongs, a close echo) as soon as it is there;
-/// ends (and stops the reader) on a close or a write error.
+/// ends (and stops the reader) on a close or a write error. Each write is the
+/// writer's turn ([`Outbox::drain`], [`Outbox::take`]): it begins with the rest
+/// of a frame the engine's write left unfinished, if any.
 async fn write_loop(
     mut sink: Sink,
     outbox: Arc<Outbox>,
@@ -287,36 +293,33 @@ async fn write_loop(
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let ping_frame = Prepared::ping();
     loop {
-        tokio::select! {
-            drained = outbox.drain() => {
-                let ok = sink.write(drained.frames.iter().chain(&drained.positions)).await.is_ok();
-                if ok {
-                    for read_at in &drained.stamps {
-                        metrics::histogram!(metric::ASSIGNMENT_WRITTEN_SECONDS)
-                            .record(read_at.elapsed().as_secs_f64());
-                    }
-                }
-                if let Some(close) = drained.close {
-                    if ok {
-                        close_now(&mut sink, close.code, close.reason).await;
-                    }
-                    break;
-                }
-                if !ok {
-                    break;
-                }
+        let (mut drained, ping_now) = tokio::select! {
+            drained = outbox.drain() => (drained, false),
+            _ = control.pending() => (outbox.take(), false),
+            _ = ping.tick() => (outbox.take(), true),
+        };
+        drained.frames.extend(drained.positions.take());
+        if ping_now {
+            drained.frames.push(ping_frame.clone());
+        }
+        let ok = sink.write_from(drained.skip, &drained.frames).await.is_ok();
+        outbox.written();
+        if ok {
+            for read_at in &drained.stamps {
+                metrics::histogram!(metric::ASSIGNMENT_WRITTEN_SECONDS)
+                    .record(read_at.elapsed().as_secs_f64());
             }
-            _ = control.pending() => {
-                if sink.write([]).await.is_err() {
-                    break;
-                }
+        }
+        if let Some(close) = drained.close {
+            if ok {
+                close_now(&mut sink, close.code, close.reason).await;
             }
-            _ = ping.tick() => {
-                if sink.write([&Prepared::ping()]).await.is_err() {
-                    break;
-                }
-            }
+            break;
+        }
+        if !ok {
+            break;
         }
     }
     stop.cancel();

@@ -1,15 +1,20 @@
 //! The upgraded connection under a session, split in two: tokio-tungstenite
-//! reads (frames, limits, control frames), and the session's writer writes
-//! [`Prepared`] frames to the socket itself, a whole batch in one buffer and one
-//! `write`. What tungstenite writes on its own while reading (the pong to a
-//! ping, the echo of a client's close) is not lost: its write side is a
-//! [`Control`] buffer that the writer sends before anything else.
+//! reads (frames, limits, control frames), and the session's frames are written
+//! to the socket as they are, [`Prepared`] once and shared: a batch in one
+//! vectored write (`writev`), no copy per session. Two parties write: the
+//! session's writer task ([`Sink`]) and, without waiting, the thread that
+//! queued the events ([`Socket::try_write`], see [`crate::outbox`]); the
+//! session's [`crate::outbox::Outbox`] lock decides whose turn it is, so their
+//! bytes never interleave. What tungstenite writes on its own while reading
+//! (the pong to a ping, the echo of a client's close) is not lost: its write
+//! side is a [`Control`] buffer that the writer sends before anything else.
 //!
 //! Owns: the opening handshake's answer, the split, and every byte written to a
 //! session's socket. Must never: let two writers interleave partial frames
-//! (there is one writer, [`Sink`], and tungstenite only ever appends whole
-//! control frames to [`Control`]).
+//! (one write turn at a time, and tungstenite only ever appends whole control
+//! frames to [`Control`]).
 
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +25,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -29,7 +36,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::frame::Prepared;
 use crate::metric;
 
-type Io = TokioIo<Upgraded>;
+/// At most this many buffers per `writev` (Linux's `IOV_MAX` is 1024).
+const MAX_IOV: usize = 1024;
 
 /// Checks an upgrade request's headers (RFC 6455 4.2.1); the `101` answer, or
 /// why it is refused (a `400`; the same texts as axum's own extractor).
@@ -84,12 +92,19 @@ impl Control {
     fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.bytes.lock().unwrap_or_else(|e| e.into_inner()))
     }
+
+    /// Nothing of tungstenite's is waiting and the peer's close was not echoed:
+    /// frames may go to the socket without the writer.
+    pub(crate) fn clear(&self) -> bool {
+        !self.peer_closed.load(Ordering::Acquire)
+            && self.bytes.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
 }
 
 /// The read half, as tungstenite sees its socket: reads go to the connection,
 /// writes to the [`Control`] buffer.
 pub(crate) struct ReadSide {
-    read: ReadHalf<Io>,
+    read: OwnedReadHalf,
     control: Arc<Control>,
 }
 
@@ -137,12 +152,33 @@ impl Stream {
     }
 }
 
-/// The writing side of a session: whole frames, one `write` per batch.
-pub(crate) struct Sink {
-    write: WriteHalf<Io>,
+/// The socket's write half, shared by the session's writer ([`Sink`]) and
+/// whoever queues its events ([`crate::outbox::Outbox::wake`]). Writes only in
+/// the caller's write turn (the outbox decides).
+pub(crate) struct Socket {
+    write: OwnedWriteHalf,
     control: Arc<Control>,
-    buf: Vec<u8>,
-    closed: bool,
+}
+
+impl Socket {
+    /// Writes what the socket takes now, without waiting: the number of bytes
+    /// written (`WouldBlock` when none). `None` when frames may not go
+    /// directly (tungstenite has bytes waiting, or the peer's close was
+    /// echoed): the writer must send them.
+    pub(crate) fn try_write(&self, parts: &[IoSlice<'_>]) -> Option<std::io::Result<usize>> {
+        if !self.control.clear() {
+            return None;
+        }
+        Some(self.write.try_write_vectored(&parts[..parts.len().min(MAX_IOV)]))
+    }
+}
+
+/// The writing side of a session: whole frames, one vectored write per batch.
+pub(crate) struct Sink {
+    /// `None` once closed.
+    socket: Option<Arc<Socket>>,
+    control: Arc<Control>,
+    writes: metrics::Counter,
 }
 
 impl Sink {
@@ -151,63 +187,111 @@ impl Sink {
         self.control.clone()
     }
 
-    /// Writes the control bytes waiting, then `frames`, in one buffer.
+    /// The socket, for writes that do not wait ([`Socket::try_write`]);
+    /// `None` once closed.
+    pub(crate) fn socket(&self) -> Option<Arc<Socket>> {
+        self.socket.clone()
+    }
+
+    /// Writes the control bytes waiting, then `frames` (see [`Sink::write_from`]).
     pub(crate) async fn write<'a>(
         &mut self,
         frames: impl IntoIterator<Item = &'a Prepared>,
     ) -> std::io::Result<()> {
-        if self.closed {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        }
-        let control = self.control.take();
-        self.buf.clear();
-        self.buf.extend_from_slice(&control);
-        // After a close echo nothing may follow (RFC 6455 5.5.1).
-        if !self.control.peer_closed.load(Ordering::Acquire) {
-            for f in frames {
-                self.buf.extend_from_slice(f.as_bytes());
-            }
-        }
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        metrics::counter!(metric::SOCKET_WRITES).increment(1);
-        let r = self.write.write_all(&self.buf).await;
-        // A burst's buffer is not kept for a session that is quiet afterwards.
-        if self.buf.capacity() > 64 * 1024 {
-            self.buf = Vec::new();
-        }
-        r
+        self.write_from(0, frames).await
     }
 
-    /// Sends a close frame (unless the client's close was already echoed) and
-    /// shuts the write side.
+    /// Writes `frames`, the first of them from byte `skip` (a write that did
+    /// not wait stopped inside it), with the control bytes waiting right after
+    /// that first frame's rest (or first, when `skip` is 0): whole frames in
+    /// order, one vectored write for all while the socket takes them.
+    pub(crate) async fn write_from<'a>(
+        &mut self,
+        skip: usize,
+        frames: impl IntoIterator<Item = &'a Prepared>,
+    ) -> std::io::Result<()> {
+        let Some(socket) = &self.socket else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        let mut frames = frames.into_iter();
+        let head = match skip {
+            0 => None,
+            _ => frames.next().map(|f| &f.as_bytes()[skip..]),
+        };
+        let control = self.control.take();
+        let mut parts: Vec<IoSlice<'_>> = Vec::new();
+        parts.extend(head.map(IoSlice::new));
+        if !control.is_empty() {
+            parts.push(IoSlice::new(&control));
+        }
+        // After a close echo nothing may follow (RFC 6455 5.5.1).
+        if !self.control.peer_closed.load(Ordering::Acquire) {
+            parts.extend(frames.map(|f| IoSlice::new(f.as_bytes())));
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.writes.increment(1);
+        write_all(&socket.write, &mut parts).await
+    }
+
+    /// Sends a close frame (unless the client's close was already echoed);
+    /// the write side is shut once the queue lets go of the socket too
+    /// ([`crate::outbox::Outbox::close`]).
     pub(crate) async fn close(&mut self, code: u16, reason: &str) {
-        if !self.closed {
-            let frame =
-                (!self.control.peer_closed.load(Ordering::Acquire)).then(|| Prepared::close(code, reason));
+        if self.socket.is_some() {
+            let peer_closed = self.control.peer_closed.load(Ordering::Acquire);
+            let frame = (!peer_closed).then(|| Prepared::close(code, reason));
             let _ = self.write(frame.iter()).await;
-            let _ = self.write.shutdown().await;
-            self.closed = true;
+            // The last owner of the write half shuts it on drop (a FIN after the
+            // close frame): this sink now, or the queue when it lets go.
+            self.socket = None;
         }
     }
 }
 
-/// Splits an upgraded connection into the session's two sides.
-pub(crate) async fn split(upgraded: Upgraded, config: WebSocketConfig) -> (Sink, Stream) {
-    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+/// Writes all of `parts`, waiting for the socket when it is full.
+async fn write_all(write: &OwnedWriteHalf, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let n = match write.try_write_vectored(&parts[..parts.len().min(MAX_IOV)]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                write.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}
+
+/// Splits an upgraded connection into the session's two sides; `None` when
+/// it is not a TCP connection served by [`axum::serve`] (every one here is).
+pub(crate) async fn split(upgraded: Upgraded, config: WebSocketConfig) -> Option<(Sink, Stream)> {
+    let parts = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded).ok()?;
+    Some(split_tcp(parts.io.into_inner(), parts.read_buf.to_vec(), config).await)
+}
+
+/// Splits a TCP connection past its opening handshake (`read`: what was read
+/// of it already) into the session's two sides.
+pub(crate) async fn split_tcp(tcp: TcpStream, read: Vec<u8>, config: WebSocketConfig) -> (Sink, Stream) {
+    let (read_half, write) = tcp.into_split();
     let control = Arc::new(Control::default());
     let side = ReadSide {
-        read,
+        read: read_half,
         control: control.clone(),
     };
-    let ws = WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_partially_read(side, read, Role::Server, Some(config)).await;
     (
         Sink {
-            write,
-            control: control.clone(),
-            buf: Vec::new(),
-            closed: false,
+            socket: Some(Arc::new(Socket {
+                write,
+                control: control.clone(),
+            })),
+            control,
+            writes: metrics::counter!(metric::SOCKET_WRITES),
         },
         Stream { ws },
     )

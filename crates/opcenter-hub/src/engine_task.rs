@@ -331,7 +331,10 @@ impl EngineRx {
         };
         let drained = self.fixes.take_before(limit, &mut normal);
         self.fixes_due = (!drained).then(tokio::time::Instant::now);
-        normal.sort_by_key(|(n, _)| *n);
+        // Usually in order already (fixes alone, or a lane without races).
+        if !normal.is_sorted_by_key(|(n, _)| *n) {
+            normal.sort_by_key(|(n, _)| *n);
+        }
         batch.extend(urgent.into_iter().chain(normal).map(|(_, r)| r));
     }
 }

@@ -44,6 +44,7 @@ use opcenter_store::Journal;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::Fanout;
+use crate::fixes::{FixInbox, Numbered};
 use crate::outbox::{CloseReason, Outbox};
 use crate::read_model::{self, Committed, ReadRequest, SharedJournal};
 use crate::record::{self, DurabilityError, Origin};
@@ -189,17 +190,25 @@ impl Request {
     }
 }
 
-/// The engine thread's two queues, as senders see them.
+/// The engine thread's two queues and its inbox of fixes ([`crate::fixes`]), as
+/// senders see them.
 #[derive(Clone)]
 pub(crate) struct EngineQueue {
-    normal: mpsc::Sender<Request>,
-    urgent: mpsc::Sender<Request>,
+    normal: mpsc::Sender<Numbered>,
+    urgent: mpsc::Sender<Numbered>,
+    fixes: Arc<FixInbox>,
 }
 
 /// The receiving ends of an [`EngineQueue`].
 pub(crate) struct EngineRx {
-    pub(crate) normal: mpsc::Receiver<Request>,
-    pub(crate) urgent: mpsc::Receiver<Request>,
+    pub(crate) normal: mpsc::Receiver<Numbered>,
+    pub(crate) urgent: mpsc::Receiver<Numbered>,
+    fixes: Arc<FixInbox>,
+    /// Fixes are waiting: take them by then even if no request comes.
+    fixes_due: Option<tokio::time::Instant>,
+    /// Each lane's senders are all gone and it is empty.
+    urgent_closed: bool,
+    normal_closed: bool,
 }
 
 /// The refusal of a hub's call shed at its deadline. It starts like the hub's own
@@ -207,58 +216,126 @@ pub(crate) struct EngineRx {
 /// over"; unlike that one it is sure the change was not saved.
 pub(crate) const SHED_MESSAGE: &str = "no engine answered within the hub's deadline: the engine was busy and did not apply it (not saved); retry it";
 
+/// The name of a position fix command.
+const POSITION: &str = "unit.position";
+
 /// Requests taken from the normal lane into one batch (one group commit), at most.
 const MAX_BATCH: usize = 1024;
 
+/// What woke the engine thread.
+enum Woke {
+    Urgent(Option<Numbered>),
+    Normal(Option<Numbered>),
+    /// A fix landed in an empty inbox.
+    FixLanded,
+    /// The fixes waiting are due.
+    FixesDue,
+}
+
 impl EngineRx {
     /// Fills `batch` (empty on entry) with the next batch: waits for a first
-    /// request (the urgent lane wins a tie), then takes every queued urgent
-    /// request and tops up from the normal lane to [`MAX_BATCH`]. The urgent
-    /// requests lead the batch, so they are applied (and take seqs) first.
-    /// False once both lanes are closed and empty.
+    /// request (the urgent lane wins a tie) or for waiting fixes to be due
+    /// ([`crate::fixes::COALESCE`] after the first), then takes every queued
+    /// urgent request, tops up from the normal lane to [`MAX_BATCH`] and takes
+    /// the fixes sent before them. The urgent requests lead the batch, so they
+    /// are applied (and take seqs) first. False once both lanes are closed and
+    /// nothing is left.
     fn next_batch(&mut self, waiter: &tokio::runtime::Runtime, batch: &mut Vec<Request>) -> bool {
-        let first = waiter.block_on(async {
-            tokio::select! {
-                biased;
-                Some(r) = self.urgent.recv() => Some(r),
-                Some(r) = self.normal.recv() => Some(r),
-                else => None,
+        loop {
+            if self.urgent_closed && self.normal_closed {
+                self.fixes.close();
+                self.fill(None, batch);
+                return !batch.is_empty();
             }
-        });
-        let Some(first) = first else { return false };
-        self.fill(first, batch);
-        true
+            let EngineRx {
+                normal,
+                urgent,
+                fixes,
+                fixes_due,
+                urgent_closed,
+                normal_closed,
+            } = self;
+            let due = *fixes_due;
+            let woke = waiter.block_on(async {
+                tokio::select! {
+                    biased;
+                    r = urgent.recv(), if !*urgent_closed => Woke::Urgent(r),
+                    r = normal.recv(), if !*normal_closed => Woke::Normal(r),
+                    _ = fixes.landed(), if due.is_none() => Woke::FixLanded,
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => Woke::FixesDue,
+                }
+            });
+            match woke {
+                Woke::Urgent(Some(r)) | Woke::Normal(Some(r)) => {
+                    self.fill(Some(r), batch);
+                    return true;
+                }
+                Woke::Urgent(None) => self.urgent_closed = true,
+                Woke::Normal(None) => self.normal_closed = true,
+                Woke::FixLanded => {
+                    self.fixes_due = Some(tokio::time::Instant::now() + crate::fixes::COALESCE);
+                }
+                Woke::FixesDue => {
+                    self.fill(None, batch);
+                    if !batch.is_empty() {
+                        return true;
+                    }
+                }
+            }
+        }
     }
 
     /// [`EngineRx::next_batch`] without waiting: false when nothing is queued now
-    /// (or both lanes are closed).
+    /// (or both lanes are closed and nothing is left).
     fn try_next_batch(&mut self, batch: &mut Vec<Request>) -> bool {
         let first = match self.urgent.try_recv() {
-            Ok(r) => r,
-            Err(_) => match self.normal.try_recv() {
-                Ok(r) => r,
-                Err(_) => return false,
-            },
+            Ok(r) => Some(r),
+            Err(_) => self.normal.try_recv().ok(),
         };
+        if first.is_none() && self.fixes.is_empty() {
+            return false;
+        }
         self.fill(first, batch);
-        true
+        !batch.is_empty()
     }
 
     /// `batch` = `first`, every queued urgent request, then normal ones up to
-    /// [`MAX_BATCH`], urgent ones first.
-    fn fill(&mut self, first: Request, batch: &mut Vec<Request>) {
-        batch.push(first);
-        while let Ok(r) = self.urgent.try_recv() {
-            batch.push(r);
-        }
-        // Urgent requests that came with the first one go first.
-        batch.sort_by_key(|r| !r.is_urgent());
-        while batch.len() < MAX_BATCH {
-            match self.normal.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+    /// [`MAX_BATCH`] with the fixes sent before them, urgent ones first and the
+    /// rest in the order they were sent.
+    fn fill(&mut self, first: Option<Numbered>, batch: &mut Vec<Request>) {
+        let mut urgent = Vec::new();
+        let mut normal = Vec::new();
+        if let Some(first) = first {
+            match first.1.is_urgent() {
+                true => urgent.push(first),
+                false => normal.push(first),
             }
         }
+        while let Ok(r) = self.urgent.try_recv() {
+            urgent.push(r);
+        }
+        let room = MAX_BATCH.saturating_sub(urgent.len());
+        let mut emptied = room > 0;
+        while normal.len() < room {
+            match self.normal.try_recv() {
+                Ok(r) => normal.push(r),
+                Err(_) => break,
+            }
+            emptied = normal.len() < room;
+        }
+        // With requests left in the lane, only the fixes sent before the last one
+        // taken: a later request of the same session may still be in the lane.
+        let limit = match emptied {
+            true => u64::MAX,
+            false => normal.iter().map(|(n, _)| *n).max().unwrap_or(0),
+        };
+        let drained = self.fixes.take_before(limit, &mut normal);
+        self.fixes_due = (!drained).then(tokio::time::Instant::now);
+        // Usually in order already (fixes alone, or a lane without races).
+        if !normal.is_sorted_by_key(|(n, _)| *n) {
+            normal.sort_by_key(|(n, _)| *n);
+        }
+        batch.extend(urgent.into_iter().chain(normal).map(|(_, r)| r));
     }
 }
 
@@ -281,21 +358,31 @@ struct InFlight {
     next_incident_no: u64,
 }
 
-/// Two queues of `capacity` each.
-pub(crate) fn engine_queue(capacity: usize) -> (EngineQueue, EngineRx) {
+/// Two queues of `capacity` each, and an inbox of as many fixes when
+/// `fix_inbox` (the engine thread's: a hub's feed thread takes only the lanes).
+pub(crate) fn engine_queue(capacity: usize, fix_inbox: bool) -> (EngineQueue, EngineRx) {
     let (normal, normal_rx) = mpsc::channel(capacity);
     let (urgent, urgent_rx) = mpsc::channel(capacity);
+    let fixes = Arc::new(FixInbox::new(capacity, fix_inbox));
     (
-        EngineQueue { normal, urgent },
+        EngineQueue {
+            normal,
+            urgent,
+            fixes: fixes.clone(),
+        },
         EngineRx {
             normal: normal_rx,
             urgent: urgent_rx,
+            fixes,
+            fixes_due: None,
+            urgent_closed: false,
+            normal_closed: false,
         },
     )
 }
 
 impl EngineQueue {
-    fn lane(&self, req: &Request) -> &mpsc::Sender<Request> {
+    fn lane(&self, req: &Request) -> &mpsc::Sender<Numbered> {
         if req.is_urgent() {
             &self.urgent
         } else {
@@ -303,14 +390,34 @@ impl EngineQueue {
         }
     }
 
-    /// Queues `req` in its lane, waiting for room (the backpressure).
-    pub(crate) async fn send(&self, req: Request) -> Result<(), mpsc::error::SendError<Request>> {
-        self.lane(&req).send(req).await
+    /// A fix into the inbox, if it takes it (else it comes back).
+    fn to_inbox(&self, req: Request) -> Option<Request> {
+        if !crate::fixes::is_fix(&req) || self.normal.is_closed() {
+            return Some(req);
+        }
+        self.fixes.push(req)
     }
 
-    /// Queues `req` if its lane has room; false if it had none (or is closed).
+    /// Queues `req` in its lane (a fix in the inbox), waiting for room (the backpressure).
+    pub(crate) async fn send(&self, req: Request) -> Result<(), mpsc::error::SendError<Request>> {
+        let Some(req) = self.to_inbox(req) else {
+            return Ok(());
+        };
+        let n = self.fixes.number();
+        self.lane(&req)
+            .send((n, req))
+            .await
+            .map_err(|e| mpsc::error::SendError(e.0.1))
+    }
+
+    /// Queues `req` if its lane (or the inbox, for a fix) has room; false if it
+    /// had none (or is closed).
     pub(crate) fn try_send(&self, req: Request) -> bool {
-        self.lane(&req).try_send(req).is_ok()
+        let Some(req) = self.to_inbox(req) else {
+            return true;
+        };
+        let n = self.fixes.number();
+        self.lane(&req).try_send((n, req)).is_ok()
     }
 
     /// True once the engine thread is gone.
@@ -623,7 +730,10 @@ impl EngineTask {
         let _guard = StopGuard::new(self.shared.clone(), "engine");
         // A one-thread runtime only to wait on two queues at once; the work
         // itself is synchronous.
-        let waiter = match tokio::runtime::Builder::new_current_thread().build() {
+        let waiter = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "engine thread: no runtime to wait on its queues");
@@ -711,32 +821,29 @@ impl EngineTask {
                         continue;
                     }
                     let mut assigned = false;
-                    let session = match &reply {
-                        ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
-                        // A hub node's command: the hub's session, as the bridge carried it.
-                        ReplyTo::Remote(_, o) => o.session.as_deref(),
-                        ReplyTo::Http(_) => None,
-                    };
-                    let mut origin = Origin::new(&actor, session, now);
-                    if let ReplyTo::Remote(_, o) = &reply {
-                        origin.call = o.call.clone();
-                    }
                     let result = self.engine.apply(&actor, command, now);
-                    if let (Err(e), Some(audit)) = (&result, &self.audit)
-                        && ErrorCode::from(e) == ErrorCode::Forbidden
-                    {
-                        audit.record(crate::audit_log::Entry {
-                            kind: crate::audit_log::Kind::Forbidden,
-                            reason: name.to_string(),
-                            subject: origin.sub.clone(),
-                            role: Some(origin.role.clone()),
-                            session: origin.session.clone(),
-                            component: "engine",
-                            detail: e.to_string(),
-                        });
-                    }
-                    let result =
-                        result.and_then(|applied| self.refuse_oversized(applied, &events.events, &origin));
+                    // A command that changed nothing on record (most fixes) has no
+                    // records to encode, so no origin to build.
+                    let result = match result {
+                        Ok(applied) if applied.events.is_empty() => Ok((applied, Ok(Vec::new()))),
+                        result => {
+                            let origin = origin_of(&actor, &reply, now);
+                            if let (Err(e), Some(audit)) = (&result, &self.audit)
+                                && ErrorCode::from(e) == ErrorCode::Forbidden
+                            {
+                                audit.record(crate::audit_log::Entry {
+                                    kind: crate::audit_log::Kind::Forbidden,
+                                    reason: name.to_string(),
+                                    subject: origin.sub.clone(),
+                                    role: Some(origin.role.clone()),
+                                    session: origin.session.clone(),
+                                    component: "engine",
+                                    detail: e.to_string(),
+                                });
+                            }
+                            result.and_then(|applied| self.refuse_oversized(applied, &events.events, &origin))
+                        }
+                    };
                     let result = result.map(|(mut applied, records)| {
                         // The events move to the batch; the reply keeps what it needs.
                         let own = std::mem::take(&mut applied.events);
@@ -906,6 +1013,8 @@ impl EngineTask {
                         retired,
                     }));
                 }
+                // Accepted fixes are counted once per batch: they are most of the commands.
+                let mut fixes_ok = 0u64;
                 for Outcome {
                     reply,
                     result,
@@ -914,6 +1023,11 @@ impl EngineTask {
                     assigned,
                 } in outcomes
                 {
+                    if name == POSITION && result.is_ok() {
+                        fixes_ok += 1;
+                        deliver(reply, result, self.last_seq);
+                        continue;
+                    }
                     let outcome = if result.is_ok() { "ok" } else { "error" };
                     metrics::counter!(metric::COMMANDS, "type" => name, "outcome" => outcome).increment(1);
                     if name == "incident.create" {
@@ -926,6 +1040,10 @@ impl EngineTask {
                         }
                     }
                     deliver(reply, result, self.last_seq);
+                }
+                if fixes_ok > 0 {
+                    metrics::counter!(metric::COMMANDS, "type" => POSITION, "outcome" => "ok")
+                        .increment(fixes_ok);
                 }
                 self.fanout.wake();
             }
@@ -1231,6 +1349,22 @@ pub(crate) fn unregister_subscription(
     let _ = reads.send(ReadRequest::Unsubscribe { outbox });
 }
 
+/// Who a command's records name: its actor, through the session (or the hub's
+/// session and call) it came from.
+fn origin_of(actor: &Actor, reply: &ReplyTo, now: i64) -> Origin {
+    let session = match reply {
+        ReplyTo::Session { outbox, .. } => Some(outbox.session.as_str()),
+        // A hub node's command: the hub's session, as the bridge carried it.
+        ReplyTo::Remote(_, o) => o.session.as_deref(),
+        ReplyTo::Http(_) => None,
+    };
+    let mut origin = Origin::new(actor, session, now);
+    if let ReplyTo::Remote(_, o) = reply {
+        origin.call = o.call.clone();
+    }
+    origin
+}
+
 /// Answers a command; `seq` is the journal's last seq after its commit.
 pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u64) {
     match reply {
@@ -1299,6 +1433,7 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixes::test_fix as fix;
     use opcenter_core::{ActorKind, Location, NewIncident};
 
     fn create(priority: u8) -> Request {
@@ -1330,8 +1465,16 @@ mod tests {
         }
     }
 
+    /// The runtime [`EngineRx::next_batch`] waits on, as the engine thread's.
+    fn waiter() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     /// What a batch holds, in order: `E` emergency, `1`..`5` a create of that
-    /// priority, `T` a tick.
+    /// priority, `F` a fix, `T` a tick.
     fn kinds(batch: &[Request]) -> String {
         batch
             .iter()
@@ -1344,6 +1487,10 @@ mod tests {
                     command: Command::CreateIncident(new),
                     ..
                 } => char::from(b'0' + new.priority),
+                Request::Command {
+                    command: Command::Position { .. },
+                    ..
+                } => 'F',
                 Request::Tick => 'T',
                 _ => '?',
             })
@@ -1355,7 +1502,7 @@ mod tests {
     /// room, and the next batch applies them before everything queued earlier.
     #[test]
     fn urgent_requests_pass_a_full_normal_lane() {
-        let (queue, mut rx) = engine_queue(3);
+        let (queue, mut rx) = engine_queue(3, true);
         assert!(queue.try_send(Request::Tick));
         assert!(queue.try_send(create(3)));
         assert!(queue.try_send(Request::Tick));
@@ -1364,7 +1511,7 @@ mod tests {
         assert!(queue.try_send(emergency()), "a panic button finds room");
         assert!(queue.try_send(create(1)), "a priority 1 create finds room");
 
-        let waiter = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let waiter = waiter();
         let mut batch = Vec::new();
         assert!(rx.next_batch(&waiter, &mut batch));
         assert_eq!(kinds(&batch), "E1T3T");
@@ -1374,12 +1521,12 @@ mod tests {
     /// next batch, first; the bulk work follows in order.
     #[test]
     fn urgent_requests_lead_even_behind_more_than_a_batch() {
-        let (queue, mut rx) = engine_queue(MAX_BATCH * 2);
+        let (queue, mut rx) = engine_queue(MAX_BATCH * 2, true);
         for _ in 0..MAX_BATCH * 2 {
             assert!(queue.try_send(Request::Tick));
         }
         assert!(queue.try_send(create(1)));
-        let waiter = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let waiter = waiter();
         let mut batch = Vec::new();
         assert!(rx.next_batch(&waiter, &mut batch));
         assert_eq!(batch.len(), MAX_BATCH);
@@ -1393,6 +1540,66 @@ mod tests {
         assert_eq!(batch.len(), 1);
         batch.clear();
         assert!(!rx.next_batch(&waiter, &mut batch), "both lanes closed and empty");
+    }
+
+    /// Fixes skip the lanes (into the inbox) but a batch applies them in the order
+    /// they were sent among the lane's requests; fixes alone make a batch too.
+    #[test]
+    fn fixes_are_batched_in_the_order_they_were_sent() {
+        let (queue, mut rx) = engine_queue(8, true);
+        assert!(queue.try_send(fix(51.1)));
+        assert!(queue.try_send(Request::Tick));
+        assert!(queue.try_send(fix(51.2)));
+        assert!(queue.try_send(create(3)));
+        assert!(queue.try_send(fix(51.3)));
+        assert!(queue.try_send(emergency()));
+        assert_eq!(rx.normal.len(), 2, "fixes are not in the lane");
+        let waiter = waiter();
+        let mut batch = Vec::new();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(kinds(&batch), "EFTF3F");
+        // Fixes alone: the engine is woken for them (after the coalescing delay).
+        assert!(queue.try_send(fix(51.4)));
+        assert!(queue.try_send(fix(51.5)));
+        batch.clear();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(kinds(&batch), "FF");
+        // Fixes sent before the lanes closed are still applied.
+        assert!(queue.try_send(fix(51.6)));
+        drop(queue);
+        batch.clear();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(kinds(&batch), "F");
+        batch.clear();
+        assert!(!rx.next_batch(&waiter, &mut batch));
+    }
+
+    /// A batch that leaves requests in the lane takes only the fixes sent before
+    /// the last request it took: a fix never overtakes an earlier request.
+    #[test]
+    fn a_fix_waits_for_the_requests_sent_before_it() {
+        let (queue, mut rx) = engine_queue(MAX_BATCH * 2, true);
+        assert!(queue.try_send(fix(51.1)));
+        for _ in 0..=MAX_BATCH {
+            assert!(queue.try_send(Request::Tick));
+        }
+        assert!(queue.try_send(fix(51.2)));
+        let waiter = waiter();
+        let mut batch = Vec::new();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        // Fixes do not count against the batch's size.
+        assert_eq!(kinds(&batch), format!("F{}", "T".repeat(MAX_BATCH)));
+        batch.clear();
+        assert!(rx.next_batch(&waiter, &mut batch));
+        assert_eq!(kinds(&batch), "TF");
+    }
+
+    /// A queue without an inbox (a hub's feed thread) sends fixes over the lane.
+    #[test]
+    fn without_an_inbox_fixes_take_the_lane() {
+        let (queue, rx) = engine_queue(8, false);
+        assert!(queue.try_send(fix(51.1)));
+        assert_eq!(rx.normal.len(), 1);
     }
 
     /// A remote create whose hub deadline is `expires`, and the receiver of its outcome.

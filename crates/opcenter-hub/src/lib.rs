@@ -45,6 +45,7 @@ mod eido;
 mod engine_task;
 mod failover;
 mod fanout;
+mod fixes;
 mod frame;
 mod http;
 mod limit;
@@ -899,7 +900,8 @@ fn start_region(
         history,
     };
     let journal = Arc::new(std::sync::Mutex::new(journal));
-    let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue);
+    let fix_inbox = matches!(node, Node::Engine { .. });
+    let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue, fix_inbox);
     let (reads, reads_rx) = std::sync::mpsc::channel();
     let model = ReadModel::new(
         start,

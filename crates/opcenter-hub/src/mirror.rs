@@ -147,9 +147,9 @@ impl Mirror {
                 tokio::select! {
                     biased;
                     Some(f) = feed.recv() => Some(Next::Feed(f)),
-                    Some(r) = rx.urgent.recv() => Some(Next::Req(r)),
+                    Some((_, r)) = rx.urgent.recv() => Some(Next::Req(r)),
                     // Closed once every session and handler is gone: shutdown.
-                    r = rx.normal.recv() => r.map(Next::Req),
+                    r = rx.normal.recv() => r.map(|(_, r)| Next::Req(r)),
                 }
             });
             match next {

@@ -212,7 +212,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
     metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).increment(1.0);
     tracing::debug!(sub = %claims.sub, "session authenticated");
 
-    let stop = CancellationToken::new();
+    let stop = Stop::default();
     let writer = tokio::spawn(write_loop(
         sink,
         outbox.clone(),
@@ -283,12 +283,7 @@ fn actor_of(claims: &Claims) -> Actor {
 /// ends (and stops the reader) on a close or a write error. Each write is the
 /// writer's turn ([`Outbox::drain`], [`Outbox::take`]): it begins with the rest
 /// of a frame the engine's write left unfinished, if any.
-async fn write_loop(
-    mut sink: Sink,
-    outbox: Arc<Outbox>,
-    ping_every: std::time::Duration,
-    stop: CancellationToken,
-) {
+async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, ping_every: std::time::Duration, stop: Stop) {
     let control = sink.control();
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,7 +317,28 @@ async fn write_loop(
             break;
         }
     }
-    stop.cancel();
+    stop.stop();
+}
+
+/// The writer's "I ended" to the reader. Waiting on a [`CancellationToken`] takes
+/// its lock on every poll, and the reader's `select!` polls it on every frame; so
+/// the reader polls the wait once (which registers its waker) and again only once
+/// the flag, one atomic load, says the writer stopped.
+#[derive(Clone, Default)]
+struct Stop {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
 }
 
 struct Reader<'a> {
@@ -335,19 +351,21 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
+    async fn read_loop(&mut self, stream: &mut Stream, stop: &Stop) {
         let idle = self.app.settings.hub.idle_timeout;
         // One timer and one cancellation future for the whole session, not one per
         // frame: a tablet sends a fix every second or so, for hours.
         let mut last_heard = tokio::time::Instant::now();
         let silence = tokio::time::sleep_until(last_heard + idle);
         tokio::pin!(silence);
-        let stopped = stop.cancelled();
+        let stopped = stop.token.cancelled();
         tokio::pin!(stopped);
+        // The wait is registered (with this task's waker) once polled.
+        let mut registered = false;
         loop {
             let item = tokio::select! {
                 biased;
-                _ = &mut stopped => return,
+                _ = &mut stopped, if !registered || stop.is_stopped() => return,
                 item = stream.next() => item,
                 _ = &mut silence => {
                     if last_heard.elapsed() < idle {
@@ -362,6 +380,7 @@ impl<'a> Reader<'a> {
                     return;
                 }
             };
+            registered = true;
             last_heard = tokio::time::Instant::now();
             // The latency metrics start here, when the frame is off the socket.
             let read_at = last_heard.into_std();
@@ -692,7 +711,8 @@ fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowe
             format!("role {} may not {what}", role.as_str()),
         ))
     };
-    let own_unit = actor.unit_id().map(str::to_owned);
+    // Built only for the messages that need it (not for every fix's check).
+    let own_unit = || actor.unit_id().map(str::to_owned);
     let is = |r: Role| role == r;
     let command = |command: Command| Ok(Allowed::Command(command));
     match message {
@@ -710,7 +730,7 @@ fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowe
                 return forbidden(&format!("subscribe to {t:?}").to_lowercase());
             }
             Ok(Allowed::Subscribe {
-                unit: own_unit,
+                unit: own_unit(),
                 subscribe: sub,
             })
         }
@@ -735,7 +755,7 @@ fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowe
             text: n.text,
         }),
         M::UnitPosition(p) if is(Role::Unit) => {
-            let me = own_unit.unwrap_or_default();
+            let me = own_unit().unwrap_or_default();
             if p.unit_id.as_deref().is_some_and(|u| u != me) {
                 return forbidden("send another unit's position");
             }
@@ -745,7 +765,7 @@ fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowe
             })
         }
         M::UnitStatus(s) if is(Role::Unit) => {
-            let me = own_unit.unwrap_or_default();
+            let me = own_unit().unwrap_or_default();
             if s.unit_id.as_deref().is_some_and(|u| u != me) {
                 return forbidden("set another unit's status");
             }
@@ -765,16 +785,16 @@ fn authorize(role: Role, actor: &Actor, message: ClientMessage) -> Result<Allowe
             )),
         },
         M::AssignmentAck(a) if is(Role::Unit) => command(Command::Ack {
-            unit_id: own_unit.unwrap_or_default(),
+            unit_id: own_unit().unwrap_or_default(),
             incident_id: a.incident_id,
         }),
         M::AssignmentDecline(d) if is(Role::Unit) => command(Command::Decline {
-            unit_id: own_unit.unwrap_or_default(),
+            unit_id: own_unit().unwrap_or_default(),
             incident_id: d.incident_id,
             reason: d.reason,
         }),
         M::UnitEmergency(e) if is(Role::Unit) => command(Command::Emergency {
-            unit_id: own_unit.unwrap_or_default(),
+            unit_id: own_unit().unwrap_or_default(),
             active: e.active,
             location: e.location,
         }),

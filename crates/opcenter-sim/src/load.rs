@@ -253,6 +253,10 @@ pub struct Report {
     /// `--also-pid` processes: CPU seconds of each from the window's start to the end
     /// of the settle phase, by pid (absent: the process was gone).
     pub also_cpu_s: BTreeMap<u32, f64>,
+    /// The load tool's own CPU microseconds per position fix it sent, over the
+    /// window (what one fix costs the tool: its ceiling is about 1e6 / this per
+    /// core it gets). `None` without fixes.
+    pub tool_cpu_us_per_fix: Option<f64>,
 }
 
 /// Incident counts. Invariant checked: `created == assigned + pending + lost`.
@@ -326,6 +330,9 @@ pub struct ServerProc {
     pub deliveries_per_cpu_s: f64,
     /// Server CPU microseconds per `created` delivery (the inverse of the above).
     pub cpu_us_per_delivery: Option<f64>,
+    /// Server CPU microseconds per position fix the tablets sent, over the window
+    /// (the window's CPU ÷ fixes sent in it). `None` without fixes.
+    pub cpu_us_per_fix: Option<f64>,
     /// RSS before connecting, KiB.
     pub rss_kib_before: u64,
     /// RSS with every connection set up, KiB.
@@ -442,6 +449,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     sh.stop_load.cancel();
     let window_s = t0.elapsed().as_secs_f64();
     let proc_window = a.pid.and_then(|p| stats::proc_sample(p).ok());
+    let tool_window = stats::proc_sample(std::process::id()).ok();
 
     // Settle: wait for replies and deliveries still in flight, bounded.
     let settle_end = Instant::now() + Duration::from_secs_f64(a.settle);
@@ -544,6 +552,12 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             .zip(tool_settled)
             .map(|(t0, t1)| t1.cpu_ticks.saturating_sub(t0.cpu_ticks) as f64 / stats::USER_HZ),
         also_cpu_s,
+        tool_cpu_us_per_fix: tool_connected.zip(tool_window).and_then(|(t0, t1)| {
+            per_fix(
+                t1.cpu_ticks.saturating_sub(t0.cpu_ticks),
+                c.positions_sent.load(Relaxed),
+            )
+        }),
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         server_process: match (a.pid, proc0, proc_connected, proc_window, proc_settled, proc_end) {
@@ -578,6 +592,11 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU microseconds per fix: `ticks` of CPU (`/proc/<pid>/stat`) over `fixes`.
+fn per_fix(ticks: u64, fixes: u64) -> Option<f64> {
+    (fixes > 0).then(|| ticks as f64 / stats::USER_HZ * 1e6 / fixes as f64)
+}
+
 fn server_proc(
     pid: u32,
     p0: ProcSample,
@@ -594,6 +613,10 @@ fn server_proc(
         cpu_s: 0.0,
         deliveries_per_cpu_s: 0.0,
         cpu_us_per_delivery: None,
+        cpu_us_per_fix: per_fix(
+            pw.cpu_ticks.saturating_sub(p1.cpu_ticks),
+            c.positions_sent.load(Relaxed),
+        ),
         rss_kib_before: p0.rss_kib,
         rss_kib_connected: p1.rss_kib,
         rss_kib_end: pe.rss_kib,
@@ -669,9 +692,15 @@ fn human_report(r: &Report) -> String {
         if let Some(us) = p.cpu_us_per_delivery {
             s += &format!("server CPU per created delivery: {us:.3} µs\n");
         }
+        if let Some(us) = p.cpu_us_per_fix {
+            s += &format!("server CPU per position fix: {us:.2} µs\n");
+        }
     }
     if let Some(t) = r.tool_cpu_s {
         s += &format!("load tool CPU {t:.2} s (window start → settled)\n");
+    }
+    if let Some(us) = r.tool_cpu_us_per_fix {
+        s += &format!("load tool CPU per position fix: {us:.2} µs\n");
     }
     s
 }
@@ -1596,6 +1625,7 @@ mod tests {
             server_process: None,
             tool_cpu_s: None,
             also_cpu_s: BTreeMap::new(),
+            tool_cpu_us_per_fix: None,
         };
         let out = format!("noise\n{}\n", serde_json::to_string(&r).unwrap());
         let v = parse_report(&out).unwrap();

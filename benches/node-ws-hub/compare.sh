@@ -37,18 +37,8 @@ TMP=$(mktemp -d)
 LOGDIR=${LOGDIR:-/tmp/opcenter-compare}
 mkdir -p "$LOGDIR"
 rm -f "$LOGDIR"/*.json
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-wait_listen() { # file -> HOST:PORT
-  for _ in $(seq 100); do
-    a=$(sed -n 's/^listening on //p' "$1" | head -1)
-    [ -n "$a" ] && { echo "$a"; return; }
-    sleep 0.1
-  done
-  echo "server did not start" >&2; exit 1
-}
+# PIDS, cleanup at exit, wait_listen.
+source benches/common/procs.sh
 
 SECRET=compare-secret-of-at-least-32-bytes-0123456789
 printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"

@@ -153,6 +153,92 @@ async fn recommend_lists_nearest_first_with_shortfall() {
     assert_eq!(r["shortfall"], "out_of_range");
 }
 
+/// The units a recommendation at the scene names, nearest first.
+async fn recommended(console: &mut Client) -> Vec<Value> {
+    let r = console
+        .request(json!({"type":"incident.recommend","location":{"lat":SCENE.0,"lon":SCENE.1},"count":3}))
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    r["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["unit_id"].clone())
+        .collect()
+}
+
+/// A recommendation is made from committed state, on the session's task or the
+/// engine thread: a tablet's status change acknowledged just before is in it,
+/// every time.
+#[tokio::test]
+async fn recommend_reflects_a_status_change_acknowledged_just_before() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let mut near = tablet(&srv.host(), Encoding::Json, "P-NEAR", NEAR.0, NEAR.1).await;
+    let _far = tablet(&srv.host(), Encoding::Json, "P-FAR", FAR.0, FAR.1).await;
+    for round in 0..25 {
+        let ok = near.request(json!({"type":"unit.status","status":"busy"})).await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+        assert_eq!(
+            recommended(&mut console).await,
+            vec![json!("P-FAR")],
+            "round {round}"
+        );
+        let ok = near
+            .request(json!({"type":"unit.status","status":"available"}))
+            .await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+        assert_eq!(
+            recommended(&mut console).await,
+            vec![json!("P-NEAR"), json!("P-FAR")],
+            "round {round}"
+        );
+    }
+}
+
+/// A dispatcher's `incident.recommend` sent right behind its own `unit.status`,
+/// without waiting for that reply, reflects it: the session never answers a read
+/// from state that has not taken its earlier commands yet.
+#[tokio::test]
+async fn recommend_right_behind_a_dispatchers_own_command_reflects_it() {
+    let srv = TestServer::start("").await;
+    let (mut console, _) = console(&srv.host(), Encoding::Json).await;
+    let _near = tablet(&srv.host(), Encoding::Json, "P-NEAR", NEAR.0, NEAR.1).await;
+    let _far = tablet(&srv.host(), Encoding::Json, "P-FAR", FAR.0, FAR.1).await;
+    for round in 0..25u64 {
+        let (status, want) = match round % 2 {
+            0 => ("busy", json!(["P-FAR"])),
+            _ => ("available", json!(["P-NEAR", "P-FAR"])),
+        };
+        let (set, ask) = (1000 + 2 * round, 1001 + 2 * round);
+        console
+            .send(json!({"type":"unit.status","id":set,"unit_id":"P-NEAR","status":status}))
+            .await;
+        console
+            .send(json!({"type":"incident.recommend","id":ask,"location":{"lat":SCENE.0,"lon":SCENE.1},"count":3}))
+            .await;
+        // Both replies, whichever comes first (events between them are dropped).
+        let (mut ok, mut r) = (Value::Null, Value::Null);
+        while ok.is_null() || r.is_null() {
+            let v = console
+                .recv_until(|v| v["id"] == json!(set) || v["id"] == json!(ask))
+                .await;
+            match v["id"] == json!(set) {
+                true => ok = v,
+                false => r = v,
+            }
+        }
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let units: Vec<Value> = r["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["unit_id"].clone())
+            .collect();
+        assert_eq!(json!(units), want, "round {round}: {r}");
+    }
+}
+
 #[tokio::test]
 async fn decline_sends_the_incident_to_the_next_unit_never_back() {
     let srv = TestServer::start("").await;

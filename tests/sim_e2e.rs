@@ -52,3 +52,52 @@ fn opcenter_sim_report(stdout: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no JSON report in sim stdout: {stdout:?}"));
     serde_json::from_str(line).expect("report is JSON")
 }
+
+/// `opcenter sim --readers`: each read kind's round trips are timed in
+/// `latency.read`, answered without errors, and the server's CPU per read is
+/// reported (benches/reads.sh reads these fields).
+#[test]
+fn sim_readers_time_every_read_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Closed-loop readers send thousands of reads a second: lift the budget.
+    let server = BinServer::start_with_env(
+        &dir.path().join("data"),
+        "",
+        &[
+            ("OPCENTER_HUB__SESSION_RATE_PER_S", "1000000000"),
+            ("OPCENTER_HUB__SESSION_BURST", "1000000000"),
+        ],
+    );
+    let pid = server.pid().to_string();
+    for kind in ["ping", "ws-ping", "recommend", "resume"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_opcenter"))
+            .args(["sim", "--server", &server.host(), "--secret", SECRET])
+            .args(["--tablets", "20", "--consoles", "0", "--supervisors", "0"])
+            .args([
+                "--producers",
+                "0",
+                "--incident-rate",
+                "0",
+                "--position-rate",
+                "20",
+            ])
+            .args(["--readers", "2", "--read-kind", kind, "--pid", &pid])
+            .args(["--duration", "2", "--no-verify", "--json"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run opcenter sim");
+        let report = opcenter_sim_report(&String::from_utf8_lossy(&out.stdout));
+        assert!(out.status.success(), "{kind}: sim exited with {:?}", out.status);
+        assert_eq!(report["reads"]["kind"], kind, "{report}");
+        let count = report["reads"]["count"].as_u64().expect("reads.count");
+        assert!(count > 0, "{kind}: no read answered: {report}");
+        assert_eq!(report["latency"]["read"]["count"], count, "{report}");
+        assert_eq!(report["reads"]["errors"], 0, "{kind}: {report}");
+        assert!(
+            report["server_process"]["cpu_us_per_read"]
+                .as_f64()
+                .is_some_and(|us| us > 0.0),
+            "{kind}: {report}"
+        );
+    }
+}

@@ -171,6 +171,11 @@ impl BinServer {
         self.addr.to_string()
     }
 
+    /// The server's process id (`opcenter sim --pid`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// SIGKILL.
     pub(crate) fn kill9(&mut self) {
         self.process.kill();

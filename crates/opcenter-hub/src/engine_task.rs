@@ -43,6 +43,7 @@ use opcenter_proto::server::{Empty, HelloOk, IncidentBody, RecommendOk, UnitBody
 use opcenter_store::Journal;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine_view::EngineView;
 use crate::fanout::Fanout;
 use crate::fixes::{FixInbox, Numbered};
 use crate::outbox::{CloseReason, Outbox};
@@ -517,7 +518,8 @@ impl BatchEvents {
 
 /// Runs the engine thread until every sender of `rx` is gone.
 pub(crate) struct EngineTask {
-    engine: Engine,
+    /// The engine, shared with the sessions' reads between batches.
+    engine: Arc<EngineView>,
     journal: SharedJournal,
     /// The journal's last durable seq: only this thread appends, so the copy is exact.
     last_seq: u64,
@@ -687,7 +689,7 @@ impl EngineTask {
             (j.last_seq(), j.pipelined())
         };
         EngineTask {
-            engine,
+            engine: EngineView::new(engine),
             journal,
             last_seq,
             submitted_seq: last_seq,
@@ -707,6 +709,11 @@ impl EngineTask {
             positions_out: None,
             audit: None,
         }
+    }
+
+    /// The engine's state as the sessions read it between batches.
+    pub(crate) fn view(&self) -> Arc<EngineView> {
+        self.engine.clone()
     }
 
     /// Also hands each batch's accepted position fixes to `out` (role `engine`).
@@ -742,7 +749,14 @@ impl EngineTask {
         };
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        // Closed from a batch's first apply until no batch is in flight: the
+        // sessions read the engine only while everything it holds is durable.
+        let view = self.engine.clone();
+        let mut gate = None;
         loop {
+            if in_flight.is_empty() {
+                gate = None;
+            }
             // Wait for work only when nothing is in flight; else take what is
             // queued now, and finish the oldest batch when nothing is or the
             // pipeline is full.
@@ -751,6 +765,7 @@ impl EngineTask {
                 false => rx.try_next_batch(&mut batch),
             };
             if got {
+                gate.get_or_insert_with(|| view.batch());
                 let f = self.apply_batch(&mut batch);
                 // A batch that cannot be saved ends the pipeline: everything before
                 // it is finished first, then it is refused and the engine rolled back.
@@ -821,7 +836,7 @@ impl EngineTask {
                         continue;
                     }
                     let mut assigned = false;
-                    let result = self.engine.apply(&actor, command, now);
+                    let result = self.engine.engine().apply(&actor, command, now);
                     // A command that changed nothing on record (most fixes) has no
                     // records to encode, so no origin to build.
                     let result = match result {
@@ -865,7 +880,8 @@ impl EngineTask {
                 }
                 Request::Tick => {
                     if healthy {
-                        match self.engine.apply(&Actor::system(), Command::Tick, now) {
+                        let ticked = self.engine.engine().apply(&Actor::system(), Command::Tick, now);
+                        match ticked {
                             Ok(applied) => {
                                 events.push(applied.events, &Origin::new(&Actor::system(), None, now))
                             }
@@ -892,7 +908,8 @@ impl EngineTask {
                             outbox.close(REGISTRATION_FAILED);
                             continue;
                         }
-                        match self.engine.apply(&actor, Command::RegisterUnit(p), now) {
+                        let registered = self.engine.engine().apply(&actor, Command::RegisterUnit(p), now);
+                        match registered {
                             Ok(applied) => {
                                 events.push(applied.events, &Origin::new(&actor, Some(&outbox.session), now))
                             }
@@ -926,7 +943,8 @@ impl EngineTask {
                     self.unit_sessions.remove(&unit);
                     if healthy {
                         let offline = Command::UnitOffline { unit_id: unit };
-                        match self.engine.apply(&Actor::system(), offline, now) {
+                        let applied = self.engine.engine().apply(&Actor::system(), offline, now);
+                        match applied {
                             // The session whose end it was.
                             Ok(applied) => events.push(
                                 applied.events,
@@ -949,8 +967,11 @@ impl EngineTask {
             && self.submitted_seq.saturating_sub(self.last_state_seq) >= self.snapshot_every)
             .then(|| {
                 self.last_state_seq = self.submitted_seq;
-                Box::new(self.engine.snapshot())
+                Box::new(self.engine.read().snapshot())
             });
+        // One access each: a guard never lives across another.
+        let retired = self.engine.engine().take_retired();
+        let next_incident_no = self.engine.read().next_incident_no();
         InFlight {
             now,
             outcomes,
@@ -959,8 +980,8 @@ impl EngineTask {
             events,
             positions,
             state,
-            retired: self.engine.take_retired(),
-            next_incident_no: self.engine.next_incident_no(),
+            retired,
+            next_incident_no,
         }
     }
 
@@ -1077,7 +1098,7 @@ impl EngineTask {
                 role,
                 ..
             } => hello_ok(
-                &self.engine,
+                &self.engine.read(),
                 &self.shared.epoch,
                 self.last_seq,
                 &outbox,
@@ -1102,30 +1123,14 @@ impl EngineTask {
                 );
             }
             Request::Unsubscribe { outbox } => unregister_subscription(&mut self.fanout, &self.reads, outbox),
-            Request::Recommend { outbox, id, query } => match self.engine.recommend(&query, now) {
-                Ok(r) => {
-                    metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "ok")
-                        .increment(1);
-                    if let Some(m) = wire::ok_if_asked(
-                        outbox.encoding,
-                        id,
-                        RecommendOk {
-                            candidates: &r.candidates,
-                            shortfall: r.shortfall,
-                        },
-                    ) {
-                        outbox.push(m);
-                    }
-                }
-                Err(e) => {
-                    metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "error")
-                        .increment(1);
-                    outbox.push_error(id, (&e).into(), &e.to_string());
-                }
-            },
+            Request::Recommend { outbox, id, query } => {
+                let recommended = self.engine.read().recommend(&query, now);
+                answer_recommend(&outbox, id, recommended)
+            }
             Request::RemoteRecommend { query, reply } => {
                 let _ = reply.send(
                     self.engine
+                        .read()
                         .recommend(&query, now)
                         .map_err(|e| ((&e).into(), e.to_string())),
                 );
@@ -1173,7 +1178,7 @@ impl EngineTask {
             let _ = read_model::lock(&self.journal).wait_durable(self.submitted_seq);
         }
         let recovered = recover(
-            self.engine.config().clone(),
+            self.engine.read().config().clone(),
             &**read_model::lock(&self.journal),
             0,
         );
@@ -1182,7 +1187,7 @@ impl EngineTask {
                 for e in accepted {
                     engine.restore(e);
                 }
-                self.engine = engine;
+                *self.engine.engine() = engine;
             }
             // The journal cannot be read back: stop acknowledging, as after a failed append.
             Err(e) => {
@@ -1265,12 +1270,12 @@ impl EngineTask {
     /// snapshots) and a final snapshot never show unacknowledged changes.
     fn roll_back(&mut self) {
         let recovered = recover(
-            self.engine.config().clone(),
+            self.engine.read().config().clone(),
             &**read_model::lock(&self.journal),
             0,
         );
         match recovered {
-            Ok((engine, _, _)) => self.engine = engine,
+            Ok((engine, _, _)) => *self.engine.engine() = engine,
             Err(re) => tracing::error!(error = %re, "could not roll the engine back to the journal"),
         }
     }
@@ -1284,7 +1289,7 @@ impl EngineTask {
             &self.journal,
             &self.shared,
             self.last_seq,
-            &self.engine.snapshot(),
+            &self.engine.read().snapshot(),
         )
     }
 }
@@ -1374,22 +1379,27 @@ pub(crate) fn deliver(reply: ReplyTo, result: Result<Applied, CoreError>, seq: u
                 seq,
             });
         }
-        ReplyTo::Session { outbox, id } => match result {
-            Ok(applied) => {
-                let Some(id) = id else { return };
-                let msg = match &applied.reply {
-                    Reply::None | Reply::Registered { .. } => wire::ok(outbox.encoding, Some(id), Empty {}),
-                    Reply::Incident(incident) | Reply::Created { incident, .. } => {
-                        wire::ok(outbox.encoding, Some(id), IncidentBody { incident })
+        ReplyTo::Session { outbox, id } => {
+            outbox.command_answered();
+            match result {
+                Ok(applied) => {
+                    let Some(id) = id else { return };
+                    let msg = match &applied.reply {
+                        Reply::None | Reply::Registered { .. } => {
+                            wire::ok(outbox.encoding, Some(id), Empty {})
+                        }
+                        Reply::Incident(incident) | Reply::Created { incident, .. } => {
+                            wire::ok(outbox.encoding, Some(id), IncidentBody { incident })
+                        }
+                        Reply::Unit(unit) => wire::ok(outbox.encoding, Some(id), UnitBody { unit }),
+                    };
+                    if let Some(m) = msg {
+                        outbox.push(m);
                     }
-                    Reply::Unit(unit) => wire::ok(outbox.encoding, Some(id), UnitBody { unit }),
-                };
-                if let Some(m) = msg {
-                    outbox.push(m);
                 }
+                Err(e) => outbox.push_error(id, (&e).into(), &e.to_string()),
             }
-            Err(e) => outbox.push_error(id, (&e).into(), &e.to_string()),
-        },
+        }
         ReplyTo::Http(tx) => {
             let _ = tx.send(match result {
                 Ok(Applied {
@@ -1415,9 +1425,43 @@ pub(crate) fn fail(reply: ReplyTo, code: ErrorCode, message: &str) {
                 seq: 0,
             });
         }
-        ReplyTo::Session { outbox, id } => outbox.push_error(id, code, message),
+        ReplyTo::Session { outbox, id } => {
+            outbox.command_answered();
+            outbox.push_error(id, code, message)
+        }
         ReplyTo::Http(tx) => {
             let _ = tx.send(Err((code, message.into())));
+        }
+    }
+}
+
+/// Queues a recommendation (or why there is none) for the session that asked,
+/// wherever it was made: on the engine thread after a batch, or on the session's
+/// task from the [`EngineView`] between batches.
+pub(crate) fn answer_recommend(
+    outbox: &Outbox,
+    id: Option<u64>,
+    recommended: Result<opcenter_core::Recommendation, CoreError>,
+) {
+    match recommended {
+        Ok(r) => {
+            metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "ok")
+                .increment(1);
+            if let Some(m) = wire::ok_if_asked(
+                outbox.encoding,
+                id,
+                RecommendOk {
+                    candidates: &r.candidates,
+                    shortfall: r.shortfall,
+                },
+            ) {
+                outbox.push(m);
+            }
+        }
+        Err(e) => {
+            metrics::counter!(metric::COMMANDS, "type" => "incident.recommend", "outcome" => "error")
+                .increment(1);
+            outbox.push_error(id, (&e).into(), &e.to_string());
         }
     }
 }
@@ -1662,7 +1706,7 @@ mod tests {
         let out = fresh_rx.try_recv().expect("answered");
         assert!(matches!(out.result, Ok(Reply::Created { new: true, .. })));
         // Only the fresh create is in the journal, and only one incident exists.
-        assert_eq!(task.engine.open_incidents().count(), 1);
+        assert_eq!(task.engine.read().open_incidents().count(), 1);
         let seq = read_model::lock(&journal).last_seq();
         assert!(
             seq >= 1 && out.seq == seq,

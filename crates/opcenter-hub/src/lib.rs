@@ -43,6 +43,7 @@ mod bridge;
 mod citizen;
 mod eido;
 mod engine_task;
+mod engine_view;
 mod failover;
 mod fanout;
 mod fixes;
@@ -164,6 +165,10 @@ pub(crate) struct Region {
     /// The journal, for reports and timeline scans that read its history
     /// (one chunk per lock hold, off the engine and read-model threads).
     pub(crate) journal: read_model::SharedJournal,
+    /// The engine's committed state between batches, where this process runs the
+    /// region's engine (`None` on a hub node): `incident.recommend` is answered
+    /// from it on the session's task ([`engine_view`]).
+    pub(crate) view: Option<Arc<engine_view::EngineView>>,
 }
 
 /// What every request handler and session shares.
@@ -919,6 +924,7 @@ fn start_region(
             read_model::lower_priority(reads_nice);
             model.run(reads_rx)
         })?;
+    let mut view = None;
     let thread = match node {
         Node::Engine { positions_out } => {
             let task = EngineTask::new(
@@ -931,6 +937,7 @@ fn start_region(
             )
             .with_positions_out(positions_out)
             .with_audit(audit.clone());
+            view = Some(task.view());
             std::thread::Builder::new()
                 .name("opcenter-engine".into())
                 .spawn(move || task.run(engine_rx))?
@@ -963,6 +970,7 @@ fn start_region(
         reads,
         shared,
         journal,
+        view,
     };
     Ok((region, thread))
 }

@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -156,6 +156,10 @@ pub(crate) struct Outbox {
     /// The session's subscription names `regions` (a national desk): its events,
     /// position batches and subscribe replies carry their region.
     region_tags: AtomicBool,
+    /// The session's commands the engine has answered (applied and durable, or
+    /// refused): while fewer than it sent, its reads go to the engine thread,
+    /// behind them, not to the [`crate::engine_view::EngineView`].
+    commands_answered: AtomicU64,
 }
 
 impl Outbox {
@@ -180,6 +184,7 @@ impl Outbox {
             notify: Notify::new(),
             closed: AtomicBool::new(false),
             region_tags: AtomicBool::new(false),
+            commands_answered: AtomicU64::new(0),
         })
     }
 
@@ -187,6 +192,17 @@ impl Outbox {
     /// `subscribe`: true when it names `regions`).
     pub(crate) fn set_region_tags(&self, on: bool) {
         self.region_tags.store(on, Ordering::Release);
+    }
+
+    /// The engine thread answered one of this session's commands (after its
+    /// batch is durable, or refusing it).
+    pub(crate) fn command_answered(&self) {
+        self.commands_answered.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many of this session's commands the engine has answered.
+    pub(crate) fn commands_answered(&self) -> u64 {
+        self.commands_answered.load(Ordering::Acquire)
     }
 
     /// True when this session's frames carry their region (see [`Outbox::set_region_tags`]).

@@ -28,7 +28,7 @@ use opcenter_proto::client::{ClientMessage, Frame, SubTopic, Subscribe, Unplaced
 use opcenter_proto::server::Empty;
 use opcenter_proto::{Encoding, ErrorCode, decode_frame};
 
-use crate::engine_task::{ReplyTo, Request};
+use crate::engine_task::{self, ReplyTo, Request};
 use crate::frame::Prepared;
 use crate::limit::TokenBucket;
 use crate::outbox::{CloseReason, Outbox, codes};
@@ -234,6 +234,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
             actor,
             role,
             bad_in_a_row: 0,
+            commands_sent: 0,
             bucket: TokenBucket::new(
                 app.settings.hub.session_rate_per_s,
                 app.settings.hub.session_burst,
@@ -347,6 +348,8 @@ struct Reader<'a> {
     actor: Actor,
     role: Role,
     bad_in_a_row: u32,
+    /// Commands sent to an engine; see [`Outbox::commands_answered`].
+    commands_sent: u64,
     bucket: TokenBucket,
 }
 
@@ -444,6 +447,9 @@ impl<'a> Reader<'a> {
         match self.to_requests(frame, read_at) {
             Ok(requests) => {
                 for (region, request) in requests {
+                    if matches!(request, Request::Command { .. }) {
+                        self.commands_sent += 1;
+                    }
                     if region.engine_tx.send(request).await.is_err() {
                         self.error(id, ErrorCode::Internal, "server is shutting down");
                         return false;
@@ -508,6 +514,18 @@ impl<'a> Reader<'a> {
             return Ok(Vec::new());
         }
         let region = app.region(frame.region.as_deref())?;
+        // A recommendation from the engine's committed state, here, when the
+        // engine thread is between batches and has answered every command this
+        // session sent (so it reflects them); else the engine answers after its
+        // batch.
+        if let Allowed::Recommend(query) = &allowed
+            && let Some(view) = &region.view
+            && self.outbox.commands_answered() == self.commands_sent
+            && let Some(recommended) = view.try_read(|e| e.recommend(query, engine_task::now_ms()))
+        {
+            engine_task::answer_recommend(self.outbox, id, recommended);
+            return Ok(Vec::new());
+        }
         let subscribes = matches!(allowed, Allowed::Subscribe { .. });
         let mut requests: Vec<_> = self
             .to_request(id, allowed, read_at)?

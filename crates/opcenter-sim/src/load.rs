@@ -131,6 +131,29 @@ pub struct LoadArgs {
     /// nodes): each one's CPU seconds over the same span as `server_process.cpu_s`.
     #[arg(long = "also-pid", value_name = "PID")]
     pub also_pids: Vec<u32>,
+    /// Dispatcher sessions that each send one read (`--read-kind`), wait for its
+    /// reply and send the next, for the whole window: `latency.read` in the report.
+    #[arg(long, default_value_t = 0)]
+    pub readers: usize,
+    /// What the `--readers` send.
+    #[arg(long, value_enum, default_value_t = ReadKind::Ping)]
+    pub read_kind: ReadKind,
+}
+
+/// What a `--readers` session sends, one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadKind {
+    /// `ping` with an `id`: answered `ok` by the session.
+    Ping,
+    /// `incident.recommend` at a random location in the city (3 candidates).
+    Recommend,
+    /// `subscribe` to `incidents` with `since` the cut of the previous reply: a
+    /// resume from memory (the reply is timed; its replay, if any, is read after).
+    Resume,
+    /// A WebSocket ping control frame, answered with a pong by the WebSocket layer:
+    /// the floor of a round trip through the server's socket code.
+    WsPing,
 }
 
 impl LoadArgs {
@@ -160,6 +183,8 @@ struct Counters {
     events: AtomicU64,
     created_events: AtomicU64,
     resubscribes: AtomicU64,
+    reads: AtomicU64,
+    read_errors: AtomicU64,
     first_send_us: AtomicU64,
     last_delivery_us: AtomicU64,
 }
@@ -181,6 +206,7 @@ struct Shared {
     create_assignment: Latency,
     fanout: Latency,
     staleness: Latency,
+    read: Latency,
     created_ids: Mutex<Vec<String>>,
     /// `created` events received so far, per console (the `--window` closed loop).
     delivered: Vec<AtomicU64>,
@@ -257,6 +283,23 @@ pub struct Report {
     /// window (what one fix costs the tool: its ceiling is about 1e6 / this per
     /// core it gets). `None` without fixes.
     pub tool_cpu_us_per_fix: Option<f64>,
+    /// `--readers`: what they sent and how many round trips they completed.
+    pub reads: Option<Reads>,
+}
+
+/// The closed-loop readers' tally (`--readers`).
+#[derive(Debug, Serialize)]
+pub struct Reads {
+    /// What each reader sent.
+    pub kind: ReadKind,
+    /// Readers.
+    pub readers: usize,
+    /// Round trips completed in the window (replies of any type).
+    pub count: u64,
+    /// Of those, answered `error`.
+    pub errors: u64,
+    /// Round trips per second.
+    pub per_s: f64,
 }
 
 /// Incident counts. Invariant checked: `created == assigned + pending + lost`.
@@ -293,6 +336,8 @@ pub struct Latencies {
     pub fanout: Summary,
     /// position `at_ms` → supervisor receive.
     pub position_staleness: Summary,
+    /// A `--readers` read: the request written → its reply read (closed loop).
+    pub read: Summary,
 }
 
 /// Throughput over the window.
@@ -333,6 +378,9 @@ pub struct ServerProc {
     /// Server CPU microseconds per position fix the tablets sent, over the window
     /// (the window's CPU ÷ fixes sent in it). `None` without fixes.
     pub cpu_us_per_fix: Option<f64>,
+    /// Server CPU microseconds per `--readers` round trip (all of the server's CPU
+    /// over the span: subtract a run without readers for the reads' own share).
+    pub cpu_us_per_read: Option<f64>,
     /// RSS before connecting, KiB.
     pub rss_kib_before: u64,
     /// RSS with every connection set up, KiB.
@@ -352,7 +400,8 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         args.supervisors = 0;
         args.position_rate = 0.0;
     }
-    let planned_conns = args.tablets + args.consoles + args.supervisors + args.producers + args.resubscribers;
+    let planned_conns =
+        args.tablets + args.consoles + args.supervisors + args.producers + args.resubscribers + args.readers;
     if let Some(limit) = stats::open_files_limit()
         && (limit as usize) < planned_conns + 64
     {
@@ -374,6 +423,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         create_assignment: Latency::default(),
         fanout: Latency::default(),
         staleness: Latency::default(),
+        read: Latency::default(),
         created_ids: Mutex::new(Vec::new()),
         delivered: (0..args.consoles).map(|_| AtomicU64::new(0)).collect(),
         progress: tokio::sync::Notify::new(),
@@ -401,6 +451,9 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     }
     for i in 0..a.resubscribers {
         tasks.spawn(run_task(resubscriber(sh.clone(), i)));
+    }
+    for i in 0..a.readers {
+        tasks.spawn(run_task(reader(sh.clone(), i, rng.random())));
     }
     for i in 0..a.tablets {
         tasks.spawn(run_task(tablet(sh.clone(), i, rng.random())));
@@ -520,6 +573,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             ("supervisors", a.supervisors as u64),
             ("resubscribers", a.resubscribers as u64),
             ("producers", a.producers as u64),
+            ("readers", a.readers as u64),
         ]),
         connected: c.connected.load(Relaxed),
         connect_failures: c.connect_failures.load(Relaxed),
@@ -532,6 +586,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             create_assignment: sh.create_assignment.summary(),
             fanout: sh.fanout.summary(),
             position_staleness: sh.staleness.summary(),
+            read: sh.read.summary(),
         },
         throughput: Throughput {
             positions_sent_per_s: c.positions_sent.load(Relaxed) as f64 / window_s,
@@ -558,6 +613,13 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
                 c.positions_sent.load(Relaxed),
             )
         }),
+        reads: (a.readers > 0).then(|| Reads {
+            kind: a.read_kind,
+            readers: a.readers,
+            count: c.reads.load(Relaxed),
+            errors: c.read_errors.load(Relaxed),
+            per_s: c.reads.load(Relaxed) as f64 / window_s,
+        }),
         errors: sh.error_codes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         error_samples: sh.error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         server_process: match (a.pid, proc0, proc_connected, proc_window, proc_settled, proc_end) {
@@ -571,6 +633,10 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
                 };
                 if created_deliveries > 0 {
                     sp.cpu_us_per_delivery = Some(sp.cpu_s * 1e6 / created_deliveries as f64);
+                }
+                let reads = c.reads.load(Relaxed);
+                if reads > 0 {
+                    sp.cpu_us_per_read = Some(sp.cpu_s * 1e6 / reads as f64);
                 }
                 Some(sp)
             }
@@ -617,6 +683,7 @@ fn server_proc(
             pw.cpu_ticks.saturating_sub(p1.cpu_ticks),
             c.positions_sent.load(Relaxed),
         ),
+        cpu_us_per_read: None,
         rss_kib_before: p0.rss_kib,
         rss_kib_connected: p1.rss_kib,
         rss_kib_end: pe.rss_kib,
@@ -657,6 +724,17 @@ fn human_report(r: &Report) -> String {
     s += &format!("create → assignment  {}\n", l.create_assignment.line());
     s += &format!("create → console     {}\n", l.fanout.line());
     s += &format!("position staleness   {}\n", l.position_staleness.line());
+    if let Some(r) = &r.reads {
+        s += &format!(
+            "read ({:?} ×{})      {}\n  {} round trips ({} errors) at {:.0}/s\n",
+            r.kind,
+            r.readers,
+            l.read.line(),
+            r.count,
+            r.errors,
+            r.per_s
+        );
+    }
     let t = &r.throughput;
     s += &format!(
         "positions sent {:.0}/s received {:.0}/s | console events {:.0}/s | created deliveries {}/{} at {:.0}/s\n",
@@ -695,6 +773,9 @@ fn human_report(r: &Report) -> String {
         if let Some(us) = p.cpu_us_per_fix {
             s += &format!("server CPU per position fix: {us:.2} µs\n");
         }
+        if let Some(us) = p.cpu_us_per_read {
+            s += &format!("server CPU per read (all of its CPU over the window): {us:.2} µs\n");
+        }
     }
     if let Some(t) = r.tool_cpu_s {
         s += &format!("load tool CPU {t:.2} s (window start → settled)\n");
@@ -710,7 +791,12 @@ fn progress(sh: &Shared, phase: &str, t: f64, rates: Option<(f64, f64, f64)>) {
     let mut line = format!(
         "[{phase} {t:5.1}s] conns {}/{} failed {} | created {}/{} assigned {} | errors {}",
         c.connected.load(Relaxed),
-        sh.args.tablets + sh.args.consoles + sh.args.supervisors + sh.args.producers,
+        sh.args.tablets
+            + sh.args.consoles
+            + sh.args.supervisors
+            + sh.args.producers
+            + sh.args.resubscribers
+            + sh.args.readers,
         c.connect_failures.load(Relaxed),
         c.creates_ok.load(Relaxed),
         c.creates_sent.load(Relaxed),
@@ -865,6 +951,21 @@ async fn raw_setup(
     server: &str,
     token: &str,
 ) -> anyhow::Result<(tokio::net::TcpStream, FrameReader)> {
+    let setup = [
+        json!({"type": "hello", "id": 1, "token": token, "protocol": 1}),
+        json!({"type": "subscribe", "id": 2, "topics": ["incidents"]}),
+    ];
+    let (tcp, reader, _) = raw_connect(sh, server, &setup).await?;
+    Ok((tcp, reader))
+}
+
+/// A raw connection: handshake, then each of `setup` (commands with an `id`) sent
+/// and answered `ok`; the replies, in order.
+async fn raw_connect(
+    sh: &Shared,
+    server: &str,
+    setup: &[serde_json::Value],
+) -> anyhow::Result<(tokio::net::TcpStream, FrameReader, Vec<Frame>)> {
     let addr = tokio::net::lookup_host(server)
         .await?
         .next()
@@ -885,22 +986,19 @@ async fn raw_setup(
     let left = rawws::client_handshake(&mut tcp, server).await?;
     let mut reader = FrameReader::new(RAW_READ_BUFFER, &left);
     let enc = sh.args.encoding;
-    for (id, cmd) in [
-        (
-            1,
-            json!({"type": "hello", "id": 1, "token": token, "protocol": 1}),
-        ),
-        (2, json!({"type": "subscribe", "id": 2, "topics": ["incidents"]})),
-    ] {
-        raw_send(&mut tcp, enc, &cmd).await?;
+    let mut replies = Vec::with_capacity(setup.len());
+    for cmd in setup {
+        let id = cmd["id"].as_u64().unwrap_or(0);
+        raw_send(&mut tcp, enc, cmd).await?;
         let reply = tokio::time::timeout(Duration::from_secs(30), raw_reply(&mut tcp, &mut reader, id))
             .await
             .with_context(|| format!("no reply to command {id}"))??;
         if reply.ty != "ok" {
             bail!("command {id}: {} {:?}", reply.ty, reply.code);
         }
+        replies.push(reply);
     }
-    Ok((tcp, reader))
+    Ok((tcp, reader, replies))
 }
 
 /// Kernel receive buffer of a raw console socket, bytes.
@@ -925,17 +1023,23 @@ async fn raw_send(
     Ok(())
 }
 
+/// A raw data frame decoded (`None`: a control frame or not a frame we know).
+fn raw_frame(opcode: u8, payload: &[u8]) -> Option<Frame> {
+    match opcode {
+        rawws::OP_TEXT => serde_json::from_slice(payload).ok(),
+        rawws::OP_BINARY => rmp_serde::from_slice(payload).ok(),
+        _ => None,
+    }
+}
+
 /// Reads frames until the reply to `id`.
 async fn raw_reply(tcp: &mut tokio::net::TcpStream, r: &mut FrameReader, id: u64) -> anyhow::Result<Frame> {
     loop {
         while let Some((h, p)) = r.next_frame()? {
-            let f: Option<Frame> = match h.opcode {
-                rawws::OP_TEXT => serde_json::from_slice(p).ok(),
-                rawws::OP_BINARY => rmp_serde::from_slice(p).ok(),
-                rawws::OP_CLOSE => bail!("closed by server"),
-                _ => None,
-            };
-            if let Some(f) = f.filter(|f| f.id == Some(id)) {
+            if h.opcode == rawws::OP_CLOSE {
+                bail!("closed by server");
+            }
+            if let Some(f) = raw_frame(h.opcode, p).filter(|f| f.id == Some(id)) {
                 return Ok(f);
             }
         }
@@ -1016,6 +1120,133 @@ async fn raw_console(sh: Arc<Shared>, i: usize) -> anyhow::Result<()> {
         &mut close,
     );
     let _ = tcp.write_all(&close).await;
+    Ok(())
+}
+
+/// A `--readers` session: from the window's start to its end, sends one read
+/// (`--read-kind`), waits for its reply (the reply to its `id`, or the pong with its
+/// payload) and records the round trip, then sends the next. A raw socket, as the
+/// fan-out consoles: the tool adds as little as it can to what it measures. Pings
+/// from the server are answered on the way; other frames (a resume's replay) are
+/// read and dropped.
+async fn reader(sh: Arc<Shared>, i: usize, seed: u64) -> anyhow::Result<()> {
+    let kind = sh.args.read_kind;
+    let enc = sh.args.encoding;
+    let token = wire::token(&sh.secret, Role::Dispatcher, &format!("load-reader-{i}"));
+    let mut setup = vec![json!({"type": "hello", "id": 1, "token": token, "protocol": 1})];
+    if kind == ReadKind::Resume {
+        setup.push(json!({"type": "subscribe", "id": 2, "topics": ["incidents"]}));
+    }
+    let connected = {
+        // The semaphore is never closed.
+        let _slot = sh.connect_slots.acquire().await.expect("semaphore open");
+        tokio::select! {
+            r = raw_connect(&sh, &sh.args.server, &setup) => r,
+            _ = sh.cancel.cancelled() => Err(anyhow::anyhow!("cancelled")),
+        }
+    };
+    let (mut tcp, mut frames, replies) = match connected {
+        Ok(x) => x,
+        Err(e) => {
+            sh.c.connect_failures.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+    };
+    sh.c.connected.fetch_add(1, Relaxed);
+    let mut cut = replies
+        .last()
+        .map(|f| (f.epoch.clone().unwrap_or_default(), f.seq.unwrap_or(0)))
+        .unwrap_or_default();
+    tokio::select! {
+        _ = sh.go.cancelled() => {}
+        _ = sh.cancel.cancelled() => return Ok(()),
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut out, mut pongs, mut took) = (Vec::new(), Vec::new(), Vec::new());
+    let mut id = 10u64;
+    while !sh.stop_load.is_cancelled() {
+        id += 1;
+        out.clear();
+        let request = match kind {
+            ReadKind::WsPing => None,
+            ReadKind::Ping => Some(json!({"type": "ping", "id": id})),
+            ReadKind::Recommend => {
+                let (x, y) = sh.city.random_xy(&mut rng);
+                let p = sh.city.to_latlon(x, y);
+                Some(
+                    json!({"type": "incident.recommend", "id": id, "location": {"lat": p.lat, "lon": p.lon}}),
+                )
+            }
+            ReadKind::Resume => Some(json!({"type": "subscribe", "id": id, "topics": ["incidents"],
+                "since": {"epoch": cut.0, "seq": cut.1}})),
+        };
+        match request.map(|r| enc.encode(&r)) {
+            None => rawws::encode(rawws::OP_PING, &id.to_be_bytes(), Some(rand::random()), &mut out),
+            Some(Message::Text(t)) => {
+                rawws::encode(rawws::OP_TEXT, t.as_bytes(), Some(rand::random()), &mut out)
+            }
+            Some(Message::Binary(b)) => rawws::encode(rawws::OP_BINARY, &b, Some(rand::random()), &mut out),
+            Some(_) => unreachable!("encode makes data frames"),
+        }
+        let sent = std::time::Instant::now();
+        tcp.write_all(&out).await?;
+        let mut answered = false;
+        while !answered {
+            while let Some((h, p)) = frames.next_frame()? {
+                match h.opcode {
+                    rawws::OP_PONG if kind == ReadKind::WsPing && p == id.to_be_bytes() => answered = true,
+                    rawws::OP_PING => rawws::encode(rawws::OP_PONG, p, Some(rand::random()), &mut pongs),
+                    rawws::OP_CLOSE => {
+                        if !sh.cancel.is_cancelled() {
+                            sh.c.disconnects.fetch_add(1, Relaxed);
+                        }
+                        return Ok(());
+                    }
+                    op => {
+                        let Some(f) = raw_frame(op, p).filter(|f| f.id == Some(id)) else {
+                            continue;
+                        };
+                        answered = true;
+                        if f.ty == "error" {
+                            sh.c.read_errors.fetch_add(1, Relaxed);
+                            sh.error_reply(&f);
+                        } else if let (Some(epoch), Some(seq)) = (f.epoch, f.seq) {
+                            cut = (epoch, seq);
+                        }
+                    }
+                }
+            }
+            if answered {
+                // Timed before anything else: the pongs owed go after.
+                took.push(sent.elapsed().as_micros() as u64);
+            }
+            if !pongs.is_empty() {
+                tcp.write_all(&pongs).await?;
+                pongs.clear();
+            }
+            if answered {
+                break;
+            }
+            let n = tokio::select! {
+                n = tokio::time::timeout(Duration::from_secs(60), frames.fill(&mut tcp)) => {
+                    n.context("no reply in 60 s")??
+                }
+                _ = sh.cancel.cancelled() => return Ok(()),
+            };
+            if n == 0 {
+                if !sh.cancel.is_cancelled() {
+                    sh.c.disconnects.fetch_add(1, Relaxed);
+                }
+                return Ok(());
+            }
+        }
+        if took.len() >= 1024 {
+            sh.c.reads.fetch_add(took.len() as u64, Relaxed);
+            sh.read.record_all(took.drain(..));
+        }
+    }
+    sh.c.reads.fetch_add(took.len() as u64, Relaxed);
+    sh.read.record_all(took.drain(..));
     Ok(())
 }
 
@@ -1609,6 +1840,7 @@ mod tests {
                 create_assignment: s,
                 fanout: s,
                 position_staleness: s,
+                read: s,
             },
             throughput: Throughput {
                 positions_sent_per_s: 0.0,
@@ -1626,12 +1858,21 @@ mod tests {
             tool_cpu_s: None,
             also_cpu_s: BTreeMap::new(),
             tool_cpu_us_per_fix: None,
+            reads: Some(Reads {
+                kind: ReadKind::WsPing,
+                readers: 2,
+                count: 10,
+                errors: 0,
+                per_s: 10.0,
+            }),
         };
         let out = format!("noise\n{}\n", serde_json::to_string(&r).unwrap());
         let v = parse_report(&out).unwrap();
         assert_eq!(v["incidents"]["lost"], 0);
         assert_eq!(v["encoding"], "msgpack");
         assert_eq!(v["latency"]["create_ok"]["count"], 0);
+        assert_eq!(v["reads"]["kind"], "ws-ping");
+        assert_eq!(v["latency"]["read"]["count"], 0);
         assert!(human_report(&r).contains("LOST 0"));
     }
 }

@@ -212,7 +212,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
     metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).increment(1.0);
     tracing::debug!(sub = %claims.sub, "session authenticated");
 
-    let stop = Stop::default();
+    let stop = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
         sink,
         outbox.clone(),
@@ -284,7 +284,12 @@ fn actor_of(claims: &Claims) -> Actor {
 /// ends (and stops the reader) on a close or a write error. Each write is the
 /// writer's turn ([`Outbox::drain`], [`Outbox::take`]): it begins with the rest
 /// of a frame the engine's write left unfinished, if any.
-async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, ping_every: std::time::Duration, stop: Stop) {
+async fn write_loop(
+    mut sink: Sink,
+    outbox: Arc<Outbox>,
+    ping_every: std::time::Duration,
+    stop: CancellationToken,
+) {
     let control = sink.control();
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -318,28 +323,7 @@ async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, ping_every: std::time::
             break;
         }
     }
-    stop.stop();
-}
-
-/// The writer's "I ended" to the reader. Waiting on a [`CancellationToken`] takes
-/// its lock on every poll, and the reader's `select!` polls it on every frame; so
-/// the reader polls the wait once (which registers its waker) and again only once
-/// the flag, one atomic load, says the writer stopped.
-#[derive(Clone, Default)]
-struct Stop {
-    flag: Arc<std::sync::atomic::AtomicBool>,
-    token: CancellationToken,
-}
-
-impl Stop {
-    fn stop(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.token.cancel();
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
+    stop.cancel();
 }
 
 struct Reader<'a> {
@@ -354,21 +338,19 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    async fn read_loop(&mut self, stream: &mut Stream, stop: &Stop) {
+    async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
         let idle = self.app.settings.hub.idle_timeout;
         // One timer and one cancellation future for the whole session, not one per
         // frame: a tablet sends a fix every second or so, for hours.
         let mut last_heard = tokio::time::Instant::now();
         let silence = tokio::time::sleep_until(last_heard + idle);
         tokio::pin!(silence);
-        let stopped = stop.token.cancelled();
+        let stopped = stop.cancelled();
         tokio::pin!(stopped);
-        // The wait is registered (with this task's waker) once polled.
-        let mut registered = false;
         loop {
             let item = tokio::select! {
                 biased;
-                _ = &mut stopped, if !registered || stop.is_stopped() => return,
+                _ = &mut stopped => return,
                 item = stream.next() => item,
                 _ = &mut silence => {
                     if last_heard.elapsed() < idle {
@@ -383,7 +365,6 @@ impl<'a> Reader<'a> {
                     return;
                 }
             };
-            registered = true;
             last_heard = tokio::time::Instant::now();
             // The latency metrics start here, when the frame is off the socket.
             let read_at = last_heard.into_std();

@@ -18,6 +18,7 @@
 # opcenter build, BASE_BIN (an older commit, to compare a change in the same run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/servers.sh
 CONSOLES=${1:-1000}
 EVENTS=${2:-10000}
 RUNS=${3:-3}
@@ -31,24 +32,10 @@ read -r -a SIMCMD <<< "${SIM:-$BIN sim}"
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin opcenter" >&2; exit 1; }
 [ -x "$TRIVIAL" ] || { echo "build first: cargo build --release -p opcenter-sim --example trivial_sender" >&2; exit 1; }
 [ -d benches/node-ws-hub/node_modules/ws ] || (cd benches/node-ws-hub && npm install --no-audit --no-fund >/dev/null)
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-TMP=$(mktemp -d)
 # Logs and JSON reports of every run stay here for inspection.
 LOGDIR=${LOGDIR:-/tmp/opcenter-compare}
 mkdir -p "$LOGDIR"
 rm -f "$LOGDIR"/*.json
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-wait_listen() { # file -> HOST:PORT
-  for _ in $(seq 100); do
-    a=$(sed -n 's/^listening on //p' "$1" | head -1)
-    [ -n "$a" ] && { echo "$a"; return; }
-    sleep 0.1
-  done
-  echo "server did not start" >&2; exit 1
-}
 
 SECRET=compare-secret-of-at-least-32-bytes-0123456789
 printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"

@@ -26,25 +26,11 @@ TRIVIAL=${TRIVIAL:-target/release/examples/trivial_sender}
 read -r -a SIMCMD <<< "${SIM:-$BIN sim}"
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin opcenter" >&2; exit 1; }
 [ -x "$TRIVIAL" ] || { echo "build first: cargo build --release -p opcenter-sim --example trivial_sender" >&2; exit 1; }
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 need=$((CONSOLES + 100))
 [ "$(ulimit -n)" -ge "$need" ] || { echo "open files limit $(ulimit -n) < $need: raise it (ulimit -n)" >&2; exit 1; }
-TMP=$(mktemp -d)
 LOGDIR=${LOGDIR:-/tmp/opcenter-fanout-10k}
-mkdir -p "$LOGDIR"
-rm -f "$LOGDIR"/*.json
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-wait_listen() { # file -> HOST:PORT
-  for _ in $(seq 100); do
-    a=$(sed -n 's/^listening on //p' "$1" | head -1)
-    [ -n "$a" ] && { echo "$a"; return; }
-    sleep 0.1
-  done
-  echo "server did not start" >&2; exit 1
-}
+# The open-files limit, TMP, LOGDIR emptied of reports, PIDS killed at exit, wait_listen.
+source benches/common/serve.sh
 
 SECRET=fanout-10k-secret-of-at-least-32-bytes-0123456789
 # The queue bound per console stays the default: a console that falls behind is closed

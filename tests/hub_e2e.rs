@@ -431,6 +431,64 @@ async fn positions_reach_supervisors_inside_their_area_only() {
     assert_eq!(console.request(json!({"type":"ping"})).await["type"], "ok");
 }
 
+/// Fixes without an `id` wait in the engine's inbox for its next batch: a
+/// tablet's burst of them is applied in the order sent and before the tablet's
+/// next command; an older fix in the burst never wins, the last one does, for
+/// consoles and supervisors alike.
+#[tokio::test]
+async fn a_burst_of_fixes_applies_in_order_before_the_next_command_and_the_latest_wins() {
+    let srv = TestServer::start("[hub]\nposition_interval_ms = 20\n").await;
+    let (mut sup, _) = Client::login(&srv.host(), Encoding::Msgpack, &token(Role::Supervisor, "s1")).await;
+    sup.request(json!({"type":"subscribe","topics":["positions"]}))
+        .await;
+    let mut t = tablet(&srv.host(), Encoding::Json, "P-1", NEAR.0, NEAR.1).await;
+    // 300 fixes 5 m apart going north, 1 ms apart, after the tablet's first fix.
+    let at = opcenter_sim::wire::now_ms() + 1_000;
+    let lat = |i: u64| NEAR.0 + i as f64 * 0.000045;
+    for i in 1..=300 {
+        t.send(json!({"type":"unit.position","lat":lat(i),"lon":NEAR.1,"at_ms":at + i}))
+            .await;
+        if i == 150 {
+            // Older than what the unit has by then: accepted, never applied.
+            t.send(json!({"type":"unit.position","lat":FAR.0,"lon":FAR.1,"at_ms":at}))
+                .await;
+        }
+    }
+    let ok = t
+        .request(json!({"type":"unit.status","status":"available"}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let (_console, snap) = console(&srv.host(), Encoding::Json).await;
+    let unit = snap["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "P-1")
+        .unwrap()
+        .clone();
+    assert_eq!(unit["location"]["lat"], json!(lat(300)), "{unit}");
+    assert_eq!(unit["location"]["lon"], json!(NEAR.1), "{unit}");
+    // Supervisors see the unit end at the last fix, never at the older one.
+    let last = json!(lat(300));
+    loop {
+        let p = sup.recv_until(|f| f["type"] == "positions").await;
+        let items = p["items"].as_array().unwrap();
+        assert!(items.iter().all(|i| i["lat"] != json!(FAR.0)), "{p}");
+        if items.iter().any(|i| i["unit_id"] == "P-1" && i["lat"] == last) {
+            break;
+        }
+    }
+    // No error for any of them (an error would have come before the status's `ok`).
+    t.send(json!({"type":"ping","id":999})).await;
+    loop {
+        let f = t.recv().await;
+        assert_ne!(f["type"], "error", "{f}");
+        if f["id"] == 999 {
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn slow_consumer_is_closed_4008_and_others_keep_going() {
     let srv = TestServer::start("[hub]\nmax_frame_bytes = 8192\nsession_queue_bytes = 262144\n").await;

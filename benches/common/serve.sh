@@ -1,6 +1,6 @@
-# Shared by benches/positions.sh and benches/node-ws-hub/compare.sh (sourced, not
-# run): the open-files limit, a temp dir TMP, the report dir LOGDIR (emptied of
-# JSON reports), PIDS killed on exit by their own pid, and wait_listen.
+# Shared by the benchmark scripts that start servers (sourced, not run): the
+# open-files limit, a temp dir TMP, the report dir LOGDIR (emptied of JSON
+# reports), PIDS killed on exit by their own pid, and wait_listen.
 # Env: LOGDIR (each script gives its default before sourcing this).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d)

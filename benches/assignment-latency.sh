@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Create → assignment at the tablet under recipe 1 of docs/performance.md (issue 13,
+# target 4): 5 000 tablets, 200 consoles, 1 supervisor, 50 creates/s, 20 000 positions/s.
+# Quoted both ways: the load tool's (producer's send → the `assigned` event read on the
+# tablet; the tool shares the cores) and the server's own histogram
+# `opcenter_assignment_written_seconds` (create frame read → assignment written to the
+# tablet's socket), as the share of samples within each bucket bound and the bucket
+# that holds the p99.
+#
+# Usage: benches/assignment-latency.sh [RUNS=1] [DURATION=30]
+# Needs: cargo build --release --bin opcenter. SIDES (default "opcenter"); side
+# `baseline` runs BASE_BIN (another build) in the same script run. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-1}
+DURATION=${2:-30}
+SIDES=${SIDES:-opcenter}
+BIN=${BIN:-target/release/opcenter}
+[ -x "$BIN" ] || { echo "build first: cargo build --release --bin opcenter" >&2; exit 1; }
+LOGDIR=${LOGDIR:-/tmp/opcenter-assignment}
+# The open-files limit, TMP, LOGDIR emptied of reports, PIDS killed at exit, wait_listen.
+source benches/common/serve.sh
+SECRET=assignment-latency-secret-of-at-least-32-bytes
+printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"
+
+for run in $(seq "$RUNS"); do
+  for side in $SIDES; do
+    b=$BIN; [ "$side" = baseline ] && b=${BASE_BIN:?set BASE_BIN for the baseline side}
+    rm -rf "$TMP/data" "$TMP/srv.out"
+    RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
+    SRV=$!; PIDS+=("$SRV")
+    ADDR=$(wait_listen "$TMP/srv.out")
+    timeout 600 "$BIN" sim --server "$ADDR" --secret "$SECRET" --pid "$SRV" --tablets 5000 --consoles 200 \
+      --supervisors 1 --incident-rate 50 --position-rate 20000 --duration "$DURATION" --json \
+      > "$LOGDIR/$side-$run.json" 2> "$LOGDIR/sim-$side-$run.err" || true
+    curl -s "http://$ADDR/metrics" > "$LOGDIR/metrics-$side-$run.txt" || true
+    kill "$SRV" 2>/dev/null || true
+    wait "$SRV" 2>/dev/null || true
+  done
+done
+
+python3 - "$LOGDIR" "$SIDES" "$RUNS" <<'EOF'
+import json, re, sys
+d, sides, runs = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+for run in range(1, runs + 1):
+    for side in sides:
+        try:
+            r = json.loads(open(f"{d}/{side}-{run}.json").read().strip().split("\n")[-1])
+        except Exception:
+            print(f"run {run} {side}: no report (see {d}/sim-{side}-{run}.err)")
+            continue
+        a, ok = r["latency"]["create_assignment"], r["latency"]["create_ok"]
+        t, i, p = r["throughput"], r["incidents"], r["server_process"]
+        m = open(f"{d}/metrics-{side}-{run}.txt").read()
+        name = "opcenter_assignment_written_seconds"
+        buckets = [(float(le), float(v)) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)', m, re.M)]
+        total = dict(buckets).get(float("inf"), 0.0)
+        share = "  ".join(f"≤{le * 1000:g} ms {v / total:.1%}" for le, v in buckets if le <= 0.01) if total else "no samples"
+        p99 = next((le for le, v in buckets if total and v / total >= 0.99), float("nan"))
+        print(f"run {run} {side}: tool create→assignment p50 {a['p50_us'] / 1000:.2f} ms p99 {a['p99_us'] / 1000:.2f} ms"
+              f" (n {a['count']}); create→ok p50 {ok['p50_us'] / 1000:.2f} ms p99 {ok['p99_us'] / 1000:.2f} ms;"
+              f" positions {t['positions_sent_per_s']:.0f}/s; server CPU {p['cpu_percent']:.0f}%; lost {i['lost']}")
+        print(f"   in-server {name}: {int(total)} samples, {share}; p99 within ≤{p99 * 1000:g} ms")
+EOF

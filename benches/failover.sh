@@ -44,7 +44,7 @@ echo "# trials $TRIALS, $RATE creates/s for ${SECONDS_LOAD}s, kill -9 at ${KILL_
 nats_up r3
 node a engine fo 'node = "a"'
 wait_healthz a "ok active"
-node b engine fo 'node = "b"'
+STANDBY=1 node b engine fo 'node = "b"'
 wait_healthz b "ok standby"
 node h hub fo
 warm "${NODE_ADDR[h]}"
@@ -87,7 +87,7 @@ PY
     printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s\n' \
         "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag"
     echo "$line ${replay_ms:-0} ${replayed:-0}" >>"$T/res"
-    node "$active" engine fo "node = \"$active\""
+    STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"
     tmp=$active
     active=$standby

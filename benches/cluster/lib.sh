@@ -93,7 +93,8 @@ node() {
     fi
     # An engine node listens (answering `ok standby`) before it holds the region's
     # lease and has recovered its state: it serves once /healthz says `ok active`.
-    if [ "$kind" = engine ] || [ "$kind" = both ]; then
+    # STANDBY=1: the caller starts it to stand by (another holds the lease).
+    if { [ "$kind" = engine ] || [ "$kind" = both ]; } && [ -z "${STANDBY:-}" ]; then
         for _ in $(seq 24000); do
             [ "$(curl -s "http://$addr/healthz")" = "ok active" ] && break
             kill -0 "$pid" 2>/dev/null || break

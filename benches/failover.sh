@@ -13,8 +13,9 @@
 #   - from the new engine's /metrics: replay ms (`opcenter_replay_seconds`: a warm
 #     standby's tail replay, or a cold snapshot load + replay), records replayed
 #     and the seq it replayed from; the standby's lag (records) just before the kill.
-# The killed engine is started again (it stands by) before the next trial; the
-# trials alternate which engine is active. p50/max at the end.
+# The killed engine is started again and, before the next trial, waited for
+# until it follows the stream (warm: its lag gauge ≤ 2 000 records; the time that
+# took is printed); the trials alternate which engine is active. p50/max at the end.
 #
 #   cargo build --release --bin opcenter
 #   benches/failover.sh [TRIALS=20] [RATE=2000]
@@ -39,6 +40,25 @@ wait_healthz() { # NAME WANT
     exit 1
 }
 
+# wait_warm NAME -> WARM_MS: a standby is warm once it follows the stream (its
+# opcenter_standby_lag_records gauge exists and says ≤ 2 000 records). A fresh
+# process first loads the snapshot and walks the audit chain (the whole stream):
+# a kill before that would measure a cold start, not a handover.
+wait_warm() {
+    local t0 lag
+    t0=$(date +%s%3N)
+    for _ in $(seq 3000); do
+        lag=$(metric "$1" opcenter_standby_lag_records)
+        if [ -n "$lag" ] && [ "${lag%.*}" -le 2000 ]; then
+            WARM_MS=$(($(date +%s%3N) - t0))
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "standby $1 never caught up" >&2
+    exit 1
+}
+
 load_note
 echo "# trials $TRIALS, $RATE creates/s for ${SECONDS_LOAD}s, kill -9 at ${KILL_AT}s"
 nats_up r3
@@ -46,6 +66,7 @@ node a engine fo 'node = "a"'
 wait_healthz a "ok active"
 STANDBY=1 node b engine fo 'node = "b"'
 wait_healthz b "ok standby"
+wait_warm b
 node h hub fo
 warm "${NODE_ADDR[h]}"
 TOKEN=$("$BIN" token --role dispatcher --sub bench --config "$T/h.toml")
@@ -89,6 +110,8 @@ PY
     echo "$line ${replay_ms:-0} ${replayed:-0}" >>"$T/res"
     STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"
+    wait_warm "$active"
+    echo "  engine $active restarted: standing by, warm after $WARM_MS ms"
     tmp=$active
     active=$standby
     standby=$tmp

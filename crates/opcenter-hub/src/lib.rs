@@ -910,6 +910,7 @@ fn start_region(
         Node::Hub { .. } => history.last().map_or(snapshot_seq, |(s, _)| *s),
         Node::Engine { .. } => journal.last_seq(),
     };
+    let started = std::time::Instant::now();
     let start = read_model::Start {
         state: engine.snapshot(),
         seq,
@@ -919,19 +920,21 @@ fn start_region(
     let fix_inbox = matches!(node, Node::Engine { .. });
     let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue, fix_inbox);
     let (reads, reads_rx) = std::sync::mpsc::channel();
-    let model = ReadModel::new(
-        start,
-        journal.clone(),
-        shared.clone(),
-        settings,
-        memory_history(settings),
-    );
+    let copy_ms = started.elapsed().as_millis() as u64;
+    // The read model's maps are built on its own thread: a takeover's engine
+    // serves meanwhile (what it sends the read model waits in the channel).
     let guard_shared = shared.clone();
     let reads_nice = settings.hub.reads_nice;
+    let (model_journal, model_shared) = (journal.clone(), shared.clone());
+    let model_settings = settings.clone();
     std::thread::Builder::new()
         .name("opcenter-reads".into())
         .spawn(move || {
             let _guard = StopGuard::new(guard_shared, "read model");
+            let built = std::time::Instant::now();
+            let history = memory_history(&model_settings);
+            let model = ReadModel::new(start, model_journal, model_shared, &model_settings, history);
+            tracing::info!(ms = built.elapsed().as_millis() as u64, "read model built");
             read_model::lower_priority(reads_nice);
             model.run(reads_rx)
         })?;
@@ -983,6 +986,11 @@ fn start_region(
         journal,
         view,
     };
+    tracing::info!(
+        copy_ms,
+        ms = started.elapsed().as_millis() as u64,
+        "region started"
+    );
     Ok((region, thread))
 }
 

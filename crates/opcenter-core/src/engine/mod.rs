@@ -391,13 +391,16 @@ impl Engine {
     /// All state needed to rebuild this engine (sorted by id, so equal engines
     /// give equal snapshots).
     pub fn snapshot(&self) -> EngineSnapshot {
-        let mut incidents: Vec<Incident> = self.incidents.values().cloned().collect();
-        incidents.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut units: Vec<Unit> = self.units.values().cloned().collect();
-        units.sort_by(|a, b| a.id.cmp(&b.id));
+        // Sorted as references, then each cloned once into place: sorting the
+        // objects themselves moved every one of them about (a takeover copies
+        // the whole state before it serves; 250 000 incidents took 1.7 s).
+        let mut incidents: Vec<&Incident> = self.incidents.values().collect();
+        incidents.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let mut units: Vec<&Unit> = self.units.values().collect();
+        units.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         EngineSnapshot {
-            incidents,
-            units,
+            incidents: incidents.into_iter().cloned().collect(),
+            units: units.into_iter().cloned().collect(),
             next_incident_no: self.next_no,
             keys: self.keys.records(),
         }

@@ -40,23 +40,10 @@ common=(--fanout --consoles "$CONSOLES" --incident-rate "$RATE" --duration "$DUR
 
 for run in $(seq "$RUNS"); do
   for side in $SIDES; do
-    rm -rf "$TMP/data" "$TMP/srv.out"
-    extra=(--no-verify)
-    case $side in
-      opcenter|baseline)
-        b=$BIN; [ "$side" = baseline ] && b=${BASE_BIN:?set BASE_BIN for the baseline side}
-        RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
-        extra=(--secret "$SECRET") ;;
-      trivial) "$TRIVIAL" 0 > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" & ;;
-      *) echo "unknown side $side" >&2; exit 2 ;;
-    esac
-    SRV=$!; PIDS+=("$SRV")
-    ADDR=$(wait_listen "$TMP/srv.out")
+    start_side "$side" "$run"
     timeout 600 "${SIMCMD[@]}" --server "$ADDR" --pid "$SRV" "${extra[@]}" "${common[@]}" \
       > "$LOGDIR/$side-$run.json" 2> "$LOGDIR/sim-$side-$run.err" || true
-    case $side in opcenter|baseline) curl -s "http://$ADDR/metrics" > "$LOGDIR/metrics-$side-$run.txt" || true ;; esac
-    kill "$SRV" 2>/dev/null || true
-    wait "$SRV" 2>/dev/null || true
+    stop_side "$side" "$run"
   done
 done
 

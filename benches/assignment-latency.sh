@@ -40,7 +40,9 @@ for run in $(seq "$RUNS"); do
 done
 
 python3 - "$LOGDIR" "$SIDES" "$RUNS" <<'EOF'
-import json, re, sys
+import json, sys
+sys.path.insert(0, "benches/common")
+from histogram import buckets, quantile
 d, sides, runs = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
 for run in range(1, runs + 1):
     for side in sides:
@@ -53,12 +55,12 @@ for run in range(1, runs + 1):
         t, i, p = r["throughput"], r["incidents"], r["server_process"]
         m = open(f"{d}/metrics-{side}-{run}.txt").read()
         name = "opcenter_assignment_written_seconds"
-        buckets = [(float(le), float(v)) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)', m, re.M)]
-        total = dict(buckets).get(float("inf"), 0.0)
-        share = "  ".join(f"≤{le * 1000:g} ms {v / total:.1%}" for le, v in buckets if le <= 0.01) if total else "no samples"
-        p99 = next((le for le, v in buckets if total and v / total >= 0.99), float("nan"))
+        b = buckets(m, name)
+        total = b.get(float("inf"), 0)
+        share = "  ".join(f"≤{le * 1000:g} ms {v / total:.1%}" for le, v in sorted(b.items()) if le <= 0.01) if total else "no samples"
+        p50, p99 = quantile(b, 0.5), quantile(b, 0.99)
         print(f"run {run} {side}: tool create→assignment p50 {a['p50_us'] / 1000:.2f} ms p99 {a['p99_us'] / 1000:.2f} ms"
               f" (n {a['count']}); create→ok p50 {ok['p50_us'] / 1000:.2f} ms p99 {ok['p99_us'] / 1000:.2f} ms;"
               f" positions {t['positions_sent_per_s']:.0f}/s; server CPU {p['cpu_percent']:.0f}%; lost {i['lost']}")
-        print(f"   in-server {name}: {int(total)} samples, {share}; p99 within ≤{p99 * 1000:g} ms")
+        print(f"   in-server {name}: {total} samples, {share}; p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms (interpolated in its bucket)")
 EOF

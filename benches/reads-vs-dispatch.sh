@@ -102,36 +102,16 @@ sim "tool-baseline" "${BASE[@]}" --position-rate 0
 
 python3 - "$LOGDIR" "$RUNS" <<'EOF'
 import json, statistics, sys
+sys.path.insert(0, "benches/common")
+from histogram import buckets, quantile
 logdir, runs = sys.argv[1], int(sys.argv[2])
 ORDER = ["seed"] + [f"{side}-{i}" for i in range(1, runs + 1) for side in ("quiet", "readers")] + ["tool-baseline"]
-def buckets(name):
-    out = {}
-    for line in open(f"{logdir}/{name}.metrics"):
-        if line.startswith('opcenter_assignment_written_seconds_bucket{le="'):
-            le = line.split('"')[1]
-            out[float("inf") if le == "+Inf" else float(le)] = int(float(line.split()[-1]))
-    return out
 def server_quantiles(name):
     """The server's own create read -> assignment written p50/p99 (ms) over this
-    run: its histogram after the run less after the run before, interpolated
-    linearly inside a bucket."""
-    prev = ORDER[ORDER.index(name) - 1]
-    a, b = buckets(prev), buckets(name)
-    les = sorted(b)
-    counts = [b[le] - a.get(le, 0) for le in les]
-    total = counts[-1] if counts else 0
-    def q(p):
-        if not total:
-            return float("nan")
-        want, lo, below = p * total, 0.0, 0
-        for le, c in zip(les, counts):
-            if c >= want:
-                if le == float("inf"):
-                    return lo * 1000
-                return 1000 * (lo + (le - lo) * (want - below) / max(c - below, 1))
-            lo, below = le, c
-        return float("nan")
-    return q(0.5), q(0.99)
+    run: its histogram after the run less after the run before."""
+    page = lambda n: buckets(open(f"{logdir}/{n}.metrics").read(), "opcenter_assignment_written_seconds")
+    before, after = page(ORDER[ORDER.index(name) - 1]), page(name)
+    return tuple(1000 * quantile(after, p, before) for p in (0.5, 0.99))
 def row(name):
     with open(f"{logdir}/{name}.json") as f:
         r = json.loads(f.read().strip().splitlines()[-1])

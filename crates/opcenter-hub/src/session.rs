@@ -14,13 +14,12 @@
 //! never: touch engine state directly or panic on anything a client sends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::ws::Message;
-use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use opcenter_core::{Actor, ActorKind, Command, RecommendQuery, UnitProfile};
@@ -213,7 +212,7 @@ async fn run_inner(mut sink: Sink, mut stream: Stream, app: Arc<App>, session_id
     metrics::gauge!(metric::CONNECTIONS, "role" => role.as_str()).increment(1.0);
     tracing::debug!(sub = %claims.sub, "session authenticated");
 
-    let stop = Arc::new(Stop::default());
+    let stop = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
         sink,
         outbox.clone(),
@@ -285,7 +284,12 @@ fn actor_of(claims: &Claims) -> Actor {
 /// ends (and stops the reader) on a close or a write error. Each write is the
 /// writer's turn ([`Outbox::drain`], [`Outbox::take`]): it begins with the rest
 /// of a frame the engine's write left unfinished, if any.
-async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, ping_every: std::time::Duration, stop: Arc<Stop>) {
+async fn write_loop(
+    mut sink: Sink,
+    outbox: Arc<Outbox>,
+    ping_every: std::time::Duration,
+    stop: CancellationToken,
+) {
     let control = sink.control();
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -319,37 +323,7 @@ async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, ping_every: std::time::
             break;
         }
     }
-    stop.stop();
-}
-
-/// The writer's "I ended" to the reader: a flag and the reader's waker. The
-/// reader's `select!` polls the wait for every frame, so it must not take a lock
-/// (a `CancellationToken` takes one per poll: 4 % of the server's CPU at 50 000
-/// fixes/s, docs/performance.md).
-#[derive(Default)]
-struct Stop {
-    stopped: AtomicBool,
-    reader: AtomicWaker,
-}
-
-impl Stop {
-    /// The writer: sets the flag, then wakes the reader wherever it waits.
-    fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.reader.wake();
-    }
-
-    /// The reader: ready once the writer stopped. The waker is registered before
-    /// the flag is read, so a stop in between still wakes the reader.
-    fn stopped(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            self.reader.register(cx.waker());
-            match self.stopped.load(Ordering::Acquire) {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            }
-        })
-    }
+    stop.cancel();
 }
 
 struct Reader<'a> {
@@ -364,14 +338,14 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    async fn read_loop(&mut self, stream: &mut Stream, stop: &Stop) {
+    async fn read_loop(&mut self, stream: &mut Stream, stop: &CancellationToken) {
         let idle = self.app.settings.hub.idle_timeout;
         // One timer and one cancellation future for the whole session, not one per
         // frame: a tablet sends a fix every second or so, for hours.
         let mut last_heard = tokio::time::Instant::now();
         let silence = tokio::time::sleep_until(last_heard + idle);
         tokio::pin!(silence);
-        let stopped = stop.stopped();
+        let stopped = stop.cancelled();
         tokio::pin!(stopped);
         loop {
             let item = tokio::select! {

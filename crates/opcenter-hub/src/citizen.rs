@@ -18,6 +18,7 @@
 //! a key past its TTL.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use opcenter_core::{Incident, IncidentStatus, KeyRecord, KeyScope};
 use serde::Serialize;
@@ -85,7 +86,7 @@ pub(crate) struct CitizenBook {
 impl CitizenBook {
     /// A book whose keys live `ttl_ms` (`dispatch.key_ttl_h`) after their create,
     /// started from the engine state's keys and incidents.
-    pub(crate) fn new(ttl_ms: i64, keys: &[KeyRecord], incidents: &[Incident]) -> Self {
+    pub(crate) fn new(ttl_ms: i64, keys: &[Arc<KeyRecord>], incidents: &[Arc<Incident>]) -> Self {
         let mut book = CitizenBook {
             ttl_ms,
             ..Default::default()

@@ -961,13 +961,14 @@ impl EngineTask {
         // Group commit: everything this batch changed, in one append.
         let submitted = self.submit(&mut events);
         // The engine's own state (retention, idempotency keys) right after this
-        // batch is what a restart needs; copying it is the only snapshot work
-        // done here, and it reaches the read model only once the batch is durable.
+        // batch is what a restart needs; taking it (a reference per object, not
+        // a copy) is the only snapshot work done here, and it reaches the read
+        // model only once the batch is durable.
         let state = (submitted.is_ok()
             && self.submitted_seq.saturating_sub(self.last_state_seq) >= self.snapshot_every)
             .then(|| {
                 self.last_state_seq = self.submitted_seq;
-                Box::new(self.engine.read().snapshot())
+                Box::new(self.engine.read().state())
             });
         // One access each: a guard never lives across another.
         let retired = self.engine.engine().take_retired();

@@ -912,7 +912,7 @@ fn start_region(
     };
     let started = std::time::Instant::now();
     let start = read_model::Start {
-        state: engine.snapshot(),
+        state: engine.state(),
         seq,
         history,
     };
@@ -920,7 +920,7 @@ fn start_region(
     let fix_inbox = matches!(node, Node::Engine { .. });
     let (engine_tx, engine_rx) = engine_task::engine_queue(settings.hub.engine_queue, fix_inbox);
     let (reads, reads_rx) = std::sync::mpsc::channel();
-    let copy_ms = started.elapsed().as_millis() as u64;
+    let state_ms = started.elapsed().as_millis() as u64;
     // The read model's maps are built on its own thread: a takeover's engine
     // serves meanwhile (what it sends the read model waits in the channel).
     let guard_shared = shared.clone();
@@ -987,7 +987,7 @@ fn start_region(
         view,
     };
     tracing::info!(
-        copy_ms,
+        state_ms,
         ms = started.elapsed().as_millis() as u64,
         "region started"
     );

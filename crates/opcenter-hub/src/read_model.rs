@@ -168,7 +168,7 @@ impl Budget {
 
 /// The read copy and what it serves.
 pub(crate) struct ReadModel {
-    incidents: HashMap<String, Incident>,
+    incidents: HashMap<String, Arc<Incident>>,
     units: HashMap<String, Unit>,
     next_incident_no: u64,
     /// Last seq folded in.
@@ -331,7 +331,9 @@ impl ReadModel {
                     self.snapshots.changed_incident(&id);
                 }
                 self.fold(batch);
-                if let Some(state) = state {
+                if let Some(mut state) = state {
+                    // Sorted here, off the engine thread: equal states store equal bytes.
+                    state.sort();
                     self.store_state(&state);
                 }
             }
@@ -356,7 +358,7 @@ impl ReadModel {
                 let found = self
                     .incidents
                     .get(&incident_id)
-                    .cloned()
+                    .map(|i| Incident::clone(i))
                     .or_else(|| self.journal_incident(&incident_id));
                 let _ = reply.send(found);
             }
@@ -369,7 +371,7 @@ impl ReadModel {
                 let found = self
                     .incidents
                     .get(&incident_id)
-                    .cloned()
+                    .map(|i| Incident::clone(i))
                     .or_else(|| self.journal_incident(&incident_id))
                     .map(|i| {
                         let units = i
@@ -396,7 +398,7 @@ impl ReadModel {
                 EventBody::Incident(inc) => {
                     self.citizen.fold(inc);
                     self.snapshots.changed_incident(&inc.id);
-                    self.incidents.insert(inc.id.clone(), inc.clone());
+                    self.incidents.insert(inc.id.clone(), Arc::new(inc.clone()));
                 }
                 EventBody::Unit(unit) => {
                     self.snapshots.changed_unit(&unit.id);
@@ -521,7 +523,7 @@ impl ReadModel {
                     incidents: Some(Vec::new()),
                     units: Some(Vec::new()),
                 };
-                let incidents = self.incidents.values().filter(|i| i.is_open());
+                let incidents = self.incidents.values().map(Arc::as_ref).filter(|i| i.is_open());
                 let units = self
                     .units
                     .values()
@@ -549,7 +551,8 @@ impl ReadModel {
                         let me = self.units.get(u);
                         let inc = me
                             .and_then(|m| m.incident_id.as_deref())
-                            .and_then(|i| self.incidents.get(i));
+                            .and_then(|i| self.incidents.get(i))
+                            .map(Arc::as_ref);
                         (Some(inc.into_iter().collect()), Some(me.into_iter().collect()))
                     }
                     _ => (None, None),

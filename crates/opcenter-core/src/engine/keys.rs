@@ -15,6 +15,7 @@
 //! whether a create goes ahead (the engine does), or keep a key past its TTL.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -125,13 +126,13 @@ pub(crate) fn digest_of(n: &NewIncident) -> u64 {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct KeyBook {
-    map: HashMap<(KeyScope, String), KeyRecord>,
+    map: HashMap<(KeyScope, String), Arc<KeyRecord>>,
 }
 
 impl KeyBook {
     /// The record of `key` in `scope`, if it is still alive.
     pub(super) fn get(&self, scope: KeyScope, key: &str) -> Option<&KeyRecord> {
-        self.map.get(&(scope, key.to_string()))
+        self.map.get(&(scope, key.to_string())).map(Arc::as_ref)
     }
 
     /// Remembers the key of a newly seen incident (a create, or its first event
@@ -139,23 +140,25 @@ impl KeyBook {
     pub(super) fn remember(&mut self, inc: &Incident) {
         let Some(key) = &inc.key else { return };
         let scope = inc.key_scope.unwrap_or(KeyScope::Console);
-        self.map.entry((scope, key.clone())).or_insert_with(|| KeyRecord {
-            scope,
-            key: key.clone(),
-            incident_id: inc.id.clone(),
-            body: body_digest(
-                &inc.category,
-                inc.priority,
-                inc.location,
-                inc.description.as_deref(),
-            ),
-            at_ms: inc.created_ms,
-            retired: None,
+        self.map.entry((scope, key.clone())).or_insert_with(|| {
+            Arc::new(KeyRecord {
+                scope,
+                key: key.clone(),
+                incident_id: inc.id.clone(),
+                body: body_digest(
+                    &inc.category,
+                    inc.priority,
+                    inc.location,
+                    inc.description.as_deref(),
+                ),
+                at_ms: inc.created_ms,
+                retired: None,
+            })
         });
     }
 
     /// Puts a record back as a snapshot stored it.
-    pub(super) fn restore(&mut self, rec: KeyRecord) {
+    pub(super) fn restore(&mut self, rec: Arc<KeyRecord>) {
         self.map.insert((rec.scope, rec.key.clone()), rec);
     }
 
@@ -166,7 +169,7 @@ impl KeyBook {
         if let Some(rec) = self.map.get_mut(&(scope, key.clone()))
             && rec.incident_id == inc.id
         {
-            rec.retired = Some(Retired {
+            Arc::make_mut(rec).retired = Some(Retired {
                 disposition: inc.disposition.clone(),
                 closed_ms: inc.updated_ms,
             });
@@ -183,10 +186,9 @@ impl KeyBook {
         self.map.len()
     }
 
-    /// Every live record, sorted (snapshots are deterministic).
-    pub(super) fn records(&self) -> Vec<KeyRecord> {
-        let mut v: Vec<KeyRecord> = self.map.values().cloned().collect();
-        v.sort_by(|a, b| (a.at_ms, &a.key).cmp(&(b.at_ms, &b.key)));
-        v
+    /// Every live record, in no particular order ([`super::EngineSnapshot::sort`]
+    /// orders them). Shared, not copied: a later change copies the one it changes.
+    pub(super) fn records(&self) -> Vec<Arc<KeyRecord>> {
+        self.map.values().cloned().collect()
     }
 }

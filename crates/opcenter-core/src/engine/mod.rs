@@ -32,6 +32,7 @@ use keys::KeyBook;
 use pending::{PendingKey, PendingQueue};
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,14 +54,26 @@ use crate::zones::ZoneMap;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineSnapshot {
     /// Every incident, open and closed.
-    pub incidents: Vec<Incident>,
+    pub incidents: Vec<Arc<Incident>>,
     /// Every unit.
     pub units: Vec<Unit>,
     /// The number the next incident id gets.
     pub next_incident_no: u64,
     /// Idempotency keys still alive (those of retired incidents carry them).
     #[serde(default)]
-    pub keys: Vec<KeyRecord>,
+    pub keys: Vec<Arc<KeyRecord>>,
+}
+
+impl EngineSnapshot {
+    /// Puts everything in a fixed order (incidents and units by id, keys by
+    /// creation time), so equal states encode to equal bytes.
+    pub fn sort(&mut self) {
+        self.incidents.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.units.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.keys.sort_unstable_by(|a, b| {
+            (a.at_ms, &a.key, &a.incident_id).cmp(&(b.at_ms, &b.key, &b.incident_id))
+        });
+    }
 }
 
 /// How often (at most) Tick takes stale units out of the tree, in ms.
@@ -72,7 +85,7 @@ pub const EMERGENCY_CATEGORY: &str = "officer_emergency";
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    incidents: HashMap<IncidentId, Incident>,
+    incidents: HashMap<IncidentId, Arc<Incident>>,
     units: HashMap<UnitId, Unit>,
     /// Available units with a position (see [`crate::index`]).
     index: UnitIndex,
@@ -382,28 +395,32 @@ impl Engine {
     /// is on the `incidents` topic, so they are skipped.
     pub fn restore(&mut self, event: &Event) {
         match &event.body {
-            EventBody::Incident(inc) => self.upsert_incident(inc.clone()),
+            EventBody::Incident(inc) => self.upsert_incident(Arc::new(inc.clone())),
             EventBody::Unit(unit) => self.upsert_unit(unit.clone()),
             EventBody::Assignment { .. } => {}
         }
     }
 
-    /// All state needed to rebuild this engine (sorted by id, so equal engines
-    /// give equal snapshots).
-    pub fn snapshot(&self) -> EngineSnapshot {
-        // Sorted as references, then each cloned once into place: sorting the
-        // objects themselves moved every one of them about (a takeover copies
-        // the whole state before it serves; 250 000 incidents took 1.7 s).
-        let mut incidents: Vec<&Incident> = self.incidents.values().collect();
-        incidents.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let mut units: Vec<&Unit> = self.units.values().collect();
-        units.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    /// All state needed to rebuild this engine, in no particular order. The
+    /// incidents and keys are shared with the engine, not copied (a change made
+    /// after copies only the object it changes), so this costs a reference count
+    /// per object: the engine thread takes one every `snapshot_every_events`
+    /// records, and a takeover takes one before it serves.
+    pub fn state(&self) -> EngineSnapshot {
         EngineSnapshot {
-            incidents: incidents.into_iter().cloned().collect(),
-            units: units.into_iter().cloned().collect(),
+            incidents: self.incidents.values().cloned().collect(),
+            units: self.units.values().cloned().collect(),
             next_incident_no: self.next_no,
             keys: self.keys.records(),
         }
+    }
+
+    /// [`Engine::state`] sorted ([`EngineSnapshot::sort`]), so equal engines
+    /// give equal snapshots.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let mut state = self.state();
+        state.sort();
+        state
     }
 
     /// The number the next incident id gets (a read model's snapshot carries it).
@@ -434,7 +451,7 @@ impl Engine {
 
     /// An incident by id, open or closed.
     pub fn incident(&self, id: &str) -> Option<&Incident> {
-        self.incidents.get(id)
+        self.incidents.get(id).map(Arc::as_ref)
     }
 
     /// A unit by id.
@@ -444,7 +461,7 @@ impl Engine {
 
     /// Open incidents, in no particular order.
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
-        self.incidents.values().filter(|i| i.is_open())
+        self.incidents.values().map(Arc::as_ref).filter(|i| i.is_open())
     }
 
     /// Every unit, in no particular order.
@@ -500,7 +517,7 @@ impl Engine {
     }
 
     /// Replaces (or inserts) an incident and re-derives queue, open set, keys.
-    fn upsert_incident(&mut self, inc: Incident) {
+    fn upsert_incident(&mut self, inc: Arc<Incident>) {
         let id = inc.id.clone();
         let no = incident_no(&id);
         self.next_no = self.next_no.max(no.saturating_add(1));
@@ -628,7 +645,7 @@ impl Engine {
                 }
             }
         };
-        if let Some(inc) = self.incidents.get_mut(id) {
+        if let Some(inc) = self.incidents.get_mut(id).map(Arc::make_mut) {
             inc.status = status;
             inc.updated_ms = inc.updated_ms.max(now_ms);
         }
@@ -641,7 +658,7 @@ impl Engine {
         if let Some(inc) = self.incidents.get(id) {
             ev.push(Event {
                 change,
-                body: EventBody::Incident(inc.clone()),
+                body: EventBody::Incident(Incident::clone(inc)),
             });
         }
     }
@@ -660,7 +677,7 @@ impl Engine {
     /// incident without it).
     fn emit_assignment(&self, unit_id: &str, incident_id: &str, change: Change, ev: &mut Vec<Event>) {
         if let Some(inc) = self.incidents.get(incident_id) {
-            let mut incident = inc.clone();
+            let mut incident = Incident::clone(inc);
             if !inc.units.iter().any(|u| u == unit_id) {
                 incident.reporter = None;
             }
@@ -696,7 +713,7 @@ impl Engine {
         }
         self.set_deadline(unit_id, Some(deadline));
         self.sync_index(unit_id);
-        if let Some(inc) = self.incidents.get_mut(incident_id) {
+        if let Some(inc) = self.incidents.get_mut(incident_id).map(Arc::make_mut) {
             if !inc.units.iter().any(|u| u == unit_id) {
                 inc.units.push(unit_id.to_string());
             }
@@ -722,7 +739,7 @@ impl Engine {
             u.incident_id.take()
         });
         if let Some(iid) = &held {
-            if let Some(inc) = self.incidents.get_mut(iid) {
+            if let Some(inc) = self.incidents.get_mut(iid).map(Arc::make_mut) {
                 inc.units.retain(|u| u != unit_id);
                 inc.selection.remove(unit_id);
             }
@@ -947,6 +964,7 @@ impl Engine {
     fn get_incident(&self, id: &str) -> Result<&Incident, CoreError> {
         self.incidents
             .get(id)
+            .map(Arc::as_ref)
             .ok_or_else(|| CoreError::NotFound(format!("incident {id} not found")))
     }
 
@@ -1041,7 +1059,7 @@ impl Engine {
             .incident_id
             .as_ref()
             .and_then(|i| self.incidents.get(i))
-            .cloned();
+            .map(|i| Incident::clone(i));
         Ok(Reply::Registered { unit, incident })
     }
 
@@ -1154,7 +1172,7 @@ impl Engine {
             created_ms: now_ms,
             updated_ms: now_ms,
         };
-        self.upsert_incident(inc);
+        self.upsert_incident(Arc::new(inc));
         self.emit_incident(&id, change, ev);
         self.dispatch(&id, now_ms, ev);
         id
@@ -1181,7 +1199,7 @@ impl Engine {
                     rec.incident_id
                 )));
             }
-            let existing = self.incidents.get(&rec.incident_id).cloned();
+            let existing = self.incidents.get(&rec.incident_id).map(|i| Incident::clone(i));
             if let Some(incident) = existing.or_else(|| rec.retired_incident(&n)) {
                 return Ok(Reply::Created { incident, new: false });
             }
@@ -1214,7 +1232,7 @@ impl Engine {
         if patch == IncidentPatch::default() {
             return Ok(Reply::Incident(self.get_incident(id)?.clone()));
         }
-        if let Some(inc) = self.incidents.get_mut(id) {
+        if let Some(inc) = self.incidents.get_mut(id).map(Arc::make_mut) {
             if let Some(c) = patch.category {
                 inc.category = c;
             }
@@ -1257,7 +1275,7 @@ impl Engine {
         self.own_incident(actor, id)?;
         self.open_incident(id)?;
         let units = self.get_incident(id)?.units.clone();
-        if let Some(inc) = self.incidents.get_mut(id) {
+        if let Some(inc) = self.incidents.get_mut(id).map(Arc::make_mut) {
             inc.status = IncidentStatus::Closed;
             inc.disposition = Some(disposition);
             inc.updated_ms = inc.updated_ms.max(now_ms);
@@ -1333,7 +1351,7 @@ impl Engine {
 
     fn finish_assign(&mut self, id: &str, unit_id: &str, now_ms: i64, ev: &mut Vec<Event>) {
         // A dispatcher's explicit choice overrides an earlier decline.
-        if let Some(inc) = self.incidents.get_mut(id) {
+        if let Some(inc) = self.incidents.get_mut(id).map(Arc::make_mut) {
             inc.declined_by.retain(|u| u != unit_id);
         }
         self.refresh_incident(id, now_ms);
@@ -1371,7 +1389,7 @@ impl Engine {
     /// rather than failing the command they describe).
     fn push_note(&mut self, id: &str, by: &str, text: String, now_ms: i64) {
         let max = self.config.max_notes;
-        if let Some(inc) = self.incidents.get_mut(id)
+        if let Some(inc) = self.incidents.get_mut(id).map(Arc::make_mut)
             && inc.notes.len() < max
         {
             inc.notes.push(Note {
@@ -1561,7 +1579,7 @@ impl Engine {
             return Err(bad(format!("reason must be at most {MAX_NOTE_BYTES} bytes")));
         }
         self.held_by(actor, unit_id, incident_id)?;
-        if let Some(inc) = self.incidents.get_mut(incident_id)
+        if let Some(inc) = self.incidents.get_mut(incident_id).map(Arc::make_mut)
             && !inc.declined_by.iter().any(|u| u == unit_id)
         {
             inc.declined_by.push(unit_id.to_string());

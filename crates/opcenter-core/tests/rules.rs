@@ -1102,6 +1102,32 @@ fn snapshot_plus_restore_reproduces_the_engine() {
     assert_eq!(e.snapshot(), r.snapshot());
 }
 
+/// `state()` shares the engine's incidents and keys instead of copying them: a
+/// change made after it must not show in it (the engine copies what it changes).
+#[test]
+fn state_is_unchanged_by_later_commands() {
+    let mut e = three();
+    let mut n = call(0.0, 0.0);
+    n.key = Some("k-1".into());
+    let i = create(&mut e, n, T0);
+    let before = e.snapshot();
+    let mut state = e.state();
+    e.apply(
+        &disp(),
+        Command::CloseIncident {
+            incident_id: i.id.clone(),
+            disposition: "resolved".into(),
+        },
+        T0 + 1,
+    )
+    .unwrap();
+    create(&mut e, call(0.0, 0.01), T0 + 2);
+    assert_ne!(e.snapshot(), before, "the commands changed the engine");
+    state.sort();
+    assert_eq!(state, before);
+    assert!(state.incidents.iter().all(|x| x.is_open()));
+}
+
 #[test]
 fn snapshot_serde_round_trip() {
     let mut e = three();

@@ -10,6 +10,8 @@
 //! chunking for us, but async-nats builds it only with a TLS crypto backend, a C build
 //! this workspace avoids.)
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -19,10 +21,14 @@ use crate::ClusterError;
 /// How many snapshots are kept (as `FileJournal` does): the newest, and one fallback.
 pub(crate) const KEEP: usize = 2;
 
+#[derive(Clone)]
 pub(crate) struct SnapshotStore {
     kv: kv::Store,
     bucket: String,
     chunk_bytes: usize,
+    /// Held (by a blocked OS thread, never across an `.await` of a runtime
+    /// thread) for each whole write: writes of two snapshots never interleave.
+    writes: Arc<Mutex<()>>,
 }
 
 fn manifest_key(seq: u64) -> String {
@@ -39,7 +45,13 @@ impl SnapshotStore {
             kv,
             bucket,
             chunk_bytes: chunk_bytes.max(1),
+            writes: Arc::default(),
         }
+    }
+
+    /// Serializes whole writes: hold the guard around [`SnapshotStore::write`].
+    pub(crate) fn serialize(&self) -> MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn corrupt(&self, reason: String) -> ClusterError {
@@ -162,6 +174,12 @@ impl SnapshotStore {
             }
         }
         Ok((out.len() == len && crc32fast::hash(&out) == crc).then_some(out))
+    }
+
+    /// The seq of the newest snapshot at or below `max_seq` with a manifest
+    /// (written last, so its chunks are all there), without reading it.
+    pub(crate) async fn latest_seq(&self, max_seq: u64) -> Result<Option<u64>, ClusterError> {
+        Ok(self.seqs().await?.into_iter().rev().find(|&seq| seq <= max_seq))
     }
 
     /// The newest snapshot at or below `max_seq` that verifies; an older one if the

@@ -320,6 +320,45 @@ fn large_snapshots_round_trip_the_newest_two_are_kept_and_compaction_follows() {
     assert_eq!(j.latest_snapshot().unwrap().unwrap().0, 80);
 }
 
+/// A prepared snapshot is written without the journal: appends go on (here on
+/// this thread, while another writes the snapshot), and the newest snapshot's
+/// seq is listed without reading it.
+#[test]
+fn prepared_snapshot_is_written_while_the_journal_appends() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let urls = nats.urls();
+    let mut j = JetStreamJournal::connect(&urls, JournalOptions::new("zko")).unwrap();
+    for i in 0..50u64 {
+        j.append_batch(&[&i.to_le_bytes()]).unwrap();
+    }
+    assert_eq!(j.latest_snapshot_seq().unwrap(), None);
+    assert!(matches!(
+        j.prepare_snapshot(51),
+        Err(StoreError::SnapshotAhead { .. })
+    ));
+    let writer = j
+        .prepare_snapshot(50)
+        .unwrap()
+        .expect("a JetStream journal prepares its writes");
+    // 3.5 MiB: several chunks, so the write takes many puts.
+    let snap: Vec<u8> = (0..(3u64 << 20) + 999).map(|i| (i * 7) as u8).collect();
+    let bytes = snap.clone();
+    let written = std::thread::spawn(move || writer.write(&bytes));
+    let mut appended = 0u64;
+    while !written.is_finished() || appended < 10 {
+        j.append_batch(&[&(50 + appended).to_le_bytes()]).unwrap();
+        appended += 1;
+    }
+    written.join().unwrap().unwrap();
+    assert_eq!(j.last_seq(), 50 + appended);
+    assert_eq!(j.latest_snapshot_seq().unwrap(), Some(50));
+    let (seq, got) = j.latest_snapshot().unwrap().unwrap();
+    assert_eq!(seq, 50);
+    assert!(got == snap, "the snapshot reads back as written");
+}
+
 #[test]
 fn r3_stream_survives_kill_9_of_its_leader_during_appends() {
     let Some(nats) = NatsCluster::start_or_skip(3) else {

@@ -827,20 +827,32 @@ async fn recover_taken_over(
         let tail = standby::replay_tail(&*journal, replay, &epoch).map(|r| {
             r.map(|(mut replay, tail)| {
                 let calls = replay.calls.take().map(bridge::Recall::answers);
-                (replay, tail, calls)
+                // The active engine kept writing snapshots while this one stood
+                // by: the next is due `snapshot_every_events` after the newest of
+                // them, not at once (a copy of the whole state, written while
+                // the backlog of the handover waits for its appends).
+                let newest = match journal.latest_snapshot_seq() {
+                    Ok(s) => s.unwrap_or(0),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list the region's snapshots; the next one is due as if none were newer than the standby's");
+                        0
+                    }
+                };
+                (replay, tail, calls, newest)
             })
         });
         (journal, tail)
     })
     .await?;
     match tail {
-        Some(Ok((replay, tail, calls))) => {
+        Some(Ok((replay, tail, calls, newest_snapshot))) => {
             let ms = started.elapsed();
             metrics::gauge!(metric::REPLAY_SECONDS).set(ms.as_secs_f64());
             metrics::gauge!(metric::REPLAYED_RECORDS).set(tail as f64);
             metrics::gauge!(metric::REPLAY_FROM_SEQ).set((replay.seq - tail) as f64);
             tracing::info!(
                 snapshot_seq = replay.snapshot_seq,
+                newest_snapshot,
                 followed,
                 replayed = tail,
                 last_seq = replay.seq,
@@ -848,7 +860,7 @@ async fn recover_taken_over(
                 ms = ms.as_millis() as u64,
                 "state recovered: the warm standby's state and the stream's tail"
             );
-            let snapshot_seq = replay.snapshot_seq;
+            let snapshot_seq = replay.snapshot_seq.max(newest_snapshot);
             let (mut engine, _, history) = replay.into_recovered();
             // No session survived the takeover: the grace runs from now.
             engine.sessions_lost(engine_task::now_ms());

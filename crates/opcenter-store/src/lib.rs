@@ -301,6 +301,13 @@ pub trait Journal: Send {
     /// The newest snapshot that verifies, as `(seq, bytes)`; `None` if none was written.
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 
+    /// The seq of the newest complete snapshot, without reading it (another
+    /// process may have written it: a takeover need not write its own at once).
+    /// The default reads it; a journal that can list its snapshots says so.
+    fn latest_snapshot_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.latest_snapshot()?.map(|(seq, _)| seq))
+    }
+
     /// Drops old history that is both older than the last `keep_events` events and
     /// covered by a snapshot (by the older of the two kept ones, so the fallback
     /// snapshot stays replayable). [`FileJournal`] drops whole segments only and never

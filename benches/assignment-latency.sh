@@ -10,10 +10,16 @@
 # Usage: benches/assignment-latency.sh [RUNS=1] [DURATION=30]
 # Needs: cargo build --release --bin opcenter. SIDES (default "opcenter"); side
 # `baseline` runs BASE_BIN (another build) in the same script run. Loopback only.
+# POSITION_RATE (default 20000) changes the recipe's fixes/s, to see what they
+# cost the tail (POSITION_RATE=0: no fixes at all). Every run also prints the
+# server's other histograms of the same creates: receipt → the engine thread
+# applies it (`opcenter_create_queued_seconds`), receipt → reply queued
+# (`opcenter_create_seconds`), and one group commit (`opcenter_journal_append_seconds`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}
 DURATION=${2:-30}
+POSITION_RATE=${POSITION_RATE:-20000}
 SIDES=${SIDES:-opcenter}
 BIN=${BIN:-target/release/opcenter}
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin opcenter" >&2; exit 1; }
@@ -31,7 +37,7 @@ for run in $(seq "$RUNS"); do
     SRV=$!; PIDS+=("$SRV")
     ADDR=$(wait_listen "$TMP/srv.out")
     timeout 600 "$BIN" sim --server "$ADDR" --secret "$SECRET" --pid "$SRV" --tablets 5000 --consoles 200 \
-      --supervisors 1 --incident-rate 50 --position-rate 20000 --duration "$DURATION" --json \
+      --supervisors 1 --incident-rate 50 --position-rate "$POSITION_RATE" --duration "$DURATION" --json \
       > "$LOGDIR/$side-$run.json" 2> "$LOGDIR/sim-$side-$run.err" || true
     curl -s "http://$ADDR/metrics" > "$LOGDIR/metrics-$side-$run.txt" || true
     kill "$SRV" 2>/dev/null || true
@@ -63,4 +69,8 @@ for run in range(1, runs + 1):
               f" (n {a['count']}); create→ok p50 {ok['p50_us'] / 1000:.2f} ms p99 {ok['p99_us'] / 1000:.2f} ms;"
               f" positions {t['positions_sent_per_s']:.0f}/s; server CPU {p['cpu_percent']:.0f}%; lost {i['lost']}")
         print(f"   in-server {name}: {total} samples, {share}; p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms (interpolated in its bucket)")
+        for other in ("opcenter_create_queued_seconds", "opcenter_create_seconds", "opcenter_journal_append_seconds"):
+            ob = buckets(m, other)
+            if ob:
+                print(f"   in-server {other}: {ob.get(float('inf'), 0)} samples; p50 {quantile(ob, 0.5) * 1000:.2f} ms, p99 {quantile(ob, 0.99) * 1000:.2f} ms")
 EOF

@@ -17,6 +17,10 @@
 # until it follows the stream (warm: its lag gauge ≤ 2 000 records; the time that
 # took is printed); the trials alternate which engine is active. p50/max at the end.
 #
+# Also per trial: the hub calls the new engine shed (`opcenter_calls_shed_total`:
+# their deadline had nearly passed while queued). NODE_LOG=info KEEP_LOGS=<dir>
+# keeps every node's log, the trials' CSVs and the new engines' /metrics.
+#
 #   cargo build --release --bin opcenter
 #   benches/failover.sh [TRIALS=20] [RATE=2000]
 set -euo pipefail
@@ -30,6 +34,37 @@ KILL_AT=${KILL_AT:-6}
 healthz() { curl -s --max-time 2 "http://$1/healthz" || true; }
 metric() { # NODE NAME: the value of NAME in NODE's /metrics (empty: none)
     curl -s --max-time 2 "http://${NODE_ADDR[$1]}/metrics" | awk -v n="$2" '$1 == n {print $2}'
+}
+threads() { # PID SECONDS: per-thread CPU ms of PID in each of SECONDS seconds
+    python3 - "$1" "$2" <<'PY'
+import os, sys, time
+pid, secs = sys.argv[1], int(sys.argv[2])
+tick = os.sysconf("SC_CLK_TCK")
+def sample():
+    out = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    s = f.read()
+            except OSError:
+                continue
+            name = s[s.index("(") + 1 : s.rindex(")")]
+            fields = s[s.rindex(")") + 2 :].split()
+            out[(tid, name)] = int(fields[11]) + int(fields[12])
+    except OSError:
+        pass
+    return out
+prev = sample()
+for sec in range(1, secs + 1):
+    time.sleep(1)
+    cur = sample()
+    for key, v in sorted(cur.items()):
+        d = (v - prev.get(key, v)) * 1000 // tick
+        if d > 0:
+            print(sec, key[1], d)
+    prev = cur
+PY
 }
 wait_healthz() { # NAME WANT
     for _ in $(seq 600); do
@@ -82,6 +117,9 @@ for trial in $(seq "$TRIALS"); do
     lag=$(metric "$standby" opcenter_standby_lag_records)
     kill_ms=$(date +%s%3N)
     kill -9 "${NODE_PID[$active]}"
+    # Where the new engine's CPU goes, per thread, each second for 14 s after the
+    # kill (metrics-threads-<trial>: second, thread name, CPU ms in that second).
+    threads "${NODE_PID[$standby]}" 14 >"$T/metrics-threads-$trial.txt" &
     wait "${NODE_PID[$active]}" 2>/dev/null || true
     wait "$load" || { echo "trial $trial: load failed"; cat "$T/load.err"; exit 1; }
     line=$(python3 - "$csv" "$kill_ms" "$SECONDS_LOAD" <<'PY'
@@ -104,9 +142,12 @@ PY
     replay_ms=$(metric "$standby" opcenter_replay_seconds | awk '{printf "%d", $1 * 1000}')
     replayed=$(metric "$standby" opcenter_replayed_records)
     from=$(metric "$standby" opcenter_replay_from_seq)
+    # The new engine's counters after the trial (KEEP_LOGS keeps them).
+    curl -s --max-time 2 "http://${NODE_ADDR[$standby]}/metrics" >"$T/metrics-trial-$trial.txt" || true
+    shed=$(metric "$standby" opcenter_calls_shed_total)
     set -- $line
-    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s\n' \
-        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag"
+    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s\n' \
+        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}"
     echo "$line ${replay_ms:-0} ${replayed:-0}" >>"$T/res"
     STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"

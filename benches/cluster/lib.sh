@@ -2,13 +2,20 @@
 # opcenter nodes on free loopback ports under one temp dir, CPU readings from
 # /proc, cleanup on exit. Everything started here is killed by its own pid.
 #
-# Env: BIN (default target/release/opcenter), NODE_LOG (RUST_LOG of the nodes).
+# Env: BIN (default target/release/opcenter), NODE_LOG (RUST_LOG of the nodes),
+# KEEP_LOGS (a directory: the nodes' logs, and what a script saved under $T as
+# *.csv or metrics-*, are copied there before the temp dir goes). A restarted
+# node's log is appended to, not replaced.
 BIN=${BIN:-target/release/opcenter}
 T=$(mktemp -d /tmp/opc-clbench.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$KEEP_LOGS"
+        cp "$T"/*.err "$T"/*.csv "$T"/metrics-* "$KEEP_LOGS"/ 2>/dev/null || true
+    fi
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -77,7 +84,7 @@ node() {
     fi
     if [ -n "$extra" ]; then printf '%s\n' "$extra" >>"$cfg"; fi
     t0=$(date +%s%N)
-    RUST_LOG=${NODE_LOG:-warn} "$BIN" serve --config "$cfg" >"$T/$name.out" 2>"$T/$name.err" &
+    RUST_LOG=${NODE_LOG:-warn} "$BIN" serve --config "$cfg" >"$T/$name.out" 2>>"$T/$name.err" &
     pid=$!
     PIDS+=($pid)
     for _ in $(seq 24000); do

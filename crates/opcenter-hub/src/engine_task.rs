@@ -836,6 +836,12 @@ impl EngineTask {
                         continue;
                     }
                     let mut assigned = false;
+                    if name == "incident.create" {
+                        // How long it waited for the engine thread (queued behind
+                        // other requests, or the thread busy or not scheduled).
+                        metrics::histogram!(metric::CREATE_QUEUED_SECONDS)
+                            .record(received.elapsed().as_secs_f64());
+                    }
                     let result = self.engine.engine().apply(&actor, command, now);
                     // A command that changed nothing on record (most fixes) has no
                     // records to encode, so no origin to build.

@@ -236,6 +236,12 @@ impl App {
     }
 }
 
+/// Buckets (seconds) of the dispatch path's latency histograms.
+const DISPATCH_BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.1, 0.25, 1.0,
+];
+
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -253,15 +259,22 @@ fn metrics_handle() -> PrometheusHandle {
                     )
                 })
                 .and_then(|b| {
-                    // The dispatch path's own figure (issue 13's ≤ 2 ms p99, the
-                    // reads-vs-dispatch ratio): fine enough to read a p99 from.
-                    b.set_buckets_for_metric(
-                        metrics_exporter_prometheus::Matcher::Full(metric::ASSIGNMENT_WRITTEN_SECONDS.into()),
-                        &[
-                            0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005,
-                            0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0,
-                        ],
-                    )
+                    // The dispatch path's own figures (issue 13's ≤ 2 ms p99, the
+                    // reads-vs-dispatch ratio) and its stages: fine enough to
+                    // read a p99 from.
+                    [
+                        metric::ASSIGNMENT_WRITTEN_SECONDS,
+                        metric::CREATE_QUEUED_SECONDS,
+                        metric::CREATE_SECONDS,
+                        metric::ASSIGNMENT_SECONDS,
+                    ]
+                    .into_iter()
+                    .try_fold(b, |b, name| {
+                        b.set_buckets_for_metric(
+                            metrics_exporter_prometheus::Matcher::Full(name.into()),
+                            &DISPATCH_BUCKETS,
+                        )
+                    })
                 })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
@@ -353,7 +366,7 @@ impl Server {
                 None => None,
             };
             let (mut journal, warm) = match warm {
-                Some(w) => (w.journal.take(), Some((w.replay, w.epoch, w.followed))),
+                Some(mut w) => (w.take_journal(), Some(w)),
                 None => (open_region_journal(&cluster, &settings).await?, None),
             };
             if let Some(a) = &active {
@@ -817,9 +830,16 @@ type Recalled = Vec<(String, bytes::Bytes)>;
 async fn recover_taken_over(
     settings: &Settings,
     journal: Box<dyn Journal>,
-    warm: Option<(engine_task::Replay, String, u64)>,
+    warm: Option<standby::Warm>,
 ) -> Result<(Result<Recovered, DurabilityError>, Option<Recalled>), HubError> {
-    let Some((replay, epoch, followed)) = warm else {
+    let Some(standby::Warm {
+        replay,
+        epoch,
+        followed,
+        newest_snapshot,
+        ..
+    }) = warm
+    else {
         return Ok((recover_region(settings, journal).await?, None));
     };
     let started = std::time::Instant::now();
@@ -827,25 +847,14 @@ async fn recover_taken_over(
         let tail = standby::replay_tail(&*journal, replay, &epoch).map(|r| {
             r.map(|(mut replay, tail)| {
                 let calls = replay.calls.take().map(bridge::Recall::answers);
-                // The active engine kept writing snapshots while this one stood
-                // by: the next is due `snapshot_every_events` after the newest of
-                // them, not at once (a copy of the whole state, written while
-                // the backlog of the handover waits for its appends).
-                let newest = match journal.latest_snapshot_seq() {
-                    Ok(s) => s.unwrap_or(0),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot list the region's snapshots; the next one is due as if none were newer than the standby's");
-                        0
-                    }
-                };
-                (replay, tail, calls, newest)
+                (replay, tail, calls)
             })
         });
         (journal, tail)
     })
     .await?;
     match tail {
-        Some(Ok((replay, tail, calls, newest_snapshot))) => {
+        Some(Ok((replay, tail, calls))) => {
             let ms = started.elapsed();
             metrics::gauge!(metric::REPLAY_SECONDS).set(ms.as_secs_f64());
             metrics::gauge!(metric::REPLAYED_RECORDS).set(tail as f64);
@@ -860,6 +869,9 @@ async fn recover_taken_over(
                 ms = ms.as_millis() as u64,
                 "state recovered: the warm standby's state and the stream's tail"
             );
+            // The active engine kept writing snapshots while this one stood by:
+            // the next is due `snapshot_every_events` after the newest of them
+            // (as the standby last listed them), not at once.
             let snapshot_seq = replay.snapshot_seq.max(newest_snapshot);
             let (mut engine, _, history) = replay.into_recovered();
             // No session survived the takeover: the grace runs from now.

@@ -10,6 +10,9 @@
 pub(crate) const COMMANDS: &str = "opcenter_commands_total";
 /// Histogram: receipt of an `incident.create` → its reply queued, seconds.
 pub(crate) const CREATE_SECONDS: &str = "opcenter_create_seconds";
+/// Histogram: receipt of an `incident.create` → the engine thread applies it
+/// (its wait for the engine thread), seconds.
+pub(crate) const CREATE_QUEUED_SECONDS: &str = "opcenter_create_queued_seconds";
 /// Histogram: receipt of an `incident.create` → its assignments queued to the tablets.
 pub(crate) const ASSIGNMENT_SECONDS: &str = "opcenter_assignment_seconds";
 /// Histogram: an `incident.create` frame read from the socket → the assignment

@@ -8,7 +8,10 @@
 //!
 //! The journal is re-read every [`REREAD`] (its tail and the audit chain walked
 //! that far), so at takeover the chain walk is as short as the replay; the
-//! distance to the stream's end is `opcenter_standby_lag_records`.
+//! distance to the stream's end is `opcenter_standby_lag_records`. Every
+//! [`LIST_SNAPSHOTS_EVERY`] re-reads it also lists the region's snapshots (not
+//! reading them), so the new engine's next snapshot is due after the newest one
+//! the active engine wrote, and no takeover waits for that listing.
 //!
 //! Owns: the standby's copy of the state and its follower. Must never append,
 //! answer a command, or hand over a state that does not continue the journal's
@@ -27,6 +30,9 @@ use crate::{ClusterSettings, Settings, metric};
 
 /// How often the standby re-reads the journal's tail (and walks the chain that far).
 const REREAD: Duration = Duration::from_secs(1);
+/// Re-reads between two listings of the region's snapshots (a listing walks the
+/// bucket's keys: ~0.3 s at 300 000 incidents).
+const LIST_SNAPSHOTS_EVERY: u32 = 10;
 /// How long the follower may read nothing while the stream holds more before its
 /// consumer is created again (its NATS server went away).
 const STALLED: Duration = Duration::from_secs(3);
@@ -37,13 +43,6 @@ const STALLED: Duration = Duration::from_secs(3);
 pub(crate) struct OwnJournal(Option<JetStreamJournal>);
 
 impl OwnJournal {
-    /// The journal, now the caller's to drop off the runtime.
-    pub(crate) fn take(mut self) -> JetStreamJournal {
-        self.0
-            .take()
-            .expect("an OwnJournal holds its journal until taken")
-    }
-
     fn get(&self) -> &JetStreamJournal {
         self.0
             .as_ref()
@@ -70,6 +69,18 @@ pub(crate) struct Warm {
     pub(crate) epoch: String,
     /// Records applied while following (after the load).
     pub(crate) followed: u64,
+    /// The seq of the newest snapshot in the region's bucket, as last listed.
+    pub(crate) newest_snapshot: u64,
+}
+
+impl Warm {
+    /// The journal, now the caller's to drop off the runtime.
+    pub(crate) fn take_journal(&mut self) -> JetStreamJournal {
+        self.journal
+            .0
+            .take()
+            .expect("a Warm holds its journal until taken")
+    }
 }
 
 /// A standby's following task; [`Standby::finish`] stops it and takes its state.
@@ -162,11 +173,13 @@ async fn load(settings: &Settings, cluster: &ClusterSettings, stop: &Cancellatio
                     ms = started.elapsed().as_millis() as u64,
                     "standby: state loaded; following the stream"
                 );
+                let newest_snapshot = replay.snapshot_seq;
                 return Some(Warm {
                     journal,
                     replay,
                     epoch,
                     followed: 0,
+                    newest_snapshot,
                 });
             }
             Err(e) => {
@@ -210,6 +223,7 @@ async fn run(
                 }
             };
             let mut reread = tokio::time::interval(REREAD);
+            let mut rereads = 0u32;
             // Since when the follower has stood at this stream seq behind the stream's end.
             let mut behind: Option<(u64, Instant)> = None;
             loop {
@@ -238,17 +252,25 @@ async fn run(
                     },
                     _ = reread.tick() => {
                         let journal = warm.journal;
+                        rereads = rereads.wrapping_add(1);
+                        let list = rereads % LIST_SNAPSHOTS_EVERY == 1;
                         let reread = tokio::task::spawn_blocking(move || {
                             let mut j = journal;
                             let r = j.0.as_mut().map(JetStreamJournal::reopen);
-                            (j, r)
+                            let newest = j.0.as_ref().filter(|_| list).map(Journal::latest_snapshot_seq);
+                            (j, r, newest)
                         })
                         .await;
-                        let Ok((journal, result)) = reread else {
+                        let Ok((journal, result, newest)) = reread else {
                             tracing::error!("standby: re-reading the journal panicked");
                             return None;
                         };
                         warm.journal = journal;
+                        match newest {
+                            Some(Ok(Some(seq))) => warm.newest_snapshot = warm.newest_snapshot.max(seq),
+                            Some(Err(e)) => tracing::warn!(error = %e, "standby: cannot list the region's snapshots; next time"),
+                            _ => {}
+                        }
                         if let Some(Err(e)) = result {
                             tracing::warn!(error = %e, "standby: cannot re-read the journal's tail; next time");
                             continue;

@@ -20,7 +20,7 @@ use opcenter_store::Journal;
 
 use crate::common::*;
 
-const REGION: &str = "zko";
+pub(crate) const REGION: &str = "zko";
 
 /// The `[cluster]` table of a `both` node of [`REGION`] on `urls` (comma-separated).
 fn cluster_toml(urls: &str, replicas: usize) -> String {

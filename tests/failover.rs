@@ -19,9 +19,11 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use opcenter_cluster::testing::NatsCluster;
+use opcenter_cluster::{JetStreamJournal, JournalOptions};
 use opcenter_proto::auth::Role;
+use opcenter_store::Journal;
 
-use crate::cluster::{node_toml, stream_seqs};
+use crate::cluster::{REGION, node_toml, stream_seqs};
 use crate::common::*;
 
 async fn healthz(e: &BinServer) -> String {
@@ -431,6 +433,88 @@ async fn a_warm_standby_that_followed_the_stream_replays_only_the_tail_at_takeov
     assert!(replayed < 10.0, "replayed {replayed} records at takeover");
     let ok = d.request(create(51.25, 51.35)).await;
     assert_eq!(ok["type"], "ok", "the new engine serves: {ok}");
+}
+
+/// A takeover does not write a snapshot at once: the active engine wrote them
+/// while the standby stood by (which loaded none: the stream was empty), the
+/// standby listed them, and the new engine's next one is due
+/// `snapshot_every_events` after the newest of those. (Before, a takeover
+/// copied and wrote the whole state at its first batch: 133 MB at 250 000
+/// incidents, while the handover's backlog waited.)
+#[tokio::test]
+async fn a_takeover_writes_its_first_snapshot_only_when_one_is_due() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let every = [("OPCENTER_STORAGE__SNAPSHOT_EVERY_EVENTS", "100")];
+    let extra = |name: &str| format!("{}node = \"{name}\"\n", node_toml(&nats.urls(), "engine", 1));
+    let mut a = BinServer::start_with_env(&tmp.path().join("a"), &extra("a"), &every);
+    a.wait_active().await;
+    let b = BinServer::start_with_env(&tmp.path().join("b"), &extra("b"), &every);
+    let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&nats.urls(), "hub", 1));
+    let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    wait_standby_caught_up(&b, 0.0).await;
+    for i in 0..150u64 {
+        let ok = d
+            .request(create(
+                51.2 + (i % 10) as f64 * 0.001,
+                51.3 + (i / 10) as f64 * 0.001,
+            ))
+            .await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+    }
+    // The active engine's snapshots, as the standby lists them (every 10 s).
+    let until = Instant::now() + Duration::from_secs(30);
+    let newest = loop {
+        let listed = metric(&b, "opcenter_standby_newest_snapshot_seq")
+            .await
+            .unwrap_or(0.0);
+        if listed >= 100.0 {
+            break listed as u64;
+        }
+        assert!(
+            Instant::now() < until,
+            "the standby never listed a snapshot past seq 100 ({listed})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let urls = nats.urls();
+    let in_bucket = || {
+        let urls = urls.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                JetStreamJournal::connect(&urls, JournalOptions::new(REGION))
+                    .expect("open the stream")
+                    .latest_snapshot_seq()
+                    .expect("list the snapshots")
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(in_bucket().await, Some(newest), "the active engine wrote it");
+    wait_standby_caught_up(&b, 1.0).await;
+    a.kill9();
+    b.wait_active().await;
+    let (_, seqs) = stream_seqs(&urls).await;
+    let end = *seqs.last().unwrap();
+    assert!(
+        end < newest + 100,
+        "a snapshot is due only after {}: the stream ends at {end}",
+        newest + 100
+    );
+    // A few commands: each is a batch that would have taken the snapshot.
+    for i in 0..5u64 {
+        let ok = d.request(create(51.25, 51.35 + i as f64 * 0.001)).await;
+        assert_eq!(ok["type"], "ok", "the new engine serves: {ok}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        in_bucket().await,
+        Some(newest),
+        "the new engine wrote a snapshot before one was due"
+    );
 }
 
 #[tokio::test]

@@ -71,6 +71,10 @@ pub(crate) const REPLAYED_RECORDS: &str = "opcenter_replayed_records";
 /// Gauge (a standby engine): records its state has applied while following the
 /// stream since it loaded (what a takeover does not replay).
 pub(crate) const STANDBY_FOLLOWED_RECORDS: &str = "opcenter_standby_followed_records";
+/// Gauge (a standby engine): the seq of the newest snapshot in the region's
+/// bucket as it last listed them (its takeover's next snapshot is due
+/// `storage.snapshot_every_events` after it).
+pub(crate) const STANDBY_NEWEST_SNAPSHOT_SEQ: &str = "opcenter_standby_newest_snapshot_seq";
 /// Gauge: the record seq the last recovery replayed from: its snapshot's (a cold
 /// start; 0 without one), or where the warm standby's state stood (a takeover).
 pub(crate) const REPLAY_FROM_SEQ: &str = "opcenter_replay_from_seq";

@@ -267,7 +267,10 @@ async fn run(
                         };
                         warm.journal = journal;
                         match newest {
-                            Some(Ok(Some(seq))) => warm.newest_snapshot = warm.newest_snapshot.max(seq),
+                            Some(Ok(Some(seq))) => {
+                                warm.newest_snapshot = warm.newest_snapshot.max(seq);
+                                metrics::gauge!(metric::STANDBY_NEWEST_SNAPSHOT_SEQ).set(warm.newest_snapshot as f64);
+                            }
                             Some(Err(e)) => tracing::warn!(error = %e, "standby: cannot list the region's snapshots; next time"),
                             _ => {}
                         }

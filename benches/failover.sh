@@ -18,7 +18,9 @@
 # took is printed); the trials alternate which engine is active. p50/max at the end.
 #
 # Also per trial: the hub calls the new engine shed (`opcenter_calls_shed_total`:
-# their deadline had nearly passed while queued). NODE_LOG=info KEEP_LOGS=<dir>
+# their deadline had nearly passed while queued); saved under $T for 14 s after the
+# kill: the new engine's and the hub's CPU per thread and second, and each
+# nats-server's slow consumers and most-pending client connections (/connz). NODE_LOG=info KEEP_LOGS=<dir>
 # keeps every node's log, the trials' CSVs and the new engines' /metrics.
 #
 #   cargo build --release --bin opcenter
@@ -65,6 +67,20 @@ for sec in range(1, secs + 1):
             print(sec, key[1], d)
     prev = cur
 PY
+}
+connz() { # SECONDS: each second, per nats-server, its slow-consumer count and the
+    # three client connections with the most bytes pending to them
+    for s in $(seq "$1"); do
+        sleep 1
+        for m in "${NATS_MON[@]}"; do
+            v=$(curl -s --max-time 1 "http://$m/varz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("slow_consumers", "?"))' 2>/dev/null || echo "?")
+            c=$(curl -s --max-time 1 "http://$m/connz?sort=pending&limit=3" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(" ".join("%s:%sB/in%s/out%s" % (c.get("port"), c.get("pending_bytes"), c.get("in_msgs"), c.get("out_msgs")) for c in d.get("connections", [])))' 2>/dev/null || echo "?")
+            echo "$s $m slow_consumers=$v top_pending: $c"
+        done
+    done
 }
 wait_healthz() { # NAME WANT
     for _ in $(seq 600); do
@@ -120,6 +136,9 @@ for trial in $(seq "$TRIALS"); do
     # Where the new engine's CPU goes, per thread, each second for 14 s after the
     # kill (metrics-threads-<trial>: second, thread name, CPU ms in that second).
     threads "${NODE_PID[$standby]}" 14 >"$T/metrics-threads-$trial.txt" &
+    threads "${NODE_PID[h]}" 14 >"$T/metrics-hubthreads-$trial.txt" &
+    connz 14 >"$T/metrics-connz-$trial.txt" &
+    ss -tnp >"$T/metrics-ss-$trial.txt" 2>/dev/null || true # which process owns which client port
     wait "${NODE_PID[$active]}" 2>/dev/null || true
     wait "$load" || { echo "trial $trial: load failed"; cat "$T/load.err"; exit 1; }
     line=$(python3 - "$csv" "$kill_ms" "$SECONDS_LOAD" <<'PY'

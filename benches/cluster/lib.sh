@@ -24,11 +24,13 @@ trap cleanup EXIT
 port() { echo $((20000 + RANDOM % 30000)); }
 
 # nats_up single|r3 -> NATS_TOML (TOML array of URLs), NATS_URL (comma list),
-# NATS_PIDS, REPLICAS. A fresh store per call.
+# NATS_PIDS, REPLICAS, NATS_MON (r3: the servers' monitoring host:ports, for
+# /connz and /varz). A fresh store per call.
 nats_up() {
     local topo=$1 n i base
     base=$(port)
     NATS_PIDS=()
+    NATS_MON=()
     if [ "$topo" = single ]; then
         nats-server -js -a 127.0.0.1 -p "$base" -sd "$T/nats-$base" >"$T/nats-$base.log" 2>&1 &
         NATS_PIDS+=($!)
@@ -47,7 +49,9 @@ server_name: "n$i"
 listen: "127.0.0.1:$((base + i))"
 jetstream { store_dir: "$T/nats-$base-$i" }
 cluster { name: "clbench", listen: "127.0.0.1:$((base + 10 + i))", routes: [${routes%,}] }
+http: "127.0.0.1:$((base + 20 + i))"
 CONF
+            NATS_MON+=("127.0.0.1:$((base + 20 + i))")
             nats-server -c "$T/n$i-$base.conf" >"$T/nats-$base-$i.log" 2>&1 &
             NATS_PIDS+=($!)
             PIDS+=($!)

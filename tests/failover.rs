@@ -79,6 +79,19 @@ async fn old_engine_exits_having_appended_nothing(
     assert_eq!(healthz(b).await, "ok active\n");
 }
 
+/// `n` creates by `d` on a grid `per_row` wide (0.001° apart), each acknowledged.
+async fn create_grid(d: &mut Client, n: u64, per_row: u64) {
+    for i in 0..n {
+        let ok = d
+            .request(create(
+                51.2 + (i % per_row) as f64 * 0.001,
+                51.3 + (i / per_row) as f64 * 0.001,
+            ))
+            .await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+    }
+}
+
 /// An engine node `name` of the region on the NATS servers `urls` (comma-separated).
 fn engine(tmp: &tempfile::TempDir, name: &str, urls: &str, replicas: usize) -> BinServer {
     let extra = format!("{}node = \"{name}\"\n", node_toml(urls, "engine", replicas));
@@ -402,15 +415,7 @@ async fn a_warm_standby_that_followed_the_stream_replays_only_the_tail_at_takeov
     let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     wait_standby_caught_up(&b, 0.0).await;
     const N: u64 = 200;
-    for i in 0..N {
-        let ok = d
-            .request(create(
-                51.2 + (i % 20) as f64 * 0.001,
-                51.3 + (i / 20) as f64 * 0.001,
-            ))
-            .await;
-        assert_eq!(ok["type"], "ok", "{ok}");
-    }
+    create_grid(&mut d, N, 20).await;
     let followed = wait_standby_caught_up(&b, N as f64).await;
     a.kill9();
     b.wait_active().await;
@@ -455,15 +460,7 @@ async fn a_takeover_writes_its_first_snapshot_only_when_one_is_due() {
     let hub = BinServer::start(&tmp.path().join("hub"), &node_toml(&nats.urls(), "hub", 1));
     let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     wait_standby_caught_up(&b, 0.0).await;
-    for i in 0..150u64 {
-        let ok = d
-            .request(create(
-                51.2 + (i % 10) as f64 * 0.001,
-                51.3 + (i / 10) as f64 * 0.001,
-            ))
-            .await;
-        assert_eq!(ok["type"], "ok", "{ok}");
-    }
+    create_grid(&mut d, 150, 10).await;
     // The active engine's snapshots, as the standby lists them (every 10 s).
     let until = Instant::now() + Duration::from_secs(30);
     let newest = loop {

@@ -182,7 +182,26 @@ struct KvSnapshotWriter {
     deadline: Duration,
 }
 
+impl JetStreamJournal {
+    /// The writer of a snapshot at `seq` (refused past the acknowledged end).
+    fn snapshot_writer(&self, seq: u64) -> Result<KvSnapshotWriter, StoreError> {
+        if seq > self.last_seq {
+            return Err(StoreError::SnapshotAhead {
+                seq,
+                last_seq: self.last_seq,
+            });
+        }
+        Ok(KvSnapshotWriter {
+            handle: self.rt.handle().clone(),
+            snapshots: self.snapshots.clone(),
+            seq,
+            deadline: self.opts.publish_deadline,
+        })
+    }
+}
+
 impl SnapshotWrite for KvSnapshotWriter {
+    // Chunks and manifest are plain puts under fixed keys: writing again is harmless.
     fn write(self: Box<Self>, bytes: &[u8]) -> Result<(), StoreError> {
         let KvSnapshotWriter {
             handle,
@@ -1169,19 +1188,7 @@ impl Journal for JetStreamJournal {
     }
 
     fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        if seq > self.last_seq {
-            return Err(StoreError::SnapshotAhead {
-                seq,
-                last_seq: self.last_seq,
-            });
-        }
-        // Chunks and manifest are plain puts under fixed keys: writing again is harmless.
-        let deadline = self.opts.publish_deadline;
-        let snapshots = &self.snapshots;
-        let _serial = snapshots.serialize();
-        Ok(self.rt.block_on(retry_nats(deadline, "write snapshot", || {
-            snapshots.write(seq, bytes)
-        }))?)
+        Box::new(self.snapshot_writer(seq)?).write(bytes)
     }
 
     // A snapshot is a few hundred KV puts (133 MB at 250 000 incidents): written
@@ -1189,18 +1196,7 @@ impl Journal for JetStreamJournal {
     // writer needs only the bucket and the runtime. Compaction needs no part in
     // the writers' serialization: it lists manifests, written last.
     fn prepare_snapshot(&self, seq: u64) -> Result<Option<Box<dyn SnapshotWrite>>, StoreError> {
-        if seq > self.last_seq {
-            return Err(StoreError::SnapshotAhead {
-                seq,
-                last_seq: self.last_seq,
-            });
-        }
-        Ok(Some(Box::new(KvSnapshotWriter {
-            handle: self.rt.handle().clone(),
-            snapshots: self.snapshots.clone(),
-            seq,
-            deadline: self.opts.publish_deadline,
-        })))
+        Ok(Some(Box::new(self.snapshot_writer(seq)?)))
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

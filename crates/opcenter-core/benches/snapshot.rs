@@ -44,25 +44,14 @@ fn main() {
     let disp = Actor::dispatcher("disp-1");
     let built = Instant::now();
     for i in 0..n {
-        let f = (i % 1000) as f64 / 2000.0;
+        let location = Location {
+            lat: 51.0 + (i % 1000) as f64 / 2000.0,
+            lon: 51.0 + ((i / 1000) % 1000) as f64 / 2000.0,
+        };
         let new = NewIncident {
-            category: "theft".into(),
-            priority: 2,
-            location: Location {
-                lat: 51.0 + f,
-                lon: 51.0 + ((i / 1000) % 1000) as f64 / 2000.0,
-            },
-            address: None,
-            description: None,
-            source: "call".into(),
             key: Some(format!("fo-1-{i}")),
-            units_needed: 1,
-            required: Vec::new(),
             dispatch: DispatchMode::Manual,
-            reporter: None,
-            received_ms: None,
-            agencies: None,
-            given: Given::default(),
+            ..NewIncident::call("theft", 2, location)
         };
         engine
             .apply(&disp, Command::CreateIncident(new), now + i as i64 / 2)

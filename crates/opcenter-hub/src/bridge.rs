@@ -61,8 +61,29 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// the engine on calls that can still be answered instead of on abandoned ones.
 pub(crate) const SHED_MARGIN: Duration = Duration::from_millis(500);
 
-/// Pause before retrying a call that found no engine subscribed.
+/// First pause before retrying a call that found no engine subscribed; each
+/// further one doubles, up to [`NO_ENGINE_PAUSE_MAX`]. A new engine's announcement
+/// (`engine.<region>.active`) ends every pause at once, so the pause only bounds
+/// how long a missed announcement can delay a call, not the handover.
 const NO_ENGINE_PAUSE: Duration = Duration::from_millis(250);
+
+/// The longest pause between attempts of a call while no engine is subscribed.
+/// Without the backoff every waiting call polled every 250 ms: at 2 000 creates/s
+/// and 3 s without an engine, ~24 000 requests/s (each answered "no responders")
+/// on the servers and the hub while the new engine was starting.
+const NO_ENGINE_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before attempt `attempt` (1-based count of "no responders" so far)
+/// of call number `n`: doubling from [`NO_ENGINE_PAUSE`] up to
+/// [`NO_ENGINE_PAUSE_MAX`], plus up to a quarter more spread by the call number,
+/// so the waiting calls do not poll in step.
+fn no_engine_pause(attempt: u32, n: u64, (first, max): (Duration, Duration)) -> Duration {
+    let base = first
+        .saturating_mul(1 << attempt.saturating_sub(1).min(8))
+        .min(max);
+    let spread = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56; // 0..=255
+    base + base.mul_f64(spread as f64 / 1024.0)
+}
 
 /// The subjects of one region.
 #[derive(Debug, Clone)]
@@ -222,6 +243,13 @@ pub(crate) struct Forwarder {
     /// This hub's tablet sessions the engine registered (session key → actor,
     /// profile): announced again to a new engine after a takeover.
     tablets: Mutex<HashMap<String, (Actor, UnitProfile)>>,
+    /// Counts the engines' announcements (`engine.<region>.active`): a call
+    /// waiting for an engine retries as soon as it changes.
+    announced: tokio::sync::watch::Sender<u64>,
+    /// The first and the longest "no engine" pause ([`no_engine_pause`]).
+    no_engine_pauses: (Duration, Duration),
+    /// Attempts that found no engine subscribed, since start.
+    no_engine_attempts: AtomicU64,
 }
 
 impl Forwarder {
@@ -239,6 +267,9 @@ impl Forwarder {
             deadline,
             handle: tokio::runtime::Handle::current(),
             tablets: Mutex::new(HashMap::new()),
+            announced: tokio::sync::watch::Sender::new(0),
+            no_engine_pauses: (NO_ENGINE_PAUSE, NO_ENGINE_PAUSE_MAX),
+            no_engine_attempts: AtomicU64::new(0),
         }
     }
 
@@ -259,6 +290,7 @@ impl Forwarder {
                 }
             };
             while let Some(msg) = sub.next().await {
+                me.announced.send_modify(|n| *n += 1);
                 let tablets: Vec<(String, (Actor, UnitProfile))> = me
                     .tablets
                     .lock()
@@ -316,6 +348,8 @@ impl Forwarder {
     /// Sends `body` to the engine and waits for its answer, retrying with the
     /// same id through timeouts and engine restarts until the deadline; then
     /// `internal`: the change may or may not have been saved, so never `ok`.
+    /// While no engine is subscribed, it waits for the next engine's announcement
+    /// (or a backoff pause, [`no_engine_pause`]) between attempts.
     pub(crate) async fn call(&self, body: CallBody) -> Answer {
         self.track(&body);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +360,8 @@ impl Forwarder {
         };
         let until = Instant::now() + self.deadline;
         let mut attempts = 0u32;
+        let mut no_engine = 0u32;
+        let mut announced = self.announced.subscribe();
         loop {
             attempts += 1;
             let left = until.saturating_duration_since(Instant::now());
@@ -343,6 +379,8 @@ impl Forwarder {
             let request = async_nats::Request::new()
                 .payload(encode(&call))
                 .timeout(Some(ATTEMPT_TIMEOUT.min(left)));
+            // An announcement from now on ends a "no engine" pause.
+            announced.borrow_and_update();
             match self.client.send_request(self.subjects.cmd.clone(), request).await {
                 Ok(msg) => match rmp_serde::from_slice::<Answer>(&msg.payload) {
                     Ok(a) => return a,
@@ -354,7 +392,14 @@ impl Forwarder {
                     }
                 },
                 Err(e) if e.kind() == RequestErrorKind::NoResponders => {
-                    tokio::time::sleep(NO_ENGINE_PAUSE.min(left)).await;
+                    no_engine += 1;
+                    self.no_engine_attempts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(crate::metric::CALLS_NO_ENGINE).increment(1);
+                    let pause = no_engine_pause(no_engine, n, self.no_engine_pauses).min(left);
+                    tokio::select! {
+                        _ = announced.changed() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
                 // Timed out, or the connection is moving to another server: same id again.
                 Err(e) => tracing::debug!(call = %call.id, error = %e, "call attempt failed; retrying"),
@@ -398,14 +443,20 @@ struct Memory {
 
 /// Serves `cmd.<region>` and `pos.<region>.in` into the engine thread's queue,
 /// and publishes its accepted fixes on `pos.<region>.out`, until `stop`.
+/// `subscribed` is told once the server has both subscriptions (dropped if they
+/// failed). Reading the calls never waits for a publish: answers and fixes are
+/// sent by tasks of their own, so a connection slow to take them does not leave
+/// the calls unread (the subscription's buffer full, calls dropped).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_engine(
     client: async_nats::Client,
     region: String,
     queue: EngineQueue,
-    mut positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
+    positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
     recalled: Vec<(String, Bytes)>,
     audit: AuditLog,
     stop: CancellationToken,
+    subscribed: oneshot::Sender<()>,
 ) {
     let subjects = Subjects::new(&region);
     let (mut cmds, mut fixes) = match (
@@ -418,7 +469,17 @@ pub(crate) async fn serve_engine(
             return;
         }
     };
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "subscriptions to the hubs' subjects not confirmed");
+    }
+    let _ = subscribed.send(());
     tracing::info!(subject = %subjects.cmd, "engine serving hub nodes");
+    tokio::spawn(publish_positions(
+        client.clone(),
+        subjects.pos_out.clone(),
+        positions,
+        stop.clone(),
+    ));
     let mut m = Memory::default();
     if !recalled.is_empty() {
         tracing::info!(
@@ -449,12 +510,12 @@ pub(crate) async fn serve_engine(
                             detail: e.to_string(),
                         });
                         let a = encode(&Answer::refused(ErrorCode::BadRequest, format!("bad call: {e}")));
-                        let _ = client.publish(reply_to, a).await;
+                        send_answer(&client, reply_to, a);
                         continue;
                     }
                 };
-                if let Some(done) = remember(&memory, &call.id, reply_to) {
-                    let _ = client.publish(done.0, done.1).await;
+                if let Some((reply_to, answer)) = remember(&memory, &call.id, reply_to) {
+                    send_answer(&client, reply_to, answer);
                     continue;
                 }
                 let expires = (call.budget_ms > 0)
@@ -473,12 +534,37 @@ pub(crate) async fn serve_engine(
                     });
                 }
             }
-            Some(batch) = positions.recv() => {
-                let _ = client.publish(subjects.pos_out.clone(), encode(&batch)).await;
-            }
         }
     }
     tracing::info!("engine stopped serving hub nodes");
+}
+
+/// Sends an answer from a task of its own (the caller goes on reading calls).
+fn send_answer(client: &async_nats::Client, reply_to: async_nats::Subject, answer: Bytes) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let _ = client.publish(reply_to, answer).await;
+    });
+}
+
+/// Publishes the engine's accepted fixes on `pos.<region>.out` until `stop`.
+async fn publish_positions(
+    client: async_nats::Client,
+    subject: String,
+    mut positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            batch = positions.recv() => match batch {
+                Some(batch) => {
+                    let _ = client.publish(subject.clone(), encode(&batch)).await;
+                }
+                None => return,
+            },
+        }
+    }
 }
 
 /// Records a call; `Some((reply_to, answer))` when it was answered before (a retry).
@@ -799,6 +885,85 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn no_engine_pauses_double_up_to_the_cap_and_spread_across_calls() {
+        let p = (NO_ENGINE_PAUSE, NO_ENGINE_PAUSE_MAX);
+        for n in 0..1_000u64 {
+            for (attempt, base) in [(1, 250), (2, 500), (3, 1_000), (4, 1_000), (40, 1_000)] {
+                let pause = no_engine_pause(attempt, n, p);
+                let base = Duration::from_millis(base);
+                assert!(
+                    pause >= base && pause <= base + base / 4,
+                    "{attempt} {n}: {pause:?}"
+                );
+            }
+        }
+        let spread: HashSet<Duration> = (0..100).map(|n| no_engine_pause(1, n, p)).collect();
+        assert!(spread.len() > 50, "calls do not pause in step: {}", spread.len());
+    }
+
+    /// A call that found no engine waits for the next engine's announcement, not
+    /// for the end of its pause: with pauses of a minute, only the announcement
+    /// can get it answered within the test's 30 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waiting_for_an_engine_is_sent_again_when_one_announces_itself() {
+        use opcenter_cluster::testing::NatsCluster;
+        let Some(nats) = NatsCluster::start_or_skip(1) else {
+            return;
+        };
+        let client = opcenter_cluster::connect(&nats.urls()).await.unwrap();
+        let mut forwarder = Forwarder::new(client.clone(), "fo", Duration::from_secs(120));
+        forwarder.no_engine_pauses = (Duration::from_secs(60), Duration::from_secs(60));
+        let forwarder = Arc::new(forwarder);
+        forwarder.watch_takeovers();
+        let call = tokio::spawn({
+            let f = forwarder.clone();
+            async move {
+                f.call(CallBody::Bye {
+                    session: "s1".into(),
+                    unit: "u1".into(),
+                })
+                .await
+            }
+        });
+        // Until the first attempt found nobody (and the hub's watch is subscribed).
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while forwarder.no_engine_attempts.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the call's first attempt found no engine");
+        client.flush().await.unwrap();
+        // A stand-in engine: subscribed first, then announced, as serve_engine does.
+        let engine = opcenter_cluster::connect(&nats.urls()).await.unwrap();
+        let mut cmds = engine.subscribe("cmd.fo").await.unwrap();
+        engine.flush().await.unwrap();
+        let answering = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                let msg = cmds.next().await.expect("the call arrives");
+                let call: Call = rmp_serde::from_slice(&msg.payload).unwrap();
+                let done = Answer::Done {
+                    seq: 7,
+                    reply: WireReply::None,
+                };
+                engine.publish(msg.reply.unwrap(), encode(&done)).await.unwrap();
+                engine.flush().await.unwrap();
+                call.id
+            }
+        });
+        crate::failover::announce_active(&engine, "fo", "b", 2).await;
+        let answer = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("answered after the announcement, not after the minute's pause")
+            .unwrap();
+        assert!(matches!(answer, Answer::Done { seq: 7, .. }), "{answer:?}");
+        let id = answering.await.unwrap();
+        assert!(id.starts_with(&forwarder.node_id), "{id}");
+        assert_eq!(forwarder.no_engine_attempts.load(Ordering::Relaxed), 1);
     }
 
     #[test]

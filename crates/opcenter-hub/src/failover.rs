@@ -57,14 +57,19 @@ pub(crate) type Held = (
 /// listener answers `/healthz` 200 `ok standby`, `/metrics`, and everything else
 /// 503, and the standby keeps a warm copy of the state ([`crate::standby`]),
 /// handed back for the takeover to finish.
+///
+/// `lease_client` is a connection for the lease alone (the bucket, its renewals):
+/// the commands, replies and the standby's reads go over `client`, so a burst of
+/// them (the backlog after a takeover) never delays a renewal behind it.
 pub(crate) async fn wait_for_lease(
     listener: TcpListener,
     settings: &Settings,
     cluster: &ClusterSettings,
+    lease_client: &async_nats::Client,
     client: &async_nats::Client,
 ) -> Result<Held, HubError> {
     let names = RegionNames::new(&cluster.region).map_err(cluster_error(cluster))?;
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(lease_client.clone());
     let bucket = retry_transient(cluster.publish_deadline, || {
         opcenter_cluster::lease_bucket(&js, &names, cluster.replicas, cluster.lease_ttl)
     })

@@ -350,8 +350,10 @@ impl Server {
                 ClusterRole::Hub => (listener, None, None),
                 ClusterRole::Engine | ClusterRole::Both => {
                     let client = connect_nats(&cluster).await?;
+                    let lease_client = connect_nats(&cluster).await?;
                     let (listener, lease, bucket, names, standby) =
-                        failover::wait_for_lease(listener, &settings, &cluster, &client).await?;
+                        failover::wait_for_lease(listener, &settings, &cluster, &lease_client, &client)
+                            .await?;
                     (
                         listener,
                         Some(failover::Active::keep(bucket, names, lease, client)),
@@ -631,6 +633,7 @@ impl Server {
                         .unwrap_or_default()
                 }
             };
+            let (subscribed, serving) = tokio::sync::oneshot::channel();
             tokio::spawn(bridge::serve_engine(
                 b.client,
                 b.region,
@@ -639,7 +642,11 @@ impl Server {
                 recalled,
                 app.audit.clone(),
                 stop_ticks.clone(),
+                subscribed,
             ));
+            // The hubs send their waiting calls on the announcement: announce
+            // only once they find the subscription (or it failed, logged there).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), serving).await;
         }
         if let (Some(a), Some(cluster)) = (&active, &app.settings.cluster) {
             failover::announce_active(&a.client, &cluster.region, &cluster.node, a.epoch).await;
@@ -1043,8 +1050,8 @@ pub(crate) async fn open_region_journal(
         })
 }
 
-/// A NATS connection of this node's own (commands, positions, the follower),
-/// on the sessions' runtime.
+/// A NATS connection of this node's own (commands, positions, the follower; an
+/// engine opens a second one for its lease alone), on the sessions' runtime.
 async fn connect_nats(cluster: &ClusterSettings) -> Result<async_nats::Client, HubError> {
     opcenter_cluster::connect(&cluster.nats.join(","))
         .await

@@ -60,6 +60,9 @@ pub(crate) const FENCED_APPENDS: &str = "opcenter_fenced_appends_total";
 /// Counter: hub calls an engine did not apply because the hub's deadline had
 /// (nearly) passed while they were queued (the hub answered `internal` already).
 pub(crate) const CALLS_SHED: &str = "opcenter_calls_shed_total";
+/// Counter (a hub node): attempts of calls that found no engine subscribed
+/// (each is followed by a pause that the next engine's announcement ends).
+pub(crate) const CALLS_NO_ENGINE: &str = "opcenter_call_no_engine_total";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";
 /// Gauge (a standby engine): records of the region's stream its followed state

@@ -14,7 +14,10 @@
 # cost the tail (POSITION_RATE=0: no fixes at all). Every run also prints the
 # server's other histograms of the same creates: receipt → the engine thread
 # applies it (`opcenter_create_queued_seconds`), receipt → reply queued
-# (`opcenter_create_seconds`), and one group commit (`opcenter_journal_append_seconds`).
+# (`opcenter_create_seconds`), and one group commit (`opcenter_journal_append_seconds`),
+# and, from /proc/<pid>/task/*/schedstat over the run, how long the engine thread
+# (and the server's other threads) waited on a CPU's run queue once runnable: the
+# share of the create's wait that is the two cores being busy, not the engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}
@@ -29,6 +32,14 @@ source benches/common/serve.sh
 SECRET=assignment-latency-secret-of-at-least-32-bytes
 printf '[server]\nlisten = "127.0.0.1:0"\n[storage]\ndata_dir = "%s/data"\n[auth]\njwt_secret = "%s"\n' "$TMP" "$SECRET" > "$TMP/opcenter.toml"
 
+# Per thread of PID: name, ns on a CPU, ns runnable but waiting for one, times run.
+schedstat() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ < "$t/comm")" "$(cat "$t/schedstat")"
+  done 2>/dev/null || true
+}
+
 for run in $(seq "$RUNS"); do
   for side in $SIDES; do
     b=$BIN; [ "$side" = baseline ] && b=${BASE_BIN:?set BASE_BIN for the baseline side}
@@ -36,10 +47,12 @@ for run in $(seq "$RUNS"); do
     RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
     SRV=$!; PIDS+=("$SRV")
     ADDR=$(wait_listen "$TMP/srv.out")
+    schedstat "$SRV" > "$LOGDIR/sched-start-$side-$run.txt"
     timeout 600 "$BIN" sim --server "$ADDR" --secret "$SECRET" --pid "$SRV" --tablets 5000 --consoles 200 \
       --supervisors 1 --incident-rate 50 --position-rate "$POSITION_RATE" --duration "$DURATION" --json \
       > "$LOGDIR/$side-$run.json" 2> "$LOGDIR/sim-$side-$run.err" || true
     curl -s "http://$ADDR/metrics" > "$LOGDIR/metrics-$side-$run.txt" || true
+    schedstat "$SRV" > "$LOGDIR/sched-end-$side-$run.txt"
     kill "$SRV" 2>/dev/null || true
     wait "$SRV" 2>/dev/null || true
   done
@@ -73,4 +86,31 @@ for run in range(1, runs + 1):
             ob = buckets(m, other)
             if ob:
                 print(f"   in-server {other}: {ob.get(float('inf'), 0)} samples; p50 {quantile(ob, 0.5) * 1000:.2f} ms, p99 {quantile(ob, 0.99) * 1000:.2f} ms")
+        def sched(path):
+            rows = {}
+            for line in open(path):
+                f = line.split()
+                if len(f) == 4:
+                    k = f[0]
+                    while k in rows:  # several threads of one name
+                        k += "+"
+                    rows[k] = tuple(int(x) for x in f[1:])
+            return rows
+        try:
+            s0, s1 = sched(f"{d}/sched-start-{side}-{run}.txt"), sched(f"{d}/sched-end-{side}-{run}.txt")
+        except OSError:
+            s0 = s1 = {}
+        def diff(names):
+            run_ns = wait_ns = slices = 0
+            for k in names:
+                a, b = s0.get(k, (0, 0, 0)), s1[k]
+                run_ns, wait_ns, slices = run_ns + b[0] - a[0], wait_ns + b[1] - a[1], slices + b[2] - a[2]
+            return run_ns, wait_ns, slices
+        eng = [k for k in s1 if k.startswith("opcenter-engine")]
+        if eng:
+            r_, w_, n_ = diff(eng)
+            ra, wa, na = diff(list(s1))
+            print(f"   engine thread: {r_ / 1e6:.0f} ms on a CPU, {w_ / 1e6:.0f} ms runnable but waiting for one, "
+                  f"{n_} times run: {w_ / max(n_, 1) / 1000:.0f} µs waiting per run, {r_ / max(n_, 1) / 1000:.0f} µs per run"
+                  f" | all {len(s1)} threads: {ra / 1e6:.0f} ms on a CPU, {wa / 1e6:.0f} ms waiting, {wa / max(na, 1) / 1000:.0f} µs per run")
 EOF

@@ -18,7 +18,8 @@
 # took is printed); the trials alternate which engine is active. p50/max at the end.
 #
 # Also per trial: the hub calls the new engine shed (`opcenter_calls_shed_total`:
-# their deadline had nearly passed while queued); saved under $T for 14 s after the
+# their deadline had nearly passed while queued), the hub's attempts that found no
+# engine (`opcenter_call_no_engine_total`, this trial's); saved under $T for 14 s after the
 # kill: the new engine's and the hub's CPU per thread and second, and each
 # nats-server's slow consumers and most-pending client connections (/connz). NODE_LOG=info KEEP_LOGS=<dir>
 # keeps every node's log, the trials' CSVs and the new engines' /metrics.
@@ -131,6 +132,7 @@ for trial in $(seq "$TRIALS"); do
     load=$!
     sleep "$KILL_AT"
     lag=$(metric "$standby" opcenter_standby_lag_records)
+    no_engine_before=$(metric h opcenter_call_no_engine_total)
     kill_ms=$(date +%s%3N)
     kill -9 "${NODE_PID[$active]}"
     # Where the new engine's CPU goes, per thread, each second for 14 s after the
@@ -164,9 +166,12 @@ PY
     # The new engine's counters after the trial (KEEP_LOGS keeps them).
     curl -s --max-time 2 "http://${NODE_ADDR[$standby]}/metrics" >"$T/metrics-trial-$trial.txt" || true
     shed=$(metric "$standby" opcenter_calls_shed_total)
+    no_engine_after=$(metric h opcenter_call_no_engine_total)
+    no_engine_before=${no_engine_before:-0} no_engine_after=${no_engine_after:-0}
+    no_engine=$(( ${no_engine_after%.*} - ${no_engine_before%.*} ))
     set -- $line
-    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s\n' \
-        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}"
+    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s | hub attempts without engine %s\n' \
+        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}" "$no_engine"
     echo "$line ${replay_ms:-0} ${replayed:-0}" >>"$T/res"
     STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"
@@ -183,7 +188,7 @@ gaps = [r[0] for r in rows if r[0] >= 0]
 acked = [r[1] for r in rows]
 print(f"TRIALS {len(rows)}: no-engine ms p50 {statistics.median(gaps):.0f} max {max(gaps):.0f} | "
       f"acked/s across the handover p50 {statistics.median(acked):.0f} min {min(acked):.0f} | "
-      f"errors {sum(r[3] for r in rows):.0f} unanswered {sum(r[4] for r in rows):.0f} | "
+      f"errors {sum(r[3] for r in rows):.0f} in {sum(1 for r in rows if r[3] > 0)} trials, unanswered {sum(r[4] for r in rows):.0f} | "
       f"new engine acked/s p50 {statistics.median(r[6] for r in rows):.0f} | "
       f"replay ms p50 {statistics.median(r[7] for r in rows):.0f} max {max(r[7] for r in rows):.0f} | "
       f"records replayed p50 {statistics.median(r[8] for r in rows):.0f} max {max(r[8] for r in rows):.0f}")

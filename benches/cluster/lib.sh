@@ -3,9 +3,11 @@
 # /proc, cleanup on exit. Everything started here is killed by its own pid.
 #
 # Env: BIN (default target/release/opcenter), NODE_LOG (RUST_LOG of the nodes),
-# KEEP_LOGS (a directory: the nodes' logs, and what a script saved under $T as
-# *.csv or metrics-*, are copied there before the temp dir goes). A restarted
-# node's log is appended to, not replaced.
+# KEEP_LOGS (a directory: the nodes' and the nats-servers' logs, and what a
+# script saved under $T as *.csv or metrics-*, are copied there before the temp
+# dir goes), NATS_DEBUG=1 (the r3 servers log at debug level: slow consumers,
+# "Timed out of fast producer stall", connections). A restarted node's log is
+# appended to, not replaced.
 BIN=${BIN:-target/release/opcenter}
 T=$(mktemp -d /tmp/opc-clbench.XXXXXX)
 PIDS=()
@@ -14,7 +16,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     if [ -n "${KEEP_LOGS:-}" ]; then
         mkdir -p "$KEEP_LOGS"
-        cp "$T"/*.err "$T"/*.csv "$T"/metrics-* "$KEEP_LOGS"/ 2>/dev/null || true
+        cp "$T"/*.err "$T"/*.csv "$T"/metrics-* "$T"/nats-*.log "$KEEP_LOGS"/ 2>/dev/null || true
     fi
     rm -rf "$T"
 }
@@ -50,6 +52,7 @@ listen: "127.0.0.1:$((base + i))"
 jetstream { store_dir: "$T/nats-$base-$i" }
 cluster { name: "clbench", listen: "127.0.0.1:$((base + 10 + i))", routes: [${routes%,}] }
 http: "127.0.0.1:$((base + 20 + i))"
+debug: $([ -n "${NATS_DEBUG:-}" ] && echo true || echo false)
 CONF
             NATS_MON+=("127.0.0.1:$((base + 20 + i))")
             nats-server -c "$T/n$i-$base.conf" >"$T/nats-$base-$i.log" 2>&1 &

@@ -21,7 +21,9 @@
 # their deadline had nearly passed while queued), the hub's attempts that found no
 # engine (`opcenter_call_no_engine_total`, this trial's); saved under $T for 14 s after the
 # kill: the new engine's and the hub's CPU per thread and second, and each
-# nats-server's slow consumers and most-pending client connections (/connz). NODE_LOG=info KEEP_LOGS=<dir>
+# nats-server's slow consumers, most-pending client connections (/connz) and routes
+# (/routez), the bytes queued in the kernel on the servers' client sockets (`ss`),
+# and 6 s after the kill every server's goroutines (pprof). NODE_LOG=info KEEP_LOGS=<dir>
 # keeps every node's log, the trials' CSVs and the new engines' /metrics.
 #
 #   cargo build --release --bin opcenter
@@ -79,8 +81,23 @@ connz() { # SECONDS: each second, per nats-server, its slow-consumer count and t
 import json, sys
 d = json.load(sys.stdin)
 print(" ".join("%s:%sB/in%s/out%s" % (c.get("port"), c.get("pending_bytes"), c.get("in_msgs"), c.get("out_msgs")) for c in d.get("connections", [])))' 2>/dev/null || echo "?")
-            echo "$s $m slow_consumers=$v top_pending: $c"
+            r=$(curl -s --max-time 1 "http://$m/routez" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(" ".join("rid%s:%sB/in%s/out%s" % (r.get("rid"), r.get("pending_size"), r.get("in_msgs"), r.get("out_msgs")) for r in d.get("routes", [])))' 2>/dev/null || echo "?")
+            echo "$s $m slow_consumers=$v top_pending: $c routes: $r"
         done
+        # Bytes queued in the kernel on every client connection of the servers
+        # (Recv-Q at a server: it is not reading; Send-Q at a client: not taken).
+        ss -tn 2>/dev/null | awk -v s="$s" -v ports="$NATS_PORTS" 'BEGIN { n = split(ports, p, " "); for (i = 1; i <= n; i++) want[p[i]] = 1 }
+            { split($4, l, ":"); split($5, r, ":"); if ((l[2] in want || r[2] in want) && ($2 > 0 || $3 > 0)) print s, "ss", $2, $3, $4, $5 }'
+        # What every goroutine of each server is doing, 6 s after the kill.
+        if [ "$s" = 6 ]; then
+            for prof in "${NATS_PROF[@]}"; do
+                echo "=== $prof" >>"$T/metrics-stacks-$TRIAL.txt"
+                curl -s --max-time 3 "http://$prof/debug/pprof/goroutine?debug=2" >>"$T/metrics-stacks-$TRIAL.txt" || true
+            done
+        fi
     done
 }
 wait_healthz() { # NAME WANT
@@ -139,7 +156,7 @@ for trial in $(seq "$TRIALS"); do
     # kill (metrics-threads-<trial>: second, thread name, CPU ms in that second).
     threads "${NODE_PID[$standby]}" 14 >"$T/metrics-threads-$trial.txt" &
     threads "${NODE_PID[h]}" 14 >"$T/metrics-hubthreads-$trial.txt" &
-    connz 14 >"$T/metrics-connz-$trial.txt" &
+    TRIAL=$trial connz 14 >"$T/metrics-connz-$trial.txt" &
     ss -tnp >"$T/metrics-ss-$trial.txt" 2>/dev/null || true # which process owns which client port
     wait "${NODE_PID[$active]}" 2>/dev/null || true
     wait "$load" || { echo "trial $trial: load failed"; cat "$T/load.err"; exit 1; }

@@ -27,12 +27,16 @@ port() { echo $((20000 + RANDOM % 30000)); }
 
 # nats_up single|r3 -> NATS_TOML (TOML array of URLs), NATS_URL (comma list),
 # NATS_PIDS, REPLICAS, NATS_MON (r3: the servers' monitoring host:ports, for
-# /connz and /varz). A fresh store per call.
+# /connz and /varz), NATS_PROF (r3: their profiling host:ports, for
+# /debug/pprof/goroutine), NATS_PORTS (r3: their client ports, space-separated).
+# A fresh store per call.
 nats_up() {
     local topo=$1 n i base
     base=$(port)
     NATS_PIDS=()
     NATS_MON=()
+    NATS_PROF=()
+    NATS_PORTS=""
     if [ "$topo" = single ]; then
         nats-server -js -a 127.0.0.1 -p "$base" -sd "$T/nats-$base" >"$T/nats-$base.log" 2>&1 &
         NATS_PIDS+=($!)
@@ -52,9 +56,12 @@ listen: "127.0.0.1:$((base + i))"
 jetstream { store_dir: "$T/nats-$base-$i" }
 cluster { name: "clbench", listen: "127.0.0.1:$((base + 10 + i))", routes: [${routes%,}] }
 http: "127.0.0.1:$((base + 20 + i))"
+prof_port: $((base + 30 + i))
 debug: $([ -n "${NATS_DEBUG:-}" ] && echo true || echo false)
 CONF
             NATS_MON+=("127.0.0.1:$((base + 20 + i))")
+            NATS_PROF+=("127.0.0.1:$((base + 30 + i))")
+            NATS_PORTS="$NATS_PORTS $((base + i))"
             nats-server -c "$T/n$i-$base.conf" >"$T/nats-$base-$i.log" 2>&1 &
             NATS_PIDS+=($!)
             PIDS+=($!)

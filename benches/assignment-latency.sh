@@ -9,7 +9,11 @@
 #
 # Usage: benches/assignment-latency.sh [RUNS=1] [DURATION=30]
 # Needs: cargo build --release --bin opcenter. SIDES (default "opcenter"); side
-# `baseline` runs BASE_BIN (another build) in the same script run. Loopback only.
+# `baseline` runs BASE_BIN (another build) in the same script run; side `reniced`
+# runs BIN with `hub.engine_nice` = ENGINE_NICE (default -10; needs root or
+# CAP_SYS_NICE, else the server logs that it runs unchanged): how much of the
+# tail is the engine thread waiting for a CPU (SIDES="opcenter reniced" compares
+# both in one run). Loopback only.
 # POSITION_RATE (default 20000) changes the recipe's fixes/s, to see what they
 # cost the tail (POSITION_RATE=0: no fixes at all). Every run also prints the
 # server's other histograms of the same creates: receipt → the engine thread
@@ -44,7 +48,9 @@ for run in $(seq "$RUNS"); do
   for side in $SIDES; do
     b=$BIN; [ "$side" = baseline ] && b=${BASE_BIN:?set BASE_BIN for the baseline side}
     rm -rf "$TMP/data" "$TMP/srv.out"
-    RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
+    # Only that side gets the key: an older build (BASE_BIN) refuses keys it does not know.
+    extra=(); [ "$side" = reniced ] && extra=("OPCENTER_HUB__ENGINE_NICE=${ENGINE_NICE:--10}")
+    env "${extra[@]}" RUST_LOG=warn "$b" serve --config "$TMP/opcenter.toml" > "$TMP/srv.out" 2> "$LOGDIR/server-$side-$run.err" &
     SRV=$!; PIDS+=("$SRV")
     ADDR=$(wait_listen "$TMP/srv.out")
     schedstat "$SRV" > "$LOGDIR/sched-start-$side-$run.txt"

@@ -53,6 +53,7 @@ mod limit;
 mod metric;
 mod mirror;
 mod outbox;
+mod priority;
 mod read_model;
 mod record;
 mod replay;
@@ -966,7 +967,7 @@ fn start_region(
             let history = memory_history(&model_settings);
             let model = ReadModel::new(start, model_journal, model_shared, &model_settings, history);
             tracing::info!(ms = built.elapsed().as_millis() as u64, "read model built");
-            read_model::lower_priority(reads_nice);
+            priority::renice_this_thread(reads_nice, "hub.reads_nice");
             model.run(reads_rx)
         })?;
     let mut view = None;
@@ -983,9 +984,13 @@ fn start_region(
             .with_positions_out(positions_out)
             .with_audit(audit.clone());
             view = Some(task.view());
+            let engine_nice = settings.hub.engine_nice;
             std::thread::Builder::new()
                 .name("opcenter-engine".into())
-                .spawn(move || task.run(engine_rx))?
+                .spawn(move || {
+                    priority::renice_this_thread(engine_nice, "hub.engine_nice");
+                    task.run(engine_rx)
+                })?
         }
         Node::Hub {
             forward,

@@ -661,55 +661,8 @@ pub(crate) fn store_snapshot(
     Ok(())
 }
 
-/// Lowers the calling thread's OS scheduling priority by `nice` (Linux nice
-/// values, capped at 19; 0 leaves it alone). Only this thread changes: on Linux
-/// `setpriority` on a thread id applies to that thread, and an unprivileged
-/// thread may always lower its own priority. A failure is logged and ignored:
-/// the server still works, only less fairly under heavy reads.
-pub(crate) fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let tid = rustix::thread::gettid();
-        let result = rustix::process::getpriority_process(Some(tid)).and_then(|now| {
-            let target = now.saturating_add(nice).min(19);
-            rustix::process::setpriority_process(Some(tid), target).map(|()| target)
-        });
-        match result {
-            Ok(target) => tracing::debug!(nice = target, "read model thread priority lowered"),
-            Err(e) => tracing::warn!(error = %e, "could not lower the read model thread's priority"),
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    tracing::warn!("hub.reads_nice is only applied on Linux");
-}
-
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
-    /// The nice value the kernel reports for a thread, read the way `top -H`
-    /// does (field 19 of `/proc/self/task/<tid>/stat`), not through the call
-    /// under test.
-    fn nice_of(tid: rustix::process::Pid) -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{}/stat", tid.as_raw_nonzero())).unwrap();
-        // The command name (field 2) may hold spaces; fields restart after ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        rest.split(' ').nth(16).unwrap().parse().unwrap()
-    }
-
-    /// Runs `lower_priority(nice)` on a fresh thread: its nice before and after.
-    fn lowered_on_new_thread(nice: i32) -> (i32, i32) {
-        std::thread::spawn(move || {
-            let tid = rustix::thread::gettid();
-            let before = nice_of(tid);
-            super::lower_priority(nice);
-            (before, nice_of(tid))
-        })
-        .join()
-        .unwrap()
-    }
-
     #[test]
     fn heavy_reads_past_their_share_wait_in_proportion() {
         let mut b = super::Budget::new(0.5);
@@ -721,16 +674,5 @@ mod tests {
         let mut free = super::Budget::new(1.0);
         free.spend(std::time::Duration::from_secs(10));
         assert_eq!(free.over(), None, "1.0: no pacing");
-    }
-
-    #[test]
-    fn lower_priority_changes_only_the_calling_thread() {
-        let main = rustix::thread::gettid();
-        let before = nice_of(main);
-        let seen = lowered_on_new_thread(10);
-        assert_eq!(seen.1, (seen.0 + 10).min(19), "read thread nice {seen:?}");
-        assert_eq!(nice_of(main), before, "the rest of the process is untouched");
-        let kept = lowered_on_new_thread(0);
-        assert_eq!(kept.0, kept.1, "0 leaves the priority alone");
     }
 }

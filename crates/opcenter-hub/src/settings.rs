@@ -178,6 +178,7 @@ struct RawHub {
     session_burst: u32,
     max_connections: usize,
     reads_nice: i32,
+    engine_nice: i32,
     memory_history_events: usize,
     replay_step_events: usize,
     frame_cache_bytes: usize,
@@ -448,6 +449,10 @@ pub struct HubSettings {
     /// `hub.reads_nice`: how much lower (0..=19, 0 = unchanged) the read-model
     /// thread's OS scheduling priority is than the rest of the process.
     pub reads_nice: i32,
+    /// `hub.engine_nice`: how much higher (−20..=0, 0 = unchanged) the engine
+    /// thread's OS scheduling priority is than the rest of the process (needs
+    /// `CAP_SYS_NICE`; refused, it is logged and the thread runs unchanged).
+    pub engine_nice: i32,
     /// `hub.memory_history_events`: the newest events kept decoded in memory
     /// for `since` resumes (at most `history_events`); older ones are read from
     /// the journal.
@@ -737,6 +742,13 @@ impl Settings {
         if !(0..=19).contains(&h.reads_nice) {
             return Err(invalid("hub.reads_nice", "must be between 0 (unchanged) and 19"));
         }
+        // Positive would put the engine below the sessions it serves.
+        if !(-20..=0).contains(&h.engine_nice) {
+            return Err(invalid(
+                "hub.engine_nice",
+                "must be between -20 and 0 (unchanged)",
+            ));
+        }
         if raw.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be > 0"));
         }
@@ -862,6 +874,7 @@ impl Settings {
                 engine_queue: h.engine_queue,
                 max_connections: h.max_connections,
                 reads_nice: h.reads_nice,
+                engine_nice: h.engine_nice,
                 memory_history_events: h.memory_history_events.min(h.history_events as usize),
                 replay_step_events: h.replay_step_events,
                 frame_cache_bytes: h.frame_cache_bytes,
@@ -1096,6 +1109,13 @@ mod tests {
         for bad in ["-1", "20"] {
             let e = Settings::from_toml(&format!("[hub]\nreads_nice = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("hub.reads_nice"), "{e}");
+        }
+        assert_eq!(Settings::from_toml("").unwrap().hub.engine_nice, 0);
+        let raised = Settings::from_toml("[hub]\nengine_nice = -10\n").unwrap();
+        assert_eq!(raised.hub.engine_nice, -10);
+        for bad in ["1", "-21"] {
+            let e = Settings::from_toml(&format!("[hub]\nengine_nice = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("hub.engine_nice"), "{e}");
         }
         let hub = Settings::from_toml("").unwrap().hub;
         assert_eq!(

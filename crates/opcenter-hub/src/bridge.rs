@@ -441,23 +441,35 @@ struct Memory {
     unit_sessions: HashMap<String, HashSet<String>>,
 }
 
+/// Role `engine`: what the NATS command bridge needs once serving starts.
+pub(crate) struct EngineBridge {
+    /// The connection for the hubs (not the lease's, not the journal's).
+    pub(crate) client: async_nats::Client,
+    pub(crate) region: String,
+    /// Each batch's accepted fixes, from the engine thread.
+    pub(crate) positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
+}
+
 /// Serves `cmd.<region>` and `pos.<region>.in` into the engine thread's queue,
 /// and publishes its accepted fixes on `pos.<region>.out`, until `stop`.
 /// `subscribed` is told once the server has both subscriptions (dropped if they
 /// failed). Reading the calls never waits for a publish: answers and fixes are
 /// sent by tasks of their own, so a connection slow to take them does not leave
 /// the calls unread (the subscription's buffer full, calls dropped).
-#[allow(clippy::too_many_arguments)]
+/// `recalled`: calls applied before this engine started, with their answers.
 pub(crate) async fn serve_engine(
-    client: async_nats::Client,
-    region: String,
-    queue: EngineQueue,
-    positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
+    bridge: EngineBridge,
     recalled: Vec<(String, Bytes)>,
+    queue: EngineQueue,
     audit: AuditLog,
     stop: CancellationToken,
     subscribed: oneshot::Sender<()>,
 ) {
+    let EngineBridge {
+        client,
+        region,
+        positions,
+    } = bridge;
     let subjects = Subjects::new(&region);
     let (mut cmds, mut fixes) = match (
         client.subscribe(subjects.cmd.clone()).await,

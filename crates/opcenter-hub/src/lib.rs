@@ -300,19 +300,12 @@ pub struct Server {
     /// Each region's engine (or feed) thread.
     engine_threads: Vec<std::thread::JoinHandle<()>>,
     /// Role `engine`: the command bridge to start with serving.
-    bridge: Option<EngineBridge>,
+    bridge: Option<bridge::EngineBridge>,
     /// Roles `engine` and `both`: the region's lease this engine holds.
     active: Option<failover::Active>,
     /// Role `engine` after a warm standby's takeover: the calls it noted while
     /// following (else they are read from the stream at serving).
     recalled: Option<Recalled>,
-}
-
-/// Role `engine`: what the NATS command bridge needs once serving starts.
-struct EngineBridge {
-    client: async_nats::Client,
-    region: String,
-    positions: tokio::sync::mpsc::UnboundedReceiver<Vec<opcenter_core::PositionItem>>,
 }
 
 /// What changes the state in this process.
@@ -396,7 +389,7 @@ impl Server {
                         },
                     )?;
                     server.recalled = recalled;
-                    server.bridge = Some(EngineBridge {
+                    server.bridge = Some(bridge::EngineBridge {
                         client,
                         region: cluster.region.clone(),
                         positions,
@@ -636,11 +629,9 @@ impl Server {
             };
             let (subscribed, serving) = tokio::sync::oneshot::channel();
             tokio::spawn(bridge::serve_engine(
-                b.client,
-                b.region,
-                app.home().engine_tx.clone(),
-                b.positions,
+                b,
                 recalled,
+                app.home().engine_tx.clone(),
                 app.audit.clone(),
                 stop_ticks.clone(),
                 subscribed,

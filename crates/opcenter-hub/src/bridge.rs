@@ -85,6 +85,11 @@ fn no_engine_pause(attempt: u32, n: u64, (first, max): (Duration, Duration)) -> 
     base + base.mul_f64(spread as f64 / 1024.0)
 }
 
+/// How long a new engine waits for the server to confirm its subscriptions
+/// before it announces itself anyway (the hubs' calls then retry on their
+/// backoff until it is subscribed).
+pub(crate) const SUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The subjects of one region.
 #[derive(Debug, Clone)]
 pub(crate) struct Subjects {

@@ -638,7 +638,7 @@ impl Server {
             ));
             // The hubs send their waiting calls on the announcement: announce
             // only once they find the subscription (or it failed, logged there).
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), serving).await;
+            let _ = tokio::time::timeout(bridge::SUBSCRIBE_CONFIRM_TIMEOUT, serving).await;
         }
         if let (Some(a), Some(cluster)) = (&active, &app.settings.cluster) {
             failover::announce_active(&a.client, &cluster.region, &cluster.node, a.epoch).await;

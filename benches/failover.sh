@@ -19,7 +19,9 @@
 #
 # Also per trial: the hub calls the new engine shed (`opcenter_calls_shed_total`:
 # their deadline had nearly passed while queued), the hub's attempts that found no
-# engine (`opcenter_call_no_engine_total`, this trial's); saved under $T for 14 s after the
+# engine (`opcenter_call_no_engine_total`, this trial's), the connections the
+# probe found stuck and reconnected (`opcenter_nats_probe_reconnects_total`: the
+# new engine's, the hub's); saved under $T for 14 s after the
 # kill: the new engine's and the hub's CPU per thread and second, and each
 # nats-server's slow consumers, most-pending client connections (/connz) and routes
 # (/routez), the bytes queued in the kernel on the servers' client sockets (`ss`),
@@ -150,6 +152,7 @@ for trial in $(seq "$TRIALS"); do
     sleep "$KILL_AT"
     lag=$(metric "$standby" opcenter_standby_lag_records)
     no_engine_before=$(metric h opcenter_call_no_engine_total)
+    probe_hub_before=$(metric h 'opcenter_nats_probe_reconnects_total{connection="hub"}')
     kill_ms=$(date +%s%3N)
     kill -9 "${NODE_PID[$active]}"
     # Where the new engine's CPU goes, per thread, each second for 14 s after the
@@ -186,10 +189,15 @@ PY
     no_engine_after=$(metric h opcenter_call_no_engine_total)
     no_engine_before=${no_engine_before:-0} no_engine_after=${no_engine_after:-0}
     no_engine=$(( ${no_engine_after%.*} - ${no_engine_before%.*} ))
+    # Connections the probe found stuck and reconnected: the new engine's (since it
+    # started) and the hub's (this trial's).
+    probe_engine=$(metric "$standby" 'opcenter_nats_probe_reconnects_total{connection="engine"}')
+    probe_hub_after=$(metric h 'opcenter_nats_probe_reconnects_total{connection="hub"}')
+    probe_hub=$(( ${probe_hub_after:-0} - ${probe_hub_before:-0} ))
     set -- $line
-    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s | hub attempts without engine %s\n' \
-        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}" "$no_engine"
-    echo "$line ${replay_ms:-0} ${replayed:-0}" >>"$T/res"
+    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s | hub attempts without engine %s | probe reconnects: engine %s, hub %s\n' \
+        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}" "$no_engine" "${probe_engine:-0}" "$probe_hub"
+    echo "$line ${replay_ms:-0} ${replayed:-0} $(( ${probe_engine:-0} + probe_hub ))" >>"$T/res"
     STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"
     wait_warm "$active"
@@ -208,5 +216,6 @@ print(f"TRIALS {len(rows)}: no-engine ms p50 {statistics.median(gaps):.0f} max {
       f"errors {sum(r[3] for r in rows):.0f} in {sum(1 for r in rows if r[3] > 0)} trials, unanswered {sum(r[4] for r in rows):.0f} | "
       f"new engine acked/s p50 {statistics.median(r[6] for r in rows):.0f} | "
       f"replay ms p50 {statistics.median(r[7] for r in rows):.0f} max {max(r[7] for r in rows):.0f} | "
-      f"records replayed p50 {statistics.median(r[8] for r in rows):.0f} max {max(r[8] for r in rows):.0f}")
+      f"records replayed p50 {statistics.median(r[8] for r in rows):.0f} max {max(r[8] for r in rows):.0f} | "
+      f"probe reconnects {sum(r[9] for r in rows):.0f} in {sum(1 for r in rows if r[9] > 0)} trials")
 PY

@@ -6,7 +6,8 @@
 //! (nothing missing, nothing repeated); `kill -9` of the engine during a burst of
 //! creates and its restart (every acknowledged create kept, `since` still works);
 //! a hub without an engine (`internal`, never `ok`); a hub whose stream is
-//! deleted (clients closed with 4008, the hub exits).
+//! deleted (clients closed with 4008, the hub exits); an engine whose answers
+//! stop reaching NATS (its connection found by the probe and reconnected).
 //! Each test prints `SKIPPED` and returns when nats-server is not installed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -16,7 +17,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use opcenter_cluster::testing::NatsCluster;
+use opcenter_cluster::testing::{NatsCluster, Relay};
 use opcenter_proto::auth::Role;
 
 use crate::cluster::stream_seqs;
@@ -408,6 +409,48 @@ async fn kill_9_of_the_engine_during_creates_loses_nothing_acknowledged() {
         refused.len(),
         seqs.len()
     );
+}
+
+/// `opcenter_nats_probe_reconnects_total{connection="<label>"}` on `node` (0 if absent).
+async fn probe_reconnects(node: &BinServer, label: &str) -> f64 {
+    let (status, body) = http(node.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    let name = format!("opcenter_nats_probe_reconnects_total{{connection=\"{label}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name.as_str())?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_engine_whose_answers_stop_reaching_nats_reconnects_and_the_call_is_answered() {
+    let Some(nats) = NatsCluster::start_or_skip(1) else {
+        return;
+    };
+    // The engine reaches NATS through a relay; its first connection is the one
+    // to the hubs (calls in, answers out), then come the lease's and the journal's.
+    let relay = Relay::start(nats.nodes()[0].port).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = BinServer::start(&tmp.path().join("engine"), &role_toml(&relay.url(), "engine"));
+    let hub = BinServer::start(&tmp.path().join("hub"), &role_toml(&nats.urls(), "hub"));
+    let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
+    let first = d.request(create(51.2, 51.3)).await;
+    assert_eq!(first["type"], "ok", "{first}");
+    assert_eq!(relay.accepted(), 3, "the engine's three NATS connections");
+    assert_eq!(probe_reconnects(&engine, "engine").await, 0.0);
+
+    // Calls still reach the engine, but nothing it sends reaches the server: the
+    // answer is lost (as in the stalls after takeovers) until the probe finds it.
+    relay.freeze(0);
+    let second = d.request(create(51.21, 51.31)).await;
+    assert_eq!(
+        second["type"], "ok",
+        "answered after the engine's connection came back: {second}"
+    );
+    assert!(probe_reconnects(&engine, "engine").await >= 1.0);
+    assert!(relay.accepted() >= 4, "the engine connected again");
+    // Each create applied once, though the hub sent the second again.
+    let (_e, _, snap) = subscribed(&engine.host(), Role::Dispatcher, &["incidents"], None).await;
+    assert_eq!(snap["incidents"].as_array().map(Vec::len), Some(2), "{snap}");
 }
 
 #[tokio::test]

@@ -296,3 +296,81 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// A TCP relay in front of one server, on a loopback port of its own, that can
+/// stop passing one connection's bytes on: after [`Relay::freeze`]`(i)`, what the
+/// `i`-th connection's client sends is no longer read or passed to the server,
+/// while the server's bytes still reach the client (a connection stuck one way).
+/// Other connections pass freely. Threads of its own, so any runtime (or none)
+/// may drive its clients.
+#[derive(Debug)]
+pub struct Relay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    /// Starts relaying connections to `127.0.0.1:server_port`.
+    pub fn start(server_port: u16) -> io::Result<Relay> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let relay = Relay {
+            port,
+            frozen: Default::default(),
+            accepted: Default::default(),
+        };
+        let (frozen, accepted) = (relay.frozen.clone(), relay.accepted.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let i = accepted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) else {
+                    continue;
+                };
+                let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let frozen = frozen.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_in.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while frozen.lock().unwrap_or_else(|e| e.into_inner()).contains(&i) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        if server_out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut server_in, &mut client_out);
+                    let _ = client_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Ok(relay)
+    }
+
+    /// `nats://127.0.0.1:<port>` of the relay.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops passing on what the `i`-th accepted connection (0-based) sends; the
+    /// bytes already read are held, nothing more is read from it.
+    pub fn freeze(&self, i: usize) {
+        self.frozen.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -306,6 +306,9 @@ pub struct Server {
     /// Role `engine` after a warm standby's takeover: the calls it noted while
     /// following (else they are read from the stream at serving).
     recalled: Option<Recalled>,
+    /// The NATS connections that carry commands, probed while serving
+    /// (`cluster.probe_interval_ms`), with their label.
+    probed: Vec<(&'static str, async_nats::Client)>,
 }
 
 /// What changes the state in this process.
@@ -389,6 +392,7 @@ impl Server {
                         },
                     )?;
                     server.recalled = recalled;
+                    server.probed.push(("engine", client.clone()));
                     server.bridge = Some(bridge::EngineBridge {
                         client,
                         region: cluster.region.clone(),
@@ -412,8 +416,13 @@ impl Server {
                     }
                 }
             };
+            let hub_client = match &node {
+                Node::Hub { client, .. } => Some(client.clone()),
+                Node::Engine { .. } => None,
+            };
             let (recovered, _) = recover_taken_over(&settings, journal, warm).await?;
             let mut server = Self::start_recovered(listener, settings, recovered, node)?;
+            server.probed.extend(hub_client.map(|c| ("hub", c)));
             server.active = active;
             return Ok(server);
         }
@@ -510,7 +519,9 @@ impl Server {
             regions.push(start_region(&settings, named, recovered, true, node, &audit)?);
         }
         tracing::info!(regions = ?cluster.regions, "national desk serving");
-        Self::assemble(listener, settings, regions, audit)
+        let mut server = Self::assemble(listener, settings, regions, audit)?;
+        server.probed.push(("hub", client));
+        Ok(server)
     }
 
     /// Whatever keeps us from the data (it cannot be opened, or the engine cannot
@@ -581,6 +592,7 @@ impl Server {
             bridge: None,
             active: None,
             recalled: None,
+            probed: Vec::new(),
         })
     }
 
@@ -601,8 +613,23 @@ impl Server {
             bridge,
             active,
             recalled,
+            probed,
         } = self;
         let stop_ticks = tokio_util::sync::CancellationToken::new();
+        if let Some(probe) = app.settings.cluster.as_ref().and_then(|c| c.probe) {
+            for (label, client) in probed {
+                let stop = stop_ticks.clone();
+                tokio::spawn(async move {
+                    let count = move || {
+                        metrics::counter!(metric::NATS_PROBE_RECONNECTS, "connection" => label).increment(1)
+                    };
+                    tokio::select! {
+                        _ = opcenter_cluster::probe_connection(client, label, probe, count) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        }
         if let Some(a) = &active {
             // A lost lease: refuse everything from now on (another engine may
             // already append), then stop like a fenced append does.

@@ -63,6 +63,10 @@ pub(crate) const CALLS_SHED: &str = "opcenter_calls_shed_total";
 /// Counter (a hub node): attempts of calls that found no engine subscribed
 /// (each is followed by a pause that the next engine's announcement ends).
 pub(crate) const CALLS_NO_ENGINE: &str = "opcenter_call_no_engine_total";
+/// Counter: probes of a NATS connection that did not come back through the
+/// server within `cluster.probe_timeout_ms`, each followed by a reconnect, by
+/// `connection` (`engine`: an engine's to the hubs; `hub`: a hub's to the engine).
+pub(crate) const NATS_PROBE_RECONNECTS: &str = "opcenter_nats_probe_reconnects_total";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";
 /// Gauge (a standby engine): records of the region's stream its followed state

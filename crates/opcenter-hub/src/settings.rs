@@ -216,6 +216,18 @@ struct RawCluster {
     node: Option<String>,
     #[serde(default = "default_pipeline_depth")]
     pipeline_depth: usize,
+    #[serde(default = "default_probe_interval_ms")]
+    probe_interval_ms: u64,
+    #[serde(default = "default_probe_timeout_ms")]
+    probe_timeout_ms: u64,
+}
+
+fn default_probe_interval_ms() -> u64 {
+    500
+}
+
+fn default_probe_timeout_ms() -> u64 {
+    2_000
 }
 
 fn default_pipeline_depth() -> usize {
@@ -416,6 +428,11 @@ pub struct ClusterSettings {
     /// `cluster.pipeline_depth` (roles `engine`, `both`): batches appended to the
     /// stream at once, each held (replies and events) until its publish ack.
     pub pipeline_depth: usize,
+    /// `cluster.probe_interval_ms` and `cluster.probe_timeout_ms`: how the
+    /// connection carrying the commands (an engine's to the hubs, a hub's to the
+    /// engine) is probed through its server; a probe not back in time makes it
+    /// reconnect. `None`: interval 0, not probed.
+    pub probe: Option<opcenter_cluster::ProbeSettings>,
 }
 
 /// `hub.*`, checked.
@@ -920,6 +937,17 @@ fn default_node_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// `Ok` if `value` of `key` is in `range`, else the error naming both.
+fn within(key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<(), SettingsError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(SettingsError::Invalid {
+        key,
+        problem: format!("{value}: want {}..={}", range.start(), range.end()),
+    })
+}
+
 fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
     let invalid = |key: &'static str, problem: String| SettingsError::Invalid { key, problem };
     if c.nats.is_empty() {
@@ -1003,24 +1031,20 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
         ));
     }
     // A retry must reach the engine while it still remembers the call.
-    if c.command_timeout_s == 0 || c.command_timeout_s > 120 {
+    within("cluster.command_timeout_s", c.command_timeout_s, 1..=120)?;
+    within("cluster.lease_ttl_s", c.lease_ttl_s, 1..=60)?;
+    within("cluster.pipeline_depth", c.pipeline_depth as u64, 1..=64)?;
+    if c.probe_interval_ms != 0 && !(50..=60_000).contains(&c.probe_interval_ms) {
         return Err(invalid(
-            "cluster.command_timeout_s",
-            format!("{}: want 1..=120", c.command_timeout_s),
+            "cluster.probe_interval_ms",
+            format!("{}: want 0 (off) or 50..=60000", c.probe_interval_ms),
         ));
     }
-    if !(1..=60).contains(&c.lease_ttl_s) {
-        return Err(invalid(
-            "cluster.lease_ttl_s",
-            format!("{}: want 1..=60", c.lease_ttl_s),
-        ));
-    }
-    if !(1..=64).contains(&c.pipeline_depth) {
-        return Err(invalid(
-            "cluster.pipeline_depth",
-            format!("{}: want 1..=64", c.pipeline_depth),
-        ));
-    }
+    within("cluster.probe_timeout_ms", c.probe_timeout_ms, 100..=60_000)?;
+    let probe = (c.probe_interval_ms != 0).then(|| opcenter_cluster::ProbeSettings {
+        every: std::time::Duration::from_millis(c.probe_interval_ms),
+        timeout: std::time::Duration::from_millis(c.probe_timeout_ms),
+    });
     let node = match c.node {
         Some(n) if n.trim().is_empty() || n.len() > 128 => {
             return Err(invalid("cluster.node", format!("{n:?}: want 1..=128 characters")));
@@ -1032,6 +1056,7 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
         lease_ttl: std::time::Duration::from_secs(c.lease_ttl_s),
         node,
         pipeline_depth: c.pipeline_depth,
+        probe,
         nats: c.nats,
         region,
         regions,
@@ -1371,6 +1396,14 @@ mod tests {
                 "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"both\"\npipeline_depth = 0",
                 "cluster.pipeline_depth",
             ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\nprobe_interval_ms = 10",
+                "cluster.probe_interval_ms",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\nprobe_timeout_ms = 0",
+                "cluster.probe_timeout_ms",
+            ),
         ] {
             let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");
@@ -1383,5 +1416,22 @@ mod tests {
         .unwrap();
         assert_eq!(desk.region, "zko", "the first region is the desk's own");
         assert_eq!(desk.regions, ["zko", "akt", "ura"]);
+        let probe = |extra: &str| {
+            Settings::from_toml(&format!(
+                "[cluster]\nnats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\n{extra}"
+            ))
+            .unwrap()
+            .cluster
+            .unwrap()
+            .probe
+        };
+        assert_eq!(
+            probe(""),
+            Some(opcenter_cluster::ProbeSettings {
+                every: std::time::Duration::from_millis(500),
+                timeout: std::time::Duration::from_secs(2),
+            })
+        );
+        assert_eq!(probe("probe_interval_ms = 0"), None, "0 turns the probe off");
     }
 }

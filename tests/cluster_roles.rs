@@ -7,7 +7,7 @@
 //! creates and its restart (every acknowledged create kept, `since` still works);
 //! a hub without an engine (`internal`, never `ok`); a hub whose stream is
 //! deleted (clients closed with 4008, the hub exits); an engine whose answers
-//! stop reaching NATS (its connection found by the probe and reconnected).
+//! stop reaching NATS (its connection found by the probe and replaced).
 //! Each test prints `SKIPPED` and returns when nats-server is not installed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -422,7 +422,7 @@ async fn probe_reconnects(node: &BinServer, label: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn an_engine_whose_answers_stop_reaching_nats_reconnects_and_the_call_is_answered() {
+async fn an_engine_whose_answers_stop_reaching_nats_moves_to_a_new_connection_and_the_call_is_answered() {
     let Some(nats) = NatsCluster::start_or_skip(1) else {
         return;
     };
@@ -444,10 +444,10 @@ async fn an_engine_whose_answers_stop_reaching_nats_reconnects_and_the_call_is_a
     let second = d.request(create(51.21, 51.31)).await;
     assert_eq!(
         second["type"], "ok",
-        "answered after the engine's connection came back: {second}"
+        "answered on the engine's new connection: {second}"
     );
     assert!(probe_reconnects(&engine, "engine").await >= 1.0);
-    assert!(relay.accepted() >= 4, "the engine connected again");
+    assert!(relay.accepted() >= 4, "the engine opened a new connection");
     // Each create applied once, though the hub sent the second again.
     let (_e, _, snap) = subscribed(&engine.host(), Role::Dispatcher, &["incidents"], None).await;
     assert_eq!(snap["incidents"].as_array().map(Vec::len), Some(2), "{snap}");

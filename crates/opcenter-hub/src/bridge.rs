@@ -31,7 +31,7 @@ use async_nats::client::RequestErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use opcenter_core::{
@@ -448,8 +448,9 @@ struct Memory {
 
 /// Role `engine`: what the NATS command bridge needs once serving starts.
 pub(crate) struct EngineBridge {
-    /// The connection for the hubs (not the lease's, not the journal's).
-    pub(crate) client: async_nats::Client,
+    /// The connection for the hubs (not the lease's, not the journal's): the
+    /// current one, replaced by a new one when its probe finds it stuck.
+    pub(crate) link: watch::Receiver<async_nats::Client>,
     pub(crate) region: String,
     /// Each batch's accepted fixes, from the engine thread.
     pub(crate) positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
@@ -461,6 +462,8 @@ pub(crate) struct EngineBridge {
 /// failed). Reading the calls never waits for a publish: answers and fixes are
 /// sent by tasks of their own, so a connection slow to take them does not leave
 /// the calls unread (the subscription's buffer full, calls dropped).
+/// When the probe replaces the connection (`link`), both subscriptions move to
+/// the new one and every later answer and fix leaves on it.
 /// `recalled`: calls applied before this engine started, with their answers.
 pub(crate) async fn serve_engine(
     bridge: EngineBridge,
@@ -471,28 +474,20 @@ pub(crate) async fn serve_engine(
     subscribed: oneshot::Sender<()>,
 ) {
     let EngineBridge {
-        client,
+        mut link,
         region,
         positions,
     } = bridge;
     let subjects = Subjects::new(&region);
-    let (mut cmds, mut fixes) = match (
-        client.subscribe(subjects.cmd.clone()).await,
-        client.subscribe(subjects.pos_in.clone()).await,
-    ) {
-        (Ok(c), Ok(f)) => (c, f),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot subscribe to the hubs' subjects: no hub can reach this engine");
-            return;
-        }
+    let mut client = link.borrow_and_update().clone();
+    let Some((mut cmds, mut fixes)) = subscribe_hub_subjects(&client, &subjects).await else {
+        tracing::error!("no hub can reach this engine");
+        return;
     };
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "subscriptions to the hubs' subjects not confirmed");
-    }
     let _ = subscribed.send(());
     tracing::info!(subject = %subjects.cmd, "engine serving hub nodes");
     tokio::spawn(publish_positions(
-        client.clone(),
+        link.clone(),
         subjects.pos_out.clone(),
         positions,
         stop.clone(),
@@ -512,6 +507,15 @@ pub(crate) async fn serve_engine(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            Ok(()) = link.changed() => {
+                let new = link.borrow_and_update().clone();
+                // The old subscriptions end with the old connection's last holder.
+                if let Some((c, f)) = subscribe_hub_subjects(&new, &subjects).await {
+                    (cmds, fixes) = (c, f);
+                    tracing::info!(subject = %subjects.cmd, "engine serving hub nodes on a new connection");
+                }
+                client = new;
+            }
             Some(msg) = cmds.next() => {
                 let Some(reply_to) = msg.reply.clone() else { continue };
                 let call: Call = match rmp_serde::from_slice(&msg.payload) {
@@ -537,7 +541,7 @@ pub(crate) async fn serve_engine(
                 }
                 let expires = (call.budget_ms > 0)
                     .then(|| Instant::now() + Duration::from_millis(call.budget_ms));
-                tokio::spawn(answer(client.clone(), queue.clone(), memory.clone(), call, expires));
+                tokio::spawn(answer(link.clone(), queue.clone(), memory.clone(), call, expires));
             }
             Some(msg) = fixes.next() => {
                 if let Ok(p) = rmp_serde::from_slice::<PositionCall>(&msg.payload) {
@@ -556,6 +560,28 @@ pub(crate) async fn serve_engine(
     tracing::info!("engine stopped serving hub nodes");
 }
 
+/// Subscribes `client` to the hubs' calls and fixes and waits until its server
+/// has both (logged if it cannot say); `None` (logged) if a subscription failed.
+async fn subscribe_hub_subjects(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> Option<(async_nats::Subscriber, async_nats::Subscriber)> {
+    let subscribed = match (
+        client.subscribe(subjects.cmd.clone()).await,
+        client.subscribe(subjects.pos_in.clone()).await,
+    ) {
+        (Ok(c), Ok(f)) => (c, f),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot subscribe to the hubs' subjects");
+            return None;
+        }
+    };
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "subscriptions to the hubs' subjects not confirmed");
+    }
+    Some(subscribed)
+}
+
 /// Sends an answer from a task of its own (the caller goes on reading calls).
 fn send_answer(client: &async_nats::Client, reply_to: async_nats::Subject, answer: Bytes) {
     let client = client.clone();
@@ -566,7 +592,7 @@ fn send_answer(client: &async_nats::Client, reply_to: async_nats::Subject, answe
 
 /// Publishes the engine's accepted fixes on `pos.<region>.out` until `stop`.
 async fn publish_positions(
-    client: async_nats::Client,
+    link: watch::Receiver<async_nats::Client>,
     subject: String,
     mut positions: mpsc::UnboundedReceiver<Vec<PositionItem>>,
     stop: CancellationToken,
@@ -576,6 +602,7 @@ async fn publish_positions(
             _ = stop.cancelled() => return,
             batch = positions.recv() => match batch {
                 Some(batch) => {
+                    let client = link.borrow().clone();
                     let _ = client.publish(subject.clone(), encode(&batch)).await;
                 }
                 None => return,
@@ -614,7 +641,7 @@ fn remember(
 /// Applies one call through the engine thread and answers every attempt of it.
 /// `expires`: the hub's deadline as this engine sees it (commands only).
 async fn answer(
-    client: async_nats::Client,
+    link: watch::Receiver<async_nats::Client>,
     queue: EngineQueue,
     memory: Arc<Mutex<Memory>>,
     call: Call,
@@ -711,6 +738,8 @@ async fn answer(
             _ => Vec::new(),
         }
     };
+    // The connection of the moment: the one the call came in on may be stuck.
+    let client = link.borrow().clone();
     for reply_to in waiting {
         let _ = client.publish(reply_to, bytes.clone()).await;
     }

@@ -307,8 +307,31 @@ pub struct Server {
     /// following (else they are read from the stream at serving).
     recalled: Option<Recalled>,
     /// The NATS connections that carry commands, probed while serving
-    /// (`cluster.probe_interval_ms`), with their label.
-    probed: Vec<(&'static str, async_nats::Client)>,
+    /// (`cluster.probe_interval_ms`).
+    probed: Vec<Probed>,
+}
+
+/// A NATS connection that carries commands, probed while serving.
+struct Probed {
+    /// `engine` (an engine's connection to the hubs) or `hub`: the metric's label.
+    label: &'static str,
+    /// The connection; its holders follow the watch when it is replaced.
+    link: tokio::sync::watch::Sender<async_nats::Client>,
+    /// Stuck: replaced by a new connection (its holders follow the watch), else
+    /// asked to reconnect.
+    replace: bool,
+}
+
+impl Probed {
+    /// A connection whose holders keep the client they have: a stuck one is
+    /// asked to reconnect.
+    fn reconnected(label: &'static str, client: async_nats::Client) -> Probed {
+        Probed {
+            label,
+            link: tokio::sync::watch::channel(client).0,
+            replace: false,
+        }
+    }
 }
 
 /// What changes the state in this process.
@@ -392,9 +415,14 @@ impl Server {
                         },
                     )?;
                     server.recalled = recalled;
-                    server.probed.push(("engine", client.clone()));
+                    let (link, client) = tokio::sync::watch::channel(client);
+                    server.probed.push(Probed {
+                        label: "engine",
+                        link,
+                        replace: true,
+                    });
                     server.bridge = Some(bridge::EngineBridge {
-                        client,
+                        link: client,
                         region: cluster.region.clone(),
                         positions,
                     });
@@ -422,7 +450,9 @@ impl Server {
             };
             let (recovered, _) = recover_taken_over(&settings, journal, warm).await?;
             let mut server = Self::start_recovered(listener, settings, recovered, node)?;
-            server.probed.extend(hub_client.map(|c| ("hub", c)));
+            server
+                .probed
+                .extend(hub_client.map(|c| Probed::reconnected("hub", c)));
             server.active = active;
             return Ok(server);
         }
@@ -520,7 +550,7 @@ impl Server {
         }
         tracing::info!(regions = ?cluster.regions, "national desk serving");
         let mut server = Self::assemble(listener, settings, regions, audit)?;
-        server.probed.push(("hub", client));
+        server.probed.push(Probed::reconnected("hub", client));
         Ok(server)
     }
 
@@ -616,15 +646,28 @@ impl Server {
             probed,
         } = self;
         let stop_ticks = tokio_util::sync::CancellationToken::new();
-        if let Some(probe) = app.settings.cluster.as_ref().and_then(|c| c.probe) {
-            for (label, client) in probed {
-                let stop = stop_ticks.clone();
+        if let Some(cluster) = &app.settings.cluster
+            && let Some(probe) = cluster.probe
+        {
+            for p in probed {
+                let recovery = if p.replace {
+                    let urls = cluster.nats.join(",");
+                    opcenter_cluster::Recovery::Replace(Box::new(move || {
+                        let urls = urls.clone();
+                        Box::pin(
+                            async move { opcenter_cluster::connect(&urls).await.map_err(|e| e.to_string()) },
+                        )
+                    }))
+                } else {
+                    opcenter_cluster::Recovery::Reconnect
+                };
+                let (label, stop) = (p.label, stop_ticks.clone());
+                let count = move || {
+                    metrics::counter!(metric::NATS_PROBE_RECONNECTS, "connection" => label).increment(1)
+                };
                 tokio::spawn(async move {
-                    let count = move || {
-                        metrics::counter!(metric::NATS_PROBE_RECONNECTS, "connection" => label).increment(1)
-                    };
                     tokio::select! {
-                        _ = opcenter_cluster::probe_connection(client, label, probe, count) => {}
+                        _ = opcenter_cluster::keep_connection(p.link, label, probe, recovery, count) => {}
                         _ = stop.cancelled() => {}
                     }
                 });

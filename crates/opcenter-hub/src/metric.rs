@@ -64,7 +64,8 @@ pub(crate) const CALLS_SHED: &str = "opcenter_calls_shed_total";
 /// (each is followed by a pause that the next engine's announcement ends).
 pub(crate) const CALLS_NO_ENGINE: &str = "opcenter_call_no_engine_total";
 /// Counter: probes of a NATS connection that did not come back through the
-/// server within `cluster.probe_timeout_ms`, each followed by a reconnect, by
+/// server within `cluster.probe_timeout_ms`, each followed by a new connection
+/// (an engine's) or a reconnect (a hub's), by
 /// `connection` (`engine`: an engine's to the hubs; `hub`: a hub's to the engine).
 pub(crate) const NATS_PROBE_RECONNECTS: &str = "opcenter_nats_probe_reconnects_total";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.

@@ -44,6 +44,20 @@ async fn reaches_the_server(
     .is_ok()
 }
 
+/// What is published on the connection in `link` reaches the server again
+/// within 10 s, after at least one stuck probe and one new connection through
+/// the relay (a reconnect or a replacement).
+async fn assert_recovered(
+    link: &watch::Receiver<async_nats::Client>,
+    seen: &mut async_nats::Subscriber,
+    stuck: &AtomicU64,
+    relay: &Relay,
+) {
+    assert!(reaches_the_server(link, seen).await, "not recovered within 10 s");
+    assert!(stuck.load(Ordering::SeqCst) >= 1);
+    assert_eq!(relay.accepted(), 2, "one new connection through the relay");
+}
+
 /// A client through `relay`, a watcher straight on the server subscribed to
 /// `probe.test`, and the probe keeping the client with `recovery`; checks that a
 /// working connection is left alone. Returns the watch, the watcher's
@@ -104,12 +118,7 @@ fn a_connection_whose_messages_stop_reaching_the_server_is_reconnected() {
 
         // The probe finds the stuck connection and the client reconnects: what it
         // publishes reaches the server again (the client's own keep-alive would take minutes).
-        assert!(
-            reaches_the_server(&link, &mut seen).await,
-            "not reconnected within 10 s"
-        );
-        assert!(stuck.load(Ordering::SeqCst) >= 1);
-        assert_eq!(relay.accepted(), 2, "one reconnection through the relay");
+        assert_recovered(&link, &mut seen, &stuck, &relay).await;
     });
 }
 
@@ -131,12 +140,20 @@ fn a_client_whose_writes_wait_on_the_socket_is_replaced_by_a_new_connection() {
         // Frozen, and flooded: the socket's send queue and then the client's
         // command queue fill, so the client cannot even take a reconnect request.
         relay.freeze(0);
-        let flood = old.clone();
+        let (flood, sent) = (old.clone(), Arc::new(AtomicU64::new(0)));
+        let counted = sent.clone();
         tokio::spawn(async move {
             let payload = bytes::Bytes::from(vec![b'x'; 60_000]);
-            while flood.publish("probe.flood", payload.clone()).await.is_ok() {}
+            while flood.publish("probe.flood", payload.clone()).await.is_ok() {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until the flood's publishes wait (the queue is full).
+        let mut last = u64::MAX;
+        while sent.load(Ordering::SeqCst) != last {
+            last = sent.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         assert!(
             tokio::time::timeout(Duration::from_secs(1), old.force_reconnect())
                 .await
@@ -146,11 +163,6 @@ fn a_client_whose_writes_wait_on_the_socket_is_replaced_by_a_new_connection() {
 
         // The probe opens a new connection through the relay (not frozen) and
         // hands it over: what is published on it reaches the server.
-        assert!(
-            reaches_the_server(&link, &mut seen).await,
-            "not replaced within 10 s"
-        );
-        assert!(stuck.load(Ordering::SeqCst) >= 1);
-        assert_eq!(relay.accepted(), 2, "one new connection through the relay");
+        assert_recovered(&link, &mut seen, &stuck, &relay).await;
     });
 }

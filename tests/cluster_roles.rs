@@ -7,7 +7,8 @@
 //! creates and its restart (every acknowledged create kept, `since` still works);
 //! a hub without an engine (`internal`, never `ok`); a hub whose stream is
 //! deleted (clients closed with 4008, the hub exits); an engine whose answers
-//! stop reaching NATS (its connection found by the probe and replaced).
+//! stop reaching NATS, and a hub whose calls do (the connection found by the
+//! probe and replaced).
 //! Each test prints `SKIPPED` and returns when nats-server is not installed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -421,36 +422,70 @@ async fn probe_reconnects(node: &BinServer, label: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn an_engine_whose_answers_stop_reaching_nats_moves_to_a_new_connection_and_the_call_is_answered() {
+/// Which node of [`call_through_a_frozen_connection`] reaches NATS through the relay.
+#[derive(Clone, Copy, PartialEq)]
+enum Relayed {
+    /// Its connections, in order: the one to the hubs, the lease's, the journal's.
+    Engine,
+    /// Its connections, in order: the journal's, the follower's, the calls'.
+    Hub,
+}
+
+/// An engine and a hub on one nats-server, `relayed` reaching it through a relay.
+/// After a first create, the relay stops passing on what that node's connection
+/// `frozen` sends; a second create must still be answered `ok`, once (the probe
+/// replaced the connection), and each create applied once.
+async fn call_through_a_frozen_connection(relayed: Relayed, frozen: usize) {
     let Some(nats) = NatsCluster::start_or_skip(1) else {
         return;
     };
-    // The engine reaches NATS through a relay; its first connection is the one
-    // to the hubs (calls in, answers out), then come the lease's and the journal's.
     let relay = Relay::start(nats.nodes()[0].port).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let engine = BinServer::start(&tmp.path().join("engine"), &role_toml(&relay.url(), "engine"));
-    let hub = BinServer::start(&tmp.path().join("hub"), &role_toml(&nats.urls(), "hub"));
+    let url = |node| match relayed == node {
+        true => relay.url(),
+        false => nats.urls(),
+    };
+    let engine = BinServer::start(
+        &tmp.path().join("engine"),
+        &role_toml(&url(Relayed::Engine), "engine"),
+    );
+    let hub = BinServer::start(&tmp.path().join("hub"), &role_toml(&url(Relayed::Hub), "hub"));
+    let (node, label) = match relayed {
+        Relayed::Engine => (&engine, "engine"),
+        Relayed::Hub => (&hub, "hub"),
+    };
     let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     let first = d.request(create(51.2, 51.3)).await;
     assert_eq!(first["type"], "ok", "{first}");
-    assert_eq!(relay.accepted(), 3, "the engine's three NATS connections");
-    assert_eq!(probe_reconnects(&engine, "engine").await, 0.0);
+    assert_eq!(relay.accepted(), 3, "the node's three NATS connections");
+    assert_eq!(probe_reconnects(node, label).await, 0.0);
 
-    // Calls still reach the engine, but nothing it sends reaches the server: the
-    // answer is lost (as in the stalls after takeovers) until the probe finds it.
-    relay.freeze(0);
+    // The node still receives on it, but nothing it sends reaches the server (as
+    // in the stalls after takeovers), until its probe finds it.
+    relay.freeze(frozen);
     let second = d.request(create(51.21, 51.31)).await;
     assert_eq!(
         second["type"], "ok",
-        "answered on the engine's new connection: {second}"
+        "answered over the {label}'s new connection: {second}"
     );
-    assert!(probe_reconnects(&engine, "engine").await >= 1.0);
-    assert!(relay.accepted() >= 4, "the engine opened a new connection");
-    // Each create applied once, though the hub sent the second again.
+    assert!(probe_reconnects(node, label).await >= 1.0);
+    assert_eq!(relay.accepted(), 4, "the {label} opened one new connection");
     let (_e, _, snap) = subscribed(&engine.host(), Role::Dispatcher, &["incidents"], None).await;
-    assert_eq!(snap["incidents"].as_array().map(Vec::len), Some(2), "{snap}");
+    assert_eq!(
+        snap["incidents"].as_array().map(Vec::len),
+        Some(2),
+        "each create once: {snap}"
+    );
+}
+
+#[tokio::test]
+async fn an_engine_whose_answers_stop_reaching_nats_moves_to_a_new_connection_and_the_call_is_answered() {
+    call_through_a_frozen_connection(Relayed::Engine, 0).await;
+}
+
+#[tokio::test]
+async fn a_hub_whose_calls_stop_reaching_nats_moves_to_a_new_connection_and_the_call_is_answered() {
+    call_through_a_frozen_connection(Relayed::Hub, 2).await;
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@
 //! - `journal.rs` — [`JetStreamJournal`]: fenced, idempotent, pipelined appends; reads.
 //! - `lease.rs` — [`Lease`]: which engine of a region may write (failover).
 //! - `probe.rs` — [`keep_connection`]: finds a connection stuck one way and
-//!   reconnects it or replaces it.
+//!   replaces it.
 //! - `follow.rs` — [`Follower`]: records from an ordered consumer as the stream grows.
 //! - `snapshot.rs` — chunked snapshots in the KV bucket.
 //! - `testing.rs` — [`testing::NatsCluster`]: real nats-server processes for tests.
@@ -55,7 +55,7 @@ pub use error::ClusterError;
 pub use follow::{Follower, stream_epoch, stream_head};
 pub use journal::{JetStreamJournal, JournalOptions, TAKEOVER_HEADER};
 pub use lease::{Lease, LeaseValue, lease_bucket, lease_holder};
-pub use probe::{Connect, ProbeSettings, Recovery, keep_connection};
+pub use probe::{Connect, ProbeSettings, keep_connection};
 pub use region::{RegionNames, open_kv_bucket};
 
 /// Connects to a comma-separated list of `nats://host:port` URLs, retrying the first

@@ -8,11 +8,11 @@
 //! connection was seen after takeovers: the engine's answers stopped reaching its
 //! server for seconds (4 MB waiting in the socket's send queue, the server's
 //! receive queue empty) while the hubs' retries kept arriving. Its client cannot
-//! take a reconnect request then: the request waits in the client's command queue
-//! behind the publishes that wait on the socket. So a holder that can move to
-//! another connection gets a new one ([`Recovery::Replace`]); the others ask
-//! their client to reconnect ([`Recovery::Reconnect`]). Owns only the probe's
-//! subscription.
+//! take a reconnect request then (`force_reconnect`): the request waits in the
+//! client's command queue behind the publishes that wait on the socket. So the
+//! holders get a new connection instead, through a watch, and move their
+//! subscriptions and publishes to it; the old client ends when its last holder
+//! drops it. Owns only the probe's subscription.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,20 +31,9 @@ pub struct ProbeSettings {
     pub timeout: Duration,
 }
 
-/// Opens a new connection for [`Recovery::Replace`].
+/// Opens the new connection that replaces a stuck one.
 pub type Connect =
     Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<async_nats::Client, String>> + Send>> + Send>;
-
-/// What [`keep_connection`] does with a stuck connection.
-pub enum Recovery {
-    /// Ask the client to reconnect (`force_reconnect`); it only helps once the
-    /// client takes the request, i.e. when its writes are not the stuck part.
-    Reconnect,
-    /// Open a new connection and publish it to the holders (the watch); they
-    /// move their subscriptions and publishes to it, and the old client ends
-    /// when its last holder drops it.
-    Replace(Connect),
-}
 
 /// How one probe went.
 enum Probe {
@@ -85,13 +74,14 @@ async fn probe_once(
 /// Probes the connection in `current` for as long as the returned future is
 /// polled (run it in a task of its own, and end it with the connection's owner).
 /// `label` names the connection in the logs; `on_stuck` is called for each probe
-/// that did not come back in time, before `recovery`. Probes are skipped while the
-/// client is reconnecting on its own.
+/// that did not come back in time, before `connect` opens the connection that
+/// replaces it in `current` (if that fails, the old one is probed on). Probes are
+/// skipped while the client is reconnecting on its own.
 pub async fn keep_connection(
     current: watch::Sender<async_nats::Client>,
     label: &'static str,
     settings: ProbeSettings,
-    mut recovery: Recovery,
+    mut connect: Connect,
     mut on_stuck: impl FnMut() + Send,
 ) {
     loop {
@@ -137,29 +127,15 @@ pub async fn keep_connection(
                 "a probe did not come back through the NATS server in time: the connection is stuck"
             );
             on_stuck();
-            match &mut recovery {
-                Recovery::Reconnect => {
-                    match tokio::time::timeout(settings.timeout, client.force_reconnect()).await {
-                        Ok(Ok(())) => tracing::info!(connection = label, "reconnecting"),
-                        Ok(Err(e)) => {
-                            tracing::warn!(connection = label, error = %e, "cannot ask the client to reconnect")
-                        }
-                        Err(_) => tracing::error!(
-                            connection = label,
-                            "the client did not take the reconnect request in time: its writes are stuck"
-                        ),
-                    }
+            match connect().await {
+                Ok(new) => {
+                    current.send_replace(new);
+                    tracing::info!(connection = label, "moved to a new connection");
+                    break;
                 }
-                Recovery::Replace(connect) => match connect().await {
-                    Ok(new) => {
-                        current.send_replace(new);
-                        tracing::info!(connection = label, "moved to a new connection");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(connection = label, error = %e, "cannot open a new connection; probing on")
-                    }
-                },
+                Err(e) => {
+                    tracing::warn!(connection = label, error = %e, "cannot open a new connection; probing on")
+                }
             }
         }
     }

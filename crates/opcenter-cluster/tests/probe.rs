@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use opcenter_cluster::testing::{NatsCluster, Relay, runtime};
-use opcenter_cluster::{ProbeSettings, Recovery, connect, keep_connection};
+use opcenter_cluster::{Connect, ProbeSettings, connect, keep_connection};
 use tokio::sync::watch;
 
 const SETTINGS: ProbeSettings = ProbeSettings {
@@ -46,7 +46,7 @@ async fn reaches_the_server(
 
 /// What is published on the connection in `link` reaches the server again
 /// within 10 s, after at least one stuck probe and one new connection through
-/// the relay (a reconnect or a replacement).
+/// the relay.
 async fn assert_recovered(
     link: &watch::Receiver<async_nats::Client>,
     seen: &mut async_nats::Subscriber,
@@ -58,14 +58,22 @@ async fn assert_recovered(
     assert_eq!(relay.accepted(), 2, "one new connection through the relay");
 }
 
+/// Opens a new connection through `relay`.
+fn through(relay: &Relay) -> Connect {
+    let url = relay.url();
+    Box::new(move || {
+        let url = url.clone();
+        Box::pin(async move { connect(&url).await.map_err(|e| e.to_string()) })
+    })
+}
+
 /// A client through `relay`, a watcher straight on the server subscribed to
-/// `probe.test`, and the probe keeping the client with `recovery`; checks that a
+/// `probe.test`, and the probe keeping the client (new ones through the relay); checks that a
 /// working connection is left alone. Returns the watch, the watcher's
 /// subscription and the stuck-probe count.
 async fn probed(
     relay: &Relay,
     nats: &NatsCluster,
-    recovery: Recovery,
 ) -> (
     watch::Receiver<async_nats::Client>,
     async_nats::Subscriber,
@@ -78,9 +86,15 @@ async fn probed(
     let stuck = Arc::new(AtomicU64::new(0));
     let counted = stuck.clone();
     let (link, rx) = watch::channel(client.clone());
-    tokio::spawn(keep_connection(link, "test", SETTINGS, recovery, move || {
-        counted.fetch_add(1, Ordering::SeqCst);
-    }));
+    tokio::spawn(keep_connection(
+        link,
+        "test",
+        SETTINGS,
+        through(relay),
+        move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
     client.publish("probe.test", "before".into()).await.unwrap();
     assert_eq!(
         next_text(&mut seen, Duration::from_secs(5)).await.as_deref(),
@@ -99,13 +113,13 @@ async fn probed(
 }
 
 #[test]
-fn a_connection_whose_messages_stop_reaching_the_server_is_reconnected() {
+fn a_connection_whose_messages_stop_reaching_the_server_is_replaced() {
     let Some(nats) = NatsCluster::start_or_skip(1) else {
         return;
     };
     runtime().block_on(async {
         let relay = Relay::start(nats.nodes()[0].port).unwrap();
-        let (link, mut seen, stuck) = probed(&relay, &nats, Recovery::Reconnect).await;
+        let (link, mut seen, stuck) = probed(&relay, &nats).await;
         let client = link.borrow().clone();
 
         relay.freeze(0);
@@ -116,8 +130,8 @@ fn a_connection_whose_messages_stop_reaching_the_server_is_reconnected() {
             "the relay passed a frozen byte on"
         );
 
-        // The probe finds the stuck connection and the client reconnects: what it
-        // publishes reaches the server again (the client's own keep-alive would take minutes).
+        // The probe finds the stuck connection and replaces it: what is published
+        // reaches the server again (the client's own keep-alive would take minutes).
         assert_recovered(&link, &mut seen, &stuck, &relay).await;
     });
 }
@@ -129,12 +143,7 @@ fn a_client_whose_writes_wait_on_the_socket_is_replaced_by_a_new_connection() {
     };
     runtime().block_on(async {
         let relay = Relay::start(nats.nodes()[0].port).unwrap();
-        let connect_url = relay.url();
-        let replace = Recovery::Replace(Box::new(move || {
-            let url = connect_url.clone();
-            Box::pin(async move { connect(&url).await.map_err(|e| e.to_string()) })
-        }));
-        let (link, mut seen, stuck) = probed(&relay, &nats, replace).await;
+        let (link, mut seen, stuck) = probed(&relay, &nats).await;
         let old = link.borrow().clone();
 
         // Frozen, and flooded: the socket's send queue and then the client's

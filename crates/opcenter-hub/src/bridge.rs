@@ -236,7 +236,9 @@ fn encode<T: Serialize>(v: &T) -> Bytes {
 
 /// A hub node's end: forwards calls with retries, publishes position fixes.
 pub(crate) struct Forwarder {
-    client: async_nats::Client,
+    /// The connection for the calls (not the follower's): the current one,
+    /// replaced by a new one when its probe finds it stuck.
+    link: watch::Receiver<async_nats::Client>,
     subjects: Subjects,
     /// Unique per process: prefixes call ids and session keys.
     node_id: String,
@@ -259,13 +261,17 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// Must be called on the runtime that serves the sessions.
-    pub(crate) fn new(client: async_nats::Client, region: &str, deadline: Duration) -> Forwarder {
+    pub(crate) fn new(
+        link: watch::Receiver<async_nats::Client>,
+        region: &str,
+        deadline: Duration,
+    ) -> Forwarder {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         Forwarder {
-            client,
+            link,
             subjects: Subjects::new(region),
             node_id: format!("hub-{}-{nanos:x}", std::process::id()),
             counter: AtomicU64::new(1),
@@ -280,21 +286,37 @@ impl Forwarder {
 
     /// Listens for a new active engine of the region (a takeover): then sends the
     /// hello of every tablet connected here again, so the new engine learns which
-    /// units are online (it starts their offline grace at recovery). Ends when the
-    /// subscription does.
+    /// units are online (it starts their offline grace at recovery). Moves to a
+    /// new connection with the calls; ends when the subscription does.
     pub(crate) fn watch_takeovers(self: &Arc<Self>) {
         let me = self.clone();
         let region = self.subjects.cmd.trim_start_matches("cmd.").to_owned();
         self.handle.spawn(async move {
             let subject = crate::failover::active_subject(&region);
-            let mut sub = match me.client.subscribe(subject).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch for engine takeovers: tablets are not re-announced");
-                    return;
+            let mut link = me.link.clone();
+            let mut sub = None;
+            loop {
+                if sub.is_none() {
+                    let client = link.borrow_and_update().clone();
+                    match client.subscribe(subject.clone()).await {
+                        Ok(s) => sub = Some(s),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot watch for engine takeovers: tablets are not re-announced");
+                            return;
+                        }
+                    }
                 }
-            };
-            while let Some(msg) = sub.next().await {
+                let Some(s) = sub.as_mut() else { return };
+                let msg = tokio::select! {
+                    Ok(()) = link.changed() => {
+                        sub = None; // subscribe on the new connection
+                        continue;
+                    }
+                    msg = s.next() => match msg {
+                        Some(m) => m,
+                        None => return,
+                    },
+                };
                 me.announced.send_modify(|n| *n += 1);
                 let tablets: Vec<(String, (Actor, UnitProfile))> = me
                     .tablets
@@ -386,7 +408,9 @@ impl Forwarder {
                 .timeout(Some(ATTEMPT_TIMEOUT.min(left)));
             // An announcement from now on ends a "no engine" pause.
             announced.borrow_and_update();
-            match self.client.send_request(self.subjects.cmd.clone(), request).await {
+            // The connection of the moment (the probe may have replaced a stuck one).
+            let client = self.link.borrow().clone();
+            match client.send_request(self.subjects.cmd.clone(), request).await {
                 Ok(msg) => match rmp_serde::from_slice::<Answer>(&msg.payload) {
                     Ok(a) => return a,
                     Err(e) => {
@@ -415,7 +439,7 @@ impl Forwarder {
     /// Publishes a tablet's fix for the engine (no answer: a fix is superseded by the next).
     pub(crate) fn position(&self, actor: Actor, unit_id: String, fix: PositionFix) {
         let payload = encode(&PositionCall { actor, unit_id, fix });
-        let client = self.client.clone();
+        let client = self.link.borrow().clone();
         let subject = self.subjects.pos_in.clone();
         self.handle.spawn(async move {
             if let Err(e) = client.publish(subject, payload).await {
@@ -960,7 +984,7 @@ mod tests {
             return;
         };
         let client = opcenter_cluster::connect(&nats.urls()).await.unwrap();
-        let mut forwarder = Forwarder::new(client.clone(), "fo", Duration::from_secs(120));
+        let mut forwarder = Forwarder::new(watch::channel(client.clone()).1, "fo", Duration::from_secs(120));
         forwarder.no_engine_pauses = (Duration::from_secs(60), Duration::from_secs(60));
         let forwarder = Arc::new(forwarder);
         forwarder.watch_takeovers();

@@ -311,27 +311,13 @@ pub struct Server {
     probed: Vec<Probed>,
 }
 
-/// A NATS connection that carries commands, probed while serving.
+/// A NATS connection that carries commands (an engine's to the hubs, a hub's
+/// forwarder's), probed while serving and replaced when stuck.
 struct Probed {
-    /// `engine` (an engine's connection to the hubs) or `hub`: the metric's label.
+    /// `engine` or `hub`: the metric's label.
     label: &'static str,
     /// The connection; its holders follow the watch when it is replaced.
     link: tokio::sync::watch::Sender<async_nats::Client>,
-    /// Stuck: replaced by a new connection (its holders follow the watch), else
-    /// asked to reconnect.
-    replace: bool,
-}
-
-impl Probed {
-    /// A connection whose holders keep the client they have: a stuck one is
-    /// asked to reconnect.
-    fn reconnected(label: &'static str, client: async_nats::Client) -> Probed {
-        Probed {
-            label,
-            link: tokio::sync::watch::channel(client).0,
-            replace: false,
-        }
-    }
 }
 
 /// What changes the state in this process.
@@ -397,6 +383,7 @@ impl Server {
                 journal = j;
             }
             let journal = Box::new(journal);
+            let mut forwarder_link = None;
             let node = match cluster.role {
                 ClusterRole::Both => Node::Engine { positions_out: None },
                 ClusterRole::Engine => {
@@ -419,7 +406,6 @@ impl Server {
                     server.probed.push(Probed {
                         label: "engine",
                         link,
-                        replace: true,
                     });
                     server.bridge = Some(bridge::EngineBridge {
                         link: client,
@@ -431,8 +417,11 @@ impl Server {
                 }
                 ClusterRole::Hub => {
                     let client = connect_nats(&cluster).await?;
+                    // The calls to the engine have a connection of their own.
+                    let (calls, link) = tokio::sync::watch::channel(connect_nats(&cluster).await?);
+                    forwarder_link = Some(calls);
                     let forward = Arc::new(bridge::Forwarder::new(
-                        client.clone(),
+                        link,
                         &cluster.region,
                         cluster.command_timeout,
                     ));
@@ -444,15 +433,11 @@ impl Server {
                     }
                 }
             };
-            let hub_client = match &node {
-                Node::Hub { client, .. } => Some(client.clone()),
-                Node::Engine { .. } => None,
-            };
             let (recovered, _) = recover_taken_over(&settings, journal, warm).await?;
             let mut server = Self::start_recovered(listener, settings, recovered, node)?;
             server
                 .probed
-                .extend(hub_client.map(|c| Probed::reconnected("hub", c)));
+                .extend(forwarder_link.map(|link| Probed { label: "hub", link }));
             server.active = active;
             return Ok(server);
         }
@@ -512,7 +497,8 @@ impl Server {
 
     /// A national desk (`cluster.regions`, role `hub`): each region as a hub node
     /// of its own (its stream read-only, its recovery, a feed thread over a
-    /// follower, commands forwarded to its engine), one NATS connection for all.
+    /// follower, commands forwarded to its engine), one NATS connection for all
+    /// and one for all their calls.
     /// A region that cannot be opened or read stops the start.
     async fn start_desk(
         listener: TcpListener,
@@ -520,6 +506,8 @@ impl Server {
         cluster: ClusterSettings,
     ) -> Result<Server, HubError> {
         let client = connect_nats(&cluster).await?;
+        // The calls to the regions' engines have a connection of their own.
+        let (calls, link) = tokio::sync::watch::channel(connect_nats(&cluster).await?);
         let audit = audit_log::AuditLog::open(&settings.data_dir, settings.fsync)?;
         let mut regions = Vec::new();
         for name in &cluster.regions {
@@ -535,7 +523,7 @@ impl Server {
                     reason: e.to_string(),
                 })?;
             let forward = Arc::new(bridge::Forwarder::new(
-                client.clone(),
+                link.clone(),
                 name,
                 cluster.command_timeout,
             ));
@@ -550,7 +538,10 @@ impl Server {
         }
         tracing::info!(regions = ?cluster.regions, "national desk serving");
         let mut server = Self::assemble(listener, settings, regions, audit)?;
-        server.probed.push(Probed::reconnected("hub", client));
+        server.probed.push(Probed {
+            label: "hub",
+            link: calls,
+        });
         Ok(server)
     }
 
@@ -650,24 +641,18 @@ impl Server {
             && let Some(probe) = cluster.probe
         {
             for p in probed {
-                let recovery = if p.replace {
-                    let urls = cluster.nats.join(",");
-                    opcenter_cluster::Recovery::Replace(Box::new(move || {
-                        let urls = urls.clone();
-                        Box::pin(
-                            async move { opcenter_cluster::connect(&urls).await.map_err(|e| e.to_string()) },
-                        )
-                    }))
-                } else {
-                    opcenter_cluster::Recovery::Reconnect
-                };
+                let urls = cluster.nats.join(",");
+                let connect: opcenter_cluster::Connect = Box::new(move || {
+                    let urls = urls.clone();
+                    Box::pin(async move { opcenter_cluster::connect(&urls).await.map_err(|e| e.to_string()) })
+                });
                 let (label, stop) = (p.label, stop_ticks.clone());
                 let count = move || {
                     metrics::counter!(metric::NATS_PROBE_RECONNECTS, "connection" => label).increment(1)
                 };
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = opcenter_cluster::keep_connection(p.link, label, probe, recovery, count) => {}
+                        _ = opcenter_cluster::keep_connection(p.link, label, probe, connect, count) => {}
                         _ = stop.cancelled() => {}
                     }
                 });

@@ -65,8 +65,8 @@ pub(crate) const CALLS_SHED: &str = "opcenter_calls_shed_total";
 pub(crate) const CALLS_NO_ENGINE: &str = "opcenter_call_no_engine_total";
 /// Counter: probes of a NATS connection that did not come back through the
 /// server within `cluster.probe_timeout_ms`, each followed by a new connection
-/// (an engine's) or a reconnect (a hub's), by
-/// `connection` (`engine`: an engine's to the hubs; `hub`: a hub's to the engine).
+/// that replaces it, by `connection` (`engine`: an engine's to the hubs; `hub`:
+/// a hub's for its calls to the engine).
 pub(crate) const NATS_PROBE_RECONNECTS: &str = "opcenter_nats_probe_reconnects_total";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";

@@ -431,7 +431,7 @@ pub struct ClusterSettings {
     /// `cluster.probe_interval_ms` and `cluster.probe_timeout_ms`: how the
     /// connection carrying the commands (an engine's to the hubs, a hub's to the
     /// engine) is probed through its server; a probe not back in time counts
-    /// it stuck (an engine moves to a new connection, a hub reconnects). `None`:
+    /// it stuck, and the node moves to a new connection. `None`:
     /// interval 0, not probed.
     pub probe: Option<opcenter_cluster::ProbeSettings>,
 }

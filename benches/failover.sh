@@ -24,7 +24,9 @@
 # new engine's, the hub's); saved under $T for 14 s after the
 # kill: the new engine's and the hub's CPU per thread and second, and each
 # nats-server's slow consumers, most-pending client connections (/connz) and routes
-# (/routez), the bytes queued in the kernel on the servers' client sockets (`ss`),
+# (/routez), the bytes queued in the kernel on the servers' client sockets (`ss`;
+# for a client socket with over 1 MB queued, TCP's window, segment size and
+# `rwnd_limited`: "stuck" lines),
 # and 6 s after the kill every server's goroutines (pprof). NODE_LOG=info KEEP_LOGS=<dir>
 # keeps every node's log, the trials' CSVs and the new engines' /metrics.
 #
@@ -93,6 +95,11 @@ print(" ".join("rid%s:%sB/in%s/out%s" % (r.get("rid"), r.get("pending_size"), r.
         # (Recv-Q at a server: it is not reading; Send-Q at a client: not taken).
         ss -tn 2>/dev/null | awk -v s="$s" -v ports="$NATS_PORTS" 'BEGIN { n = split(ports, p, " "); for (i = 1; i <= n; i++) want[p[i]] = 1 }
             { split($4, l, ":"); split($5, r, ":"); if ((l[2] in want || r[2] in want) && ($2 > 0 || $3 > 0)) print s, "ss", $2, $3, $4, $5 }'
+        # A client socket with over 1 MB queued: TCP's view of why it does not send
+        # (notsent, snd_wnd against mss, rwnd_limited, lastsnd; docs/performance.md §7).
+        ss -tinH 2>/dev/null | awk -v s="$s" -v ports="$NATS_PORTS" 'BEGIN { n = split(ports, p, " "); for (i = 1; i <= n; i++) want[p[i]] = 1 }
+            $1 == "ESTAB" { split($5, r, ":"); big = (r[2] in want) && $3 > 1000000; head = s " stuck " $3 " " $4 " " $5; next }
+            big { out = head; n = split($0, f, " "); for (i = 1; i <= n; i++) if (f[i] ~ /^(mss|snd_wnd|notsent|rwnd_limited|lastsnd|bytes_sent|bytes_acked|backoff):/) out = out " " f[i]; print out; big = 0 }'
         # What every goroutine of each server is doing, 6 s after the kill.
         if [ "$s" = 6 ]; then
             for prof in "${NATS_PROF[@]}"; do

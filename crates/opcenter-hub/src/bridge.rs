@@ -457,8 +457,12 @@ pub(crate) fn decode_positions(payload: &[u8]) -> Option<Vec<PositionItem>> {
 // ------------------------------------------------------------- engine side
 
 enum Seen {
-    /// Being applied; these reply subjects wait for the answer too.
-    Pending(Vec<async_nats::Subject>),
+    /// Being applied; the reply subject of the call's latest attempt. Only that
+    /// one is answered: each attempt has an inbox of its own, and the hub sends
+    /// the next only after it gave up on the one before (an answer to it would
+    /// be dropped at the hub, after crowding the connection: after a takeover,
+    /// thousands of calls are retried while the new engine works through them).
+    Pending(async_nats::Subject),
     Done(Bytes),
 }
 
@@ -643,14 +647,14 @@ fn remember(
 ) -> Option<(async_nats::Subject, Bytes)> {
     let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
     match m.calls.get_mut(id) {
-        Some(Seen::Pending(waiting)) => {
-            waiting.push(reply_to);
+        Some(Seen::Pending(latest)) => {
+            *latest = reply_to;
             // Answered with the first attempt's outcome; nothing to send now.
             None
         }
         Some(Seen::Done(bytes)) => Some((reply_to, bytes.clone())),
         None => {
-            m.calls.insert(id.to_owned(), Seen::Pending(vec![reply_to]));
+            m.calls.insert(id.to_owned(), Seen::Pending(reply_to));
             m.order.push_back(id.to_owned());
             while m.order.len() > REMEMBERED_CALLS {
                 if let Some(old) = m.order.pop_front() {
@@ -755,17 +759,19 @@ async fn answer(
         }
     };
     let bytes = encode(&answer);
-    let waiting = {
-        let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
-        match m.calls.insert(call.id, Seen::Done(bytes.clone())) {
-            Some(Seen::Pending(w)) => w,
-            _ => Vec::new(),
-        }
-    };
-    // The connection of the moment: the one the call came in on may be stuck.
-    let client = link.borrow().clone();
-    for reply_to in waiting {
-        let _ = client.publish(reply_to, bytes.clone()).await;
+    if let Some(reply_to) = answered(&memory, call.id, bytes.clone()) {
+        // The connection of the moment: the one the call came in on may be stuck.
+        let client = link.borrow().clone();
+        let _ = client.publish(reply_to, bytes).await;
+    }
+}
+
+/// Records call `id`'s answer; the reply subject of its latest attempt, if one waits.
+fn answered(memory: &Mutex<Memory>, id: String, bytes: Bytes) -> Option<async_nats::Subject> {
+    let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+    match m.calls.insert(id, Seen::Done(bytes)) {
+        Some(Seen::Pending(latest)) => Some(latest),
+        _ => None,
     }
 }
 
@@ -914,6 +920,39 @@ pub(crate) fn recall(journal: &crate::read_model::SharedJournal) -> Vec<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_latest_attempt_of_a_call_is_answered_and_a_retry_after_is_answered_at_once() {
+        let memory = Mutex::new(Memory::default());
+        let inbox = |n: &str| async_nats::Subject::from(format!("_INBOX.hub.{n}"));
+        assert_eq!(
+            remember(&memory, "c1", inbox("a1")),
+            None,
+            "a new call is applied"
+        );
+        assert_eq!(
+            remember(&memory, "c1", inbox("a2")),
+            None,
+            "a retry while it is applied waits"
+        );
+        assert_eq!(remember(&memory, "c1", inbox("a3")), None);
+        let answer = Bytes::from_static(b"ok");
+        assert_eq!(
+            answered(&memory, "c1".into(), answer.clone()),
+            Some(inbox("a3")),
+            "only the attempt the hub still waits on"
+        );
+        assert_eq!(
+            remember(&memory, "c1", inbox("a4")),
+            Some((inbox("a4"), answer)),
+            "a retry after the answer gets it at once"
+        );
+        assert_eq!(
+            answered(&memory, "c2".into(), Bytes::new()),
+            None,
+            "nobody waits on an unknown call"
+        );
+    }
 
     #[test]
     fn calls_in_the_journal_are_recalled_with_their_answer_and_others_are_not() {

@@ -223,11 +223,11 @@ struct RawCluster {
 }
 
 fn default_probe_interval_ms() -> u64 {
-    500
+    250
 }
 
 fn default_probe_timeout_ms() -> u64 {
-    2_000
+    1_000
 }
 
 fn default_pipeline_depth() -> usize {
@@ -1429,8 +1429,8 @@ mod tests {
         assert_eq!(
             probe(""),
             Some(opcenter_cluster::ProbeSettings {
-                every: std::time::Duration::from_millis(500),
-                timeout: std::time::Duration::from_secs(2),
+                every: std::time::Duration::from_millis(250),
+                timeout: std::time::Duration::from_secs(1),
             })
         );
         assert_eq!(probe("probe_interval_ms = 0"), None, "0 turns the probe off");

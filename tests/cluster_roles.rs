@@ -445,11 +445,12 @@ async fn call_through_a_frozen_connection(relayed: Relayed, frozen: usize) {
         true => relay.url(),
         false => nats.urls(),
     };
-    let engine = BinServer::start(
-        &tmp.path().join("engine"),
-        &role_toml(&url(Relayed::Engine), "engine"),
-    );
-    let hub = BinServer::start(&tmp.path().join("hub"), &role_toml(&url(Relayed::Hub), "hub"));
+    // A probe timeout well above the default: a busy CI machine must not make a
+    // working connection look stuck (the counts below are exact). Found within
+    // 3.25 s, a call's third attempt (every 2 s) still beats its 10 s deadline.
+    let toml = |node, role| role_toml(&url(node), role) + "probe_timeout_ms = 3000\n";
+    let engine = BinServer::start(&tmp.path().join("engine"), &toml(Relayed::Engine, "engine"));
+    let hub = BinServer::start(&tmp.path().join("hub"), &toml(Relayed::Hub, "hub"));
     let (node, label) = match relayed {
         Relayed::Engine => (&engine, "engine"),
         Relayed::Hub => (&hub, "hub"),

@@ -11,9 +11,11 @@ use opcenter_cluster::testing::{NatsCluster, Relay, runtime};
 use opcenter_cluster::{Connect, ProbeSettings, connect, keep_connection};
 use tokio::sync::watch;
 
+/// Probes often, with a timeout a busy CI machine does not reach on a working
+/// connection (the tests count every stuck probe).
 const SETTINGS: ProbeSettings = ProbeSettings {
     every: Duration::from_millis(100),
-    timeout: Duration::from_millis(500),
+    timeout: Duration::from_secs(1),
 };
 
 /// The next message on `sub` within `wait`, as text.

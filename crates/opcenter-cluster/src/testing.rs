@@ -302,12 +302,13 @@ impl Drop for NatsCluster {
 /// `i`-th connection's client sends is no longer read or passed to the server,
 /// while the server's bytes still reach the client (a connection stuck one way).
 /// Other connections pass freely. Threads of its own, so any runtime (or none)
-/// may drive its clients.
+/// may drive its clients; a frozen connection's thread ends when the relay is dropped.
 #[derive(Debug)]
 pub struct Relay {
     port: u16,
     frozen: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -320,8 +321,13 @@ impl Relay {
             port,
             frozen: Default::default(),
             accepted: Default::default(),
+            dropped: Default::default(),
         };
-        let (frozen, accepted) = (relay.frozen.clone(), relay.accepted.clone());
+        let (frozen, accepted, dropped) = (
+            relay.frozen.clone(),
+            relay.accepted.clone(),
+            relay.dropped.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -332,7 +338,7 @@ impl Relay {
                 let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
                     continue;
                 };
-                let frozen = frozen.clone();
+                let (frozen, dropped) = (frozen.clone(), dropped.clone());
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
@@ -341,6 +347,9 @@ impl Relay {
                             Ok(n) => n,
                         };
                         while frozen.lock().unwrap_or_else(|e| e.into_inner()).contains(&i) {
+                            if dropped.load(Ordering::SeqCst) {
+                                return;
+                            }
                             std::thread::sleep(Duration::from_millis(50));
                         }
                         if server_out.write_all(&buf[..n]).is_err() {
@@ -372,5 +381,11 @@ impl Relay {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

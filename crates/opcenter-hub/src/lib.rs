@@ -402,13 +402,13 @@ impl Server {
                         },
                     )?;
                     server.recalled = recalled;
-                    let (link, client) = tokio::sync::watch::channel(client);
+                    let (link, follower) = tokio::sync::watch::channel(client);
                     server.probed.push(Probed {
                         label: "engine",
                         link,
                     });
                     server.bridge = Some(bridge::EngineBridge {
-                        link: client,
+                        link: follower,
                         region: cluster.region.clone(),
                         positions,
                     });

@@ -507,8 +507,8 @@ pub(crate) async fn serve_engine(
         positions,
     } = bridge;
     let subjects = Subjects::new(&region);
-    let mut client = link.borrow_and_update().clone();
-    let Some((mut cmds, mut fixes)) = subscribe_hub_subjects(&client, &subjects).await else {
+    let first = link.borrow_and_update().clone();
+    let Some((mut cmds, mut fixes)) = subscribe_hub_subjects(&first, &subjects).await else {
         tracing::error!("no hub can reach this engine");
         return;
     };
@@ -542,7 +542,6 @@ pub(crate) async fn serve_engine(
                     (cmds, fixes) = (c, f);
                     tracing::info!(subject = %subjects.cmd, "engine serving hub nodes on a new connection");
                 }
-                client = new;
             }
             Some(msg) = cmds.next() => {
                 let Some(reply_to) = msg.reply.clone() else { continue };
@@ -559,12 +558,12 @@ pub(crate) async fn serve_engine(
                             detail: e.to_string(),
                         });
                         let a = encode(&Answer::refused(ErrorCode::BadRequest, format!("bad call: {e}")));
-                        send_answer(&client, reply_to, a);
+                        send_answer(&link, reply_to, a);
                         continue;
                     }
                 };
                 if let Some((reply_to, answer)) = remember(&memory, &call.id, reply_to) {
-                    send_answer(&client, reply_to, answer);
+                    send_answer(&link, reply_to, answer);
                     continue;
                 }
                 let expires = (call.budget_ms > 0)
@@ -611,8 +610,9 @@ async fn subscribe_hub_subjects(
 }
 
 /// Sends an answer from a task of its own (the caller goes on reading calls).
-fn send_answer(client: &async_nats::Client, reply_to: async_nats::Subject, answer: Bytes) {
-    let client = client.clone();
+/// On the connection of the moment, like every answer.
+fn send_answer(link: &watch::Receiver<async_nats::Client>, reply_to: async_nats::Subject, answer: Bytes) {
+    let client = link.borrow().clone();
     tokio::spawn(async move {
         let _ = client.publish(reply_to, answer).await;
     });

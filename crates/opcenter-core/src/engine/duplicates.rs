@@ -23,21 +23,66 @@ use crate::model::{Incident, IncidentId, Location};
 /// even when hundreds of reports of one event pour in.
 pub const MAX_POSSIBLE_DUPLICATES: usize = 20;
 
-/// Where and how one open incident is filed.
+/// One open incident as its category's tree holds it: everything `near` needs to
+/// filter and order a candidate, so a lookup reads the tree's leaves and nothing
+/// else (no map lookup, no incident) for each incident within reach.
+#[derive(Debug, Clone, PartialEq)]
+struct Leaf {
+    created_ms: i64,
+    /// The incident number: ties in `created_ms` go by creation order.
+    no: u64,
+    location: Location,
+    id: IncidentId,
+}
+
+/// Where one open incident is filed: the tree of `category`, at `point`, with
+/// the rest of its [`Leaf`] (the id is the key of `filed`).
 #[derive(Debug, Clone, PartialEq)]
 struct Filing {
     category: String,
     point: [f64; 3],
     location: Location,
     created_ms: i64,
-    /// The incident number: ties in `created_ms` go by creation order.
     no: u64,
+}
+
+impl Filing {
+    fn of(inc: &Incident, no: u64) -> Filing {
+        Filing {
+            category: inc.category.clone(),
+            point: geo::to_unit_vector(inc.location),
+            location: inc.location,
+            created_ms: inc.created_ms,
+            no,
+        }
+    }
+
+    /// Whether `inc` (open, number `no`) is filed exactly so already.
+    fn is_of(&self, inc: &Incident, no: u64) -> bool {
+        self.category == inc.category
+            && self.location == inc.location
+            && self.created_ms == inc.created_ms
+            && self.no == no
+    }
+
+    /// The tree's entry for incident `id` filed so.
+    fn entry(&self, id: &IncidentId) -> GeomWithData<[f64; 3], Leaf> {
+        GeomWithData::new(
+            self.point,
+            Leaf {
+                created_ms: self.created_ms,
+                no: self.no,
+                location: self.location,
+                id: id.clone(),
+            },
+        )
+    }
 }
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct DuplicateIndex {
-    by_category: HashMap<String, RTree<GeomWithData<[f64; 3], IncidentId>>>,
+    by_category: HashMap<String, RTree<GeomWithData<[f64; 3], Leaf>>>,
     filed: HashMap<IncidentId, Filing>,
 }
 
@@ -46,30 +91,25 @@ impl DuplicateIndex {
     /// changes (dispatch, ack, notes) leave the filing as it is: then this is one
     /// map lookup.
     pub(super) fn file(&mut self, inc: &Incident, no: u64) {
-        let filing = inc.is_open().then(|| Filing {
-            category: inc.category.clone(),
-            point: geo::to_unit_vector(inc.location),
-            location: inc.location,
-            created_ms: inc.created_ms,
-            no,
-        });
-        if filing.is_some() && self.filed.get(&inc.id) == filing.as_ref() {
+        let open = inc.is_open();
+        if open && self.filed.get(&inc.id).is_some_and(|f| f.is_of(inc, no)) {
             return;
         }
         if let Some(old) = self.filed.remove(&inc.id)
             && let Some(tree) = self.by_category.get_mut(&old.category)
         {
-            tree.remove(&GeomWithData::new(old.point, inc.id.clone()));
+            tree.remove(&old.entry(&inc.id));
             if tree.size() == 0 {
                 self.by_category.remove(&old.category);
             }
         }
-        if let Some(f) = filing {
+        if open {
+            let filing = Filing::of(inc, no);
             self.by_category
-                .entry(f.category.clone())
+                .entry(filing.category.clone())
                 .or_default()
-                .insert(GeomWithData::new(f.point, inc.id.clone()));
-            self.filed.insert(inc.id.clone(), f);
+                .insert(filing.entry(&inc.id));
+            self.filed.insert(inc.id.clone(), filing);
         }
     }
 
@@ -88,18 +128,13 @@ impl DuplicateIndex {
         };
         let centre = geo::to_unit_vector(location);
         let reach = geo::chord2_for_metres(radius_m);
-        let mut found: Vec<(i64, u64, &IncidentId)> = tree
+        let mut found: Vec<&Leaf> = tree
             .locate_within_distance(centre, reach)
-            .filter_map(|g| self.filed.get(&g.data).map(|f| (f, &g.data)))
-            .filter(|(f, _)| f.created_ms >= since_ms && f.location.distance_m(&location) <= radius_m)
-            .map(|(f, id)| (f.created_ms, f.no, id))
+            .map(|g| &g.data)
+            .filter(|l| l.created_ms >= since_ms && l.location.distance_m(&location) <= radius_m)
             .collect();
-        found.sort_unstable_by_key(|(created, no, _)| (*created, *no));
+        found.sort_unstable_by_key(|l| (l.created_ms, l.no));
         let skip = found.len().saturating_sub(MAX_POSSIBLE_DUPLICATES);
-        found
-            .into_iter()
-            .skip(skip)
-            .map(|(_, _, id)| id.clone())
-            .collect()
+        found.into_iter().skip(skip).map(|l| l.id.clone()).collect()
     }
 }

@@ -193,7 +193,7 @@ impl Reporter {
 
 /// Whose key space an idempotency key belongs to: the citizens' app gateway and
 /// the consoles never see each other's keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyScope {
     /// `POST /v1/reports`.

@@ -14,7 +14,7 @@
 //! Owns: the (scope, key) → record map and its expiry. Must never: decide
 //! whether a create goes ahead (the engine does), or keep a key past its TTL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -127,6 +127,9 @@ pub(crate) fn digest_of(n: &NewIncident) -> u64 {
 #[derive(Debug, Default)]
 pub(super) struct KeyBook {
     map: HashMap<(KeyScope, String), Arc<KeyRecord>>,
+    /// Every live key by its create time: expiry takes the due ones from the
+    /// front instead of scanning the map.
+    by_age: BTreeSet<(i64, KeyScope, String)>,
 }
 
 impl KeyBook {
@@ -140,7 +143,9 @@ impl KeyBook {
     pub(super) fn remember(&mut self, inc: &Incident) {
         let Some(key) = &inc.key else { return };
         let scope = inc.key_scope.unwrap_or(KeyScope::Console);
+        let by_age = &mut self.by_age;
         self.map.entry((scope, key.clone())).or_insert_with(|| {
+            by_age.insert((inc.created_ms, scope, key.clone()));
             Arc::new(KeyRecord {
                 scope,
                 key: key.clone(),
@@ -159,6 +164,7 @@ impl KeyBook {
 
     /// Puts a record back as a snapshot stored it.
     pub(super) fn restore(&mut self, rec: Arc<KeyRecord>) {
+        self.by_age.insert((rec.at_ms, rec.scope, rec.key.clone()));
         self.map.insert((rec.scope, rec.key.clone()), rec);
     }
 
@@ -178,7 +184,18 @@ impl KeyBook {
 
     /// Forgets every key created at or before `cutoff_ms`.
     pub(super) fn expire(&mut self, cutoff_ms: i64) {
-        self.map.retain(|_, r| r.at_ms > cutoff_ms);
+        while let Some((at_ms, _, _)) = self.by_age.first()
+            && *at_ms <= cutoff_ms
+        {
+            let Some((at_ms, scope, key)) = self.by_age.pop_first() else {
+                break;
+            };
+            let slot = (scope, key);
+            // A record restored over this one since keeps its own entry.
+            if self.map.get(&slot).is_some_and(|r| r.at_ms == at_ms) {
+                self.map.remove(&slot);
+            }
+        }
     }
 
     /// How many keys are alive.

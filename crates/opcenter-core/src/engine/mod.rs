@@ -31,7 +31,7 @@ use duplicates::DuplicateIndex;
 use keys::KeyBook;
 use pending::{PendingKey, PendingQueue};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,9 @@ pub struct Engine {
     last_prune_ms: i64,
     /// Last retention pass (see `retention.rs`).
     last_retire_ms: i64,
+    /// Closed incidents held, by when they closed (their last change): a
+    /// retention pass takes the due ones from the front (see `retention.rs`).
+    closed: BTreeSet<(i64, IncidentId)>,
     /// The minute (ms / 60 000) of the last shift pass (see `shifts`).
     last_shift_minute: i64,
     /// Roster units with an `on_duty` window, sorted by id (events in a fixed order).
@@ -154,6 +157,7 @@ impl Engine {
             next_no: 1,
             last_prune_ms: i64::MIN,
             last_retire_ms: i64::MIN,
+            closed: BTreeSet::new(),
             last_shift_minute: i64::MIN,
             shift_units: Vec::new(),
             retired: Vec::new(),
@@ -540,6 +544,9 @@ impl Engine {
         let no = incident_no(id);
         self.pending.file(inc, no);
         self.duplicates.file(inc, no);
+        if !inc.is_open() {
+            self.closed.insert((inc.updated_ms, id.to_string()));
+        }
         if let Some(u) = inc.emergency_unit.clone() {
             if inc.is_open() {
                 self.open_emergency.insert(u, id.to_string());

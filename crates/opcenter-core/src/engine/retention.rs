@@ -3,9 +3,13 @@
 //! `storage.retain_closed_h` after it closed (its last change: a closed incident
 //! never changes again); idempotency keys expire `dispatch.key_ttl_h` after
 //! their create. Both run on `Tick`, with time passed in, at most once a
-//! minute of engine time (once a second when `retain_closed_h` is 0): a scan
-//! of the incidents held, which retention keeps small. Retiring emits no event: the journal still holds every change, and
-//! the hub answers `GET /v1/incidents/{id}` for a retired incident from it.
+//! minute of engine time (once a second when `retain_closed_h` is 0). A pass
+//! takes the due incidents from the front of the engine's closed set (ordered
+//! by when they closed) and the due keys from the front of the key book's
+//! expiry order: its cost is what it retires, not what the engine holds (a
+//! region with hundreds of thousands of open incidents pays nothing for them).
+//! Retiring emits no event: the journal still holds every change, and the hub
+//! answers `GET /v1/incidents/{id}` for a retired incident from it.
 //!
 //! Owns: when an object is old enough to go. Must never: retire an open
 //! incident, or a key before its TTL.
@@ -25,14 +29,19 @@ impl Engine {
         }
         self.last_retire_ms = now_ms;
         let cutoff = now_ms.saturating_sub(self.config.retain_closed_ms);
-        let old: Vec<IncidentId> = self
-            .incidents
-            .values()
-            .filter(|i| !i.is_open() && i.updated_ms <= cutoff)
-            .map(|i| i.id.clone())
-            .collect();
-        for id in old {
-            if let Some(inc) = self.incidents.remove(&id) {
+        while let Some((closed_ms, _)) = self.closed.first()
+            && *closed_ms <= cutoff
+        {
+            let Some((_, id)) = self.closed.pop_first() else {
+                break;
+            };
+            // Still closed, and closed that long ago (a later change, were there
+            // one, is filed again under its own time).
+            let due = self
+                .incidents
+                .get(&id)
+                .is_some_and(|i| !i.is_open() && i.updated_ms <= cutoff);
+            if due && let Some(inc) = self.incidents.remove(&id) {
                 self.keys.retire(&inc);
                 self.retired.push(id);
             }

@@ -3,6 +3,11 @@
 # active engine of a region (2 engines, 1 hub, 3-node nats-server cluster, R3)
 # while the hub takes RATE keyed creates/s (open loop, benches/failover-load.mjs,
 # 4 dispatcher sessions). Per trial:
+#   - serving after ms: from the kill to when the new engine began serving the
+#     hubs' commands (its `opcenter_engine_serving_since_seconds`);
+#   - its first ok: from the kill to the first `ok` answered after that (the old
+#     engine died seconds before: the issue's "first ok served by the new one";
+#     it answers the calls that waited in order, so this can be any of them);
 #   - no-engine ms: from the kill to the first `ok` of a create *sent after* the
 #     kill (only the new engine can have served it);
 #   - acked/s: `ok`s per second over the 15 s from 5 s before the kill;
@@ -170,10 +175,14 @@ for trial in $(seq "$TRIALS"); do
     ss -tnp >"$T/metrics-ss-$trial.txt" 2>/dev/null || true # which process owns which client port
     wait "${NODE_PID[$active]}" 2>/dev/null || true
     wait "$load" || { echo "trial $trial: load failed"; cat "$T/load.err"; exit 1; }
-    line=$(python3 - "$csv" "$kill_ms" "$SECONDS_LOAD" <<'PY'
+    # When the new engine began serving the hubs' commands, as it says (same host clock).
+    since=$(metric "$standby" opcenter_engine_serving_since_seconds)
+    since_ms=$(awk -v s="${since:-0}" 'BEGIN { if (s > 0) printf "%.0f", s * 1000; else print -1 }')
+    line=$(python3 - "$csv" "$kill_ms" "$SECONDS_LOAD" "$since_ms" <<'PY'
 import sys
 rows = [l.rstrip("\n").split(",") for l in open(sys.argv[1]) if l.strip()]
 kill = int(sys.argv[2])
+since = int(sys.argv[4])
 oks = sorted(int(r[3]) for r in rows if r[4] == "ok")
 after = [int(r[3]) for r in rows if r[4] == "ok" and int(r[2]) > kill]
 gap = (min(after) - kill) if after else -1
@@ -182,7 +191,12 @@ errors = sum(1 for r in rows if r[4] == "error")
 none = sum(1 for r in rows if r[4] == "none")
 first = min(after) if after else 0
 new_rate = round(sum(1 for t in oks if first <= t < first + 3000) / 3) if after else 0
-print(gap, round(len(window) / 15), len(rows), errors, none, round(len(rows) / float(sys.argv[3])), new_rate)
+# The old engine died at the kill, 2 s and more before the new one served: an ok
+# answered after the new engine began serving is the new engine's.
+served = [int(r[3]) for r in rows if r[4] == "ok" and since > 0 and int(r[3]) >= since]
+first_new = (min(served) - kill) if served else -1
+serving = (since - kill) if since > 0 else -1
+print(gap, round(len(window) / 15), len(rows), errors, none, round(len(rows) / float(sys.argv[3])), new_rate, serving, first_new)
 PY
 )
     # The new active one; the killed one comes back as the standby.
@@ -202,8 +216,8 @@ PY
     probe_hub_after=$(metric h 'opcenter_nats_probe_reconnects_total{connection="hub"}')
     probe_hub=$(( ${probe_hub_after:-0} - ${probe_hub_before:-0} ))
     set -- $line
-    printf 'trial %2s (killed %s): no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s | hub attempts without engine %s | probe reconnects: engine %s, hub %s\n' \
-        "$trial" "$active" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}" "$no_engine" "${probe_engine:-0}" "$probe_hub"
+    printf 'trial %2s (killed %s): serving after %5s ms, its first ok after %5s ms, no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s | hub attempts without engine %s | probe reconnects: engine %s, hub %s\n' \
+        "$trial" "$active" "$8" "$9" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}" "$no_engine" "${probe_engine:-0}" "$probe_hub"
     echo "$line ${replay_ms:-0} ${replayed:-0} $(( ${probe_engine:-0} + probe_hub ))" >>"$T/res"
     STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"
@@ -218,11 +232,15 @@ import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 gaps = [r[0] for r in rows if r[0] >= 0]
 acked = [r[1] for r in rows]
-print(f"TRIALS {len(rows)}: no-engine ms p50 {statistics.median(gaps):.0f} max {max(gaps):.0f} | "
+serving = [r[7] for r in rows if r[7] >= 0]
+first_new = [r[8] for r in rows if r[8] >= 0]
+print(f"TRIALS {len(rows)}: serving after the kill ms p50 {statistics.median(serving):.0f} max {max(serving):.0f} | "
+      f"its first ok ms p50 {statistics.median(first_new):.0f} max {max(first_new):.0f} | "
+      f"no-engine ms p50 {statistics.median(gaps):.0f} max {max(gaps):.0f} | "
       f"acked/s across the handover p50 {statistics.median(acked):.0f} min {min(acked):.0f} | "
       f"errors {sum(r[3] for r in rows):.0f} in {sum(1 for r in rows if r[3] > 0)} trials, unanswered {sum(r[4] for r in rows):.0f} | "
       f"new engine acked/s p50 {statistics.median(r[6] for r in rows):.0f} | "
-      f"replay ms p50 {statistics.median(r[7] for r in rows):.0f} max {max(r[7] for r in rows):.0f} | "
-      f"records replayed p50 {statistics.median(r[8] for r in rows):.0f} max {max(r[8] for r in rows):.0f} | "
-      f"probe reconnects {sum(r[9] for r in rows):.0f} in {sum(1 for r in rows if r[9] > 0)} trials")
+      f"replay ms p50 {statistics.median(r[9] for r in rows):.0f} max {max(r[9] for r in rows):.0f} | "
+      f"records replayed p50 {statistics.median(r[10] for r in rows):.0f} max {max(r[10] for r in rows):.0f} | "
+      f"probe reconnects {sum(r[11] for r in rows):.0f} in {sum(1 for r in rows if r[11] > 0)} trials")
 PY

@@ -238,6 +238,16 @@ async fn assert_stream_contiguous(urls: &str, epoch: &str) -> usize {
 }
 
 /// The value of gauge or counter `name` in `e`'s `/metrics` (`None`: not there).
+/// When an engine began serving the hubs' commands (Unix seconds, a gauge).
+const SERVING_SINCE: &str = "opcenter_engine_serving_since_seconds";
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 async fn metric(e: &BinServer, name: &str) -> Option<f64> {
     let (status, body) = http(e.addr, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200, "/metrics: {body}");
@@ -353,6 +363,9 @@ async fn three_kill_9_handovers_in_one_region_each_lose_nothing_and_double_nothi
         }
         wait_standby_caught_up(&engines[standby], 0.0).await;
         let before_burst = assert_stream_contiguous(&urls, &epoch).await;
+        // A standby does not serve the hubs' commands: no such time yet.
+        assert_eq!(metric(&engines[standby], SERVING_SINCE).await, None);
+        let before_kill = unix_seconds();
 
         let (w, _) = Client::login(&h, Encoding::Json, &token(Role::Dispatcher, &format!("w{round}"))).await;
         let (sink, mut stream) = w.ws.split();
@@ -362,6 +375,14 @@ async fn three_kill_9_handovers_in_one_region_each_lose_nothing_and_double_nothi
         engines[standby].wait_active().await;
         this_round.extend(acked.into_values());
 
+        let serving = metric(&engines[standby], SERVING_SINCE)
+            .await
+            .expect("the new engine says when it began serving");
+        assert!(
+            (before_kill..=unix_seconds()).contains(&serving),
+            "handover {}: serving since {serving}, the kill came after {before_kill}",
+            round + 1
+        );
         let records = assert_stream_contiguous(&urls, &epoch).await;
         let from = metric(&engines[standby], "opcenter_replay_from_seq").await;
         let replayed = metric(&engines[standby], "opcenter_replayed_records").await;

@@ -108,14 +108,16 @@ impl Lease {
         Ok(Some(lease))
     }
 
-    /// Waits until the lease is free and takes it, polling every TTL/6.
+    /// Waits until the lease is free and takes it, trying every `poll` (each try
+    /// is one create-if-absent on the bucket).
     pub async fn take(
         bucket: &kv::Store,
         names: &RegionNames,
         node: &str,
         ttl: Duration,
+        poll: Duration,
     ) -> Result<Lease, ClusterError> {
-        let pause = (ttl / 6).max(Duration::from_millis(50));
+        let pause = poll.max(Duration::from_millis(10));
         loop {
             match Lease::try_take(bucket, names, node, ttl).await {
                 Ok(Some(lease)) => return Ok(lease),
@@ -283,10 +285,13 @@ mod tests {
         }
 
         // a stops renewing (paused); b waits for the lapse and takes it.
-        let b_lease = tokio::time::timeout(Duration::from_secs(30), Lease::take(&b, &names, "b", ttl))
-            .await
-            .expect("b takes the lapsed lease")
-            .unwrap();
+        let b_lease = tokio::time::timeout(
+            Duration::from_secs(30),
+            Lease::take(&b, &names, "b", ttl, ttl / 6),
+        )
+        .await
+        .expect("b takes the lapsed lease")
+        .unwrap();
         assert!(b_lease.epoch() > a.epoch(), "epochs only grow");
         assert!(a.expired());
         // a wakes up: its renewal is refused, never overwrites b's lease.

@@ -121,7 +121,14 @@ pub(crate) async fn wait_for_lease(
             .await
     });
     let warm = Standby::start(settings, cluster, client);
-    let taken = Lease::take(&bucket, &names, &cluster.node, cluster.lease_ttl).await;
+    let taken = Lease::take(
+        &bucket,
+        &names,
+        &cluster.node,
+        cluster.lease_ttl,
+        cluster.lease_poll,
+    )
+    .await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), standby).await;
     let lease = taken.map_err(cluster_error(cluster))?;
@@ -410,7 +417,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let lease = Lease::take(&bucket, &names, "a", ttl).await.unwrap();
+        let lease = Lease::take(&bucket, &names, "a", ttl, ttl / 6).await.unwrap();
         (client, bucket, names, lease)
     }
 
@@ -423,10 +430,13 @@ mod tests {
         let (_client, bucket, names, a) = held(&nats, ttl).await;
         assert_eq!(lease_taken_by_another(&bucket, &names, &a).await, None);
         // a stops renewing; b takes the lapsed lease: a's read-back says lost.
-        let b = tokio::time::timeout(Duration::from_secs(30), Lease::take(&bucket, &names, "b", ttl))
-            .await
-            .expect("b takes the lapsed lease")
-            .unwrap();
+        let b = tokio::time::timeout(
+            Duration::from_secs(30),
+            Lease::take(&bucket, &names, "b", ttl, ttl / 6),
+        )
+        .await
+        .expect("b takes the lapsed lease")
+        .unwrap();
         let why = lease_taken_by_another(&bucket, &names, &a)
             .await
             .expect("held by b");

@@ -68,6 +68,10 @@ pub(crate) const CALLS_NO_ENGINE: &str = "opcenter_call_no_engine_total";
 /// that replaces it, by `connection` (`engine`: an engine's to the hubs; `hub`:
 /// a hub's for its calls to the engine).
 pub(crate) const NATS_PROBE_RECONNECTS: &str = "opcenter_nats_probe_reconnects_total";
+/// Gauge (an engine node): when it began serving the hubs' commands (`cmd.<region>`
+/// subscribed), Unix seconds: after a takeover, the end of the time without an
+/// engine as the engine sees it.
+pub(crate) const SERVING_SINCE: &str = "opcenter_engine_serving_since_seconds";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";
 /// Gauge (a standby engine): records of the region's stream its followed state

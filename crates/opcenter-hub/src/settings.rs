@@ -212,6 +212,8 @@ struct RawCluster {
     command_timeout_s: u64,
     #[serde(default = "default_lease_ttl_s")]
     lease_ttl_s: u64,
+    #[serde(default = "default_lease_poll_ms")]
+    lease_poll_ms: u64,
     #[serde(default)]
     node: Option<String>,
     #[serde(default = "default_pipeline_depth")]
@@ -236,6 +238,10 @@ fn default_pipeline_depth() -> usize {
 
 fn default_lease_ttl_s() -> u64 {
     3
+}
+
+fn default_lease_poll_ms() -> u64 {
+    100
 }
 
 fn default_command_timeout_s() -> u64 {
@@ -423,6 +429,10 @@ pub struct ClusterSettings {
     /// `cluster.lease_ttl_s` (roles `engine`, `both`): the engine lease's time to
     /// live; the holder renews it every third of it, a standby takes it once it lapses.
     pub lease_ttl: std::time::Duration,
+    /// `cluster.lease_poll_ms` (roles `engine`, `both`): how often a standby
+    /// tries to take the lease while another node holds it; the time a lapse
+    /// goes unnoticed is at most this.
+    pub lease_poll: std::time::Duration,
     /// `cluster.node`: this process's name in the lease (default `<host>-<pid>`).
     pub node: String,
     /// `cluster.pipeline_depth` (roles `engine`, `both`): batches appended to the
@@ -1034,6 +1044,12 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
     // A retry must reach the engine while it still remembers the call.
     within("cluster.command_timeout_s", c.command_timeout_s, 1..=120)?;
     within("cluster.lease_ttl_s", c.lease_ttl_s, 1..=60)?;
+    // A poll slower than the lease lives would miss whole lapses' worth of time.
+    within(
+        "cluster.lease_poll_ms",
+        c.lease_poll_ms,
+        10..=c.lease_ttl_s * 1_000,
+    )?;
     within("cluster.pipeline_depth", c.pipeline_depth as u64, 1..=64)?;
     if c.probe_interval_ms != 0 && !(50..=60_000).contains(&c.probe_interval_ms) {
         return Err(invalid(
@@ -1055,6 +1071,7 @@ fn check_cluster(c: RawCluster) -> Result<ClusterSettings, SettingsError> {
     };
     Ok(ClusterSettings {
         lease_ttl: std::time::Duration::from_secs(c.lease_ttl_s),
+        lease_poll: std::time::Duration::from_millis(c.lease_poll_ms),
         node,
         pipeline_depth: c.pipeline_depth,
         probe,
@@ -1354,6 +1371,7 @@ mod tests {
         );
         assert_eq!(c.publish_deadline.as_secs(), 30);
         assert_eq!(c.command_timeout.as_secs(), 10);
+        assert_eq!(c.lease_poll.as_millis(), 100);
         for (bad, key) in [
             ("nats = []\nregion = \"zko\"\nrole = \"both\"", "cluster.nats"),
             (
@@ -1404,6 +1422,14 @@ mod tests {
             (
                 "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"hub\"\nprobe_timeout_ms = 0",
                 "cluster.probe_timeout_ms",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"engine\"\nlease_poll_ms = 5",
+                "cluster.lease_poll_ms",
+            ),
+            (
+                "nats = [\"nats://a\"]\nregion = \"zko\"\nrole = \"engine\"\nlease_ttl_s = 2\nlease_poll_ms = 2001",
+                "cluster.lease_poll_ms",
             ),
         ] {
             let e = Settings::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();

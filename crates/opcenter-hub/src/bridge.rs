@@ -513,10 +513,7 @@ pub(crate) async fn serve_engine(
         return;
     };
     let _ = subscribed.send(());
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!(crate::metric::SERVING_SINCE).set(since);
+    metrics::gauge!(crate::metric::SERVING_SINCE).set(crate::engine_task::now_ms() as f64 / 1e3);
     tracing::info!(subject = %subjects.cmd, "engine serving hub nodes");
     tokio::spawn(publish_positions(
         link.clone(),

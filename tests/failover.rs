@@ -436,10 +436,30 @@ async fn a_warm_standby_that_followed_the_stream_replays_only_the_tail_at_takeov
     let (mut d, _) = Client::login(&hub.host(), Encoding::Json, &token(Role::Dispatcher, "d1")).await;
     wait_standby_caught_up(&b, 0.0).await;
     const N: u64 = 200;
+    let first = d.request(create(51.19, 51.29)).await;
+    let first_id = first["incident"]["id"].as_str().expect("an id").to_owned();
     create_grid(&mut d, N, 20).await;
     let followed = wait_standby_caught_up(&b, N as f64).await;
+    assert_eq!(
+        metric(&a, "opcenter_read_copy_from_standby").await,
+        Some(0.0),
+        "the first engine copied its recovered state"
+    );
     a.kill9();
     b.wait_active().await;
+    // The new engine's read model took the standby's followed copy over, and it
+    // holds what was created before the kill.
+    assert_eq!(metric(&b, "opcenter_read_copy_from_standby").await, Some(1.0));
+    let (status, body) = http(
+        b.addr,
+        "GET",
+        &format!("/v1/incidents/{first_id}"),
+        Some(&token(Role::Dispatcher, "d1")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&first_id), "{body}");
     let (_, seqs) = stream_seqs(&nats.urls()).await;
     let replayed = metric(&b, "opcenter_replayed_records").await.expect("replayed");
     let from = metric(&b, "opcenter_replay_from_seq")

@@ -602,6 +602,9 @@ pub(crate) struct Replay {
     memory_history: usize,
     /// The call ids of forwarded commands among the records applied (a standby's).
     pub(crate) calls: Option<crate::bridge::Recall>,
+    /// The read model's copy of the state, kept at [`Replay::seq`] (a standby's:
+    /// see [`Replay::keep_read_copy`]).
+    read_copy: Option<crate::read_model::ReadCopy>,
 }
 
 impl Replay {
@@ -627,7 +630,28 @@ impl Replay {
             history: std::collections::VecDeque::new(),
             memory_history,
             calls,
+            read_copy: None,
         })
+    }
+
+    /// From now on also keeps the read model's copy of the state (built here
+    /// from the engine's state, then folded with every record applied), so a
+    /// takeover hands it over instead of building it while the new engine
+    /// starts serving.
+    pub(crate) fn keep_read_copy(&mut self, key_ttl_ms: i64) {
+        let start = crate::read_model::Start {
+            state: self.engine.state(),
+            seq: self.seq,
+            history: self.history.iter().cloned().collect(),
+        };
+        let mut copy = crate::read_model::ReadCopy::new(start, key_ttl_ms, self.memory_history);
+        copy.set_next_incident_no(self.engine.next_incident_no());
+        self.read_copy = Some(copy);
+    }
+
+    /// The read copy kept since [`Replay::keep_read_copy`], at [`Replay::seq`].
+    pub(crate) fn take_read_copy(&mut self) -> Option<crate::read_model::ReadCopy> {
+        self.read_copy.take()
     }
 
     /// Applies one record (the next one: `seq` must follow [`Replay::seq`]).
@@ -643,8 +667,14 @@ impl Replay {
             None => record::decode_event(rec)?,
         };
         self.engine.restore(&event);
+        let event = Arc::new(event);
+        if let Some(copy) = &mut self.read_copy {
+            copy.apply(rec.seq, event.clone());
+            copy.trim();
+            copy.set_next_incident_no(self.engine.next_incident_no());
+        }
         if self.memory_history > 0 {
-            self.history.push_back((rec.seq, Arc::new(event)));
+            self.history.push_back((rec.seq, event));
             if self.history.len() > self.memory_history {
                 self.history.pop_front();
             }
@@ -1675,6 +1705,215 @@ mod tests {
             received: Instant::now(),
         };
         (req, rx)
+    }
+
+    /// Applies `command` as `actor` and appends its events to `journal`; the
+    /// created incident's id, if it made one.
+    fn apply_and_append(
+        engine: &mut Engine,
+        journal: &mut dyn opcenter_store::Journal,
+        actor: &Actor,
+        command: Command,
+        now_ms: i64,
+    ) -> Option<String> {
+        let applied = engine.apply(actor, command, now_ms).expect("applied");
+        let origin = record::Origin::new(actor, None, now_ms);
+        let payloads: Vec<Vec<u8>> = applied
+            .events
+            .iter()
+            .map(|e| record::encode_event(e, &origin).unwrap())
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        journal.append_batch(&refs).unwrap();
+        match applied.reply {
+            Reply::Created { incident, .. } => Some(incident.id),
+            _ => None,
+        }
+    }
+
+    /// A warm standby's read copy (built after its load, then folded with each
+    /// record it follows) is the copy the read model would build from the
+    /// engine's state at the same seq: the same incidents, units, history, next
+    /// number and citizens' report progress. A takeover hands it over instead
+    /// of building that one.
+    #[test]
+    fn a_followed_read_copy_equals_the_copy_of_the_engines_state() {
+        use opcenter_core::{PositionFix, UnitProfile};
+        let settings = crate::settings::Settings::from_toml("").unwrap();
+        let ttl = settings.engine.key_ttl_ms;
+        let mut journal = opcenter_store::MemJournal::with_epoch("t");
+        let mut active = Engine::new(settings.engine.clone());
+        let dispatcher = Actor {
+            sub: "d".into(),
+            kind: ActorKind::Dispatcher,
+        };
+        let intake = Actor {
+            sub: "app".into(),
+            kind: ActorKind::Intake,
+        };
+        let t0 = 1_800_000_000_000i64;
+        let mut keys = Vec::new();
+        // Part one: units, reports and calls, then a snapshot the standby loads.
+        for u in 0..3 {
+            let id = format!("U-{u}");
+            let tablet = Actor {
+                sub: id.clone(),
+                kind: ActorKind::Unit(id.clone()),
+            };
+            let profile = UnitProfile {
+                id: id.clone(),
+                ..UnitProfile::default()
+            };
+            apply_and_append(
+                &mut active,
+                &mut journal,
+                &tablet,
+                Command::RegisterUnit(profile),
+                t0,
+            );
+            let fix = PositionFix {
+                location: Location {
+                    lat: 51.2 + f64::from(u) * 0.01,
+                    lon: 51.4,
+                },
+                at_ms: Some(t0),
+                heading: None,
+                speed: None,
+                accuracy: None,
+            };
+            let fix = Command::Position {
+                unit_id: id.clone(),
+                fix,
+            };
+            apply_and_append(&mut active, &mut journal, &tablet, fix, t0);
+            let available = Command::SetStatus {
+                unit_id: id,
+                status: opcenter_core::UnitStatus::Available,
+            };
+            apply_and_append(&mut active, &mut journal, &tablet, available, t0);
+        }
+        let mut incidents = Vec::new();
+        for n in 0..8i64 {
+            let mut new = NewIncident::call(
+                "theft",
+                3,
+                Location {
+                    lat: 51.2,
+                    lon: 51.4 + n as f64 * 0.001,
+                },
+            );
+            let actor = if n % 2 == 0 {
+                let key = format!("report-{n}");
+                new.key = Some(key.clone());
+                keys.push(key);
+                &intake
+            } else {
+                &dispatcher
+            };
+            incidents.extend(apply_and_append(
+                &mut active,
+                &mut journal,
+                actor,
+                Command::CreateIncident(new),
+                t0 + n,
+            ));
+        }
+        let snapshot = record::encode_snapshot(&active.snapshot()).unwrap();
+        journal.write_snapshot(journal.last_seq(), &snapshot).unwrap();
+        let memory_history = 5;
+        let mut standby = Replay::load(settings.engine.clone(), &journal, memory_history, None).unwrap();
+        standby.catch_up(&journal).unwrap();
+        standby.keep_read_copy(ttl);
+        // Part two, followed: more reports, a unit's ack, closes.
+        for n in 8..12i64 {
+            let key = format!("report-{n}");
+            let mut new = NewIncident::call(
+                "fire",
+                2,
+                Location {
+                    lat: 51.21,
+                    lon: 51.41,
+                },
+            );
+            new.key = Some(key.clone());
+            keys.push(key);
+            incidents.extend(apply_and_append(
+                &mut active,
+                &mut journal,
+                &intake,
+                Command::CreateIncident(new),
+                t0 + 100 + n,
+            ));
+        }
+        let assigned = active
+            .units()
+            .find_map(|u| u.incident_id.clone().map(|i| (u.id.clone(), i)));
+        let (unit_id, incident_id) = assigned.expect("auto-dispatch put a unit on an incident");
+        let tablet = Actor {
+            sub: unit_id.clone(),
+            kind: ActorKind::Unit(unit_id.clone()),
+        };
+        let ack = Command::Ack {
+            unit_id,
+            incident_id: incident_id.clone(),
+        };
+        apply_and_append(&mut active, &mut journal, &tablet, ack, t0 + 200);
+        for id in [&incidents[0], &incidents[9]] {
+            let close = Command::CloseIncident {
+                incident_id: id.clone(),
+                disposition: "resolved".into(),
+            };
+            apply_and_append(&mut active, &mut journal, &dispatcher, close, t0 + 300);
+        }
+        let followed = standby.catch_up(&journal).unwrap();
+        assert!(followed > 10, "the standby followed part two: {followed} records");
+        let seq = standby.seq;
+        assert_eq!(seq, journal.last_seq());
+        let warm = standby.take_read_copy().expect("kept");
+        let (engine, _, history) = standby.into_recovered();
+        let start = read_model::Start {
+            state: engine.state(),
+            seq,
+            history,
+        };
+        let cold = read_model::ReadCopy::new(start, ttl, memory_history);
+        assert_eq!(engine.state().incidents.len(), 12);
+        assert!(warm.same_as(&cold), "the followed copy differs from the engine's");
+        // The citizens' reports: as the active engine's read model showed them
+        // (it folded every event from the first); the copy of the state knows
+        // only the step times of the events still in its history.
+        let mut always_on = read_model::ReadCopy::new(
+            read_model::Start {
+                state: Engine::new(settings.engine.clone()).state(),
+                seq: 0,
+                history: Vec::new(),
+            },
+            ttl,
+            memory_history,
+        );
+        for rec in record::read_from(&journal, 0, 1000).unwrap() {
+            always_on.apply(rec.seq, Arc::new(record::decode_event(&rec).unwrap()));
+        }
+        let now = t0 + 400;
+        for key in &keys {
+            let status = warm.report_status(key, now).expect("report known");
+            assert_eq!(
+                Some(&status),
+                always_on.report_status(key, now).as_ref(),
+                "report {key}"
+            );
+            let copied = cold.report_status(key, now).expect("report known");
+            assert_eq!(
+                (&copied.incident_id, copied.status),
+                (&status.incident_id, status.status)
+            );
+        }
+        let closed = warm.report_status("report-0", now).unwrap();
+        assert_eq!(closed.status, "closed", "{closed:?}");
+        assert!(
+            closed.steps[1].at_ms.is_some(),
+            "the step times of part one are kept: {closed:?}"
+        );
     }
 
     #[test]

@@ -563,6 +563,7 @@ impl Server {
             journal: Box::new(MemJournal::with_epoch("unavailable")),
             snapshot_seq: 0,
             history: Vec::new(),
+            read_copy: None,
         };
         let node = Node::Engine { positions_out: None };
         // Over data that could not be read, nothing is written to the data dir.
@@ -864,6 +865,7 @@ async fn recover_region(
             journal,
             snapshot_seq,
             history,
+            read_copy: None,
         })),
         Err(e) => {
             // A journal may own a runtime (JetStream's), which must not be
@@ -908,7 +910,7 @@ async fn recover_taken_over(
     })
     .await?;
     match tail {
-        Some(Ok((replay, tail, calls))) => {
+        Some(Ok((mut replay, tail, calls))) => {
             let ms = started.elapsed();
             metrics::gauge!(metric::REPLAY_SECONDS).set(ms.as_secs_f64());
             metrics::gauge!(metric::REPLAYED_RECORDS).set(tail as f64);
@@ -927,6 +929,10 @@ async fn recover_taken_over(
             // the next is due `snapshot_every_events` after the newest of them
             // (as the standby last listed them), not at once.
             let snapshot_seq = replay.snapshot_seq.max(newest_snapshot);
+            // The copy folds every record the replay applied; one that does not
+            // stand where the engine does is dropped (the read model copies).
+            let seq = replay.seq;
+            let read_copy = replay.take_read_copy().filter(|c| c.seq() == seq);
             let (mut engine, _, history) = replay.into_recovered();
             // No session survived the takeover: the grace runs from now.
             engine.sessions_lost(engine_task::now_ms());
@@ -935,6 +941,7 @@ async fn recover_taken_over(
                 journal,
                 snapshot_seq,
                 history,
+                read_copy,
             };
             Ok((Ok(recovered), calls))
         }
@@ -953,6 +960,8 @@ struct Recovered {
     journal: Box<dyn Journal>,
     snapshot_seq: u64,
     history: Vec<(u64, Arc<opcenter_core::Event>)>,
+    /// A warm standby's read copy, at the engine's state (see [`standby`]).
+    read_copy: Option<read_model::ReadCopy>,
 }
 
 /// Starts one region's threads over its recovered state: the read model, and
@@ -973,6 +982,7 @@ fn start_region(
         journal,
         snapshot_seq,
         history,
+        read_copy,
     } = recovered;
     let shared = Arc::new(Shared {
         epoch: journal.epoch().to_string(),
@@ -989,10 +999,18 @@ fn start_region(
         Node::Engine { .. } => journal.last_seq(),
     };
     let started = std::time::Instant::now();
-    let start = read_model::Start {
-        state: engine.state(),
-        seq,
-        history,
+    // A warm standby's copy is the engine's state already; otherwise the
+    // state is copied here (the engine thread owns the engine from now on).
+    let start = match read_copy {
+        Some(mut copy) => {
+            copy.restart_at(engine.units(), seq);
+            read_model::ReadStart::Warm(copy)
+        }
+        None => read_model::ReadStart::Cold(read_model::Start {
+            state: engine.state(),
+            seq,
+            history,
+        }),
     };
     let journal = Arc::new(std::sync::Mutex::new(journal));
     let fix_inbox = matches!(node, Node::Engine { .. });
@@ -1011,8 +1029,12 @@ fn start_region(
             let _guard = StopGuard::new(guard_shared, "read model");
             let built = std::time::Instant::now();
             let history = memory_history(&model_settings);
-            let model = ReadModel::new(start, model_journal, model_shared, &model_settings, history);
-            tracing::info!(ms = built.elapsed().as_millis() as u64, "read model built");
+            let warm = matches!(start, read_model::ReadStart::Warm(_));
+            let copy = start.into_copy(model_settings.engine.key_ttl_ms, history);
+            let model = ReadModel::new(copy, model_journal, model_shared, &model_settings);
+            metrics::gauge!(metric::READ_COPY_FROM_STANDBY).set(if warm { 1.0 } else { 0.0 });
+            metrics::gauge!(metric::READ_MODEL_START_SECONDS).set(built.elapsed().as_secs_f64());
+            tracing::info!(ms = built.elapsed().as_millis() as u64, warm, "read model built");
             priority::renice_this_thread(reads_nice, "hub.reads_nice");
             model.run(reads_rx)
         })?;

@@ -72,6 +72,12 @@ pub(crate) const NATS_PROBE_RECONNECTS: &str = "opcenter_nats_probe_reconnects_t
 /// subscribed), Unix seconds: after a takeover, the end of the time without an
 /// engine as the engine sees it.
 pub(crate) const SERVING_SINCE: &str = "opcenter_engine_serving_since_seconds";
+/// Gauge: 1 when the read model started from the copy a warm standby kept as it
+/// followed the stream (a takeover), 0 when it copied the recovered state.
+pub(crate) const READ_COPY_FROM_STANDBY: &str = "opcenter_read_copy_from_standby";
+/// Gauge: seconds the read model took to start: building its copy of the
+/// state, or, from a standby's copy, only taking it over.
+pub(crate) const READ_MODEL_START_SECONDS: &str = "opcenter_read_model_start_seconds";
 /// Gauge: seconds the last recovery (snapshot load + stream replay) took.
 pub(crate) const REPLAY_SECONDS: &str = "opcenter_replay_seconds";
 /// Gauge (a standby engine): records of the region's stream its followed state

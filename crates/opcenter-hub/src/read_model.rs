@@ -166,17 +166,139 @@ impl Budget {
     }
 }
 
-/// The read copy and what it serves.
-pub(crate) struct ReadModel {
+/// The read copy of the state: incidents, units, the newest events and the
+/// citizens' report progress, at one seq. The read model builds it from a
+/// recovered state on its own thread ([`ReadCopy::new`]); a warm standby keeps
+/// one as it follows the stream ([`crate::engine_task::Replay`]) and hands it
+/// over, so a takeover neither copies the engine's state nor rebuilds these maps.
+pub(crate) struct ReadCopy {
     incidents: HashMap<String, Arc<Incident>>,
     units: HashMap<String, Unit>,
     next_incident_no: u64,
     /// Last seq folded in.
     seq: u64,
-    journal: SharedJournal,
-    shared: Arc<Shared>,
     history: VecDeque<(u64, Arc<Event>)>,
     memory_history: usize,
+    /// Gateway keys and their reports' progress (`GET /v1/reports/{key}`).
+    citizen: crate::citizen::CitizenBook,
+}
+
+impl ReadCopy {
+    /// The copy of a recovered state (`memory_history`: events kept in memory).
+    pub(crate) fn new(start: Start, key_ttl_ms: i64, memory_history: usize) -> Self {
+        let mut citizen =
+            crate::citizen::CitizenBook::new(key_ttl_ms, &start.state.keys, &start.state.incidents);
+        // The retained history gives the times of steps taken before the start.
+        for (_, e) in &start.history {
+            if let EventBody::Incident(inc) = &e.body {
+                citizen.fold(inc);
+            }
+        }
+        ReadCopy {
+            citizen,
+            incidents: start
+                .state
+                .incidents
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect(),
+            units: start.state.units.into_iter().map(|u| (u.id.clone(), u)).collect(),
+            next_incident_no: start.state.next_incident_no,
+            seq: start.seq,
+            history: start.history.into(),
+            memory_history: memory_history.max(1),
+        }
+    }
+
+    /// Folds in the event at `seq` (the history is trimmed by [`ReadCopy::trim`]).
+    pub(crate) fn apply(&mut self, seq: u64, event: Arc<Event>) {
+        match &event.body {
+            EventBody::Incident(inc) => {
+                self.citizen.fold(inc);
+                self.incidents.insert(inc.id.clone(), Arc::new(inc.clone()));
+            }
+            EventBody::Unit(unit) => {
+                self.units.insert(unit.id.clone(), unit.clone());
+            }
+            // A per-tablet view of an incident whose own event is on `incidents`.
+            EventBody::Assignment { .. } => {}
+        }
+        self.history.push_back((seq, event));
+        self.seq = seq;
+    }
+
+    /// Keeps the newest `memory_history` events.
+    pub(crate) fn trim(&mut self) {
+        while self.history.len() > self.memory_history {
+            self.history.pop_front();
+        }
+    }
+
+    /// The engine's next incident number, as of the last event folded in.
+    pub(crate) fn set_next_incident_no(&mut self, no: u64) {
+        self.next_incident_no = no;
+    }
+
+    /// Last seq folded in.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The same incidents, units, next number, seq and history (by seq and
+    /// event) as `other`.
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &ReadCopy) -> bool {
+        let same_history = self.history.len() == other.history.len()
+            && self
+                .history
+                .iter()
+                .zip(&other.history)
+                .all(|((a, ea), (b, eb))| a == b && ea == eb);
+        self.incidents == other.incidents
+            && self.units == other.units
+            && self.next_incident_no == other.next_incident_no
+            && self.seq == other.seq
+            && same_history
+    }
+
+    /// A citizen's report's progress, as `GET /v1/reports/{key}` gives it.
+    #[cfg(test)]
+    pub(crate) fn report_status(&self, key: &str, now_ms: i64) -> Option<crate::citizen::ReportStatus> {
+        self.citizen.status(key, now_ms)
+    }
+
+    /// Takes the units as the engine holds them now (a takeover marks every
+    /// unit's session lost without an event) and stands at `seq`, the
+    /// journal's end (a takeover record follows the last event).
+    pub(crate) fn restart_at<'a>(&mut self, units: impl Iterator<Item = &'a Unit>, seq: u64) {
+        self.units = units.map(|u| (u.id.clone(), u.clone())).collect();
+        self.seq = seq;
+    }
+}
+
+/// Where a read model starts.
+pub(crate) enum ReadStart {
+    /// A recovered state, to copy on the read model's thread.
+    Cold(Start),
+    /// A warm standby's copy, current to the engine's state.
+    Warm(ReadCopy),
+}
+
+impl ReadStart {
+    /// The copy to start from (built here for [`ReadStart::Cold`]).
+    pub(crate) fn into_copy(self, key_ttl_ms: i64, memory_history: usize) -> ReadCopy {
+        match self {
+            ReadStart::Cold(start) => ReadCopy::new(start, key_ttl_ms, memory_history),
+            ReadStart::Warm(copy) => copy,
+        }
+    }
+}
+
+/// The read copy and what it serves.
+pub(crate) struct ReadModel {
+    copy: ReadCopy,
+    journal: SharedJournal,
+    shared: Arc<Shared>,
     /// Positions subscribers, with their subscription (`area`, `agencies`).
     positions: Vec<(Arc<Outbox>, Subscribe)>,
     staged: HashMap<String, PositionItem>,
@@ -190,8 +312,6 @@ pub(crate) struct ReadModel {
     /// The consoles' subscribe snapshot, encoded per object and per batch.
     snapshots: SnapshotCache,
     budget: Budget,
-    /// Gateway keys and their reports' progress (`GET /v1/reports/{key}`).
-    citizen: crate::citizen::CitizenBook,
 }
 
 /// Where the read model starts: the recovered state at `seq`.
@@ -204,38 +324,15 @@ pub(crate) struct Start {
 
 impl ReadModel {
     pub(crate) fn new(
-        start: Start,
+        copy: ReadCopy,
         journal: SharedJournal,
         shared: Arc<Shared>,
         settings: &crate::settings::Settings,
-        memory_history: usize,
     ) -> Self {
-        let mut citizen = crate::citizen::CitizenBook::new(
-            settings.engine.key_ttl_ms,
-            &start.state.keys,
-            &start.state.incidents,
-        );
-        // The retained history gives the times of steps taken before the start.
-        for (_, e) in &start.history {
-            if let EventBody::Incident(inc) = &e.body {
-                citizen.fold(inc);
-            }
-        }
         ReadModel {
-            citizen,
-            incidents: start
-                .state
-                .incidents
-                .into_iter()
-                .map(|i| (i.id.clone(), i))
-                .collect(),
-            units: start.state.units.into_iter().map(|u| (u.id.clone(), u)).collect(),
-            next_incident_no: start.state.next_incident_no,
-            seq: start.seq,
+            copy,
             journal,
             shared,
-            history: start.history.into(),
-            memory_history: memory_history.max(1),
             positions: Vec::new(),
             staged: HashMap::new(),
             position_interval: settings.hub.position_interval,
@@ -313,7 +410,7 @@ impl ReadModel {
         };
         let mut sources = Sources {
             cache: &mut self.cache,
-            history: &self.history,
+            history: &self.copy.history,
             journal: &self.journal,
         };
         if job.step(&mut sources, self.replay_step) == Progress::More {
@@ -327,7 +424,7 @@ impl ReadModel {
             ReadRequest::Committed(mut batch) => {
                 let state = batch.state.take();
                 for id in std::mem::take(&mut batch.retired) {
-                    self.incidents.remove(&id);
+                    self.copy.incidents.remove(&id);
                     self.snapshots.changed_incident(&id);
                 }
                 self.fold(batch);
@@ -345,7 +442,7 @@ impl ReadModel {
                 unit,
                 subscribe,
             } => {
-                debug_assert_eq!(cut, self.seq, "the batch precedes its subscribers");
+                debug_assert_eq!(cut, self.copy.seq, "the batch precedes its subscribers");
                 self.subscribe(cut, outbox, slot, id, unit, subscribe);
             }
             ReadRequest::Unsubscribe { outbox } => {
@@ -356,6 +453,7 @@ impl ReadModel {
             ReadRequest::GetIncident { incident_id, reply } => {
                 // Retention took closed incidents out of memory; the journal has them.
                 let found = self
+                    .copy
                     .incidents
                     .get(&incident_id)
                     .map(|i| Incident::clone(i))
@@ -364,11 +462,12 @@ impl ReadModel {
             }
             ReadRequest::ReportStatus { key, reply } => {
                 let now = crate::engine_task::now_ms();
-                self.citizen.tick(now);
-                let _ = reply.send(self.citizen.status(&key, now));
+                self.copy.citizen.tick(now);
+                let _ = reply.send(self.copy.citizen.status(&key, now));
             }
             ReadRequest::GetIncidentWithUnits { incident_id, reply } => {
                 let found = self
+                    .copy
                     .incidents
                     .get(&incident_id)
                     .map(|i| Incident::clone(i))
@@ -377,7 +476,7 @@ impl ReadModel {
                         let units = i
                             .units
                             .iter()
-                            .filter_map(|u| self.units.get(u).cloned())
+                            .filter_map(|u| self.copy.units.get(u).cloned())
                             .collect();
                         (i, units)
                     });
@@ -395,27 +494,16 @@ impl ReadModel {
                     .insert(seq, event.clone(), frames.next().unwrap_or_default());
             }
             match &event.body {
-                EventBody::Incident(inc) => {
-                    self.citizen.fold(inc);
-                    self.snapshots.changed_incident(&inc.id);
-                    self.incidents.insert(inc.id.clone(), Arc::new(inc.clone()));
-                }
-                EventBody::Unit(unit) => {
-                    self.snapshots.changed_unit(&unit.id);
-                    self.units.insert(unit.id.clone(), unit.clone());
-                }
-                // A per-tablet view of an incident whose own event is on `incidents`.
+                EventBody::Incident(inc) => self.snapshots.changed_incident(&inc.id),
+                EventBody::Unit(unit) => self.snapshots.changed_unit(&unit.id),
                 EventBody::Assignment { .. } => {}
             }
-            self.history.push_back((seq, event));
-            self.seq = seq;
+            self.copy.apply(seq, event);
         }
-        while self.history.len() > self.memory_history {
-            self.history.pop_front();
-        }
+        self.copy.trim();
         self.cache.trim();
         for p in batch.positions {
-            if let Some(u) = self.units.get_mut(&p.unit_id) {
+            if let Some(u) = self.copy.units.get_mut(&p.unit_id) {
                 self.snapshots.changed_unit(&p.unit_id);
                 u.location = Some(opcenter_core::Location {
                     lat: p.lat,
@@ -427,7 +515,7 @@ impl ReadModel {
             }
             self.staged.insert(p.unit_id.clone(), p);
         }
-        self.next_incident_no = batch.next_incident_no;
+        self.copy.next_incident_no = batch.next_incident_no;
     }
 
     /// Sends the staged positions: one shared frame per encoding for subscribers
@@ -440,7 +528,7 @@ impl ReadModel {
         let items: Arc<[Arc<PositionItem>]> = self.staged.drain().map(|(_, i)| Arc::new(i)).collect();
         // One frame per encoding, and per encoding with the region.
         let mut shared: [Option<Message>; 4] = [None, None, None, None];
-        let units = &self.units;
+        let units = &self.copy.units;
         let agency_of = |i: &PositionItem| units.get(&i.unit_id).and_then(|u| u.agency.as_deref());
         for (outbox, sub) in &self.positions {
             let region = self.shared.region.as_deref().filter(|_| outbox.region_tags());
@@ -523,8 +611,14 @@ impl ReadModel {
                     incidents: Some(Vec::new()),
                     units: Some(Vec::new()),
                 };
-                let incidents = self.incidents.values().map(Arc::as_ref).filter(|i| i.is_open());
+                let incidents = self
+                    .copy
+                    .incidents
+                    .values()
+                    .map(Arc::as_ref)
+                    .filter(|i| i.is_open());
                 let units = self
+                    .copy
                     .units
                     .values()
                     .filter(|u| sub.wants_agency(u.agency.as_deref()));
@@ -548,10 +642,10 @@ impl ReadModel {
             (unit, recovered) => {
                 let (incidents, units) = match (unit, recovered) {
                     (Some(u), false) => {
-                        let me = self.units.get(u);
+                        let me = self.copy.units.get(u);
                         let inc = me
                             .and_then(|m| m.incident_id.as_deref())
-                            .and_then(|i| self.incidents.get(i))
+                            .and_then(|i| self.copy.incidents.get(i))
                             .map(Arc::as_ref);
                         (Some(inc.into_iter().collect()), Some(me.into_iter().collect()))
                     }
@@ -593,8 +687,12 @@ impl ReadModel {
     /// Whether every event after `after` is still here (in memory or in the
     /// journal) to replay.
     fn reaches_back(&self, after: u64) -> bool {
-        after == self.seq
-            || self.history.front().is_some_and(|(first, _)| *first <= after + 1)
+        after == self.copy.seq
+            || self
+                .copy
+                .history
+                .front()
+                .is_some_and(|(first, _)| *first <= after + 1)
             || lock(&self.journal).reaches_back(after)
     }
 
@@ -618,7 +716,7 @@ impl ReadModel {
         // Replays in progress keep what they still need to read.
         let needed = self.jobs.iter().map(Job::needs_from).min();
         let keep = needed.map_or(self.history_events, |from| {
-            self.history_events.max(self.seq.saturating_sub(from) + 1)
+            self.history_events.max(self.copy.seq.saturating_sub(from) + 1)
         });
         match lock(&self.journal).compact(keep) {
             Ok(first) => tracing::debug!(first_seq = first, "journal compacted"),
@@ -630,7 +728,7 @@ impl ReadModel {
     /// stores it. The copy was taken right after a commit, so it never holds
     /// anything the journal lacks.
     fn write_snapshot(&mut self, state: &EngineSnapshot) -> Result<(), DurabilityError> {
-        store_snapshot(&self.journal, &self.shared, self.seq, state)
+        store_snapshot(&self.journal, &self.shared, self.copy.seq, state)
     }
 }
 

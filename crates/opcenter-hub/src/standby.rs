@@ -4,7 +4,10 @@
 //! own copy of the state ([`Replay::apply`], the replay path; it never appends)
 //! and noting the call ids of forwarded commands ([`crate::bridge::Recall`]). At
 //! takeover the engine replays only the tail from where the standby stood, so a
-//! takeover does not grow with the region's state.
+//! takeover does not grow with the region's state. It keeps the read model's
+//! copy of the state too ([`crate::read_model::ReadCopy`]), folded with every
+//! record it applies, so the new engine's read model starts from it instead of
+//! copying the engine's state and building its maps while the engine serves.
 //!
 //! The journal is re-read every [`REREAD`] (its tail and the audit chain walked
 //! that far), so at takeover the chain walk is as short as the replay; the
@@ -135,6 +138,7 @@ async fn load(settings: &Settings, cluster: &ClusterSettings, stop: &Cancellatio
         };
         let config = settings.engine.clone();
         let memory_history = crate::memory_history(settings);
+        let key_ttl_ms = settings.engine.key_ttl_ms;
         let loaded = tokio::task::spawn_blocking(move || {
             let j = journal.get();
             let r = (|| {
@@ -151,6 +155,7 @@ async fn load(settings: &Settings, cluster: &ClusterSettings, stop: &Cancellatio
                     calls.scan(j, from, replay.seq);
                 }
                 let replayed = replay.catch_up(j)?;
+                replay.keep_read_copy(key_ttl_ms);
                 Ok::<_, DurabilityError>((replay, replayed))
             })();
             (journal, r)

@@ -20,7 +20,9 @@
 //!   original sequence (the server's duplicate window is 2 minutes, far above the
 //!   retry deadline), never stored twice. Where a server answers a retry with 10071
 //!   instead, the message at the expected position is read back and its `Nats-Msg-Id`
-//!   compared, so our own earlier copy is recognised and not taken for a fence.
+//!   compared, so our own earlier copy is recognised and not taken for a fence (a
+//!   read back that fails, as during an election, is retried until the deadline;
+//!   it is never taken for a fence either).
 //! - "no responders", timeouts and disconnections (an R3 stream electing a new leader
 //!   takes 5–9 s on 2.9) are retried with the same id until `publish_deadline`.
 //!
@@ -1069,13 +1071,18 @@ async fn publish_retrying(
                     ) =>
                 {
                     // Ours, stored by an earlier attempt whose ack we lost?
-                    if stored_by_us(stream, p).await {
-                        return Ok(());
-                    }
-                    return Err(ClusterError::Fenced {
-                        stream: names.stream.clone(),
-                        expected_last: p.expected_last,
-                    });
+                    return match stored_by_us(stream, p, start, opts.publish_deadline).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(ClusterError::Fenced {
+                            stream: names.stream.clone(),
+                            expected_last: p.expected_last,
+                        }),
+                        Err(last) => Err(ClusterError::Unavailable {
+                            op: "publish",
+                            waited: start.elapsed(),
+                            last,
+                        }),
+                    };
                 }
                 Err(e) if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) => {
                     return Err(ClusterError::nats("publish")(e.into()));
@@ -1119,14 +1126,32 @@ where
     }
 }
 
-/// Whether the message right after `p.expected_last` carries `p`'s `Nats-Msg-Id`.
-async fn stored_by_us(stream: &stream::Stream, p: &Pending) -> bool {
-    match stream.get_raw_message(p.expected_last + 1).await {
-        Ok(m) => m
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .is_some_and(|v| v.as_str() == p.msg_id),
-        Err(_) => false,
+/// Whether the message right after `p.expected_last` carries `p`'s `Nats-Msg-Id`:
+/// `Ok(false)` only when the stream answers with another message or none. A read
+/// that fails (a leader election; the retry that got 10071 may have reached a
+/// new leader first) is tried again until `deadline` from `start`, then `Err`:
+/// not knowing is not a fence.
+async fn stored_by_us(
+    stream: &stream::Stream,
+    p: &Pending,
+    start: Instant,
+    deadline: Duration,
+) -> Result<bool, String> {
+    loop {
+        match stream.get_raw_message(p.expected_last + 1).await {
+            Ok(m) => {
+                return Ok(m
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .is_some_and(|v| v.as_str() == p.msg_id));
+            }
+            Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => return Ok(false),
+            Err(e) if start.elapsed() >= deadline => return Err(e.to_string()),
+            Err(e) => {
+                tracing::debug!(msg_id = %p.msg_id, error = %e, "cannot read back the message at the expected position; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

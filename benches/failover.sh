@@ -204,6 +204,9 @@ PY
     replay_ms=$(metric "$standby" opcenter_replay_seconds | awk '{printf "%d", $1 * 1000}')
     replayed=$(metric "$standby" opcenter_replayed_records)
     from=$(metric "$standby" opcenter_replay_from_seq)
+    # Its read model's start: the standby's copy taken over (1), or copied (0).
+    read_start_ms=$(metric "$standby" opcenter_read_model_start_seconds | awk '{printf "%d", $1 * 1000}')
+    read_warm=$(metric "$standby" opcenter_read_copy_from_standby)
     # The new engine's counters after the trial (KEEP_LOGS keeps them).
     curl -s --max-time 2 "http://${NODE_ADDR[$standby]}/metrics" >"$T/metrics-trial-$trial.txt" || true
     shed=$(metric "$standby" opcenter_calls_shed_total)
@@ -216,8 +219,8 @@ PY
     probe_hub_after=$(metric h 'opcenter_nats_probe_reconnects_total{connection="hub"}')
     probe_hub=$(( ${probe_hub_after:-0} - ${probe_hub_before:-0} ))
     set -- $line
-    printf 'trial %2s (killed %s): serving after %5s ms, its first ok after %5s ms, no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | calls shed %s | hub attempts without engine %s | probe reconnects: engine %s, hub %s\n' \
-        "$trial" "$active" "$8" "$9" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${shed:-0}" "$no_engine" "${probe_engine:-0}" "$probe_hub"
+    printf 'trial %2s (killed %s): serving after %5s ms, its first ok after %5s ms, no-engine %5s ms | acked/s across the handover %5s | new engine acked/s %5s | sent %s/s, %s creates, errors %s, unanswered %s | replay %s ms, %s records after seq %s, standby lag %s | read model start %s ms (standby copy %s) | calls shed %s | hub attempts without engine %s | probe reconnects: engine %s, hub %s\n' \
+        "$trial" "$active" "$8" "$9" "$1" "$2" "$7" "$6" "$3" "$4" "$5" "$replay_ms" "$replayed" "$from" "$lag" "${read_start_ms:-?}" "${read_warm:-?}" "${shed:-0}" "$no_engine" "${probe_engine:-0}" "$probe_hub"
     echo "$line ${replay_ms:-0} ${replayed:-0} $(( ${probe_engine:-0} + probe_hub ))" >>"$T/res"
     STANDBY=1 node "$active" engine fo "node = \"$active\""
     wait_healthz "$active" "ok standby"

@@ -3,7 +3,8 @@
 //! at uniform random places over 0.5° × 0.5°, auto dispatch, no units, none
 //! closed). Applies N creates to one engine, one engine-second apart every
 //! RATE of them, and prints the mean µs per create of each block of 25 000 (the
-//! engine thread's own cost: no journal, no network), then the time of a
+//! engine thread's own cost: no journal, no network) and its slowest create
+//! (where the engine's hash maps grow), then the time of a
 //! retention pass (a `Tick` a minute later) over all of them. Plain timing with
 //! `Instant`. Owns no product code.
 //!
@@ -37,6 +38,9 @@ fn main() {
     };
     let mut block = Instant::now();
     let mut duplicates = 0usize;
+    // The slowest create of the block (a hash map that grows rehashes every
+    // entry within one create).
+    let mut slowest = 0f64;
     for i in 0..n {
         let location = Location {
             lat: 51.0 + uniform() * 0.5,
@@ -47,18 +51,21 @@ fn main() {
             ..NewIncident::call("theft", 2, location)
         };
         let now = start + (i / rate) as i64 * 1_000;
+        let one = Instant::now();
         let out = engine.apply(&disp, Command::CreateIncident(new), now).unwrap();
+        slowest = slowest.max(one.elapsed().as_secs_f64() * 1e3);
         if let Reply::Created { incident, .. } = out.reply {
             duplicates += incident.possible_duplicates.len();
         }
         if (i + 1) % BLOCK == 0 {
             let us = block.elapsed().as_secs_f64() * 1e6 / BLOCK as f64;
             println!(
-                "open {:>7}: {us:>7.1} µs per create | possible duplicates per create {:.1}",
+                "open {:>7}: {us:>7.1} µs per create | slowest {slowest:>7.2} ms | possible duplicates per create {:.1}",
                 i + 1,
                 duplicates as f64 / BLOCK as f64
             );
             duplicates = 0;
+            slowest = 0.0;
             block = Instant::now();
         }
     }

@@ -83,7 +83,7 @@ impl Filing {
 #[derive(Debug, Default)]
 pub(super) struct DuplicateIndex {
     by_category: HashMap<String, RTree<GeomWithData<[f64; 3], Leaf>>>,
-    filed: HashMap<IncidentId, Filing>,
+    filed: super::hashed::HashedMap<IncidentId, Filing>,
 }
 
 impl DuplicateIndex {

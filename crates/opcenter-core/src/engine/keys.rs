@@ -14,7 +14,7 @@
 //! Owns: the (scope, key) → record map and its expiry. Must never: decide
 //! whether a create goes ahead (the engine does), or keep a key past its TTL.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ pub(crate) fn digest_of(n: &NewIncident) -> u64 {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct KeyBook {
-    map: HashMap<(KeyScope, String), Arc<KeyRecord>>,
+    map: super::hashed::HashedMap<(KeyScope, String), Arc<KeyRecord>>,
     /// Every live key by its create time: expiry takes the due ones from the
     /// front instead of scanning the map.
     by_age: BTreeSet<(i64, KeyScope, String)>,
@@ -144,7 +144,7 @@ impl KeyBook {
         let Some(key) = &inc.key else { return };
         let scope = inc.key_scope.unwrap_or(KeyScope::Console);
         let by_age = &mut self.by_age;
-        self.map.entry((scope, key.clone())).or_insert_with(|| {
+        self.map.get_or_insert_with((scope, key.clone()), || {
             by_age.insert((inc.created_ms, scope, key.clone()));
             Arc::new(KeyRecord {
                 scope,

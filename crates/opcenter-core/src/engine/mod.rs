@@ -14,6 +14,7 @@
 mod config;
 mod deadlines;
 mod duplicates;
+mod hashed;
 mod keys;
 mod pending;
 mod reply;
@@ -28,6 +29,7 @@ pub use crate::check::{MAX_RECOMMEND, MAX_UNITS_NEEDED};
 
 use deadlines::Deadlines;
 use duplicates::DuplicateIndex;
+use hashed::HashedMap;
 use keys::KeyBook;
 use pending::{PendingKey, PendingQueue};
 
@@ -85,7 +87,7 @@ pub const EMERGENCY_CATEGORY: &str = "officer_emergency";
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    incidents: HashMap<IncidentId, Arc<Incident>>,
+    incidents: HashedMap<IncidentId, Arc<Incident>>,
     units: HashMap<UnitId, Unit>,
     /// Available units with a position (see [`crate::index`]).
     index: UnitIndex,
@@ -141,7 +143,7 @@ impl Engine {
         let mut engine = Engine {
             index: UnitIndex::new(config.index_slack_m),
             fixed: HashSet::new(),
-            incidents: HashMap::new(),
+            incidents: HashedMap::default(),
             units: HashMap::new(),
             pending: PendingQueue::default(),
             duplicates: DuplicateIndex::default(),

@@ -10,7 +10,7 @@
 //! Owns: the ordered set and the key each incident is filed under. Must never:
 //! decide eligibility of a unit (the engine walks the queue with its own rule).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::ops::Bound::{Excluded, Unbounded};
 
 use crate::model::{DispatchMode, Incident, IncidentId};
@@ -36,7 +36,7 @@ impl PendingKey {
 #[derive(Debug, Default)]
 pub(super) struct PendingQueue {
     queue: BTreeSet<PendingKey>,
-    keys: HashMap<IncidentId, PendingKey>,
+    keys: super::hashed::HashedMap<IncidentId, PendingKey>,
 }
 
 impl PendingQueue {

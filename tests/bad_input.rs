@@ -135,14 +135,7 @@ async fn a_flood_of_bad_frames_closes_1008_and_nothing_is_lost() {
     assert_eq!(code, Some(1008));
     assert!(errors >= 1);
     let id = kept["incident"]["id"].as_str().unwrap();
-    let (status, body) = http(
-        srv.addr,
-        "GET",
-        &format!("/v1/incidents/{id}"),
-        Some(&token(Role::Dispatcher, "d")),
-        None,
-    )
-    .await;
+    let (status, body) = incident_over_http(srv.addr, id, Role::Dispatcher, "d").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(other.request(json!({"type":"ping"})).await["type"], "ok");
 }

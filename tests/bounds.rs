@@ -76,14 +76,7 @@ async fn a_change_whose_record_is_too_large_is_refused_and_undone_not_fatal() {
     assert!((5..=8).contains(&accepted), "{accepted} notes accepted");
     healthy(&srv).await;
     // Undone: the incident has exactly the accepted notes, and a later change works.
-    let (status, body) = http(
-        srv.addr,
-        "GET",
-        &format!("/v1/incidents/{id}"),
-        Some(&token(Role::Supervisor, "s")),
-        None,
-    )
-    .await;
+    let (status, body) = incident_over_http(srv.addr, &id, Role::Supervisor, "s").await;
     assert_eq!(status, 200, "{body}");
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(got["incident"]["notes"].as_array().unwrap().len(), accepted);
@@ -103,14 +96,7 @@ async fn a_change_whose_record_is_too_large_is_refused_and_undone_not_fatal() {
     // A restart replays only what was acknowledged.
     let dir = srv.stop().await;
     let srv = TestServer::start_in(dir, "").await;
-    let (_, body) = http(
-        srv.addr,
-        "GET",
-        &format!("/v1/incidents/{id}"),
-        Some(&token(Role::Supervisor, "s")),
-        None,
-    )
-    .await;
+    let (_, body) = incident_over_http(srv.addr, &id, Role::Supervisor, "s").await;
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(got["incident"]["notes"].as_array().unwrap().len(), accepted);
 }
@@ -300,14 +286,7 @@ async fn a_retired_incident_is_answered_from_the_journal() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     // GET still has it whole, from the journal.
-    let (s, body) = http(
-        srv.addr,
-        "GET",
-        &format!("/v1/incidents/{}", id.as_str().unwrap()),
-        Some(&token(Role::Dispatcher, "d")),
-        None,
-    )
-    .await;
+    let (s, body) = incident_over_http(srv.addr, id.as_str().unwrap(), Role::Dispatcher, "d").await;
     assert_eq!(s, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["incident"]["status"], "closed");

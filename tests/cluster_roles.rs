@@ -194,14 +194,7 @@ async fn one_engine_two_hubs_run_the_flow_and_agree_on_every_seq() {
     assert_eq!(rec["candidates"][0]["unit_id"], "P-MOVE", "{rec}");
 
     // GET /v1/incidents/{id} on hub B answers from its own read model.
-    let (status, body) = http(
-        region.hubs[1].addr,
-        "GET",
-        &format!("/v1/incidents/{marker}"),
-        Some(&token(Role::Dispatcher, "d1")),
-        None,
-    )
-    .await;
+    let (status, body) = incident_over_http(region.hubs[1].addr, &marker, Role::Dispatcher, "d1").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&marker), "{body}");
 }

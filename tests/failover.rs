@@ -450,14 +450,7 @@ async fn a_warm_standby_that_followed_the_stream_replays_only_the_tail_at_takeov
     // The new engine's read model took the standby's followed copy over, and it
     // holds what was created before the kill.
     assert_eq!(metric(&b, "opcenter_read_copy_from_standby").await, Some(1.0));
-    let (status, body) = http(
-        b.addr,
-        "GET",
-        &format!("/v1/incidents/{first_id}"),
-        Some(&token(Role::Dispatcher, "d1")),
-        None,
-    )
-    .await;
+    let (status, body) = incident_over_http(b.addr, &first_id, Role::Dispatcher, "d1").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&first_id), "{body}");
     let (_, seqs) = stream_seqs(&nats.urls()).await;

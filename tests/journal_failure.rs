@@ -99,18 +99,7 @@ async fn a_journal_failure_stops_acknowledging_and_shows_only_what_was_saved() {
         .collect();
     assert_eq!(open, vec![saved["incident"]["id"].as_str().unwrap()]);
     let id = saved["incident"]["id"].as_str().unwrap();
-    assert_eq!(
-        http(
-            addr,
-            "GET",
-            &format!("/v1/incidents/{id}"),
-            Some(&token(Role::Dispatcher, "d")),
-            None
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(incident_over_http(addr, id, Role::Dispatcher, "d").await.0, 200);
     assert_eq!(c.request(json!({"type":"ping"})).await["type"], "ok");
 
     let _ = stop_tx.send(());

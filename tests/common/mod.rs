@@ -323,6 +323,12 @@ pub(crate) fn create(lat: f64, lon: f64) -> Value {
     json!({"type":"incident.create","category":"theft","priority":2,"location":{"lat":lat,"lon":lon}})
 }
 
+/// `GET /v1/incidents/{id}` as `role` (token subject `sub`); returns (status, body).
+pub(crate) async fn incident_over_http(addr: SocketAddr, id: &str, role: Role, sub: &str) -> (u16, String) {
+    let path = format!("/v1/incidents/{id}");
+    http(addr, "GET", &path, Some(&token(role, sub)), None).await
+}
+
 /// One HTTP/1.1 request over a fresh connection; returns (status, body).
 pub(crate) async fn http(
     addr: SocketAddr,
